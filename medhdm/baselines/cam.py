@@ -1,0 +1,153 @@
+"""Grad-CAM and Grad-CAM++ through ``monai.visualize``, in medhdm's interface.
+
+The target layer is found automatically: the last module, in execution order,
+whose output is a spatial feature map ``(B, C', *S')`` with ``S'`` not all ones
+(``class_layers.relu`` in MONAI's DenseNets, ``layer4`` in its ResNets). Pass
+``target_layer=`` to choose another. Networks without spatial feature maps
+(ViT) are rejected with a clear error.
+
+MONAI's ``ModelWithHooks`` registers hooks that it never removes and turns off
+``inplace`` on the target layer; medhdm removes those hooks and restores the
+flag after every call, so the user's model is left as it was. MONAI also reads
+one class index for the whole batch, so images are grouped by target class
+(Grad-CAM++ goes one image at a time: MONAI's version only broadcasts for B = 1).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+from monai.visualize import GradCAM as MonaiGradCAM
+from monai.visualize import GradCAMpp as MonaiGradCAMpp
+from torch import nn
+
+from ..explain.base import Explainer, Explanation
+from ..explain.masks import normalise
+from ..explain.scoring import ClassScorer
+
+__all__ = ["GradCAM", "GradCAMpp", "find_target_layer"]
+
+
+def _is_feature_map(out_spatial, in_spatial, spatial_dims: int) -> bool:
+    """Whether ``out_spatial`` is ``in_spatial`` downsampled by one integer factor (not all ones).
+
+    Rules out same-rank tensors that are not image grids, such as a transformer's
+    attention weights ``(B, heads, L, L)``.
+    """
+    if len(out_spatial) != spatial_dims or all(s == 1 for s in out_spatial) or out_spatial[0] < 1:
+        return False
+    factor = max(1, round(in_spatial[0] / out_spatial[0]))
+    return all(o in (n // factor, -(-n // factor)) for o, n in zip(out_spatial, in_spatial))
+
+
+def find_target_layer(model: nn.Module, x: torch.Tensor) -> str:
+    """Name of the last module whose output is a spatial feature map for input ``x`` ``(B, C, *S)``."""
+    order: list[str] = []  # spatial-output leaves, in execution order
+    executed: list[str] = []  # every leaf, in execution order
+    handles = []
+
+    def record(name: str):
+        def hook(_module, _inputs, output):
+            executed.append(name)
+            if isinstance(output, torch.Tensor) and _is_feature_map(output.shape[2:], x.shape[2:], x.ndim - 2):
+                order.append(name)
+
+        return hook
+
+    for name, module in model.named_modules():
+        if name and not list(module.children()):
+            handles.append(module.register_forward_hook(record(name)))
+    try:
+        with torch.no_grad():
+            model(x[:1])
+    finally:
+        for h in handles:
+            h.remove()
+    # A spatial map only in the first half of the network (a ViT's patch embedding) is
+    # an input embedding, not the late feature map Grad-CAM is defined on.
+    if not order or executed.index(order[-1]) < len(executed) // 2:
+        raise ValueError(
+            f"target_layer: found no late layer of {type(model).__name__} with a spatial feature map output "
+            f"({x.ndim - 2}D); Grad-CAM needs a convolutional network. Pass target_layer= explicitly or use "
+            "another method (HDM, GradientInput, Occlusion, RISE)"
+        )
+    return order[-1]
+
+
+@contextmanager
+def _hooks_removed_after(model: nn.Module) -> Iterator[None]:
+    """Remove every hook added to ``model`` inside the block and restore ``inplace`` flags."""
+    before = {m: (set(m._forward_hooks), set(m._backward_hooks)) for m in model.modules()}
+    inplace = {m: m.inplace for m in model.modules() if hasattr(m, "inplace")}
+    try:
+        yield
+    finally:
+        for m, (fwd, bwd) in before.items():
+            for key in set(m._forward_hooks) - fwd:
+                del m._forward_hooks[key]
+            for key in set(m._backward_hooks) - bwd:
+                del m._backward_hooks[key]
+        for m, flag in inplace.items():
+            m.inplace = flag
+
+
+class GradCAM(Explainer):
+    """Grad-CAM (Selvaraju et al., 2017) through ``monai.visualize.GradCAM``.
+
+    Args:
+        model: a convolutional classifier.
+        target_layer: module name, as in ``model.named_modules()``; default found automatically.
+        seed, amp: see :class:`~medhdm.explain.base.Explainer` (no reference image is used).
+    """
+
+    name = "GradCAM"
+    uses_reference = False
+    _monai_cls = MonaiGradCAM
+    _per_image = False  # MONAI's GradCAM handles a batch with one class index
+
+    def __init__(self, model: nn.Module, *, target_layer: str | None = None, seed: int = 0, amp: bool = False) -> None:
+        super().__init__(model, seed=seed, amp=amp)
+        names = {n for n, _ in model.named_modules()}
+        if target_layer is not None and target_layer not in names:
+            raise ValueError(f"target_layer: {target_layer!r} is not a module of {type(model).__name__}")
+        self.target_layer = target_layer
+
+    def _explain(self, x, class_idx, scorer: ClassScorer, logits, reference) -> Explanation:
+        layer = self.target_layer or find_target_layer(self.model, x)
+        net, layer = scorer.as_logits_module(), f"model.{layer}"
+        saliency = torch.zeros_like(x[:, :1], dtype=torch.float32)
+        with _hooks_removed_after(self.model), torch.enable_grad():
+            cam = self._monai_cls(nn_module=net, target_layers=layer)
+            if self._per_image:
+                groups = [(int(class_idx[i]), torch.tensor([i], device=x.device)) for i in range(x.shape[0])]
+            else:
+                groups = [(int(c), (class_idx == c).nonzero().flatten()) for c in class_idx.unique().tolist()]
+            for c, sel in groups:
+                # the input needs a gradient path: the model's parameters are frozen
+                xs = x[sel].clone().requires_grad_(True)
+                raw = cam.compute_map(xs, class_idx=c)
+                scorer.passes += 1
+                scorer.images += int(sel.numel())
+                mode = "bilinear" if x.ndim == 4 else "trilinear"
+                up = torch.nn.functional.interpolate(raw.float(), size=x.shape[2:], mode=mode, align_corners=False)
+                saliency[sel] = normalise(up.detach())
+        return Explanation(
+            saliency=saliency,
+            class_idx=class_idx,
+            score=scorer.prob(logits, class_idx),
+            reference_score=self._reference_score(scorer, None, class_idx),
+            method=self.name,
+            backward_passes=len(groups),
+        )
+
+
+class GradCAMpp(GradCAM):
+    """Grad-CAM++ (Chattopadhyay et al., 2018) through ``monai.visualize.GradCAMpp``."""
+
+    name = "GradCAM++"
+    _monai_cls = MonaiGradCAMpp
+    # MONAI's GradCAMpp multiplies the (B,) score into (B, C, *S) gradients, which
+    # only broadcasts for B == 1: explain one image at a time.
+    _per_image = True

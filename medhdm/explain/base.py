@@ -1,0 +1,159 @@
+"""The explainer interface shared by HDM, MDM, NeuroMask and the baselines.
+
+Modelled on ``monai.visualize.GradCAM``::
+
+    explainer = HDM(model)
+    saliency = explainer(x, class_idx=None)        # (B, 1, *S) in [0, 1], on x's device
+    result = explainer.explain(x, class_idx=None)  # an Explanation with everything else
+
+Subclasses implement :meth:`Explainer._explain`. The base class checks the
+input, resolves ``class_idx``, builds the reference image, puts the model in
+eval mode with frozen parameters for the duration of the call (and restores its
+train/eval flags and ``requires_grad`` afterwards), and seeds a private copy of
+the random number generators so results are reproducible and the caller's
+global RNG state is left alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from ._checks import check_images, check_model, frozen_eval, resolve_class_idx
+from .reference import ReferenceSpec, make_reference
+from .scoring import ClassScorer
+
+__all__ = ["Explainer", "Explanation", "StageRecord"]
+
+
+@dataclass
+class StageRecord:
+    """One HDM stage (one DM module) for a batch of ``B`` images.
+
+    Images that had stopped before this stage have all-zero maps, ``active`` False
+    and ``alpha`` 0.
+
+    Attributes:
+        map: the stage's normalised map ``M_l`` ``(B, 1, *S)``.
+        removed: the region removed after the stage, ``R_l`` ``(B, 1, *S)``.
+        score_before: ``s(x_l)``, probability of the target class on the stage's input ``(B,)``.
+        score_after: ``s(x_{l+1})``, after removing ``R_l`` ``(B,)``.
+        log_odds_before, log_odds_after: the same in log-odds ``(B,)``.
+        alpha: the stage's fusion weight ``(B,)``.
+        active: whether the stage ran for each image ``(B,)``.
+    """
+
+    map: torch.Tensor
+    removed: torch.Tensor
+    score_before: torch.Tensor
+    score_after: torch.Tensor
+    log_odds_before: torch.Tensor
+    log_odds_after: torch.Tensor
+    alpha: torch.Tensor
+    active: torch.Tensor
+
+
+@dataclass
+class Explanation:
+    """The full record of one call of an explainer on a batch of ``B`` images.
+
+    Attributes:
+        saliency: the map ``(B, 1, *S)``, float in ``[0, 1]``, on the input grid and device.
+        class_idx: the explained class per image ``(B,)``.
+        score: ``s(x)``, the probability of that class on the input ``(B,)``.
+        reference_score: ``s(r)``, on the reference image ``(B,)`` (NaN where a method uses none).
+        method: the explainer's name.
+        stages: HDM's per-stage records (empty for single-stage methods).
+        masks: per mask grid, its final mask ``(B, 1, *S)``; keys like ``"stage1/benchmark/6x6"``.
+        forward_passes: model forward passes run for this call (each on a batch).
+        backward_passes: backward passes run for this call.
+        images_evaluated: images (composites) pushed through the model in total.
+    """
+
+    saliency: torch.Tensor
+    class_idx: torch.Tensor
+    score: torch.Tensor
+    reference_score: torch.Tensor
+    method: str
+    stages: list[StageRecord] = field(default_factory=list)
+    masks: dict[str, torch.Tensor] = field(default_factory=dict)
+    forward_passes: int = 0
+    backward_passes: int = 0
+    images_evaluated: int = 0
+
+
+class Explainer:
+    """Base class of every medhdm explainer.
+
+    Args:
+        model: a classifier ``(B, C, *S) -> (B, K)`` logits (``K = 1``: a sigmoid model).
+        reference: what "removed" means (see :func:`medhdm.explain.reference.make_reference`).
+        seed: seed of the private RNG used for the call (only methods that draw random
+            numbers use it; the caller's global RNG state is left as it was).
+        amp: run forward passes under ``torch.autocast`` on CUDA.
+    """
+
+    name = "explainer"
+    uses_reference = True
+
+    def __init__(self, model: nn.Module, *, reference: ReferenceSpec = "blur", seed: int = 0, amp: bool = False) -> None:
+        self.model = check_model(model)
+        self.reference = reference
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise TypeError(f"seed: expected an int, got {type(seed).__name__}")
+        self.seed = seed
+        self.amp = bool(amp)
+
+    def __call__(self, x: torch.Tensor, class_idx: int | Sequence[int] | torch.Tensor | None = None) -> torch.Tensor:
+        """The saliency map ``(B, 1, *S)`` in ``[0, 1]`` for images ``x`` ``(B, C, *S)``."""
+        return self.explain(x, class_idx).saliency
+
+    def explain(
+        self, x: torch.Tensor, class_idx: int | Sequence[int] | torch.Tensor | None = None
+    ) -> Explanation:
+        """Explain ``x`` ``(B, C, *S)`` for ``class_idx`` (None: the predicted class) and return the full record."""
+        x = check_images(x)
+        devices = [x.device] if x.device.type == "cuda" else []
+        with frozen_eval(self.model), torch.random.fork_rng(devices=devices):
+            torch.manual_seed(self.seed)
+            scorer = ClassScorer(self.model, amp=self.amp)
+            with torch.no_grad():
+                try:
+                    logits = scorer.logits(x)
+                except (TypeError, ValueError) as err:
+                    if str(err).startswith("model:"):
+                        raise
+                    raise ValueError(f"x: the model rejected input of shape {tuple(x.shape)}: {err}") from err
+                except RuntimeError as err:
+                    raise ValueError(
+                        f"x: the model rejected input of shape {tuple(x.shape)} "
+                        f"({x.shape[1]} channel(s), spatial size {tuple(x.shape[2:])}): {err}"
+                    ) from err
+            targets = resolve_class_idx(class_idx, logits)
+            reference = make_reference(x, self.reference) if self.uses_reference else None
+            result = self._explain(x, targets, scorer, logits, reference)
+        result.forward_passes = scorer.passes
+        result.images_evaluated = scorer.images
+        result.saliency = result.saliency.to(device=x.device, dtype=torch.float32).clamp_(0, 1)
+        return result
+
+    def _explain(
+        self,
+        x: torch.Tensor,
+        class_idx: torch.Tensor,
+        scorer: ClassScorer,
+        logits: torch.Tensor,
+        reference: torch.Tensor | None,
+    ) -> Explanation:
+        raise NotImplementedError
+
+    def _reference_score(
+        self, scorer: ClassScorer, reference: torch.Tensor | None, class_idx: torch.Tensor
+    ) -> torch.Tensor:
+        if reference is None:
+            return torch.full(class_idx.shape, float("nan"), device=class_idx.device)
+        with torch.no_grad():
+            return scorer.prob(scorer.logits(reference), class_idx)

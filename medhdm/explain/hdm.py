@@ -1,0 +1,273 @@
+"""HDM (Peng et al., 2023): hierarchical dynamic masks.
+
+**DM module.** Two phases of mask vectors (see :mod:`medhdm.explain.masks`):
+
+1. *benchmark masks* on small grids (default ``S/32, S/16, S/8``), trained as in
+   MDM; their mean ``Bbar`` roughly locates the critical evidence;
+2. *auxiliary masks* on large grids (default ``S/4, S/2, S``) superimposed on
+   the fixed benchmark, ``mhat_j = Bbar.detach() * m_j``, trained with the same
+   loss on ``mhat_j``: fine detail can only refine what the coarse masks found.
+
+The module's map is ``M = norm(mean_j mhat_j)``.
+
+**Stages.** DM modules are chained. Stage 1 explains ``x`` and finds evidence
+that *suffices* for the decision (for a classifier that pools by maximum, one
+lesion of several). After stage ``l`` the regions found so far are removed,
+``R_l = max(R_{l-1}, binarise(M_l))``, and stage ``l + 1`` explains
+``x_{l+1} = phi(x, 1 - R_l)``, the decision that remains. An image stops early
+once its remaining evidence is gone, measured in log-odds ``o``:
+``o(x_{l+1}) <= o(r) + tau * (o(x) - o(r))``.
+
+**Fusion.** ``S = norm(sum_l alpha_l * M_l * (1 - R_{l-1}))``. The weights:
+
+- ``"sufficiency"`` (default): ``alpha_l ~ max(0, o(phi(x, M_l (1 - R_{l-1}))) - o(r))``,
+  the evidence that the stage's new region carries *on its own*. A classifier
+  that pools by maximum gets equal weights for two equally convincing lesions.
+- ``"drop"``: ``alpha_l ~ max(0, o(x_l) - o(x_{l+1}))``, the evidence that removing
+  the stage's region took away (method.md's first reading; it gives the first of
+  two redundant lesions almost no weight).
+- ``"equal"``: every stage that ran weighs the same.
+- ``"learned"``: weights optimised on the image so that deleting the fused map's
+  top regions drops the class probability fastest (a differentiable deletion game
+  over a few deletion fractions), started from the sufficiency weights.
+
+All weights are normalised to sum to 1 over the stages that ran.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from .base import Explainer, Explanation, StageRecord
+from .masks import GridSpec, MaskObjective, grid_shapes, normalise, optimise_masks
+from .neuromask import _grid_key
+from .reference import ReferenceSpec, composite
+from .scoring import ClassScorer
+
+__all__ = ["HDM"]
+
+_FUSIONS = ("sufficiency", "drop", "equal", "learned")
+
+
+class HDM(Explainer):
+    """Hierarchical dynamic masks.
+
+    Args:
+        model: a classifier ``(B, C, *S) -> (B, K)``.
+        benchmark_grids: DM phase-1 grids, as divisors of the input size.
+        auxiliary_grids: DM phase-2 grids, as divisors of the input size.
+        benchmark_objective, auxiliary_objective: loss weights and optimiser settings of
+            each phase (see :class:`~medhdm.explain.masks.MaskObjective`).
+        max_stages: at most this many DM stages (default 3).
+        tau: early-stop fraction of the log-odds evidence ``o(x) - o(r)`` (default 0.1).
+        threshold: a stage's map is binarised at this value to form the removed region;
+            ``None`` removes the soft map instead.
+        fusion: ``"sufficiency"``, ``"drop"``, ``"equal"`` or ``"learned"`` (see the module docstring).
+        fusion_steps: Adam steps of the learned fusion.
+        reference, seed, amp: see :class:`~medhdm.explain.base.Explainer`.
+    """
+
+    name = "HDM"
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        benchmark_grids: Sequence[GridSpec] = (32, 16, 8),
+        auxiliary_grids: Sequence[GridSpec] = (4, 2, 1),
+        benchmark_objective: MaskObjective | None = None,
+        auxiliary_objective: MaskObjective | None = None,
+        max_stages: int = 3,
+        tau: float = 0.1,
+        threshold: float | None = 0.5,
+        fusion: str = "sufficiency",
+        fusion_steps: int = 30,
+        reference: ReferenceSpec = "blur",
+        seed: int = 0,
+        amp: bool = False,
+    ) -> None:
+        super().__init__(model, reference=reference, seed=seed, amp=amp)
+        if isinstance(max_stages, bool) or not isinstance(max_stages, int) or max_stages < 1:
+            raise ValueError(f"max_stages: expected an int >= 1, got {max_stages!r}")
+        if not 0 <= tau < 1:
+            raise ValueError(f"tau: expected a fraction in [0, 1), got {tau!r}")
+        if threshold is not None and not 0 < threshold < 1:
+            raise ValueError(f"threshold: expected None or a value in (0, 1), got {threshold!r}")
+        if fusion not in _FUSIONS:
+            raise ValueError(f"fusion: expected one of {_FUSIONS}, got {fusion!r}")
+        self.benchmark_grids = tuple(benchmark_grids)
+        self.auxiliary_grids = tuple(auxiliary_grids)
+        self.benchmark_objective = benchmark_objective or MaskObjective(steps=100, lambda_area=1.0, lambda_del=1.0)
+        self.auxiliary_objective = auxiliary_objective or MaskObjective(steps=100, lambda_area=1.0, lambda_del=1.0)
+        self.max_stages = max_stages
+        self.tau = float(tau)
+        self.threshold = threshold
+        self.fusion = fusion
+        self.fusion_steps = int(fusion_steps)
+
+    # -- one DM module ---------------------------------------------------------------
+    def dynamic_mask(
+        self,
+        scorer: ClassScorer,
+        x: torch.Tensor,
+        reference: torch.Tensor,
+        class_idx: torch.Tensor,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor], int]:
+        """Run one DM module on ``x`` ``(n, C, *S)``.
+
+        Returns:
+            the normalised map ``(n, 1, *S)``, the per-grid masks ``(n, 1, *S)`` keyed
+            ``"benchmark/<grid>"`` and ``"auxiliary/<grid>"``, and the backward passes run.
+        """
+        spatial = x.shape[2:]
+        bench_grids = grid_shapes(spatial, self.benchmark_grids)
+        aux_grids = grid_shapes(spatial, self.auxiliary_grids)
+        bench = optimise_masks(scorer, x, reference, class_idx, bench_grids, self.benchmark_objective)
+        bbar = bench.masks.mean(dim=1, keepdim=True)
+        aux = optimise_masks(scorer, x, reference, class_idx, aux_grids, self.auxiliary_objective, base=bbar)
+        stage_map = normalise(aux.masks.mean(dim=1, keepdim=True))
+        masks = {f"benchmark/{_grid_key(g)}": bench.masks[:, i : i + 1] for i, g in enumerate(bench_grids)}
+        masks.update({f"auxiliary/{_grid_key(g)}": aux.masks[:, i : i + 1] for i, g in enumerate(aux_grids)})
+        return stage_map, masks, bench.steps + aux.steps
+
+    # -- the hierarchy -----------------------------------------------------------------
+    def _explain(self, x, class_idx, scorer: ClassScorer, logits, reference) -> Explanation:
+        b = x.shape[0]
+        dev = x.device
+        with torch.no_grad():
+            o_x = scorer.log_odds(logits, class_idx)
+            ref_logits = scorer.logits(reference)
+            o_r = scorer.log_odds(ref_logits, class_idx)
+        floor = o_r + self.tau * (o_x - o_r)
+
+        removed = torch.zeros_like(x[:, :1])  # R_{l-1}, (B, 1, *S)
+        o_in = o_x.clone()  # o(x_l)
+        active = torch.ones(b, dtype=torch.bool, device=dev)
+        stages: list[StageRecord] = []
+        contributions: list[torch.Tensor] = []
+        masks: dict[str, torch.Tensor] = {}
+        backward = 0
+
+        for level in range(1, self.max_stages + 1):
+            idx = active.nonzero().flatten()
+            if idx.numel() == 0:
+                break
+            x_in = composite(x[idx], 1 - removed[idx], reference[idx])
+            stage_map, stage_masks, steps = self.dynamic_mask(scorer, x_in, reference[idx], class_idx[idx])
+            backward += steps
+            contribution = stage_map * (1 - removed[idx])
+            region = stage_map if self.threshold is None else (stage_map >= self.threshold).to(stage_map.dtype)
+            removed_next = removed.clone()
+            removed_next[idx] = torch.maximum(removed[idx], region)
+            with torch.no_grad():
+                probe = torch.cat(
+                    [
+                        composite(x[idx], 1 - removed_next[idx], reference[idx]),  # x_{l+1}
+                        composite(x[idx], contribution, reference[idx]),  # the new region alone
+                    ]
+                )
+                probe_logits = scorer.logits(probe)
+                targets = class_idx[idx].repeat(2)
+                o_probe = scorer.log_odds(probe_logits, targets)
+                p_probe = scorer.prob(probe_logits, targets)
+            n = idx.numel()
+            o_after, o_alone = o_probe[:n], o_probe[n:]
+
+            def full(values: torch.Tensor, fill: float = 0.0) -> torch.Tensor:
+                out = torch.full((b, *values.shape[1:]), fill, device=dev, dtype=values.dtype)
+                out[idx] = values
+                return out
+
+            if self.fusion == "drop":
+                raw = (o_in[idx] - o_after).clamp_min(0)
+            elif self.fusion == "equal":
+                raw = torch.ones(n, device=dev)
+            else:  # sufficiency, also the starting point of the learned fusion
+                raw = (o_alone - o_r[idx]).clamp_min(0)
+            stages.append(
+                StageRecord(
+                    map=full(stage_map),
+                    removed=removed_next.clone(),
+                    score_before=full(o_in[idx].sigmoid(), float("nan")),
+                    score_after=full(p_probe[:n], float("nan")),
+                    log_odds_before=full(o_in[idx], float("nan")),
+                    log_odds_after=full(o_after, float("nan")),
+                    alpha=full(raw),
+                    active=active.clone(),
+                )
+            )
+            contributions.append(full(contribution))
+            for key, mask in stage_masks.items():
+                masks[f"stage{level}/{key}"] = full(mask)
+            removed = removed_next
+            o_in = o_in.clone()
+            o_in[idx] = o_after
+            still = o_after > floor[idx]
+            active = active.clone()
+            active[idx] = still
+
+        ran = torch.stack([s.active for s in stages], dim=1).float()  # (B, L)
+        raw = torch.stack([s.alpha for s in stages], dim=1) * ran
+        # An image whose stages all carried no measurable evidence weighs them equally.
+        raw = torch.where(raw.sum(1, keepdim=True) > 0, raw, ran)
+        alpha = raw / raw.sum(1, keepdim=True)
+        stacked = torch.stack(contributions, dim=1)[:, :, 0]  # (B, L, *S)
+        if self.fusion == "learned" and len(stages) > 1:
+            alpha, steps = self._learned_fusion(scorer, x, reference, class_idx, stacked, alpha, ran)
+            backward += steps
+        for level, stage in enumerate(stages):
+            stage.alpha = alpha[:, level]
+        weights = alpha.view(b, -1, *([1] * (x.ndim - 2)))
+        saliency = normalise((weights * stacked).sum(dim=1, keepdim=True))
+        return Explanation(
+            saliency=saliency,
+            class_idx=class_idx,
+            score=scorer.prob(logits, class_idx),
+            reference_score=scorer.prob(ref_logits, class_idx),
+            method=self.name,
+            stages=stages,
+            masks=masks,
+            backward_passes=backward,
+        )
+
+    def _learned_fusion(
+        self,
+        scorer: ClassScorer,
+        x: torch.Tensor,
+        reference: torch.Tensor,
+        class_idx: torch.Tensor,
+        stacked: torch.Tensor,
+        alpha: torch.Tensor,
+        ran: torch.Tensor,
+        fractions: tuple[float, ...] = (0.02, 0.05, 0.1, 0.2),
+        temperature: float = 0.05,
+    ) -> tuple[torch.Tensor, int]:
+        """Fusion weights ``(B, L)`` that make deleting the map's top regions drop ``p_c`` fastest.
+
+        ``stacked`` holds the stage contributions ``(B, L, *S)``. Each step deletes, for
+        every fraction ``q``, a soft top-``q`` region of the fused map and minimises the
+        mean class probability of the ``B * Q`` results (one forward/backward pass).
+        """
+        b, q = x.shape[0], len(fractions)
+        logits_w = torch.log(alpha.clamp_min(1e-3)).masked_fill(ran == 0, float("-inf")).detach().requires_grad_(True)
+        optimiser = torch.optim.Adam([logits_w], lr=0.1)
+        numel = stacked[0, 0].numel()
+        ranks = [max(1, int(round((1 - f) * numel))) for f in fractions]
+        targets = class_idx.repeat_interleave(q)
+        for _ in range(self.fusion_steps):
+            w = torch.softmax(logits_w, dim=1)
+            fused = normalise((w.view(b, -1, *([1] * (x.ndim - 2))) * stacked).sum(1, keepdim=True))
+            flat = fused.flatten(1)
+            cuts = torch.stack([flat.kthvalue(r, dim=1).values for r in ranks], dim=1)  # (B, Q)
+            shape = (b, q, *([1] * (x.ndim - 2)))
+            deleted = torch.sigmoid((fused - cuts.view(shape)) / temperature)  # (B, Q, *S)
+            keep = (1 - deleted)[:, :, None]
+            batch = composite(x[:, None], keep, reference[:, None]).flatten(0, 1)
+            loss = scorer.prob(scorer.logits(batch), targets).sum()
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+        return torch.softmax(logits_w.detach(), dim=1), self.fusion_steps

@@ -1,0 +1,189 @@
+"""Learned mask vectors: grids, upsampling, and the batched mask optimisation.
+
+A mask *vector* of grid size ``g`` is a parameter ``theta`` of shape
+``(B, 1, *g)`` turned into a mask on the image grid by
+``m = upsample(sigmoid(theta), S)`` with (bi/tri)linear interpolation.
+:func:`optimise_masks` trains ``K`` such vectors of different grid sizes for
+``B`` images at once: each step is one forward and one backward pass of the
+model on ``B * K`` composites (``2 * B * K`` with the deletion term). The loss
+of every image is independent of the others, so explaining a batch gives the
+same masks as explaining its images one at a time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .reference import composite
+from .scoring import ClassScorer
+
+__all__ = ["MaskObjective", "grid_shapes", "upsample_masks", "normalise", "total_variation", "optimise_masks"]
+
+GridSpec = int | Sequence[int]
+
+
+@dataclass(frozen=True)
+class MaskObjective:
+    """Loss weights and optimiser settings for one set of mask vectors.
+
+    The loss of mask ``m`` for target class ``c`` is::
+
+        -log p_c(phi(x, m))                              # keep the decision
+        + lambda_area * mean(m)                          # keep the mask small
+        + lambda_tv * TV(m)                              # keep it smooth (optional)
+        + lambda_del * -log(1 - p_c(phi(x, 1 - m)))      # deleting it must break the decision (optional)
+
+    Attributes:
+        steps: Adam steps.
+        lr: Adam learning rate on the mask logits ``theta``.
+        lambda_area, lambda_tv, lambda_del: loss weights (see above).
+        init: initial mask value in ``(0, 1)``.
+    """
+
+    steps: int = 100
+    lr: float = 0.1
+    lambda_area: float = 1.0
+    lambda_tv: float = 0.0
+    lambda_del: float = 1.0
+    init: float = 0.5
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.steps, int) or self.steps < 1:
+            raise ValueError(f"steps: expected a positive int, got {self.steps!r}")
+        if not self.lr > 0:
+            raise ValueError(f"lr: expected a positive learning rate, got {self.lr!r}")
+        for name in ("lambda_area", "lambda_tv", "lambda_del"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name}: expected a non-negative weight, got {getattr(self, name)!r}")
+        if not 0 < self.init < 1:
+            raise ValueError(f"init: expected a mask value strictly between 0 and 1, got {self.init!r}")
+
+
+def grid_shapes(spatial: Sequence[int], grids: Sequence[GridSpec], *, relative: bool = True) -> list[tuple[int, ...]]:
+    """Grid shapes for an image of spatial size ``spatial``.
+
+    Args:
+        spatial: ``S``, e.g. ``(96, 96)`` or ``(32, 64, 64)``.
+        grids: with ``relative=True``, divisors of the image size (``32`` means
+            ``S / 32`` on every axis, so anisotropic images get anisotropic grids);
+            with ``relative=False``, absolute grid sizes (an int for every axis, or
+            one per axis).
+        relative: how to read ``grids``.
+    Returns:
+        distinct grid shapes, each axis clipped to ``[2, S_i]``, in the given order.
+    """
+    shapes: list[tuple[int, ...]] = []
+    for g in grids:
+        per_axis = (g,) * len(spatial) if isinstance(g, (int, float)) else tuple(g)
+        if len(per_axis) != len(spatial) or any(v <= 0 for v in per_axis):
+            raise ValueError(f"grids: expected positive sizes for {len(spatial)} spatial axes, got {g!r}")
+        if relative:
+            shape = tuple(int(round(n / d)) for n, d in zip(spatial, per_axis))
+        else:
+            shape = tuple(int(v) for v in per_axis)
+        shape = tuple(min(max(v, 2), n) for v, n in zip(shape, spatial))
+        if shape not in shapes:
+            shapes.append(shape)
+    if not shapes:
+        raise ValueError("grids: expected at least one grid size")
+    return shapes
+
+
+def upsample_masks(thetas: Sequence[torch.Tensor], spatial: Sequence[int]) -> torch.Tensor:
+    """``sigmoid(theta_k)`` upsampled to ``S`` and stacked: ``K`` x ``(B, 1, *g_k)`` -> ``(B, K, *S)``."""
+    mode = "bilinear" if len(spatial) == 2 else "trilinear"
+    return torch.cat(
+        [F.interpolate(torch.sigmoid(t), size=tuple(spatial), mode=mode, align_corners=False) for t in thetas], dim=1
+    )
+
+
+def normalise(maps: torch.Tensor) -> torch.Tensor:
+    """Min-max normalise each map of ``(B, K, *S)`` to ``[0, 1]``; a constant map becomes zeros."""
+    flat = maps.flatten(2)
+    lo = flat.amin(dim=2, keepdim=True)
+    hi = flat.amax(dim=2, keepdim=True)
+    span = hi - lo
+    out = torch.where(span > 1e-12, (flat - lo) / span.clamp_min(1e-12), torch.zeros_like(flat))
+    return out.view_as(maps)
+
+
+def total_variation(masks: torch.Tensor) -> torch.Tensor:
+    """Mean absolute difference between neighbours along every spatial axis: ``(B, K, *S) -> (B, K)``."""
+    tv = masks.new_zeros(masks.shape[:2])
+    for axis in range(2, masks.ndim):
+        tv = tv + masks.diff(dim=axis).abs().flatten(2).mean(-1)
+    return tv
+
+
+@dataclass
+class MaskFit:
+    """What :func:`optimise_masks` returns.
+
+    Attributes:
+        masks: final masks on the image grid ``(B, K, *S)``, already multiplied by ``base``.
+        grids: the ``K`` grid shapes.
+        steps: forward/backward passes run (one per Adam step).
+    """
+
+    masks: torch.Tensor
+    grids: list[tuple[int, ...]]
+    steps: int
+
+
+def optimise_masks(
+    scorer: ClassScorer,
+    x: torch.Tensor,
+    reference: torch.Tensor,
+    class_idx: torch.Tensor,
+    grids: Sequence[tuple[int, ...]],
+    objective: MaskObjective,
+    base: torch.Tensor | None = None,
+) -> MaskFit:
+    """Train ``K`` mask vectors per image, all images and grids in one batch per step.
+
+    Args:
+        scorer: the classifier, wrapped.
+        x: images ``(B, C, *S)``.
+        reference: reference images ``(B, C, *S)``.
+        class_idx: target class per image ``(B,)``.
+        grids: ``K`` grid shapes (see :func:`grid_shapes`).
+        objective: loss weights and optimiser settings.
+        base: optional fixed mask ``(B, 1, *S)`` that every mask is superimposed on
+            (``m_hat = base * m``), as DM's auxiliary masks are on the benchmark mean.
+    Returns:
+        a :class:`MaskFit` with masks ``(B, K, *S)``.
+    """
+    b, spatial, k = x.shape[0], tuple(x.shape[2:]), len(grids)
+    init = float(torch.logit(torch.tensor(objective.init)))
+    thetas = [torch.full((b, 1, *g), init, device=x.device, dtype=torch.float32, requires_grad=True) for g in grids]
+    optimiser = torch.optim.Adam(thetas, lr=objective.lr)
+    targets = class_idx.repeat_interleave(k)
+    x_k, r_k = x[:, None], reference[:, None]  # (B, 1, C, *S) broadcast against K masks
+    use_del = objective.lambda_del > 0
+    for _ in range(objective.steps):
+        masks = upsample_masks(thetas, spatial)
+        if base is not None:
+            masks = masks * base
+        m = masks[:, :, None].to(x.dtype)  # (B, K, 1, *S)
+        batch = composite(x_k, m, r_k).flatten(0, 1)  # (B*K, C, *S)
+        if use_del:
+            batch = torch.cat([batch, composite(x_k, 1 - m, r_k).flatten(0, 1)])
+        logits = scorer.logits(batch)
+        loss = -scorer.log_prob(logits[: b * k], targets)
+        loss = loss + objective.lambda_area * masks.flatten(2).mean(-1).flatten()
+        if objective.lambda_tv > 0:
+            loss = loss + objective.lambda_tv * total_variation(masks).flatten()
+        if use_del:
+            loss = loss - objective.lambda_del * scorer.log_not_prob(logits[b * k :], targets)
+        optimiser.zero_grad(set_to_none=True)
+        loss.sum().backward()
+        optimiser.step()
+    with torch.no_grad():
+        masks = upsample_masks(thetas, spatial)
+        if base is not None:
+            masks = masks * base
+    return MaskFit(masks=masks.detach(), grids=[tuple(g) for g in grids], steps=objective.steps)

@@ -1,0 +1,139 @@
+"""Class scores of a classifier, in probability and in log-odds.
+
+Every explainer in medhdm talks to the model through :class:`ClassScorer`. It
+turns the model's raw output into per-class log-probabilities, whatever the
+model's head looks like:
+
+- a multi-logit head ``(B, K)``, ``K >= 2``: softmax over the ``K`` logits;
+- a single-logit head ``(B, 1)`` (sigmoid classifier): the logit ``z`` is
+  expanded to the two logits ``(-z/2, z/2)``, whose softmax is exactly
+  ``(1 - sigmoid(z), sigmoid(z))``. Class 1 is "positive", class 0 "negative".
+
+Log-odds ``log p_c - log(1 - p_c)`` are what HDM uses to measure evidence:
+softmax saturates (``p_c`` is 0.999 with two lesions and with three), log-odds
+keep the remaining evidence visible.
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+
+import torch
+from torch import nn
+
+__all__ = ["ClassScorer", "TwoClassFromLogit", "first_output"]
+
+
+def first_output(out):
+    """The logits of a model output: the tensor itself, or the first element of a tuple/list.
+
+    MONAI's ``ViT`` with ``classification=True`` returns ``(logits, hidden_states)``.
+    """
+    if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
+        return out[0]
+    return out
+
+
+class TwoClassFromLogit(nn.Module):
+    """A classifier seen as returning plain logits of at least two classes.
+
+    Takes the first element of a tuple output (MONAI ``ViT``) and, for a
+    single-logit model (``expand=True``), expands ``z`` to ``(-z/2, z/2)``:
+    ``softmax((-z/2, z/2)) == (1 - sigmoid(z), sigmoid(z))``, and the gradient of
+    either logit is non-zero, so gradient methods (Grad-CAM) work for both classes.
+    """
+
+    def __init__(self, model: nn.Module, expand: bool = True) -> None:
+        super().__init__()
+        self.model = model
+        self.expand = expand
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, *S) -> (B, K)
+        z = first_output(self.model(x))
+        return torch.cat([-0.5 * z, 0.5 * z], dim=1) if self.expand else z
+
+
+class ClassScorer:
+    """Runs a classifier and reads class scores from its output.
+
+    Args:
+        model: any ``torch.nn.Module`` mapping ``(N, C, *S)`` to ``(N, K)`` logits.
+        amp: run the forward pass under ``torch.autocast`` (CUDA only; ignored on CPU).
+            Scores are always returned in float32.
+
+    Attributes:
+        num_classes: ``K`` as the explainer sees it (2 for a single-logit model).
+        single_logit: whether the model has a single sigmoid logit.
+        passes: number of forward passes run so far.
+        images: number of images pushed through the model so far.
+    """
+
+    def __init__(self, model: nn.Module, amp: bool = False) -> None:
+        self.model = model
+        self.amp = amp
+        self.num_classes: int | None = None
+        self.single_logit = False
+        self.passes = 0
+        self.images = 0
+
+    def as_logits_module(self) -> nn.Module:
+        """The model as a module returning ``(N, K >= 2)`` logits (for MONAI's own explainers)."""
+        if self.num_classes is None:
+            raise RuntimeError("as_logits_module: run logits() once first")
+        return TwoClassFromLogit(self.model, expand=self.single_logit)
+
+    def _autocast(self, x: torch.Tensor):
+        if self.amp and x.device.type == "cuda":
+            return torch.autocast(device_type="cuda")
+        return nullcontext()
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Two-or-more-class logits ``(N, K)`` in float32 for the images ``x`` ``(N, C, *S)``."""
+        with self._autocast(x):
+            out = self.model(x)
+        self.passes += 1
+        self.images += int(x.shape[0])
+        out = self._check_output(first_output(out), x.shape[0])
+        if self.single_logit:
+            out = torch.cat([-0.5 * out, 0.5 * out], dim=1)
+        return out.float()
+
+    def _check_output(self, out, batch: int) -> torch.Tensor:
+        if not isinstance(out, torch.Tensor):
+            raise TypeError(
+                f"model: expected the forward pass to return a tensor of logits of shape (B, num_classes), "
+                f"got {type(out).__name__}"
+            )
+        if out.ndim != 2 or out.shape[0] != batch:
+            raise ValueError(
+                f"model: expected an output of shape (B, num_classes) = ({batch}, K), got {tuple(out.shape)}; "
+                "medhdm explains classifiers (segmentation networks are not supported)"
+            )
+        if not torch.is_floating_point(out):
+            raise TypeError(f"model: expected floating-point logits, got dtype {out.dtype}")
+        k = int(out.shape[1])
+        if self.num_classes is None:
+            self.single_logit = k == 1
+            self.num_classes = 2 if k == 1 else k
+        return out
+
+    @staticmethod
+    def log_prob(logits: torch.Tensor, class_idx: torch.Tensor) -> torch.Tensor:
+        """``log p_c``, shape ``(N,)``, for logits ``(N, K)`` and targets ``(N,)``."""
+        return torch.log_softmax(logits, dim=1).gather(1, class_idx[:, None])[:, 0]
+
+    @staticmethod
+    def log_not_prob(logits: torch.Tensor, class_idx: torch.Tensor) -> torch.Tensor:
+        """``log(1 - p_c)``, shape ``(N,)``, computed stably from the other logits."""
+        others = logits.scatter(1, class_idx[:, None], float("-inf"))
+        return torch.logsumexp(others, dim=1) - torch.logsumexp(logits, dim=1)
+
+    @classmethod
+    def log_odds(cls, logits: torch.Tensor, class_idx: torch.Tensor) -> torch.Tensor:
+        """``log p_c - log(1 - p_c)``, shape ``(N,)``."""
+        return cls.log_prob(logits, class_idx) - cls.log_not_prob(logits, class_idx)
+
+    @classmethod
+    def prob(cls, logits: torch.Tensor, class_idx: torch.Tensor) -> torch.Tensor:
+        """``p_c``, shape ``(N,)``."""
+        return cls.log_prob(logits, class_idx).exp()
