@@ -1,0 +1,155 @@
+"""How well saliency maps overlap annotated lesions.
+
+Every function takes one map and one lesion mask of the same spatial shape
+``S`` (2D or 3D; NumPy arrays or torch tensors; a leading ``(1,)`` channel axis
+is dropped) and returns a plain float. :func:`score` computes them all.
+Undefined values (an empty lesion mask, a constant map) are NaN, never a crash.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from scipy import ndimage, stats
+
+__all__ = [
+    "pointing_game",
+    "energy_in_lesion",
+    "rank_accuracy",
+    "auroc",
+    "lesion_hit_rate",
+    "score",
+    "LOCALISATION_KEYS",
+]
+
+LOCALISATION_KEYS = ("pointing_game", "energy_in_lesion", "rank_accuracy", "auroc", "lesion_hit_rate")
+
+
+def _as_arrays(saliency, lesion_mask) -> tuple[np.ndarray, np.ndarray]:
+    s = np.asarray(saliency.detach().cpu() if hasattr(saliency, "detach") else saliency, dtype=np.float64)
+    m = np.asarray(lesion_mask.detach().cpu() if hasattr(lesion_mask, "detach") else lesion_mask)
+    if s.ndim in (3, 4) and s.shape[0] == 1:
+        s = s[0]
+    if m.ndim in (3, 4) and m.shape[0] == 1 and m.ndim == s.ndim + 1:
+        m = m[0]
+    if s.ndim not in (2, 3):
+        raise ValueError(f"saliency: expected a 2D or 3D map (optionally with a leading channel of 1), got shape {s.shape}")
+    if s.shape != m.shape:
+        raise ValueError(f"lesion_mask: expected the saliency map's shape {s.shape}, got {m.shape}")
+    if not np.isfinite(s).all():
+        raise ValueError("saliency: the map has NaN or infinite values")
+    return s, m > 0
+
+
+def _undefined(s: np.ndarray, m: np.ndarray) -> bool:
+    return not m.any() or float(s.max() - s.min()) <= 0
+
+
+def pointing_game(saliency, lesion_mask, spacing: Sequence[float] | None = None, tolerance_mm: float = 0.0) -> float:
+    """1.0 if the map's maximum lies in a lesion (within ``tolerance_mm``), else 0.0.
+
+    With ties for the maximum, every voxel attaining it is checked and the hit counts
+    only if all of them are within tolerance (a flat map cannot score by luck).
+    ``spacing`` gives the voxel size in mm per axis (default 1). NaN for an empty mask
+    or a constant map.
+    """
+    s, m = _as_arrays(saliency, lesion_mask)
+    if _undefined(s, m):
+        return float("nan")
+    peaks = s >= s.max()
+    if tolerance_mm > 0:
+        sampling = tuple(spacing) if spacing is not None else (1.0,) * s.ndim
+        distance = ndimage.distance_transform_edt(~m, sampling=sampling)
+        inside = distance <= tolerance_mm
+    else:
+        inside = m
+    return float(inside[peaks].all())
+
+
+def energy_in_lesion(saliency, lesion_mask) -> float:
+    """Share of the map's mass inside lesions, ``sum(S * L) / sum(S)`` (relevance mass accuracy).
+
+    NaN for an empty mask or an all-zero map.
+    """
+    s, m = _as_arrays(saliency, lesion_mask)
+    total = float(s.sum())
+    if not m.any() or total <= 0:
+        return float("nan")
+    return float(s[m].sum() / total)
+
+
+def rank_accuracy(saliency, lesion_mask) -> float:
+    """Share of the top-``K`` voxels of the map inside lesions, ``K`` = lesion voxel count.
+
+    Ties at the cut are broken by voxel order (stable sort). NaN for an empty mask or a
+    constant map.
+    """
+    s, m = _as_arrays(saliency, lesion_mask)
+    if _undefined(s, m):
+        return float("nan")
+    k = int(m.sum())
+    order = np.argsort(-s.ravel(), kind="stable")[:k]
+    return float(m.ravel()[order].mean())
+
+
+def auroc(saliency, lesion_mask) -> float:
+    """Area under the ROC curve of the map as a voxel classifier of the lesion mask.
+
+    Computed exactly from ranks (Mann-Whitney U, ties counted as one half). NaN when
+    the mask is empty or covers the whole image.
+    """
+    s, m = _as_arrays(saliency, lesion_mask)
+    n_pos = int(m.sum())
+    n_neg = m.size - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    ranks = stats.rankdata(s.ravel())
+    u = ranks[m.ravel()].sum() - n_pos * (n_pos + 1) / 2
+    return float(u / (n_pos * n_neg))
+
+
+def _peaks(s: np.ndarray, radius: int, min_peak: float) -> list[tuple[float, tuple[int, ...]]]:
+    """Local maxima of ``s`` (one voxel per plateau), value >= ``min_peak * max``, highest first."""
+    footprint = np.ones((2 * radius + 1,) * s.ndim, dtype=bool)
+    local = (s == ndimage.maximum_filter(s, footprint=footprint, mode="nearest")) & (s >= min_peak * s.max())
+    labels, n = ndimage.label(local)
+    if n == 0:
+        return []
+    positions = ndimage.maximum_position(s, labels, index=np.arange(1, n + 1))
+    found = [(float(s[p]), tuple(int(v) for v in p)) for p in positions]
+    return sorted(found, key=lambda t: -t[0])
+
+
+def lesion_hit_rate(
+    saliency, lesion_mask, n_peaks: int | None = None, radius: int | None = None, min_peak: float = 0.2
+) -> float:
+    """Share of connected lesion components that hold one of the map's top peaks.
+
+    Definition: lesion components are the connected components of the mask (full
+    connectivity). Peaks are the map's local maxima over a cube of half-width
+    ``radius`` voxels (default ``max(1, max(S) // 32)``), one per plateau, with value at
+    least ``min_peak`` times the map's maximum. The ``n_peaks`` highest peaks are kept
+    (default: the number of lesion components, so a peak spent on a distractor costs a
+    lesion). A component is hit if a kept peak lies inside it. NaN for an empty mask or
+    a constant map.
+    """
+    s, m = _as_arrays(saliency, lesion_mask)
+    if _undefined(s, m):
+        return float("nan")
+    labels, n_lesions = ndimage.label(m, structure=np.ones((3,) * s.ndim))
+    radius = max(1, max(s.shape) // 32) if radius is None else int(radius)
+    keep = n_lesions if n_peaks is None else int(n_peaks)
+    hit = {labels[p] for _, p in _peaks(s, radius, min_peak)[:keep]} - {0}
+    return len(hit) / n_lesions
+
+
+def score(saliency, lesion_mask, spacing: Sequence[float] | None = None, tolerance_mm: float = 0.0) -> dict[str, float]:
+    """All localisation metrics of one map against one lesion mask, keyed by :data:`LOCALISATION_KEYS`."""
+    return {
+        "pointing_game": pointing_game(saliency, lesion_mask, spacing=spacing, tolerance_mm=tolerance_mm),
+        "energy_in_lesion": energy_in_lesion(saliency, lesion_mask),
+        "rank_accuracy": rank_accuracy(saliency, lesion_mask),
+        "auroc": auroc(saliency, lesion_mask),
+        "lesion_hit_rate": lesion_hit_rate(saliency, lesion_mask),
+    }
