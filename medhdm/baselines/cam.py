@@ -1,8 +1,10 @@
 """Grad-CAM and Grad-CAM++ through ``monai.visualize``, in medhdm's interface.
 
 The target layer is found automatically: the last module, in execution order,
-whose output is a spatial feature map ``(B, C', *S')`` with ``S'`` not all ones
-(``class_layers.relu`` in MONAI's DenseNets, ``layer4`` in its ResNets). Pass
+whose output is a spatial feature map ``(B, C', *S')`` (``class_layers.relu`` in
+MONAI's DenseNets, ``layer4``'s last activation in its ResNets). On inputs so
+small that this map is ``1 x 1`` Grad-CAM is constant (an all-zero map), as it is
+in MONAI. Pass
 ``target_layer=`` to choose another. Networks without spatial feature maps
 (ViT) are rejected with a clear error.
 
@@ -31,15 +33,16 @@ __all__ = ["GradCAM", "GradCAMpp", "find_target_layer"]
 
 
 def _is_feature_map(out_spatial, in_spatial, spatial_dims: int) -> bool:
-    """Whether ``out_spatial`` is ``in_spatial`` downsampled by one integer factor (not all ones).
+    """Whether ``out_spatial`` is ``in_spatial`` downsampled by one integer factor.
 
-    Rules out same-rank tensors that are not image grids, such as a transformer's
-    attention weights ``(B, heads, L, L)``.
+    Unpadded convolutions may shave a few voxels off (``ceil(n / f) - 4 <= o <= ceil(n / f)``);
+    nothing may be larger. This rules out same-rank tensors that are not image grids,
+    such as a transformer's attention weights ``(B, heads, L, L)`` with ``L`` tokens.
     """
-    if len(out_spatial) != spatial_dims or all(s == 1 for s in out_spatial) or out_spatial[0] < 1:
+    if len(out_spatial) != spatial_dims or out_spatial[0] < 1:
         return False
     factor = max(1, round(in_spatial[0] / out_spatial[0]))
-    return all(o in (n // factor, -(-n // factor)) for o, n in zip(out_spatial, in_spatial))
+    return all(-(-n // factor) - 4 <= o <= -(-n // factor) for o, n in zip(out_spatial, in_spatial))
 
 
 def find_target_layer(model: nn.Module, x: torch.Tensor) -> str:
@@ -65,9 +68,10 @@ def find_target_layer(model: nn.Module, x: torch.Tensor) -> str:
     finally:
         for h in handles:
             h.remove()
-    # A spatial map only in the first half of the network (a ViT's patch embedding) is
-    # an input embedding, not the late feature map Grad-CAM is defined on.
-    if not order or executed.index(order[-1]) < len(executed) // 2:
+    # Grad-CAM is defined on the last feature map before the classifier head (pooling,
+    # flattening, dropout, linear: a handful of modules). A spatial map followed by many
+    # more modules (a ViT's patch embedding) is an input embedding instead.
+    if not order or len(executed) - 1 - executed.index(order[-1]) > 5:
         raise ValueError(
             f"target_layer: found no late layer of {type(model).__name__} with a spatial feature map output "
             f"({x.ndim - 2}D); Grad-CAM needs a convolutional network. Pass target_layer= explicitly or use "

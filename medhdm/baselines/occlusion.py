@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import warnings
+
 import torch
 from monai.visualize import OcclusionSensitivity
 from torch import nn
@@ -63,7 +65,9 @@ class Occlusion(Explainer):
         occ = OcclusionSensitivity(net, mask_size=size, n_batch=self.n_batch, verbose=False, mode=self.mode, overlap=self.overlap)
         p = scorer.prob(logits, class_idx)
         maps = []
-        with torch.no_grad():
+        with torch.no_grad(), warnings.catch_warnings():
+            # MONAI's sliding-window indexing triggers PyTorch deprecation warnings
+            warnings.filterwarnings("ignore", message="Using a non-tuple sequence", category=UserWarning)
             for i in range(x.shape[0]):
                 sens, _ = occ(x[i : i + 1])
                 sens = torch.as_tensor(sens)

@@ -42,10 +42,11 @@ class MaskObjective:
         lr: Adam learning rate on the mask logits ``theta``.
         lambda_area, lambda_tv, lambda_del: loss weights (see above).
         init: initial mask value in ``(0, 1)``.
-        trajectory_mean: return the mean of the masks over all optimisation steps instead of
-            the last one. A converged mask is nearly binary (sigmoid saturates), with no
-            ranking inside the kept region; the mean over the trajectory ranks voxels by how
-            early and how long the optimisation kept them, at no extra model passes.
+        trajectory_mean: return the last mask times the mean of the masks over all
+            optimisation steps instead of the last mask alone. A converged mask is nearly
+            binary (sigmoid saturates), with no ranking inside the kept region; the mean over
+            the trajectory ranks voxels by how early and how long the optimisation kept them,
+            and the last mask keeps what was dropped near zero. No extra model passes.
     """
 
     steps: int = 100
@@ -129,8 +130,9 @@ class MaskFit:
     """What :func:`optimise_masks` returns.
 
     Attributes:
-        masks: masks on the image grid ``(B, K, *S)`` (the last step's, or the mean over the
-            steps with ``trajectory_mean``), already multiplied by ``base``.
+        masks: masks on the image grid ``(B, K, *S)`` (the last step's, or with
+            ``trajectory_mean`` the last times the mean over the steps), already multiplied
+            by ``base``.
         grids: the ``K`` grid shapes.
         steps: forward/backward passes run (one per Adam step).
     """
@@ -196,5 +198,5 @@ def optimise_masks(
         if base is not None:
             masks = masks * base
         if running is not None:
-            masks = (running + masks) / (objective.steps + 1)
+            masks = masks * (running + masks) / (objective.steps + 1)
     return MaskFit(masks=masks.detach(), grids=[tuple(g) for g in grids], steps=objective.steps)

@@ -35,7 +35,7 @@ class MDM(Explainer):
         grids: mask grids as divisors of the input size (default ``(32, 16, 8, 4, 2)``).
         weights: one weight per grid for the stack (default equal).
         objective: loss weights and optimiser settings (default: 150 steps, lr 0.1,
-            ``lambda_area=1, lambda_del=1``).
+            ``lambda_area=2``, no deletion term, as in the paper).
         reference, seed, amp: see :class:`~medhdm.explain.base.Explainer`.
     """
 
@@ -57,7 +57,7 @@ class MDM(Explainer):
         if weights is not None and len(weights) != len(self.grids):
             raise ValueError(f"weights: expected one weight per grid ({len(self.grids)}), got {len(weights)}")
         self.weights = None if weights is None else tuple(float(w) for w in weights)
-        self.objective = objective or MaskObjective(steps=150, lambda_area=1.0, lambda_del=1.0)
+        self.objective = objective or MaskObjective(steps=150, lambda_area=2.0, lambda_del=0.0)
 
     def _explain(self, x, class_idx, scorer: ClassScorer, logits, reference) -> Explanation:
         grids = grid_shapes(x.shape[2:], self.grids)

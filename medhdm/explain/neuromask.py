@@ -34,7 +34,7 @@ class NeuroMask(Explainer):
         model: the classifier.
         grid: the mask grid as a divisor of the input size (4: ``S / 4``; 1: full resolution).
         objective: loss weights and optimiser settings (default: 150 steps, lr 0.1,
-            ``lambda_area=1, lambda_tv=0.5, lambda_del=1``).
+            ``lambda_area=2, lambda_tv=0.5``, no deletion term, as in the paper).
         reference, seed, amp: see :class:`~medhdm.explain.base.Explainer`.
     """
 
@@ -52,7 +52,7 @@ class NeuroMask(Explainer):
     ) -> None:
         super().__init__(model, reference=reference, seed=seed, amp=amp)
         self.grid = grid
-        self.objective = objective or MaskObjective(steps=150, lambda_area=1.0, lambda_tv=0.5, lambda_del=1.0)
+        self.objective = objective or MaskObjective(steps=150, lambda_area=2.0, lambda_tv=0.5, lambda_del=0.0)
 
     def _explain(self, x, class_idx, scorer: ClassScorer, logits, reference) -> Explanation:
         grids = grid_shapes(x.shape[2:], [self.grid])
