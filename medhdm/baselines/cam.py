@@ -25,6 +25,7 @@ from monai.visualize import GradCAM as MonaiGradCAM
 from monai.visualize import GradCAMpp as MonaiGradCAMpp
 from torch import nn
 
+from ..explain._checks import frozen_eval
 from ..explain.base import Explainer, Explanation
 from ..explain.masks import normalise
 from ..explain.scoring import ClassScorer
@@ -47,23 +48,27 @@ def _is_feature_map(out_spatial, in_spatial, spatial_dims: int) -> bool:
 
 def find_target_layer(model: nn.Module, x: torch.Tensor) -> str:
     """Name of the last module whose output is a spatial feature map for input ``x`` ``(B, C, *S)``."""
-    order: list[str] = []  # spatial-output leaves, in execution order
+    order: list[tuple[str, int]] = []  # spatial-output leaves and their call positions
     executed: list[str] = []  # every leaf, in execution order
     handles = []
 
-    def record(name: str):
+    def record(name: str, is_pooling: bool):
         def hook(_module, _inputs, output):
             executed.append(name)
+            if is_pooling:  # the global pooling before the head is not a feature map
+                return
             if isinstance(output, torch.Tensor) and _is_feature_map(output.shape[2:], x.shape[2:], x.ndim - 2):
-                order.append(name)
+                order.append((name, len(executed) - 1))
 
         return hook
 
+    pooling = (nn.modules.pooling._AdaptiveAvgPoolNd, nn.modules.pooling._AdaptiveMaxPoolNd,
+               nn.modules.pooling._AvgPoolNd, nn.modules.pooling._MaxPoolNd)
     for name, module in model.named_modules():
         if name and not list(module.children()):
-            handles.append(module.register_forward_hook(record(name)))
+            handles.append(module.register_forward_hook(record(name, isinstance(module, pooling))))
     try:
-        with torch.no_grad():
+        with frozen_eval(model), torch.no_grad():
             model(x[:1])
     finally:
         for h in handles:
@@ -71,13 +76,16 @@ def find_target_layer(model: nn.Module, x: torch.Tensor) -> str:
     # Grad-CAM is defined on the last feature map before the classifier head (pooling,
     # flattening, dropout, linear: a handful of modules). A spatial map followed by many
     # more modules (a ViT's patch embedding) is an input embedding instead.
-    if not order or len(executed) - 1 - executed.index(order[-1]) > 5:
+    # A module called more than once per forward pass (a shared activation, as in MONAI's
+    # EfficientNet) cannot be hooked unambiguously: its last output and first gradient differ.
+    order = [(name, pos) for name, pos in order if executed.count(name) == 1]
+    if not order or len(executed) - 1 - order[-1][1] > 5:
         raise ValueError(
             f"target_layer: found no late layer of {type(model).__name__} with a spatial feature map output "
             f"({x.ndim - 2}D); Grad-CAM needs a convolutional network. Pass target_layer= explicitly or use "
             "another method (HDM, GradientInput, Occlusion, RISE)"
         )
-    return order[-1]
+    return order[-1][0]
 
 
 @contextmanager

@@ -65,10 +65,12 @@ class RISE(Explainer):
         shifts = [torch.randint(0, c, (n,), device=device) for c in cell]
         idx = [sh[:, None] + torch.arange(s, device=device)[None] for sh, s in zip(shifts, spatial)]
         if len(spatial) == 2:
-            return big[torch.arange(n)[:, None, None], :, idx[0][:, :, None], idx[1][:, None, :]].permute(0, 3, 1, 2)
-        return big[
-            torch.arange(n)[:, None, None, None], :, idx[0][:, :, None, None], idx[1][:, None, :, None], idx[2][:, None, None, :]
-        ].permute(0, 4, 1, 2, 3)
+            masks = big[torch.arange(n, device=device)[:, None, None], :, idx[0][:, :, None], idx[1][:, None, :]].permute(0, 3, 1, 2)
+        else:
+            masks = big[
+                torch.arange(n, device=device)[:, None, None, None], :, idx[0][:, :, None, None], idx[1][:, None, :, None], idx[2][:, None, None, :]
+            ].permute(0, 4, 1, 2, 3)
+        return masks.clamp_(0, 1)  # bilinear weights can overshoot 1 by a rounding error
 
     def _explain(self, x, class_idx, scorer: ClassScorer, logits, reference) -> Explanation:
         spatial = tuple(x.shape[2:])

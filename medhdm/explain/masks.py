@@ -32,7 +32,7 @@ class MaskObjective:
 
     The loss of mask ``m`` for target class ``c`` is::
 
-        -log p_c(phi(x, m))                              # keep the decision
+        lambda_keep * -log p_c(phi(x, m))                # keep the decision
         + lambda_area * mean(m)                          # keep the mask small
         + lambda_tv * TV(m)                              # keep it smooth (optional)
         + lambda_del * -log(1 - p_c(phi(x, 1 - m)))      # deleting it must break the decision (optional)
@@ -40,7 +40,7 @@ class MaskObjective:
     Attributes:
         steps: Adam steps.
         lr: Adam learning rate on the mask logits ``theta``.
-        lambda_area, lambda_tv, lambda_del: loss weights (see above).
+        lambda_keep, lambda_area, lambda_tv, lambda_del: loss weights (see above).
         init: initial mask value in ``(0, 1)``.
         trajectory_mean: return the last mask times the mean of the masks over all
             optimisation steps instead of the last mask alone. A converged mask is nearly
@@ -53,7 +53,8 @@ class MaskObjective:
     lr: float = 0.1
     lambda_area: float = 1.0
     lambda_tv: float = 0.0
-    lambda_del: float = 1.0
+    lambda_del: float = 0.0
+    lambda_keep: float = 1.0
     init: float = 0.5
     trajectory_mean: bool = True
 
@@ -62,9 +63,11 @@ class MaskObjective:
             raise ValueError(f"steps: expected a positive int, got {self.steps!r}")
         if not self.lr > 0:
             raise ValueError(f"lr: expected a positive learning rate, got {self.lr!r}")
-        for name in ("lambda_area", "lambda_tv", "lambda_del"):
+        for name in ("lambda_keep", "lambda_area", "lambda_tv", "lambda_del"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}: expected a non-negative weight, got {getattr(self, name)!r}")
+        if self.lambda_keep == 0 and self.lambda_del == 0:
+            raise ValueError("lambda_keep, lambda_del: at least one of the two must be positive")
         if not 0 < self.init < 1:
             raise ValueError(f"init: expected a mask value strictly between 0 and 1, got {self.init!r}")
 
@@ -184,7 +187,7 @@ def optimise_masks(
         if use_del:
             batch = torch.cat([batch, composite(x_k, 1 - m, r_k).flatten(0, 1)])
         logits = scorer.logits(batch)
-        loss = -scorer.log_prob(logits[: b * k], targets)
+        loss = -objective.lambda_keep * scorer.log_prob(logits[: b * k], targets)
         loss = loss + objective.lambda_area * masks.flatten(2).mean(-1).flatten()
         if objective.lambda_tv > 0:
             loss = loss + objective.lambda_tv * total_variation(masks).flatten()

@@ -1,0 +1,88 @@
+"""Speed benchmark: time per explanation for each method, and HDM against its floor.
+
+    python benchmarks/speed.py [--device cpu|cuda] [--batch 8] [--repeats 2]
+
+For each method: seconds per image when explaining a batch of held-out 96x96 cases
+with the shipped DenseNet. For HDM also the *floor*: a bare loop of the same number
+of forward+backward passes at the same batch size (the same model, a random input
+that requires grad), timed in the same run; the ratio HDM / floor is the overhead of
+everything that is not the model (mask upsampling, compositing, Adam, bookkeeping).
+Writes ``benchmarks/results/speed_<device>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+import warnings
+
+import torch
+from common import RESULTS, default_methods, held_out_cases, write_json
+
+from medhdm.models import load_default_classifier
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def bare_loop(model, shape, passes: int, device) -> float:
+    """Seconds for ``passes`` forward+backward passes of a random batch of ``shape``."""
+    x = torch.rand(shape, device=device, requires_grad=True)
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(passes):
+        model(x).sum().backward()
+    _sync(device)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=2, help="timed repeats (the best is kept)")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    torch.set_num_threads(2)
+    warnings.filterwarnings("ignore", category=UserWarning)
+    model = load_default_classifier(device=device)
+    x, _, _ = held_out_cases(args.batch)
+    x = x.to(device)
+    results = {"device": str(device), "batch": args.batch, "input": list(x.shape), "methods": {}}
+    if device.type == "cuda":
+        results["gpu"] = torch.cuda.get_device_name(device)
+    print(f"device {device}, batch {args.batch} x {tuple(x.shape[1:])}, shipped DenseNet\n")
+    print("| method | s / image | forward passes / call | images through the model / call |")
+    print("| --- | --- | --- | --- |")
+    for name, explainer in default_methods(model).items():
+        explainer.explain(x[:1], 1)  # warm-up
+        best, result = float("inf"), None
+        for _ in range(args.repeats):
+            _sync(device)
+            start = time.perf_counter()
+            result = explainer.explain(x, 1)
+            _sync(device)
+            best = min(best, time.perf_counter() - start)
+        entry = {"seconds_per_image": best / args.batch, "forward_passes": result.forward_passes,
+                 "images_evaluated": result.images_evaluated}
+        if name == "HDM":
+            passes = result.backward_passes
+            batch = round(result.images_evaluated / result.forward_passes)
+            floor = min(bare_loop(model, (batch, *x.shape[1:]), passes, device) for _ in range(args.repeats))
+            entry.update({"floor_seconds": floor, "floor_passes": passes, "floor_batch": batch,
+                          "ratio_to_floor": best / floor})
+        results["methods"][name] = entry
+        print(f"| {name} | {entry['seconds_per_image']:.3f} | {result.forward_passes} | {result.images_evaluated} |",
+              flush=True)
+    hdm = results["methods"]["HDM"]
+    print(f"\nHDM: {hdm['seconds_per_image'] * args.batch:.2f} s for the batch; the bare loop of {hdm['floor_passes']} "
+          f"forward+backward passes at batch {hdm['floor_batch']}: {hdm['floor_seconds']:.2f} s; "
+          f"ratio {hdm['ratio_to_floor']:.2f}")
+    write_json(RESULTS / f"speed_{device.type}.json", results)
+    print(f"wrote {RESULTS / f'speed_{device.type}.json'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,93 @@
+"""Localisation metrics against values computed by hand on tiny arrays."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from medhdm.metrics import auroc, energy_in_lesion, lesion_hit_rate, pointing_game, rank_accuracy, score
+
+MASK = np.array([[0, 0, 0, 0], [0, 1, 1, 0], [0, 0, 0, 0], [0, 0, 0, 1]])
+MAP = np.array([[0.0, 0.1, 0.0, 0.0], [0.2, 0.9, 0.5, 0.0], [0.0, 0.3, 0.0, 0.0], [0.0, 0.0, 0.0, 0.6]])
+
+
+def test_pointing_game_hit_miss_tolerance_and_ties():
+    assert pointing_game(MAP, MASK) == 1.0
+    off = MAP.copy()
+    off[0, 0] = 1.0  # maximum one voxel diagonal from the lesion at (1, 1)
+    assert pointing_game(off, MASK) == 0.0
+    assert pointing_game(off, MASK, spacing=(1.0, 1.0), tolerance_mm=1.0) == 0.0  # sqrt(2) mm away
+    assert pointing_game(off, MASK, spacing=(1.0, 1.0), tolerance_mm=1.5) == 1.0
+    assert pointing_game(off, MASK, spacing=(0.5, 0.5), tolerance_mm=0.75) == 1.0  # 0.707 mm
+    tie = MAP.copy()
+    tie[0, 0] = 0.9  # tied maximum inside and outside: no hit by luck
+    assert pointing_game(tie, MASK) == 0.0
+    assert math.isnan(pointing_game(np.ones((4, 4)), MASK))
+    assert math.isnan(pointing_game(MAP, np.zeros((4, 4))))
+
+
+def test_energy_and_rank_accuracy():
+    total = MAP.sum()  # 2.6
+    assert energy_in_lesion(MAP, MASK) == pytest.approx((0.9 + 0.5 + 0.6) / total)
+    # top-3 voxels: 0.9 (in), 0.6 (in), 0.5 (in)
+    assert rank_accuracy(MAP, MASK) == pytest.approx(1.0)
+    other = MAP.copy()
+    other[3, 3] = 0.0  # top-3 now 0.9 (in), 0.5 (in), 0.3 (out)
+    assert rank_accuracy(other, MASK) == pytest.approx(2 / 3)
+    assert math.isnan(energy_in_lesion(np.zeros((4, 4)), MASK))
+
+
+def test_auroc_matches_pairwise_count_with_ties():
+    # 3 positives (0.9, 0.5, 0.6) vs 13 negatives; ties count one half.
+    pos = MAP[MASK > 0]
+    neg = MAP[MASK == 0]
+    pairs = sum((p > n) + 0.5 * (p == n) for p in pos for n in neg)
+    assert auroc(MAP, MASK) == pytest.approx(pairs / (len(pos) * len(neg)))
+    flat = np.full((4, 4), 0.5)
+    flat[1, 1] = 0.5
+    assert auroc(flat, MASK) == pytest.approx(0.5)
+    assert math.isnan(auroc(MAP, np.ones((4, 4))))
+
+
+def test_lesion_hit_rate_counts_components_and_spends_peaks():
+    mask = np.zeros((12, 12), dtype=int)
+    mask[1:3, 1:3] = 1
+    mask[8:10, 8:10] = 1
+    sal = np.zeros((12, 12))
+    sal[1, 1] = 1.0  # a peak in lesion 1
+    sal[9, 9] = 0.8  # a peak in lesion 2
+    assert lesion_hit_rate(sal, mask, radius=1) == 1.0
+    sal[5, 5] = 0.9  # a distractor peak outranks lesion 2: with 2 peaks kept, one lesion is hit
+    assert lesion_hit_rate(sal, mask, radius=1) == 0.5
+    assert lesion_hit_rate(sal, mask, radius=1, n_peaks=3) == 1.0
+    sal[9, 9] = 0.1  # below min_peak (0.2 of the maximum)
+    assert lesion_hit_rate(sal, mask, radius=1, n_peaks=3) == 0.5
+
+
+def test_3d_torch_input_with_channel_axis():
+    mask = torch.zeros(1, 4, 5, 6, dtype=torch.long)
+    mask[0, 1:3, 1:3, 1:3] = 1
+    sal = torch.zeros(1, 4, 5, 6)
+    sal[0, 2, 2, 2] = 1.0
+    sal[0, 0, 0, 0] = 0.5
+    out = score(sal, mask)
+    assert out["pointing_game"] == 1.0
+    assert out["energy_in_lesion"] == pytest.approx(1 / 1.5)
+    assert out["lesion_hit_rate"] == 1.0
+    n_pos, n_neg = 8, 4 * 5 * 6 - 8
+    # the positive at 1.0 beats all negatives; the other 7 positives (0) beat nobody and tie
+    # with 119 zero negatives; the 0.5 negative beats the 7 zero positives.
+    expected = (n_neg + 7 * 0.5 * (n_neg - 1)) / (n_pos * n_neg)
+    assert out["auroc"] == pytest.approx(expected)
+
+
+def test_bad_input():
+    with pytest.raises(ValueError, match=r"lesion_mask: expected the saliency map's shape \(4, 4\), got \(4, 5\)"):
+        score(MAP, np.zeros((4, 5)))
+    with pytest.raises(ValueError, match="saliency: the map has NaN"):
+        score(np.full((4, 4), np.nan), MASK)
+    with pytest.raises(ValueError, match="saliency: expected a 2D or 3D map"):
+        score(np.zeros(4), np.zeros(4))
