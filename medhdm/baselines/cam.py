@@ -1,8 +1,9 @@
 """Grad-CAM and Grad-CAM++ through ``monai.visualize``, in medhdm's interface.
 
 The target layer is found automatically: the last module, in execution order,
-whose output is a spatial feature map ``(B, C', *S')`` (``class_layers.relu`` in
-MONAI's DenseNets, ``layer4``'s last activation in its ResNets). On inputs so
+whose output is a spatial feature map ``(B, C', *S')`` and which runs once per
+forward pass (``class_layers.relu`` in MONAI's DenseNets, ``layer4`` in its ResNets,
+``_bn1`` in its EfficientNets). On inputs so
 small that this map is ``1 x 1`` Grad-CAM is constant (an all-zero map), as it is
 in MONAI. Pass
 ``target_layer=`` to choose another. Networks without spatial feature maps
@@ -47,9 +48,10 @@ def _is_feature_map(out_spatial, in_spatial, spatial_dims: int) -> bool:
 
 
 def find_target_layer(model: nn.Module, x: torch.Tensor) -> str:
-    """Name of the last module whose output is a spatial feature map for input ``x`` ``(B, C, *S)``."""
-    order: list[tuple[str, int]] = []  # spatial-output leaves and their call positions
-    executed: list[str] = []  # every leaf, in execution order
+    """Name of the module whose spatial feature map output, for input ``x`` ``(B, C, *S)``, is
+    completed last in the forward pass (a leaf or a whole block, called once; not a pooling layer)."""
+    order: list[tuple[str, int]] = []  # spatial-output modules and the positions they finished at
+    executed: list[str] = []  # every module (leaves and blocks), in the order their forward finished
     handles = []
 
     def record(name: str, is_pooling: bool):
@@ -65,7 +67,7 @@ def find_target_layer(model: nn.Module, x: torch.Tensor) -> str:
     pooling = (nn.modules.pooling._AdaptiveAvgPoolNd, nn.modules.pooling._AdaptiveMaxPoolNd,
                nn.modules.pooling._AvgPoolNd, nn.modules.pooling._MaxPoolNd)
     for name, module in model.named_modules():
-        if name and not list(module.children()):
+        if name:
             handles.append(module.register_forward_hook(record(name, isinstance(module, pooling))))
     try:
         with frozen_eval(model), torch.no_grad():
@@ -76,8 +78,9 @@ def find_target_layer(model: nn.Module, x: torch.Tensor) -> str:
     # Grad-CAM is defined on the last feature map before the classifier head (pooling,
     # flattening, dropout, linear: a handful of modules). A spatial map followed by many
     # more modules (a ViT's patch embedding) is an input embedding instead.
-    # A module called more than once per forward pass (a shared activation, as in MONAI's
-    # EfficientNet) cannot be hooked unambiguously: its last output and first gradient differ.
+    # A module called more than once per forward pass (the activation of a MONAI ResNet block,
+    # the shared one of its EfficientNet) cannot be hooked unambiguously: MONAI's hooks would
+    # pair its last output with the gradient of its first call. Whole blocks are called once.
     order = [(name, pos) for name, pos in order if executed.count(name) == 1]
     if not order or len(executed) - 1 - order[-1][1] > 5:
         raise ValueError(
