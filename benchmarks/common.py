@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +13,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from medhdm import HDM, MDM, RISE, GradCAM, GradCAMpp, GradientInput, NeuroMask, Occlusion  # noqa: E402
+from medhdm._io import atomic_write  # noqa: E402
 from medhdm.data import make_case  # noqa: E402
 from medhdm.training import stack_cases  # noqa: E402
 
@@ -54,8 +53,4 @@ def bootstrap_ci(values, n_boot: int = 2000, seed: int = 0) -> tuple[float, floa
 
 def write_json(path: Path, data) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
+    atomic_write(path, (json.dumps(data, indent=2) + "\n").encode())

@@ -15,8 +15,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -24,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ._io import atomic_write
 from .baselines import RISE, GradCAM, GradientInput, Occlusion
 from .data.lesions import make_case
 from .evaluation import compare_methods, format_table, summarise
@@ -34,18 +33,6 @@ from .training import stack_cases
 __all__ = ["run_demo"]
 
 DEMO_SEED = 31337
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _overlay_png(images, lesions, maps: dict[str, torch.Tensor]) -> bytes:
@@ -118,9 +105,9 @@ def run_demo(out_dir: Path, n_cases: int = 6, log: Callable[[str], None] = print
     writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
     writer.writeheader()
     writer.writerows(rows)
-    _write_atomic(out_dir / "per_case.csv", buf.getvalue().encode())
-    _write_atomic(out_dir / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
-    _write_atomic(out_dir / "overlays.png", _overlay_png(x.numpy(), lesions.numpy(), maps))
+    atomic_write(out_dir / "per_case.csv", buf.getvalue().encode())
+    atomic_write(out_dir / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
+    atomic_write(out_dir / "overlays.png", _overlay_png(x.numpy(), lesions.numpy(), maps))
     columns = ["pointing_game", "energy_in_lesion", "auroc", "lesion_hit_rate", "lesion_hit_rate_multi", "seconds"]
     log("")
     log(format_table(summary, columns))

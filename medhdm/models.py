@@ -18,13 +18,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import tempfile
 import time
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from ._io import atomic_write
 from .data.lesions import make_dataset
 from .training import accuracy_and_auc, lesion_classifier, train_classifier
 
@@ -63,18 +63,6 @@ def load_default_classifier(name: str = DEFAULT_2D, device: str | torch.device =
     return model
 
 
-def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def train_default_classifier(out_dir: Path = WEIGHTS_DIR, log=print) -> dict:
     """Train the 2D default classifier by :data:`RECIPE_2D`, write weights and card to ``out_dir``."""
     r = RECIPE_2D
@@ -98,8 +86,8 @@ def train_default_classifier(out_dir: Path = WEIGHTS_DIR, log=print) -> dict:
         "torch": torch.__version__,
     }
     out_dir.mkdir(parents=True, exist_ok=True)
-    _atomic_write(out_dir / f"{DEFAULT_2D}.pt", lambda p: torch.save(model.state_dict(), p))
-    _atomic_write(out_dir / f"{DEFAULT_2D}.json", lambda p: Path(p).write_text(json.dumps(card, indent=2) + "\n"))
+    atomic_write(out_dir / f"{DEFAULT_2D}.pt", lambda p: torch.save(model.state_dict(), p))
+    atomic_write(out_dir / f"{DEFAULT_2D}.json", lambda p: Path(p).write_text(json.dumps(card, indent=2) + "\n"))
     if log:
         log(f"held-out accuracy {acc:.3f}, AUC {auc:.3f}; wrote {out_dir / DEFAULT_2D}.pt/.json")
     return card

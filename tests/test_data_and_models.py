@@ -6,7 +6,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from medhdm.cli import main
 from medhdm.data import anatomy, make_case, make_dataset
@@ -72,3 +71,20 @@ def test_cli_bad_input_is_one_line(capsys):
     assert main(["demo", "--cases", "0"]) == 2
     err = capsys.readouterr().err
     assert err.strip() == "medhdm demo: error: --cases: expected at least 1, got 0"
+
+
+def test_atomic_write_leaves_nothing_on_failure(tmp_path):
+    from medhdm._io import atomic_write
+
+    target = tmp_path / "out.bin"
+    atomic_write(target, b"first")
+
+    def broken(tmp):
+        with open(tmp, "wb") as f:
+            f.write(b"half")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        atomic_write(target, broken)
+    assert target.read_bytes() == b"first"  # the old file is untouched
+    assert [p.name for p in tmp_path.iterdir()] == ["out.bin"]  # no temporary left behind

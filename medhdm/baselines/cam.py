@@ -148,14 +148,7 @@ class GradCAM(Explainer):
                 mode = "bilinear" if x.ndim == 4 else "trilinear"
                 up = torch.nn.functional.interpolate(raw.float(), size=x.shape[2:], mode=mode, align_corners=False)
                 saliency[sel] = normalise(up.detach())
-        return Explanation(
-            saliency=saliency,
-            class_idx=class_idx,
-            score=scorer.prob(logits, class_idx),
-            reference_score=self._reference_score(scorer, None, class_idx),
-            method=self.name,
-            backward_passes=len(groups),
-        )
+        return self._result(saliency, class_idx, scorer, logits, None, backward_passes=len(groups))
 
 
 class GradCAMpp(GradCAM):

@@ -70,11 +70,4 @@ class GradientInput(Explainer):
         sigma = self.smooth_sigma if self.smooth_sigma is not None else max(x.shape[2:]) / 48
         if sigma > 0:
             attribution = blur_reference(attribution, sigma)
-        return Explanation(
-            saliency=normalise(attribution),
-            class_idx=class_idx,
-            score=scorer.prob(logits, class_idx),
-            reference_score=self._reference_score(scorer, reference, class_idx),
-            method=self.name,
-            backward_passes=1,
-        )
+        return self._result(normalise(attribution), class_idx, scorer, logits, reference, backward_passes=1)

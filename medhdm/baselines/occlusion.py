@@ -74,10 +74,4 @@ class Occlusion(Explainer):
                 # MONAI: (1, K, *S) for per_channel=False
                 maps.append((p[i] - sens[:, int(class_idx[i])]).clamp_min(0)[:, None])
         saliency = normalise(torch.cat(maps).float())
-        return Explanation(
-            saliency=saliency,
-            class_idx=class_idx,
-            score=p,
-            reference_score=self._reference_score(scorer, None, class_idx),
-            method=self.name,
-        )
+        return self._result(saliency, class_idx, scorer, logits, None)

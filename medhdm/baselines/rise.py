@@ -86,10 +86,4 @@ class RISE(Explainer):
                     saliency[i] += (p.view(n, *([1] * (x.ndim - 1))) * masks).sum(0)
                     done += n
         saliency = saliency / (self.n_masks * self.p_keep)
-        return Explanation(
-            saliency=normalise(saliency),
-            class_idx=class_idx,
-            score=scorer.prob(logits, class_idx),
-            reference_score=self._reference_score(scorer, reference, class_idx),
-            method=self.name,
-        )
+        return self._result(normalise(saliency), class_idx, scorer, logits, reference)

@@ -150,6 +150,25 @@ class Explainer:
     ) -> Explanation:
         raise NotImplementedError
 
+    def _result(
+        self,
+        saliency: torch.Tensor,
+        class_idx: torch.Tensor,
+        scorer: ClassScorer,
+        logits: torch.Tensor,
+        reference: torch.Tensor | None,
+        **record,
+    ) -> Explanation:
+        """An :class:`Explanation` of this method with the scores filled in; ``record`` adds fields."""
+        return Explanation(
+            saliency=saliency,
+            class_idx=class_idx,
+            score=scorer.prob(logits, class_idx),
+            reference_score=self._reference_score(scorer, reference, class_idx),
+            method=self.name,
+            **record,
+        )
+
     def _reference_score(
         self, scorer: ClassScorer, reference: torch.Tensor | None, class_idx: torch.Tensor
     ) -> torch.Tensor:

@@ -68,12 +68,7 @@ class MDM(Explainer):
             # distinct grids only: grid_shapes drops duplicates after clipping
             w = torch.tensor(self.weights[: len(grids)], device=x.device)
         stack = (fit.masks * w.view(1, -1, *([1] * (x.ndim - 2)))).sum(1, keepdim=True)
-        return Explanation(
-            saliency=normalise(stack),
-            class_idx=class_idx,
-            score=scorer.prob(logits, class_idx),
-            reference_score=self._reference_score(scorer, reference, class_idx),
-            method=self.name,
-            masks={f"mask/{_grid_key(g)}": fit.masks[:, i : i + 1] for i, g in enumerate(grids)},
-            backward_passes=fit.steps,
+        masks = {f"mask/{_grid_key(g)}": fit.masks[:, i : i + 1] for i, g in enumerate(grids)}
+        return self._result(
+            normalise(stack), class_idx, scorer, logits, reference, masks=masks, backward_passes=fit.steps
         )

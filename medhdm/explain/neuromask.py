@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch
 from torch import nn
 
 from .base import Explainer, Explanation
@@ -57,12 +56,7 @@ class NeuroMask(Explainer):
     def _explain(self, x, class_idx, scorer: ClassScorer, logits, reference) -> Explanation:
         grids = grid_shapes(x.shape[2:], [self.grid])
         fit = optimise_masks(scorer, x, reference, class_idx, grids, self.objective)
-        return Explanation(
-            saliency=normalise(fit.masks),
-            class_idx=class_idx,
-            score=scorer.prob(logits, class_idx),
-            reference_score=self._reference_score(scorer, reference, class_idx),
-            method=self.name,
-            masks={f"mask/{_grid_key(grids[0])}": fit.masks},
-            backward_passes=fit.steps,
+        masks = {f"mask/{_grid_key(grids[0])}": fit.masks}
+        return self._result(
+            normalise(fit.masks), class_idx, scorer, logits, reference, masks=masks, backward_passes=fit.steps
         )
