@@ -60,13 +60,13 @@ class MDM(Explainer):
         self.objective = objective or MaskObjective(steps=150, lambda_area=2.0, lambda_del=0.0)
 
     def _explain(self, x, class_idx, scorer: ClassScorer, logits, reference) -> Explanation:
-        grids = grid_shapes(x.shape[2:], self.grids)
+        per_spec = [grid_shapes(x.shape[2:], [g])[0] for g in self.grids]
+        grids = list(dict.fromkeys(per_spec))  # on small images several divisors clip to one grid
         fit = optimise_masks(scorer, x, reference, class_idx, grids, self.objective)
-        if self.weights is None:
-            w = torch.full((len(grids),), 1.0 / len(grids), device=x.device)
-        else:
-            # distinct grids only: grid_shapes drops duplicates after clipping
-            w = torch.tensor(self.weights[: len(grids)], device=x.device)
+        spec_weights = self.weights or (1.0,) * len(self.grids)
+        w = torch.tensor([sum(wt for g, wt in zip(per_spec, spec_weights) if g == grid) for grid in grids],
+                         device=x.device, dtype=torch.float32)
+        w = w / w.sum()
         stack = (fit.masks * w.view(1, -1, *([1] * (x.ndim - 2)))).sum(1, keepdim=True)
         masks = {f"mask/{_grid_key(g)}": fit.masks[:, i : i + 1] for i, g in enumerate(grids)}
         return self._result(
