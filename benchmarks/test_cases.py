@@ -28,7 +28,9 @@ sys.path.insert(0, str(ROOT))
 from conftest import BlobDetector, plant  # noqa: E402
 from test_explain_trained import trained_densenet  # noqa: E402
 
-from medhdm import HDM, MDM, RISE, GradCAM, GradientInput, MaskObjective, NeuroMask, Occlusion  # noqa: E402
+from common import default_methods  # noqa: E402
+
+from medhdm import HDM, MDM, RISE, GradientInput, MaskObjective, NeuroMask, Occlusion  # noqa: E402
 from medhdm.evaluation import compare_methods, format_table, summarise  # noqa: E402
 from medhdm.training import stack_cases  # noqa: E402
 
@@ -64,13 +66,7 @@ def trained_case() -> None:
         "HDM (test settings: 50 steps, papers' loss, 2 stages)": HDM(
             model, benchmark_objective=MaskObjective(steps=50, lambda_area=2.0),
             auxiliary_objective=MaskObjective(steps=50, lambda_area=2.0, lambda_tv=1.0), max_stages=2),
-        "HDM (defaults)": HDM(model),
-        "MDM": MDM(model),
-        "NeuroMask": NeuroMask(model),
-        "GradientInput": GradientInput(model),
-        "Occlusion": Occlusion(model),
-        "RISE": RISE(model),
-        "GradCAM": GradCAM(model),
+        **{("HDM (defaults)" if k == "HDM" else k): v for k, v in default_methods(model).items()},
     }
     rows = compare_methods(methods, x, lesions, class_idx=1, batch_size=12)
     print("\nSmall DenseNet trained in the test, 32 x 32, 12 held-out one-blob cases (batch of 12)\n")
