@@ -84,21 +84,9 @@ def run_demo(out_dir: Path, n_cases: int = 6, log: Callable[[str], None] = print
         "GradCAM": GradCAM(model),
     }
     maps: dict[str, torch.Tensor] = {}
-
-    class _Keep:
-        """Wrap an explainer to keep its maps for the overlay figure."""
-
-        def __init__(self, name, explainer):
-            self.name, self.explainer = name, explainer
-
-        def explain(self, images, class_idx=None):
-            result = self.explainer.explain(images, class_idx)
-            maps[self.name] = result.saliency
-            return result
-
     rows = compare_methods(
-        {k: _Keep(k, v) for k, v in methods.items()}, x, lesions, class_idx=1, batch_size=n_cases,
-        log=lambda line: log(f"  explained with {line}"),
+        methods, x, lesions, class_idx=1, batch_size=n_cases,
+        log=lambda line: log(f"  explained with {line}"), maps=maps,
     )
     summary = summarise(rows)
     buf = io.StringIO()

@@ -27,29 +27,35 @@ def compare_methods(
     class_idx: int | Sequence[int] | None = None,
     batch_size: int = 8,
     log: Callable[[str], None] | None = None,
+    maps: dict[str, torch.Tensor] | None = None,
 ) -> list[dict]:
     """Explain ``images`` ``(N, C, *S)`` with every method and score against ``lesions`` ``(N, 1, *S)``.
 
     Returns one row per (method, case): the localisation metrics, ``n_lesions``,
     ``seconds`` (the method's wall time for the case's batch divided by its size) and
-    ``passes`` (forward passes per image).
+    ``passes`` (forward passes per call). If ``maps`` is given, each method's saliency
+    maps ``(N, 1, *S)`` are stored in it under the method's name.
     """
     rows = []
     n = images.shape[0]
     for name, explainer in methods.items():
         start_all = time.perf_counter()
+        kept = []
         for lo in range(0, n, batch_size):
             hi = min(n, lo + batch_size)
             idx = class_idx if class_idx is None or isinstance(class_idx, int) else list(class_idx[lo:hi])
             start = time.perf_counter()
             result = explainer.explain(images[lo:hi], idx)
             seconds = (time.perf_counter() - start) / (hi - lo)
+            kept.append(result.saliency)
             for j in range(hi - lo):
                 lesion = lesions[lo + j]
                 row = {"method": name, "case": lo + j, "n_lesions": int(lesion.max()), "seconds": seconds}
                 row["passes"] = result.forward_passes
                 row.update(score(result.saliency[j], lesion))
                 rows.append(row)
+        if maps is not None:
+            maps[name] = torch.cat(kept)
         if log:
             log(f"{name}: {n} cases in {time.perf_counter() - start_all:.1f} s")
     return rows

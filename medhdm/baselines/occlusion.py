@@ -8,9 +8,8 @@ MONAI explains one image at a time; batches are looped over.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import warnings
+from collections.abc import Sequence
 
 import torch
 from monai.visualize import OcclusionSensitivity

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from .reference import composite
 from .scoring import ClassScorer
 
-__all__ = ["MaskObjective", "grid_shapes", "upsample_masks", "normalise", "total_variation", "optimise_masks"]
+__all__ = ["MaskObjective", "grid_key", "grid_shapes", "upsample_masks", "normalise", "total_variation", "optimise_masks"]
 
 GridSpec = int | Sequence[int]
 
@@ -100,6 +100,11 @@ def grid_shapes(spatial: Sequence[int], grids: Sequence[GridSpec], *, relative: 
     if not shapes:
         raise ValueError("grids: expected at least one grid size")
     return shapes
+
+
+def grid_key(shape: Sequence[int]) -> str:
+    """A grid shape as a key of :attr:`Explanation.masks`: ``(6, 6) -> "6x6"``."""
+    return "x".join(str(v) for v in shape)
 
 
 def upsample_masks(thetas: Sequence[torch.Tensor], spatial: Sequence[int]) -> torch.Tensor:

@@ -19,8 +19,7 @@ import torch
 from torch import nn
 
 from .base import Explainer, Explanation
-from .masks import GridSpec, MaskObjective, grid_shapes, normalise, optimise_masks
-from .neuromask import _grid_key
+from .masks import GridSpec, MaskObjective, grid_key, grid_shapes, normalise, optimise_masks
 from .reference import ReferenceSpec
 from .scoring import ClassScorer
 
@@ -68,7 +67,7 @@ class MDM(Explainer):
                          device=x.device, dtype=torch.float32)
         w = w / w.sum()
         stack = (fit.masks * w.view(1, -1, *([1] * (x.ndim - 2)))).sum(1, keepdim=True)
-        masks = {f"mask/{_grid_key(g)}": fit.masks[:, i : i + 1] for i, g in enumerate(grids)}
+        masks = {f"mask/{grid_key(g)}": fit.masks[:, i : i + 1] for i, g in enumerate(grids)}
         return self._result(
             normalise(stack), class_idx, scorer, logits, reference, masks=masks, backward_passes=fit.steps
         )

@@ -10,20 +10,15 @@ with Adam. The map is ``m`` (min-max normalised).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 
 from torch import nn
 
 from .base import Explainer, Explanation
-from .masks import GridSpec, MaskObjective, grid_shapes, normalise, optimise_masks
+from .masks import GridSpec, MaskObjective, grid_key, grid_shapes, normalise, optimise_masks
 from .reference import ReferenceSpec
 from .scoring import ClassScorer
 
 __all__ = ["NeuroMask"]
-
-
-def _grid_key(shape: Sequence[int]) -> str:
-    return "x".join(str(v) for v in shape)
 
 
 class NeuroMask(Explainer):
@@ -56,7 +51,7 @@ class NeuroMask(Explainer):
     def _explain(self, x, class_idx, scorer: ClassScorer, logits, reference) -> Explanation:
         grids = grid_shapes(x.shape[2:], [self.grid])
         fit = optimise_masks(scorer, x, reference, class_idx, grids, self.objective)
-        masks = {f"mask/{_grid_key(grids[0])}": fit.masks}
+        masks = {f"mask/{grid_key(grids[0])}": fit.masks}
         return self._result(
             normalise(fit.masks), class_idx, scorer, logits, reference, masks=masks, backward_passes=fit.steps
         )
