@@ -4,8 +4,11 @@ planted lesions."""
 from __future__ import annotations
 
 import numpy as np
+import pydicom
 import pytest
 import torch
+from pydicom.data import get_testdata_file
+from pydicom.pixels import apply_modality_lut
 from torch import nn
 
 torch.set_num_threads(2)
@@ -39,7 +42,7 @@ class BlobDetector(nn.Module):
         return h.amax(1, keepdim=True) if self.pool == "max" else h.mean(1, keepdim=True)
 
     @torch.no_grad()
-    def calibrate(self, x: torch.Tensor) -> "BlobDetector":
+    def calibrate(self, x: torch.Tensor) -> BlobDetector:
         self.v0.fill_(float(self.response(x[:1])))
         return self
 
@@ -62,3 +65,10 @@ def plant(shape: tuple[int, ...], boxes: list[tuple[slice, ...]], value: float =
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(0)
+
+
+def ct_volume(depth: int = 5) -> tuple[pydicom.Dataset, np.ndarray]:
+    """pydicom's CT_small as a template and ``depth`` shifted copies of its HU image, ``(D, H, W)``."""
+    template = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    hu = apply_modality_lut(template.pixel_array, template).astype(np.float64)
+    return template, np.stack([np.roll(hu, 4 * k, axis=0) for k in range(depth)])

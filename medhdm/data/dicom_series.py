@@ -1,0 +1,83 @@
+"""Writing a volume as a DICOM series, modelled on a real single-slice source.
+
+Used to build multi-slice test and demo studies from pydicom's shipped ``CT_small.dcm``
+(or any single-frame CT/MR dataset): the patient, study and equipment modules are
+kept, every slice gets its own SOP Instance UID, position along the slice normal,
+Instance Number and pixels, and all slices share a new Series Instance UID.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+
+import numpy as np
+from pydicom.dataset import Dataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+__all__ = ["write_series"]
+
+
+def write_series(
+    template: Dataset,
+    volume_modality: np.ndarray,
+    folder: str | os.PathLike,
+    slice_spacing: float = 2.5,
+    file_order_seed: int | None = 0,
+    series_description: str = "medhdm synthetic series",
+) -> list[Path]:
+    """Write ``volume_modality`` (``(D, H, W)`` in modality units, e.g. HU) as one series.
+
+    Slice ``k`` lies ``k * slice_spacing`` mm along the template's slice normal from the
+    template's position. File names are shuffled when ``file_order_seed`` is given (so
+    readers must sort by geometry), and Instance Numbers run in slice order.
+
+    Returns:
+        the written paths, in slice order.
+    """
+    volume = np.asarray(volume_modality, dtype=np.float64)
+    if volume.ndim != 3:
+        raise ValueError(f"volume_modality: expected (D, H, W), got shape {volume.shape}")
+    slope = float(template.get("RescaleSlope", 1.0))
+    intercept = float(template.get("RescaleIntercept", 0.0))
+    stored = np.round((volume - intercept) / slope)
+    signed = int(template.get("PixelRepresentation", 0)) == 1
+    info = np.iinfo(np.int16 if signed else np.uint16)
+    if stored.min() < info.min or stored.max() > info.max:
+        raise ValueError(f"volume_modality: values outside what the template's pixel format can hold "
+                         f"({info.min * slope + intercept} to {info.max * slope + intercept})")
+    stored = stored.astype(np.int16 if signed else np.uint16)
+
+    iop = np.asarray([float(v) for v in template.ImageOrientationPatient])
+    normal = np.cross(iop[:3], iop[3:])
+    origin = np.asarray([float(v) for v in template.ImagePositionPatient])
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    series_uid = generate_uid()
+    depth = volume.shape[0]
+    order = np.arange(depth)
+    if file_order_seed is not None:
+        order = np.random.default_rng(file_order_seed).permutation(depth)
+    paths = []
+    for k in range(depth):
+        ds = copy.deepcopy(template)
+        ds.SeriesInstanceUID = series_uid
+        ds.SOPInstanceUID = generate_uid()
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds.SeriesDescription = series_description
+        ds.InstanceNumber = k + 1
+        ds.ImagePositionPatient = [f"{v:.4f}" for v in origin + k * slice_spacing * normal]
+        ds.SliceLocation = f"{float((origin + k * slice_spacing * normal) @ normal):.4f}"
+        ds.SliceThickness = f"{slice_spacing:g}"
+        ds.Rows, ds.Columns = int(volume.shape[1]), int(volume.shape[2])
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 16, 15
+        ds.PixelData = stored[k].tobytes()
+        for keyword in ("SmallestImagePixelValue", "LargestImagePixelValue"):
+            if keyword in ds:
+                delattr(ds, keyword)
+        path = folder / f"IM{int(order[k]):04d}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    return paths

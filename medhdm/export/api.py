@@ -1,0 +1,231 @@
+"""Exporting a saliency map next to its source study: one function per format, and ``export``.
+
+Every function checks the map against the source grid before anything is written,
+refuses an output folder inside the source's folder unless ``allow_inside_source``,
+never replaces a source file, and writes all of its files or none of them.
+
+Map layout: the source grid in :class:`~medhdm.io.dicom.DicomSource` order, ``(H, W)``
+for one image, ``(D, H, W)`` for a series sorted along the slice normal; leading
+singleton axes (``(1, 1, H, W)`` straight from an explainer) are accepted.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from pydicom.dataset import Dataset
+
+from ..io.dicom import DicomSource, read_dicom
+from .deidentify import deidentify as _deidentify
+from .dicom import (
+    DerivationInfo,
+    build_parametric_map,
+    build_secondary_captures,
+    build_segmentation,
+)
+from .overlay import CT_PRESETS, OverlayStyle, apply_window, render_overlay, window_for
+from .staging import check_output_folder, write_all
+
+__all__ = [
+    "FORMATS",
+    "export",
+    "export_nifti",
+    "export_parametric_map",
+    "export_png",
+    "export_secondary_capture",
+    "export_segmentation",
+    "map_on_source_grid",
+]
+
+FORMATS = ("sc", "pm", "seg", "nifti", "png")
+
+
+def _as_source(source: str | os.PathLike | DicomSource | Dataset | Sequence[Dataset]) -> DicomSource:
+    return source if isinstance(source, DicomSource) else read_dicom(source)
+
+
+def map_on_source_grid(saliency, source: DicomSource, name: str = "saliency") -> np.ndarray:
+    """``saliency`` as a ``(D, H, W)`` float array on the source grid, checked.
+
+    Raises:
+        ValueError: wrong shape (after dropping leading singleton axes), NaN/inf, values outside [0, 1].
+    """
+    if hasattr(saliency, "detach"):
+        saliency = saliency.detach().cpu().numpy()
+    arr = np.asarray(saliency, dtype=np.float64)
+    target = source.pixels.shape
+    while arr.ndim > 3 and arr.shape[0] == 1:
+        arr = arr[0]
+    if arr.ndim == 3 and arr.shape[0] == 1 and len(source.datasets) == 1:
+        arr = arr[0]
+    if arr.ndim == 2:
+        arr = arr[None]
+    if arr.shape != target:
+        raise ValueError(f"{name}: shape {np.shape(saliency)} does not match the source grid "
+                         f"{source.shape} ({'series D, H, W' if source.is_series else 'image H, W'})")
+    if not np.isfinite(arr).all():
+        raise ValueError(f"{name}: contains NaN or infinite values")
+    if arr.min() < -1e-6 or arr.max() > 1 + 1e-6:
+        raise ValueError(f"{name}: expected values in [0, 1], got [{arr.min():.4g}, {arr.max():.4g}]")
+    return np.clip(arr, 0.0, 1.0)
+
+
+def _lesion_on_grid(lesion_mask, source: DicomSource) -> np.ndarray | None:
+    if lesion_mask is None:
+        return None
+    if hasattr(lesion_mask, "detach"):
+        lesion_mask = lesion_mask.detach().cpu().numpy()
+    arr = np.asarray(lesion_mask)
+    while arr.ndim > 3 and arr.shape[0] == 1:
+        arr = arr[0]
+    if arr.ndim == 2:
+        arr = arr[None]
+    if arr.shape != source.pixels.shape:
+        raise ValueError(f"lesion_mask: shape {np.shape(lesion_mask)} does not match the source grid {source.shape}")
+    return arr > 0
+
+
+def _dicom_writer(ds: Dataset):
+    return lambda path: ds.save_as(path, enforce_file_format=True)
+
+
+def _nifti_writer(source: DicomSource, saliency: np.ndarray):
+    import nibabel as nib
+
+    data = np.ascontiguousarray(np.transpose(saliency.astype(np.float32), (2, 1, 0)))  # (column, row, slice)
+    image = nib.Nifti1Image(data, source.affine_ras)
+    image.set_qform(source.affine_ras, code=1)
+    image.set_sform(source.affine_ras, code=1)
+    image.header.set_xyzt_units("mm")
+    return lambda path: nib.save(image, path)
+
+
+def _png_writer(rgb: np.ndarray):
+    import matplotlib.image
+
+    return lambda path: matplotlib.image.imsave(path, rgb, format="png")
+
+
+def _build(
+    source: DicomSource,
+    saliency: np.ndarray,
+    formats: Sequence[str],
+    info: DerivationInfo,
+    style: OverlayStyle,
+    lesion_mask: np.ndarray | None,
+    window_preset: str | None,
+    seg_threshold: float,
+    deidentify_salt: str | None,
+) -> list[tuple[str, object]]:
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown or not formats:
+        raise ValueError(f"formats: expected some of {', '.join(FORMATS)}, got {list(formats)}")
+    if window_preset is not None and window_preset not in CT_PRESETS:
+        raise ValueError(f"window_preset: expected one of {sorted(CT_PRESETS)}, got {window_preset!r}")
+    window = window_for(source.first, source.pixels, preset=window_preset)
+    datasets: list[tuple[str, Dataset]] = []
+    if "sc" in formats:
+        datasets += build_secondary_captures(source, saliency, info, style, lesion_mask, window)
+    if "pm" in formats:
+        datasets += build_parametric_map(source, saliency, info)
+    if "seg" in formats:
+        datasets += build_segmentation(source, saliency, seg_threshold, info)
+    if deidentify_salt is not None:
+        datasets = [(name, _deidentify(ds, deidentify_salt)) for name, ds in datasets]
+    for _, ds in datasets:
+        ds.remove_private_tags()
+    writers: list[tuple[str, object]] = [(name, _dicom_writer(ds)) for name, ds in datasets]
+    if "nifti" in formats:
+        writers.append(("saliency.nii.gz", _nifti_writer(source, saliency)))
+    if "png" in formats:
+        invert = str(source.first.get("PhotometricInterpretation", "")) == "MONOCHROME1"
+        label = info.method if info.class_label is None else f"{info.method} c{info.class_label}"
+        for k in range(saliency.shape[0]):
+            rgb = render_overlay(apply_window(source.pixels[k], window, invert), saliency[k], style,
+                                 None if lesion_mask is None else lesion_mask[k], label)
+            writers.append((f"overlay_{k + 1:04d}.png", _png_writer(rgb)))
+    return writers
+
+
+def export(
+    source: str | os.PathLike | DicomSource | Dataset | Sequence[Dataset],
+    saliency,
+    out_dir: str | os.PathLike,
+    formats: Sequence[str] = ("sc", "pm", "seg", "nifti", "png"),
+    *,
+    method: str = "HDM",
+    class_label: str | int | None = None,
+    style: OverlayStyle | None = None,
+    lesion_mask=None,
+    window_preset: str | None = None,
+    seg_threshold: float = 0.5,
+    series_number: int | None = None,
+    deidentify_salt: str | None = None,
+    allow_inside_source: bool = False,
+) -> dict[str, list[Path]]:
+    """Write ``saliency`` in the given formats next to (not into) the source study.
+
+    Args:
+        source: a DICOM file, a series folder, datasets, or a :class:`DicomSource`.
+        saliency: the map on the source grid (see the module docstring), values in [0, 1].
+        out_dir: output folder; created if missing; not inside the source folder unless
+            ``allow_inside_source``.
+        formats: any of ``"sc"`` (one RGB Secondary Capture per slice), ``"pm"`` (float
+            Parametric Map), ``"seg"`` (binary SEG of ``saliency >= seg_threshold``),
+            ``"nifti"`` (``saliency.nii.gz`` with the source affine), ``"png"`` (one overlay per slice).
+        method, class_label: named in series descriptions, derivation text and legend.
+        style: overlay colours, threshold and opacity (SC and PNG); default :class:`OverlayStyle`.
+        lesion_mask: optional annotation on the source grid, outlined in SC and PNG.
+        window_preset: a CT preset name instead of the source's window.
+        series_number: Series Number of the SC series (PM, SEG: +1, +2).
+        deidentify_salt: if given, the DICOM objects are de-identified (see
+            :mod:`medhdm.export.deidentify`) with this secret.
+        allow_inside_source: allow an output folder inside the source's folder.
+
+    Returns:
+        the written paths by format.
+    """
+    style = style or OverlayStyle()
+    src = _as_source(source)
+    check_output_folder(Path(out_dir), src.paths, allow_inside_source)
+    sal = map_on_source_grid(saliency, src)
+    lesion = _lesion_on_grid(lesion_mask, src)
+    info = DerivationInfo(method=str(method), class_label=class_label, series_number=series_number)
+    formats = [formats] if isinstance(formats, str) else list(formats)
+    writers = _build(src, sal, formats, info, style, lesion, window_preset, seg_threshold, deidentify_salt)
+    paths = write_all(out_dir, writers, protected=src.paths)
+    grouped: dict[str, list[Path]] = {f: [] for f in formats}
+    prefixes = {"sc": "SC_", "pm": "PM", "seg": "SEG", "nifti": "saliency", "png": "overlay_"}
+    for path in paths:
+        for fmt in formats:
+            if path.name.startswith(prefixes[fmt]):
+                grouped[fmt].append(path)
+    return grouped
+
+
+def export_secondary_capture(source, saliency, out_dir, **options) -> list[Path]:
+    """RGB Secondary Capture overlays, one per source slice (see :func:`export`)."""
+    return export(source, saliency, out_dir, ["sc"], **options)["sc"]
+
+
+def export_parametric_map(source, saliency, out_dir, **options) -> Path:
+    """A float Parametric Map on the source grid (see :func:`export`)."""
+    return export(source, saliency, out_dir, ["pm"], **options)["pm"][0]
+
+
+def export_segmentation(source, saliency, out_dir, **options) -> Path:
+    """A binary DICOM SEG of the thresholded map (see :func:`export`)."""
+    return export(source, saliency, out_dir, ["seg"], **options)["seg"][0]
+
+
+def export_nifti(source, saliency, out_dir, **options) -> Path:
+    """``saliency.nii.gz`` with the source's affine (see :func:`export`)."""
+    return export(source, saliency, out_dir, ["nifti"], **options)["nifti"][0]
+
+
+def export_png(source, saliency, out_dir, **options) -> list[Path]:
+    """PNG overlays, one per source slice (see :func:`export`)."""
+    return export(source, saliency, out_dir, ["png"], **options)["png"]

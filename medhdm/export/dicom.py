@@ -1,0 +1,244 @@
+"""Derived DICOM objects built with highdicom: Secondary Capture overlays, Parametric Map, SEG.
+
+Each builder takes a :class:`~medhdm.io.dicom.DicomSource` and a map on its grid and
+returns ``(file name, dataset)`` pairs in memory; :mod:`medhdm.export.api` writes them.
+All objects join the source study (patient and study modules copied from the source),
+in a new series, and reference the exact source instances they were derived from.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import highdicom as hd
+import numpy as np
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence as DicomSequence
+from pydicom.sr.codedict import codes
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+from .. import __version__
+from ..io.dicom import DicomSource
+from .overlay import OverlayStyle, Window, apply_window, render_overlay, window_for
+
+__all__ = [
+    "DerivationInfo",
+    "build_parametric_map",
+    "build_secondary_captures",
+    "build_segmentation",
+    "patient_orientation",
+]
+
+_MANUFACTURER = "medhdm"
+_SOFTWARE = f"medhdm {__version__}"
+
+
+@dataclass(frozen=True)
+class DerivationInfo:
+    """What the derived objects say about how they were made.
+
+    Attributes:
+        method: the explanation method (``"HDM"``, ``"GradCAM"``, ...).
+        class_label: the explained class (name or index), or ``None``.
+        series_number: Series Number of the first derived series (SC); PM and SEG take
+            the next numbers. Default: the source's Series Number + 1000.
+    """
+
+    method: str = "HDM"
+    class_label: str | int | None = None
+    series_number: int | None = None
+
+    def describe(self) -> str:
+        target = f", class {self.class_label}" if self.class_label is not None else ""
+        return f"{self.method} saliency{target}"
+
+    def base_series_number(self, source: Dataset) -> int:
+        if self.series_number is not None:
+            return int(self.series_number)
+        return int(source.get("SeriesNumber", 0) or 0) + 1000
+
+
+def patient_orientation(ds: Dataset) -> tuple[str, str]:
+    """Patient Orientation (0020,0020) letters of the row and column directions (LPS)."""
+    if "ImageOrientationPatient" not in ds:
+        if "PatientOrientation" in ds and len(ds.PatientOrientation) == 2:
+            return str(ds.PatientOrientation[0]), str(ds.PatientOrientation[1])
+        raise ValueError("source has neither Image Orientation (Patient) nor Patient Orientation")
+    iop = np.asarray([float(v) for v in ds.ImageOrientationPatient])
+
+    def letters(v: np.ndarray) -> str:
+        out = ""
+        for axis in np.argsort(-np.abs(v)):
+            if abs(v[axis]) < 0.25 or len(out) == 3:
+                break
+            out += ("L", "P", "H")[axis] if v[axis] > 0 else ("R", "A", "F")[axis]
+        return out
+
+    return letters(iop[:3]), letters(iop[3:])
+
+
+def _reference(ds: Dataset, purpose: bool) -> Dataset:
+    item = Dataset()
+    item.ReferencedSOPClassUID = ds.SOPClassUID
+    item.ReferencedSOPInstanceUID = ds.SOPInstanceUID
+    if purpose:
+        code = Dataset()
+        code.CodeValue, code.CodingSchemeDesignator = "121322", "DCM"
+        code.CodeMeaning = "Source image for image processing operation"
+        item.PurposeOfReferenceCodeSequence = DicomSequence([code])
+    return item
+
+
+def _copy_series_context(derived: Dataset, source: Dataset) -> None:
+    """Laterality and body part follow the source series (Type 2C/3 in General Series)."""
+    for keyword in ("Laterality", "BodyPartExamined"):
+        if keyword in source:
+            setattr(derived, keyword, source.data_element(keyword).value)
+
+
+def build_secondary_captures(
+    source: DicomSource,
+    saliency: np.ndarray,
+    info: DerivationInfo | None = None,
+    style: OverlayStyle | None = None,
+    lesion_mask: np.ndarray | None = None,
+    window: Window | None = None,
+) -> list[tuple[str, Dataset]]:
+    """One RGB Secondary Capture per source slice, the map burned in.
+
+    Args:
+        source: the source image or series.
+        saliency: ``(D, H, W)`` map in [0, 1] on the source grid (slice order of ``source``).
+        info: method, class, series number.
+        style: colormap, threshold, opacity, legend.
+        lesion_mask: optional ``(D, H, W)`` boolean annotation whose outline is drawn.
+        window: display window; default from the source (see :func:`window_for`).
+
+    Returns:
+        ``("SC_0001.dcm", dataset), ...`` in slice order, Instance Numbers 1..D.
+    """
+    info = info or DerivationInfo()
+    style = style or OverlayStyle()
+    first = source.first
+    window = window or window_for(first, source.pixels)
+    invert = str(first.get("PhotometricInterpretation", "")) == "MONOCHROME1"
+    series_uid = generate_uid()
+    series_number = info.base_series_number(first)
+    row_sp, col_sp = source.spacing[1], source.spacing[2]
+    out = []
+    for k, src in enumerate(source.datasets):
+        gray = apply_window(source.pixels[k], window, invert=invert)
+        rgb = render_overlay(gray, saliency[k], style,
+                             lesion_mask=None if lesion_mask is None else lesion_mask[k],
+                             label=f"{info.method}" if info.class_label is None else f"{info.method} c{info.class_label}")
+        sc = hd.sc.SCImage.from_ref_dataset(
+            ref_dataset=src,
+            pixel_array=rgb,
+            photometric_interpretation=hd.PhotometricInterpretationValues.RGB,
+            bits_allocated=8,
+            coordinate_system=hd.CoordinateSystemNames.PATIENT,
+            series_instance_uid=series_uid,
+            series_number=series_number,
+            sop_instance_uid=generate_uid(),
+            instance_number=k + 1,
+            manufacturer=_MANUFACTURER,
+            pixel_spacing=(row_sp, col_sp),
+            patient_orientation=patient_orientation(src),
+            transfer_syntax_uid=ExplicitVRLittleEndian,
+        )
+        sc.SeriesDescription = f"medhdm {info.describe()}"[:64]
+        sc.ImageType = ["DERIVED", "SECONDARY"]
+        sc.BurnedInAnnotation = "YES"
+        sc.DerivationDescription = (
+            f"{info.describe()} by {_SOFTWARE} burned over the source image; window {window.center:g}/"
+            f"{window.width:g} ({window.source}); colormap {style.cmap}, opacity {style.alpha:g} where the "
+            f"map >= {style.threshold:g}"
+        )[:1024]
+        sc.SourceImageSequence = DicomSequence([_reference(src, purpose=True)])
+        sc.ReferencedImageSequence = DicomSequence([_reference(src, purpose=False)])
+        sc.SoftwareVersions = _SOFTWARE
+        _copy_series_context(sc, src)
+        out.append((f"SC_{k + 1:04d}.dcm", sc))
+    return out
+
+
+def _equipment(source: Dataset, info: DerivationInfo, offset: int) -> dict:
+    return {
+        "series_instance_uid": generate_uid(),
+        "series_number": info.base_series_number(source) + offset,
+        "sop_instance_uid": generate_uid(),
+        "instance_number": 1,
+        "manufacturer": _MANUFACTURER,
+        "manufacturer_model_name": "medhdm",
+        "software_versions": _SOFTWARE,
+        "device_serial_number": "none",
+    }
+
+
+def _check_geometry(source: DicomSource) -> None:
+    if "ImageOrientationPatient" not in source.first or "FrameOfReferenceUID" not in source.first:
+        raise ValueError("source has no patient geometry (Image Orientation/Position, Frame of Reference); "
+                         "Parametric Map and SEG need it, export a Secondary Capture instead")
+
+
+def build_parametric_map(source: DicomSource, saliency: np.ndarray,
+                         info: DerivationInfo | None = None) -> list[tuple[str, Dataset]]:
+    """A float32 Parametric Map of ``saliency`` (``(D, H, W)`` in [0, 1]) on the source grid."""
+    _check_geometry(source)
+    info = info or DerivationInfo()
+    first = source.first
+    mapping = hd.pm.RealWorldValueMapping(
+        lut_label="saliency",
+        lut_explanation=info.describe()[:64],
+        unit=codes.UCUM.NoUnits,
+        value_range=(0.0, 1.0),
+        slope=1.0,
+        intercept=0.0,
+        quantity_definition=codes.DCM.Saliency,
+    )
+    pm = hd.pm.ParametricMap(
+        source_images=source.datasets,
+        pixel_array=np.ascontiguousarray(saliency, dtype=np.float32),
+        contains_recognizable_visual_features=False,
+        real_world_value_mappings=[mapping],
+        voi_lut_transformations=[hd.VOILUTTransformation(window_center=0.5, window_width=1.0)],
+        content_label="SALIENCY",
+        content_description=info.describe()[:64],
+        **_equipment(first, info, offset=1),
+    )
+    pm.SeriesDescription = f"medhdm {info.describe()} map"[:64]
+    _copy_series_context(pm, first)
+    return [("PM.dcm", pm)]
+
+
+def build_segmentation(source: DicomSource, saliency: np.ndarray, threshold: float = 0.5,
+                       info: DerivationInfo | None = None) -> list[tuple[str, Dataset]]:
+    """A binary DICOM SEG of ``saliency >= threshold`` on the source grid (one segment)."""
+    _check_geometry(source)
+    if not 0.0 < threshold <= 1.0:
+        raise ValueError(f"threshold: expected a value in (0, 1], got {threshold}")
+    info = info or DerivationInfo()
+    first = source.first
+    algorithm = hd.AlgorithmIdentificationSequence(
+        name=f"medhdm {info.method}"[:64], family=codes.cid7162.ArtificialIntelligence, version=__version__)
+    segment = hd.seg.SegmentDescription(
+        segment_number=1,
+        segment_label=f"{info.method} salient region"[:64],
+        segmented_property_category=codes.SCT.SpatialAndRelationalConcept,
+        segmented_property_type=codes.DCM.Saliency,
+        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+        algorithm_identification=algorithm,
+    )
+    seg = hd.seg.Segmentation(
+        source_images=source.datasets,
+        pixel_array=np.asarray(saliency) >= threshold,
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=[segment],
+        omit_empty_frames=False,
+        **_equipment(first, info, offset=2),
+    )
+    seg.SeriesDescription = f"medhdm {info.describe()} >= {threshold:g}"[:64]
+    _copy_series_context(seg, first)
+    if "Laterality" in seg and not seg.Laterality:
+        del seg.Laterality  # the SEG IOD's condition forbids an empty Laterality for an unpaired part
+    return [("SEG.dcm", seg)]

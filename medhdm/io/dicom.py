@@ -1,0 +1,200 @@
+"""Reading a DICOM image (one file or one series folder) with its geometry and provenance.
+
+A :class:`DicomSource` holds the source datasets in slice order (sorted by position
+along the slice normal, never by file name or Instance Number), the pixel data in
+modality units (Rescale Slope/Intercept applied) and the geometry needed to put a map
+back onto the source grid: the affine in RAS (NIfTI/nibabel convention) and the voxel
+spacing. It is what the exporters take.
+
+Everything that would give a silently wrong volume is an error naming the file:
+files from two series, a gap (missing slice), duplicate positions, mixed orientations
+or sizes, a file that is not DICOM, a file without pixel data.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from pydicom.pixels import apply_modality_lut
+
+__all__ = ["LPS_TO_RAS", "DicomSource", "read_dicom"]
+
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+_ORIENTATION_TOL = 1e-4
+_SPACING_REL_TOL = 0.05
+
+
+@dataclass
+class DicomSource:
+    """A single-frame DICOM image or series, in slice order.
+
+    Attributes:
+        datasets: the source datasets, one per slice, sorted along the slice normal.
+        paths: the file each dataset came from (``None`` for datasets given in memory).
+        pixels: ``(D, H, W)`` float array in modality units (``D == 1`` for one image).
+        affine_ras: ``(4, 4)`` voxel index ``(column, row, slice)`` -> RAS millimetres,
+            the convention of NIfTI files written from DICOM.
+        spacing: ``(slice, row, column)`` spacing in mm (slice spacing 1.0 for one image).
+    """
+
+    datasets: list[Dataset]
+    paths: list[Path | None]
+    pixels: np.ndarray
+    affine_ras: np.ndarray
+    spacing: tuple[float, float, float]
+    folders: list[Path] = field(default_factory=list)
+
+    @property
+    def is_series(self) -> bool:
+        return len(self.datasets) > 1
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """The grid a map must have: ``(H, W)`` for one image, ``(D, H, W)`` for a series."""
+        return tuple(self.pixels.shape[1:]) if not self.is_series else tuple(self.pixels.shape)
+
+    @property
+    def first(self) -> Dataset:
+        return self.datasets[0]
+
+
+def _unit(v: Sequence[float]) -> np.ndarray:
+    v = np.asarray(v, dtype=float)
+    return v / np.linalg.norm(v)
+
+
+def _geometry(ds: Dataset, where: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Row direction, column direction and position of a slice (LPS), with defaults for SC-like images."""
+    if "ImageOrientationPatient" in ds and "ImagePositionPatient" in ds:
+        iop = [float(v) for v in ds.ImageOrientationPatient]
+        if len(iop) != 6:
+            raise ValueError(f"{where}: Image Orientation (Patient) has {len(iop)} values, expected 6")
+        return _unit(iop[:3]), _unit(iop[3:]), np.asarray([float(v) for v in ds.ImagePositionPatient])
+    return np.array([1.0, 0.0, 0.0]), np.array([0.0, 1.0, 0.0]), np.zeros(3)
+
+
+def _pixel_spacing(ds: Dataset) -> tuple[float, float]:
+    for key in ("PixelSpacing", "ImagerPixelSpacing", "NominalScannedPixelSpacing"):
+        if key in ds and ds.data_element(key).value:
+            row, col = (float(v) for v in ds.data_element(key).value)
+            return row, col
+    return 1.0, 1.0
+
+
+def _read_file(path: Path) -> Dataset:
+    try:
+        ds = pydicom.dcmread(path)
+    except InvalidDicomError as err:
+        raise ValueError(f"{path}: not a DICOM file ({err})") from None
+    except Exception as err:  # noqa: BLE001 (truncated or corrupt files raise many kinds of errors)
+        raise ValueError(f"{path}: unreadable DICOM file ({type(err).__name__}: {err})") from None
+    if "PixelData" not in ds:
+        raise ValueError(f"{path}: DICOM file has no pixel data (SOP class {ds.get('SOPClassUID', '?')})")
+    if int(ds.get("NumberOfFrames", 1) or 1) > 1:
+        raise ValueError(f"{path}: multi-frame DICOM ({ds.NumberOfFrames} frames) is not supported here yet")
+    return ds
+
+
+def _files_in(folder: Path) -> list[Path]:
+    files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+    if not files:
+        raise ValueError(f"{folder}: folder holds no files")
+    return files
+
+
+def read_dicom(source: str | os.PathLike | Dataset | Sequence[Dataset]) -> DicomSource:
+    """Read one DICOM image or one series (a folder, or datasets in any order).
+
+    Args:
+        source: a DICOM file, a folder holding exactly one series (every non-hidden file
+            must be DICOM), a dataset, or a sequence of datasets of one series.
+
+    Returns:
+        a :class:`DicomSource` with the slices sorted along the slice normal.
+
+    Raises:
+        FileNotFoundError: the path does not exist.
+        ValueError: naming the file, for anything that would give a wrong volume.
+    """
+    if isinstance(source, Dataset):
+        datasets, paths = [source], [None]
+    elif isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: no such file or folder")
+        files = _files_in(path) if path.is_dir() else [path]
+        datasets, paths = [_read_file(f) for f in files], list(files)
+    else:
+        datasets = list(source)
+        if not datasets or not all(isinstance(d, Dataset) for d in datasets):
+            raise TypeError("source: expected a path, a pydicom Dataset or a non-empty sequence of Datasets")
+        paths = [None] * len(datasets)
+    names = [str(p) if p is not None else f"dataset {i}" for i, p in enumerate(paths)]
+    for ds, name in zip(datasets, names):
+        if "PixelData" not in ds:
+            raise ValueError(f"{name}: no pixel data")
+
+    series = {}
+    for ds, name in zip(datasets, names):
+        series.setdefault(str(ds.get("SeriesInstanceUID", "")), []).append(name)
+    if len(series) > 1:
+        listing = "; ".join(f"{uid or '(none)'}: {len(v)} files, e.g. {v[0]}" for uid, v in series.items())
+        raise ValueError(f"expected one series, found {len(series)}: {listing}")
+
+    geometry = [_geometry(ds, name) for ds, name in zip(datasets, names)]
+    row0, col0, _ = geometry[0]
+    size0 = (int(datasets[0].Rows), int(datasets[0].Columns))
+    spacing0 = _pixel_spacing(datasets[0])
+    for ds, name, (row, col, _) in zip(datasets, names, geometry):
+        if np.abs(row - row0).max() > _ORIENTATION_TOL or np.abs(col - col0).max() > _ORIENTATION_TOL:
+            raise ValueError(f"{name}: orientation {np.r_[row, col].round(4).tolist()} differs from "
+                             f"{names[0]}'s {np.r_[row0, col0].round(4).tolist()} (mixed orientations)")
+        if (int(ds.Rows), int(ds.Columns)) != size0:
+            raise ValueError(f"{name}: size {ds.Rows}x{ds.Columns} differs from {names[0]}'s {size0[0]}x{size0[1]}")
+        if not np.allclose(_pixel_spacing(ds), spacing0, rtol=1e-4):
+            raise ValueError(f"{name}: pixel spacing {_pixel_spacing(ds)} differs from {names[0]}'s {spacing0}")
+
+    normal = np.cross(row0, col0)
+    order = np.argsort([float(pos @ normal) for _, _, pos in geometry], kind="stable")
+    datasets = [datasets[i] for i in order]
+    paths = [paths[i] for i in order]
+    names = [names[i] for i in order]
+    positions = np.array([geometry[i][2] for i in order])
+
+    slice_spacing = 1.0
+    if len(datasets) > 1:
+        steps = np.diff(positions @ normal)
+        for i, step in enumerate(steps):
+            if step < 1e-3:
+                raise ValueError(f"{names[i]} and {names[i + 1]}: same slice position "
+                                 f"{positions[i].round(3).tolist()} (duplicate slice)")
+        slice_spacing = float(np.median(steps))
+        for i, step in enumerate(steps):
+            if abs(step - slice_spacing) > _SPACING_REL_TOL * slice_spacing:
+                raise ValueError(f"{names[i]} -> {names[i + 1]}: slice step {step:.3f} mm where the series "
+                                 f"steps {slice_spacing:.3f} mm (missing slice or irregular series)")
+        in_plane = positions[1:] - positions[:-1] - np.outer(steps, normal)
+        if np.abs(in_plane).max() > 1e-2 * max(slice_spacing, 1.0):
+            raise ValueError("slices are not stacked along their normal (a sheared or mixed series)")
+
+    pixels = np.stack([apply_modality_lut(ds.pixel_array, ds).astype(np.float32) for ds in datasets])
+    if pixels.ndim != 3:
+        raise ValueError(f"{names[0]}: expected grayscale pixel data, got an array of shape {pixels.shape[1:]}")
+
+    row_sp, col_sp = spacing0
+    affine_lps = np.eye(4)
+    affine_lps[:3, 0] = row0 * col_sp  # column index moves along the row direction
+    affine_lps[:3, 1] = col0 * row_sp  # row index moves along the column direction
+    affine_lps[:3, 2] = normal * slice_spacing
+    affine_lps[:3, 3] = positions[0]
+    folders = sorted({p.resolve().parent for p in paths if p is not None})
+    return DicomSource(datasets=datasets, paths=paths, pixels=pixels, affine_ras=LPS_TO_RAS @ affine_lps,
+                       spacing=(slice_spacing, row_sp, col_sp), folders=folders)

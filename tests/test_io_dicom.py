@@ -1,0 +1,109 @@
+"""Reading DICOM images and series: slice order by geometry, geometry kept, bad series refused."""
+
+from __future__ import annotations
+
+import numpy as np
+import pydicom
+import pytest
+import SimpleITK as sitk
+from conftest import ct_volume
+from pydicom.data import get_testdata_file
+from pydicom.pixels import apply_modality_lut
+
+from medhdm.data.dicom_series import write_series
+from medhdm.io import read_dicom
+from medhdm.io.dicom import LPS_TO_RAS
+
+
+@pytest.fixture
+def ct_series(tmp_path):
+    template, volume = ct_volume()
+    folder = tmp_path / "series"
+    paths = write_series(template, volume, folder, slice_spacing=2.5, file_order_seed=3)
+    return folder, paths, volume
+
+
+def test_single_files_keep_pixels_and_provenance():
+    for name in ("CT_small.dcm", "MR_small.dcm"):
+        path = get_testdata_file(name)
+        ds = pydicom.dcmread(path)
+        src = read_dicom(path)
+        assert src.shape == (ds.Rows, ds.Columns) and not src.is_series
+        np.testing.assert_array_equal(src.pixels[0], apply_modality_lut(ds.pixel_array, ds))
+        assert src.first.StudyInstanceUID == ds.StudyInstanceUID
+        assert src.first.SOPInstanceUID == ds.SOPInstanceUID
+
+
+def test_series_sorted_by_geometry_not_file_name(ct_series):
+    folder, paths_in_slice_order, volume = ct_series
+    file_names = sorted(p.name for p in paths_in_slice_order)
+    assert [p.name for p in paths_in_slice_order] != file_names  # the fixture shuffles names
+    src = read_dicom(folder)
+    assert src.shape == volume.shape
+    np.testing.assert_allclose(src.pixels, volume)
+    assert [p.name for p in src.paths] == [p.name for p in paths_in_slice_order]
+    assert src.spacing[0] == pytest.approx(2.5)
+
+
+def test_series_affine_matches_simpleitk(ct_series):
+    """The RAS affine agrees with SimpleITK's reading of the same series (LPS origin/direction/spacing)."""
+    folder, _, _ = ct_series
+    src = read_dicom(folder)
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(folder)))
+    image = reader.Execute()
+    direction = np.asarray(image.GetDirection()).reshape(3, 3)
+    affine_lps = np.eye(4)
+    affine_lps[:3, :3] = direction * np.asarray(image.GetSpacing())
+    affine_lps[:3, 3] = image.GetOrigin()
+    np.testing.assert_allclose(src.affine_ras, LPS_TO_RAS @ affine_lps, atol=1e-3)
+    np.testing.assert_allclose(src.pixels, sitk.GetArrayFromImage(image), atol=1e-3)
+
+
+def _rewrite(path, **changes):
+    ds = pydicom.dcmread(path)
+    for key, value in changes.items():
+        setattr(ds, key, value)
+    ds.save_as(path)
+
+
+def test_two_series_in_one_folder_is_an_error(ct_series):
+    folder, paths, _ = ct_series
+    _rewrite(paths[2], SeriesInstanceUID=pydicom.uid.generate_uid())
+    with pytest.raises(ValueError, match="expected one series, found 2"):
+        read_dicom(folder)
+
+
+def test_missing_slice_is_an_error_naming_the_files(ct_series):
+    folder, paths, _ = ct_series
+    paths[2].unlink()
+    with pytest.raises(ValueError, match=rf"{paths[1].name} -> .*{paths[3].name}.*missing slice"):
+        read_dicom(folder)
+
+
+def test_duplicate_position_is_an_error(ct_series):
+    folder, paths, _ = ct_series
+    _rewrite(paths[3], ImagePositionPatient=pydicom.dcmread(paths[2]).ImagePositionPatient)
+    with pytest.raises(ValueError, match="duplicate slice"):
+        read_dicom(folder)
+
+
+def test_mixed_orientation_is_an_error(ct_series):
+    folder, paths, _ = ct_series
+    _rewrite(paths[1], ImageOrientationPatient=[1, 0, 0, 0, 0, -1])
+    with pytest.raises(ValueError, match="mixed orientations"):
+        read_dicom(folder)
+
+
+def test_unreadable_file_is_an_error_naming_it(ct_series):
+    folder, _, _ = ct_series
+    (folder / "notes.txt").write_text("not an image")
+    with pytest.raises(ValueError, match=r"notes\.txt: not a DICOM file"):
+        read_dicom(folder)
+
+
+def test_missing_path_and_empty_folder(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        read_dicom(tmp_path / "nothing")
+    with pytest.raises(ValueError, match="holds no files"):
+        read_dicom(tmp_path)
