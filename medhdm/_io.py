@@ -19,7 +19,7 @@ def atomic_write(path: str | os.PathLike, data: bytes | Callable[[str], None]) -
     removed if writing fails. The file gets the usual 0o644 permissions.
     """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=f"-{path.name}")  # keeps the suffix
     try:
         if callable(data):
             os.close(fd)

@@ -43,6 +43,89 @@ def _export(args: argparse.Namespace) -> None:
         print(f"{fmt}: {where}")
 
 
+def _parse_json(text: str | None, name: str) -> dict:
+    import json
+
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{name}: not valid JSON ({err})") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{name}: expected a JSON object, got {type(value).__name__}")  # noqa: TRY004 (bad input)
+    return value
+
+
+def _explain(args: argparse.Namespace) -> None:
+    import csv
+    import time
+
+    import nibabel as nib
+    import numpy as np
+
+    from ._io import atomic_write
+    from .methods import load_model, make_explainer
+    from .pipeline import InputSpec, case_id, explain_image
+
+    images = [Path(p) for p in args.image or []]
+    if args.manifest:
+        from .io.manifest import load_manifest
+
+        images += [Path(entry["image"]) for entry in load_manifest(args.manifest)]
+    if not images:
+        raise ValueError("give --image (one or more) or --manifest")
+    for path in images:
+        if not path.exists():
+            raise FileNotFoundError(f"--image: {path}: no such file or folder")
+    ids = [case_id(p) for p in images]
+    if len(set(ids)) != len(ids):
+        raise ValueError("two images would give the same case name: " + ", ".join(sorted({i for i in ids if ids.count(i) > 1})))
+    formats = [f.strip() for f in (args.export or "").split(",") if f.strip()]
+    model = load_model(args.model, weights=args.weights, model_args=_parse_json(args.model_args, "--model-args"),
+                       device=args.device)
+    size = tuple(int(v) for v in args.spatial_size.split(",")) if args.spatial_size else None
+    spec = InputSpec.for_model(model, size)
+    if args.axcodes:
+        spec = InputSpec(spec.spatial_size, axcodes=args.axcodes, percentiles=spec.percentiles)
+    explainer = make_explainer(args.method, model, steps=args.steps, **_parse_json(args.method_args, "--method-args"))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i, (path, name) in enumerate(zip(images, ids), start=1):
+        start = time.perf_counter()
+        result = explain_image(path, explainer, spec, class_idx=args.class_idx)
+        array = result.saliency if result.saliency.ndim == 3 else result.saliency[..., None]
+        image = nib.Nifti1Image(array.astype(np.float32), result.affine)
+        image.set_sform(result.affine, code=1)
+        image.set_qform(result.affine, code=1)
+        map_path = out / f"{name}_saliency.nii.gz"
+        atomic_write(map_path, lambda tmp, image=image: nib.save(image, tmp))
+        exported = ""
+        if formats:
+            if result.dicom is None:
+                raise ValueError(f"--export: {path} is not DICOM; DICOM export needs a DICOM source")
+            from .export import export
+
+            written = export(result.dicom, result.saliency_in_dicom_order(), out / f"{name}_dicom", formats,
+                             method=args.method, class_label=result.class_idx)
+            exported = str(out / f"{name}_dicom")
+            del written
+        rows.append({"case": name, "image": str(path), "class_idx": result.class_idx, "score": f"{result.score:.4f}",
+                     "map": str(map_path), "export": exported})
+        print(f"[{i}/{len(images)}] {name}: class {result.class_idx} (p={result.score:.3f}), "
+              f"{time.perf_counter() - start:.1f} s -> {map_path}", flush=True)
+
+    def write_csv(tmp: str) -> None:
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+
+    atomic_write(out / "explanations.csv", write_csv)
+    print(f"maps and explanations.csv in {out}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -53,6 +136,25 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="medhdm-demo", help="output folder (default: ./medhdm-demo)")
     demo.add_argument("--cases", type=int, default=6, help="number of cases (default: 6)")
     demo.set_defaults(func=_demo)
+
+    ex = sub.add_parser("explain", help="explain studies (DICOM file/series folder, NIfTI) with a classifier")
+    ex.add_argument("--image", action="append", help="DICOM file, DICOM series folder or NIfTI file (repeatable)")
+    ex.add_argument("--manifest", default=None, help="a data manifest (data_manifests/README.md); its images")
+    ex.add_argument("--model", default="default", help="'default', a TorchScript file, a MONAI bundle folder, "
+                    "or a network class path such as monai.networks.nets.DenseNet121 (with --weights)")
+    ex.add_argument("--weights", default=None, help="state-dict file for a network class path")
+    ex.add_argument("--model-args", default=None, help="JSON keyword arguments of the network class")
+    ex.add_argument("--method", default="hdm", help="hdm, mdm, neuromask, gradcam, gradcampp, gxi, smoothgrad, "
+                    "occlusion, rise (default hdm)")
+    ex.add_argument("--method-args", default=None, help="JSON keyword arguments of the explainer")
+    ex.add_argument("--steps", type=int, default=None, help="optimiser steps of mask methods")
+    ex.add_argument("--class-idx", type=int, default=None, help="class to explain (default: the predicted one)")
+    ex.add_argument("--spatial-size", default=None, help="classifier input size, e.g. 96,96 (default: model card)")
+    ex.add_argument("--axcodes", default=None, help="orientation of 3D inputs before the classifier (default RAS)")
+    ex.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    ex.add_argument("--out", required=True, help="output folder: <case>_saliency.nii.gz and explanations.csv")
+    ex.add_argument("--export", default=None, help="also export DICOM sources: comma-separated sc,pm,seg,nifti,png")
+    ex.set_defaults(func=_explain)
 
     exp = sub.add_parser("export", help="write a saliency map into the source study (DICOM SC/PM/SEG, NIfTI, PNG)")
     exp.add_argument("--image", required=True, help="source DICOM file or series folder")

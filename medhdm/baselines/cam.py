@@ -124,6 +124,9 @@ class GradCAM(Explainer):
 
     def __init__(self, model: nn.Module, *, target_layer: str | None = None, seed: int = 0, amp: bool = False) -> None:
         super().__init__(model, seed=seed, amp=amp)
+        if isinstance(model, torch.jit.ScriptModule):
+            raise ValueError(f"model: {self.name} needs forward hooks, which TorchScript modules do not support; "
+                             "use a mask or gradient method, or load the network class with its state dict")
         names = {n for n, _ in model.named_modules()}
         if target_layer is not None and target_layer not in names:
             raise ValueError(f"target_layer: {target_layer!r} is not a module of {type(model).__name__}")

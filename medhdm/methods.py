@@ -1,0 +1,148 @@
+"""Explainers by name, and classifiers from a specification (for the CLI and pipelines).
+
+Method names (case-insensitive): ``hdm``, ``mdm``, ``neuromask``, ``gradcam``,
+``gradcampp``, ``gradientinput`` (alias ``gxi``), ``smoothgrad``, ``occlusion``, ``rise``.
+
+Model specifications:
+
+- ``default``: the shipped 2D lesion classifier (:func:`medhdm.models.load_default_classifier`);
+- a TorchScript file (``torch.jit.save``), any suffix;
+- a MONAI bundle folder (``configs/inference.json`` or ``.yaml`` with ``network_def``,
+  weights in ``models/model.pt``);
+- a network class path ``package.module.Class`` (or ``package.module:Class``), built with
+  ``model_args`` (keyword arguments) and loaded from ``weights`` (a state-dict file).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .baselines import RISE, GradCAM, GradCAMpp, GradientInput, Occlusion
+from .explain import HDM, MDM, Explainer, NeuroMask
+
+__all__ = ["METHODS", "load_model", "make_explainer"]
+
+METHODS = {
+    "hdm": HDM,
+    "mdm": MDM,
+    "neuromask": NeuroMask,
+    "gradcam": GradCAM,
+    "gradcampp": GradCAMpp,
+    "gradientinput": GradientInput,
+    "gxi": GradientInput,
+    "smoothgrad": GradientInput,
+    "occlusion": Occlusion,
+    "rise": RISE,
+}
+
+
+def make_explainer(name: str, model: nn.Module, steps: int | None = None, **kwargs) -> Explainer:
+    """The explainer called ``name`` for ``model``.
+
+    Args:
+        name: one of :data:`METHODS` (case-insensitive).
+        model: the classifier.
+        steps: for mask methods (HDM, MDM, NeuroMask), the optimiser steps of every phase.
+        kwargs: passed to the explainer's constructor.
+    """
+    key = str(name).lower().replace("-", "").replace("_", "").replace("+", "pp")
+    if key not in METHODS:
+        raise ValueError(f"method: unknown {name!r}; expected one of {', '.join(sorted(METHODS))}")
+    if key == "smoothgrad":
+        kwargs = {"n_samples": 16, **kwargs}
+    try:
+        explainer = METHODS[key](model, **kwargs)
+    except TypeError as err:
+        raise ValueError(f"method arguments for {name}: {err}") from None
+    if steps is not None:
+        if steps < 1:
+            raise ValueError(f"steps: expected at least 1, got {steps}")
+        touched = False
+        for attr in ("objective", "benchmark_objective", "auxiliary_objective"):
+            if hasattr(explainer, attr):
+                setattr(explainer, attr, dataclasses.replace(getattr(explainer, attr), steps=int(steps)))
+                touched = True
+        if not touched:
+            raise ValueError(f"steps: {name} is not an optimised-mask method")
+    return explainer
+
+
+def _import_class(path: str):
+    module_name, _, class_name = path.replace(":", ".").rpartition(".")
+    try:
+        module = importlib.import_module(module_name)
+        return getattr(module, class_name)
+    except (ImportError, AttributeError, ValueError) as err:
+        raise ValueError(f"model: cannot import {path!r} ({err})") from None
+
+
+def _load_state(model: nn.Module, weights: str | os.PathLike, device) -> None:
+    weights = Path(weights)
+    if not weights.is_file():
+        raise FileNotFoundError(f"weights: no such file {weights}")
+    state = torch.load(weights, map_location=device, weights_only=True)
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()[0]
+        raise ValueError(f"weights: {weights} does not fit {type(model).__name__} ({first})") from None
+
+
+def _load_bundle(folder: Path, device) -> nn.Module:
+    from monai.bundle import ConfigParser
+
+    configs = [folder / "configs" / f"inference.{ext}" for ext in ("json", "yaml", "yml")]
+    config = next((c for c in configs if c.is_file()), None)
+    if config is None:
+        raise ValueError(f"model: {folder} is a folder but not a MONAI bundle (no configs/inference.json or .yaml)")
+    parser = ConfigParser()
+    parser.read_config(str(config))
+    parser["bundle_root"] = str(folder)
+    if "network_def" not in parser.config:
+        raise ValueError(f"model: {config} defines no 'network_def'")
+    model = parser.get_parsed_content("network_def")
+    _load_state(model, folder / "models" / "model.pt", device)
+    return model
+
+
+def load_model(
+    spec: str | os.PathLike = "default",
+    weights: str | os.PathLike | None = None,
+    model_args: dict | None = None,
+    device: str | torch.device = "cpu",
+) -> nn.Module:
+    """A classifier in eval mode from a specification (see the module docstring)."""
+    spec = str(spec)
+    if spec == "default":
+        from .models import load_default_classifier
+
+        return load_default_classifier(device=device)
+    path = Path(spec)
+    if path.is_dir():
+        model = _load_bundle(path, device)
+    elif path.is_file():
+        try:
+            model = torch.jit.load(str(path), map_location=device)
+        except RuntimeError as err:
+            raise ValueError(f"model: {path} is not a TorchScript file ({str(err).splitlines()[0]}); "
+                             "for a state dict give the network class path and --weights") from None
+    elif "." in spec and "/" not in spec:
+        cls = _import_class(spec)
+        try:
+            model = cls(**(model_args or {}))
+        except TypeError as err:
+            raise ValueError(f"model arguments for {spec}: {err}") from None
+        if weights is None:
+            raise ValueError(f"weights: a state-dict file is needed for the network class {spec}")
+        _load_state(model, weights, device)
+    else:
+        raise FileNotFoundError(f"model: {spec} is neither 'default', a file, a bundle folder nor a class path")
+    return model.to(device).eval()

@@ -1,0 +1,170 @@
+"""From a study on disk to a map on its original grid: load, preprocess, explain, invert.
+
+Loading goes through ``monai.transforms.LoadImage`` (medhdm's
+:class:`~medhdm.io.reader.DicomSeriesReader` for DICOM files and series folders,
+MONAI's NiBabel reader for NIfTI). The preprocessing the classifier needs is an
+invertible MONAI ``Compose``; the saliency map computed on the classifier's grid is
+taken back onto the source grid with ``monai.transforms.Invertd``, so it overlays the
+source voxels exactly (same affine, same shape).
+
+Preprocessing (:func:`classifier_transforms`):
+
+- 2D images: the array is transposed to (rows, columns), the layout of DICOM pixel data
+  that the shipped classifier was trained on;
+- 3D volumes: reoriented to ``axcodes`` (default ``"RAS"``);
+- intensities scaled from the ``percentiles`` to [0, 1] (clipped), then resized to the
+  classifier's ``spatial_size``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from monai.data import MetaTensor
+from monai.transforms import (
+    Compose,
+    EnsureChannelFirst,
+    Invertd,
+    LoadImage,
+    Orientationd,
+    Resized,
+    ScaleIntensityRangePercentilesd,
+    Transposed,
+)
+from torch import nn
+
+from .explain.base import Explainer
+from .io.dicom import DicomSource, read_dicom
+from .io.reader import DicomSeriesReader, is_dicom_path
+
+__all__ = ["ExplainedImage", "InputSpec", "case_id", "classifier_transforms", "explain_image", "load_image"]
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What the classifier expects.
+
+    Attributes:
+        spatial_size: the classifier's input size, ``(H, W)`` or ``(D, H, W)``.
+        axcodes: orientation of 3D inputs (MONAI axcodes); 2D images keep their pixel layout.
+        percentiles: intensity percentiles mapped to 0 and 1.
+    """
+
+    spatial_size: tuple[int, ...]
+    axcodes: str = "RAS"
+    percentiles: tuple[float, float] = (1.0, 99.5)
+
+    @classmethod
+    def for_model(cls, model: nn.Module, spatial_size: tuple[int, ...] | None = None) -> InputSpec:
+        """From ``spatial_size`` or from the card of a shipped model (``model.medhdm_card``)."""
+        if spatial_size is None:
+            card = getattr(model, "medhdm_card", None)
+            if card is None:
+                raise ValueError("spatial_size: the model has no medhdm card; give the classifier's input size")
+            spatial_size = tuple(card["recipe"]["spatial_size"])
+        spatial_size = tuple(int(s) for s in spatial_size)
+        if len(spatial_size) not in (2, 3) or min(spatial_size) < 1:
+            raise ValueError(f"spatial_size: expected 2 or 3 positive sizes, got {spatial_size}")
+        return cls(spatial_size=spatial_size)
+
+
+@dataclass
+class ExplainedImage:
+    """One explained study.
+
+    Attributes:
+        saliency: the map on the source grid in MONAI/NIfTI array order
+            (``(W, H)`` or ``(W, H, D)`` for DICOM, the file's order for NIfTI), values in [0, 1].
+        affine: ``(4, 4)`` RAS affine of the source grid.
+        class_idx, score: the explained class and its probability on the preprocessed input.
+        dicom: the DICOM source (for export), ``None`` for NIfTI.
+        meta: the loaded image's metadata (provenance for DICOM).
+    """
+
+    saliency: np.ndarray
+    affine: np.ndarray
+    class_idx: int
+    score: float
+    dicom: DicomSource | None
+    meta: dict
+
+    def saliency_in_dicom_order(self) -> np.ndarray:
+        """The map as ``(D, H, W)`` in the DICOM source's slice order (for :mod:`medhdm.export`)."""
+        arr = self.saliency if self.saliency.ndim == 3 else self.saliency[..., None]
+        return np.transpose(arr, (2, 1, 0))
+
+
+def case_id(path: str | os.PathLike) -> str:
+    """A name for outputs: the folder or file name without ``.nii.gz``/``.nii``/``.dcm``."""
+    name = Path(path).name
+    for suffix in (".nii.gz", ".nii", ".dcm"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def load_image(path: str | os.PathLike) -> MetaTensor:
+    """``(1, *S)`` MetaTensor with affine and metadata, through ``monai.transforms.LoadImage``."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file or folder")
+    if is_dicom_path(path):
+        loader = LoadImage(reader=DicomSeriesReader(), image_only=True)
+    elif path.name.lower().endswith((".nii", ".nii.gz")):
+        loader = LoadImage(reader="NibabelReader", image_only=True)
+    else:
+        raise ValueError(f"{path}: expected a DICOM file, a DICOM series folder or a NIfTI file")
+    image = EnsureChannelFirst()(loader(path))
+    if image.shape[0] != 1:
+        raise ValueError(f"{path}: expected one channel, got {image.shape[0]} (a 4D or colour image)")
+    return image
+
+
+def classifier_transforms(spatial_dims: int, spec: InputSpec, keys: str | list[str] = "image") -> Compose:
+    """The invertible preprocessing from a loaded ``(1, *S)`` image to the classifier's input."""
+    if spatial_dims != len(spec.spatial_size):
+        raise ValueError(f"image: a {spatial_dims}D image for a classifier of input size {spec.spatial_size}")
+    layout = (
+        [Transposed(keys, indices=(0, 2, 1))] if spatial_dims == 2 else [Orientationd(keys, axcodes=spec.axcodes)]
+    )
+    lower, upper = spec.percentiles
+    return Compose(
+        [
+            *layout,
+            ScaleIntensityRangePercentilesd(keys, lower=lower, upper=upper, b_min=0.0, b_max=1.0, clip=True),
+            Resized(keys, spatial_size=spec.spatial_size, mode="bilinear" if spatial_dims == 2 else "trilinear"),
+        ]
+    )
+
+
+def explain_image(
+    path: str | os.PathLike,
+    explainer: Explainer,
+    spec: InputSpec,
+    class_idx: int | None = None,
+) -> ExplainedImage:
+    """Load ``path``, explain it with ``explainer`` and return the map on the source grid."""
+    image = load_image(path)
+    transforms = classifier_transforms(image.ndim - 1, spec)
+    data = transforms({"image": image})
+    device = next(iter(explainer.model.parameters()), torch.empty(0)).device
+    x = data["image"].as_tensor()[None].to(device=device, dtype=torch.float32)
+    result = explainer.explain(x, class_idx)
+    data["saliency"] = MetaTensor(result.saliency[0].detach().cpu().float())
+    inverted = Invertd(keys="saliency", transform=transforms, orig_keys="image", nearest_interp=False)(data)
+    saliency = np.clip(inverted["saliency"].numpy()[0], 0.0, 1.0)
+    if saliency.shape != tuple(image.shape[1:]):
+        raise RuntimeError(f"inversion gave shape {saliency.shape}, expected the source's {tuple(image.shape[1:])}")
+    dicom = read_dicom(path) if is_dicom_path(path) else None
+    return ExplainedImage(
+        saliency=saliency,
+        affine=np.asarray(image.affine, dtype=np.float64),
+        class_idx=int(result.class_idx[0]),
+        score=float(result.score[0]),
+        dicom=dicom,
+        meta=dict(image.meta),
+    )
