@@ -69,16 +69,20 @@ def _explain(args: argparse.Namespace) -> None:
     from .pipeline import InputSpec, case_id, explain_image
 
     images = [Path(p) for p in args.image or []]
+    ids = [case_id(p) for p in images]
+    targets: list[int | None] = [args.class_idx] * len(images)
     if args.manifest:
         from .io.manifest import load_manifest
 
-        images += [Path(entry["image"]) for entry in load_manifest(args.manifest)]
+        for entry in load_manifest(args.manifest):
+            images.append(Path(entry["image"]))
+            ids.append(entry["id"])
+            targets.append(entry.get("class_idx", args.class_idx))
     if not images:
         raise ValueError("give --image (one or more) or --manifest")
     for path in images:
         if not path.exists():
             raise FileNotFoundError(f"--image: {path}: no such file or folder")
-    ids = [case_id(p) for p in images]
     if len(set(ids)) != len(ids):
         raise ValueError("two images would give the same case name: " + ", ".join(sorted({i for i in ids if ids.count(i) > 1})))
     formats = [f.strip() for f in (args.export or "").split(",") if f.strip()]
@@ -92,9 +96,9 @@ def _explain(args: argparse.Namespace) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rows = []
-    for i, (path, name) in enumerate(zip(images, ids), start=1):
+    for i, (path, name, target) in enumerate(zip(images, ids, targets), start=1):
         start = time.perf_counter()
-        result = explain_image(path, explainer, spec, class_idx=args.class_idx)
+        result = explain_image(path, explainer, spec, class_idx=target)
         array = result.saliency if result.saliency.ndim == 3 else result.saliency[..., None]
         image = nib.Nifti1Image(array.astype(np.float32), result.affine)
         image.set_sform(result.affine, code=1)

@@ -1,0 +1,106 @@
+"""MONAI dictionary transform that explains an image inside a ``Compose`` or an evaluator.
+
+::
+
+    from monai.transforms import Compose, Invertd, SaveImaged
+    from medhdm import HDM
+    from medhdm.transforms import Explaind
+
+    post = Compose([
+        Explaind(keys="image", explainer=HDM(net), output_key="saliency"),
+        Invertd(keys="saliency", transform=preprocessing, orig_keys="image", nearest_interp=False),
+        SaveImaged(keys="saliency", output_dir="maps", output_postfix="saliency", resample=False),
+    ])
+    evaluator = SupervisedEvaluator(..., postprocessing=post)   # one map per case
+
+The input is one channel-first image ``(C, *S)`` (a decollated batch item, as MONAI's
+post-transforms see it). The map ``(1, *S)`` is stored under ``output_key`` as a
+``MetaTensor`` that carries the image's metadata (affine, file name) but not its
+transform history, so ``Invertd(orig_keys=<image key>)`` takes it back to the source
+grid; the explained class and its probability are stored under
+``<output_key>_class`` and ``<output_key>_score``.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Hashable, Mapping, Sequence
+
+import torch
+from monai.config import KeysCollection
+from monai.data import MetaTensor
+from monai.transforms import MapTransform
+
+from .explain.base import Explainer
+
+__all__ = ["Explaind"]
+
+
+class Explaind(MapTransform):
+    """Explain ``data[key]`` with ``explainer`` and store the map under ``output_key``.
+
+    Args:
+        keys: the image key(s).
+        explainer: any medhdm explainer (``HDM(net)``, ``GradCAM(net)``, ...).
+        output_key: where the map goes; one per key for several keys
+            (default ``"<key>_saliency"``).
+        class_idx: the class to explain (``None``: the predicted class).
+        class_idx_key: read the class per item from this key instead (an int or a
+            one-element tensor), e.g. the label.
+        allow_missing_keys: skip keys that are absent.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        explainer: Explainer,
+        output_key: str | Sequence[str] | None = None,
+        class_idx: int | None = None,
+        class_idx_key: str | None = None,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        if not isinstance(explainer, Explainer):
+            raise TypeError(f"explainer: expected a medhdm Explainer, got {type(explainer).__name__}")
+        if output_key is None:
+            output_keys = [f"{k}_saliency" for k in self.keys]
+        elif isinstance(output_key, str):
+            output_keys = [output_key]
+        else:
+            output_keys = list(output_key)
+        if len(output_keys) != len(self.keys):
+            raise ValueError(f"output_key: expected {len(self.keys)} names (one per key), got {len(output_keys)}")
+        self.explainer = explainer
+        self.output_keys = output_keys
+        self.class_idx = class_idx
+        self.class_idx_key = class_idx_key
+
+    def _target(self, data: Mapping[Hashable, object]) -> int | None:
+        if self.class_idx_key is None:
+            return self.class_idx
+        if self.class_idx_key not in data:
+            raise KeyError(f"class_idx_key: {self.class_idx_key!r} is not in the data (keys: {list(data)})")
+        value = torch.as_tensor(data[self.class_idx_key])
+        if value.numel() != 1:
+            raise ValueError(f"class_idx_key: expected one class index in {self.class_idx_key!r}, "
+                             f"got shape {tuple(value.shape)} (one-hot labels need argmax first)")
+        return int(value.reshape(()).item())
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict[Hashable, object]:
+        d = dict(data)
+        for key, out_key in zip(self.key_iterator(d), self.output_keys):
+            image = d[key]
+            if not isinstance(image, torch.Tensor) or image.ndim not in (3, 4):
+                raise ValueError(f"{key}: expected a channel-first image tensor (C, H, W) or (C, D, H, W), "
+                                 f"got {type(image).__name__} of shape {tuple(getattr(image, 'shape', ()))}")
+            device = next(iter(self.explainer.model.parameters()), torch.empty(0)).device
+            x = torch.as_tensor(image).detach()[None].to(device=device, dtype=torch.float32)
+            result = self.explainer.explain(x, self._target(d))
+            saliency = result.saliency[0].detach().to(image.device)
+            if isinstance(image, MetaTensor):
+                meta = copy.deepcopy(dict(image.meta))
+                saliency = MetaTensor(saliency, affine=image.affine.clone(), meta=meta)
+            d[out_key] = saliency
+            d[f"{out_key}_class"] = int(result.class_idx[0])
+            d[f"{out_key}_score"] = float(result.score[0])
+        return d
