@@ -57,6 +57,13 @@ def _parse_json(text: str | None, name: str) -> dict:
     return value
 
 
+def _bench_data(args: argparse.Namespace) -> None:
+    from .data.bench_files import write_lesionbench
+
+    path = write_lesionbench(args.out, n_cases=args.cases, spatial_dims=args.dims, seed=args.seed)
+    print(f"wrote {args.cases} LesionBench {args.dims}D cases and {path}")
+
+
 def _explain(args: argparse.Namespace) -> None:
     import csv
     import time
@@ -92,6 +99,12 @@ def _explain(args: argparse.Namespace) -> None:
     spec = InputSpec.for_model(model, size)
     if args.axcodes:
         spec = InputSpec(spec.spatial_size, axcodes=args.axcodes, percentiles=spec.percentiles)
+    if args.intensity_range:
+        try:
+            low, high = (float(v) for v in args.intensity_range.split(","))
+        except ValueError:
+            raise ValueError(f"--intensity-range: expected two numbers like -1000,0, got {args.intensity_range!r}") from None
+        spec = InputSpec(spec.spatial_size, axcodes=spec.axcodes, intensity_range=(low, high))
     explainer = make_explainer(args.method, model, steps=args.steps, **_parse_json(args.method_args, "--method-args"))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -155,10 +168,19 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--class-idx", type=int, default=None, help="class to explain (default: the predicted one)")
     ex.add_argument("--spatial-size", default=None, help="classifier input size, e.g. 96,96 (default: model card)")
     ex.add_argument("--axcodes", default=None, help="orientation of 3D inputs before the classifier (default RAS)")
+    ex.add_argument("--intensity-range", default=None, help="map these values to 0,1 instead of the 1st-99.5th "
+                    "percentiles, e.g. --intensity-range=-1000,0 for LesionBench files")
     ex.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     ex.add_argument("--out", required=True, help="output folder: <case>_saliency.nii.gz and explanations.csv")
     ex.add_argument("--export", default=None, help="also export DICOM sources: comma-separated sc,pm,seg,nifti,png")
     ex.set_defaults(func=_explain)
+
+    bench = sub.add_parser("bench-data", help="write LesionBench cases (DICOM, NIfTI, SEG) and their manifest")
+    bench.add_argument("--out", required=True, help="output folder")
+    bench.add_argument("--cases", type=int, default=8, help="number of cases (default 8)")
+    bench.add_argument("--dims", type=int, default=2, choices=(2, 3), help="2 (images) or 3 (series)")
+    bench.add_argument("--seed", type=int, default=4242, help="seed of cases and UIDs (default 4242)")
+    bench.set_defaults(func=_bench_data)
 
     exp = sub.add_parser("export", help="write a saliency map into the source study (DICOM SC/PM/SEG, NIfTI, PNG)")
     exp.add_argument("--image", required=True, help="source DICOM file or series folder")

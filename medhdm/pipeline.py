@@ -12,8 +12,8 @@ Preprocessing (:func:`classifier_transforms`):
 - 2D images: the array is transposed to (rows, columns), the layout of DICOM pixel data
   that the shipped classifier was trained on;
 - 3D volumes: reoriented to ``axcodes`` (default ``"RAS"``);
-- intensities scaled from the ``percentiles`` to [0, 1] (clipped), then resized to the
-  classifier's ``spatial_size``.
+- intensities scaled from the ``percentiles`` to [0, 1] (clipped), or from a fixed
+  ``intensity_range`` (CT numbers, for example), then resized to the classifier's ``spatial_size``.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from monai.transforms import (
     LoadImage,
     Orientationd,
     Resized,
+    ScaleIntensityRanged,
     ScaleIntensityRangePercentilesd,
     Transposed,
 )
@@ -51,12 +52,15 @@ class InputSpec:
     Attributes:
         spatial_size: the classifier's input size, ``(H, W)`` or ``(D, H, W)``.
         axcodes: orientation of 3D inputs (MONAI axcodes); 2D images keep their pixel layout.
-        percentiles: intensity percentiles mapped to 0 and 1.
+        percentiles: intensity percentiles mapped to 0 and 1 (clipped), when ``intensity_range`` is not given.
+        intensity_range: fixed values mapped linearly to 0 and 1 (not clipped), e.g. CT numbers;
+            :data:`medhdm.data.bench_files.LESIONBENCH_INTENSITY_RANGE` for LesionBench files.
     """
 
     spatial_size: tuple[int, ...]
     axcodes: str = "RAS"
     percentiles: tuple[float, float] = (1.0, 99.5)
+    intensity_range: tuple[float, float] | None = None
 
     @classmethod
     def for_model(cls, model: nn.Module, spatial_size: tuple[int, ...] | None = None) -> InputSpec:
@@ -131,11 +135,16 @@ def classifier_transforms(spatial_dims: int, spec: InputSpec, keys: str | list[s
     layout = (
         [Transposed(keys, indices=(0, 2, 1))] if spatial_dims == 2 else [Orientationd(keys, axcodes=spec.axcodes)]
     )
-    lower, upper = spec.percentiles
+    if spec.intensity_range is not None:
+        a_min, a_max = spec.intensity_range
+        intensity = ScaleIntensityRanged(keys, a_min=a_min, a_max=a_max, b_min=0.0, b_max=1.0, clip=False)
+    else:
+        lower, upper = spec.percentiles
+        intensity = ScaleIntensityRangePercentilesd(keys, lower=lower, upper=upper, b_min=0.0, b_max=1.0, clip=True)
     return Compose(
         [
             *layout,
-            ScaleIntensityRangePercentilesd(keys, lower=lower, upper=upper, b_min=0.0, b_max=1.0, clip=True),
+            intensity,
             Resized(keys, spatial_size=spec.spatial_size, mode="bilinear" if spatial_dims == 2 else "trilinear"),
         ]
     )

@@ -26,12 +26,20 @@ def write_series(
     slice_spacing: float = 2.5,
     file_order_seed: int | None = 0,
     series_description: str = "medhdm synthetic series",
+    pixel_spacing: tuple[float, float] | None = None,
+    uid_seed: str | None = None,
+    overrides: dict | None = None,
 ) -> list[Path]:
     """Write ``volume_modality`` (``(D, H, W)`` in modality units, e.g. HU) as one series.
 
     Slice ``k`` lies ``k * slice_spacing`` mm along the template's slice normal from the
     template's position. File names are shuffled when ``file_order_seed`` is given (so
     readers must sort by geometry), and Instance Numbers run in slice order.
+
+    Args:
+        pixel_spacing: (row, column) spacing in mm; default the template's.
+        uid_seed: derive every new UID from this string (reproducible files); default random.
+        overrides: attributes set on every slice (``{"PatientID": ..., "StudyInstanceUID": ...}``).
 
     Returns:
         the written paths, in slice order.
@@ -54,7 +62,10 @@ def write_series(
     origin = np.asarray([float(v) for v in template.ImagePositionPatient])
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    series_uid = generate_uid()
+    def new_uid(*parts: object) -> str:
+        return generate_uid() if uid_seed is None else generate_uid(entropy_srcs=[uid_seed, *map(str, parts)])
+
+    series_uid = new_uid("series")
     depth = volume.shape[0]
     order = np.arange(depth)
     if file_order_seed is not None:
@@ -63,7 +74,9 @@ def write_series(
     for k in range(depth):
         ds = copy.deepcopy(template)
         ds.SeriesInstanceUID = series_uid
-        ds.SOPInstanceUID = generate_uid()
+        for keyword, value in (overrides or {}).items():
+            setattr(ds, keyword, value)
+        ds.SOPInstanceUID = new_uid("instance", k)
         ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
         ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
         ds.SeriesDescription = series_description
@@ -71,6 +84,8 @@ def write_series(
         ds.ImagePositionPatient = [f"{v:.4f}" for v in origin + k * slice_spacing * normal]
         ds.SliceLocation = f"{float((origin + k * slice_spacing * normal) @ normal):.4f}"
         ds.SliceThickness = f"{slice_spacing:g}"
+        if pixel_spacing is not None:
+            ds.PixelSpacing = [f"{float(v):.6g}" for v in pixel_spacing]
         ds.Rows, ds.Columns = int(volume.shape[1]), int(volume.shape[2])
         ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 16, 15
         ds.PixelData = stored[k].tobytes()

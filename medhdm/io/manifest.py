@@ -113,8 +113,11 @@ def load_manifest(path: str | os.PathLike, data_list_key: str = "testing") -> li
     if problems:
         raise ManifestError(path, problems)
     entries = load_decathlon_datalist(path, is_segmentation=False, data_list_key=data_list_key)
+    raw = json.loads(path.read_text())[data_list_key]
     from ..pipeline import case_id
 
-    for entry in entries:
-        entry.setdefault("id", case_id(entry["image"]))
+    for entry, original in zip(entries, raw):
+        # MONAI turns any value naming an existing path into one (an id "case000" next to a
+        # folder "case000"); ids are names, so they are taken from the file as written.
+        entry["id"] = original["id"] if "id" in original else case_id(entry["image"])
     return entries
