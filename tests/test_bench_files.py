@@ -70,7 +70,8 @@ def test_explain_over_a_manifest_predicts_the_labels(bench2d, tmp_path, capsys):
     assert rc == 0, capsys.readouterr().err
     out = capsys.readouterr().out
     assert "[8/8] case007" in out
-    rows = list(csv.DictReader(open(tmp_path / "maps" / "explanations.csv")))
+    with open(tmp_path / "maps" / "explanations.csv") as f:
+        rows = list(csv.DictReader(f))
     labels = {e["id"]: e["label"] for e in load_manifest(bench2d)}
     assert all(int(r["class_idx"]) == labels[r["case"]] for r in rows)  # the shipped model gets all 8 right
     assert len(list((tmp_path / "maps").glob("case*_saliency.nii.gz"))) == 8

@@ -169,5 +169,5 @@ def test_series_read_directly_matches_the_loader(tmp_path):
     source = read_dicom(tmp_path / "s")
     np.testing.assert_allclose(image.affine.numpy(), source.affine_ras, atol=1e-6)
     np.testing.assert_allclose(image[0].numpy(), np.transpose(source.pixels, (2, 1, 0)))
-    assert image.meta["SOPInstanceUIDs"] == [d.SOPInstanceUID for d in source.datasets]
+    assert image.meta["SOPInstanceUIDs"].split("\\") == [d.SOPInstanceUID for d in source.datasets]
     assert image.meta["StudyInstanceUID"] == template.StudyInstanceUID

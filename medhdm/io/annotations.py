@@ -63,7 +63,7 @@ class ImageGrid:
         meta = image.meta
         uids = meta.get("SOPInstanceUIDs")
         return cls(tuple(int(s) for s in image.shape[1:]), np.asarray(image.affine, dtype=np.float64),
-                   meta.get("FrameOfReferenceUID") or None, tuple(uids) if uids else None)
+                   meta.get("FrameOfReferenceUID") or None, tuple(uids.split("\\")) if uids else None)
 
 
 def _nifti_on_grid(path: Path, grid: ImageGrid) -> np.ndarray:

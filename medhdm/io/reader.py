@@ -43,23 +43,34 @@ def is_dicom_path(path: str | os.PathLike) -> bool:
     return False
 
 
+def _window_value(value) -> float | None:
+    if value is None or value == "":
+        return None
+    return float(value[0]) if getattr(value, "VM", 1) > 1 or isinstance(value, (list, tuple)) else float(value)
+
+
 def dicom_meta(source: DicomSource) -> dict:
-    """Provenance and display metadata of a DICOM source (plain Python values)."""
+    """Provenance and display metadata of a DICOM source.
+
+    Only strings and numbers, so that MONAI's collation of a batch's metadata works:
+    lists (the files, the SOP Instance UID of every slice in volume order) are joined
+    with a backslash, DICOM's multi-value separator. Absent values are left out.
+    """
     first = source.first
-    return {
-        "dicom_source": [str(p) for p in source.paths if p is not None],
+    meta = {
+        "dicom_source": "\\".join(str(p) for p in source.paths if p is not None),
         "StudyInstanceUID": str(first.get("StudyInstanceUID", "")),
         "SeriesInstanceUID": str(first.get("SeriesInstanceUID", "")),
         "FrameOfReferenceUID": str(first.get("FrameOfReferenceUID", "")),
-        "SOPInstanceUIDs": [str(d.SOPInstanceUID) for d in source.datasets],
+        "SOPInstanceUIDs": "\\".join(str(d.SOPInstanceUID) for d in source.datasets),
         "SOPClassUID": str(first.get("SOPClassUID", "")),
         "PatientID": str(first.get("PatientID", "")),
         "AccessionNumber": str(first.get("AccessionNumber", "")),
         "Modality": str(first.get("Modality", "")),
-        "WindowCenter": first.get("WindowCenter"),
-        "WindowWidth": first.get("WindowWidth"),
-        "dicom_spacing_slice_row_col": list(source.spacing),
+        "WindowCenter": _window_value(first.get("WindowCenter")),
+        "WindowWidth": _window_value(first.get("WindowWidth")),
     }
+    return {k: v for k, v in meta.items() if v is not None}
 
 
 class DicomSeriesReader(ImageReader):
