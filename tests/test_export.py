@@ -304,3 +304,16 @@ def test_cli_export_from_npy_and_nifti(sources, tmp_path, capsys):
                "--out", str(tmp_path / "cli3")])
     assert rc == 2 and "does not match the source grid" in capsys.readouterr().err
     assert not (tmp_path / "cli3").exists()
+
+
+def test_multiframe_sources_are_refused_for_export(sources, tmp_path):
+    import highdicom as hd
+
+    series = read_dicom(sources["series"])
+    multiframe = hd.legacy.LegacyConvertedEnhancedCTImage(
+        series.datasets, series_instance_uid=pydicom.uid.generate_uid(), series_number=9,
+        sop_instance_uid=pydicom.uid.generate_uid(), instance_number=1)
+    multiframe.save_as(tmp_path / "enhanced.dcm")
+    with pytest.raises(ValueError, match="multi-frame DICOM studies is not supported yet"):
+        export(tmp_path / "enhanced.dcm", _map_for(series), tmp_path / "out", ["sc"])
+    assert not (tmp_path / "out").exists()

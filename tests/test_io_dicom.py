@@ -107,3 +107,25 @@ def test_missing_path_and_empty_folder(tmp_path):
         read_dicom(tmp_path / "nothing")
     with pytest.raises(ValueError, match="holds no files"):
         read_dicom(tmp_path)
+
+
+def test_enhanced_multiframe_reads_as_the_same_volume(ct_series, tmp_path):
+    import highdicom as hd
+
+    folder, _, volume = ct_series
+    series = read_dicom(folder)
+    frames_reversed = series.datasets[::-1]  # frame order must not matter either
+    multiframe = hd.legacy.LegacyConvertedEnhancedCTImage(
+        frames_reversed, series_instance_uid=pydicom.uid.generate_uid(), series_number=9,
+        sop_instance_uid=pydicom.uid.generate_uid(), instance_number=1)
+    multiframe.save_as(tmp_path / "enhanced.dcm")
+    source = read_dicom(tmp_path / "enhanced.dcm")
+    assert source.multiframe and source.shape == volume.shape
+    np.testing.assert_allclose(source.pixels, volume)
+    np.testing.assert_allclose(source.affine_ras, series.affine_ras, atol=1e-4)
+
+
+def test_multiframe_without_plane_geometry_is_refused():
+    path = get_testdata_file("examples_ybr_color.dcm")  # ultrasound cine, 30 frames, no patient geometry
+    with pytest.raises(ValueError, match="without per-frame plane geometry is not supported"):
+        read_dicom(path)

@@ -30,7 +30,13 @@ import numpy as np
 import torch
 from monai.data import DataLoader, Dataset
 from monai.engines import SupervisedEvaluator
-from monai.transforms import Compose, EnsureChannelFirstd, Invertd, LoadImaged, SaveImaged
+from monai.transforms import (
+    Compose,
+    EnsureChannelFirstd,
+    Invertd,
+    LoadImaged,
+    SaveImaged,
+)
 
 from medhdm.data.bench_files import LESIONBENCH_INTENSITY_RANGE, write_lesionbench
 from medhdm.io.manifest import load_manifest

@@ -59,7 +59,7 @@ def map_on_source_grid(saliency, source: DicomSource, name: str = "saliency") ->
     target = source.pixels.shape
     while arr.ndim > 3 and arr.shape[0] == 1:
         arr = arr[0]
-    if arr.ndim == 3 and arr.shape[0] == 1 and len(source.datasets) == 1:
+    if arr.ndim == 3 and arr.shape[0] == 1 and not source.is_series:
         arr = arr[0]
     if arr.ndim == 2:
         arr = arr[None]
@@ -190,6 +190,9 @@ def export(
     """
     style = style or OverlayStyle()
     src = _as_source(source)
+    if src.multiframe:
+        raise ValueError("source: export into multi-frame DICOM studies is not supported yet; "
+                         "export the map as NIfTI from the pipeline instead")
     check_output_folder(Path(out_dir), src.paths, allow_inside_source)
     sal = map_on_source_grid(saliency, src)
     lesion = _lesion_on_grid(lesion_mask, src)

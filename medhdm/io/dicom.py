@@ -37,7 +37,8 @@ class DicomSource:
     """A single-frame DICOM image or series, in slice order.
 
     Attributes:
-        datasets: the source datasets, one per slice, sorted along the slice normal.
+        datasets: the source datasets, one per slice, sorted along the slice normal (for a
+            multi-frame file: the one dataset, ``multiframe`` True).
         paths: the file each dataset came from (``None`` for datasets given in memory).
         pixels: ``(D, H, W)`` float array in modality units (``D == 1`` for one image).
         affine_ras: ``(4, 4)`` voxel index ``(column, row, slice)`` -> RAS millimetres,
@@ -51,10 +52,12 @@ class DicomSource:
     affine_ras: np.ndarray
     spacing: tuple[float, float, float]
     folders: list[Path] = field(default_factory=list)
+    multiframe: bool = False
 
     @property
     def is_series(self) -> bool:
-        return len(self.datasets) > 1
+        """A volume: several slices (a series of files, or the frames of one multi-frame file)."""
+        return self.pixels.shape[0] > 1
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -89,6 +92,33 @@ def _pixel_spacing(ds: Dataset) -> tuple[float, float]:
     return 1.0, 1.0
 
 
+def _read_multiframe(path: Path, ds: Dataset) -> DicomSource:
+    """An enhanced (or legacy converted enhanced) multi-frame image, through highdicom's volume geometry."""
+    import highdicom as hd
+
+    if "PerFrameFunctionalGroupsSequence" not in ds or "SharedFunctionalGroupsSequence" not in ds:
+        raise ValueError(f"{path}: multi-frame DICOM ({ds.get('SOPClassUID', '?')}, {ds.NumberOfFrames} frames) "
+                         "without per-frame plane geometry is not supported")
+    try:
+        volume = hd.Image.from_dataset(ds, copy=False).get_volume()
+    except Exception as err:  # noqa: BLE001 (highdicom's reasons are many; report them with the file)
+        raise ValueError(f"{path}: multi-frame DICOM frames do not form one regular volume ({err})") from None
+    array = np.asarray(volume.array, dtype=np.float32)
+    if array.ndim != 3:
+        raise ValueError(f"{path}: expected grayscale frames, got a volume of shape {array.shape}")
+    hd_affine = np.asarray(volume.affine, dtype=np.float64)  # (slice, row, column) -> LPS
+    affine_lps = hd_affine[:, [2, 1, 0, 3]]  # (column, row, slice) -> LPS
+    normal = np.cross(_unit(affine_lps[:3, 0]), _unit(affine_lps[:3, 1]))
+    if float(affine_lps[:3, 2] @ normal) < 0:  # keep slices ascending along the normal, as for series
+        array = array[::-1].copy()
+        affine_lps[:3, 3] = affine_lps[:3, 3] + (array.shape[0] - 1) * affine_lps[:3, 2]
+        affine_lps[:3, 2] = -affine_lps[:3, 2]
+    spacing = (float(np.linalg.norm(affine_lps[:3, 2])), float(np.linalg.norm(affine_lps[:3, 1])),
+               float(np.linalg.norm(affine_lps[:3, 0])))
+    return DicomSource(datasets=[ds], paths=[path], pixels=array, affine_ras=LPS_TO_RAS @ affine_lps,
+                       spacing=spacing, folders=[path.resolve().parent], multiframe=True)
+
+
 def _read_file(path: Path) -> Dataset:
     try:
         ds = pydicom.dcmread(path)
@@ -98,9 +128,14 @@ def _read_file(path: Path) -> Dataset:
         raise ValueError(f"{path}: unreadable DICOM file ({type(err).__name__}: {err})") from None
     if "PixelData" not in ds:
         raise ValueError(f"{path}: DICOM file has no pixel data (SOP class {ds.get('SOPClassUID', '?')})")
-    if int(ds.get("NumberOfFrames", 1) or 1) > 1:
-        raise ValueError(f"{path}: multi-frame DICOM ({ds.NumberOfFrames} frames) is not supported here yet")
     return ds
+
+
+def _frames(ds: Dataset) -> int:
+    try:
+        return int(ds.get("NumberOfFrames", 1) or 1)
+    except (TypeError, ValueError):
+        return 1
 
 
 def _files_in(folder: Path) -> list[Path]:
@@ -114,8 +149,9 @@ def read_dicom(source: str | os.PathLike | Dataset | Sequence[Dataset]) -> Dicom
     """Read one DICOM image or one series (a folder, or datasets in any order).
 
     Args:
-        source: a DICOM file, a folder holding exactly one series (every non-hidden file
-            must be DICOM), a dataset, or a sequence of datasets of one series.
+        source: a DICOM file (single-frame, or an enhanced multi-frame volume with per-frame
+            plane positions), a folder holding exactly one single-frame series (every
+            non-hidden file must be DICOM), a dataset, or a sequence of datasets of one series.
 
     Returns:
         a :class:`DicomSource` with the slices sorted along the slice normal.
@@ -132,6 +168,11 @@ def read_dicom(source: str | os.PathLike | Dataset | Sequence[Dataset]) -> Dicom
             raise FileNotFoundError(f"{path}: no such file or folder")
         files = _files_in(path) if path.is_dir() else [path]
         datasets, paths = [_read_file(f) for f in files], list(files)
+        multiframe = [f for f, ds in zip(files, datasets) if _frames(ds) > 1]
+        if multiframe and len(files) > 1:
+            raise ValueError(f"{multiframe[0]}: a multi-frame file among {len(files)} files; give the file itself")
+        if multiframe:
+            return _read_multiframe(files[0], datasets[0])
     else:
         datasets = list(source)
         if not datasets or not all(isinstance(d, Dataset) for d in datasets):
