@@ -9,7 +9,8 @@ lesions and bright distractors) is written as a study of its own:
 - ``caseNNN/lesion_seg.dcm``: the same lesions as a DICOM SEG (cases with lesions);
 - ``manifest.json``: the cases in medhdm's manifest format (``data_manifests/README.md``).
 
-Intensities ``v`` (about 0 to 1.6) are stored as CT numbers ``HU = 1000 v - 1000``;
+Intensities ``v`` (about 0 to 1.6) are stored as CT numbers ``HU = 1000 v - 1000`` with a
+window (centre -250, width 1700) that shows them all;
 :data:`LESIONBENCH_INTENSITY_RANGE` maps them back to ``v`` for the shipped classifiers.
 UIDs derive from the seed, so the same arguments write the same files.
 """
@@ -98,6 +99,9 @@ def write_lesionbench(
             "FrameOfReferenceUID": generate_uid(entropy_srcs=[uid_seed, "frame"]),
             "StudyID": name,
             "AccessionNumber": "",
+            # The whole stored range (v from about -0.1 to 1.6) in view.
+            "WindowCenter": "-250",
+            "WindowWidth": "1700",
         }
         spacing = _FIELD_OF_VIEW_MM / size[-1]
         hu = np.round(1000.0 * image - 1000.0)
