@@ -60,7 +60,8 @@ def _parse_json(text: str | None, name: str) -> dict:
 def _bench_data(args: argparse.Namespace) -> None:
     from .data.bench_files import write_lesionbench
 
-    path = write_lesionbench(args.out, n_cases=args.cases, spatial_dims=args.dims, seed=args.seed)
+    path = write_lesionbench(args.out, n_cases=args.cases, spatial_dims=args.dims, seed=args.seed,
+                             manifest_path=args.manifest)
     print(f"wrote {args.cases} LesionBench {args.dims}D cases and {path}")
 
 
@@ -180,6 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--cases", type=int, default=8, help="number of cases (default 8)")
     bench.add_argument("--dims", type=int, default=2, choices=(2, 3), help="2 (images) or 3 (series)")
     bench.add_argument("--seed", type=int, default=4242, help="seed of cases and UIDs (default 4242)")
+    bench.add_argument("--manifest", default=None, help="manifest path (default OUT/manifest.json); "
+                       "must lie in OUT or a folder above it")
     bench.set_defaults(func=_bench_data)
 
     exp = sub.add_parser("export", help="write a saliency map into the source study (DICOM SC/PM/SEG, NIfTI, PNG)")

@@ -23,14 +23,18 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def bench2d(tmp_path_factory) -> Path:
-    return write_lesionbench(tmp_path_factory.mktemp("lb2"), n_cases=8, spatial_dims=2)
+    """The committed manifest's layout: cases in lesionbench2d/, the manifest beside that folder."""
+    root = tmp_path_factory.mktemp("manifests")
+    return write_lesionbench(root / "lesionbench2d", n_cases=8, spatial_dims=2,
+                             manifest_path=root / "lesionbench2d.json")
 
 
 def test_committed_manifests_are_what_the_generator_writes(bench2d, tmp_path):
-    committed = json.loads((ROOT / "data_manifests" / "lesionbench2d" / "manifest.json").read_text())
+    committed = json.loads((ROOT / "data_manifests" / "lesionbench2d.json").read_text())
     assert json.loads(bench2d.read_text()) == committed
-    small3d = write_lesionbench(tmp_path / "lb3", n_cases=4, spatial_dims=3)
-    committed3d = json.loads((ROOT / "data_manifests" / "lesionbench3d" / "manifest.json").read_text())
+    small3d = write_lesionbench(tmp_path / "lesionbench3d", n_cases=4, spatial_dims=3,
+                                manifest_path=tmp_path / "lesionbench3d.json")
+    committed3d = json.loads((ROOT / "data_manifests" / "lesionbench3d.json").read_text())
     assert json.loads(small3d.read_text()) == committed3d
     assert validate_manifest(small3d) == []
     first = load_manifest(small3d)[0]
@@ -39,11 +43,13 @@ def test_committed_manifests_are_what_the_generator_writes(bench2d, tmp_path):
 
 def test_files_are_reproducible_and_annotations_agree(bench2d, tmp_path):
     again = write_lesionbench(tmp_path / "again", n_cases=8, spatial_dims=2)
+    assert json.loads(again.read_text())["testing"][0]["image"] == "case000/image.dcm"  # default: manifest inside
     entries = load_manifest(bench2d)
     assert [e["label"] for e in entries].count(1) >= 2 and [e["label"] for e in entries].count(0) >= 2
     for entry in entries:
         case = Path(entry["image"]).parent
         other = again.parent / case.name
+        assert other.is_dir()
         assert read_dicom(entry["image"]).first.SOPInstanceUID == read_dicom(other / "image.dcm").first.SOPInstanceUID
         grid = ImageGrid.from_dicom(read_dicom(entry["image"]))
         lesion = load_annotation(entry["lesion"], grid)
@@ -75,3 +81,8 @@ def test_explain_over_a_manifest_predicts_the_labels(bench2d, tmp_path, capsys):
     labels = {e["id"]: e["label"] for e in load_manifest(bench2d)}
     assert all(int(r["class_idx"]) == labels[r["case"]] for r in rows)  # the shipped model gets all 8 right
     assert len(list((tmp_path / "maps").glob("case*_saliency.nii.gz"))) == 8
+
+
+def test_manifest_outside_the_case_folder_tree_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="must lie in"):
+        write_lesionbench(tmp_path / "a" / "cases", n_cases=1, manifest_path=tmp_path / "b" / "m.json")

@@ -7,7 +7,8 @@ lesions and bright distractors) is written as a study of its own:
 - ``caseNNN/image.nii.gz``: the same pixels with the DICOM's affine;
 - ``caseNNN/lesion.nii.gz``: the lesion label map (0 background, 1..n lesions) on that grid;
 - ``caseNNN/lesion_seg.dcm``: the same lesions as a DICOM SEG (cases with lesions);
-- ``manifest.json``: the cases in medhdm's manifest format (``data_manifests/README.md``).
+- ``manifest.json`` (or ``manifest_path``): the cases in medhdm's manifest format
+  (``data_manifests/README.md``).
 
 Intensities ``v`` (about 0 to 1.6) are stored as CT numbers ``HU = 1000 v - 1000`` with a
 window (centre -250, width 1700) that shows them all;
@@ -53,6 +54,7 @@ def write_lesionbench(
     spatial_dims: int = 2,
     seed: int = 4242,
     spatial_size: tuple[int, ...] | None = None,
+    manifest_path: str | os.PathLike | None = None,
 ) -> Path:
     """Write ``n_cases`` LesionBench cases and their manifest into ``out_dir``.
 
@@ -62,9 +64,11 @@ def write_lesionbench(
         spatial_dims: 2 (one CT image per case) or 3 (a CT series per case).
         seed: seeds the cases and the UIDs.
         spatial_size: default ``(96, 96)`` in 2D, ``(24, 48, 48)`` in 3D.
+        manifest_path: where the manifest goes (default ``out_dir/manifest.json``); its
+            paths are relative to its own folder, which must contain ``out_dir``.
 
     Returns:
-        the path of ``manifest.json``.
+        the path of the manifest.
     """
     import highdicom as hd
     import nibabel as nib
@@ -81,6 +85,10 @@ def write_lesionbench(
         raise ValueError(f"n_cases: expected at least 1, got {n_cases}")
     size = tuple(spatial_size or ((96, 96) if spatial_dims == 2 else (24, 48, 48)))
     out = Path(out_dir)
+    manifest_file = Path(manifest_path) if manifest_path is not None else out / "manifest.json"
+    base = manifest_file.resolve().parent
+    if base not in (out.resolve(), *out.resolve().parents):
+        raise ValueError(f"manifest_path: {manifest_file} must lie in {out} or a folder above it")
     out.mkdir(parents=True, exist_ok=True)
     template = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
     cases = make_dataset(seed, n_cases, size)
@@ -127,8 +135,8 @@ def write_lesionbench(
             img.set_qform(source.affine_ras, code=1)
         atomic_write(folder / "image.nii.gz", lambda p, img=nifti_image: nib.save(img, p))
         atomic_write(folder / "lesion.nii.gz", lambda p, img=nifti_lesion: nib.save(img, p))
-        entry = {"id": name, "image": str(image_path.relative_to(out)), "lesion": f"{name}/lesion.nii.gz",
-                 "label": int(case.label)}
+        entry = {"id": name, "image": str(image_path.resolve().relative_to(base)),
+                 "lesion": str((folder / "lesion.nii.gz").resolve().relative_to(base)), "label": int(case.label)}
         if case.n_lesions > 0:
             seg = hd.seg.Segmentation(
                 source_images=source.datasets,
@@ -153,9 +161,8 @@ def write_lesionbench(
                         f"(seed {seed}); CT numbers HU = 1000 v - 1000. Each case also has image.nii.gz and, "
                         "when it has lesions, lesion_seg.dcm."),
         "classes": ["no lesion", "lesion"],
-        "generator": f"medhdm bench-data --out <folder> --cases {n_cases} --dims {spatial_dims} --seed {seed}",
+        "generator": f"medhdm bench-data --cases {n_cases} --dims {spatial_dims} --seed {seed}",
         "testing": entries,
     }
-    path = out / "manifest.json"
-    atomic_write(path, (json.dumps(manifest, indent=2) + "\n").encode())
-    return path
+    atomic_write(manifest_file, (json.dumps(manifest, indent=2) + "\n").encode())
+    return manifest_file
