@@ -74,10 +74,13 @@ def _explain(args: argparse.Namespace) -> None:
 
     from ._io import atomic_write
     from .methods import load_model, make_explainer
-    from .pipeline import InputSpec, case_id, explain_image
+    from .pipeline import InputSpec, explain_image, unique_case_ids
 
     images = [Path(p) for p in args.image or []]
-    ids = [case_id(p) for p in images]
+    for path in images:
+        if not path.exists():
+            raise FileNotFoundError(f"--image: {path}: no such file or folder")
+    ids = unique_case_ids(images) if images else []
     targets: list[int | None] = [args.class_idx] * len(images)
     if args.manifest:
         from .io.manifest import load_manifest
@@ -98,14 +101,15 @@ def _explain(args: argparse.Namespace) -> None:
                        device=args.device)
     size = tuple(int(v) for v in args.spatial_size.split(",")) if args.spatial_size else None
     spec = InputSpec.for_model(model, size)
-    if args.axcodes:
-        spec = InputSpec(spec.spatial_size, axcodes=args.axcodes, percentiles=spec.percentiles)
+    intensity_range = None
     if args.intensity_range:
         try:
             low, high = (float(v) for v in args.intensity_range.split(","))
         except ValueError:
             raise ValueError(f"--intensity-range: expected two numbers like -1000,0, got {args.intensity_range!r}") from None
-        spec = InputSpec(spec.spatial_size, axcodes=spec.axcodes, intensity_range=(low, high))
+        intensity_range = (low, high)
+    layout = "monai" if args.axcodes else args.layout
+    spec = InputSpec(spec.spatial_size, layout=layout, axcodes=args.axcodes or "RAS", intensity_range=intensity_range)
     explainer = make_explainer(args.method, model, steps=args.steps, **_parse_json(args.method_args, "--method-args"))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -158,7 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
     ex = sub.add_parser("explain", help="explain studies (DICOM file/series folder, NIfTI) with a classifier")
     ex.add_argument("--image", action="append", help="DICOM file, DICOM series folder or NIfTI file (repeatable)")
     ex.add_argument("--manifest", default=None, help="a data manifest (data_manifests/README.md); its images")
-    ex.add_argument("--model", default="default", help="'default', a TorchScript file, a MONAI bundle folder, "
+    ex.add_argument("--model", default="default", help="'default' (2D) or 'default3d', a TorchScript file, "
+                    "a MONAI bundle folder, "
                     "or a network class path such as monai.networks.nets.DenseNet121 (with --weights)")
     ex.add_argument("--weights", default=None, help="state-dict file for a network class path")
     ex.add_argument("--model-args", default=None, help="JSON keyword arguments of the network class")
@@ -168,7 +173,10 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--steps", type=int, default=None, help="optimiser steps of mask methods")
     ex.add_argument("--class-idx", type=int, default=None, help="class to explain (default: the predicted one)")
     ex.add_argument("--spatial-size", default=None, help="classifier input size, e.g. 96,96 (default: model card)")
-    ex.add_argument("--axcodes", default=None, help="orientation of 3D inputs before the classifier (default RAS)")
+    ex.add_argument("--layout", default="dicom", choices=("dicom", "monai"), help="array layout the classifier "
+                    "expects: dicom = (slice, row, column) as in DICOM pixel data (default; the shipped models), "
+                    "monai = MONAI's order reoriented to --axcodes")
+    ex.add_argument("--axcodes", default=None, help="orientation for --layout monai (default RAS); implies it")
     ex.add_argument("--intensity-range", default=None, help="map these values to 0,1 instead of the 1st-99.5th "
                     "percentiles, e.g. --intensity-range=-1000,0 for LesionBench files")
     ex.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")

@@ -5,7 +5,8 @@ Method names (case-insensitive): ``hdm``, ``mdm``, ``neuromask``, ``gradcam``,
 
 Model specifications:
 
-- ``default``: the shipped 2D lesion classifier (:func:`medhdm.models.load_default_classifier`);
+- ``default`` (or ``default2d``), ``default3d``: the shipped 2D / 3D lesion classifiers
+  (:func:`medhdm.models.load_default_classifier`);
 - a TorchScript file (``torch.jit.save``), any suffix;
 - a MONAI bundle folder (``configs/inference.json`` or ``.yaml`` with ``network_def``,
   weights in ``models/model.pt``);
@@ -121,10 +122,10 @@ def load_model(
 ) -> nn.Module:
     """A classifier in eval mode from a specification (see the module docstring)."""
     spec = str(spec)
-    if spec == "default":
-        from .models import load_default_classifier
+    if spec in ("default", "default2d", "default3d"):
+        from .models import DEFAULT_2D, DEFAULT_3D, load_default_classifier
 
-        return load_default_classifier(device=device)
+        return load_default_classifier(DEFAULT_3D if spec == "default3d" else DEFAULT_2D, device=device)
     path = Path(spec)
     if path.is_dir():
         model = _load_bundle(path, device)

@@ -1,16 +1,17 @@
 """The default classifiers that ship with medhdm, and the script that made them.
 
-``lesion_densenet2d`` is the small MONAI DenseNet of :mod:`medhdm.training`
-trained to detect "lesion present" on 96 x 96 synthetic cases
-(:mod:`medhdm.data.lesions`, real CT/MR anatomy with inserted lesions and
-bright distractors). Its weights (about 100 kB) live in ``medhdm/weights/``
-beside a JSON card with the training settings and held-out accuracy/AUC.
-Re-create them with::
+``lesion_densenet2d`` and ``lesion_densenet3d`` are the small MONAI DenseNet of
+:mod:`medhdm.training` trained to detect "lesion present" on synthetic cases
+(:mod:`medhdm.data.lesions`, real CT/MR anatomy with inserted lesions and bright
+distractors): 96 x 96 images, and 24 x 48 x 48 volumes (D, H, W) on nibabel's real MR
+volumes. Their weights (about 100-300 kB) live in ``medhdm/weights/`` beside JSON
+cards with the training settings and held-out accuracy/AUC. Re-create them with::
 
-    python -m medhdm.models --out medhdm/weights
+    python -m medhdm.models --out medhdm/weights --name lesion_densenet2d   # about a minute
+    python -m medhdm.models --out medhdm/weights --name lesion_densenet3d   # about seven minutes
 
-(about a minute on two CPU cores; seeded, so the same weights up to floating-point
-non-determinism of the CPU kernels).
+(on two CPU cores; seeded, so the same weights up to floating-point non-determinism of
+the CPU kernels).
 """
 
 from __future__ import annotations
@@ -28,10 +29,12 @@ from ._io import atomic_write
 from .data.lesions import make_dataset
 from .training import accuracy_and_auc, lesion_classifier, train_classifier
 
-__all__ = ["WEIGHTS_DIR", "DEFAULT_2D", "load_default_classifier", "train_default_classifier"]
+__all__ = ["DEFAULT_2D", "DEFAULT_3D", "RECIPES", "WEIGHTS_DIR", "load_default_classifier",
+           "train_default_classifier"]
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 DEFAULT_2D = "lesion_densenet2d"
+DEFAULT_3D = "lesion_densenet3d"
 
 #: the recipe of the shipped 2D model
 RECIPE_2D = {
@@ -45,6 +48,22 @@ RECIPE_2D = {
     "lr": 0.002,
     "seed": 0,
 }
+
+
+#: the recipe of the shipped 3D model
+RECIPE_3D = {
+    "spatial_size": [24, 48, 48],
+    "train_seed": 3000,
+    "train_cases": 3000,
+    "test_seed": 4000,
+    "test_cases": 400,
+    "epochs": 20,
+    "batch_size": 16,
+    "lr": 0.002,
+    "seed": 0,
+}
+
+RECIPES = {DEFAULT_2D: RECIPE_2D, DEFAULT_3D: RECIPE_3D}
 
 
 def load_default_classifier(name: str = DEFAULT_2D, device: str | torch.device = "cpu") -> nn.Module:
@@ -63,42 +82,48 @@ def load_default_classifier(name: str = DEFAULT_2D, device: str | torch.device =
     return model
 
 
-def train_default_classifier(out_dir: Path = WEIGHTS_DIR, log=print) -> dict:
-    """Train the 2D default classifier by :data:`RECIPE_2D`, write weights and card to ``out_dir``."""
-    r = RECIPE_2D
+def train_default_classifier(out_dir: Path = WEIGHTS_DIR, log=print, name: str = DEFAULT_2D) -> dict:
+    """Train the default classifier ``name`` by its recipe (:data:`RECIPES`), write weights and card."""
+    if name not in RECIPES:
+        raise ValueError(f"name: expected one of {sorted(RECIPES)}, got {name!r}")
+    r = RECIPES[name]
     torch.manual_seed(r["seed"])
     size = tuple(r["spatial_size"])
+    dims = len(size)
     start = time.perf_counter()
     train = make_dataset(r["train_seed"], r["train_cases"], size)
     test = make_dataset(r["test_seed"], r["test_cases"], size)
-    model = lesion_classifier(len(size))
+    model = lesion_classifier(dims)
     train_classifier(model, train, epochs=r["epochs"], batch_size=r["batch_size"], lr=r["lr"], seed=r["seed"], log=log)
     acc, auc = accuracy_and_auc(model, test)
+    axes = "H, W" if dims == 2 else "D, H, W"
     card = {
-        "name": DEFAULT_2D,
-        "network": "monai.networks.nets.DenseNet(spatial_dims=2, in_channels=1, out_channels=2, init_features=16, "
-        "growth_rate=8, block_config=(3, 3, 3), bn_size=2)",
+        "name": name,
+        "network": f"monai.networks.nets.DenseNet(spatial_dims={dims}, in_channels=1, out_channels=2, "
+        "init_features=16, growth_rate=8, block_config=(3, 3, 3), bn_size=2)",
         "classes": ["no lesion", "lesion"],
-        "input": "(B, 1, 96, 96), intensities windowed to [0, 1] (see medhdm.data.lesions)",
+        "input": f"(B, 1, {', '.join(map(str, size))}) = (B, C, {axes}), intensities windowed to [0, 1] "
+        "(see medhdm.data.lesions); LesionBench files: --intensity-range=-1000,0",
         "recipe": r,
         "held_out": {"accuracy": round(acc, 4), "auc": round(auc, 4), "cases": r["test_cases"]},
         "train_seconds": round(time.perf_counter() - start, 1),
         "torch": torch.__version__,
     }
     out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write(out_dir / f"{DEFAULT_2D}.pt", lambda p: torch.save(model.state_dict(), p))
-    atomic_write(out_dir / f"{DEFAULT_2D}.json", lambda p: Path(p).write_text(json.dumps(card, indent=2) + "\n"))
+    atomic_write(out_dir / f"{name}.pt", lambda p: torch.save(model.state_dict(), p))
+    atomic_write(out_dir / f"{name}.json", lambda p: Path(p).write_text(json.dumps(card, indent=2) + "\n"))
     if log:
-        log(f"held-out accuracy {acc:.3f}, AUC {auc:.3f}; wrote {out_dir / DEFAULT_2D}.pt/.json")
+        log(f"held-out accuracy {acc:.3f}, AUC {auc:.3f}; wrote {out_dir / name}.pt/.json")
     return card
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Train medhdm's default 2D lesion classifier.")
+    parser = argparse.ArgumentParser(description="Train medhdm's default lesion classifiers.")
     parser.add_argument("--out", type=Path, default=WEIGHTS_DIR, help="output folder (default: the package's)")
+    parser.add_argument("--name", default=DEFAULT_2D, choices=sorted(RECIPES), help="which model (default 2D)")
     args = parser.parse_args(argv)
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
-    train_default_classifier(args.out)
+    train_default_classifier(args.out, name=args.name)
 
 
 if __name__ == "__main__":

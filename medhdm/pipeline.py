@@ -9,9 +9,11 @@ source voxels exactly (same affine, same shape).
 
 Preprocessing (:func:`classifier_transforms`):
 
-- 2D images: the array is transposed to (rows, columns), the layout of DICOM pixel data
-  that the shipped classifier was trained on;
-- 3D volumes: reoriented to ``axcodes`` (default ``"RAS"``);
+- layout ``"dicom"`` (default): the spatial axes reversed from MONAI's (column, row, slice)
+  to (slice, row, column), the layout of DICOM pixel data (and of pydicom's and
+  SimpleITK's arrays) that the shipped classifiers were trained on; layout ``"monai"``:
+  reoriented to ``axcodes`` (default ``"RAS"``) in MONAI's order, as networks trained with
+  MONAI's ``LoadImage`` and ``Orientation`` expect;
 - intensities scaled from the ``percentiles`` to [0, 1] (clipped), or from a fixed
   ``intensity_range`` (CT numbers, for example), then resized to the classifier's ``spatial_size``.
 """
@@ -50,14 +52,16 @@ class InputSpec:
     """What the classifier expects.
 
     Attributes:
-        spatial_size: the classifier's input size, ``(H, W)`` or ``(D, H, W)``.
-        axcodes: orientation of 3D inputs (MONAI axcodes); 2D images keep their pixel layout.
+        spatial_size: the classifier's input size, in the order of ``layout``.
+        layout: ``"dicom"`` (slice, row, column) or ``"monai"`` (reoriented to ``axcodes``).
+        axcodes: orientation for the ``"monai"`` layout (its first 2 letters for 2D images).
         percentiles: intensity percentiles mapped to 0 and 1 (clipped), when ``intensity_range`` is not given.
         intensity_range: fixed values mapped linearly to 0 and 1 (not clipped), e.g. CT numbers;
             :data:`medhdm.data.bench_files.LESIONBENCH_INTENSITY_RANGE` for LesionBench files.
     """
 
     spatial_size: tuple[int, ...]
+    layout: str = "dicom"
     axcodes: str = "RAS"
     percentiles: tuple[float, float] = (1.0, 99.5)
     intensity_range: tuple[float, float] | None = None
@@ -74,6 +78,10 @@ class InputSpec:
         if len(spatial_size) not in (2, 3) or min(spatial_size) < 1:
             raise ValueError(f"spatial_size: expected 2 or 3 positive sizes, got {spatial_size}")
         return cls(spatial_size=spatial_size)
+
+    def __post_init__(self) -> None:
+        if self.layout not in ("dicom", "monai"):
+            raise ValueError(f"layout: expected 'dicom' or 'monai', got {self.layout!r}")
 
 
 @dataclass
@@ -111,6 +119,23 @@ def case_id(path: str | os.PathLike) -> str:
     return name
 
 
+def unique_case_ids(paths: list[str | os.PathLike]) -> list[str]:
+    """:func:`case_id` of each path, prefixed by parent folder names where names repeat.
+
+    ``[a/case1/image.dcm, a/case2/image.dcm]`` -> ``["case1_image", "case2_image"]``.
+    """
+    paths = [Path(p).resolve() for p in paths]
+    depth = 0
+    while True:
+        ids = ["_".join([*(p.parts[-1 - depth:-1] if depth else ()), case_id(p)]) for p in paths]
+        if len(set(ids)) == len(ids) or depth >= max(len(p.parts) for p in paths):
+            break
+        depth += 1
+    if len(set(ids)) != len(ids):
+        raise ValueError("the same image is given twice: " + ", ".join(sorted({i for i in ids if ids.count(i) > 1})))
+    return ids
+
+
 def load_image(path: str | os.PathLike) -> MetaTensor:
     """``(1, *S)`` MetaTensor with affine and metadata, through ``monai.transforms.LoadImage``."""
     path = Path(path)
@@ -132,9 +157,10 @@ def classifier_transforms(spatial_dims: int, spec: InputSpec, keys: str | list[s
     """The invertible preprocessing from a loaded ``(1, *S)`` image to the classifier's input."""
     if spatial_dims != len(spec.spatial_size):
         raise ValueError(f"image: a {spatial_dims}D image for a classifier of input size {spec.spatial_size}")
-    layout = (
-        [Transposed(keys, indices=(0, 2, 1))] if spatial_dims == 2 else [Orientationd(keys, axcodes=spec.axcodes)]
-    )
+    if spec.layout == "dicom":
+        layout = [Transposed(keys, indices=(0, *range(spatial_dims, 0, -1)))]
+    else:
+        layout = [Orientationd(keys, axcodes=spec.axcodes[:spatial_dims])]
     if spec.intensity_range is not None:
         a_min, a_max = spec.intensity_range
         intensity = ScaleIntensityRanged(keys, a_min=a_min, a_max=a_max, b_min=0.0, b_max=1.0, clip=False)

@@ -55,6 +55,14 @@ def test_shipped_classifier_detects_lesions():
     assert not model.training
 
 
+def test_shipped_3d_classifier_detects_lesions():
+    model = load_default_classifier("lesion_densenet3d")
+    assert model.medhdm_card["held_out"]["accuracy"] > 0.9 and model.medhdm_card["held_out"]["auc"] > 0.95
+    cases = make_dataset(778, 60, (24, 48, 48))
+    acc, auc = accuracy_and_auc(model, cases)
+    assert acc > 0.8 and auc > 0.9, (acc, auc)
+
+
 def test_demo_command_writes_results(tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out), "--cases", "2"]) == 0

@@ -53,12 +53,14 @@ def test_roundtrip_puts_a_planted_voxel_back_on_its_source_voxel_2d(tmp_path):
     assert 90 <= back_peak[0] <= 92 and 30 <= back_peak[1] <= 32
 
 
-def test_roundtrip_3d_nifti_with_a_flipped_anisotropic_affine(tmp_path):
+@pytest.mark.parametrize("layout", ["dicom", "monai"])
+def test_roundtrip_3d_nifti_with_a_flipped_anisotropic_affine(tmp_path, layout):
     volume = np.random.default_rng(0).uniform(0, 100, size=(40, 36, 20)).astype(np.float32)
     volume[30:32, 5:7, 14:16] = 1000.0
     affine = np.array([[-0.8, 0, 0, 20], [0, 0.9, 0, -15], [0, 0, 2.5, 7], [0, 0, 0, 1]])  # LAS, anisotropic
     nib.save(nib.Nifti1Image(volume, affine), tmp_path / "vol.nii.gz")
-    source_peak, back_peak = _roundtrip_argmax(tmp_path / "vol.nii.gz", InputSpec((16, 24, 24), percentiles=(0.0, 100.0)))
+    source_peak, back_peak = _roundtrip_argmax(tmp_path / "vol.nii.gz",
+                                              InputSpec((16, 24, 24), layout=layout, percentiles=(0.0, 100.0)))
     assert 30 <= source_peak[0] <= 31 and 5 <= source_peak[1] <= 6 and 14 <= source_peak[2] <= 15
     assert 30 <= back_peak[0] <= 31 and 5 <= back_peak[1] <= 6 and 14 <= back_peak[2] <= 15
 
@@ -171,3 +173,12 @@ def test_series_read_directly_matches_the_loader(tmp_path):
     np.testing.assert_allclose(image[0].numpy(), np.transpose(source.pixels, (2, 1, 0)))
     assert image.meta["SOPInstanceUIDs"].split("\\") == [d.SOPInstanceUID for d in source.datasets]
     assert image.meta["StudyInstanceUID"] == template.StudyInstanceUID
+
+
+def test_case_ids_are_unique_and_readable(tmp_path):
+    from medhdm.pipeline import unique_case_ids
+
+    assert unique_case_ids(["a/ct1.dcm", "b/ct2.nii.gz"]) == ["ct1", "ct2"]
+    assert unique_case_ids(["x/case1/image.dcm", "x/case2/image.nii.gz"]) == ["case1_image", "case2_image"]
+    with pytest.raises(ValueError, match="the same image is given twice"):
+        unique_case_ids(["x/case1/image.dcm", "x/case1/image.dcm"])
