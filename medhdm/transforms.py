@@ -98,8 +98,8 @@ class Explaind(MapTransform):
             result = self.explainer.explain(x, self._target(d))
             saliency = result.saliency[0].detach().to(image.device)
             if isinstance(image, MetaTensor):
-                meta = copy.deepcopy(dict(image.meta))
-                saliency = MetaTensor(saliency, affine=image.affine.clone(), meta=meta)
+                meta = copy.deepcopy(dict(image.meta))  # holds the affine
+                saliency = MetaTensor(saliency, meta=meta)
             d[out_key] = saliency
             d[f"{out_key}_class"] = int(result.class_idx[0])
             d[f"{out_key}_score"] = float(result.score[0])
