@@ -4,7 +4,6 @@ and bootstrap confidence intervals."""
 from __future__ import annotations
 
 import json
-import math
 import sys
 from pathlib import Path
 
@@ -15,6 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from medhdm import HDM, MDM, RISE, GradCAM, GradCAMpp, GradientInput, NeuroMask, Occlusion  # noqa: E402
 from medhdm._io import atomic_write  # noqa: E402
 from medhdm.data import make_case  # noqa: E402
+from medhdm.evaluation import bootstrap_ci  # noqa: E402,F401  (re-exported for the scripts)
 from medhdm.training import stack_cases  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
@@ -39,16 +39,6 @@ def default_methods(model) -> dict:
         "GradCAM": GradCAM(model),
         "GradCAM++": GradCAMpp(model),
     }
-
-
-def bootstrap_ci(values, n_boot: int = 2000, seed: int = 0) -> tuple[float, float, float]:
-    """Mean and percentile-bootstrap 95% CI over cases (NaNs dropped)."""
-    v = np.asarray([x for x in values if not math.isnan(x)], dtype=float)
-    if v.size == 0:
-        return float("nan"), float("nan"), float("nan")
-    rng = np.random.default_rng(seed)
-    means = v[rng.integers(0, v.size, size=(n_boot, v.size))].mean(1)
-    return float(v.mean()), float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
 
 
 def write_json(path: Path, data) -> None:

@@ -8,7 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from medhdm.metrics import auroc, energy_in_lesion, lesion_hit_rate, pointing_game, rank_accuracy, score
+from medhdm.metrics import (
+    auroc,
+    energy_in_lesion,
+    lesion_hit_rate,
+    pointing_game,
+    rank_accuracy,
+    score,
+)
 
 MASK = np.array([[0, 0, 0, 0], [0, 1, 1, 0], [0, 0, 0, 0], [0, 0, 0, 1]])
 MAP = np.array([[0.0, 0.1, 0.0, 0.0], [0.2, 0.9, 0.5, 0.0], [0.0, 0.3, 0.0, 0.0], [0.0, 0.0, 0.0, 0.6]])
@@ -91,3 +98,42 @@ def test_bad_input():
         score(np.full((4, 4), np.nan), MASK)
     with pytest.raises(ValueError, match="saliency: expected a 2D or 3D map"):
         score(np.zeros(4), np.zeros(4))
+
+
+def test_auprc_dice_and_iou_by_hand():
+    from medhdm.metrics import auprc, dice_top, iou_top
+
+    saliency = np.array([[0.9, 0.8], [0.7, 0.1]])
+    mask = np.array([[1, 0], [1, 0]])
+    # Ranked: hit, miss, hit, miss -> AP = 0.5 * 1/1 + 0.5 * 2/3.
+    assert auprc(saliency, mask) == pytest.approx(0.5 + 0.5 * 2 / 3)
+    # Top-2 = {0.9, 0.8}: one of the two lesion voxels. Dice 2*1/4, IoU 1/3.
+    assert dice_top(saliency, mask) == pytest.approx(0.5)
+    assert iou_top(saliency, mask) == pytest.approx(1 / 3)
+    # Ties enter together in AP: all tied -> precision 2/4 at recall 1.
+    assert auprc(np.ones((2, 2)), mask) == pytest.approx(0.5)
+    # 3D, a perfect map.
+    m3 = np.zeros((3, 4, 5), dtype=bool)
+    m3[1, 1:3, 2:4] = True
+    s3 = m3 + 0.01 * np.arange(60).reshape(3, 4, 5) / 60
+    assert auprc(s3, m3) == pytest.approx(1.0) and dice_top(s3, m3) == pytest.approx(1.0)
+    assert math.isnan(auprc(s3, np.zeros_like(m3))) and math.isnan(iou_top(np.zeros((3, 4, 5)), m3))
+
+
+def test_aggregation_and_paired_comparison_by_hand():
+    from medhdm.evaluation import aggregate, bootstrap_ci, paired_comparison
+
+    rows = [{"method": "A", "case": i, "auroc": v} for i, v in enumerate([0.9, 0.8, 0.7, float("nan"), 0.6, 1.0])]
+    rows += [{"method": "B", "case": i, "auroc": v} for i, v in enumerate([0.5, 0.4, 0.6, 0.5, 0.3, 0.2])]
+    table = {(r["method"], r["metric"]): r for r in aggregate(rows, ["auroc"])}
+    a = table[("A", "auroc")]
+    assert a["n"] == 5 and a["mean"] == pytest.approx(0.8) and a["median"] == pytest.approx(0.8)
+    assert a["ci_low"] < 0.8 < a["ci_high"] and 0.6 <= a["ci_low"] and a["ci_high"] <= 1.0
+    assert bootstrap_ci([0.5, 0.5, 0.5]) == (0.5, 0.5, 0.5)
+    comparison = paired_comparison(rows, "A", "B", "auroc")
+    # Pairs: cases 0, 1, 2, 4, 5 (case 3 is NaN for A); differences 0.4, 0.4, 0.1, 0.3, 0.8, all positive:
+    # the exact two-sided Wilcoxon p-value for n = 5 with every sign positive is 2 / 2**5.
+    assert comparison["pairs"] == 5 and comparison["mean_difference"] == pytest.approx(0.4)
+    assert comparison["wilcoxon_p"] == pytest.approx(2 / 32)
+    with pytest.raises(ValueError, match="no rows for 'C'"):
+        paired_comparison(rows, "A", "C", "auroc")

@@ -1,13 +1,28 @@
-"""Scores of saliency maps against lesion annotations."""
+"""Scores of saliency maps: against lesion annotations (localisation) and against the model (faithfulness)."""
 
+from .faithfulness import (
+    average_drop,
+    deletion_auc,
+    deletion_curve,
+    increase_in_confidence,
+    insertion_auc,
+    sanity_check,
+)
 from .localisation import (
     LOCALISATION_KEYS,
+    auprc,
     auroc,
+    dice_top,
     energy_in_lesion,
+    iou_top,
     lesion_hit_rate,
     pointing_game,
     rank_accuracy,
     score,
 )
 
-__all__ = ["LOCALISATION_KEYS", "auroc", "energy_in_lesion", "lesion_hit_rate", "pointing_game", "rank_accuracy", "score"]
+__all__ = [
+    "LOCALISATION_KEYS", "auprc", "auroc", "average_drop", "deletion_auc", "deletion_curve", "dice_top",
+    "energy_in_lesion", "increase_in_confidence", "insertion_auc", "iou_top", "lesion_hit_rate", "pointing_game",
+    "rank_accuracy", "sanity_check", "score",
+]

@@ -14,16 +14,20 @@ import numpy as np
 from scipy import ndimage, stats
 
 __all__ = [
-    "pointing_game",
-    "energy_in_lesion",
-    "rank_accuracy",
-    "auroc",
-    "lesion_hit_rate",
-    "score",
     "LOCALISATION_KEYS",
+    "auprc",
+    "auroc",
+    "dice_top",
+    "energy_in_lesion",
+    "iou_top",
+    "lesion_hit_rate",
+    "pointing_game",
+    "rank_accuracy",
+    "score",
 ]
 
-LOCALISATION_KEYS = ("pointing_game", "energy_in_lesion", "rank_accuracy", "auroc", "lesion_hit_rate")
+LOCALISATION_KEYS = ("pointing_game", "energy_in_lesion", "rank_accuracy", "auroc", "auprc", "dice_top", "iou_top",
+                     "lesion_hit_rate")
 
 
 def _as_arrays(saliency, lesion_mask) -> tuple[np.ndarray, np.ndarray]:
@@ -88,9 +92,7 @@ def rank_accuracy(saliency, lesion_mask) -> float:
     s, m = _as_arrays(saliency, lesion_mask)
     if _undefined(s, m):
         return float("nan")
-    k = int(m.sum())
-    order = np.argsort(-s.ravel(), kind="stable")[:k]
-    return float(m.ravel()[order].mean())
+    return float(m[_top_k(s, int(m.sum()))].mean())
 
 
 def auroc(saliency, lesion_mask) -> float:
@@ -107,6 +109,62 @@ def auroc(saliency, lesion_mask) -> float:
     ranks = stats.rankdata(s.ravel())
     u = ranks[m.ravel()].sum() - n_pos * (n_pos + 1) / 2
     return float(u / (n_pos * n_neg))
+
+
+def auprc(saliency, lesion_mask) -> float:
+    """Area under the precision-recall curve as average precision, ``sum_n (R_n - R_{n-1}) P_n``.
+
+    Thresholds run over the distinct map values from the highest down; tied voxels enter
+    together (as in scikit-learn's ``average_precision_score``). NaN when the mask is empty.
+    A map that ranks every lesion voxel first scores 1; the chance level is the lesion's
+    share of the image.
+    """
+    s, m = _as_arrays(saliency, lesion_mask)
+    n_pos = int(m.sum())
+    if n_pos == 0:
+        return float("nan")
+    values = s.ravel()
+    order = np.argsort(-values, kind="stable")
+    sorted_values, hits = values[order], m.ravel()[order]
+    last_of_group = np.r_[sorted_values[1:] != sorted_values[:-1], True]
+    true_pos = np.cumsum(hits)[last_of_group]
+    predicted = (np.arange(1, values.size + 1))[last_of_group]
+    precision = true_pos / predicted
+    recall = true_pos / n_pos
+    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+
+
+def _top_k(s: np.ndarray, k: int) -> np.ndarray:
+    """The ``k`` highest voxels (ties at the cut broken by voxel order, as in :func:`rank_accuracy`)."""
+    top = np.zeros(s.size, dtype=bool)
+    top[np.argsort(-s.ravel(), kind="stable")[:k]] = True
+    return top.reshape(s.shape)
+
+
+def dice_top(saliency, lesion_mask) -> float:
+    """Dice of the map's top-``K`` voxels (``K`` = lesion voxel count) with the lesion mask.
+
+    Since both sets hold ``K`` voxels, this equals :func:`rank_accuracy`; it is reported
+    under its segmentation name for readers who compare with segmentation Dice. NaN for an
+    empty mask or a constant map.
+    """
+    s, m = _as_arrays(saliency, lesion_mask)
+    if _undefined(s, m):
+        return float("nan")
+    top = _top_k(s, int(m.sum()))
+    return float(2.0 * (top & m).sum() / (top.sum() + m.sum()))
+
+
+def iou_top(saliency, lesion_mask) -> float:
+    """Intersection over union of the map's top-``K`` voxels with the lesion mask (``K`` as in :func:`dice_top`).
+
+    NaN for an empty mask or a constant map.
+    """
+    s, m = _as_arrays(saliency, lesion_mask)
+    if _undefined(s, m):
+        return float("nan")
+    top = _top_k(s, int(m.sum()))
+    return float((top & m).sum() / (top | m).sum())
 
 
 def _peaks(s: np.ndarray, radius: int, min_peak: float) -> list[tuple[float, tuple[int, ...]]]:
@@ -151,5 +209,8 @@ def score(saliency, lesion_mask, spacing: Sequence[float] | None = None, toleran
         "energy_in_lesion": energy_in_lesion(saliency, lesion_mask),
         "rank_accuracy": rank_accuracy(saliency, lesion_mask),
         "auroc": auroc(saliency, lesion_mask),
+        "auprc": auprc(saliency, lesion_mask),
+        "dice_top": dice_top(saliency, lesion_mask),
+        "iou_top": iou_top(saliency, lesion_mask),
         "lesion_hit_rate": lesion_hit_rate(saliency, lesion_mask),
     }
