@@ -73,6 +73,7 @@ def _explain(args: argparse.Namespace) -> None:
     import numpy as np
 
     from ._io import atomic_write
+    from .io.nifti import nifti_image
     from .methods import load_model, make_explainer
     from .pipeline import InputSpec, explain_image, unique_case_ids
 
@@ -80,7 +81,7 @@ def _explain(args: argparse.Namespace) -> None:
     for path in images:
         if not path.exists():
             raise FileNotFoundError(f"--image: {path}: no such file or folder")
-    ids = unique_case_ids(images) if images else []
+    ids = unique_case_ids(images) if images else []  # manifest images were checked by load_manifest
     targets: list[int | None] = [args.class_idx] * len(images)
     if args.manifest:
         from .io.manifest import load_manifest
@@ -91,16 +92,13 @@ def _explain(args: argparse.Namespace) -> None:
             targets.append(entry.get("class_idx", args.class_idx))
     if not images:
         raise ValueError("give --image (one or more) or --manifest")
-    for path in images:
-        if not path.exists():
-            raise FileNotFoundError(f"--image: {path}: no such file or folder")
     if len(set(ids)) != len(ids):
         raise ValueError("two images would give the same case name: " + ", ".join(sorted({i for i in ids if ids.count(i) > 1})))
     formats = [f.strip() for f in (args.export or "").split(",") if f.strip()]
     model = load_model(args.model, weights=args.weights, model_args=_parse_json(args.model_args, "--model-args"),
                        device=args.device)
     size = tuple(int(v) for v in args.spatial_size.split(",")) if args.spatial_size else None
-    spec = InputSpec.for_model(model, size)
+    spatial_size = InputSpec.for_model(model, size).spatial_size
     intensity_range = None
     if args.intensity_range:
         try:
@@ -109,18 +107,16 @@ def _explain(args: argparse.Namespace) -> None:
             raise ValueError(f"--intensity-range: expected two numbers like -1000,0, got {args.intensity_range!r}") from None
         intensity_range = (low, high)
     layout = "monai" if args.axcodes else args.layout
-    spec = InputSpec(spec.spatial_size, layout=layout, axcodes=args.axcodes or "RAS", intensity_range=intensity_range)
+    spec = InputSpec(spatial_size, layout=layout, axcodes=args.axcodes or "RAS", intensity_range=intensity_range)
     explainer = make_explainer(args.method, model, steps=args.steps, **_parse_json(args.method_args, "--method-args"))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rows = []
     for i, (path, name, target) in enumerate(zip(images, ids, targets), start=1):
         start = time.perf_counter()
-        result = explain_image(path, explainer, spec, class_idx=target)
+        result = explain_image(path, explainer, spec, class_idx=target, keep_dicom=bool(formats))
         array = result.saliency if result.saliency.ndim == 3 else result.saliency[..., None]
-        image = nib.Nifti1Image(array.astype(np.float32), result.affine)
-        image.set_sform(result.affine, code=1)
-        image.set_qform(result.affine, code=1)
+        image = nifti_image(array.astype(np.float32), result.affine)
         map_path = out / f"{name}_saliency.nii.gz"
         atomic_write(map_path, lambda tmp, image=image: nib.save(image, tmp))
         exported = ""
@@ -129,10 +125,9 @@ def _explain(args: argparse.Namespace) -> None:
                 raise ValueError(f"--export: {path} is not DICOM; DICOM export needs a DICOM source")
             from .export import export
 
-            written = export(result.dicom, result.saliency_in_dicom_order(), out / f"{name}_dicom", formats,
-                             method=args.method, class_label=result.class_idx)
+            export(result.dicom, result.saliency_in_dicom_order(), out / f"{name}_dicom", formats,
+                   method=args.method, class_label=result.class_idx)
             exported = str(out / f"{name}_dicom")
-            del written
         rows.append({"case": name, "image": str(path), "class_idx": result.class_idx, "score": f"{result.score:.4f}",
                      "map": str(map_path), "export": exported})
         print(f"[{i}/{len(images)}] {name}: class {result.class_idx} (p={result.score:.3f}), "

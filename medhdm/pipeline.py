@@ -93,7 +93,7 @@ class ExplainedImage:
             (``(W, H)`` or ``(W, H, D)`` for DICOM, the file's order for NIfTI), values in [0, 1].
         affine: ``(4, 4)`` RAS affine of the source grid.
         class_idx, score: the explained class and its probability on the preprocessed input.
-        dicom: the DICOM source (for export), ``None`` for NIfTI.
+        dicom: the DICOM source (for export) when asked for with ``keep_dicom``, else ``None``.
         meta: the loaded image's metadata (provenance for DICOM).
     """
 
@@ -181,8 +181,12 @@ def explain_image(
     explainer: Explainer,
     spec: InputSpec,
     class_idx: int | None = None,
+    keep_dicom: bool = False,
 ) -> ExplainedImage:
-    """Load ``path``, explain it with ``explainer`` and return the map on the source grid."""
+    """Load ``path``, explain it with ``explainer`` and return the map on the source grid.
+
+    ``keep_dicom`` also returns the DICOM source datasets (for export; a second read of the files).
+    """
     image = load_image(path)
     transforms = classifier_transforms(image.ndim - 1, spec)
     data = transforms({"image": image})
@@ -194,7 +198,7 @@ def explain_image(
     saliency = np.clip(inverted["saliency"].numpy()[0], 0.0, 1.0)
     if saliency.shape != tuple(image.shape[1:]):
         raise RuntimeError(f"inversion gave shape {saliency.shape}, expected the source's {tuple(image.shape[1:])}")
-    dicom = read_dicom(path) if is_dicom_path(path) else None
+    dicom = read_dicom(path) if keep_dicom and is_dicom_path(path) else None
     return ExplainedImage(
         saliency=saliency,
         affine=np.asarray(image.affine, dtype=np.float64),

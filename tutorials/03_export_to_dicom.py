@@ -35,7 +35,7 @@ from medhdm.pipeline import InputSpec, explain_image
 
 out = Path(os.environ.get("MEDHDM_TUTORIAL_OUT", "."))
 source_path = get_testdata_file("CT_small.dcm")
-result = explain_image(source_path, make_explainer("gxi", load_model("default")), InputSpec((96, 96)))
+result = explain_image(source_path, make_explainer("gxi", load_model("default")), InputSpec((96, 96)), keep_dicom=True)
 saliency = result.saliency_in_dicom_order()  # (1, 128, 128): slices, rows, columns, as in the DICOM
 print("map", saliency.shape, "class", result.class_idx)
 

@@ -77,6 +77,7 @@ def write_lesionbench(
     from pydicom.uid import generate_uid
 
     from ..io.dicom import read_dicom
+    from ..io.nifti import nifti_image
     from .dicom_series import write_series
 
     if spatial_dims not in (2, 3):
@@ -128,12 +129,9 @@ def write_lesionbench(
         pixels_monai = np.transpose(source.pixels, (2, 1, 0))
         if spatial_dims == 2:
             monai_order, pixels_monai = monai_order[..., :1], pixels_monai[..., :1]
-        nifti_image = nib.Nifti1Image(pixels_monai.astype(np.int16), source.affine_ras)
-        nifti_lesion = nib.Nifti1Image(monai_order.astype(np.uint8), source.affine_ras)
-        for img in (nifti_image, nifti_lesion):
-            img.set_sform(source.affine_ras, code=1)
-            img.set_qform(source.affine_ras, code=1)
-        atomic_write(folder / "image.nii.gz", lambda p, img=nifti_image: nib.save(img, p))
+        image_nii = nifti_image(pixels_monai.astype(np.int16), source.affine_ras)
+        nifti_lesion = nifti_image(monai_order.astype(np.uint8), source.affine_ras)
+        atomic_write(folder / "image.nii.gz", lambda p, img=image_nii: nib.save(img, p))
         atomic_write(folder / "lesion.nii.gz", lambda p, img=nifti_lesion: nib.save(img, p))
         entry = {"id": name, "image": str(image_path.resolve().relative_to(base)),
                  "lesion": str((folder / "lesion.nii.gz").resolve().relative_to(base)), "label": int(case.label)}

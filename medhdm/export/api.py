@@ -19,6 +19,7 @@ import numpy as np
 from pydicom.dataset import Dataset
 
 from ..io.dicom import DicomSource, read_dicom
+from ..io.nifti import nifti_image
 from .deidentify import deidentify as _deidentify
 from .dicom import (
     DerivationInfo,
@@ -96,10 +97,7 @@ def _nifti_writer(source: DicomSource, saliency: np.ndarray):
     import nibabel as nib
 
     data = np.ascontiguousarray(np.transpose(saliency.astype(np.float32), (2, 1, 0)))  # (column, row, slice)
-    image = nib.Nifti1Image(data, source.affine_ras)
-    image.set_qform(source.affine_ras, code=1)
-    image.set_sform(source.affine_ras, code=1)
-    image.header.set_xyzt_units("mm")
+    image = nifti_image(data, source.affine_ras)
     return lambda path: nib.save(image, path)
 
 
