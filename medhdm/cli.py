@@ -65,6 +65,53 @@ def _bench_data(args: argparse.Namespace) -> None:
     print(f"wrote {args.cases} LesionBench {args.dims}D cases and {path}")
 
 
+def _model_and_spec(args: argparse.Namespace):
+    """The classifier and its input spec from the shared model options."""
+    from .methods import load_model
+    from .pipeline import InputSpec
+
+    model = load_model(args.model, weights=args.weights, model_args=_parse_json(args.model_args, "--model-args"),
+                       device=args.device)
+    size = tuple(int(v) for v in args.spatial_size.split(",")) if args.spatial_size else None
+    spatial_size = InputSpec.for_model(model, size).spatial_size
+    intensity_range = None
+    if args.intensity_range:
+        try:
+            low, high = (float(v) for v in args.intensity_range.split(","))
+        except ValueError:
+            raise ValueError(f"--intensity-range: expected two numbers like -1000,0, got {args.intensity_range!r}") from None
+        intensity_range = (low, high)
+    layout = "monai" if args.axcodes else args.layout
+    return model, InputSpec(spatial_size, layout=layout, axcodes=args.axcodes or "RAS", intensity_range=intensity_range)
+
+
+def _evaluate(args: argparse.Namespace) -> None:
+    from .io.manifest import load_manifest
+    from .methods import make_explainer
+    from .report import evaluate_manifest, write_report
+
+    entries = load_manifest(args.manifest)
+    names = [m.strip() for m in args.methods.split(",") if m.strip()]
+    if not names:
+        raise ValueError("--methods: give at least one method")
+    model, spec = _model_and_spec(args)
+    methods = {}
+    for name in names:
+        steps = args.steps if name.lower() in ("hdm", "mdm", "neuromask") else None
+        methods[name] = make_explainer(name, model, steps=steps)
+    rows, figures = evaluate_manifest(entries, methods, spec, faithfulness=not args.no_faithfulness)
+    path = write_report(rows, figures, args.out, title=f"medhdm evaluation: {Path(args.manifest).name}")
+    from .evaluation import aggregate
+
+    print(f"{'method':<14}" + "".join(f"{k:>16}" for k in ("pointing_game", "auroc", "lesion_hit_rate")))
+    summary = {(s["method"], s["metric"]): s["mean"] for s in aggregate(rows, ["pointing_game", "auroc",
+                                                                                "lesion_hit_rate"])}
+    for name in methods:
+        print(f"{name:<14}" + "".join(f"{summary[(name, k)]:>16.3f}" for k in ("pointing_game", "auroc",
+                                                                              "lesion_hit_rate")))
+    print(f"report: {path}")
+
+
 def _explain(args: argparse.Namespace) -> None:
     import csv
     import time
@@ -74,8 +121,8 @@ def _explain(args: argparse.Namespace) -> None:
 
     from ._io import atomic_write
     from .io.nifti import nifti_image
-    from .methods import load_model, make_explainer
-    from .pipeline import InputSpec, explain_image, unique_case_ids
+    from .methods import make_explainer
+    from .pipeline import explain_image, unique_case_ids
 
     images = [Path(p) for p in args.image or []]
     for path in images:
@@ -95,19 +142,7 @@ def _explain(args: argparse.Namespace) -> None:
     if len(set(ids)) != len(ids):
         raise ValueError("two images would give the same case name: " + ", ".join(sorted({i for i in ids if ids.count(i) > 1})))
     formats = [f.strip() for f in (args.export or "").split(",") if f.strip()]
-    model = load_model(args.model, weights=args.weights, model_args=_parse_json(args.model_args, "--model-args"),
-                       device=args.device)
-    size = tuple(int(v) for v in args.spatial_size.split(",")) if args.spatial_size else None
-    spatial_size = InputSpec.for_model(model, size).spatial_size
-    intensity_range = None
-    if args.intensity_range:
-        try:
-            low, high = (float(v) for v in args.intensity_range.split(","))
-        except ValueError:
-            raise ValueError(f"--intensity-range: expected two numbers like -1000,0, got {args.intensity_range!r}") from None
-        intensity_range = (low, high)
-    layout = "monai" if args.axcodes else args.layout
-    spec = InputSpec(spatial_size, layout=layout, axcodes=args.axcodes or "RAS", intensity_range=intensity_range)
+    model, spec = _model_and_spec(args)
     explainer = make_explainer(args.method, model, steps=args.steps, **_parse_json(args.method_args, "--method-args"))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -143,6 +178,23 @@ def _explain(args: argparse.Namespace) -> None:
     print(f"maps and explanations.csv in {out}")
 
 
+def _add_model_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default="default", help="'default' (2D) or 'default3d', a TorchScript file, "
+                        "a MONAI bundle folder, or a network class path such as monai.networks.nets.DenseNet121 "
+                        "(with --weights)")
+    parser.add_argument("--weights", default=None, help="state-dict file for a network class path")
+    parser.add_argument("--model-args", default=None, help="JSON keyword arguments of the network class")
+    parser.add_argument("--steps", type=int, default=None, help="optimiser steps of mask methods")
+    parser.add_argument("--spatial-size", default=None, help="classifier input size, e.g. 96,96 (default: card)")
+    parser.add_argument("--layout", default="dicom", choices=("dicom", "monai"), help="array layout the classifier "
+                        "expects: dicom = (slice, row, column) as in DICOM pixel data (default; the shipped models), "
+                        "monai = MONAI's order reoriented to --axcodes")
+    parser.add_argument("--axcodes", default=None, help="orientation for --layout monai (default RAS); implies it")
+    parser.add_argument("--intensity-range", default=None, help="map these values to 0,1 instead of the 1st-99.5th "
+                        "percentiles, e.g. --intensity-range=-1000,0 for LesionBench files")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -157,27 +209,24 @@ def build_parser() -> argparse.ArgumentParser:
     ex = sub.add_parser("explain", help="explain studies (DICOM file/series folder, NIfTI) with a classifier")
     ex.add_argument("--image", action="append", help="DICOM file, DICOM series folder or NIfTI file (repeatable)")
     ex.add_argument("--manifest", default=None, help="a data manifest (data_manifests/README.md); its images")
-    ex.add_argument("--model", default="default", help="'default' (2D) or 'default3d', a TorchScript file, "
-                    "a MONAI bundle folder, "
-                    "or a network class path such as monai.networks.nets.DenseNet121 (with --weights)")
-    ex.add_argument("--weights", default=None, help="state-dict file for a network class path")
-    ex.add_argument("--model-args", default=None, help="JSON keyword arguments of the network class")
     ex.add_argument("--method", default="hdm", help="hdm, mdm, neuromask, gradcam, gradcampp, gxi, smoothgrad, "
                     "occlusion, rise (default hdm)")
     ex.add_argument("--method-args", default=None, help="JSON keyword arguments of the explainer")
-    ex.add_argument("--steps", type=int, default=None, help="optimiser steps of mask methods")
     ex.add_argument("--class-idx", type=int, default=None, help="class to explain (default: the predicted one)")
-    ex.add_argument("--spatial-size", default=None, help="classifier input size, e.g. 96,96 (default: model card)")
-    ex.add_argument("--layout", default="dicom", choices=("dicom", "monai"), help="array layout the classifier "
-                    "expects: dicom = (slice, row, column) as in DICOM pixel data (default; the shipped models), "
-                    "monai = MONAI's order reoriented to --axcodes")
-    ex.add_argument("--axcodes", default=None, help="orientation for --layout monai (default RAS); implies it")
-    ex.add_argument("--intensity-range", default=None, help="map these values to 0,1 instead of the 1st-99.5th "
-                    "percentiles, e.g. --intensity-range=-1000,0 for LesionBench files")
-    ex.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    _add_model_options(ex)
     ex.add_argument("--out", required=True, help="output folder: <case>_saliency.nii.gz and explanations.csv")
     ex.add_argument("--export", default=None, help="also export DICOM sources: comma-separated sc,pm,seg,nifti,png")
     ex.set_defaults(func=_explain)
+
+    ev = sub.add_parser("evaluate", help="explain every case of a manifest with several methods, score the maps "
+                        "against the lesions and write report.html")
+    ev.add_argument("--manifest", required=True, help="a data manifest whose cases have 'lesion' annotations")
+    ev.add_argument("--methods", default="hdm,gxi,gradcam,occlusion", help="comma-separated methods "
+                    "(default hdm,gxi,gradcam,occlusion)")
+    ev.add_argument("--out", required=True, help="output folder: report.html, per_case.csv, summary.csv/json, figures")
+    ev.add_argument("--no-faithfulness", action="store_true", help="skip deletion/insertion")
+    _add_model_options(ev)
+    ev.set_defaults(func=_evaluate)
 
     bench = sub.add_parser("bench-data", help="write LesionBench cases (DICOM, NIfTI, SEG) and their manifest")
     bench.add_argument("--out", required=True, help="output folder")

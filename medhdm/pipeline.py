@@ -95,6 +95,9 @@ class ExplainedImage:
         class_idx, score: the explained class and its probability on the preprocessed input.
         dicom: the DICOM source (for export) when asked for with ``keep_dicom``, else ``None``.
         meta: the loaded image's metadata (provenance for DICOM).
+        image: the loaded image ``(1, *S)`` on the source grid (MONAI order).
+        model_input: the classifier's input ``(1, C, *S')`` (for faithfulness metrics).
+        model_saliency: the map on the classifier's grid ``(1, 1, *S')``.
     """
 
     saliency: np.ndarray
@@ -103,6 +106,9 @@ class ExplainedImage:
     score: float
     dicom: DicomSource | None
     meta: dict
+    image: np.ndarray | None = None
+    model_input: torch.Tensor | None = None
+    model_saliency: torch.Tensor | None = None
 
     def saliency_in_dicom_order(self) -> np.ndarray:
         """The map as ``(D, H, W)`` in the DICOM source's slice order (for :mod:`medhdm.export`)."""
@@ -206,4 +212,7 @@ def explain_image(
         score=float(result.score[0]),
         dicom=dicom,
         meta=dict(image.meta),
+        image=image[0].numpy(),
+        model_input=x.detach(),
+        model_saliency=result.saliency.detach(),
     )

@@ -137,3 +137,16 @@ def test_aggregation_and_paired_comparison_by_hand():
     assert comparison["wilcoxon_p"] == pytest.approx(2 / 32)
     with pytest.raises(ValueError, match="no rows for 'C'"):
         paired_comparison(rows, "A", "C", "auroc")
+
+
+def test_score_batch_is_score_per_image():
+    from medhdm.metrics import score_batch
+
+    rng = np.random.default_rng(3)
+    maps = torch.from_numpy(rng.random((3, 1, 5, 6, 7)))
+    masks = torch.zeros((3, 1, 5, 6, 7))
+    masks[:, :, 1:3, 2:4, 3:5] = 1
+    batched = score_batch(maps, masks, spacing=(2.0, 1.0, 1.0))
+    assert batched == [score(maps[i], masks[i], spacing=(2.0, 1.0, 1.0)) for i in range(3)]
+    with pytest.raises(ValueError, match="expected 3 masks"):
+        score_batch(maps, masks[:2])

@@ -19,10 +19,11 @@ from .localisation import (
     pointing_game,
     rank_accuracy,
     score,
+    score_batch,
 )
 
 __all__ = [
     "LOCALISATION_KEYS", "auprc", "auroc", "average_drop", "deletion_auc", "deletion_curve", "dice_top",
     "energy_in_lesion", "increase_in_confidence", "insertion_auc", "iou_top", "lesion_hit_rate", "pointing_game",
-    "rank_accuracy", "sanity_check", "score",
+    "rank_accuracy", "sanity_check", "score", "score_batch",
 ]

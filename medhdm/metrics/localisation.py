@@ -24,6 +24,7 @@ __all__ = [
     "pointing_game",
     "rank_accuracy",
     "score",
+    "score_batch",
 ]
 
 LOCALISATION_KEYS = ("pointing_game", "energy_in_lesion", "rank_accuracy", "auroc", "auprc", "dice_top", "iou_top",
@@ -214,3 +215,13 @@ def score(saliency, lesion_mask, spacing: Sequence[float] | None = None, toleran
         "iou_top": iou_top(saliency, lesion_mask),
         "lesion_hit_rate": lesion_hit_rate(saliency, lesion_mask),
     }
+
+
+def score_batch(saliency, lesion_masks, spacing: Sequence[float] | None = None,
+                tolerance_mm: float = 0.0) -> list[dict[str, float]]:
+    """:func:`score` for each image of a batch: maps ``(B, 1, *S)`` or ``(B, *S)``, masks ``(B, 1, *S)`` or ``(B, *S)``."""
+    s = saliency.detach().cpu().numpy() if hasattr(saliency, "detach") else np.asarray(saliency)
+    m = lesion_masks.detach().cpu().numpy() if hasattr(lesion_masks, "detach") else np.asarray(lesion_masks)
+    if len(s) != len(m):
+        raise ValueError(f"lesion_masks: expected {len(s)} masks for {len(s)} maps, got {len(m)}")
+    return [score(a, b, spacing=spacing, tolerance_mm=tolerance_mm) for a, b in zip(s, m)]

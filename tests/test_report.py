@@ -1,0 +1,56 @@
+"""``medhdm evaluate`` over a small manifest: tables, figures, and an HTML report that references only existing files."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import json
+import re
+
+import pytest
+
+from medhdm.cli import main
+from medhdm.data.bench_files import write_lesionbench
+
+
+@pytest.fixture(scope="module")
+def manifest(tmp_path_factory):
+    return write_lesionbench(tmp_path_factory.mktemp("lb"), n_cases=3, spatial_dims=2)
+
+
+def test_evaluate_writes_a_readable_report(manifest, tmp_path, capsys):
+    out = tmp_path / "report"
+    rc = main(["evaluate", "--manifest", str(manifest), "--methods", "gxi,occlusion", "--intensity-range=-1000,0",
+               "--out", str(out)])
+    assert rc == 0, capsys.readouterr().err
+    printed = capsys.readouterr().out
+    assert "[6/6]" in printed and "report:" in printed  # progress, then where the report is
+    with open(out / "per_case.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 6 and {r["method"] for r in rows} == {"gxi", "occlusion"}
+    for key in ("pointing_game", "auroc", "auprc", "dice_top", "lesion_hit_rate", "deletion_auc", "insertion_auc"):
+        assert key in rows[0]
+    with open(out / "summary.csv") as f:
+        summary = list(csv.DictReader(f))
+    assert {(s["method"], s["metric"]) for s in summary} >= {("gxi", "auroc"), ("occlusion", "deletion_auc")}
+    data = json.loads((out / "summary.json").read_text())
+    assert data["paired_vs_first"][0]["a"] == "occlusion" and data["paired_vs_first"][0]["b"] == "gxi"
+    page = (out / "report.html").read_text()
+    for section in ("Summary", "Overlays", "Deletion and insertion curves", "Metrics per method", "Paired comparison"):
+        assert f"<h2>{section}" in page
+    references = re.findall(r'(?:href|src)="([^"]+)"', page)
+    assert references
+    for ref in references:
+        if ref.startswith("data:image/png;base64,"):
+            assert base64.b64decode(ref.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
+        else:
+            assert (out / ref).is_file(), ref
+    assert len([r for r in references if r.startswith("data:")]) == 3  # overlays, curves, box plots
+
+
+def test_evaluate_refuses_cases_without_lesion_annotations(tmp_path, capsys):
+    from pydicom.data import get_testdata_file
+
+    (tmp_path / "m.json").write_text(json.dumps({"testing": [{"id": "ct", "image": get_testdata_file("CT_small.dcm")}]}))
+    rc = main(["evaluate", "--manifest", str(tmp_path / "m.json"), "--methods", "gxi", "--out", str(tmp_path / "o")])
+    assert rc == 2 and "without a 'lesion' annotation" in capsys.readouterr().err
