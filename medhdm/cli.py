@@ -19,7 +19,9 @@ def _demo(args: argparse.Namespace) -> None:
 
     if args.cases < 1:
         raise ValueError(f"--cases: expected at least 1, got {args.cases}")
-    run_demo(Path(args.out), n_cases=args.cases)
+    if args.cases_3d < 0:
+        raise ValueError(f"--cases-3d: expected 0 or more, got {args.cases_3d}")
+    run_demo(Path(args.out), n_cases=args.cases, n_cases_3d=args.cases_3d)
 
 
 def _export(args: argparse.Namespace) -> None:
@@ -203,7 +205,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="explain and score held-out lesion cases with HDM and the baselines")
     demo.add_argument("--out", default="medhdm-demo", help="output folder (default: ./medhdm-demo)")
-    demo.add_argument("--cases", type=int, default=6, help="number of cases (default: 6)")
+    demo.add_argument("--cases", type=int, default=6, help="number of 2D cases (default: 6)")
+    demo.add_argument("--cases-3d", type=int, default=2, help="number of 3D cases (default: 2)")
     demo.set_defaults(func=_demo)
 
     ex = sub.add_parser("explain", help="explain studies (DICOM file/series folder, NIfTI) with a classifier")

@@ -1,108 +1,116 @@
-"""``medhdm demo``: explain held-out lesion cases with HDM and the baselines, and score them.
+"""``medhdm demo``: the whole job on embedded data, from DICOM files to a report and DICOM overlays.
 
-Runs on the shipped 2D classifier (:mod:`medhdm.models`) and synthetic cases on
-real anatomy (:mod:`medhdm.data.lesions`) with one to three lesions each, so it
-needs no download. Writes to the output folder:
+1. writes LesionBench cases as DICOM studies with NIfTI lesion masks and manifests
+   (:mod:`medhdm.data.bench_files`: real CT/MR anatomy from pydicom and nibabel, inserted
+   lesions, bright distractors), 2D and 3D;
+2. explains every case with HDM and the baselines, using the shipped 2D and 3D
+   classifiers (:mod:`medhdm.models`), through the same pipeline as ``medhdm explain``
+   (MONAI loading, invertible preprocessing, maps on the source grid);
+3. scores the maps against the lesion masks and the model and writes a report per
+   dimension (:mod:`medhdm.report`: ``report.html``, CSV/JSON, figures);
+4. exports HDM's map of the first 2D case into its study as a DICOM Secondary Capture;
 
-- ``overlays.png``: case x method, the map over the image, lesion outlines in red;
-- ``per_case.csv`` and ``summary.json``: the localisation metrics per case and per method;
-
-and prints the summary table.
+and prints the results table and where the files are. It needs no network.
 """
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from ._io import atomic_write
 from .baselines import RISE, GradCAM, GradientInput, Occlusion
-from .data.lesions import make_case
-from .evaluation import compare_methods, format_table, summarise
+from .data.bench_files import LESIONBENCH_INTENSITY_RANGE, write_lesionbench
+from .evaluation import aggregate
 from .explain import HDM, MDM, NeuroMask
-from .models import load_default_classifier
-from .training import stack_cases
+from .io.manifest import load_manifest
+from .models import DEFAULT_3D, load_default_classifier
+from .pipeline import InputSpec
+from .report import evaluate_manifest, write_report
 
 __all__ = ["run_demo"]
 
 DEMO_SEED = 31337
+_TABLE_METRICS = ("pointing_game", "energy_in_lesion", "auroc", "lesion_hit_rate", "deletion_auc", "insertion_auc")
 
 
-def _overlay_png(images, lesions, maps: dict[str, torch.Tensor]) -> bytes:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    n, names = images.shape[0], list(maps)
-    fig, axes = plt.subplots(n, len(names) + 1, figsize=(1.9 * (len(names) + 1), 1.9 * n), squeeze=False)
-    for i in range(n):
-        axes[i, 0].imshow(images[i, 0], cmap="gray", vmin=0, vmax=1.3)
-        axes[i, 0].contour(lesions[i, 0] > 0, levels=[0.5], colors="r", linewidths=0.7)
-        axes[i, 0].set_title(f"case {i + 1}: {int(lesions[i].max())} lesion(s)", fontsize=7)
-        for j, name in enumerate(names, start=1):
-            axes[i, j].imshow(images[i, 0], cmap="gray", vmin=0, vmax=1.3)
-            axes[i, j].imshow(maps[name][i, 0], cmap="inferno", alpha=0.6, vmin=0, vmax=1)
-            axes[i, j].contour(lesions[i, 0] > 0, levels=[0.5], colors="r", linewidths=0.7)
-            if i == 0:
-                axes[i, j].set_title(name, fontsize=8)
-    for ax in axes.flat:
-        ax.axis("off")
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90)
-    plt.close(fig)
-    return buf.getvalue()
+def _table(rows: list[dict], title: str) -> list[str]:
+    summary = {(s["method"], s["metric"]): s["mean"] for s in aggregate(rows, [*_TABLE_METRICS, "seconds"])}
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    lines = [title, "| method | " + " | ".join(_TABLE_METRICS) + " | seconds |",
+             "| --- |" + " --- |" * (len(_TABLE_METRICS) + 1)]
+    for m in methods:
+        cells = [f"{summary[(m, k)]:.3f}" for k in _TABLE_METRICS] + [f"{summary[(m, 'seconds')]:.2f}"]
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    return lines
 
 
-def run_demo(out_dir: Path, n_cases: int = 6, log: Callable[[str], None] = print) -> list[dict]:
-    """Run the demo into ``out_dir`` (created if needed); return the summary rows."""
+def run_demo(out_dir: Path, n_cases: int = 6, n_cases_3d: int = 2, log: Callable[[str], None] = print) -> dict:
+    """Run the demo into ``out_dir`` (created if needed); return the per-case rows by dimension."""
     start = time.perf_counter()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    model = load_default_classifier()
-    held = model.medhdm_card["held_out"]
-    log(f"model: shipped MONAI DenseNet (2D), held-out accuracy {held['accuracy']:.3f}, AUC {held['auc']:.3f}")
-    rng = np.random.default_rng(DEMO_SEED)
-    cases = [make_case(rng, (96, 96), 1 + i % 3) for i in range(n_cases)]
-    x, lesions, _ = stack_cases(cases)
-    log(f"data: {n_cases} synthetic 96x96 cases on pydicom's CT/MR anatomy, 1-3 lesions each, with distractors")
-    methods = {
-        "HDM": HDM(model),
-        "MDM": MDM(model),
-        "NeuroMask": NeuroMask(model),
-        "GradientInput": GradientInput(model),
-        "Occlusion": Occlusion(model),
-        "RISE": RISE(model, n_masks=500),
-        "GradCAM": GradCAM(model),
+    model2d = load_default_classifier()
+    model3d = load_default_classifier(DEFAULT_3D)
+    for model in (model2d, model3d):
+        card = model.medhdm_card
+        log(f"model {card['name']}: held-out accuracy {card['held_out']['accuracy']:.3f}, "
+            f"AUC {card['held_out']['auc']:.3f}")
+    lesion_weights = (0.0, 1.0, 1.0, 1.0)  # every demo case has 1-3 lesions
+    manifests = {
+        2: write_lesionbench(out_dir / "data" / "lesionbench2d", n_cases, 2, seed=DEMO_SEED,
+                             lesion_weights=lesion_weights),
+        3: write_lesionbench(out_dir / "data" / "lesionbench3d", n_cases_3d, 3, seed=DEMO_SEED,
+                             lesion_weights=lesion_weights) if n_cases_3d > 0 else None,
     }
-    maps: dict[str, torch.Tensor] = {}
-    rows = compare_methods(
-        methods, x, lesions, class_idx=1, batch_size=n_cases,
-        log=lambda line: log(f"  explained with {line}"), maps=maps,
-    )
-    summary = summarise(rows)
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write(out_dir / "per_case.csv", buf.getvalue().encode())
-    atomic_write(out_dir / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
-    atomic_write(out_dir / "overlays.png", _overlay_png(x.numpy(), lesions.numpy(), maps))
-    columns = ["pointing_game", "energy_in_lesion", "auroc", "lesion_hit_rate", "lesion_hit_rate_multi", "seconds"]
-    log("")
-    log(format_table(summary, columns))
+    log(f"data: {n_cases} 2D and {n_cases_3d} 3D LesionBench studies (DICOM + NIfTI lesion masks) in "
+        f"{out_dir / 'data'}")
+    plans = {
+        2: (model2d, {"HDM": HDM(model2d), "MDM": MDM(model2d), "NeuroMask": NeuroMask(model2d),
+                      "GradientInput": GradientInput(model2d), "Occlusion": Occlusion(model2d),
+                      "RISE": RISE(model2d, n_masks=500), "GradCAM": GradCAM(model2d)}),
+        3: (model3d, {"HDM": HDM(model3d), "GradientInput": GradientInput(model3d), "Occlusion": Occlusion(model3d)}),
+    }
+    results: dict[int, list[dict]] = {}
+    lines: list[str] = []
+    first_case = None
+    for dims in (2, 3):
+        if manifests[dims] is None:
+            continue
+        model, methods = plans[dims]
+        if dims == 3:
+            for explainer in methods.values():  # 3D HDM at full steps takes about a minute per volume on 2 cores
+                if isinstance(explainer, HDM):
+                    from dataclasses import replace
+
+                    explainer.benchmark_objective = replace(explainer.benchmark_objective, steps=30)
+                    explainer.auxiliary_objective = replace(explainer.auxiliary_objective, steps=30)
+        entries = load_manifest(manifests[dims])
+        for entry in entries:
+            entry["class_idx"] = 1  # explain the "lesion" class
+        spec = InputSpec(tuple(model.medhdm_card["recipe"]["spatial_size"]), intensity_range=LESIONBENCH_INTENSITY_RANGE)
+        log(f"explaining {len(entries)} {dims}D cases with {', '.join(methods)}")
+        rows, figures = evaluate_manifest(entries, methods, spec, log=lambda line: log("  " + line))
+        report = write_report(rows, figures, out_dir / f"report_{dims}d", title=f"medhdm demo: LesionBench {dims}D")
+        results[dims] = rows
+        lines += ["", *_table(rows, f"{dims}D, {len(entries)} cases (report: {report})")]
+        if dims == 2:
+            first_case = (entries[0], figures["cases"][0]["maps"]["HDM"], figures["cases"][0]["lesion_array"])
+    if first_case is not None:
+        from .export import export
+
+        entry, saliency, lesion = first_case
+        written = export(entry["image"], np.transpose(saliency)[None], out_dir / "export_dicom", ["sc", "png"],
+                         method="HDM", class_label=1, lesion_mask=np.transpose(lesion > 0)[None])
+        lines += ["", f"DICOM Secondary Capture of HDM's map for {entry['id']}, in its study: {written['sc'][0]}"]
+    for line in lines:
+        log(line)
     log("")
     log("pointing_game: map maximum inside a lesion; energy_in_lesion: share of the map inside lesions;")
-    log("auroc: map as a voxel classifier of the lesion mask; lesion_hit_rate(_multi): share of lesions holding")
-    log("one of the map's top peaks (on cases with 2-3 lesions); seconds: per image on this machine.")
-    log(f"wrote {out_dir / 'overlays.png'}, {out_dir / 'per_case.csv'}, {out_dir / 'summary.json'}")
-    log(f"done in {time.perf_counter() - start:.0f} s")
-    return summary
+    log("auroc: map as a voxel classifier of the lesion mask; lesion_hit_rate: share of lesions holding one of")
+    log("the map's top peaks; deletion_auc (lower is better) / insertion_auc (higher is better): faithfulness;")
+    log("seconds: per case on this machine.")
+    log(f"done in {time.perf_counter() - start:.0f} s; everything is in {out_dir}")
+    return results

@@ -46,7 +46,7 @@ def evaluate_manifest(
     methods: dict[str, object],
     spec,
     faithfulness: bool = True,
-    n_steps: int = 16,
+    n_steps: int = 64,
     log: Callable[[str], None] | None = print,
 ) -> tuple[list[dict], dict]:
     """Explain and score every case with every method.

@@ -64,15 +64,25 @@ def test_shipped_3d_classifier_detects_lesions():
 
 
 def test_demo_command_writes_results(tmp_path, capsys):
+    import pydicom
+
     out = tmp_path / "demo"
-    assert main(["demo", "--out", str(out), "--cases", "2"]) == 0
+    assert main(["demo", "--out", str(out), "--cases", "2", "--cases-3d", "1"]) == 0
     printed = capsys.readouterr().out
-    assert "| HDM |" in printed and "| GradientInput |" in printed
-    summary = json.loads((out / "summary.json").read_text())
-    assert {s["method"] for s in summary} >= {"HDM", "MDM", "NeuroMask", "GradientInput", "Occlusion", "RISE", "GradCAM"}
-    assert (out / "overlays.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert (out / "per_case.csv").read_text().count("\n") == 1 + 2 * len(summary)
-    assert not list(out.glob("*.tmp"))
+    assert "| HDM |" in printed and "| GradientInput |" in printed and "3D, 1 cases" in printed
+    for dims, methods in ((2, {"HDM", "MDM", "NeuroMask", "GradientInput", "Occlusion", "RISE", "GradCAM"}),
+                          (3, {"HDM", "GradientInput", "Occlusion"})):
+        report = out / f"report_{dims}d"
+        summary = json.loads((report / "summary.json").read_text())["summary"]
+        assert {s["method"] for s in summary} == methods
+        assert (report / "overlays.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        cases = 2 if dims == 2 else 1
+        assert (report / "per_case.csv").read_text().count("\n") == 1 + cases * len(methods)
+        assert "<h2>Overlays" in (report / "report.html").read_text()
+    sc = pydicom.dcmread(out / "export_dicom" / "SC_0001.dcm")
+    source = pydicom.dcmread(out / "data" / "lesionbench2d" / "case000" / "image.dcm")
+    assert sc.StudyInstanceUID == source.StudyInstanceUID and "HDM" in sc.SeriesDescription
+    assert not list(out.rglob("*.tmp"))
 
 
 def test_cli_bad_input_is_one_line(capsys):

@@ -55,6 +55,7 @@ def write_lesionbench(
     seed: int = 4242,
     spatial_size: tuple[int, ...] | None = None,
     manifest_path: str | os.PathLike | None = None,
+    lesion_weights: tuple[float, float, float, float] | None = None,
 ) -> Path:
     """Write ``n_cases`` LesionBench cases and their manifest into ``out_dir``.
 
@@ -66,6 +67,8 @@ def write_lesionbench(
         spatial_size: default ``(96, 96)`` in 2D, ``(24, 48, 48)`` in 3D.
         manifest_path: where the manifest goes (default ``out_dir/manifest.json``); its
             paths are relative to its own folder, which must contain ``out_dir``.
+        lesion_weights: relative frequencies of 0, 1, 2, 3 lesions (default: those of
+            :func:`medhdm.data.lesions.make_dataset`, half the cases lesion-free).
 
     Returns:
         the path of the manifest.
@@ -92,7 +95,8 @@ def write_lesionbench(
         raise ValueError(f"manifest_path: {manifest_file} must lie in {out} or a folder above it")
     out.mkdir(parents=True, exist_ok=True)
     template = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
-    cases = make_dataset(seed, n_cases, size)
+    cases = make_dataset(seed, n_cases, size) if lesion_weights is None else \
+        make_dataset(seed, n_cases, size, weights=lesion_weights)
     entries = []
     for i, case in enumerate(cases):
         name = f"case{i:03d}"
