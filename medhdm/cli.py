@@ -262,7 +262,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    import logging
+    import warnings
+
     import torch
+
+    # MONAI announces on every DICOM load that the optional GPU decoder (nvImageCodec) is absent;
+    # pydicom's decoders are used instead, which is what medhdm expects. Keep the CLI's output readable.
+    logging.getLogger("monai.data.nvimgcodec_pydicom_plugin").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", message=".*nvImageCodec.*")
 
     torch.set_num_threads(max(1, min(int(os.environ.get("MEDHDM_THREADS", "2")), os.cpu_count() or 1)))
     try:
