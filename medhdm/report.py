@@ -77,9 +77,7 @@ def evaluate_manifest(
             result = explain_image(entry["image"], explainer, spec, class_idx=entry.get("class_idx"))
             seconds = time.perf_counter() - start
             if "lesion_array" not in case_fig:
-                grid = ImageGrid(tuple(result.saliency.shape), result.affine, result.meta.get("FrameOfReferenceUID")
-                                 or None, tuple(result.meta["SOPInstanceUIDs"].split("\\"))
-                                 if result.meta.get("SOPInstanceUIDs") else None)
+                grid = ImageGrid.from_meta(result.saliency.shape, result.affine, result.meta)
                 case_fig["lesion_array"] = load_annotation(entry["lesion"], grid)
                 case_fig["image"] = result.image
             lesion = case_fig["lesion_array"]

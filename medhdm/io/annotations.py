@@ -58,12 +58,16 @@ class ImageGrid:
                    tuple(str(d.SOPInstanceUID) for d in source.datasets))
 
     @classmethod
+    def from_meta(cls, shape: tuple[int, ...], affine, meta: dict) -> ImageGrid:
+        """From a spatial shape, an affine and the metadata of :class:`~medhdm.io.reader.DicomSeriesReader`."""
+        uids = meta.get("SOPInstanceUIDs")
+        return cls(tuple(int(s) for s in shape), np.asarray(affine, dtype=np.float64),
+                   meta.get("FrameOfReferenceUID") or None, tuple(uids.split("\\")) if uids else None)
+
+    @classmethod
     def from_image(cls, image) -> ImageGrid:
         """From a loaded ``(1, *S)`` MetaTensor (see :func:`medhdm.pipeline.load_image`)."""
-        meta = image.meta
-        uids = meta.get("SOPInstanceUIDs")
-        return cls(tuple(int(s) for s in image.shape[1:]), np.asarray(image.affine, dtype=np.float64),
-                   meta.get("FrameOfReferenceUID") or None, tuple(uids.split("\\")) if uids else None)
+        return cls.from_meta(image.shape[1:], image.affine, image.meta)
 
 
 def _nifti_on_grid(path: Path, grid: ImageGrid) -> np.ndarray:
