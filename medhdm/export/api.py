@@ -26,8 +26,9 @@ from .dicom import (
     build_parametric_map,
     build_secondary_captures,
     build_segmentation,
+    render_source_overlays,
 )
-from .overlay import CT_PRESETS, OverlayStyle, apply_window, render_overlay, window_for
+from .overlay import OverlayStyle, window_for
 from .staging import check_output_folder, write_all
 
 __all__ = [
@@ -121,12 +122,13 @@ def _build(
     unknown = [f for f in formats if f not in FORMATS]
     if unknown or not formats:
         raise ValueError(f"formats: expected some of {', '.join(FORMATS)}, got {list(formats)}")
-    if window_preset is not None and window_preset not in CT_PRESETS:
-        raise ValueError(f"window_preset: expected one of {sorted(CT_PRESETS)}, got {window_preset!r}")
     window = window_for(source.first, source.pixels, preset=window_preset)
+    overlays = []
+    if "sc" in formats or "png" in formats:  # rendered once for both
+        overlays = render_source_overlays(source, saliency, info, style, window, lesion_mask)
     datasets: list[tuple[str, Dataset]] = []
     if "sc" in formats:
-        datasets += build_secondary_captures(source, saliency, info, style, lesion_mask, window)
+        datasets += build_secondary_captures(source, overlays, info, style, window)
     if "pm" in formats:
         datasets += build_parametric_map(source, saliency, info)
     if "seg" in formats:
@@ -139,12 +141,7 @@ def _build(
     if "nifti" in formats:
         writers.append(("saliency.nii.gz", _nifti_writer(source, saliency)))
     if "png" in formats:
-        invert = str(source.first.get("PhotometricInterpretation", "")) == "MONOCHROME1"
-        label = info.method if info.class_label is None else f"{info.method} c{info.class_label}"
-        for k in range(saliency.shape[0]):
-            rgb = render_overlay(apply_window(source.pixels[k], window, invert), saliency[k], style,
-                                 None if lesion_mask is None else lesion_mask[k], label)
-            writers.append((f"overlay_{k + 1:04d}.png", _png_writer(rgb)))
+        writers += [(f"overlay_{k + 1:04d}.png", _png_writer(rgb)) for k, rgb in enumerate(overlays)]
     return writers
 
 

@@ -19,7 +19,7 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from .. import __version__
 from ..io.dicom import DicomSource
-from .overlay import OverlayStyle, Window, apply_window, render_overlay, window_for
+from .overlay import OverlayStyle, Window, apply_window, render_overlay
 
 __all__ = [
     "DerivationInfo",
@@ -47,6 +47,11 @@ class DerivationInfo:
     method: str = "HDM"
     class_label: str | int | None = None
     series_number: int | None = None
+
+    @property
+    def legend_label(self) -> str:
+        """The short label burned in beside the colour bar."""
+        return self.method if self.class_label is None else f"{self.method} c{self.class_label}"
 
     def describe(self) -> str:
         target = f", class {self.class_label}" if self.class_label is not None else ""
@@ -96,41 +101,52 @@ def _copy_series_context(derived: Dataset, source: Dataset) -> None:
             setattr(derived, keyword, source.data_element(keyword).value)
 
 
-def build_secondary_captures(
+def render_source_overlays(
     source: DicomSource,
     saliency: np.ndarray,
-    info: DerivationInfo | None = None,
-    style: OverlayStyle | None = None,
+    info: DerivationInfo,
+    style: OverlayStyle,
+    window: Window,
     lesion_mask: np.ndarray | None = None,
-    window: Window | None = None,
-) -> list[tuple[str, Dataset]]:
-    """One RGB Secondary Capture per source slice, the map burned in.
+) -> list[np.ndarray]:
+    """The RGB overlay ``(H, W, 3)`` uint8 of each source slice, as SCs and PNGs show it.
 
     Args:
         source: the source image or series.
         saliency: ``(D, H, W)`` map in [0, 1] on the source grid (slice order of ``source``).
-        info: method, class, series number.
+        info: method and class, for the burned-in label.
         style: colormap, threshold, opacity, legend.
+        window: display window (see :func:`window_for`).
         lesion_mask: optional ``(D, H, W)`` boolean annotation whose outline is drawn.
-        window: display window; default from the source (see :func:`window_for`).
+    """
+    invert = str(source.first.get("PhotometricInterpretation", "")) == "MONOCHROME1"
+    return [
+        render_overlay(apply_window(source.pixels[k], window, invert=invert), saliency[k], style,
+                       lesion_mask=None if lesion_mask is None else lesion_mask[k], label=info.legend_label)
+        for k in range(len(source.pixels))
+    ]
+
+
+def build_secondary_captures(
+    source: DicomSource,
+    overlays: list[np.ndarray],
+    info: DerivationInfo,
+    style: OverlayStyle,
+    window: Window,
+) -> list[tuple[str, Dataset]]:
+    """One RGB Secondary Capture per source slice holding its overlay (:func:`render_source_overlays`).
+
+    ``style`` and ``window`` are named in the Derivation Description.
 
     Returns:
         ``("SC_0001.dcm", dataset), ...`` in slice order, Instance Numbers 1..D.
     """
-    info = info or DerivationInfo()
-    style = style or OverlayStyle()
     first = source.first
-    window = window or window_for(first, source.pixels)
-    invert = str(first.get("PhotometricInterpretation", "")) == "MONOCHROME1"
     series_uid = generate_uid()
     series_number = info.base_series_number(first)
     row_sp, col_sp = source.spacing[1], source.spacing[2]
     out = []
-    for k, src in enumerate(source.datasets):
-        gray = apply_window(source.pixels[k], window, invert=invert)
-        rgb = render_overlay(gray, saliency[k], style,
-                             lesion_mask=None if lesion_mask is None else lesion_mask[k],
-                             label=f"{info.method}" if info.class_label is None else f"{info.method} c{info.class_label}")
+    for k, (src, rgb) in enumerate(zip(source.datasets, overlays)):
         sc = hd.sc.SCImage.from_ref_dataset(
             ref_dataset=src,
             pixel_array=rgb,

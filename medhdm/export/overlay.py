@@ -15,6 +15,8 @@ import numpy as np
 from pydicom.dataset import Dataset
 from scipy import ndimage
 
+from ..io.dicom import first_number
+
 __all__ = ["CT_PRESETS", "OverlayStyle", "Window", "apply_window", "render_overlay", "window_for"]
 
 # Common CT windows (centre, width) in HU; "soft tissue" is the default for CT without window values.
@@ -65,12 +67,6 @@ class OverlayStyle:
             raise ValueError(f"cmap: unknown matplotlib colormap {self.cmap!r}")
 
 
-def _first(value) -> float:
-    if isinstance(value, (list, tuple)) or getattr(value, "VM", 1) > 1:
-        return float(value[0])
-    return float(value)
-
-
 def window_for(ds: Dataset, pixels: np.ndarray, preset: str | None = None) -> Window:
     """The window to display ``pixels`` (modality units) of ``ds`` with.
 
@@ -79,12 +75,11 @@ def window_for(ds: Dataset, pixels: np.ndarray, preset: str | None = None) -> Wi
     """
     if preset is not None:
         if preset not in CT_PRESETS:
-            raise ValueError(f"preset: expected one of {sorted(CT_PRESETS)}, got {preset!r}")
+            raise ValueError(f"window preset: expected one of {sorted(CT_PRESETS)}, got {preset!r}")
         return Window(*CT_PRESETS[preset], source=f"preset {preset}")
-    if ds.get("WindowCenter") not in (None, "") and ds.get("WindowWidth") not in (None, ""):
-        center, width = _first(ds.WindowCenter), _first(ds.WindowWidth)
-        if width >= 1.0:
-            return Window(center, width, source="source Window Center/Width")
+    center, width = first_number(ds.get("WindowCenter")), first_number(ds.get("WindowWidth"))
+    if center is not None and width is not None and width >= 1.0:
+        return Window(center, width, source="source Window Center/Width")
     if str(ds.get("Modality", "")).upper() == "CT":
         return Window(*CT_PRESETS["soft_tissue"], source="CT soft-tissue preset")
     lo, hi = np.percentile(pixels, [1.0, 99.0])

@@ -69,6 +69,15 @@ class DicomSource:
         return self.datasets[0]
 
 
+def first_number(value) -> float | None:
+    """The first value of a possibly multi-valued numeric attribute (Window Center, ...); ``None`` if empty."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, (list, tuple)) or getattr(value, "VM", 1) > 1:
+        return float(value[0])
+    return float(value)
+
+
 def _unit(v: Sequence[float]) -> np.ndarray:
     v = np.asarray(v, dtype=float)
     return v / np.linalg.norm(v)

@@ -24,7 +24,7 @@ import numpy as np
 from monai.data import ImageReader
 from monai.utils import MetaKeys, SpaceKeys
 
-from .dicom import DicomSource, read_dicom
+from .dicom import DicomSource, first_number, read_dicom
 
 __all__ = ["DicomSeriesReader", "dicom_meta", "is_dicom_path"]
 
@@ -41,12 +41,6 @@ def is_dicom_path(path: str | os.PathLike) -> bool:
             head = f.read(132)
         return head[128:132] == b"DICM"
     return False
-
-
-def _window_value(value) -> float | None:
-    if value is None or value == "":
-        return None
-    return float(value[0]) if getattr(value, "VM", 1) > 1 or isinstance(value, (list, tuple)) else float(value)
 
 
 def dicom_meta(source: DicomSource) -> dict:
@@ -67,8 +61,8 @@ def dicom_meta(source: DicomSource) -> dict:
         "PatientID": str(first.get("PatientID", "")),
         "AccessionNumber": str(first.get("AccessionNumber", "")),
         "Modality": str(first.get("Modality", "")),
-        "WindowCenter": _window_value(first.get("WindowCenter")),
-        "WindowWidth": _window_value(first.get("WindowWidth")),
+        "WindowCenter": first_number(first.get("WindowCenter")),
+        "WindowWidth": first_number(first.get("WindowWidth")),
     }
     return {k: v for k, v in meta.items() if v is not None}
 
