@@ -36,9 +36,14 @@ def hdm_variants(model) -> dict:
         "HDM preservation only (la 2)": h(),
         "HDM preservation only (la 4)": h(la=4.0),
         "HDM + deletion (la 2, ld 1)": h(ld=1.0),
-        "HDM + deletion (la 1, ld 1)": h(la=1.0, ld=1.0),
+        "HDM + deletion (la 1, ld 1), the default until 2026-11-26": h(la=1.0, ld=1.0),
         "HDM + deletion (la 1, ld 1), fusion drop": h(la=1.0, ld=1.0, fusion="drop"),
         "HDM + deletion (la 1, ld 1), fusion learned": h(la=1.0, ld=1.0, fusion="learned"),
+        "HDM + deletion, benchmark area 2 % (la 30), auxiliary area 2 % (la 30)": HDM(
+            model, benchmark_objective=MaskObjective(area=0.02, lambda_area=30.0, lambda_del=1.0),
+            auxiliary_objective=MaskObjective(area=0.02, lambda_area=30.0, lambda_del=1.0, lambda_tv=1.0)),
+        "HDM + deletion, benchmark area 1 % (la 30)": HDM(
+            model, benchmark_objective=MaskObjective(area=0.01, lambda_area=30.0, lambda_del=1.0)),
         "HDM deletion only (la 1, ld 1, keep 0)": HDM(
             model, benchmark_objective=MaskObjective(lambda_area=1.0, lambda_del=1.0, lambda_keep=0.0),
             auxiliary_objective=MaskObjective(lambda_area=1.0, lambda_del=1.0, lambda_keep=0.0, lambda_tv=1.0)),

@@ -46,11 +46,20 @@ def main() -> None:
     parser.add_argument("--dims", type=int, default=2, choices=(2, 3))
     parser.add_argument("--cases", type=int, default=24)
     parser.add_argument("--seed", type=int, default=5150)
+    parser.add_argument("--methods", default=None,
+                        help="comma-separated subset, e.g. HDM (default: all); the JSON is then named after them")
     args = parser.parse_args()
     torch.set_num_threads(2)
     warnings.filterwarnings("ignore")
     model = load_default_classifier(DEFAULT_2D if args.dims == 2 else DEFAULT_3D)
     spec = InputSpec(tuple(model.medhdm_card["recipe"]["spatial_size"]), intensity_range=LESIONBENCH_INTENSITY_RANGE)
+    methods = methods_for(model, args.dims)
+    if args.methods:
+        wanted = args.methods.split(",")
+        unknown = sorted(set(wanted) - set(methods))
+        if unknown:
+            parser.error(f"--methods: unknown {unknown}; expected some of {sorted(methods)}")
+        methods = {name: methods[name] for name in wanted}
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         manifest = write_lesionbench(Path(tmp) / "cases", args.cases, args.dims, seed=args.seed,
@@ -58,7 +67,7 @@ def main() -> None:
         entries = load_manifest(manifest)
         for entry in entries:
             entry["class_idx"] = 1
-        rows, _ = evaluate_manifest(entries, methods_for(model, args.dims), spec, log=None)
+        rows, _ = evaluate_manifest(entries, methods, spec, log=None)
     summary = aggregate(rows, METRICS)
     table = {}
     for s in summary:
@@ -73,7 +82,8 @@ def main() -> None:
             mean, lo, hi = values[metric]
             cells.append(f"{mean:.2f}" if metric == "seconds" else f"{mean:.2f} [{lo:.2f}, {hi:.2f}]")
         print(f"| {method} | " + " | ".join(cells) + " |")
-    write_json(RESULTS / f"quality_files_{args.dims}d.json", {"cases": args.cases, "seed": args.seed,
+    suffix = "" if not args.methods else "_" + args.methods.replace(",", "_")
+    write_json(RESULTS / f"quality_files_{args.dims}d{suffix}.json", {"cases": args.cases, "seed": args.seed,
                                                               "summary": summary, "rows": rows})
 
 

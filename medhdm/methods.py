@@ -65,7 +65,7 @@ def make_explainer(name: str, model: nn.Module, steps: int | None = None, **kwar
         if steps < 1:
             raise ValueError(f"steps: expected at least 1, got {steps}")
         touched = False
-        for attr in ("objective", "benchmark_objective", "auxiliary_objective"):
+        for attr in ("objective", "benchmark_objective", "volume_benchmark_objective", "auxiliary_objective"):
             if hasattr(explainer, attr):
                 setattr(explainer, attr, dataclasses.replace(getattr(explainer, attr), steps=int(steps)))
                 touched = True

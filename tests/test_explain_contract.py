@@ -9,6 +9,7 @@ from monai.networks import nets
 from torch import nn
 
 from medhdm import HDM, MDM, RISE, GradCAM, GradCAMpp, GradientInput, MaskObjective, NeuroMask, Occlusion
+from medhdm.methods import make_explainer
 
 QUICK = MaskObjective(steps=8)
 
@@ -98,6 +99,21 @@ def test_hdm_batch_with_different_stage_counts_equals_one_at_a_time():
         single = hdm.explain(x[i : i + 1])
         assert torch.allclose(batch.saliency[i], single.saliency[0], atol=1e-3)
         assert len(single.stages) == (1 if i == 0 else 2)
+
+
+def test_hdm_uses_the_volume_objective_for_3d_inputs_only():
+    bench2d, bench3d, aux = MaskObjective(steps=5), MaskObjective(steps=2), MaskObjective(steps=3)
+    for dims, shape, passes in ((2, (1, 1, 32, 32), 5 + 3), (3, (1, 1, 8, 16, 16), 2 + 3)):
+        hdm = HDM(tiny_densenet(dims), benchmark_objective=bench2d, volume_benchmark_objective=bench3d,
+                  auxiliary_objective=aux, max_stages=1)
+        assert hdm.explain(torch.rand(shape)).backward_passes == passes
+    # a benchmark objective given alone serves both; the defaults differ by dimension
+    assert HDM(tiny_densenet(), benchmark_objective=bench2d).volume_benchmark_objective is bench2d
+    default = HDM(tiny_densenet())
+    assert default.benchmark_objective.area == 0.02 and default.volume_benchmark_objective.area is None
+    # make_explainer's steps reach every phase, the volume one included
+    hdm3d = make_explainer("hdm", tiny_densenet(3), steps=4, max_stages=1)
+    assert hdm3d.explain(torch.rand(1, 1, 8, 16, 16)).backward_passes == 4 + 4
 
 
 def test_seed_makes_random_methods_reproducible_and_leaves_global_rng():
@@ -193,6 +209,8 @@ def test_bad_model_output_and_settings_are_named():
         HDM(tiny_densenet(), fusion="magic")
     with pytest.raises(ValueError, match="steps: expected a positive int"):
         MaskObjective(steps=0)
+    with pytest.raises(ValueError, match="area: expected None or a fraction strictly between 0 and 1, got 1.5"):
+        MaskObjective(area=1.5)
     with pytest.raises(ValueError, match="reference: expected 'blur', 'min', 'mean'"):
         HDM(tiny_densenet(), reference="black")(x)
     with pytest.raises(ValueError, match=r"reference: a tensor reference must broadcast"):

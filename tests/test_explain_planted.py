@@ -8,6 +8,8 @@ import torch
 from conftest import BlobDetector, plant
 
 from medhdm import HDM, MDM, MaskObjective, NeuroMask
+from medhdm.explain.masks import area_penalty, grid_shapes, optimise_masks
+from medhdm.explain.scoring import ClassScorer
 from medhdm.metrics import energy_in_lesion, lesion_hit_rate, pointing_game
 
 BENCH = MaskObjective(steps=60, lambda_area=2.0, lambda_del=0.0)
@@ -85,3 +87,39 @@ def test_hdm_fusion_variants_all_valid():
         assert torch.allclose(alphas.sum(1), torch.ones(1)), fusion
         assert float(result.saliency.max()) == pytest.approx(1.0)
         assert pointing_game(result.saliency[0], labels[0]) == 1.0, fusion
+
+
+def test_area_penalty_equals_its_hand_computed_value():
+    masks = torch.tensor([0.2, 0.9, 0.1, 0.4]).view(1, 1, 2, 2)
+    # mean mask value, the papers' area term
+    assert float(area_penalty(masks)[0, 0]) == pytest.approx(0.4)
+    # area 1/4: sorted (0.1, 0.2, 0.4, 0.9) against target (0, 0, 0, 1)
+    assert float(area_penalty(masks, 0.25)[0, 0]) == pytest.approx((0.01 + 0.04 + 0.16 + 0.01) / 4)
+    binary = torch.zeros(1, 2, 10, 10)
+    binary[0, 0, :3, :2] = 1  # 6 % of the voxels
+    binary[0, 1, :5, :4] = 1  # 20 %
+    assert area_penalty(binary, 0.06)[0].tolist() == pytest.approx([0.0, 0.14])
+
+
+def test_area_constrained_masks_cover_the_planted_box_and_follow_the_budget():
+    box = (slice(8, 14), slice(18, 24))  # 36 of 1024 voxels: 3.5 %
+    x, labels = plant((32, 32), [box])
+    model = BlobDetector(2).calibrate(x)
+    inside = labels[0, 0] > 0
+    areas = {}
+    for budget in (0.035, 0.15):
+        objective = MaskObjective(steps=80, area=budget, lambda_area=30.0, trajectory_mean=False)
+        fit = optimise_masks(ClassScorer(model), x, torch.full_like(x, 0.1), torch.ones(1, dtype=torch.long),
+                             grid_shapes((32, 32), (4, 2)), objective)  # 8 x 8 and 16 x 16
+        areas[budget] = [float(mask.mean()) for mask in fit.masks[0]]
+        if budget > 0.1:
+            continue  # a budget four times the box saturates a plateau around it
+        for grid, mask in zip(fit.grids, fit.masks[0]):
+            peak = torch.nonzero(mask == mask.max())[0]
+            assert bool(inside[tuple(peak.tolist())]), f"grid {grid}: maximum at {peak.tolist()} outside the box"
+            assert float(mask[inside].mean()) > 0.75, f"grid {grid}: the box is not kept"
+            assert float(mask[inside].mean()) > 8 * float(mask[~inside].mean())
+    # The mask spends the budget it is given: the 8 x 8 grid cannot draw a 3.5 % box
+    # (its cells are 4 x 4 voxels), so the small budget lands near 0.1, the large one near 0.15.
+    for small, large in zip(areas[0.035], areas[0.15]):
+        assert small < 0.11 and abs(large - 0.15) < 0.05 and large > small + 0.05

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from .reference import composite
 from .scoring import ClassScorer
 
-__all__ = ["MaskObjective", "grid_key", "grid_shapes", "upsample_masks", "normalise", "total_variation", "optimise_masks"]
+__all__ = ["MaskObjective", "area_penalty", "grid_key", "grid_shapes", "normalise", "optimise_masks", "total_variation", "upsample_masks"]
 
 GridSpec = int | Sequence[int]
 
@@ -34,6 +34,7 @@ class MaskObjective:
 
         lambda_keep * -log p_c(phi(x, m))                # keep the decision
         + lambda_area * mean(m)                          # keep the mask small
+          (or, with ``area=a``: lambda_area * mean((sort(m) - t_a)^2), see below)
         + lambda_tv * TV(m)                              # keep it smooth (optional)
         + lambda_del * -log(1 - p_c(phi(x, 1 - m)))      # deleting it must break the decision (optional)
 
@@ -47,6 +48,12 @@ class MaskObjective:
             binary (sigmoid saturates), with no ranking inside the kept region; the mean over
             the trajectory ranks voxels by how early and how long the optimisation kept them,
             and the last mask keeps what was dropped near zero. No extra model passes.
+        area: ``None`` (default) penalises the mask's mean, as in the papers. A fraction
+            ``a`` in ``(0, 1)`` instead pulls the sorted mask values towards a target with
+            the top ``a`` of the voxels at 1 and the rest at 0 (the area constraint of
+            Fong et al., 2019, "extremal perturbations"): the mask must spend a fixed budget
+            of area, so it cannot shrink to nothing when one region suffices, nor grow over
+            context when the deletion term asks for more.
     """
 
     steps: int = 100
@@ -57,6 +64,7 @@ class MaskObjective:
     lambda_keep: float = 1.0
     init: float = 0.5
     trajectory_mean: bool = True
+    area: float | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.steps, int) or self.steps < 1:
@@ -68,6 +76,8 @@ class MaskObjective:
                 raise ValueError(f"{name}: expected a non-negative weight, got {getattr(self, name)!r}")
         if self.lambda_keep == 0 and self.lambda_del == 0:
             raise ValueError("lambda_keep, lambda_del: at least one of the two must be positive")
+        if self.area is not None and not 0 < self.area < 1:
+            raise ValueError(f"area: expected None or a fraction strictly between 0 and 1, got {self.area!r}")
         if not 0 < self.init < 1:
             raise ValueError(f"init: expected a mask value strictly between 0 and 1, got {self.init!r}")
 
@@ -133,6 +143,22 @@ def total_variation(masks: torch.Tensor) -> torch.Tensor:
     return tv
 
 
+def area_penalty(masks: torch.Tensor, area: float | None = None) -> torch.Tensor:
+    """The area term of :class:`MaskObjective` for masks ``(B, K, *S)``, shape ``(B, K)``.
+
+    ``area=None``: the mean mask value. ``area=a``: the mean squared difference between
+    the sorted mask values and a target whose top ``round(a * N)`` of ``N`` voxels are 1
+    and the rest 0; it is 0 exactly for a binary mask covering a share ``a`` of the image.
+    """
+    flat = masks.flatten(2)
+    if area is None:
+        return flat.mean(-1)
+    n = flat.shape[-1]
+    target = torch.zeros(n, device=flat.device, dtype=flat.dtype)
+    target[n - max(1, int(round(area * n))) :] = 1
+    return (flat.sort(dim=-1).values - target).pow(2).mean(-1)
+
+
 @dataclass
 class MaskFit:
     """What :func:`optimise_masks` returns.
@@ -193,7 +219,7 @@ def optimise_masks(
             batch = torch.cat([batch, composite(x_k, 1 - m, r_k).flatten(0, 1)])
         logits = scorer.logits(batch)
         loss = -objective.lambda_keep * scorer.log_prob(logits[: b * k], targets)
-        loss = loss + objective.lambda_area * masks.flatten(2).mean(-1).flatten()
+        loss = loss + objective.lambda_area * area_penalty(masks, objective.area).flatten()
         if objective.lambda_tv > 0:
             loss = loss + objective.lambda_tv * total_variation(masks).flatten()
         if use_del:
