@@ -21,7 +21,16 @@ import torch.nn.functional as F
 from .reference import composite
 from .scoring import ClassScorer
 
-__all__ = ["MaskObjective", "area_penalty", "grid_key", "grid_shapes", "normalise", "optimise_masks", "total_variation", "upsample_masks"]
+__all__ = [
+    "MaskObjective",
+    "area_penalty",
+    "grid_key",
+    "grid_shapes",
+    "normalise",
+    "optimise_masks",
+    "total_variation",
+    "upsample_masks",
+]
 
 GridSpec = int | Sequence[int]
 
