@@ -183,19 +183,27 @@ def classifier_transforms(spatial_dims: int, spec: InputSpec, keys: str | list[s
 
 
 def explain_image(
-    path: str | os.PathLike,
+    source: str | os.PathLike | MetaTensor,
     explainer: Explainer,
     spec: InputSpec,
     class_idx: int | None = None,
     keep_dicom: bool = False,
 ) -> ExplainedImage:
-    """Load ``path``, explain it with ``explainer`` and return the map on the source grid.
+    """Explain one image with ``explainer`` and return the map on the source grid.
 
-    ``keep_dicom`` also returns the DICOM source datasets (for export; a second read of the files).
+    ``source`` is a path, or an image already returned by :func:`load_image` (so that
+    explaining one image with several methods reads it once; it is not modified).
+    ``keep_dicom`` also returns the DICOM source datasets (for export; a second read of
+    the files, so it needs the path).
     """
-    image = load_image(path)
+    if isinstance(source, MetaTensor):
+        if keep_dicom:
+            raise ValueError("keep_dicom: needs the image's path, not an image already loaded")
+        image, path = source, None
+    else:
+        image, path = load_image(source), source
     transforms = classifier_transforms(image.ndim - 1, spec)
-    data = transforms({"image": image})
+    data = transforms({"image": image.clone()})
     device = next(iter(explainer.model.parameters()), torch.empty(0)).device
     x = data["image"].as_tensor()[None].to(device=device, dtype=torch.float32)
     result = explainer.explain(x, class_idx)

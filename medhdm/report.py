@@ -61,7 +61,7 @@ def evaluate_manifest(
         the rows (one per case and method) and the material for the figures: per case the
         image, lesion and maps on the source grid, and per method the mean curves.
     """
-    from .pipeline import explain_image
+    from .pipeline import explain_image, load_image
 
     missing = [e["id"] for e in entries if "lesion" not in e]
     if missing:
@@ -72,9 +72,10 @@ def evaluate_manifest(
     done = 0
     for entry in entries:
         case_fig = {"id": entry["id"], "maps": {}}
+        image = load_image(entry["image"])  # read once, explained by every method
         for name, explainer in methods.items():
             start = time.perf_counter()
-            result = explain_image(entry["image"], explainer, spec, class_idx=entry.get("class_idx"))
+            result = explain_image(image, explainer, spec, class_idx=entry.get("class_idx"))
             seconds = time.perf_counter() - start
             if "lesion_array" not in case_fig:
                 grid = ImageGrid.from_meta(result.saliency.shape, result.affine, result.meta)

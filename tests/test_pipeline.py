@@ -20,7 +20,7 @@ from medhdm.cli import main
 from medhdm.data.dicom_series import write_series
 from medhdm.io import read_dicom
 from medhdm.methods import load_model, make_explainer
-from medhdm.pipeline import InputSpec, classifier_transforms, load_image
+from medhdm.pipeline import InputSpec, classifier_transforms, explain_image, load_image
 
 TINY_3D = {"spatial_dims": 3, "in_channels": 1, "out_channels": 2, "init_features": 4, "growth_rate": 4,
            "block_config": [2, 2], "bn_size": 2}
@@ -182,3 +182,19 @@ def test_case_ids_are_unique_and_readable(tmp_path):
     assert unique_case_ids(["x/case1/image.dcm", "x/case2/image.nii.gz"]) == ["case1_image", "case2_image"]
     with pytest.raises(ValueError, match="the same image is given twice"):
         unique_case_ids(["x/case1/image.dcm", "x/case1/image.dcm"])
+
+
+def test_explain_image_from_a_loaded_image_equals_from_its_path():
+    path = get_testdata_file("CT_small.dcm")
+    model, spec = load_model("default"), InputSpec((96, 96))
+    explainer = make_explainer("gxi", model)
+    image = load_image(path)
+    before = image.clone()
+    from_path = explain_image(path, explainer, spec)
+    from_image = explain_image(image, explainer, spec)
+    assert np.array_equal(from_path.saliency, from_image.saliency)
+    assert np.array_equal(from_path.affine, from_image.affine) and from_path.score == from_image.score
+    assert torch.equal(image.as_tensor(), before.as_tensor()) and image.meta.keys() == before.meta.keys()
+    assert len(image.applied_operations) == len(before.applied_operations)  # the loaded image is not modified
+    with pytest.raises(ValueError, match="keep_dicom: needs the image's path"):
+        explain_image(image, explainer, spec, keep_dicom=True)
