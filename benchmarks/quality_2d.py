@@ -26,11 +26,16 @@ from medhdm.models import load_default_classifier
 
 
 def hdm_variants(model) -> dict:
-    """The HDM settings compared when the defaults were chosen (see the closing note of issue 3)."""
+    """The HDM settings compared when the defaults were chosen (see the closing note of issue 3).
+
+    The variants before 2026-11-26 ran with the sufficiency fusion and no smoothing of the
+    fused map; they keep those settings here so that their rows reproduce.
+    """
+    before = {"fusion": "sufficiency", "smooth": None}
 
     def h(la=2.0, ld=0.0, tv=1.0, **kw):
         return HDM(model, benchmark_objective=MaskObjective(lambda_area=la, lambda_del=ld),
-                   auxiliary_objective=MaskObjective(lambda_area=la, lambda_del=ld, lambda_tv=tv), **kw)
+                   auxiliary_objective=MaskObjective(lambda_area=la, lambda_del=ld, lambda_tv=tv), **{**before, **kw})
 
     return {
         "HDM preservation only (la 2)": h(),
@@ -41,12 +46,17 @@ def hdm_variants(model) -> dict:
         "HDM + deletion (la 1, ld 1), fusion learned": h(la=1.0, ld=1.0, fusion="learned"),
         "HDM + deletion, benchmark area 2 % (la 30), auxiliary area 2 % (la 30)": HDM(
             model, benchmark_objective=MaskObjective(area=0.02, lambda_area=30.0, lambda_del=1.0),
-            auxiliary_objective=MaskObjective(area=0.02, lambda_area=30.0, lambda_del=1.0, lambda_tv=1.0)),
+            auxiliary_objective=MaskObjective(area=0.02, lambda_area=30.0, lambda_del=1.0, lambda_tv=1.0), **before),
         "HDM + deletion, benchmark area 1 % (la 30)": HDM(
-            model, benchmark_objective=MaskObjective(area=0.01, lambda_area=30.0, lambda_del=1.0)),
+            model, benchmark_objective=MaskObjective(area=0.01, lambda_area=30.0, lambda_del=1.0), **before),
         "HDM deletion only (la 1, ld 1, keep 0)": HDM(
             model, benchmark_objective=MaskObjective(lambda_area=1.0, lambda_del=1.0, lambda_keep=0.0),
-            auxiliary_objective=MaskObjective(lambda_area=1.0, lambda_del=1.0, lambda_keep=0.0, lambda_tv=1.0)),
+            auxiliary_objective=MaskObjective(lambda_area=1.0, lambda_del=1.0, lambda_keep=0.0, lambda_tv=1.0),
+            **before),
+        "HDM area 2 % (la 30, ld 1), sufficiency fusion, no smoothing: the defaults of 2026-11-26, earlier": HDM(
+            model, **before),
+        "HDM defaults, sufficiency fusion": HDM(model, fusion="sufficiency"),
+        "HDM defaults, no smoothing": HDM(model, smooth=None),
     }
 
 

@@ -8,7 +8,9 @@ import torch
 from conftest import BlobDetector, plant
 
 from medhdm import HDM, MDM, MaskObjective, NeuroMask
-from medhdm.explain.masks import area_penalty, grid_shapes, optimise_masks
+from medhdm.explain.hdm import fusion_weights
+from medhdm.explain.masks import area_penalty, grid_shapes, normalise, optimise_masks
+from medhdm.explain.reference import gaussian_blur
 from medhdm.explain.scoring import ClassScorer
 from medhdm.metrics import energy_in_lesion, lesion_hit_rate, pointing_game
 
@@ -81,12 +83,58 @@ def test_two_lesions_max_pool_stages_find_one_each():
 def test_hdm_fusion_variants_all_valid():
     x, labels = plant((32, 32), [(slice(4, 9), slice(4, 9)), (slice(20, 26), slice(20, 26))])
     model = BlobDetector(2, pool="max", kernel=5).calibrate(x)
-    for fusion in ("sufficiency", "drop", "equal", "learned"):
+    for fusion in ("either", "sufficiency", "drop", "equal", "learned"):
         result = small_hdm(model, fusion=fusion).explain(x)
         alphas = torch.stack([s.alpha for s in result.stages], 1)
         assert torch.allclose(alphas.sum(1), torch.ones(1)), fusion
         assert float(result.saliency.max()) == pytest.approx(1.0)
         assert pointing_game(result.saliency[0], labels[0]) == 1.0, fusion
+
+
+def test_fusion_weights_equal_their_hand_computed_values():
+    # Stage 1's region suffices alone (4 log-odds) but removing it took little (1): a
+    # redundant lesion. Stage 2's region carries nothing alone, but removing it took 6: its
+    # evidence adds to others'. Stage 3 ran and found 1 alone, took nothing.
+    sufficiency = torch.tensor([[4.0, 0.0, 1.0]])
+    drop = torch.tensor([[1.0, 6.0, 0.0]])
+    ran = torch.ones(1, 3)
+    assert fusion_weights("sufficiency", sufficiency, drop, ran)[0].tolist() == pytest.approx([0.8, 0.0, 0.2])
+    assert fusion_weights("drop", sufficiency, drop, ran)[0].tolist() == pytest.approx([1 / 7, 6 / 7, 0.0])
+    assert fusion_weights("either", sufficiency, drop, ran)[0].tolist() == pytest.approx([4 / 11, 6 / 11, 1 / 11])
+    assert fusion_weights("equal", sufficiency, drop, ran)[0].tolist() == pytest.approx([1 / 3] * 3)
+    # A stage that did not run weighs nothing, whatever its values; negative evidence counts as 0;
+    # an image whose stages carried no evidence weighs the stages that ran equally.
+    ran2 = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 1.0]])
+    suf2 = torch.tensor([[2.0, -3.0, 9.0], [0.0, 0.0, 0.0]])
+    drop2 = torch.tensor([[0.0, 1.0, 9.0], [-1.0, 0.0, 0.0]])
+    weights = fusion_weights("either", suf2, drop2, ran2)
+    assert torch.allclose(weights, torch.tensor([[2 / 3, 1 / 3, 0.0], [1 / 3, 1 / 3, 1 / 3]]))
+    with pytest.raises(ValueError, match="kind: expected 'either'"):
+        fusion_weights("learned", sufficiency, drop, ran)
+
+
+def test_gaussian_blur_matches_scipy():
+    scipy_ndimage = pytest.importorskip("scipy.ndimage")
+    torch.manual_seed(0)
+    image = torch.rand(1, 1, 20, 30)
+    for sigma in (1.0, 2.5, (1.0, 3.0)):
+        expected = scipy_ndimage.gaussian_filter(image[0, 0].numpy(), sigma, mode="nearest", truncate=3.0)
+        assert torch.allclose(gaussian_blur(image, sigma)[0, 0], torch.from_numpy(expected), atol=2e-3), sigma
+    assert not torch.allclose(gaussian_blur(image, 2.0), gaussian_blur(image, 2.5), atol=2e-3)
+
+
+def test_hdm_smoothing_blurs_the_fused_map():
+    x, labels = plant((32, 32), [(slice(8, 14), slice(18, 24))])
+    model = BlobDetector(2).calibrate(x)
+    raw = small_hdm(model, smooth=None).explain(x)
+    smoothed = small_hdm(model, smooth=0.1).explain(x)
+    # Same masks and stages (seeded); only the fused map differs: a Gaussian of 3.2 pixels.
+    assert torch.equal(raw.stages[0].map, smoothed.stages[0].map)
+    assert torch.allclose(smoothed.saliency, normalise(gaussian_blur(raw.saliency, 3.2)), atol=1e-5)
+    assert not torch.allclose(smoothed.saliency, raw.saliency, atol=0.05)
+    assert pointing_game(smoothed.saliency[0], labels[0]) == 1.0
+    with pytest.raises(ValueError, match="smooth: expected None or a fraction of the image size in"):
+        HDM(model, smooth=2.0)
 
 
 def test_area_penalty_equals_its_hand_computed_value():

@@ -15,7 +15,7 @@ from torch import nn
 
 from ..explain.base import Explainer, Explanation
 from ..explain.masks import normalise
-from ..explain.reference import ReferenceSpec, blur_reference
+from ..explain.reference import ReferenceSpec, gaussian_blur
 from ..explain.scoring import ClassScorer
 
 __all__ = ["GradientInput"]
@@ -69,5 +69,5 @@ class GradientInput(Explainer):
         attribution = attribution.view(b, n, *x.shape[2:]).mean(1, keepdim=True).abs()
         sigma = self.smooth_sigma if self.smooth_sigma is not None else max(x.shape[2:]) / 48
         if sigma > 0:
-            attribution = blur_reference(attribution, sigma)
+            attribution = gaussian_blur(attribution, sigma)
         return self._result(normalise(attribution), class_idx, scorer, logits, reference, backward_passes=1)

@@ -18,18 +18,24 @@ lesion of several). After stage ``l`` the regions found so far are removed,
 once its remaining evidence is gone, measured in log-odds ``o``:
 ``o(x_{l+1}) <= o(r) + tau * (o(x) - o(r))``.
 
-**Fusion.** ``S = norm(sum_l alpha_l * M_l * (1 - R_{l-1}))``. The weights:
+**Fusion.** ``S = norm(G_sigma * sum_l alpha_l * M_l * (1 - R_{l-1}))``, with ``G_sigma``
+an optional Gaussian smoothing (``smooth``). The weights (:func:`fusion_weights`):
 
-- ``"sufficiency"`` (default): ``alpha_l ~ max(0, o(phi(x, M_l (1 - R_{l-1}))) - o(r))``,
+- ``"sufficiency"``: ``alpha_l ~ suf_l = max(0, o(phi(x, M_l (1 - R_{l-1}))) - o(r))``,
   the evidence that the stage's new region carries *on its own*. A classifier
   that pools by maximum gets equal weights for two equally convincing lesions.
-- ``"drop"``: ``alpha_l ~ max(0, o(x_l) - o(x_{l+1}))``, the evidence that removing
-  the stage's region took away (method.md's first reading; it gives the first of
-  two redundant lesions almost no weight).
+- ``"drop"``: ``alpha_l ~ drop_l = max(0, o(x_l) - o(x_{l+1}))``, the evidence that
+  removing the stage's region took away (method.md's first reading; it gives the
+  first of two redundant lesions almost no weight).
+- ``"either"`` (default): ``alpha_l ~ max(suf_l, drop_l)``, both in log-odds: a stage
+  counts when its region suffices on its own (redundant lesions: two equally convincing
+  lesions under a max-pooling classifier weigh the same) *or* when removing it took
+  evidence (lesions whose evidence adds up, none sufficient alone, which
+  ``"sufficiency"`` weighs 0).
 - ``"equal"``: every stage that ran weighs the same.
 - ``"learned"``: weights optimised on the image so that deleting the fused map's
   top regions drops the class probability fastest (a differentiable deletion game
-  over a few deletion fractions), started from the sufficiency weights.
+  over a few deletion fractions), started from the ``"either"`` weights.
 
 All weights are normalised to sum to 1 over the stages that ran.
 """
@@ -43,12 +49,39 @@ from torch import nn
 
 from .base import Explainer, Explanation, StageRecord
 from .masks import GridSpec, MaskObjective, grid_key, grid_shapes, normalise, optimise_masks
-from .reference import ReferenceSpec, composite
+from .reference import ReferenceSpec, composite, gaussian_blur
 from .scoring import ClassScorer
 
-__all__ = ["HDM"]
+__all__ = ["HDM", "fusion_weights"]
 
-_FUSIONS = ("sufficiency", "drop", "equal", "learned")
+_FUSIONS = ("either", "sufficiency", "drop", "equal", "learned")
+
+
+def fusion_weights(kind: str, sufficiency: torch.Tensor, drop: torch.Tensor, ran: torch.Tensor) -> torch.Tensor:
+    """HDM's stage weights ``alpha`` ``(B, L)``, each row summing to 1 over the stages that ran.
+
+    Args:
+        kind: ``"either"``, ``"sufficiency"``, ``"drop"`` or ``"equal"`` (see the module docstring).
+        sufficiency: per stage, the log-odds its new region carries alone above the
+            reference, ``max(0, o(phi(x, M_l (1 - R_{l-1}))) - o(r))``, ``(B, L)``.
+        drop: per stage, the log-odds its removal took, ``max(0, o(x_l) - o(x_{l+1}))``, ``(B, L)``.
+        ran: 1 where the stage ran for the image, else 0, ``(B, L)``.
+    Returns:
+        ``(B, L)``; an image whose stages carried no measurable evidence weighs them equally.
+    """
+    if kind not in ("either", "sufficiency", "drop", "equal"):
+        raise ValueError(f"kind: expected 'either', 'sufficiency', 'drop' or 'equal', got {kind!r}")
+    if kind == "sufficiency":
+        raw = sufficiency
+    elif kind == "drop":
+        raw = drop
+    elif kind == "either":
+        raw = torch.maximum(sufficiency, drop)
+    else:
+        raw = ran
+    raw = raw.clamp_min(0) * ran
+    raw = torch.where(raw.sum(1, keepdim=True) > 0, raw, ran)
+    return raw / raw.sum(1, keepdim=True)
 
 
 class HDM(Explainer):
@@ -74,8 +107,15 @@ class HDM(Explainer):
         tau: early-stop fraction of the log-odds evidence ``o(x) - o(r)`` (default 0.1).
         threshold: a stage's map is binarised at this value to form the removed region;
             ``None`` removes the soft map instead.
-        fusion: ``"sufficiency"``, ``"drop"``, ``"equal"`` or ``"learned"`` (see the module docstring).
+        fusion: ``"either"`` (default), ``"sufficiency"``, ``"drop"``, ``"equal"`` or ``"learned"``
+            (see the module docstring).
         fusion_steps: Adam steps of the learned fusion.
+        smooth: the fused map is smoothed with a Gaussian of standard deviation
+            ``smooth * max(S)`` voxels on every axis before it is normalised (default
+            1/32: 3 pixels on a 96 x 96 image); ``None`` or 0 keeps it as fused. A stage's
+            map holds a share of the image, often larger than the lesion, whose fine
+            auxiliary masks peak anywhere on it, at its rim too; smoothing moves the map's
+            peak to the region's centre of mass and gives each region one peak.
         reference, seed, amp: see :class:`~medhdm.explain.base.Explainer`.
     """
 
@@ -93,8 +133,9 @@ class HDM(Explainer):
         max_stages: int = 3,
         tau: float = 0.1,
         threshold: float | None = 0.3,
-        fusion: str = "sufficiency",
+        fusion: str = "either",
         fusion_steps: int = 30,
+        smooth: float | None = 1 / 32,
         reference: ReferenceSpec = "blur",
         seed: int = 0,
         amp: bool = False,
@@ -108,6 +149,8 @@ class HDM(Explainer):
             raise ValueError(f"threshold: expected None or a value in (0, 1), got {threshold!r}")
         if fusion not in _FUSIONS:
             raise ValueError(f"fusion: expected one of {_FUSIONS}, got {fusion!r}")
+        if smooth is not None and not 0 <= smooth < 1:
+            raise ValueError(f"smooth: expected None or a fraction of the image size in [0, 1), got {smooth!r}")
         self.benchmark_grids = tuple(benchmark_grids)
         self.auxiliary_grids = tuple(auxiliary_grids)
         # Defaults chosen by measurement on 2D lesion cases (benchmarks/README.md): with the
@@ -128,6 +171,7 @@ class HDM(Explainer):
         self.threshold = threshold
         self.fusion = fusion
         self.fusion_steps = int(fusion_steps)
+        self.smooth = smooth
 
     # -- one DM module ---------------------------------------------------------------
     def dynamic_mask(
@@ -170,6 +214,8 @@ class HDM(Explainer):
         active = torch.ones(b, dtype=torch.bool, device=dev)
         stages: list[StageRecord] = []
         contributions: list[torch.Tensor] = []
+        sufficiency: list[torch.Tensor] = []  # (B,) per stage: o(new region alone) - o(r), clamped at 0
+        drops: list[torch.Tensor] = []  # (B,) per stage: o(x_l) - o(x_{l+1}), clamped at 0
         masks: dict[str, torch.Tensor] = {}
         backward = 0
 
@@ -203,12 +249,8 @@ class HDM(Explainer):
                 out[idx] = values
                 return out
 
-            if self.fusion == "drop":
-                raw = (o_in[idx] - o_after).clamp_min(0)
-            elif self.fusion == "equal":
-                raw = torch.ones(n, device=dev)
-            else:  # sufficiency, also the starting point of the learned fusion
-                raw = (o_alone - o_r[idx]).clamp_min(0)
+            sufficiency.append(full((o_alone - o_r[idx]).clamp_min(0)))
+            drops.append(full((o_in[idx] - o_after).clamp_min(0)))
             stages.append(
                 StageRecord(
                     map=full(stage_map),
@@ -217,7 +259,7 @@ class HDM(Explainer):
                     score_after=full(p_probe[:n], float("nan")),
                     log_odds_before=full(o_in[idx], float("nan")),
                     log_odds_after=full(o_after, float("nan")),
-                    alpha=full(raw),
+                    alpha=torch.zeros(b, device=dev),  # set once every stage has run
                     active=active.clone(),
                 )
             )
@@ -232,10 +274,8 @@ class HDM(Explainer):
             active[idx] = still
 
         ran = torch.stack([s.active for s in stages], dim=1).float()  # (B, L)
-        raw = torch.stack([s.alpha for s in stages], dim=1) * ran
-        # An image whose stages all carried no measurable evidence weighs them equally.
-        raw = torch.where(raw.sum(1, keepdim=True) > 0, raw, ran)
-        alpha = raw / raw.sum(1, keepdim=True)
+        kind = "either" if self.fusion == "learned" else self.fusion
+        alpha = fusion_weights(kind, torch.stack(sufficiency, dim=1), torch.stack(drops, dim=1), ran)
         stacked = torch.stack(contributions, dim=1)[:, :, 0]  # (B, L, *S)
         if self.fusion == "learned" and len(stages) > 1:
             alpha, steps = self._learned_fusion(scorer, x, reference, class_idx, stacked, alpha, ran)
@@ -243,7 +283,10 @@ class HDM(Explainer):
         for level, stage in enumerate(stages):
             stage.alpha = alpha[:, level]
         weights = alpha.view(b, -1, *([1] * (x.ndim - 2)))
-        saliency = normalise((weights * stacked).sum(dim=1, keepdim=True))
+        fused = (weights * stacked).sum(dim=1, keepdim=True)
+        if self.smooth:
+            fused = gaussian_blur(fused, self.smooth * max(x.shape[2:]))
+        saliency = normalise(fused)
         return Explanation(
             saliency=saliency,
             class_idx=class_idx,

@@ -15,26 +15,23 @@ from collections.abc import Callable
 import torch
 from monai.networks.layers import gaussian_1d, separable_filtering
 
-__all__ = ["ReferenceSpec", "make_reference", "blur_reference", "composite"]
+__all__ = ["ReferenceSpec", "blur_reference", "composite", "gaussian_blur", "make_reference"]
 
 #: ``"blur"``, ``"min"``, ``"mean"``, a float (constant fill), a tensor broadcastable
 #: to ``x``, or a callable ``x -> r``.
 ReferenceSpec = str | float | torch.Tensor | Callable[[torch.Tensor], torch.Tensor]
 
 
-def blur_reference(x: torch.Tensor, sigma: float | tuple[float, ...] | None = None) -> torch.Tensor:
+def gaussian_blur(x: torch.Tensor, sigma: float | tuple[float, ...]) -> torch.Tensor:
     """Gaussian blur of ``x`` ``(B, C, *S)`` per channel, edges replicated.
 
     Args:
-        x: images ``(B, C, *S)``.
-        sigma: standard deviation in voxels, one value or one per spatial axis;
-            default ``max(S) / 20`` on every axis.
+        x: images or maps ``(B, C, *S)``.
+        sigma: standard deviation in voxels, one value or one per spatial axis.
     Returns:
-        the blurred images, shape and dtype of ``x``.
+        the blurred tensor, shape and dtype of ``x``.
     """
     spatial = x.shape[2:]
-    if sigma is None:
-        sigma = max(spatial) / 20.0
     sigmas = (float(sigma),) * len(spatial) if isinstance(sigma, (int, float)) else tuple(float(s) for s in sigma)
     if len(sigmas) != len(spatial) or any(s <= 0 for s in sigmas):
         raise ValueError(f"sigma: expected one positive value or {len(spatial)} positive values, got {sigma!r}")
@@ -49,6 +46,11 @@ def blur_reference(x: torch.Tensor, sigma: float | tuple[float, ...] | None = No
             k = k / k.sum()
         clipped.append(k)
     return separable_filtering(x, clipped, mode="replicate")
+
+
+def blur_reference(x: torch.Tensor, sigma: float | tuple[float, ...] | None = None) -> torch.Tensor:
+    """The blur reference: :func:`gaussian_blur` of ``x`` ``(B, C, *S)``, default sigma ``max(S) / 20`` voxels."""
+    return gaussian_blur(x, max(x.shape[2:]) / 20.0 if sigma is None else sigma)
 
 
 def make_reference(x: torch.Tensor, reference: ReferenceSpec = "blur") -> torch.Tensor:
