@@ -31,7 +31,7 @@ def hdm_variants(model) -> dict:
     The variants before 2026-11-26 ran with the sufficiency fusion and no smoothing of the
     fused map; they keep those settings here so that their rows reproduce.
     """
-    before = {"fusion": "sufficiency", "smooth": None}
+    before = {"fusion": "sufficiency", "smooth": None, "refine": None}
 
     def h(la=2.0, ld=0.0, tv=1.0, **kw):
         return HDM(model, benchmark_objective=MaskObjective(lambda_area=la, lambda_del=ld),
@@ -55,8 +55,8 @@ def hdm_variants(model) -> dict:
             **before),
         "HDM area 2 % (la 30, ld 1), sufficiency fusion, no smoothing: the defaults of 2026-11-26, earlier": HDM(
             model, **before),
-        "HDM defaults, sufficiency fusion": HDM(model, fusion="sufficiency"),
-        "HDM defaults, no smoothing": HDM(model, smooth=None),
+        "HDM masks only (refine None), sufficiency fusion": HDM(model, fusion="sufficiency", refine=None),
+        "HDM masks only (refine None), no smoothing": HDM(model, smooth=None, refine=None),
     }
 
 
@@ -71,6 +71,8 @@ def main() -> None:
     model = load_default_classifier()
     x, lesions, _ = held_out_cases(args.cases)
     methods = default_methods(model)
+    # HDM's fused masks alone, without the pixel refinement (the defaults until 2026-11-26)
+    methods = {"HDM": methods.pop("HDM"), "HDM masks only (refine None)": HDM(model, refine=None), **methods}
     if args.variants:
         methods.update(hdm_variants(model))
     start = time.perf_counter()
@@ -96,8 +98,9 @@ def main() -> None:
     print(head)
     print("| --- |" + " --- |" * 6)
     for name, e in table:
-        cells = [f"{e[k][0]:.2f} [{e[k][1]:.2f}, {e[k][2]:.2f}]" for k in
-                 ("pointing_game", "energy_in_lesion", "auroc", "lesion_hit_rate", "lesion_hit_rate_multi")]
+        digits = {"auroc": 3}
+        cells = [f"{e[k][0]:.{digits.get(k, 2)}f} [{e[k][1]:.{digits.get(k, 2)}f}, {e[k][2]:.{digits.get(k, 2)}f}]"
+                 for k in ("pointing_game", "energy_in_lesion", "auroc", "lesion_hit_rate", "lesion_hit_rate_multi")]
         print(f"| {name} | " + " | ".join(cells) + f" | {e['seconds_per_image']:.2f} |")
     print(f"\nwrote {RESULTS / 'quality_2d.json'} ({time.perf_counter() - start:.0f} s)")
 

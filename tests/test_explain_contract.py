@@ -103,7 +103,8 @@ def test_hdm_batch_with_different_stage_counts_equals_one_at_a_time():
 
 def test_hdm_uses_the_volume_objective_for_3d_inputs_only():
     bench2d, bench3d, aux = MaskObjective(steps=5), MaskObjective(steps=2), MaskObjective(steps=3)
-    for dims, shape, passes in ((2, (1, 1, 32, 32), 5 + 3), (3, (1, 1, 8, 16, 16), 2 + 3)):
+    # backward passes: benchmark + auxiliary steps + the pixel refinement's sensitivity pass
+    for dims, shape, passes in ((2, (1, 1, 32, 32), 5 + 3 + 1), (3, (1, 1, 8, 16, 16), 2 + 3 + 1)):
         hdm = HDM(tiny_densenet(dims), benchmark_objective=bench2d, volume_benchmark_objective=bench3d,
                   auxiliary_objective=aux, max_stages=1)
         assert hdm.explain(torch.rand(shape)).backward_passes == passes
@@ -113,7 +114,7 @@ def test_hdm_uses_the_volume_objective_for_3d_inputs_only():
     assert default.benchmark_objective.area == 0.02 and default.volume_benchmark_objective.area is None
     # make_explainer's steps reach every phase, the volume one included
     hdm3d = make_explainer("hdm", tiny_densenet(3), steps=4, max_stages=1)
-    assert hdm3d.explain(torch.rand(1, 1, 8, 16, 16)).backward_passes == 4 + 4
+    assert hdm3d.explain(torch.rand(1, 1, 8, 16, 16)).backward_passes == 4 + 4 + 1
 
 
 def test_seed_makes_random_methods_reproducible_and_leaves_global_rng():

@@ -13,7 +13,7 @@ from medhdm.explain.hdm import fusion_weights
 from medhdm.explain.masks import area_penalty, grid_shapes, normalise, optimise_masks
 from medhdm.explain.reference import gaussian_blur
 from medhdm.explain.scoring import ClassScorer
-from medhdm.metrics import energy_in_lesion, lesion_hit_rate, pointing_game
+from medhdm.metrics import auroc, energy_in_lesion, lesion_hit_rate, pointing_game
 
 BENCH = MaskObjective(steps=60, lambda_area=2.0, lambda_del=0.0)
 AUX = MaskObjective(steps=60, lambda_area=2.0, lambda_del=0.0, lambda_tv=1.0)
@@ -126,8 +126,8 @@ def test_gaussian_blur_matches_scipy():
 def test_hdm_smoothing_blurs_the_fused_map():
     x, labels = plant((32, 32), [(slice(8, 14), slice(18, 24))])
     model = BlobDetector(2).calibrate(x)
-    raw = small_hdm(model, smooth=None).explain(x)
-    smoothed = small_hdm(model, smooth=0.1).explain(x)
+    raw = small_hdm(model, smooth=None, refine=None).explain(x)
+    smoothed = small_hdm(model, smooth=0.1, refine=None).explain(x)
     # Same masks and stages (seeded); only the fused map differs: a Gaussian of 3.2 pixels.
     assert torch.equal(raw.stages[0].map, smoothed.stages[0].map)
     assert torch.allclose(smoothed.saliency, normalise(gaussian_blur(raw.saliency, 3.2)), atol=1e-5)
@@ -135,6 +135,66 @@ def test_hdm_smoothing_blurs_the_fused_map():
     assert pointing_game(smoothed.saliency[0], labels[0]) == 1.0
     with pytest.raises(ValueError, match="smooth: expected None or a fraction of the image size in"):
         HDM(model, smooth=2.0)
+
+
+def test_sensitivity_equals_its_hand_computed_value():
+    # A linear two-class model on a 2-channel 3x4 image: the log-odds of class 1 is
+    # (w1 - w0) . x + const, so its sensitivity is sum_channels (w1 - w0) * (x - r).
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(24, 2))
+    x, r = torch.rand(2, 2, 3, 4), torch.full((2, 2, 3, 4), 0.25)
+    scorer = ClassScorer(model)
+    w = model[1].weight.detach()
+    expected = ((w[1] - w[0]).view(2, 3, 4) * (x - r)).sum(1, keepdim=True)
+    odds = scorer.sensitivity(x, r, torch.tensor([1, 1]), measure="log_odds")
+    assert odds.shape == (2, 1, 3, 4) and torch.allclose(odds, expected, atol=1e-6)
+    # d log p1 / dx = (1 - p1) (w1 - w0): the same map scaled per image; class 0 flips the sign.
+    p1 = torch.softmax(model(x), 1)[:, 1].detach()
+    log_prob = scorer.sensitivity(x, r, torch.tensor([1, 0]), measure="log_prob")
+    assert torch.allclose(log_prob[0], (1 - p1[0]) * expected[0], atol=1e-6)
+    assert torch.allclose(log_prob[1], -p1[1] * expected[1], atol=1e-6)
+    with pytest.raises(ValueError, match="measure: expected 'log_prob' or 'log_odds', got 'prob'"):
+        scorer.sensitivity(x, r, torch.tensor([1, 1]), measure="prob")
+
+
+def test_hdm_pixel_refinement_orders_voxels_by_each_stage_sensitivity():
+    x, labels = plant((32, 32), [(slice(8, 14), slice(18, 24))])
+    model = BlobDetector(2).calibrate(x)
+    masks_only = small_hdm(model, refine=None).explain(x)
+    refined = small_hdm(model, refine=0.2).explain(x)
+    assert "fused" not in masks_only.masks and masks_only.stages[0].sensitivity is None
+    # The masks are untouched (seeded); the masks' map is kept under "fused".
+    assert torch.equal(masks_only.stages[0].map, refined.stages[0].map)
+    assert torch.allclose(refined.masks["fused"], masks_only.saliency)
+    # Stage 1's sensitivity: |d o / dx * (x - r)| of the input, smoothed like the map (sigma 1 px).
+    sensitivity = ClassScorer(model).sensitivity(x, torch.full_like(x, 0.1), torch.tensor([1]), measure="log_odds")
+    expected = normalise(gaussian_blur(sensitivity.abs(), 32 / 32))
+    assert torch.allclose(refined.stages[0].sensitivity, expected, atol=1e-5)
+    detail = torch.stack([s.sensitivity for s in refined.stages]).amax(0)
+    assert torch.allclose(refined.saliency, normalise((masks_only.saliency + 0.2) * detail), atol=1e-5)
+    assert refined.backward_passes == masks_only.backward_passes + len(refined.stages)
+    # The evidence is the box's bright voxels: the sensitivity sharpens the masks' map onto them.
+    assert pointing_game(refined.saliency[0], labels[0]) == 1.0
+    assert energy_in_lesion(refined.saliency[0], labels[0]) > energy_in_lesion(masks_only.saliency[0], labels[0]) + 0.1
+    assert auroc(refined.saliency[0], labels[0]) > max(0.999, auroc(masks_only.saliency[0], labels[0]))
+    for bad in (-0.1, True, float("nan"), "0.2"):
+        with pytest.raises(ValueError, match="refine: expected None or a floor >= 0"):
+            HDM(model, refine=bad)
+
+
+class _Thresholded(torch.nn.Module):
+    """A classifier with zero gradient everywhere: it counts voxels above 0.5."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        v = (x > 0.5).float().flatten(1).mean(1, keepdim=True) + 0 * x.flatten(1).sum(1, keepdim=True)
+        return torch.cat([torch.zeros_like(v), 100 * v - 1], dim=1)
+
+
+def test_hdm_without_gradient_keeps_the_masks_map():
+    x, _ = plant((32, 32), [(slice(8, 14), slice(18, 24))])
+    result = small_hdm(_Thresholded(), refine=0.2).explain(x)
+    assert float(result.stages[0].sensitivity.abs().max()) == 0
+    assert torch.equal(result.saliency, result.masks["fused"])
 
 
 def test_area_penalty_equals_its_hand_computed_value():

@@ -61,11 +61,7 @@ class GradientInput(Explainer):
             dims = tuple(range(1, x.ndim))
             span = (x.amax(dim=dims, keepdim=True) - x.amin(dim=dims, keepdim=True)).repeat_interleave(n, dim=0)
             xs = xs + torch.randn_like(xs) * self.noise_level * span
-        xs = xs.clone().requires_grad_(True)
-        with torch.enable_grad():
-            lp = scorer.log_prob(scorer.logits(xs), class_idx.repeat_interleave(n))
-            (grad,) = torch.autograd.grad(lp.sum(), xs)
-        attribution = (grad * (xs.detach() - reference.repeat_interleave(n, dim=0))).sum(1, keepdim=True)
+        attribution = scorer.sensitivity(xs, reference.repeat_interleave(n, dim=0), class_idx.repeat_interleave(n))
         attribution = attribution.view(b, n, *x.shape[2:]).mean(1, keepdim=True).abs()
         sigma = self.smooth_sigma if self.smooth_sigma is not None else max(x.shape[2:]) / 48
         if sigma > 0:

@@ -44,6 +44,9 @@ class StageRecord:
         log_odds_before, log_odds_after: the same in log-odds ``(B,)``.
         alpha: the stage's fusion weight ``(B,)``.
         active: whether the stage ran for each image ``(B,)``.
+        sensitivity: HDM's pixel refinement: the stage input's first-order sensitivity
+            ``|d o / d m|`` at a full-resolution mask ``m = 1``, smoothed and normalised,
+            ``(B, 1, *S)``; ``None`` when HDM runs without refinement.
     """
 
     map: torch.Tensor
@@ -54,6 +57,7 @@ class StageRecord:
     log_odds_after: torch.Tensor
     alpha: torch.Tensor
     active: torch.Tensor
+    sensitivity: torch.Tensor | None = None
 
 
 @dataclass
@@ -68,6 +72,7 @@ class Explanation:
         method: the explainer's name.
         stages: HDM's per-stage records (empty for single-stage methods).
         masks: per mask grid, its final mask ``(B, 1, *S)``; keys like ``"stage1/benchmark/6x6"``.
+            HDM with pixel refinement also keeps its fused mask map before refinement, ``"fused"``.
         forward_passes: model forward passes run for this call (each on a batch).
         backward_passes: backward passes run for this call.
         images_evaluated: images (composites) pushed through the model in total.

@@ -38,6 +38,20 @@ an optional Gaussian smoothing (``smooth``). The weights (:func:`fusion_weights`
   over a few deletion fractions), started from the ``"either"`` weights.
 
 All weights are normalised to sum to 1 over the stages that ran.
+
+**Pixel refinement** (``refine``, on by default; an addition of this package, not in
+the papers). The masks live on grids of at most ``S/2``; a stage's region holds a
+share of the image, often more than the lesion, and ranks its voxels by how the
+masks' rims happened to settle. Each stage also reads its input's first-order
+sensitivity, the derivative of the log-odds with respect to a full-resolution mask
+at ``m = 1``, ``g_l = |sum_channels d o(x_l) / dx * (x_l - r)|`` (one
+forward/backward pass per stage; on the stage's input, so a second lesion that a
+max-pooling classifier ignores while the first is present shows in stage 2's). The
+map is then ``norm((S + e) * max_l norm(G_sigma * g_l))``: the fused masks decide
+*where* the evidence is; within and around their regions the voxels are ordered by
+the sensitivity, and outside them (weight ``e``) too, instead of all tying at 0.
+The sensitivity alone is a poor map (its peak lands in a lesion in about a third of
+the cases measured); the product keeps HDM's regions' peaks.
 """
 
 from __future__ import annotations
@@ -110,12 +124,15 @@ class HDM(Explainer):
         fusion: ``"either"`` (default), ``"sufficiency"``, ``"drop"``, ``"equal"`` or ``"learned"``
             (see the module docstring).
         fusion_steps: Adam steps of the learned fusion.
+        refine: the floor ``e`` of the pixel refinement (see the module docstring;
+            default 0.2); ``None`` returns the fused masks alone.
         smooth: the fused map is smoothed with a Gaussian of standard deviation
             ``smooth * max(S)`` voxels on every axis before it is normalised (default
             1/32: 3 pixels on a 96 x 96 image); ``None`` or 0 keeps it as fused. A stage's
             map holds a share of the image, often larger than the lesion, whose fine
             auxiliary masks peak anywhere on it, at its rim too; smoothing moves the map's
-            peak to the region's centre of mass and gives each region one peak.
+            peak to the region's centre of mass and gives each region one peak. The pixel
+            refinement's sensitivity maps are smoothed with the same Gaussian.
         reference, seed, amp: see :class:`~medhdm.explain.base.Explainer`.
     """
 
@@ -135,6 +152,7 @@ class HDM(Explainer):
         threshold: float | None = 0.3,
         fusion: str = "either",
         fusion_steps: int = 30,
+        refine: float | None = 0.2,
         smooth: float | None = 1 / 32,
         reference: ReferenceSpec = "blur",
         seed: int = 0,
@@ -149,6 +167,8 @@ class HDM(Explainer):
             raise ValueError(f"threshold: expected None or a value in (0, 1), got {threshold!r}")
         if fusion not in _FUSIONS:
             raise ValueError(f"fusion: expected one of {_FUSIONS}, got {fusion!r}")
+        if refine is not None and (isinstance(refine, bool) or not isinstance(refine, (int, float)) or not refine >= 0):
+            raise ValueError(f"refine: expected None or a floor >= 0, got {refine!r}")
         if smooth is not None and not 0 <= smooth < 1:
             raise ValueError(f"smooth: expected None or a fraction of the image size in [0, 1), got {smooth!r}")
         self.benchmark_grids = tuple(benchmark_grids)
@@ -171,6 +191,7 @@ class HDM(Explainer):
         self.threshold = threshold
         self.fusion = fusion
         self.fusion_steps = int(fusion_steps)
+        self.refine = None if refine is None else float(refine)
         self.smooth = smooth
 
     # -- one DM module ---------------------------------------------------------------
@@ -218,12 +239,18 @@ class HDM(Explainer):
         drops: list[torch.Tensor] = []  # (B,) per stage: o(x_l) - o(x_{l+1}), clamped at 0
         masks: dict[str, torch.Tensor] = {}
         backward = 0
+        sigma = self.smooth * max(x.shape[2:]) if self.smooth else 0.0
 
         for level in range(1, self.max_stages + 1):
             idx = active.nonzero().flatten()
             if idx.numel() == 0:
                 break
             x_in = composite(x[idx], 1 - removed[idx], reference[idx])
+            sensitivity = None
+            if self.refine is not None:
+                sensitivity = scorer.sensitivity(x_in, reference[idx], class_idx[idx], measure="log_odds").abs()
+                sensitivity = normalise(gaussian_blur(sensitivity, sigma) if sigma else sensitivity)
+                backward += 1
             stage_map, stage_masks, steps = self.dynamic_mask(scorer, x_in, reference[idx], class_idx[idx])
             backward += steps
             contribution = stage_map * (1 - removed[idx])
@@ -261,6 +288,7 @@ class HDM(Explainer):
                     log_odds_after=full(o_after, float("nan")),
                     alpha=torch.zeros(b, device=dev),  # set once every stage has run
                     active=active.clone(),
+                    sensitivity=None if sensitivity is None else full(sensitivity),
                 )
             )
             contributions.append(full(contribution))
@@ -284,9 +312,16 @@ class HDM(Explainer):
             stage.alpha = alpha[:, level]
         weights = alpha.view(b, -1, *([1] * (x.ndim - 2)))
         fused = (weights * stacked).sum(dim=1, keepdim=True)
-        if self.smooth:
-            fused = gaussian_blur(fused, self.smooth * max(x.shape[2:]))
+        if sigma:
+            fused = gaussian_blur(fused, sigma)
         saliency = normalise(fused)
+        if self.refine is not None:
+            masks["fused"] = saliency
+            detail = torch.stack([stage.sensitivity for stage in stages], dim=0).amax(dim=0)
+            refined = normalise((saliency + self.refine) * detail)
+            # an image whose sensitivity is flat everywhere (zero gradient) keeps the masks' map
+            flat = detail.flatten(1).amax(1) == 0
+            saliency = torch.where(flat.view(b, *([1] * (x.ndim - 1))), saliency, refined)
         return Explanation(
             saliency=saliency,
             class_idx=class_idx,

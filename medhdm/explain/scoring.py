@@ -117,6 +117,26 @@ class ClassScorer:
             self.num_classes = 2 if k == 1 else k
         return out
 
+    def sensitivity(
+        self, x: torch.Tensor, reference: torch.Tensor, class_idx: torch.Tensor, measure: str = "log_prob"
+    ) -> torch.Tensor:
+        """Gradient x (input - reference), summed over channels, signed: ``(N, 1, *S)``.
+
+        For ``x`` ``(N, C, *S)``, ``reference`` of the same shape and targets ``(N,)``:
+        ``sum_channels d f(x) / dx * (x - r)`` with ``f`` the class's ``"log_prob"`` or
+        ``"log_odds"``. It is also the derivative of ``f(r + m * (x - r))`` with respect to
+        a full-resolution mask ``m`` at ``m = 1``: how much keeping each voxel's detail
+        supports the class. One forward/backward pass.
+        """
+        if measure not in ("log_prob", "log_odds"):
+            raise ValueError(f"measure: expected 'log_prob' or 'log_odds', got {measure!r}")
+        read = self.log_prob if measure == "log_prob" else self.log_odds
+        xs = x.detach().clone().requires_grad_(True)
+        with torch.enable_grad():
+            value = read(self.logits(xs), class_idx)
+            (grad,) = torch.autograd.grad(value.sum(), xs)
+        return (grad * (xs.detach() - reference)).sum(1, keepdim=True)
+
     @staticmethod
     def log_prob(logits: torch.Tensor, class_idx: torch.Tensor) -> torch.Tensor:
         """``log p_c``, shape ``(N,)``, for logits ``(N, K)`` and targets ``(N,)``."""
