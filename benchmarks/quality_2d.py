@@ -100,8 +100,8 @@ def main() -> None:
     print(f"\n{args.cases} 96x96 cases (seed {args.seed}, 1-3 lesions), shipped DenseNet, mean [95% bootstrap CI]\n")
     print(head)
     print("| --- |" + " --- |" * 6)
+    digits = {"auroc": 3}  # AUROCs differ in the third digit
     for name, e in table:
-        digits = {"auroc": 3}
         cells = [f"{e[k][0]:.{digits.get(k, 2)}f} [{e[k][1]:.{digits.get(k, 2)}f}, {e[k][2]:.{digits.get(k, 2)}f}]"
                  for k in ("pointing_game", "energy_in_lesion", "auroc", "lesion_hit_rate", "lesion_hit_rate_multi")]
         print(f"| {name} | " + " | ".join(cells) + f" | {e['seconds_per_image']:.2f} |")
