@@ -12,7 +12,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from medhdm import HDM, MDM, RISE, GradCAM, GradCAMpp, GradientInput, NeuroMask, Occlusion  # noqa: E402
-from medhdm._io import atomic_write  # noqa: E402
+from medhdm.io.atomic import atomic_write  # noqa: E402
 from medhdm.data import make_case  # noqa: E402
 from medhdm.evaluation import bootstrap_ci  # noqa: E402,F401  (re-exported for the scripts)
 from medhdm.training import stack_cases  # noqa: E402

@@ -121,10 +121,11 @@ def _explain(args: argparse.Namespace) -> None:
     import nibabel as nib
     import numpy as np
 
-    from ._io import atomic_write
+    from .io.atomic import atomic_write
     from .io.nifti import nifti_image
     from .methods import make_explainer
-    from .pipeline import explain_image, unique_case_ids
+    from .io.cases import unique_case_ids
+    from .pipeline import explain_image
 
     images = [Path(p) for p in args.image or []]
     for path in images:

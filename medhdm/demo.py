@@ -19,12 +19,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 
 from .baselines import RISE, GradCAM, GradientInput, Occlusion
 from .data.bench_files import LESIONBENCH_INTENSITY_RANGE, write_lesionbench
 from .evaluation import aggregate
 from .explain import HDM, MDM, NeuroMask
+from .io.axes import monai_to_dicom_volume
 from .io.manifest import load_manifest
 from .methods import make_explainer
 from .models import DEFAULT_3D, load_default_classifier
@@ -98,8 +98,8 @@ def run_demo(out_dir: Path, n_cases: int = 6, n_cases_3d: int = 2, log: Callable
         from .export import export
 
         entry, saliency, lesion = first_case
-        written = export(entry["image"], np.transpose(saliency)[None], out_dir / "export_dicom", ["sc", "png"],
-                         method="HDM", class_label=1, lesion_mask=np.transpose(lesion > 0)[None])
+        written = export(entry["image"], monai_to_dicom_volume(saliency), out_dir / "export_dicom", ["sc", "png"],
+                         method="HDM", class_label=1, lesion_mask=monai_to_dicom_volume(lesion > 0))
         lines += ["", f"DICOM Secondary Capture of HDM's map for {entry['id']}, in its study: {written['sc'][0]}"]
     for line in lines:
         log(line)

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ._io import atomic_write
+from .io.atomic import atomic_write
 from .data.lesions import make_dataset
 from .training import accuracy_and_auc, lesion_classifier, train_classifier
 

@@ -41,10 +41,11 @@ from monai.transforms import (
 from torch import nn
 
 from .explain.base import Explainer
+from .io.axes import monai_to_dicom_volume, reversed_spatial_indices
 from .io.dicom import DicomSource, read_dicom
 from .io.reader import DicomSeriesReader, is_dicom_path
 
-__all__ = ["ExplainedImage", "InputSpec", "case_id", "classifier_transforms", "explain_image", "load_image"]
+__all__ = ["ExplainedImage", "InputSpec", "classifier_transforms", "explain_image", "load_image"]
 
 
 @dataclass(frozen=True)
@@ -112,34 +113,7 @@ class ExplainedImage:
 
     def saliency_in_dicom_order(self) -> np.ndarray:
         """The map as ``(D, H, W)`` in the DICOM source's slice order (for :mod:`medhdm.export`)."""
-        arr = self.saliency if self.saliency.ndim == 3 else self.saliency[..., None]
-        return np.transpose(arr, (2, 1, 0))
-
-
-def case_id(path: str | os.PathLike) -> str:
-    """A name for outputs: the folder or file name without ``.nii.gz``/``.nii``/``.dcm``."""
-    name = Path(path).name
-    for suffix in (".nii.gz", ".nii", ".dcm"):
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return name
-
-
-def unique_case_ids(paths: list[str | os.PathLike]) -> list[str]:
-    """:func:`case_id` of each path, prefixed by parent folder names where names repeat.
-
-    ``[a/case1/image.dcm, a/case2/image.dcm]`` -> ``["case1_image", "case2_image"]``.
-    """
-    paths = [Path(p).resolve() for p in paths]
-    depth = 0
-    while True:
-        ids = ["_".join([*(p.parts[-1 - depth:-1] if depth else ()), case_id(p)]) for p in paths]
-        if len(set(ids)) == len(ids) or depth >= max(len(p.parts) for p in paths):
-            break
-        depth += 1
-    if len(set(ids)) != len(ids):
-        raise ValueError("the same image is given twice: " + ", ".join(sorted({i for i in ids if ids.count(i) > 1})))
-    return ids
+        return monai_to_dicom_volume(self.saliency)
 
 
 def load_image(path: str | os.PathLike) -> MetaTensor:
@@ -164,7 +138,7 @@ def classifier_transforms(spatial_dims: int, spec: InputSpec, keys: str | list[s
     if spatial_dims != len(spec.spatial_size):
         raise ValueError(f"image: a {spatial_dims}D image for a classifier of input size {spec.spatial_size}")
     if spec.layout == "dicom":
-        layout = [Transposed(keys, indices=(0, *range(spatial_dims, 0, -1)))]
+        layout = [Transposed(keys, indices=reversed_spatial_indices(spatial_dims))]
     else:
         layout = [Orientationd(keys, axcodes=spec.axcodes[:spatial_dims])]
     if spec.intensity_range is not None:

@@ -26,9 +26,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ._io import atomic_write
+from .io.atomic import atomic_write
 from .evaluation import aggregate, paired_comparison
 from .io.annotations import ImageGrid, load_annotation
+from .io.axes import monai_to_dicom
 from .metrics.faithfulness import deletion_curve
 from .metrics.localisation import LOCALISATION_KEYS, score
 
@@ -116,14 +117,15 @@ def _png(fig) -> bytes:
 def _display_slice(image: np.ndarray, lesion: np.ndarray, maps: dict) -> tuple[np.ndarray, np.ndarray, dict]:
     """2D: the arrays as (rows, columns); 3D: the slice with the most lesion (or the first map's maximum)."""
     if image.ndim == 2:
-        return image.T, lesion.T, {k: v.T for k, v in maps.items()}
+        return monai_to_dicom(image), monai_to_dicom(lesion), {k: monai_to_dicom(v) for k, v in maps.items()}
     area = (lesion > 0).sum(axis=(0, 1))
     if area.max() > 0:
         k = int(area.argmax())
     else:
         first = next(iter(maps.values()))
         k = int(np.unravel_index(first.argmax(), first.shape)[2])
-    return image[..., k].T, lesion[..., k].T, {name: v[..., k].T for name, v in maps.items()}
+    return (monai_to_dicom(image[..., k]), monai_to_dicom(lesion[..., k]),
+            {name: monai_to_dicom(v[..., k]) for name, v in maps.items()})
 
 
 def _overlay_grid(figures: dict, methods: Sequence[str]) -> bytes:

@@ -92,7 +92,7 @@ def test_cli_bad_input_is_one_line(capsys):
 
 
 def test_atomic_write_leaves_nothing_on_failure(tmp_path):
-    from medhdm._io import atomic_write
+    from medhdm.io.atomic import atomic_write
 
     target = tmp_path / "out.bin"
     atomic_write(target, b"first")

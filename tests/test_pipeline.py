@@ -176,7 +176,7 @@ def test_series_read_directly_matches_the_loader(tmp_path):
 
 
 def test_case_ids_are_unique_and_readable(tmp_path):
-    from medhdm.pipeline import unique_case_ids
+    from medhdm.io.cases import unique_case_ids
 
     assert unique_case_ids(["a/ct1.dcm", "b/ct2.nii.gz"]) == ["ct1", "ct2"]
     assert unique_case_ids(["x/case1/image.dcm", "x/case2/image.nii.gz"]) == ["case1_image", "case2_image"]

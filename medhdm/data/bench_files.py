@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .._io import atomic_write
+from ..io.atomic import atomic_write
 from .lesions import make_dataset
 
 __all__ = ["LESIONBENCH_INTENSITY_RANGE", "write_lesionbench"]
@@ -73,15 +73,8 @@ def write_lesionbench(
     Returns:
         the path of the manifest.
     """
-    import highdicom as hd
-    import nibabel as nib
     import pydicom
     from pydicom.data import get_testdata_file
-    from pydicom.uid import generate_uid
-
-    from ..io.dicom import read_dicom
-    from ..io.nifti import nifti_image
-    from .dicom_series import write_series
 
     if spatial_dims not in (2, 3):
         raise ValueError(f"spatial_dims: expected 2 or 3, got {spatial_dims}")
@@ -97,66 +90,7 @@ def write_lesionbench(
     template = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
     cases = make_dataset(seed, n_cases, size) if lesion_weights is None else \
         make_dataset(seed, n_cases, size, weights=lesion_weights)
-    entries = []
-    for i, case in enumerate(cases):
-        name = f"case{i:03d}"
-        folder = out / name
-        folder.mkdir(exist_ok=True)
-        uid_seed = f"lesionbench-{spatial_dims}d-{seed}-{i}"
-        image = case.image[0] if spatial_dims == 3 else case.image[0][None]  # (D, H, W)
-        labels = case.lesions[0] if spatial_dims == 3 else case.lesions[0][None]
-        overrides = {
-            "PatientID": f"LB{spatial_dims}D-{seed}-{i:03d}",
-            "PatientName": f"LesionBench^Case{i:03d}",
-            "StudyInstanceUID": generate_uid(entropy_srcs=[uid_seed, "study"]),
-            "FrameOfReferenceUID": generate_uid(entropy_srcs=[uid_seed, "frame"]),
-            "StudyID": name,
-            "AccessionNumber": "",
-            # The whole stored range (v from about -0.1 to 1.6) in view.
-            "WindowCenter": "-250",
-            "WindowWidth": "1700",
-        }
-        spacing = _FIELD_OF_VIEW_MM / size[-1]
-        hu = np.round(1000.0 * image - 1000.0)
-        target = folder / "image" if spatial_dims == 3 else folder / ".image_tmp"
-        write_series(template, hu, target, slice_spacing=3.0 if spatial_dims == 3 else 1.0, file_order_seed=i,
-                     series_description=f"LesionBench {spatial_dims}D {name}", pixel_spacing=(spacing, spacing),
-                     uid_seed=uid_seed, overrides=overrides)
-        if spatial_dims == 2:
-            (target / "IM0000.dcm").replace(folder / "image.dcm")
-            target.rmdir()
-            image_path = folder / "image.dcm"
-        else:
-            image_path = target
-        source = read_dicom(image_path)
-        monai_order = np.transpose(labels, (2, 1, 0))  # (W, H, D)
-        pixels_monai = np.transpose(source.pixels, (2, 1, 0))
-        if spatial_dims == 2:
-            monai_order, pixels_monai = monai_order[..., :1], pixels_monai[..., :1]
-        image_nii = nifti_image(pixels_monai.astype(np.int16), source.affine_ras)
-        nifti_lesion = nifti_image(monai_order.astype(np.uint8), source.affine_ras)
-        atomic_write(folder / "image.nii.gz", lambda p, img=image_nii: nib.save(img, p))
-        atomic_write(folder / "lesion.nii.gz", lambda p, img=nifti_lesion: nib.save(img, p))
-        entry = {"id": name, "image": str(image_path.resolve().relative_to(base)),
-                 "lesion": str((folder / "lesion.nii.gz").resolve().relative_to(base)), "label": int(case.label)}
-        if case.n_lesions > 0:
-            seg = hd.seg.Segmentation(
-                source_images=source.datasets,
-                pixel_array=labels > 0,
-                segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-                segment_descriptions=[_segment_description()],
-                series_instance_uid=generate_uid(entropy_srcs=[uid_seed, "seg-series"]),
-                series_number=300,
-                sop_instance_uid=generate_uid(entropy_srcs=[uid_seed, "seg"]),
-                instance_number=1,
-                manufacturer="medhdm",
-                manufacturer_model_name="LesionBench",
-                software_versions="medhdm",
-                device_serial_number="none",
-                omit_empty_frames=False,
-            )
-            atomic_write(folder / "lesion_seg.dcm", lambda p, seg=seg: seg.save_as(p))
-        entries.append(entry)
+    entries = [_write_case(case, i, out, base, template, spatial_dims, seed) for i, case in enumerate(cases)]
     manifest = {
         "name": f"lesionbench{spatial_dims}d",
         "description": (f"LesionBench {spatial_dims}D: {n_cases} synthetic lesion cases on real CT/MR anatomy "
@@ -168,3 +102,73 @@ def write_lesionbench(
     }
     atomic_write(manifest_file, (json.dumps(manifest, indent=2) + "\n").encode())
     return manifest_file
+
+
+def _write_case(case, i: int, out: Path, base: Path, template, spatial_dims: int, seed: int) -> dict:
+    """Write one case (DICOM image or series, NIfTI image and lesion, SEG) into ``out/case<i>``; its manifest entry."""
+    from pydicom.uid import generate_uid
+
+    from ..io.axes import dicom_to_monai
+    from ..io.dicom import read_dicom
+    from ..io.nifti import write_nifti
+    from .dicom_series import write_series
+
+    name = f"case{i:03d}"
+    folder = out / name
+    folder.mkdir(exist_ok=True)
+    uid_seed = f"lesionbench-{spatial_dims}d-{seed}-{i}"
+    image = case.image[0] if spatial_dims == 3 else case.image[0][None]  # (D, H, W)
+    labels = case.lesions[0] if spatial_dims == 3 else case.lesions[0][None]
+    overrides = {
+        "PatientID": f"LB{spatial_dims}D-{seed}-{i:03d}",
+        "PatientName": f"LesionBench^Case{i:03d}",
+        "StudyInstanceUID": generate_uid(entropy_srcs=[uid_seed, "study"]),
+        "FrameOfReferenceUID": generate_uid(entropy_srcs=[uid_seed, "frame"]),
+        "StudyID": name,
+        "AccessionNumber": "",
+        # The whole stored range (v from about -0.1 to 1.6) in view.
+        "WindowCenter": "-250",
+        "WindowWidth": "1700",
+    }
+    spacing = _FIELD_OF_VIEW_MM / image.shape[-1]
+    hu = np.round(1000.0 * image - 1000.0)
+    target = folder / "image" if spatial_dims == 3 else folder / ".image_tmp"
+    write_series(template, hu, target, slice_spacing=3.0 if spatial_dims == 3 else 1.0, file_order_seed=i,
+                 series_description=f"LesionBench {spatial_dims}D {name}", pixel_spacing=(spacing, spacing),
+                 uid_seed=uid_seed, overrides=overrides)
+    if spatial_dims == 2:
+        (target / "IM0000.dcm").replace(folder / "image.dcm")
+        target.rmdir()
+        image_path = folder / "image.dcm"
+    else:
+        image_path = target
+    source = read_dicom(image_path)
+    write_nifti(folder / "image.nii.gz", dicom_to_monai(source.pixels).astype(np.int16), source.affine_ras)
+    write_nifti(folder / "lesion.nii.gz", dicom_to_monai(labels).astype(np.uint8), source.affine_ras)
+    if case.n_lesions > 0:
+        _write_seg(source, labels, uid_seed, folder / "lesion_seg.dcm")
+    return {"id": name, "image": str(image_path.resolve().relative_to(base)),
+            "lesion": str((folder / "lesion.nii.gz").resolve().relative_to(base)), "label": int(case.label)}
+
+
+def _write_seg(source, labels: np.ndarray, uid_seed: str, path: Path) -> None:
+    """A binary DICOM SEG of ``labels > 0`` ``(D, H, W)`` on the source images, with UIDs from ``uid_seed``."""
+    import highdicom as hd
+    from pydicom.uid import generate_uid
+
+    seg = hd.seg.Segmentation(
+        source_images=source.datasets,
+        pixel_array=labels > 0,
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=[_segment_description()],
+        series_instance_uid=generate_uid(entropy_srcs=[uid_seed, "seg-series"]),
+        series_number=300,
+        sop_instance_uid=generate_uid(entropy_srcs=[uid_seed, "seg"]),
+        instance_number=1,
+        manufacturer="medhdm",
+        manufacturer_model_name="LesionBench",
+        software_versions="medhdm",
+        device_serial_number="none",
+        omit_empty_frames=False,
+    )
+    atomic_write(path, lambda p: seg.save_as(p))

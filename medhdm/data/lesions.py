@@ -25,6 +25,8 @@ from functools import lru_cache
 import numpy as np
 from scipy import ndimage
 
+from ..io.axes import monai_to_dicom
+
 __all__ = ["LesionCase", "anatomy", "make_case", "make_dataset"]
 
 
@@ -69,7 +71,7 @@ def _raw_anatomy(spatial_dims: int) -> tuple[np.ndarray, ...]:
         data = np.asarray(nibabel.load(os.path.join(folder, name)).dataobj, dtype=np.float32)
         if data.ndim == 4:
             data = data[..., 0]
-        vols.append(_window(np.transpose(data, (2, 1, 0))))  # (D, H, W)
+        vols.append(_window(monai_to_dicom(data)))  # (D, H, W)
     return tuple(vols)
 
 

@@ -19,7 +19,8 @@ import numpy as np
 from pydicom.dataset import Dataset
 
 from ..io.dicom import DicomSource, read_dicom
-from ..io.nifti import nifti_image
+from ..io.axes import dicom_to_monai
+from ..io.nifti import nifti_writer
 from .deidentify import deidentify as _deidentify
 from .dicom import (
     DerivationInfo,
@@ -95,11 +96,7 @@ def _dicom_writer(ds: Dataset):
 
 
 def _nifti_writer(source: DicomSource, saliency: np.ndarray):
-    import nibabel as nib
-
-    data = np.ascontiguousarray(np.transpose(saliency.astype(np.float32), (2, 1, 0)))  # (column, row, slice)
-    image = nifti_image(data, source.affine_ras)
-    return lambda path: nib.save(image, path)
+    return nifti_writer(dicom_to_monai(saliency.astype(np.float32)), source.affine_ras)
 
 
 def _png_writer(rgb: np.ndarray):

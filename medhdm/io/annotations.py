@@ -28,6 +28,7 @@ import numpy as np
 import pydicom
 from scipy import ndimage
 
+from .axes import dicom_to_monai
 from .dicom import LPS_TO_RAS, DicomSource
 
 __all__ = ["ImageGrid", "load_annotation"]
@@ -117,7 +118,7 @@ def _check_frame_of_reference(path: Path, uid: str | None, grid: ImageGrid) -> N
 
 def _dicom_order_to_grid(stack: np.ndarray, grid: ImageGrid) -> np.ndarray:
     """``(N, rows, cols)`` per slice -> MONAI order ``(cols, rows[, N])``."""
-    out = np.transpose(stack, (2, 1, 0))
+    out = dicom_to_monai(stack)
     return out[..., 0] if len(grid.shape) == 2 else out
 
 

@@ -28,6 +28,8 @@ from pathlib import Path
 
 from monai.data import load_decathlon_datalist
 
+from .cases import case_id
+
 __all__ = ["ENTRY_KEYS", "TOP_LEVEL_KEYS", "ManifestError", "load_manifest", "validate_manifest"]
 
 ENTRY_KEYS = {"id", "image", "lesion", "label", "class_idx"}
@@ -114,7 +116,6 @@ def load_manifest(path: str | os.PathLike, data_list_key: str = "testing") -> li
         raise ManifestError(path, problems)
     entries = load_decathlon_datalist(path, is_segmentation=False, data_list_key=data_list_key)
     raw = json.loads(path.read_text())[data_list_key]
-    from ..pipeline import case_id
 
     for entry, original in zip(entries, raw):
         # MONAI turns any value naming an existing path into one (an id "case000" next to a

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .axes import monai_to_dicom
 from .dicom import DicomSource
 
 __all__ = ["load_map"]
@@ -54,5 +55,5 @@ def load_map(path: str | os.PathLike, source: DicomSource) -> np.ndarray:
             raise ValueError(f"{path}: NIfTI affine differs from the source's by up to "
                              f"{np.abs(image.affine - source.affine_ras).max():.3g} mm; resample the map onto the "
                              "source grid first")
-        return np.transpose(data, (2, 1, 0))
+        return monai_to_dicom(data)
     raise ValueError(f"{path}: unknown map format; expected .npy, .nii or .nii.gz")

@@ -24,6 +24,7 @@ import numpy as np
 from monai.data import ImageReader
 from monai.utils import MetaKeys, SpaceKeys
 
+from .axes import dicom_to_monai
 from .dicom import DicomSource, first_number, read_dicom
 
 __all__ = ["DicomSeriesReader", "dicom_meta", "is_dicom_path"]
@@ -83,7 +84,7 @@ class DicomSeriesReader(ImageReader):
         return read_dicom(data)
 
     def get_data(self, img: DicomSource) -> tuple[np.ndarray, dict]:
-        array = np.transpose(img.pixels, (2, 1, 0))  # (columns, rows, slices)
+        array = dicom_to_monai(img.pixels)  # (columns, rows, slices)
         if not img.is_series:
             array = array[..., 0]
         meta = dicom_meta(img)
