@@ -15,7 +15,7 @@ from medhdm import HDM, MDM, RISE, GradCAM, GradCAMpp, GradientInput, NeuroMask,
 from medhdm.io.atomic import atomic_write  # noqa: E402
 from medhdm.data import make_case  # noqa: E402
 from medhdm.evaluation import bootstrap_ci  # noqa: E402,F401  (re-exported for the scripts)
-from medhdm.training import stack_cases  # noqa: E402
+from medhdm.data import stack_cases  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 BENCH_SEED = 4242  # disjoint from the training (1000) and held-out (2000) seeds of the shipped model

@@ -23,11 +23,10 @@ from common import RESULTS, write_json
 
 from medhdm import HDM, MDM, RISE, GradCAM, GradientInput, NeuroMask, Occlusion
 from medhdm.data.bench_files import LESIONBENCH_INTENSITY_RANGE, write_lesionbench
-from medhdm.evaluation import aggregate
+from medhdm.evaluation import evaluate_manifest, format_table, summarise
 from medhdm.io.manifest import load_manifest
 from medhdm.models import DEFAULT_2D, DEFAULT_3D, load_default_classifier
 from medhdm.pipeline import InputSpec
-from medhdm.report import evaluate_manifest
 
 METRICS = ("pointing_game", "energy_in_lesion", "auroc", "auprc", "lesion_hit_rate", "deletion_auc", "insertion_auc",
            "seconds")
@@ -68,20 +67,10 @@ def main() -> None:
         for entry in entries:
             entry["class_idx"] = 1
         rows, _ = evaluate_manifest(entries, methods, spec, log=None)
-    summary = aggregate(rows, METRICS)
-    table = {}
-    for s in summary:
-        table.setdefault(s["method"], {})[s["metric"]] = (s["mean"], s["ci_low"], s["ci_high"])
+    summary = summarise(rows, METRICS)
     print(f"{args.cases} LesionBench {args.dims}D cases (seed {args.seed}, 1-3 lesions), model {model.medhdm_card['name']}, "
           f"{time.perf_counter() - start:.0f} s")
-    print("| method | " + " | ".join(METRICS) + " |")
-    print("| --- |" + " --- |" * len(METRICS))
-    for method, values in table.items():
-        cells = []
-        for metric in METRICS:
-            mean, lo, hi = values[metric]
-            cells.append(f"{mean:.2f}" if metric == "seconds" else f"{mean:.2f} [{lo:.2f}, {hi:.2f}]")
-        print(f"| {method} | " + " | ".join(cells) + " |")
+    print(format_table(summary, METRICS, ci=[m for m in METRICS if m != "seconds"], digits=2))
     suffix = "" if not args.methods else "_" + args.methods.replace(",", "_")
     write_json(RESULTS / f"quality_files_{args.dims}d{suffix}.json", {"cases": args.cases, "seed": args.seed,
                                                               "summary": summary, "rows": rows})

@@ -69,7 +69,7 @@ def _bench_data(args: argparse.Namespace) -> None:
 
 def _model_and_spec(args: argparse.Namespace):
     """The classifier and its input spec from the shared model options."""
-    from .methods import load_model
+    from .models import load_model
     from .pipeline import InputSpec
 
     model = load_model(args.model, weights=args.weights, model_args=_parse_json(args.model_args, "--model-args"),
@@ -88,97 +88,50 @@ def _model_and_spec(args: argparse.Namespace):
 
 
 def _evaluate(args: argparse.Namespace) -> None:
+    from .evaluation import evaluate_manifest, format_table, summarise
+    from .explain.registry import is_mask_method, make_explainer
     from .io.manifest import load_manifest
-    from .methods import make_explainer
-    from .report import evaluate_manifest, write_report
+    from .report import write_report
 
     entries = load_manifest(args.manifest)
     names = [m.strip() for m in args.methods.split(",") if m.strip()]
     if not names:
         raise ValueError("--methods: give at least one method")
     model, spec = _model_and_spec(args)
-    methods = {}
-    for name in names:
-        steps = args.steps if name.lower() in ("hdm", "mdm", "neuromask") else None
-        methods[name] = make_explainer(name, model, steps=steps)
+    methods = {name: make_explainer(name, model, steps=args.steps if is_mask_method(name) else None)
+               for name in names}
     rows, figures = evaluate_manifest(entries, methods, spec, faithfulness=not args.no_faithfulness)
     path = write_report(rows, figures, args.out, title=f"medhdm evaluation: {Path(args.manifest).name}")
-    from .evaluation import aggregate
-
-    print(f"{'method':<14}" + "".join(f"{k:>16}" for k in ("pointing_game", "auroc", "lesion_hit_rate")))
-    summary = {(s["method"], s["metric"]): s["mean"] for s in aggregate(rows, ["pointing_game", "auroc",
-                                                                                "lesion_hit_rate"])}
-    for name in methods:
-        print(f"{name:<14}" + "".join(f"{summary[(name, k)]:>16.3f}" for k in ("pointing_game", "auroc",
-                                                                              "lesion_hit_rate")))
+    print(format_table(summarise(rows, ["pointing_game", "auroc", "lesion_hit_rate"])))
     print(f"report: {path}")
 
 
 def _explain(args: argparse.Namespace) -> None:
-    import csv
-    import time
-
-    import nibabel as nib
-    import numpy as np
-
-    from .io.atomic import atomic_write
-    from .io.nifti import nifti_image
-    from .methods import make_explainer
+    from .explain.registry import make_explainer
     from .io.cases import unique_case_ids
-    from .pipeline import explain_image
+    from .study import StudyCase, explain_studies
 
     images = [Path(p) for p in args.image or []]
     for path in images:
         if not path.exists():
             raise FileNotFoundError(f"--image: {path}: no such file or folder")
     ids = unique_case_ids(images) if images else []  # manifest images were checked by load_manifest
-    targets: list[int | None] = [args.class_idx] * len(images)
+    cases = [StudyCase(path, name, args.class_idx) for path, name in zip(images, ids)]
     if args.manifest:
         from .io.manifest import load_manifest
 
-        for entry in load_manifest(args.manifest):
-            images.append(Path(entry["image"]))
-            ids.append(entry["id"])
-            targets.append(entry.get("class_idx", args.class_idx))
-    if not images:
+        cases += [StudyCase(Path(e["image"]), e["id"], e.get("class_idx", args.class_idx))
+                  for e in load_manifest(args.manifest)]
+    if not cases:
         raise ValueError("give --image (one or more) or --manifest")
+    ids = [c.case for c in cases]
     if len(set(ids)) != len(ids):
         raise ValueError("two images would give the same case name: " + ", ".join(sorted({i for i in ids if ids.count(i) > 1})))
     formats = [f.strip() for f in (args.export or "").split(",") if f.strip()]
     model, spec = _model_and_spec(args)
     explainer = make_explainer(args.method, model, steps=args.steps, **_parse_json(args.method_args, "--method-args"))
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for i, (path, name, target) in enumerate(zip(images, ids, targets), start=1):
-        start = time.perf_counter()
-        result = explain_image(path, explainer, spec, class_idx=target, keep_dicom=bool(formats))
-        array = result.saliency if result.saliency.ndim == 3 else result.saliency[..., None]
-        image = nifti_image(array.astype(np.float32), result.affine)
-        map_path = out / f"{name}_saliency.nii.gz"
-        atomic_write(map_path, lambda tmp, image=image: nib.save(image, tmp))
-        exported = ""
-        if formats:
-            if result.dicom is None:
-                raise ValueError(f"--export: {path} is not DICOM; DICOM export needs a DICOM source")
-            from .export import export
-
-            export(result.dicom, result.saliency_in_dicom_order(), out / f"{name}_dicom", formats,
-                   method=args.method, class_label=result.class_idx)
-            exported = str(out / f"{name}_dicom")
-        rows.append({"case": name, "image": str(path), "class_idx": result.class_idx, "score": f"{result.score:.4f}",
-                     "map": str(map_path), "export": exported})
-        print(f"[{i}/{len(images)}] {name}: class {result.class_idx} (p={result.score:.3f}), "
-              f"{time.perf_counter() - start:.1f} s -> {map_path}", flush=True)
-
-    def write_csv(tmp: str) -> None:
-        with open(tmp, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
-
-    atomic_write(out / "explanations.csv", write_csv)
-    print(f"maps and explanations.csv in {out}")
+    explain_studies(cases, explainer, spec, args.out, formats, method=args.method, log=lambda s: print(s, flush=True))
+    print(f"maps and explanations.csv in {Path(args.out)}")
 
 
 def _add_model_options(parser: argparse.ArgumentParser) -> None:

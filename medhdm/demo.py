@@ -20,16 +20,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 
-from .baselines import RISE, GradCAM, GradientInput, Occlusion
 from .data.bench_files import LESIONBENCH_INTENSITY_RANGE, write_lesionbench
-from .evaluation import aggregate
-from .explain import HDM, MDM, NeuroMask
+from .evaluation import evaluate_manifest, format_table, summarise
+from .explain import HDM, MDM, RISE, GradCAM, GradientInput, NeuroMask, Occlusion, make_explainer
 from .io.axes import monai_to_dicom_volume
 from .io.manifest import load_manifest
-from .methods import make_explainer
 from .models import DEFAULT_3D, load_default_classifier
 from .pipeline import InputSpec
-from .report import evaluate_manifest, write_report
+from .report import write_report
 
 __all__ = ["run_demo"]
 
@@ -38,14 +36,8 @@ _TABLE_METRICS = ("pointing_game", "energy_in_lesion", "auroc", "lesion_hit_rate
 
 
 def _table(rows: list[dict], title: str) -> list[str]:
-    summary = {(s["method"], s["metric"]): s["mean"] for s in aggregate(rows, [*_TABLE_METRICS, "seconds"])}
-    methods = list(dict.fromkeys(r["method"] for r in rows))
-    lines = [title, "| method | " + " | ".join(_TABLE_METRICS) + " | seconds |",
-             "| --- |" + " --- |" * (len(_TABLE_METRICS) + 1)]
-    for m in methods:
-        cells = [f"{summary[(m, k)]:.3f}" for k in _TABLE_METRICS] + [f"{summary[(m, 'seconds')]:.2f}"]
-        lines.append(f"| {m} | " + " | ".join(cells) + " |")
-    return lines
+    metrics = [*_TABLE_METRICS, "seconds"]
+    return [title, format_table(summarise(rows, metrics), metrics, digits={"seconds": 2})]
 
 
 def run_demo(out_dir: Path, n_cases: int = 6, n_cases_3d: int = 2, log: Callable[[str], None] = print) -> dict:

@@ -41,6 +41,7 @@ from monai.transforms import (
 from torch import nn
 
 from .explain.base import Explainer
+from .transforms import Explaind
 from .io.axes import monai_to_dicom_volume, reversed_spatial_indices
 from .io.dicom import DicomSource, read_dicom
 from .io.reader import DicomSeriesReader, is_dicom_path
@@ -178,10 +179,8 @@ def explain_image(
         image, path = load_image(source), source
     transforms = classifier_transforms(image.ndim - 1, spec)
     data = transforms({"image": image.clone()})
-    device = next(iter(explainer.model.parameters()), torch.empty(0)).device
-    x = data["image"].as_tensor()[None].to(device=device, dtype=torch.float32)
-    result = explainer.explain(x, class_idx)
-    data["saliency"] = MetaTensor(result.saliency[0].detach().cpu().float())
+    data = Explaind("image", explainer, output_key="saliency", class_idx=class_idx, keep_explanation=True)(data)
+    result = data["saliency_explanation"]
     inverted = Invertd(keys="saliency", transform=transforms, orig_keys="image", nearest_interp=False)(data)
     saliency = np.clip(inverted["saliency"].numpy()[0], 0.0, 1.0)
     if saliency.shape != tuple(image.shape[1:]):
@@ -195,6 +194,6 @@ def explain_image(
         dicom=dicom,
         meta=dict(image.meta),
         image=image[0].numpy(),
-        model_input=x.detach(),
+        model_input=data["image"].as_tensor()[None].to(device=result.saliency.device, dtype=torch.float32),
         model_saliency=result.saliency.detach(),
     )

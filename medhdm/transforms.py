@@ -18,7 +18,10 @@ post-transforms see it). The map ``(1, *S)`` is stored under ``output_key`` as a
 ``MetaTensor`` that carries the image's metadata (affine, file name) but not its
 transform history, so ``Invertd(orig_keys=<image key>)`` takes it back to the source
 grid; the explained class and its probability are stored under
-``<output_key>_class`` and ``<output_key>_score``.
+``<output_key>_class`` and ``<output_key>_score`` (and, with ``keep_explanation``, the
+whole :class:`~medhdm.explain.base.Explanation` under ``<output_key>_explanation``).
+:func:`medhdm.pipeline.explain_image` runs the same transform between MONAI's loading,
+preprocessing and ``Invertd``.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from monai.data import MetaTensor
 from monai.transforms import MapTransform
 
 from .explain.base import Explainer
+from .explain.checks import model_device
 
 __all__ = ["Explaind"]
 
@@ -47,6 +51,8 @@ class Explaind(MapTransform):
         class_idx: the class to explain (``None``: the predicted class).
         class_idx_key: read the class per item from this key instead (an int or a
             one-element tensor), e.g. the label.
+        keep_explanation: also store the explainer's full record (on the classifier's grid)
+            under ``<output_key>_explanation``.
         allow_missing_keys: skip keys that are absent.
     """
 
@@ -57,6 +63,7 @@ class Explaind(MapTransform):
         output_key: str | Sequence[str] | None = None,
         class_idx: int | None = None,
         class_idx_key: str | None = None,
+        keep_explanation: bool = False,
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
@@ -74,6 +81,7 @@ class Explaind(MapTransform):
         self.output_keys = output_keys
         self.class_idx = class_idx
         self.class_idx_key = class_idx_key
+        self.keep_explanation = bool(keep_explanation)
 
     def _target(self, data: Mapping[Hashable, object]) -> int | None:
         if self.class_idx_key is None:
@@ -93,8 +101,7 @@ class Explaind(MapTransform):
             if not isinstance(image, torch.Tensor) or image.ndim not in (3, 4):
                 raise ValueError(f"{key}: expected a channel-first image tensor (C, H, W) or (C, D, H, W), "
                                  f"got {type(image).__name__} of shape {tuple(getattr(image, 'shape', ()))}")
-            device = next(iter(self.explainer.model.parameters()), torch.empty(0)).device
-            x = torch.as_tensor(image).detach()[None].to(device=device, dtype=torch.float32)
+            x = torch.as_tensor(image).detach()[None].to(device=model_device(self.explainer.model), dtype=torch.float32)
             result = self.explainer.explain(x, self._target(d))
             saliency = result.saliency[0].detach().to(image.device)
             if isinstance(image, MetaTensor):
@@ -103,4 +110,6 @@ class Explaind(MapTransform):
             d[out_key] = saliency
             d[f"{out_key}_class"] = int(result.class_idx[0])
             d[f"{out_key}_score"] = float(result.score[0])
+            if self.keep_explanation:
+                d[f"{out_key}_explanation"] = result
         return d

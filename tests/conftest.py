@@ -1,74 +1,15 @@
-"""Shared fixtures: models whose decision depends only on known regions, and images with
-planted lesions."""
+"""Shared fixtures; the helpers themselves (planted lesions, blob detectors, a CT volume) are in
+:mod:`medhdm.testing`."""
 
 from __future__ import annotations
 
 import numpy as np
-import pydicom
 import pytest
 import torch
-from pydicom.data import get_testdata_file
-from pydicom.pixels import apply_modality_lut
-from torch import nn
 
 torch.set_num_threads(2)
-
-
-class BlobDetector(nn.Module):
-    """A fixed "lesion detector": box filter, a smooth ReLU above a threshold, pooled over space.
-
-    ``v = pool(softplus(20 (box(x) - threshold)) / 20)`` and ``logits = (0, gain * (v / v0 - 0.5))``,
-    where ``v0`` is the response to a reference image given to :meth:`calibrate` (so the
-    planted image scores ``gain / 2`` and an image without blobs about ``-gain / 2``). With
-    the default ``kernel=1`` only the bright voxels themselves respond: the evidence lies
-    inside the planted boxes (the background, at 0.1 to 0.15, contributes about 1e-5 each).
-    ``pool="max"``: one blob suffices (a classifier that pools by maximum).
-    ``single_logit=True`` returns only the second logit, as a sigmoid classifier does.
-    """
-
-    def __init__(self, spatial_dims: int = 2, pool: str = "mean", kernel: int = 1, threshold: float = 0.5,
-                 gain: float = 8.0, single_logit: bool = False) -> None:
-        super().__init__()
-        conv = nn.Conv2d if spatial_dims == 2 else nn.Conv3d
-        self.conv = conv(1, 1, kernel, padding=kernel // 2, bias=False)
-        with torch.no_grad():
-            self.conv.weight.fill_(1.0 / kernel**spatial_dims)
-        self.pool, self.threshold, self.gain = pool, threshold, gain
-        self.register_buffer("v0", torch.tensor(1.0))
-        self.single_logit = single_logit
-
-    def response(self, x: torch.Tensor) -> torch.Tensor:
-        h = (nn.functional.softplus(20 * (self.conv(x[:, :1]) - self.threshold)) / 20).flatten(1)
-        return h.amax(1, keepdim=True) if self.pool == "max" else h.mean(1, keepdim=True)
-
-    @torch.no_grad()
-    def calibrate(self, x: torch.Tensor) -> BlobDetector:
-        self.v0.fill_(float(self.response(x[:1])))
-        return self
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        z = self.gain * (self.response(x) / self.v0 - 0.5)
-        return z if self.single_logit else torch.cat([torch.zeros_like(z), z], dim=1)
-
-
-def plant(shape: tuple[int, ...], boxes: list[tuple[slice, ...]], value: float = 1.0, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """An image ``(1, 1, *shape)`` of low noise with bright boxes, and their label map ``(1, 1, *shape)``."""
-    g = torch.Generator().manual_seed(seed)
-    x = 0.1 + 0.05 * torch.rand((1, 1, *shape), generator=g)
-    labels = torch.zeros((1, 1, *shape), dtype=torch.long)
-    for i, box in enumerate(boxes, start=1):
-        x[(0, 0, *box)] = value
-        labels[(0, 0, *box)] = i
-    return x, labels
 
 
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(0)
-
-
-def ct_volume(depth: int = 5) -> tuple[pydicom.Dataset, np.ndarray]:
-    """pydicom's CT_small as a template and ``depth`` shifted copies of its HU image, ``(D, H, W)``."""
-    template = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
-    hu = apply_modality_lut(template.pixel_array, template).astype(np.float64)
-    return template, np.stack([np.roll(hu, 4 * k, axis=0) for k in range(depth)])

@@ -10,7 +10,7 @@ import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
-from conftest import ct_volume
+from medhdm.testing import ct_volume
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.sr.codedict import codes

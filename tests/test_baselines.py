@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import BlobDetector, plant
+from medhdm.testing import BlobDetector, plant
 from monai.networks import nets
 from torch import nn
 
 from medhdm import RISE, GradCAM, GradCAMpp, GradientInput, Occlusion
-from medhdm.baselines import find_target_layer
+from medhdm.explain.baselines import find_target_layer
 from medhdm.metrics import pointing_game
 
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import BlobDetector, plant
+from medhdm.testing import BlobDetector, plant
 from monai.networks import nets
 from torch import nn
 
 from medhdm import HDM, MDM, RISE, GradCAM, GradCAMpp, GradientInput, MaskObjective, NeuroMask, Occlusion
-from medhdm.methods import make_explainer
+from medhdm.explain import make_explainer
 
 QUICK = MaskObjective(steps=8)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import BlobDetector, plant
+from medhdm.testing import BlobDetector, plant
 from scipy import ndimage
 
 from medhdm import HDM, MDM, MaskObjective, NeuroMask

@@ -5,26 +5,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from monai.networks.nets import DenseNet
 
 from medhdm import HDM, MaskObjective
-from medhdm.data import make_dataset
 from medhdm.metrics import energy_in_lesion, pointing_game
-from medhdm.training import accuracy_and_auc, stack_cases, train_classifier
+from medhdm.data import stack_cases
+from medhdm.models import accuracy_and_auc
+from medhdm.testing import train_blob_densenet
 
 
 @pytest.fixture(scope="module")
 def trained_densenet():
-    size = (32, 32)
-    train = make_dataset(0, 600, size, lesion_counts=(0, 1), weights=(0.5, 0.5), background="noise",
-                         n_distractors=0, radius_range=(2.5, 4.0), contrast_range=(0.3, 0.5))
-    test = make_dataset(1, 60, size, lesion_counts=(0, 1), weights=(0.5, 0.5), background="noise",
-                        n_distractors=0, radius_range=(2.5, 4.0), contrast_range=(0.3, 0.5))
-    torch.manual_seed(0)
-    model = DenseNet(spatial_dims=2, in_channels=1, out_channels=2, init_features=8, growth_rate=8,
-                     block_config=(2, 2), bn_size=2)
-    train_classifier(model, train, epochs=6, batch_size=32, lr=3e-3, seed=0, log=None)
-    return model, test
+    return train_blob_densenet()
 
 
 def test_trained_densenet_learned_the_task(trained_densenet):

@@ -12,7 +12,7 @@ import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
-from conftest import ct_volume
+from medhdm.testing import ct_volume
 from pydicom.data import get_testdata_file
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
 

@@ -6,7 +6,7 @@ import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
-from conftest import ct_volume
+from medhdm.testing import ct_volume
 from pydicom.data import get_testdata_file
 from pydicom.pixels import apply_modality_lut
 

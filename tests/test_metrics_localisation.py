@@ -121,11 +121,11 @@ def test_auprc_dice_and_iou_by_hand():
 
 
 def test_aggregation_and_paired_comparison_by_hand():
-    from medhdm.evaluation import aggregate, bootstrap_ci, paired_comparison
+    from medhdm.evaluation import bootstrap_ci, paired_comparison, summarise
 
     rows = [{"method": "A", "case": i, "auroc": v} for i, v in enumerate([0.9, 0.8, 0.7, float("nan"), 0.6, 1.0])]
     rows += [{"method": "B", "case": i, "auroc": v} for i, v in enumerate([0.5, 0.4, 0.6, 0.5, 0.3, 0.2])]
-    table = {(r["method"], r["metric"]): r for r in aggregate(rows, ["auroc"])}
+    table = {(r["method"], r["metric"]): r for r in summarise(rows, ["auroc"])}
     a = table[("A", "auroc")]
     assert a["n"] == 5 and a["mean"] == pytest.approx(0.8) and a["median"] == pytest.approx(0.8)
     assert a["ci_low"] < 0.8 < a["ci_high"] and 0.6 <= a["ci_low"] and a["ci_high"] <= 1.0

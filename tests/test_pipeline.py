@@ -10,7 +10,7 @@ import pydicom
 import pytest
 import SimpleITK as sitk
 import torch
-from conftest import ct_volume
+from medhdm.testing import ct_volume
 from monai.data import MetaTensor
 from monai.networks.nets import DenseNet
 from monai.transforms import Invertd
@@ -19,7 +19,8 @@ from pydicom.data import get_testdata_file
 from medhdm.cli import main
 from medhdm.data.dicom_series import write_series
 from medhdm.io import read_dicom
-from medhdm.methods import load_model, make_explainer
+from medhdm.explain import make_explainer
+from medhdm.models import load_model
 from medhdm.pipeline import InputSpec, classifier_transforms, explain_image, load_image
 
 TINY_3D = {"spatial_dims": 3, "in_channels": 1, "out_channels": 2, "init_features": 4, "growth_rate": 4,

@@ -6,7 +6,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from conftest import BlobDetector, plant
+from medhdm.testing import BlobDetector, plant
 from monai.data import DataLoader, Dataset, MetaTensor
 from monai.transforms import (
     Compose,

@@ -22,11 +22,12 @@ import os
 from pathlib import Path
 
 from medhdm.data.bench_files import LESIONBENCH_INTENSITY_RANGE, write_lesionbench
-from medhdm.evaluation import aggregate, paired_comparison
+from medhdm.evaluation import evaluate_manifest, paired_comparison, summarise
 from medhdm.io.manifest import load_manifest
-from medhdm.methods import load_model, make_explainer
+from medhdm.explain import make_explainer
+from medhdm.models import load_model
 from medhdm.pipeline import InputSpec
-from medhdm.report import evaluate_manifest, write_report
+from medhdm.report import write_report
 
 out = Path(os.environ.get("MEDHDM_TUTORIAL_OUT", "."))
 steps = int(os.environ.get("MEDHDM_TUTORIAL_STEPS", "100"))
@@ -56,7 +57,7 @@ for row in rows[:3]:
 # (nothing to point at) and are left out of the means.
 
 # %%
-for s in aggregate(rows, ["auroc", "lesion_hit_rate"]):
+for s in summarise(rows, ["auroc", "lesion_hit_rate"]):
     print(f"{s['method']:<14} {s['metric']:<16} {s['mean']:.3f} [{s['ci_low']:.3f}, {s['ci_high']:.3f}] (n={s['n']})")
 print(paired_comparison(rows, "HDM", "GradientInput", "auroc"))
 

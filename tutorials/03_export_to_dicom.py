@@ -30,7 +30,8 @@ import pydicom
 from pydicom.data import get_testdata_file
 
 from medhdm.export import OverlayStyle, export
-from medhdm.methods import load_model, make_explainer
+from medhdm.explain import make_explainer
+from medhdm.models import load_model
 from medhdm.pipeline import InputSpec, explain_image
 
 out = Path(os.environ.get("MEDHDM_TUTORIAL_OUT", "."))

@@ -19,15 +19,17 @@ gives the same cases.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
+import torch
 from scipy import ndimage
 
 from ..io.axes import monai_to_dicom
 
-__all__ = ["LesionCase", "anatomy", "make_case", "make_dataset"]
+__all__ = ["LesionCase", "anatomy", "make_case", "make_dataset", "stack_cases"]
 
 
 @dataclass
@@ -200,3 +202,11 @@ def make_dataset(
     p = None if weights is None else np.asarray(weights, dtype=float) / np.sum(weights)
     counts = rng.choice(lesion_counts, size=n_cases, p=p)
     return [make_case(rng, spatial_size, int(k), **kwargs) for k in counts]
+
+
+def stack_cases(cases: Sequence[LesionCase]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Images ``(N, 1, *S)``, lesion label maps ``(N, 1, *S)`` and labels ``(N,)`` as tensors."""
+    x = torch.from_numpy(np.stack([c.image for c in cases]))
+    m = torch.from_numpy(np.stack([c.lesions for c in cases]).astype(np.int64))
+    y = torch.tensor([c.label for c in cases], dtype=torch.long)
+    return x, m, y

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ._checks import check_images, check_model, frozen_eval, resolve_class_idx
+from .checks import check_images, check_model, frozen_eval, resolve_class_idx
 from .reference import ReferenceSpec, make_reference
 from .scoring import ClassScorer
 

@@ -61,8 +61,10 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from .base import Explainer, Explanation, StageRecord
-from .masks import GridSpec, MaskObjective, grid_key, grid_shapes, normalise, optimise_masks
+from .base import Explanation, StageRecord
+from .mask_explainer import MaskExplainer
+from .masks import GridSpec, MaskObjective, grid_key, grid_shapes, optimise_masks
+from .maps import normalise
 from .reference import ReferenceSpec, composite, gaussian_blur
 from .scoring import ClassScorer
 
@@ -98,7 +100,7 @@ def fusion_weights(kind: str, sufficiency: torch.Tensor, drop: torch.Tensor, ran
     return raw / raw.sum(1, keepdim=True)
 
 
-class HDM(Explainer):
+class HDM(MaskExplainer):
     """Hierarchical dynamic masks.
 
     Args:
@@ -137,6 +139,7 @@ class HDM(Explainer):
     """
 
     name = "HDM"
+    objective_names = ("benchmark_objective", "volume_benchmark_objective", "auxiliary_objective")
 
     def __init__(
         self,

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .maps import normalise
 from .reference import composite
 from .scoring import ClassScorer
 
@@ -26,7 +27,6 @@ __all__ = [
     "area_penalty",
     "grid_key",
     "grid_shapes",
-    "normalise",
     "optimise_masks",
     "total_variation",
     "upsample_masks",
@@ -132,16 +132,6 @@ def upsample_masks(thetas: Sequence[torch.Tensor], spatial: Sequence[int]) -> to
     return torch.cat(
         [F.interpolate(torch.sigmoid(t), size=tuple(spatial), mode=mode, align_corners=False) for t in thetas], dim=1
     )
-
-
-def normalise(maps: torch.Tensor) -> torch.Tensor:
-    """Min-max normalise each map of ``(B, K, *S)`` to ``[0, 1]``; a constant map becomes zeros."""
-    flat = maps.flatten(2)
-    lo = flat.amin(dim=2, keepdim=True)
-    hi = flat.amax(dim=2, keepdim=True)
-    span = hi - lo
-    out = torch.where(span > 1e-12, (flat - lo) / span.clamp_min(1e-12), torch.zeros_like(flat))
-    return out.view_as(maps)
 
 
 def total_variation(masks: torch.Tensor) -> torch.Tensor:

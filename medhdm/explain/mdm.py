@@ -18,15 +18,17 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from .base import Explainer, Explanation
-from .masks import GridSpec, MaskObjective, grid_key, grid_shapes, normalise, optimise_masks
+from .base import Explanation
+from .mask_explainer import MaskExplainer
+from .masks import GridSpec, MaskObjective, grid_key, grid_shapes, optimise_masks
+from .maps import normalise
 from .reference import ReferenceSpec
 from .scoring import ClassScorer
 
 __all__ = ["MDM"]
 
 
-class MDM(Explainer):
+class MDM(MaskExplainer):
     """Multiple dynamic masks, stacked.
 
     Args:
@@ -39,6 +41,7 @@ class MDM(Explainer):
     """
 
     name = "MDM"
+    objective_names = ("objective",)
 
     def __init__(
         self,

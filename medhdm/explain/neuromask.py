@@ -13,15 +13,17 @@ from __future__ import annotations
 
 from torch import nn
 
-from .base import Explainer, Explanation
-from .masks import GridSpec, MaskObjective, grid_key, grid_shapes, normalise, optimise_masks
+from .base import Explanation
+from .mask_explainer import MaskExplainer
+from .masks import GridSpec, MaskObjective, grid_key, grid_shapes, optimise_masks
+from .maps import normalise
 from .reference import ReferenceSpec
 from .scoring import ClassScorer
 
 __all__ = ["NeuroMask"]
 
 
-class NeuroMask(Explainer):
+class NeuroMask(MaskExplainer):
     """One learned mask per image.
 
     Args:
@@ -33,6 +35,7 @@ class NeuroMask(Explainer):
     """
 
     name = "NeuroMask"
+    objective_names = ("objective",)
 
     def __init__(
         self,

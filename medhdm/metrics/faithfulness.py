@@ -36,7 +36,7 @@ import torch
 from scipy import stats
 from torch import nn
 
-from ..explain._checks import frozen_eval, resolve_class_idx
+from ..explain.checks import frozen_eval, resolve_class_idx
 from ..explain.reference import ReferenceSpec, make_reference
 from ..explain.scoring import ClassScorer
 

@@ -26,10 +26,10 @@ from monai.visualize import GradCAM as MonaiGradCAM
 from monai.visualize import GradCAMpp as MonaiGradCAMpp
 from torch import nn
 
-from ..explain._checks import frozen_eval
-from ..explain.base import Explainer, Explanation
-from ..explain.masks import normalise
-from ..explain.scoring import ClassScorer
+from ..checks import frozen_eval
+from ..base import Explainer, Explanation
+from ..maps import normalise
+from ..scoring import ClassScorer
 
 __all__ = ["GradCAM", "GradCAMpp", "find_target_layer"]
 

@@ -16,9 +16,9 @@ import torch
 from monai.networks.nets import DenseNet
 from torch import nn
 
-from .data.lesions import LesionCase
+from ..data.lesions import LesionCase, stack_cases
 
-__all__ = ["lesion_classifier", "train_classifier", "accuracy_and_auc", "stack_cases"]
+__all__ = ["lesion_classifier", "train_classifier", "accuracy_and_auc"]
 
 
 def lesion_classifier(spatial_dims: int = 2, in_channels: int = 1, num_classes: int = 2) -> nn.Module:
@@ -32,14 +32,6 @@ def lesion_classifier(spatial_dims: int = 2, in_channels: int = 1, num_classes: 
         block_config=(3, 3, 3),
         bn_size=2,
     )
-
-
-def stack_cases(cases: Sequence[LesionCase]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Images ``(N, 1, *S)``, lesion label maps ``(N, 1, *S)`` and labels ``(N,)`` as tensors."""
-    x = torch.from_numpy(np.stack([c.image for c in cases]))
-    m = torch.from_numpy(np.stack([c.lesions for c in cases]).astype(np.int64))
-    y = torch.tensor([c.label for c in cases], dtype=torch.long)
-    return x, m, y
 
 
 def train_classifier(
@@ -85,7 +77,7 @@ def train_classifier(
 @torch.no_grad()
 def accuracy_and_auc(model: nn.Module, cases: Sequence[LesionCase], batch_size: int = 64) -> tuple[float, float]:
     """Accuracy and ROC AUC of "lesion present" on ``cases``."""
-    from .metrics.localisation import auroc
+    from ..metrics.localisation import auroc
 
     x, _, y = stack_cases(cases)
     model.eval()

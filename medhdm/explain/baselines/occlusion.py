@@ -15,9 +15,9 @@ import torch
 from monai.visualize import OcclusionSensitivity
 from torch import nn
 
-from ..explain.base import Explainer, Explanation
-from ..explain.masks import normalise
-from ..explain.scoring import ClassScorer
+from ..base import Explainer, Explanation
+from ..maps import normalise
+from ..scoring import ClassScorer
 
 __all__ = ["Occlusion"]
 

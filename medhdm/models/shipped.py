@@ -4,11 +4,11 @@
 :mod:`medhdm.training` trained to detect "lesion present" on synthetic cases
 (:mod:`medhdm.data.lesions`, real CT/MR anatomy with inserted lesions and bright
 distractors): 96 x 96 images, and 24 x 48 x 48 volumes (D, H, W) on nibabel's real MR
-volumes. Their weights (about 100-300 kB) live in ``medhdm/weights/`` beside JSON
+volumes. Their weights (about 100-300 kB) live in ``medhdm/models/weights/`` beside JSON
 cards with the training settings and held-out accuracy/AUC. Re-create them with::
 
-    python -m medhdm.models --out medhdm/weights --name lesion_densenet2d   # about a minute
-    python -m medhdm.models --out medhdm/weights --name lesion_densenet3d   # about seven minutes
+    python -m medhdm.models --out medhdm/models/weights --name lesion_densenet2d   # about a minute
+    python -m medhdm.models --out medhdm/models/weights --name lesion_densenet3d   # about seven minutes
 
 (on two CPU cores; seeded, so the same weights up to floating-point non-determinism of
 the CPU kernels).
@@ -25,8 +25,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .io.atomic import atomic_write
-from .data.lesions import make_dataset
+from ..data.lesions import make_dataset
+from ..io.atomic import atomic_write
 from .training import accuracy_and_auc, lesion_classifier, train_classifier
 
 __all__ = ["DEFAULT_2D", "DEFAULT_3D", "RECIPES", "WEIGHTS_DIR", "load_default_classifier",

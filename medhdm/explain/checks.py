@@ -8,7 +8,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-__all__ = ["check_model", "check_images", "resolve_class_idx", "frozen_eval"]
+__all__ = ["check_model", "check_images", "resolve_class_idx", "frozen_eval", "model_device"]
 
 
 def check_model(model: object) -> nn.Module:
@@ -106,3 +106,8 @@ def frozen_eval(model: nn.Module) -> Iterator[nn.Module]:
             m.training = flag
         for p, flag in grads.items():
             p.requires_grad_(flag)
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """The device of the model's first parameter (the CPU for a model without parameters)."""
+    return next(iter(model.parameters()), torch.empty(0)).device

@@ -1,12 +1,12 @@
 """The two small cases of the test suite, every method, one table each.
 
-    python benchmarks/test_cases.py
+    python benchmarks/suite_cases.py
 
 1. Two lesions under a classifier that pools by maximum (tests/test_explain_planted.py):
    40 x 40, a fixed blob detector, lesion 2 slightly fainter, constant reference 0.1.
    Mask methods run with the papers' preservation-only loss (as in the test) and with
    medhdm's defaults.
-2. The small MONAI DenseNet trained in tests/test_explain_trained.py on 32 x 32
+2. The small MONAI DenseNet of tests/test_explain_trained.py (medhdm.testing.train_blob_densenet), 32 x 32
    bright-blob images, 12 held-out positive cases.
 Prints method x (pointing game, energy in lesion, pixel AUROC, lesions hit), forward
 passes per call and seconds per image on this machine.
@@ -14,25 +14,16 @@ passes per call and seconds per image on this machine.
 
 from __future__ import annotations
 
-import sys
 import time
 import warnings
-from pathlib import Path
 
 import torch
+from common import default_methods
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
-sys.path.insert(0, str(ROOT))
-
-from conftest import BlobDetector, plant  # noqa: E402
-from test_explain_trained import trained_densenet  # noqa: E402
-
-from common import default_methods  # noqa: E402
-
-from medhdm import HDM, MDM, RISE, GradientInput, MaskObjective, NeuroMask, Occlusion  # noqa: E402
-from medhdm.evaluation import compare_methods, format_table, summarise  # noqa: E402
-from medhdm.training import stack_cases  # noqa: E402
+from medhdm import HDM, MDM, RISE, GradientInput, MaskObjective, NeuroMask, Occlusion
+from medhdm.data import stack_cases
+from medhdm.evaluation import compare_methods, format_table, summarise
+from medhdm.testing import BlobDetector, plant, train_blob_densenet
 
 COLUMNS = ["pointing_game", "energy_in_lesion", "auroc", "lesion_hit_rate", "passes", "seconds"]
 
@@ -55,11 +46,11 @@ def two_lesion_case() -> None:
     }
     rows = compare_methods(methods, x, labels, class_idx=1)
     print("Two lesions, max-pool blob detector, 40 x 40 (1 image)\n")
-    print(format_table(summarise(rows), COLUMNS))
+    print(format_table(summarise(rows, COLUMNS), COLUMNS, digits={"seconds": 2}))
 
 
 def trained_case() -> None:
-    model, test = trained_densenet.__wrapped__()
+    model, test = train_blob_densenet()
     positives = [c for c in test if c.n_lesions == 1][:12]
     x, lesions, _ = stack_cases(positives)
     methods = {
@@ -70,7 +61,7 @@ def trained_case() -> None:
     }
     rows = compare_methods(methods, x, lesions, class_idx=1, batch_size=12)
     print("\nSmall DenseNet trained in the test, 32 x 32, 12 held-out one-blob cases (batch of 12)\n")
-    print(format_table(summarise(rows), COLUMNS))
+    print(format_table(summarise(rows, COLUMNS), COLUMNS, digits={"seconds": 2}))
 
 
 if __name__ == "__main__":

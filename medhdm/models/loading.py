@@ -1,7 +1,4 @@
-"""Explainers by name, and classifiers from a specification (for the CLI and pipelines).
-
-Method names (case-insensitive): ``hdm``, ``mdm``, ``neuromask``, ``gradcam``,
-``gradcampp``, ``gradientinput`` (alias ``gxi``), ``smoothgrad``, ``occlusion``, ``rise``.
+"""Classifiers from a specification (for the CLI, pipelines and tutorials).
 
 Model specifications:
 
@@ -16,7 +13,6 @@ Model specifications:
 
 from __future__ import annotations
 
-import dataclasses
 import importlib
 import os
 from pathlib import Path
@@ -24,54 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .baselines import RISE, GradCAM, GradCAMpp, GradientInput, Occlusion
-from .explain import HDM, MDM, Explainer, NeuroMask
-
-__all__ = ["METHODS", "load_model", "make_explainer"]
-
-METHODS = {
-    "hdm": HDM,
-    "mdm": MDM,
-    "neuromask": NeuroMask,
-    "gradcam": GradCAM,
-    "gradcampp": GradCAMpp,
-    "gradientinput": GradientInput,
-    "gxi": GradientInput,
-    "smoothgrad": GradientInput,
-    "occlusion": Occlusion,
-    "rise": RISE,
-}
-
-
-def make_explainer(name: str, model: nn.Module, steps: int | None = None, **kwargs) -> Explainer:
-    """The explainer called ``name`` for ``model``.
-
-    Args:
-        name: one of :data:`METHODS` (case-insensitive).
-        model: the classifier.
-        steps: for mask methods (HDM, MDM, NeuroMask), the optimiser steps of every phase.
-        kwargs: passed to the explainer's constructor.
-    """
-    key = str(name).lower().replace("-", "").replace("_", "").replace("+", "pp")
-    if key not in METHODS:
-        raise ValueError(f"method: unknown {name!r}; expected one of {', '.join(sorted(METHODS))}")
-    if key == "smoothgrad":
-        kwargs = {"n_samples": 16, **kwargs}
-    try:
-        explainer = METHODS[key](model, **kwargs)
-    except TypeError as err:
-        raise ValueError(f"method arguments for {name}: {err}") from None
-    if steps is not None:
-        if steps < 1:
-            raise ValueError(f"steps: expected at least 1, got {steps}")
-        touched = False
-        for attr in ("objective", "benchmark_objective", "volume_benchmark_objective", "auxiliary_objective"):
-            if hasattr(explainer, attr):
-                setattr(explainer, attr, dataclasses.replace(getattr(explainer, attr), steps=int(steps)))
-                touched = True
-        if not touched:
-            raise ValueError(f"steps: {name} is not an optimised-mask method")
-    return explainer
+__all__ = ["load_model"]
 
 
 def _import_class(path: str):
@@ -123,7 +72,7 @@ def load_model(
     """A classifier in eval mode from a specification (see the module docstring)."""
     spec = str(spec)
     if spec in ("default", "default2d", "default3d"):
-        from .models import DEFAULT_2D, DEFAULT_3D, load_default_classifier
+        from .shipped import DEFAULT_2D, DEFAULT_3D, load_default_classifier
 
         return load_default_classifier(DEFAULT_3D if spec == "default3d" else DEFAULT_2D, device=device)
     path = Path(spec)

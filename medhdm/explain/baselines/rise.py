@@ -14,10 +14,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..explain.base import Explainer, Explanation
-from ..explain.masks import normalise
-from ..explain.reference import ReferenceSpec, composite
-from ..explain.scoring import ClassScorer
+from ..base import Explainer, Explanation
+from ..maps import normalise
+from ..reference import ReferenceSpec, composite
+from ..scoring import ClassScorer
 
 __all__ = ["RISE"]
 

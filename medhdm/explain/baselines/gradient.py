@@ -13,10 +13,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..explain.base import Explainer, Explanation
-from ..explain.masks import normalise
-from ..explain.reference import ReferenceSpec, gaussian_blur
-from ..explain.scoring import ClassScorer
+from ..base import Explainer, Explanation
+from ..maps import normalise
+from ..reference import ReferenceSpec, gaussian_blur
+from ..scoring import ClassScorer
 
 __all__ = ["GradientInput"]
 

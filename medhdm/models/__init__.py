@@ -1,0 +1,31 @@
+"""Classifiers: loading any model from a specification, the shipped lesion classifiers, and how they are trained.
+
+- :mod:`medhdm.models.loading`: :func:`load_model` (``default``, TorchScript, MONAI bundles, class paths).
+- :mod:`medhdm.models.shipped`: the shipped 2D/3D DenseNets (:func:`load_default_classifier`), their
+  recipes, and ``python -m medhdm.models`` to re-create them.
+- :mod:`medhdm.models.training`: the small MONAI DenseNet and its training loop.
+"""
+
+from .loading import load_model
+from .shipped import (
+    DEFAULT_2D,
+    DEFAULT_3D,
+    RECIPES,
+    WEIGHTS_DIR,
+    load_default_classifier,
+    train_default_classifier,
+)
+from .training import accuracy_and_auc, lesion_classifier, train_classifier
+
+__all__ = [
+    "DEFAULT_2D",
+    "DEFAULT_3D",
+    "RECIPES",
+    "WEIGHTS_DIR",
+    "accuracy_and_auc",
+    "lesion_classifier",
+    "load_default_classifier",
+    "load_model",
+    "train_classifier",
+    "train_default_classifier",
+]
