@@ -169,48 +169,19 @@ def read_dicom(source: str | os.PathLike | Dataset | Sequence[Dataset]) -> Dicom
         FileNotFoundError: the path does not exist.
         ValueError: naming the file, for anything that would give a wrong volume.
     """
-    if isinstance(source, Dataset):
-        datasets, paths = [source], [None]
-    elif isinstance(source, (str, os.PathLike)):
-        path = Path(source)
-        if not path.exists():
-            raise FileNotFoundError(f"{path}: no such file or folder")
-        files = _files_in(path) if path.is_dir() else [path]
-        datasets, paths = [_read_file(f) for f in files], list(files)
-        multiframe = [f for f, ds in zip(files, datasets) if _frames(ds) > 1]
-        if multiframe and len(files) > 1:
-            raise ValueError(f"{multiframe[0]}: a multi-frame file among {len(files)} files; give the file itself")
-        if multiframe:
-            return _read_multiframe(files[0], datasets[0])
-    else:
-        datasets = list(source)
-        if not datasets or not all(isinstance(d, Dataset) for d in datasets):
-            raise TypeError("source: expected a path, a pydicom Dataset or a non-empty sequence of Datasets")
-        paths = [None] * len(datasets)
+    loaded = _datasets_of(source)
+    if isinstance(loaded, DicomSource):
+        return loaded
+    datasets, paths = loaded
     names = [str(p) if p is not None else f"dataset {i}" for i, p in enumerate(paths)]
     for ds, name in zip(datasets, names):
         if "PixelData" not in ds:
             raise ValueError(f"{name}: no pixel data")
-
-    series = {}
-    for ds, name in zip(datasets, names):
-        series.setdefault(str(ds.get("SeriesInstanceUID", "")), []).append(name)
-    if len(series) > 1:
-        listing = "; ".join(f"{uid or '(none)'}: {len(v)} files, e.g. {v[0]}" for uid, v in series.items())
-        raise ValueError(f"expected one series, found {len(series)}: {listing}")
-
+    _check_one_series(datasets, names)
     geometry = [_geometry(ds, name) for ds, name in zip(datasets, names)]
+    _check_same_plane(datasets, names, geometry)
     row0, col0, _ = geometry[0]
-    size0 = (int(datasets[0].Rows), int(datasets[0].Columns))
     spacing0 = _pixel_spacing(datasets[0])
-    for ds, name, (row, col, _) in zip(datasets, names, geometry):
-        if np.abs(row - row0).max() > _ORIENTATION_TOL or np.abs(col - col0).max() > _ORIENTATION_TOL:
-            raise ValueError(f"{name}: orientation {np.r_[row, col].round(4).tolist()} differs from "
-                             f"{names[0]}'s {np.r_[row0, col0].round(4).tolist()} (mixed orientations)")
-        if (int(ds.Rows), int(ds.Columns)) != size0:
-            raise ValueError(f"{name}: size {ds.Rows}x{ds.Columns} differs from {names[0]}'s {size0[0]}x{size0[1]}")
-        if not np.allclose(_pixel_spacing(ds), spacing0, rtol=1e-4):
-            raise ValueError(f"{name}: pixel spacing {_pixel_spacing(ds)} differs from {names[0]}'s {spacing0}")
 
     normal = np.cross(row0, col0)
     order = np.argsort([float(pos @ normal) for _, _, pos in geometry], kind="stable")
@@ -218,22 +189,7 @@ def read_dicom(source: str | os.PathLike | Dataset | Sequence[Dataset]) -> Dicom
     paths = [paths[i] for i in order]
     names = [names[i] for i in order]
     positions = np.array([geometry[i][2] for i in order])
-
-    slice_spacing = 1.0
-    if len(datasets) > 1:
-        steps = np.diff(positions @ normal)
-        for i, step in enumerate(steps):
-            if step < 1e-3:
-                raise ValueError(f"{names[i]} and {names[i + 1]}: same slice position "
-                                 f"{positions[i].round(3).tolist()} (duplicate slice)")
-        slice_spacing = float(np.median(steps))
-        for i, step in enumerate(steps):
-            if abs(step - slice_spacing) > _SPACING_REL_TOL * slice_spacing:
-                raise ValueError(f"{names[i]} -> {names[i + 1]}: slice step {step:.3f} mm where the series "
-                                 f"steps {slice_spacing:.3f} mm (missing slice or irregular series)")
-        in_plane = positions[1:] - positions[:-1] - np.outer(steps, normal)
-        if np.abs(in_plane).max() > 1e-2 * max(slice_spacing, 1.0):
-            raise ValueError("slices are not stacked along their normal (a sheared or mixed series)")
+    slice_spacing = _slice_spacing(positions, normal, names)
 
     pixels = np.stack([apply_modality_lut(ds.pixel_array, ds).astype(np.float32) for ds in datasets])
     if pixels.ndim != 3:
@@ -248,3 +204,69 @@ def read_dicom(source: str | os.PathLike | Dataset | Sequence[Dataset]) -> Dicom
     folders = sorted({p.resolve().parent for p in paths if p is not None})
     return DicomSource(datasets=datasets, paths=paths, pixels=pixels, affine_ras=LPS_TO_RAS @ affine_lps,
                        spacing=(slice_spacing, row_sp, col_sp), folders=folders)
+
+
+def _datasets_of(source) -> tuple[list[Dataset], list[Path | None]] | DicomSource:
+    """The datasets of ``source`` and their paths, or the whole source for a multi-frame file."""
+    if isinstance(source, Dataset):
+        return [source], [None]
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: no such file or folder")
+        files = _files_in(path) if path.is_dir() else [path]
+        datasets = [_read_file(f) for f in files]
+        multiframe = [f for f, ds in zip(files, datasets) if _frames(ds) > 1]
+        if multiframe and len(files) > 1:
+            raise ValueError(f"{multiframe[0]}: a multi-frame file among {len(files)} files; give the file itself")
+        if multiframe:
+            return _read_multiframe(files[0], datasets[0])
+        return datasets, list(files)
+    datasets = list(source)
+    if not datasets or not all(isinstance(d, Dataset) for d in datasets):
+        raise TypeError("source: expected a path, a pydicom Dataset or a non-empty sequence of Datasets")
+    return datasets, [None] * len(datasets)
+
+
+def _check_one_series(datasets: list[Dataset], names: list[str]) -> None:
+    series: dict[str, list[str]] = {}
+    for ds, name in zip(datasets, names):
+        series.setdefault(str(ds.get("SeriesInstanceUID", "")), []).append(name)
+    if len(series) > 1:
+        listing = "; ".join(f"{uid or '(none)'}: {len(v)} files, e.g. {v[0]}" for uid, v in series.items())
+        raise ValueError(f"expected one series, found {len(series)}: {listing}")
+
+
+def _check_same_plane(datasets: list[Dataset], names: list[str], geometry: list) -> None:
+    """Every slice with the first one's orientation, size and pixel spacing."""
+    row0, col0, _ = geometry[0]
+    size0 = (int(datasets[0].Rows), int(datasets[0].Columns))
+    spacing0 = _pixel_spacing(datasets[0])
+    for ds, name, (row, col, _) in zip(datasets, names, geometry):
+        if np.abs(row - row0).max() > _ORIENTATION_TOL or np.abs(col - col0).max() > _ORIENTATION_TOL:
+            raise ValueError(f"{name}: orientation {np.r_[row, col].round(4).tolist()} differs from "
+                             f"{names[0]}'s {np.r_[row0, col0].round(4).tolist()} (mixed orientations)")
+        if (int(ds.Rows), int(ds.Columns)) != size0:
+            raise ValueError(f"{name}: size {ds.Rows}x{ds.Columns} differs from {names[0]}'s {size0[0]}x{size0[1]}")
+        if not np.allclose(_pixel_spacing(ds), spacing0, rtol=1e-4):
+            raise ValueError(f"{name}: pixel spacing {_pixel_spacing(ds)} differs from {names[0]}'s {spacing0}")
+
+
+def _slice_spacing(positions: np.ndarray, normal: np.ndarray, names: list[str]) -> float:
+    """The series' slice step (1 for one slice); errors for duplicate, missing or sheared slices."""
+    if len(positions) < 2:
+        return 1.0
+    steps = np.diff(positions @ normal)
+    for i, step in enumerate(steps):
+        if step < 1e-3:
+            raise ValueError(f"{names[i]} and {names[i + 1]}: same slice position "
+                             f"{positions[i].round(3).tolist()} (duplicate slice)")
+    slice_spacing = float(np.median(steps))
+    for i, step in enumerate(steps):
+        if abs(step - slice_spacing) > _SPACING_REL_TOL * slice_spacing:
+            raise ValueError(f"{names[i]} -> {names[i + 1]}: slice step {step:.3f} mm where the series "
+                             f"steps {slice_spacing:.3f} mm (missing slice or irregular series)")
+    in_plane = positions[1:] - positions[:-1] - np.outer(steps, normal)
+    if np.abs(in_plane).max() > 1e-2 * max(slice_spacing, 1.0):
+        raise ValueError("slices are not stacked along their normal (a sheared or mixed series)")
+    return slice_spacing
