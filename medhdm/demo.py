@@ -19,7 +19,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-
 from .data.bench_files import LESIONBENCH_INTENSITY_RANGE, write_lesionbench
 from .evaluation import evaluate_manifest, format_table, summarise
 from .explain import HDM, MDM, RISE, GradCAM, GradientInput, NeuroMask, Occlusion, make_explainer

@@ -41,10 +41,10 @@ from monai.transforms import (
 from torch import nn
 
 from .explain.base import Explainer
-from .transforms import Explaind
 from .io.axes import monai_to_dicom_volume, reversed_spatial_indices
 from .io.dicom import DicomSource, read_dicom
 from .io.reader import DicomSeriesReader, is_dicom_path
+from .transforms import Explaind
 
 __all__ = ["ExplainedImage", "InputSpec", "classifier_transforms", "explain_image", "load_image"]
 

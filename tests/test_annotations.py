@@ -10,7 +10,6 @@ import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
-from medhdm.testing import ct_volume
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.sr.codedict import codes
@@ -21,6 +20,7 @@ from medhdm.io import read_dicom
 from medhdm.io.annotations import ImageGrid, load_annotation
 from medhdm.io.dicom import LPS_TO_RAS
 from medhdm.pipeline import load_image
+from medhdm.testing import ct_volume
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:

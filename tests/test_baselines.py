@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from medhdm.testing import BlobDetector, plant
 from monai.networks import nets
 from torch import nn
 
 from medhdm import RISE, GradCAM, GradCAMpp, GradientInput, Occlusion
 from medhdm.explain.baselines import find_target_layer
 from medhdm.metrics import pointing_game
+from medhdm.testing import BlobDetector, plant
 
 
 class ConvBlobNet(nn.Module):

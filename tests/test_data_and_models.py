@@ -9,8 +9,7 @@ import pytest
 
 from medhdm.cli import main
 from medhdm.data import anatomy, make_case, make_dataset
-from medhdm.models import load_default_classifier
-from medhdm.models import accuracy_and_auc
+from medhdm.models import accuracy_and_auc, load_default_classifier
 
 
 def test_cases_are_seeded_and_annotated():

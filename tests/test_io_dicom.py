@@ -6,13 +6,13 @@ import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
-from medhdm.testing import ct_volume
 from pydicom.data import get_testdata_file
 from pydicom.pixels import apply_modality_lut
 
 from medhdm.data.dicom_series import write_series
 from medhdm.io import read_dicom
 from medhdm.io.dicom import LPS_TO_RAS
+from medhdm.testing import ct_volume
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ import pydicom
 import pytest
 import SimpleITK as sitk
 import torch
-from medhdm.testing import ct_volume
 from monai.data import MetaTensor
 from monai.networks.nets import DenseNet
 from monai.transforms import Invertd
@@ -18,10 +17,11 @@ from pydicom.data import get_testdata_file
 
 from medhdm.cli import main
 from medhdm.data.dicom_series import write_series
-from medhdm.io import read_dicom
 from medhdm.explain import make_explainer
+from medhdm.io import read_dicom
 from medhdm.models import load_model
 from medhdm.pipeline import InputSpec, classifier_transforms, explain_image, load_image
+from medhdm.testing import ct_volume
 
 TINY_3D = {"spatial_dims": 3, "in_channels": 1, "out_channels": 2, "init_features": 4, "growth_rate": 4,
            "block_config": [2, 2], "bn_size": 2}

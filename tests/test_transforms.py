@@ -6,7 +6,6 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from medhdm.testing import BlobDetector, plant
 from monai.data import DataLoader, Dataset, MetaTensor
 from monai.transforms import (
     Compose,
@@ -18,6 +17,7 @@ from monai.transforms import (
 )
 
 from medhdm import GradientInput
+from medhdm.testing import BlobDetector, plant
 from medhdm.transforms import Explaind
 
 

@@ -29,9 +29,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from medhdm.data.bench_files import LESIONBENCH_INTENSITY_RANGE, write_lesionbench
+from medhdm.explain import make_explainer
 from medhdm.io.annotations import ImageGrid, load_annotation
 from medhdm.io.manifest import load_manifest
-from medhdm.explain import make_explainer
 from medhdm.models import load_model
 from medhdm.pipeline import InputSpec, explain_image, load_image
 

@@ -23,8 +23,8 @@ from pathlib import Path
 
 from medhdm.data.bench_files import LESIONBENCH_INTENSITY_RANGE, write_lesionbench
 from medhdm.evaluation import evaluate_manifest, paired_comparison, summarise
-from medhdm.io.manifest import load_manifest
 from medhdm.explain import make_explainer
+from medhdm.io.manifest import load_manifest
 from medhdm.models import load_model
 from medhdm.pipeline import InputSpec
 from medhdm.report import write_report

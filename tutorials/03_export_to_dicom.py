@@ -29,8 +29,8 @@ import matplotlib.pyplot as plt
 import pydicom
 from pydicom.data import get_testdata_file
 
-from medhdm.export import OverlayStyle, export
 from medhdm.explain import make_explainer
+from medhdm.export import OverlayStyle, export
 from medhdm.models import load_model
 from medhdm.pipeline import InputSpec, explain_image
 

@@ -39,9 +39,9 @@ from monai.transforms import (
 )
 
 from medhdm.data.bench_files import LESIONBENCH_INTENSITY_RANGE, write_lesionbench
+from medhdm.explain import make_explainer
 from medhdm.io.manifest import load_manifest
 from medhdm.io.reader import DicomSeriesReader
-from medhdm.explain import make_explainer
 from medhdm.models import load_model
 from medhdm.pipeline import InputSpec, classifier_transforms
 from medhdm.transforms import Explaind

@@ -21,7 +21,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 import torch
@@ -54,7 +54,7 @@ def _window(a: np.ndarray, lo_q: float = 1.0, hi_q: float = 99.5) -> np.ndarray:
     return np.clip((a - lo) / max(hi - lo, 1e-6), 0, 1).astype(np.float32)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _raw_anatomy(spatial_dims: int) -> tuple[np.ndarray, ...]:
     if spatial_dims == 2:
         import pydicom

@@ -11,8 +11,8 @@
 from .base import Explainer, Explanation, StageRecord
 from .baselines import RISE, GradCAM, GradCAMpp, GradientInput, Occlusion
 from .hdm import HDM
-from .mask_explainer import MaskExplainer
 from .maps import normalise
+from .mask_explainer import MaskExplainer
 from .masks import MaskObjective, grid_shapes, optimise_masks
 from .mdm import MDM
 from .neuromask import NeuroMask

@@ -19,9 +19,9 @@ import torch
 from torch import nn
 
 from .base import Explanation
+from .maps import normalise
 from .mask_explainer import MaskExplainer
 from .masks import GridSpec, MaskObjective, grid_key, grid_shapes, optimise_masks
-from .maps import normalise
 from .reference import ReferenceSpec
 from .scoring import ClassScorer
 

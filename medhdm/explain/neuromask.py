@@ -10,13 +10,12 @@ with Adam. The map is ``m`` (min-max normalised).
 
 from __future__ import annotations
 
-
 from torch import nn
 
 from .base import Explanation
+from .maps import normalise
 from .mask_explainer import MaskExplainer
 from .masks import GridSpec, MaskObjective, grid_key, grid_shapes, optimise_masks
-from .maps import normalise
 from .reference import ReferenceSpec
 from .scoring import ClassScorer
 

@@ -26,8 +26,8 @@ from monai.visualize import GradCAM as MonaiGradCAM
 from monai.visualize import GradCAMpp as MonaiGradCAMpp
 from torch import nn
 
-from ..checks import frozen_eval
 from ..base import Explainer, Explanation
+from ..checks import frozen_eval
 from ..maps import normalise
 from ..scoring import ClassScorer
 
@@ -125,8 +125,9 @@ class GradCAM(Explainer):
     def __init__(self, model: nn.Module, *, target_layer: str | None = None, seed: int = 0, amp: bool = False) -> None:
         super().__init__(model, seed=seed, amp=amp)
         if isinstance(model, torch.jit.ScriptModule):
-            raise ValueError(f"model: {self.name} needs forward hooks, which TorchScript modules do not support; "
-                             "use a mask or gradient method, or load the network class with its state dict")
+            raise ValueError(  # noqa: TRY004 (a module of the right type that cannot be hooked: a bad value)
+                f"model: {self.name} needs forward hooks, which TorchScript modules do not support; "
+                "use a mask or gradient method, or load the network class with its state dict")
         names = {n for n, _ in model.named_modules()}
         if target_layer is not None and target_layer not in names:
             raise ValueError(f"target_layer: {target_layer!r} is not a module of {type(model).__name__}")
