@@ -92,7 +92,7 @@ def _walk(ds: Dataset, salt: str) -> None:
             elem.value = None
 
 
-def deidentify(ds: Dataset, salt: str) -> Dataset:
+def deidentify(ds: Dataset, salt: str, retain_dates: bool = False) -> Dataset:
     """A de-identified deep copy of ``ds`` (``ds`` itself is left as it is).
 
     A copy, because derived objects may share elements with the source datasets they
