@@ -92,7 +92,7 @@ def _import_class(path: str) -> type[nn.Module]:
         raise ValueError(f"model: cannot import {path!r} ({err})") from None
     if not (isinstance(obj, type) and issubclass(obj, nn.Module)):
         kind = type(obj).__name__
-        raise ValueError(f"model: {path!r} is a {kind}, not a torch.nn.Module subclass; only network classes "
+        raise ValueError(f"model: {path!r} is a {kind}, not a torch.nn.Module subclass; only network classes "  # noqa: TRY004
                          "may be built from a class path")
     return obj
 

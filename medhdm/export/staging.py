@@ -39,7 +39,6 @@ import json
 import os
 import secrets
 import shutil
-import time
 from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -88,17 +87,9 @@ def check_output_folder(out_dir: Path, source_paths: Sequence[Path | None], allo
 
 
 def _checkpoint(step: str) -> None:
-    """A test hook: with ``MEDHDM_EXPORT_TRACE`` set to a file, each publication step is
-    appended to it (and ``MEDHDM_EXPORT_TRACE_PAUSE`` seconds slept), so that tests can
-    interrupt a run at a chosen moment. Without the variable this does nothing."""
-    trace = os.environ.get("MEDHDM_EXPORT_TRACE")
-    if not trace:
-        return
-    with open(trace, "a") as f:
-        f.write(f"{os.getpid()} {step}\n")
-    pause = float(os.environ.get("MEDHDM_EXPORT_TRACE_PAUSE", "0") or 0)
-    if pause > 0:
-        time.sleep(pause)
+    """Called after each publication step (``"staged <k>"``, ``"manifest"``, ``"set"``,
+    ``"links"``, ``"swapped"``, ``"done"``); does nothing. Tests replace it in a child
+    process to interrupt a run at a chosen moment."""
 
 
 def _fsync_dir(path: Path) -> None:
@@ -157,7 +148,7 @@ class ExportFolder:
         self._staging: Path | None = None
 
     # -- lock -------------------------------------------------------------------------
-    def __enter__(self) -> ExportFolder:
+    def __enter__(self) -> ExportFolder:  # noqa: PYI034
         out = self.out
         for _ in range(3):
             if out.exists() and not out.is_dir():
