@@ -24,7 +24,13 @@ from conftest import ct_volume
 from medhdm.data.dicom_series import write_series
 from medhdm.export import export
 from medhdm.export import staging as staging_module
-from medhdm.export.staging import CURRENT, MANIFEST, SETS, STAGING_PREFIX, OutputBusyError, OutputExistsError
+from medhdm.export.staging import (
+    CURRENT,
+    MANIFEST,
+    SETS,
+    STAGING_PREFIX,
+    OutputExistsError,
+)
 from medhdm.io import read_dicom
 
 FORK = multiprocessing.get_context("fork")
