@@ -24,21 +24,53 @@ def _demo(args: argparse.Namespace) -> None:
     run_demo(Path(args.out), n_cases=args.cases, n_cases_3d=args.cases_3d)
 
 
+def _deidentify_salt(args: argparse.Namespace) -> str | None:
+    """The salt from --deidentify-salt-file, MEDHDM_DEIDENTIFY_SALT (with --deidentify), or --deidentify-salt."""
+    given = [n for n, v in (("--deidentify-salt", args.deidentify_salt), ("--deidentify-salt-file",
+                                                                          args.deidentify_salt_file)) if v]
+    if len(given) > 1:
+        raise ValueError("give one of --deidentify-salt and --deidentify-salt-file")
+    if args.deidentify_salt_file:
+        path = Path(args.deidentify_salt_file)
+        try:
+            salt = path.read_text().strip()
+        except (OSError, UnicodeDecodeError) as err:
+            raise ValueError(f"--deidentify-salt-file: cannot read {path} ({getattr(err, 'strerror', None) or err})") from None
+        if not salt:
+            raise ValueError(f"--deidentify-salt-file: {path} is empty")
+        return salt
+    if args.deidentify_salt:
+        return args.deidentify_salt
+    if args.deidentify:
+        salt = os.environ.get("MEDHDM_DEIDENTIFY_SALT", "").strip()
+        if not salt:
+            raise ValueError("--deidentify: set MEDHDM_DEIDENTIFY_SALT or give --deidentify-salt-file")
+        return salt
+    if args.retain_dates:
+        raise ValueError("--retain-dates: only with de-identification (--deidentify)")
+    return None
+
+
 def _export(args: argparse.Namespace) -> None:
     from .export import OverlayStyle, export
+    from .export.api import _check_arguments
     from .io.dicom import read_dicom
     from .io.maps import load_map
 
+    # every argument checked before any file is read
+    formats = [f.strip() for f in args.format.split(",") if f.strip()]
+    style = OverlayStyle(cmap=args.cmap, threshold=args.threshold, alpha=args.alpha, legend=not args.no_legend)
+    salt = _deidentify_salt(args)
+    _check_arguments(formats, args.out, style, args.window_preset, args.seg_threshold, salt)
     source = read_dicom(args.image)
     saliency = load_map(args.map, source)
     lesion = load_map(args.lesion, source) if args.lesion else None
-    formats = [f.strip() for f in args.format.split(",") if f.strip()]
     written = export(
         source, saliency, args.out, formats,
-        method=args.method, class_label=args.class_label,
-        style=OverlayStyle(cmap=args.cmap, threshold=args.threshold, alpha=args.alpha, legend=not args.no_legend),
+        method=args.method, class_label=args.class_label, style=style,
         lesion_mask=lesion, window_preset=args.window_preset, seg_threshold=args.seg_threshold,
-        deidentify_salt=args.deidentify_salt, allow_inside_source=args.allow_inside_source,
+        deidentify_salt=salt, allow_inside_source=args.allow_inside_source,
+        overwrite=args.overwrite, retain_dates=args.retain_dates,
     )
     for fmt, paths in written.items():
         where = paths[0] if len(paths) == 1 else f"{len(paths)} files in {Path(args.out)}"
@@ -208,7 +240,15 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--no-legend", action="store_true", help="do not burn in the colour bar and label")
     exp.add_argument("--window-preset", default=None, help="CT window preset: soft_tissue, lung, bone, brain")
     exp.add_argument("--seg-threshold", type=float, default=0.5, help="SEG holds map >= this (0.5)")
-    exp.add_argument("--deidentify-salt", default=None, help="de-identify the DICOM outputs with this secret")
+    exp.add_argument("--deidentify", action="store_true", help="de-identify the DICOM outputs (PS3.15 Basic "
+                     "Profile) with the secret in MEDHDM_DEIDENTIFY_SALT or --deidentify-salt-file")
+    exp.add_argument("--deidentify-salt-file", default=None, help="file holding the de-identification secret "
+                     "(implies --deidentify)")
+    exp.add_argument("--deidentify-salt", default=None, help="the secret itself (visible in the process list; "
+                     "prefer MEDHDM_DEIDENTIFY_SALT or --deidentify-salt-file)")
+    exp.add_argument("--retain-dates", action="store_true", help="with --deidentify: keep dates and times "
+                     "(Retain Longitudinal Temporal Information option)")
+    exp.add_argument("--overwrite", action="store_true", help="replace an export that --out already holds")
     exp.add_argument("--allow-inside-source", action="store_true", help="allow --out inside the source folder")
     exp.set_defaults(func=_export)
     return parser

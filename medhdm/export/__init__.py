@@ -12,9 +12,12 @@ from .api import (
 )
 from .deidentify import deidentify
 from .overlay import OverlayStyle, Window, apply_window, render_overlay, window_for
+from .staging import OutputBusyError, OutputExistsError
 
 __all__ = [
     "FORMATS",
+    "OutputBusyError",
+    "OutputExistsError",
     "OverlayStyle",
     "Window",
     "apply_window",

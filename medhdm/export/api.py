@@ -29,8 +29,8 @@ from .dicom import (
     build_segmentation,
     render_source_overlays,
 )
-from .overlay import OverlayStyle, window_for
-from .staging import check_output_folder, write_all
+from .overlay import CT_PRESETS, OverlayStyle, window_for
+from .staging import ExportFolder, check_output_folder
 
 __all__ = [
     "FORMATS",
@@ -115,10 +115,8 @@ def _build(
     window_preset: str | None,
     seg_threshold: float,
     deidentify_salt: str | None,
+    retain_dates: bool = False,
 ) -> list[tuple[str, object]]:
-    unknown = [f for f in formats if f not in FORMATS]
-    if unknown or not formats:
-        raise ValueError(f"formats: expected some of {', '.join(FORMATS)}, got {list(formats)}")
     window = window_for(source.first, source.pixels, preset=window_preset)
     overlays = []
     if "sc" in formats or "png" in formats:  # rendered once for both
@@ -131,7 +129,7 @@ def _build(
     if "seg" in formats:
         datasets += build_segmentation(source, saliency, seg_threshold, info)
     if deidentify_salt is not None:
-        datasets = [(name, _deidentify(ds, deidentify_salt)) for name, ds in datasets]
+        datasets = [(name, _deidentify(ds, deidentify_salt, retain_dates=retain_dates)) for name, ds in datasets]
     for _, ds in datasets:
         ds.remove_private_tags()
     writers: list[tuple[str, object]] = [(name, _dicom_writer(ds)) for name, ds in datasets]
@@ -140,6 +138,28 @@ def _build(
     if "png" in formats:
         writers += [(f"overlay_{k + 1:04d}.png", _png_writer(rgb)) for k, rgb in enumerate(overlays)]
     return writers
+
+
+def _check_arguments(formats, out_dir, style, window_preset, seg_threshold, deidentify_salt) -> list[str]:
+    """Every argument that can be checked without reading the source, checked before any work."""
+    formats = [formats] if isinstance(formats, str) else list(formats)
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown or not formats:
+        raise ValueError(f"formats: expected some of {', '.join(FORMATS)}, got {list(formats)}")
+    if len(set(formats)) != len(formats):
+        raise ValueError(f"formats: {formats} names a format twice")
+    if style is not None and not isinstance(style, OverlayStyle):
+        raise TypeError(f"style: expected an OverlayStyle, got {type(style).__name__}")
+    if window_preset is not None and window_preset not in CT_PRESETS:
+        raise ValueError(f"window preset: expected one of {sorted(CT_PRESETS)}, got {window_preset!r}")
+    if "seg" in formats and not 0.0 < float(seg_threshold) <= 1.0:
+        raise ValueError(f"seg threshold: expected a value in (0, 1], got {seg_threshold}")
+    if deidentify_salt is not None and (not isinstance(deidentify_salt, str) or not deidentify_salt.strip()):
+        raise ValueError("deidentify salt: a non-empty secret is needed")
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"out: {out} exists and is not a folder")
+    return formats
 
 
 def export(
@@ -157,6 +177,8 @@ def export(
     series_number: int | None = None,
     deidentify_salt: str | None = None,
     allow_inside_source: bool = False,
+    overwrite: bool = False,
+    retain_dates: bool = False,
 ) -> dict[str, list[Path]]:
     """Write ``saliency`` in the given formats next to (not into) the source study.
 
@@ -176,10 +198,20 @@ def export(
         deidentify_salt: if given, the DICOM objects are de-identified (see
             :mod:`medhdm.export.deidentify`) with this secret.
         allow_inside_source: allow an output folder inside the source's folder.
+        overwrite: replace an export that ``out_dir`` already holds (otherwise that is an
+            error, :class:`~medhdm.export.staging.OutputExistsError`).
+        retain_dates: with ``deidentify_salt``, the profile's Retain Longitudinal Temporal
+            Information (Full Dates) option: dates and times are kept.
+
+    The files are published all or nothing (:mod:`medhdm.export.staging`): the folder is
+    locked while this runs (a second run fails with
+    :class:`~medhdm.export.staging.OutputBusyError`), and an interrupted run leaves the
+    complete old set or the complete new one.
 
     Returns:
         the written paths by format.
     """
+    formats = _check_arguments(formats, out_dir, style, window_preset, seg_threshold, deidentify_salt)
     style = style or OverlayStyle()
     src = _as_source(source)
     if src.multiframe:
@@ -189,9 +221,12 @@ def export(
     sal = map_on_source_grid(saliency, src)
     lesion = _lesion_on_grid(lesion_mask, src)
     info = DerivationInfo(method=str(method), class_label=class_label, series_number=series_number)
-    formats = [formats] if isinstance(formats, str) else list(formats)
-    writers = _build(src, sal, formats, info, style, lesion, window_preset, seg_threshold, deidentify_salt)
-    paths = write_all(out_dir, writers, protected=src.paths)
+    with ExportFolder(out_dir, overwrite=overwrite) as folder:  # locked; an existing export refused here
+        writers = _build(src, sal, formats, info, style, lesion, window_preset, seg_threshold, deidentify_salt,
+                         retain_dates)
+        paths = folder.publish(writers, protected=src.paths,
+                               note={"formats": formats, "method": str(method),
+                                     "deidentified": deidentify_salt is not None})
     grouped: dict[str, list[Path]] = {f: [] for f in formats}
     prefixes = {"sc": "SC_", "pm": "PM", "seg": "SEG", "nifti": "saliency", "png": "overlay_"}
     for path in paths:

@@ -1,20 +1,75 @@
-"""All-or-nothing writing of a set of output files, and the rules that protect the source.
+"""All-or-nothing publication of a set of output files, a lock per output folder, and the
+rules that protect the source.
 
-Files are written into a hidden temporary folder inside the output folder and renamed
-into place only after every one of them was written; on any failure the temporary
-folder (and the output folder, if this call created it) is removed, so a failed export
-leaves nothing behind.
+Layout of an output folder ``OUT`` that holds an export::
+
+    OUT/SC_0001.dcm -> .medhdm-current/SC_0001.dcm     (one relative link per file of the set)
+    OUT/medhdm-export.json -> .medhdm-current/medhdm-export.json
+    OUT/.medhdm-current -> .medhdm-sets/<id>          (the one switch: which set is visible)
+    OUT/.medhdm-sets/<id>/                            (a complete set: its files and its manifest)
+
+A run takes an exclusive ``flock`` on ``OUT`` itself (so there is no lock file to leave
+behind or delete); a second run into the same folder fails at once with
+:class:`OutputBusyError`. Under the lock it
+
+1. removes what an interrupted run of its own kind left (``.medhdm-staging-*`` folders,
+   sets that are not current, links that point at a file the current set does not have;
+   nothing else is ever deleted),
+2. refuses a folder that already holds an export unless ``overwrite``, and any file of
+   the new set's names that is not one of these links, always,
+3. writes every file into ``OUT/.medhdm-staging-<pid>-<random>/``, then the manifest
+   (names, sizes, SHA-256) last, and fsyncs them,
+4. renames the staging folder into ``.medhdm-sets/`` (one rename of a directory: a set
+   there is always complete), adds links for names the old set did not have,
+5. swaps ``.medhdm-current`` to the new set with one atomic rename of a symlink: the
+   commit point. Before it every link shows the old set (new names dangle, so they are
+   no files); after it every link shows the new set,
+6. removes the old set and its links of names the new set does not have.
+
+So a run killed at any moment leaves the complete old set (or nothing) or the complete
+new set, plus at most leftovers of the kinds in 1, which the next run removes.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
+import hashlib
+import json
 import os
+import secrets
 import shutil
-import tempfile
 from collections.abc import Callable, Sequence
+from datetime import datetime, timezone
 from pathlib import Path
 
-__all__ = ["check_output_folder", "write_all"]
+__all__ = [
+    "CURRENT",
+    "MANIFEST",
+    "SETS",
+    "STAGING_PREFIX",
+    "ExportFolder",
+    "OutputBusyError",
+    "OutputExistsError",
+    "check_output_folder",
+    "read_manifest",
+    "write_all",
+]
+
+CURRENT = ".medhdm-current"
+SETS = ".medhdm-sets"
+STAGING_PREFIX = ".medhdm-staging-"
+MANIFEST = "medhdm-export.json"
+_TMP_LINK = ".medhdm-link-"
+_MANIFEST_FORMAT = "medhdm-export/1"
+
+
+class OutputBusyError(ValueError):
+    """Another run is writing into the output folder."""
+
+
+class OutputExistsError(ValueError):
+    """The output folder already holds outputs, and overwriting was not asked for."""
 
 
 def check_output_folder(out_dir: Path, source_paths: Sequence[Path | None], allow_inside_source: bool = False) -> None:
@@ -31,56 +86,278 @@ def check_output_folder(out_dir: Path, source_paths: Sequence[Path | None], allo
                              "or pass allow_inside_source=True (--allow-inside-source)")
 
 
+def _checkpoint(step: str) -> None:
+    """Called after each publication step (``"staged <k>"``, ``"manifest"``, ``"set"``,
+    ``"links"``, ``"swapped"``, ``"done"``); does nothing. Tests replace it in a child
+    process to interrupt a run at a chosen moment."""
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _check_name(name: str) -> None:
+    if (not name or name != os.path.basename(name) or name.startswith(".") or name in (MANIFEST,)
+            or "\x00" in name or os.sep in name or (os.altsep and os.altsep in name)):
+        raise ValueError(f"output name {name!r}: expected a plain file name inside the output folder")
+
+
+def read_manifest(set_dir: str | os.PathLike) -> dict:
+    """The manifest of a published set folder (``{"files": {name: {"sha256", "bytes"}}, ...}``)."""
+    with open(Path(set_dir) / MANIFEST) as f:
+        manifest = json.load(f)
+    if manifest.get("format") != _MANIFEST_FORMAT or not isinstance(manifest.get("files"), dict):
+        raise ValueError(f"{Path(set_dir) / MANIFEST}: not a medhdm export manifest")
+    return manifest
+
+
+class ExportFolder:
+    """An output folder, locked for one run (a context manager; see the module docstring).
+
+    Args:
+        out_dir: the output folder (created if missing, removed again if this run created
+            it and leaves it empty).
+        overwrite: replace an export the folder already holds.
+    """
+
+    def __init__(self, out_dir: str | os.PathLike, overwrite: bool = False) -> None:
+        self.out = Path(out_dir)
+        self.overwrite = bool(overwrite)
+        self._fd: int | None = None
+        self._created: list[Path] = []
+        self._staging: Path | None = None
+
+    # -- lock -------------------------------------------------------------------------
+    def __enter__(self) -> ExportFolder:  # noqa: PYI034
+        out = self.out
+        for _ in range(3):
+            if out.exists() and not out.is_dir():
+                raise ValueError(f"out: {out} exists and is not a folder")
+            missing = [p for p in [out, *out.parents] if not p.exists()]
+            try:
+                out.mkdir(parents=True, exist_ok=True)
+            except OSError as err:
+                raise ValueError(f"out: cannot create {out} ({err.strerror or err})") from None
+            self._created = [p for p in missing if p.is_dir()]
+            try:
+                fd = os.open(out, os.O_RDONLY | os.O_DIRECTORY)
+            except OSError as err:
+                raise ValueError(f"out: cannot open {out} ({err.strerror or err})") from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as err:
+                os.close(fd)
+                if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                    raise OutputBusyError(f"out: {out} is locked: another medhdm run is writing into it; "
+                                          "wait for it to finish or choose another folder") from None
+                raise ValueError(f"out: cannot lock {out} ({err.strerror or err})") from None
+            try:
+                same = os.stat(out).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                self._fd = fd
+                break
+            os.close(fd)  # the folder was removed or replaced between mkdir and flock: try again
+        else:
+            raise OutputBusyError(f"out: {out} keeps being removed or replaced by another process")
+        try:
+            if not os.access(out, os.W_OK | os.X_OK):
+                raise ValueError(f"out: cannot write into {out} (permission denied)")
+            self.recover()
+            if not self.overwrite and self.current_set() is not None:
+                raise OutputExistsError(f"out: {out} already holds a medhdm export ({out / MANIFEST}); pass "
+                                        "overwrite=True (--overwrite) to replace it, or choose another folder")
+        except BaseException:
+            self._release(failed=True)
+            raise
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self._release(failed=exc_type is not None)
+
+    def _release(self, failed: bool) -> None:
+        try:
+            if failed and self._fd is not None:
+                try:
+                    self.recover()
+                except OSError:
+                    pass
+                for folder in self._created:  # only folders this run made, only if empty
+                    try:
+                        folder.rmdir()
+                    except OSError:
+                        break
+        finally:
+            if self._fd is not None:
+                os.close(self._fd)  # releases the flock
+                self._fd = None
+
+    # -- state ------------------------------------------------------------------------
+    def current_set(self) -> Path | None:
+        """The folder of the visible set, or ``None``."""
+        link = self.out / CURRENT
+        if not link.is_symlink():
+            return None
+        target = os.readlink(link)
+        folder = self.out / target
+        if Path(target).parent != Path(SETS) or not (folder / MANIFEST).is_file():
+            return None
+        return folder
+
+    def _is_our_link(self, path: Path) -> bool:
+        return path.is_symlink() and os.readlink(path) == f"{CURRENT}/{path.name}"
+
+    def recover(self) -> None:
+        """Remove what interrupted runs of this kind left; nothing else (needs the lock)."""
+        assert self._fd is not None, "recover() needs the folder's lock"
+        current = self.current_set()
+        if (self.out / CURRENT).is_symlink() and current is None:
+            (self.out / CURRENT).unlink()  # points at no complete set: nothing is visible anyway
+        for entry in list(os.scandir(self.out)):
+            path = Path(entry.path)
+            if entry.name.startswith(STAGING_PREFIX) and entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(path, ignore_errors=True)
+            elif (entry.name.startswith(_TMP_LINK) or entry.name.startswith(f"{CURRENT}.tmp-")) and entry.is_symlink():
+                path.unlink()
+            elif self._is_our_link(path) and not path.exists():
+                path.unlink()  # a link to a file the current set does not have
+        sets = self.out / SETS
+        if sets.is_dir() and not sets.is_symlink():
+            for entry in list(os.scandir(sets)):
+                if current is None or entry.name != current.name:
+                    if entry.is_dir(follow_symlinks=False):
+                        shutil.rmtree(entry.path, ignore_errors=True)
+                    else:
+                        os.unlink(entry.path)
+            if current is None:
+                try:
+                    sets.rmdir()
+                except OSError:
+                    pass
+        _fsync_dir(self.out)
+
+    # -- publication ------------------------------------------------------------------
+    def publish(
+        self,
+        writers: Sequence[tuple[str, Callable[[str], None]]],
+        protected: Sequence[Path | None] = (),
+        note: dict | None = None,
+    ) -> list[Path]:
+        """Write every ``(file name, writer)`` pair as the folder's new set, all or nothing.
+
+        Returns:
+            the paths of the written files in ``out`` (links into the set), in the order given.
+        """
+        assert self._fd is not None, "publish() needs the folder's lock"
+        out = self.out
+        names = [name for name, _ in writers]
+        for name in names:
+            _check_name(name)
+        if len(set(names)) != len(names):
+            raise ValueError("two outputs would get the same file name")
+        protected_resolved = {Path(p).resolve() for p in protected if p is not None}
+        for name in [*names, MANIFEST]:
+            target = out / name
+            if target.resolve() in protected_resolved:
+                raise ValueError(f"{target}: refusing to overwrite a source file")
+            if (target.exists() or target.is_symlink()) and not self._is_our_link(target):
+                raise OutputExistsError(f"out: {target} exists and is not part of a medhdm export; "
+                                        "remove it or choose another folder")
+        old = self.current_set()
+        if old is not None and not self.overwrite:
+            raise OutputExistsError(f"out: {out} already holds a medhdm export; pass overwrite=True (--overwrite)")
+        old_names = set(read_manifest(old)["files"]) if old is not None else set()
+
+        staging = Path(os.path.join(out, f"{STAGING_PREFIX}{os.getpid()}-{secrets.token_hex(6)}"))
+        staging.mkdir()
+        self._staging = staging
+        files = {}
+        for k, (name, write) in enumerate(writers, start=1):
+            staged = staging / name
+            write(str(staged))
+            if not staged.is_file():
+                raise ValueError(f"{name}: the writer produced no file")
+            os.chmod(staged, 0o644)
+            _fsync_file(staged)
+            files[name] = {"sha256": _sha256(staged), "bytes": staged.stat().st_size}
+            _checkpoint(f"staged {k}")
+        manifest = {"format": _MANIFEST_FORMAT, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                    "files": files, **(note or {})}
+        tmp = staging / f".{MANIFEST}.tmp"
+        tmp.write_text(json.dumps(manifest, indent=1) + "\n")
+        os.chmod(tmp, 0o644)
+        _fsync_file(tmp)
+        os.replace(tmp, staging / MANIFEST)  # written last: it marks the set complete
+        _fsync_dir(staging)
+        _checkpoint("manifest")
+
+        sets = out / SETS
+        sets.mkdir(exist_ok=True)
+        set_dir = sets / staging.name[len(STAGING_PREFIX):]
+        os.rename(staging, set_dir)  # a complete set appears at once
+        self._staging = None
+        _fsync_dir(sets)
+        _checkpoint("set")
+        for name in [*names, MANIFEST]:
+            target = out / name
+            if not self._is_our_link(target):  # new names: dangling until the swap
+                tmp_link = out / f"{_TMP_LINK}{secrets.token_hex(6)}"
+                os.symlink(f"{CURRENT}/{name}", tmp_link)
+                os.replace(tmp_link, target)
+        _fsync_dir(out)
+        _checkpoint("links")
+        tmp_current = out / f"{CURRENT}.tmp-{secrets.token_hex(6)}"
+        os.symlink(f"{SETS}/{set_dir.name}", tmp_current)
+        os.replace(tmp_current, out / CURRENT)  # the commit point
+        _fsync_dir(out)
+        _checkpoint("swapped")
+        for name in old_names - set(names) - {MANIFEST}:
+            if self._is_our_link(out / name):
+                (out / name).unlink()
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+        _fsync_dir(out)
+        _checkpoint("done")
+        return [out / name for name in names]
+
+
 def write_all(
     out_dir: str | os.PathLike,
     writers: Sequence[tuple[str, Callable[[str], None]]],
     protected: Sequence[Path | None] = (),
+    overwrite: bool = False,
 ) -> list[Path]:
-    """Write every ``(file name, writer)`` pair into ``out_dir``, all or nothing.
+    """Write every ``(file name, writer)`` pair into ``out_dir`` as one set, all or nothing.
 
     Args:
         out_dir: the output folder (created if missing).
-        writers: file names relative to ``out_dir`` and functions that write a given path.
+        writers: plain file names and functions that write a given path.
         protected: files that must never be replaced (the source images).
+        overwrite: replace an export the folder already holds.
 
     Returns:
         the written paths, in the order given.
     """
-    out = Path(out_dir)
-    names = [name for name, _ in writers]
-    if len(set(names)) != len(names):
-        raise ValueError("two outputs would get the same file name")
-    targets = [out / name for name in names]
-    protected_resolved = {Path(p).resolve() for p in protected if p is not None}
-    for target in targets:
-        if target.resolve() in protected_resolved:
-            raise ValueError(f"{target}: refusing to overwrite a source file")
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"out: {out} exists and is not a folder")
-    created = not out.exists()
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise ValueError(f"out: cannot create {out} ({err.strerror or err})") from None
-    try:
-        staging = Path(tempfile.mkdtemp(dir=out, prefix=".medhdm-export-"))
-    except OSError as err:
-        if created:
-            shutil.rmtree(out, ignore_errors=True)
-        raise ValueError(f"out: cannot write into {out} ({err.strerror or err})") from None
-    try:
-        for (name, write), target in zip(writers, targets):
-            staged = staging / name
-            staged.parent.mkdir(parents=True, exist_ok=True)
-            write(str(staged))
-            os.chmod(staged, 0o644)
-        for (name, _), target in zip(writers, targets):
-            target.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(staging / name, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        if created:
-            shutil.rmtree(out, ignore_errors=True)
-        raise
-    shutil.rmtree(staging, ignore_errors=True)
-    return targets
+    with ExportFolder(out_dir, overwrite=overwrite) as folder:
+        return folder.publish(writers, protected)

@@ -28,6 +28,11 @@ def atomic_write(path: str | os.PathLike, data: bytes | Callable[[str], None]) -
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
         os.chmod(tmp, 0o644)
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)  # the bytes are on disk before the name points at them
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

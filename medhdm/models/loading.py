@@ -23,13 +23,27 @@ from torch import nn
 __all__ = ["load_model"]
 
 
-def _import_class(path: str):
+def _import_class(path: str) -> type[nn.Module]:
+    """The ``torch.nn.Module`` subclass named by ``path``; anything else is refused before it is called.
+
+    A class path comes from the command line, so it must not be a way to call an
+    arbitrary function (``os.system``, ``subprocess.call``, ``builtins.eval``): the
+    object found is checked to be a class deriving from ``torch.nn.Module`` and is
+    returned uncalled.
+    """
     module_name, _, class_name = path.replace(":", ".").rpartition(".")
+    if not module_name or not class_name.isidentifier() or not all(p.isidentifier() for p in module_name.split(".")):
+        raise ValueError(f"model: {path!r} is not a class path like package.module.Class")
     try:
         module = importlib.import_module(module_name)
-        return getattr(module, class_name)
+        obj = getattr(module, class_name)
     except (ImportError, AttributeError, ValueError) as err:
         raise ValueError(f"model: cannot import {path!r} ({err})") from None
+    if not (isinstance(obj, type) and issubclass(obj, nn.Module)):
+        kind = type(obj).__name__
+        raise ValueError(f"model: {path!r} is a {kind}, not a torch.nn.Module subclass; only network classes "  # noqa: TRY004
+                         "may be built from a class path")
+    return obj
 
 
 def _load_state(model: nn.Module, weights: str | os.PathLike, device) -> None:
@@ -84,14 +98,16 @@ def load_model(
         except RuntimeError as err:
             raise ValueError(f"model: {path} is not a TorchScript file ({str(err).splitlines()[0]}); "
                              "for a state dict give the network class path and --weights") from None
-    elif "." in spec and "/" not in spec:
-        cls = _import_class(spec)
+    elif ("." in spec or ":" in spec) and "/" not in spec:
+        cls = _import_class(spec)  # a torch.nn.Module subclass, checked before it is called
+        if weights is None:
+            raise ValueError(f"weights: a state-dict file is needed for the network class {spec}")
+        if not Path(weights).is_file():
+            raise FileNotFoundError(f"weights: no such file {weights}")
         try:
             model = cls(**(model_args or {}))
         except TypeError as err:
             raise ValueError(f"model arguments for {spec}: {err}") from None
-        if weights is None:
-            raise ValueError(f"weights: a state-dict file is needed for the network class {spec}")
         _load_state(model, weights, device)
     else:
         raise FileNotFoundError(f"model: {spec} is neither 'default', a file, a bundle folder nor a class path")
