@@ -53,7 +53,7 @@ def _deidentify_salt(args: argparse.Namespace) -> str | None:
 
 def _export(args: argparse.Namespace) -> None:
     from .export import OverlayStyle, export
-    from .export.api import _check_arguments
+    from .export import check_export_arguments
     from .io.dicom import read_dicom
     from .io.maps import load_map
 
@@ -61,7 +61,7 @@ def _export(args: argparse.Namespace) -> None:
     formats = [f.strip() for f in args.format.split(",") if f.strip()]
     style = OverlayStyle(cmap=args.cmap, threshold=args.threshold, alpha=args.alpha, legend=not args.no_legend)
     salt = _deidentify_salt(args)
-    _check_arguments(formats, args.out, style, args.window_preset, args.seg_threshold, salt)
+    check_export_arguments(formats, args.out, style, args.window_preset, args.seg_threshold, salt)
     source = read_dicom(args.image)
     saliency = load_map(args.map, source)
     lesion = load_map(args.lesion, source) if args.lesion else None
@@ -160,9 +160,14 @@ def _explain(args: argparse.Namespace) -> None:
     if len(set(ids)) != len(ids):
         raise ValueError("two images would give the same case name: " + ", ".join(sorted({i for i in ids if ids.count(i) > 1})))
     formats = [f.strip() for f in (args.export or "").split(",") if f.strip()]
+    if formats:  # checked before any work
+        from .export import OverlayStyle, check_export_arguments
+
+        check_export_arguments(formats, args.out, OverlayStyle(), None, 0.5, None)
     model, spec = _model_and_spec(args)
     explainer = make_explainer(args.method, model, steps=args.steps, **_parse_json(args.method_args, "--method-args"))
-    explain_studies(cases, explainer, spec, args.out, formats, method=args.method, log=lambda s: print(s, flush=True))
+    explain_studies(cases, explainer, spec, args.out, formats, method=args.method, log=lambda s: print(s, flush=True),
+                    overwrite=args.overwrite)
     print(f"maps and explanations.csv in {Path(args.out)}")
 
 
@@ -205,6 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_options(ex)
     ex.add_argument("--out", required=True, help="output folder: <case>_saliency.nii.gz and explanations.csv")
     ex.add_argument("--export", default=None, help="also export DICOM sources: comma-separated sc,pm,seg,nifti,png")
+    ex.add_argument("--overwrite", action="store_true", help="with --export: replace the exports a previous run wrote")
     ex.set_defaults(func=_explain)
 
     ev = sub.add_parser("evaluate", help="explain every case of a manifest with several methods, score the maps "

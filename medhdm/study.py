@@ -48,6 +48,7 @@ def explain_study(
     out_dir: str | os.PathLike,
     export_formats: Sequence[str] = (),
     method: str | None = None,
+    overwrite: bool = False,
 ) -> dict:
     """Explain one study and write its outputs into ``out_dir``; return its ``explanations.csv`` row (``score`` a float).
 
@@ -58,6 +59,7 @@ def explain_study(
         out_dir: an existing folder.
         export_formats: DICOM source only: formats of :func:`medhdm.export.export` (``sc``, ``pm``, ...).
         method: the method's name in the exported series descriptions (default: the explainer's).
+        overwrite: replace an export that ``<case>_dicom/`` already holds (otherwise refused).
     """
     out = Path(out_dir)
     result = explain_image(case.image, explainer, spec, class_idx=case.class_idx, keep_dicom=bool(export_formats))
@@ -71,7 +73,7 @@ def explain_study(
         from .export import export
 
         export(result.dicom, result.saliency_in_dicom_order(), out / f"{case.case}_dicom", list(export_formats),
-               method=method or explainer.name, class_label=result.class_idx)
+               method=method or explainer.name, class_label=result.class_idx, overwrite=overwrite)
         exported = str(out / f"{case.case}_dicom")
     return {"case": case.case, "image": str(case.image), "class_idx": result.class_idx,
             "score": result.score, "map": str(map_path), "export": exported}
@@ -85,6 +87,7 @@ def explain_studies(
     export_formats: Sequence[str] = (),
     method: str | None = None,
     log: Callable[[str], None] | None = print,
+    overwrite: bool = False,
 ) -> list[dict]:
     """:func:`explain_study` for every case, then ``explanations.csv`` (one row per case) in ``out_dir`` (created)."""
     if not cases:
@@ -94,7 +97,7 @@ def explain_studies(
     rows = []
     for i, case in enumerate(cases, start=1):
         start = time.perf_counter()
-        row = explain_study(case, explainer, spec, out, export_formats, method)
+        row = explain_study(case, explainer, spec, out, export_formats, method, overwrite)
         rows.append(row)
         if log:
             log(f"[{i}/{len(cases)}] {case.case}: class {row['class_idx']} (p={row['score']:.3f}), "

@@ -10,7 +10,7 @@ import subprocess
 import numpy as np
 import pydicom
 import pytest
-from conftest import ct_volume
+from medhdm.testing import ct_volume
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
 

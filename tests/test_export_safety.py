@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ct_volume
+from medhdm.testing import ct_volume
 
 from medhdm.data.dicom_series import write_series
 from medhdm.export import export

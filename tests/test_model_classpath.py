@@ -14,7 +14,7 @@ from monai.networks.nets import DenseNet
 from pydicom.data import get_testdata_file
 
 from medhdm.cli import main
-from medhdm.methods import load_model
+from medhdm.models import load_model
 
 TINY_2D = {"spatial_dims": 2, "in_channels": 1, "out_channels": 2, "init_features": 4, "growth_rate": 4,
            "block_config": [2, 2], "bn_size": 2}

@@ -2,6 +2,7 @@
 
 from .api import (
     FORMATS,
+    check_export_arguments,
     export,
     export_nifti,
     export_parametric_map,
@@ -16,6 +17,7 @@ from .staging import OutputBusyError, OutputExistsError
 
 __all__ = [
     "FORMATS",
+    "check_export_arguments",
     "OutputBusyError",
     "OutputExistsError",
     "OverlayStyle",

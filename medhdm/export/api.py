@@ -34,6 +34,7 @@ from .staging import ExportFolder, check_output_folder
 
 __all__ = [
     "FORMATS",
+    "check_export_arguments",
     "export",
     "export_nifti",
     "export_parametric_map",
@@ -140,7 +141,7 @@ def _build(
     return writers
 
 
-def _check_arguments(formats, out_dir, style, window_preset, seg_threshold, deidentify_salt) -> list[str]:
+def check_export_arguments(formats, out_dir, style, window_preset, seg_threshold, deidentify_salt) -> list[str]:
     """Every argument that can be checked without reading the source, checked before any work."""
     formats = [formats] if isinstance(formats, str) else list(formats)
     unknown = [f for f in formats if f not in FORMATS]
@@ -211,7 +212,7 @@ def export(
     Returns:
         the written paths by format.
     """
-    formats = _check_arguments(formats, out_dir, style, window_preset, seg_threshold, deidentify_salt)
+    formats = check_export_arguments(formats, out_dir, style, window_preset, seg_threshold, deidentify_salt)
     style = style or OverlayStyle()
     src = _as_source(source)
     if src.multiframe:
