@@ -1,7 +1,9 @@
 """The ``medhdm`` command line.
 
-Errors that come from bad input (``ValueError``, ``TypeError``, ``FileNotFoundError``)
-are printed as one line on stderr with exit status 2, without a traceback.
+Every error is one line on stderr, without a traceback (``--debug`` prints it): exit
+status 2 for bad input (``ValueError``, ``TypeError``, ``FileNotFoundError``, a file or
+folder that cannot be used), 1 for a failure of the run itself (out of memory, a full
+disk, an error inside the model), 0 for success.
 """
 
 from __future__ import annotations
@@ -52,8 +54,7 @@ def _deidentify_salt(args: argparse.Namespace) -> str | None:
 
 
 def _export(args: argparse.Namespace) -> None:
-    from .export import OverlayStyle, export
-    from .export import check_export_arguments
+    from .export import OverlayStyle, check_export_arguments, export
     from .io.dicom import read_dicom
     from .io.maps import load_map
 
@@ -94,8 +95,10 @@ def _parse_json(text: str | None, name: str) -> dict:
 def _bench_data(args: argparse.Namespace) -> None:
     from .data.bench_files import write_lesionbench
 
+    if args.cases < 1:
+        raise ValueError(f"--cases: expected at least 1, got {args.cases}")
     path = write_lesionbench(args.out, n_cases=args.cases, spatial_dims=args.dims, seed=args.seed,
-                             manifest_path=args.manifest)
+                             manifest_path=args.manifest, overwrite=args.overwrite)
     print(f"wrote {args.cases} LesionBench {args.dims}D cases and {path}")
 
 
@@ -124,11 +127,13 @@ def _evaluate(args: argparse.Namespace) -> None:
     from .explain.registry import is_mask_method, make_explainer
     from .io.manifest import load_manifest
     from .report import write_report
+    from .study import StudyCase, check_output_folder
 
     entries = load_manifest(args.manifest)
     names = [m.strip() for m in args.methods.split(",") if m.strip()]
     if not names:
         raise ValueError("--methods: give at least one method")
+    check_output_folder(args.out, [StudyCase(Path(e["image"]), e["id"]) for e in entries])
     model, spec = _model_and_spec(args)
     methods = {name: make_explainer(name, model, steps=args.steps if is_mask_method(name) else None)
                for name in names}
@@ -193,6 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog="medhdm", description="Hierarchical Dynamic Masks for MONAI classifiers.")
     parser.add_argument("--version", action="version", version=f"medhdm {__version__}")
+    parser.add_argument("--debug", action="store_true", help="print the traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="explain and score held-out lesion cases with HDM and the baselines")
     demo.add_argument("--out", default="medhdm-demo", help="output folder (default: ./medhdm-demo)")
@@ -230,6 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--seed", type=int, default=4242, help="seed of cases and UIDs (default 4242)")
     bench.add_argument("--manifest", default=None, help="manifest path (default OUT/manifest.json); "
                        "must lie in OUT or a folder above it")
+    bench.add_argument("--overwrite", action="store_true", help="replace existing cases and manifest")
     bench.set_defaults(func=_bench_data)
 
     exp = sub.add_parser("export", help="write a saliency map into the source study (DICOM SC/PM/SEG, NIfTI, PNG)")
@@ -260,6 +267,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: errors that mean the input (files, arguments) is bad: exit status 2
+BAD_INPUT = (ValueError, TypeError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError,
+             FileExistsError)
+
+
+def _check_device(name: str) -> None:
+    import torch
+
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"--device: expected cpu or cuda (cuda:N), got {name!r}") from None
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device: expected cpu or cuda (cuda:N), got {name!r}")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device: {name} asked for, but no CUDA device is available here")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ValueError(f"--device: {name} asked for, but there are {torch.cuda.device_count()} CUDA device(s)")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     import logging
@@ -273,11 +300,26 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", message=".*nvImageCodec.*")
 
     torch.set_num_threads(max(1, min(int(os.environ.get("MEDHDM_THREADS", "2")), os.cpu_count() or 1)))
+    from .study import StudyError
+
     try:
+        if getattr(args, "device", None) is not None:
+            _check_device(args.device)
         args.func(args)
-    except (ValueError, TypeError, FileNotFoundError) as err:
-        print(f"medhdm {args.command}: error: {err}", file=sys.stderr)
-        return 2
+    except Exception as err:  # noqa: BLE001 (every error ends as one line and an exit status)
+        if args.debug:
+            import traceback
+
+            traceback.print_exc()
+        cause = err.error if isinstance(err, StudyError) else err
+        bad_input = isinstance(cause, BAD_INPUT)
+        text = str(err) if bad_input else f"{type(cause).__name__}: {err}"
+        text = " ".join(text.split())  # one line
+        print(f"medhdm {args.command}: error: {text}", file=sys.stderr)
+        return 2 if bad_input else 1
+    except KeyboardInterrupt:
+        print(f"medhdm {args.command}: interrupted", file=sys.stderr)
+        return 130
     return 0
 
 

@@ -22,16 +22,13 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 from monai.data import MetaTensor
 from monai.transforms import (
     Compose,
-    EnsureChannelFirst,
     Invertd,
-    LoadImage,
     Orientationd,
     Resized,
     ScaleIntensityRanged,
@@ -43,8 +40,8 @@ from torch import nn
 from .explain.base import Explainer
 from .io.axes import monai_to_dicom_volume, reversed_spatial_indices
 from .io.dicom import DicomSource, read_dicom
-from .io.reader import DicomSeriesReader, is_dicom_path
-from .transforms import Explaind
+from .io.reader import is_dicom_path
+from .transforms import Explaind, LoadStudy
 
 __all__ = ["ExplainedImage", "InputSpec", "classifier_transforms", "explain_image", "load_image"]
 
@@ -84,6 +81,17 @@ class InputSpec:
     def __post_init__(self) -> None:
         if self.layout not in ("dicom", "monai"):
             raise ValueError(f"layout: expected 'dicom' or 'monai', got {self.layout!r}")
+        codes = str(self.axcodes).upper()
+        if len(codes) != 3 or set(codes) - set("LRAPSI") or sorted("LRAPSI".index(c) // 2 for c in codes) != [0, 1, 2]:
+            raise ValueError(f"axcodes: expected three letters naming each axis once, from L/R, A/P, S/I "
+                             f"(e.g. RAS, LPS), got {self.axcodes!r}")
+        if self.intensity_range is not None:
+            low, high = (float(v) for v in self.intensity_range)
+            if not (np.isfinite(low) and np.isfinite(high) and low < high):
+                raise ValueError(f"intensity_range: expected two finite values low < high, got {self.intensity_range}")
+        lower, upper = (float(v) for v in self.percentiles)
+        if not 0 <= lower < upper <= 100:
+            raise ValueError(f"percentiles: expected 0 <= lower < upper <= 100, got {self.percentiles}")
 
 
 @dataclass
@@ -118,20 +126,8 @@ class ExplainedImage:
 
 
 def load_image(path: str | os.PathLike) -> MetaTensor:
-    """``(1, *S)`` MetaTensor with affine and metadata, through ``monai.transforms.LoadImage``."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no such file or folder")
-    if is_dicom_path(path):
-        loader = LoadImage(reader=DicomSeriesReader(), image_only=True)
-    elif path.name.lower().endswith((".nii", ".nii.gz")):
-        loader = LoadImage(reader="NibabelReader", image_only=True)
-    else:
-        raise ValueError(f"{path}: expected a DICOM file, a DICOM series folder or a NIfTI file")
-    image = EnsureChannelFirst()(loader(path))
-    if image.shape[0] != 1:
-        raise ValueError(f"{path}: expected one channel, got {image.shape[0]} (a 4D or colour image)")
-    return image
+    """``(1, *S)`` MetaTensor with affine and metadata, through :class:`~medhdm.transforms.LoadStudy`."""
+    return LoadStudy()(path)
 
 
 def classifier_transforms(spatial_dims: int, spec: InputSpec, keys: str | list[str] = "image") -> Compose:
@@ -157,6 +153,17 @@ def classifier_transforms(spatial_dims: int, spec: InputSpec, keys: str | list[s
     )
 
 
+def _check_fits(image: MetaTensor, spec: InputSpec, name: str) -> None:
+    """The loaded image ``(1, *S)`` has the classifier's dimension and, for a 3D classifier, more than one slice."""
+    shape = tuple(image.shape[1:])
+    if len(shape) != len(spec.spatial_size):
+        raise ValueError(f"{name}: a {len(shape)}D image of shape {shape} for a {len(spec.spatial_size)}D classifier "
+                         f"of input size {spec.spatial_size}")
+    if len(shape) == 3 and min(shape) == 1 and min(spec.spatial_size) > 1:
+        raise ValueError(f"{name}: a single-slice volume of shape {shape} for a 3D classifier of input size "
+                         f"{spec.spatial_size}; give the whole series (or use a 2D classifier on a 2D image)")
+
+
 def explain_image(
     source: str | os.PathLike | MetaTensor,
     explainer: Explainer,
@@ -177,8 +184,15 @@ def explain_image(
         image, path = source, None
     else:
         image, path = load_image(source), source
+    name = str(path if path is not None else image.meta.get("filename_or_obj", "image"))
+    _check_fits(image, spec, name)
     transforms = classifier_transforms(image.ndim - 1, spec)
     data = transforms({"image": image.clone()})
+    scaled = data["image"].as_tensor()
+    if float(scaled.max() - scaled.min()) <= 0:
+        raise ValueError(f"{name}: the image is constant after intensity scaling "
+                         f"({'range ' + str(spec.intensity_range) if spec.intensity_range else 'percentiles'}): "
+                         "nothing to explain; check --intensity-range")
     data = Explaind("image", explainer, output_key="saliency", class_idx=class_idx, keep_explanation=True)(data)
     result = data["saliency_explanation"]
     inverted = Invertd(keys="saliency", transform=transforms, orig_keys="image", nearest_interp=False)(data)

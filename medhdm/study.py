@@ -8,6 +8,12 @@ themselves live below (:func:`medhdm.pipeline.explain_image`, :mod:`medhdm.expor
 Outputs in ``out_dir`` per case: ``<case>_saliency.nii.gz`` (the map on the source grid,
 with the source affine), and with ``export_formats`` the DICOM objects of
 :func:`medhdm.export.export` in ``<case>_dicom/``.
+
+Safety: every output path lies inside ``out_dir`` (a case name that would lead out of
+it is refused), ``out_dir`` may not lie inside a source series folder nor be a source
+file, each file is written atomically, and :func:`explain_studies` rewrites
+``explanations.csv`` after each case, so a run that fails (or is killed) at case ``k``
+leaves cases ``1..k-1`` complete and listed, and says which case failed.
 """
 
 from __future__ import annotations
@@ -26,10 +32,41 @@ from .io.atomic import atomic_write
 from .io.nifti import write_nifti
 from .pipeline import InputSpec, explain_image
 
-__all__ = ["StudyCase", "explain_studies", "explain_study"]
+__all__ = ["StudyCase", "StudyError", "check_output_folder", "explain_studies", "explain_study"]
 
 #: the columns of ``explanations.csv``, one row per explained case
 CSV_COLUMNS = ("case", "image", "class_idx", "score", "map", "export")
+
+
+class StudyError(RuntimeError):
+    """A case of :func:`explain_studies` failed: ``index`` (1-based) and ``case`` say which, ``done`` how many
+    cases before it were written, ``error`` why."""
+
+    def __init__(self, index: int, case: StudyCase, done: int, error: BaseException) -> None:
+        self.index, self.case, self.done, self.error = index, case, done, error
+        kept = f"cases 1-{done} are complete and listed in explanations.csv" if done else "no case was written"
+        super().__init__(f"case {index} ({case.case}, {case.image}) failed: {error}; {kept}")
+
+
+def check_output_folder(out_dir: str | os.PathLike, cases: Sequence[StudyCase]) -> Path:
+    """``out_dir`` resolved, refused if it is a file, a source file, or inside a source series folder."""
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out: {out} is a file, not a folder")
+    resolved = out.resolve()
+    for case in cases:
+        source = Path(case.image).resolve()
+        if resolved == source or (source.is_dir() and (resolved == source or source in resolved.parents)):
+            raise ValueError(f"--out: {out} lies inside the source {case.image}; write the outputs elsewhere")
+    return out
+
+
+def _inside(out: Path, case: str, suffix: str) -> Path:
+    """``out / (case + suffix)`` after checking that the case name is one plain name that stays inside ``out``."""
+    path = out / f"{case}{suffix}"
+    if not case or "/" in case or os.sep in case or case.startswith(".") or out.resolve() != path.resolve().parent:
+        raise ValueError(f"case name {case!r} would write outside {out}; give the case a plain name")
+    return path
 
 
 @dataclass(frozen=True)
@@ -50,7 +87,7 @@ def explain_study(
     method: str | None = None,
     overwrite: bool = False,
 ) -> dict:
-    """Explain one study and write its outputs into ``out_dir``; return its ``explanations.csv`` row (``score`` a float).
+    """Explain one study, write its outputs into ``out_dir``; return its ``explanations.csv`` row (``score``: float).
 
     Args:
         case: the study.
@@ -62,8 +99,8 @@ def explain_study(
         overwrite: replace an export that ``<case>_dicom/`` already holds (otherwise refused).
     """
     out = Path(out_dir)
+    map_path = _inside(out, case.case, "_saliency.nii.gz")
     result = explain_image(case.image, explainer, spec, class_idx=case.class_idx, keep_dicom=bool(export_formats))
-    map_path = out / f"{case.case}_saliency.nii.gz"
     volume = result.saliency if result.saliency.ndim == 3 else result.saliency[..., None]
     write_nifti(map_path, volume.astype(np.float32), result.affine)
     exported = ""
@@ -72,9 +109,10 @@ def explain_study(
             raise ValueError(f"--export: {case.image} is not DICOM; DICOM export needs a DICOM source")
         from .export import export
 
-        export(result.dicom, result.saliency_in_dicom_order(), out / f"{case.case}_dicom", list(export_formats),
+        export_dir = _inside(out, case.case, "_dicom")
+        export(result.dicom, result.saliency_in_dicom_order(), export_dir, list(export_formats),
                method=method or explainer.name, class_label=result.class_idx, overwrite=overwrite)
-        exported = str(out / f"{case.case}_dicom")
+        exported = str(export_dir)
     return {"case": case.case, "image": str(case.image), "class_idx": result.class_idx,
             "score": result.score, "map": str(map_path), "export": exported}
 
@@ -89,25 +127,42 @@ def explain_studies(
     log: Callable[[str], None] | None = print,
     overwrite: bool = False,
 ) -> list[dict]:
-    """:func:`explain_study` for every case, then ``explanations.csv`` (one row per case) in ``out_dir`` (created)."""
+    """:func:`explain_study` for every case, with ``explanations.csv`` (one row per case done) in ``out_dir``.
+
+    ``out_dir`` is created (and removed again if the first case fails and nothing was written).
+
+    Raises:
+        StudyError: a case failed (its ``error`` says why); the cases before it are complete.
+    """
     if not cases:
         raise ValueError("cases: nothing to explain")
-    out = Path(out_dir)
+    out = check_output_folder(out_dir, cases)
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
-    rows = []
+    rows: list[dict] = []
     for i, case in enumerate(cases, start=1):
         start = time.perf_counter()
-        row = explain_study(case, explainer, spec, out, export_formats, method, overwrite)
+        try:
+            row = explain_study(case, explainer, spec, out, export_formats, method, overwrite)
+        except Exception as err:
+            if created and not rows and not any(out.iterdir()):
+                out.rmdir()
+            raise StudyError(i, case, len(rows), err) from err
         rows.append(row)
+        _write_csv(out / "explanations.csv", rows)
         if log:
             log(f"[{i}/{len(cases)}] {case.case}: class {row['class_idx']} (p={row['score']:.3f}), "
                 f"{time.perf_counter() - start:.1f} s -> {row['map']}")
+    return rows
 
-    def write_csv(tmp: str) -> None:
+
+def _write_csv(path: Path, rows: Sequence[dict]) -> None:
+    """``explanations.csv`` of ``rows``, written atomically (scores with 4 decimals)."""
+
+    def write(tmp: str) -> None:
         with open(tmp, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=list(CSV_COLUMNS))
             writer.writeheader()
             writer.writerows({**row, "score": f"{row['score']:.4f}"} for row in rows)
 
-    atomic_write(out / "explanations.csv", write_csv)
-    return rows
+    atomic_write(path, write)

@@ -1,6 +1,13 @@
-"""MONAI dictionary transform that explains an image inside a ``Compose`` or an evaluator.
+"""MONAI transforms: load a study through medhdm's checks, and explain an image inside a ``Compose`` or an evaluator.
 
-::
+**Loading** (:class:`LoadStudy`, :class:`LoadStudyd`): a DICOM file, a DICOM series folder or
+a NIfTI file as a channel-first ``MetaTensor`` ``(1, *S)`` with its affine and provenance.
+medhdm's checks decide: a series that medhdm's reader refuses (a missing or duplicate
+slice, two series, mixed orientations, a colour or palette image, a SEG given as the
+image, ...) is an error naming the file. ``LoadImage(reader=DicomSeriesReader())`` would
+instead fall back to MONAI's other readers when medhdm's refuses, and load a wrong volume.
+
+**Explaining** (:class:`Explaind`)::
 
     from monai.transforms import Compose, Invertd, SaveImaged
     from medhdm import HDM
@@ -27,17 +34,88 @@ preprocessing and ``Invertd``.
 from __future__ import annotations
 
 import copy
+import os
 from collections.abc import Hashable, Mapping, Sequence
+from pathlib import Path
 
+import numpy as np
 import torch
 from monai.config import KeysCollection
 from monai.data import MetaTensor
-from monai.transforms import MapTransform
+from monai.data.image_reader import NibabelReader
+from monai.transforms import EnsureChannelFirst, LoadImage, MapTransform, Transform
 
 from .explain.base import Explainer
 from .explain.checks import model_device
+from .io.reader import DicomSeriesReader, is_dicom_path
 
-__all__ = ["Explaind"]
+__all__ = ["Explaind", "LoadStudy", "LoadStudyd"]
+
+
+def _check_nifti_header(path: Path) -> None:
+    """A NIfTI file nibabel can open, with a finite, invertible affine (no silently repaired geometry)."""
+    import nibabel as nib
+
+    try:
+        header_image = nib.load(path)  # lazy: the header only
+    except Exception as err:  # noqa: BLE001 (nibabel's reasons are many: report them with the file)
+        raise ValueError(f"{path}: unreadable NIfTI file ({type(err).__name__}: {err})") from None
+    affine = np.asarray(header_image.affine, dtype=np.float64)
+    if not np.isfinite(affine).all():
+        raise ValueError(f"{path}: the NIfTI affine holds NaN or infinite values")
+    if abs(np.linalg.det(affine[:3, :3])) < 1e-9:
+        raise ValueError(f"{path}: the NIfTI affine is singular (no voxel geometry); fix the header")
+    if len(header_image.shape) > 3 and int(np.prod(header_image.shape[3:])) > 1:
+        raise ValueError(f"{path}: a NIfTI of shape {header_image.shape} (several volumes or channels); "
+                         "give one grayscale volume")
+
+
+class LoadStudy(Transform):
+    """Load a DICOM file, a DICOM series folder or a NIfTI file as ``(1, *S)`` ``MetaTensor``.
+
+    Through ``monai.transforms.LoadImage`` with its reader chosen at call time (medhdm's
+    :class:`~medhdm.io.reader.DicomSeriesReader` for DICOM, MONAI's NiBabel reader for NIfTI),
+    so no other reader is ever tried. Raises ``ValueError`` naming the file for anything
+    that would give a wrong map: an image medhdm's reader refuses, an unreadable or 4D
+    NIfTI, a NIfTI with a singular or non-finite affine, NaN or infinite voxels.
+    """
+
+    def __call__(self, path: str | os.PathLike) -> MetaTensor:
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: no such file or folder")
+        if is_dicom_path(path):
+            reader = DicomSeriesReader()
+        elif path.name.lower().endswith((".nii", ".nii.gz")):
+            _check_nifti_header(path)
+            reader = NibabelReader()
+        else:
+            raise ValueError(f"{path}: expected a DICOM file, a DICOM series folder or a NIfTI file")
+        try:
+            image = EnsureChannelFirst()(LoadImage(image_only=True)(path, reader=reader))
+        except (ValueError, TypeError, FileNotFoundError):
+            raise
+        except Exception as err:  # noqa: BLE001 (a truncated file fails deep in a decoder)
+            raise ValueError(f"{path}: unreadable image ({type(err).__name__}: {err})") from None
+        if image.shape[0] != 1:
+            raise ValueError(f"{path}: expected one channel, got {image.shape[0]} (a 4D or colour image)")
+        if not bool(torch.isfinite(image.as_tensor()).all()):
+            raise ValueError(f"{path}: the image holds NaN or infinite voxel values")
+        return image
+
+
+class LoadStudyd(MapTransform):
+    """Dictionary version of :class:`LoadStudy`: ``data[key]`` is a path, replaced by the loaded image."""
+
+    def __init__(self, keys: KeysCollection, allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.loader = LoadStudy()
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict[Hashable, object]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = self.loader(d[key])
+        return d
 
 
 class Explaind(MapTransform):

@@ -56,6 +56,7 @@ def write_lesionbench(
     spatial_size: tuple[int, ...] | None = None,
     manifest_path: str | os.PathLike | None = None,
     lesion_weights: tuple[float, float, float, float] | None = None,
+    overwrite: bool = True,
 ) -> Path:
     """Write ``n_cases`` LesionBench cases and their manifest into ``out_dir``.
 
@@ -69,6 +70,8 @@ def write_lesionbench(
             paths are relative to its own folder, which must contain ``out_dir``.
         lesion_weights: relative frequencies of 0, 1, 2, 3 lesions (default: those of
             :func:`medhdm.data.lesions.make_dataset`, half the cases lesion-free).
+        overwrite: replace existing case folders and manifest; ``False`` refuses (``FileExistsError``)
+            before anything is written (``medhdm bench-data`` without ``--overwrite``).
 
     Returns:
         the path of the manifest.
@@ -86,6 +89,11 @@ def write_lesionbench(
     base = manifest_file.resolve().parent
     if base not in (out.resolve(), *out.resolve().parents):
         raise ValueError(f"manifest_path: {manifest_file} must lie in {out} or a folder above it")
+    if not overwrite:
+        existing = [p for p in (manifest_file, *(out / f"case{i:03d}" for i in range(n_cases))) if p.exists()]
+        if existing:
+            raise FileExistsError(f"--out: {existing[0]} exists ({len(existing)} of the outputs do); "
+                                  "give another folder or --overwrite")
     out.mkdir(parents=True, exist_ok=True)
     template = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
     cases = make_dataset(seed, n_cases, size) if lesion_weights is None else \

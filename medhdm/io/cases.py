@@ -3,9 +3,17 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
-__all__ = ["case_id", "unique_case_ids"]
+__all__ = ["case_id", "is_safe_case_id", "unique_case_ids"]
+
+_SAFE_ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._ -]{0,199}")
+
+
+def is_safe_case_id(name: object) -> bool:
+    """Whether ``name`` can name output files as it is: letters, digits, ``.``, ``_``, ``-``, spaces; no leading dot."""
+    return isinstance(name, str) and _SAFE_ID.fullmatch(name) is not None
 
 
 def case_id(path: str | os.PathLike) -> str:

@@ -108,6 +108,7 @@ def _read_multiframe(path: Path, ds: Dataset) -> DicomSource:
     if "PerFrameFunctionalGroupsSequence" not in ds or "SharedFunctionalGroupsSequence" not in ds:
         raise ValueError(f"{path}: multi-frame DICOM ({ds.get('SOPClassUID', '?')}, {ds.NumberOfFrames} frames) "
                          "without per-frame plane geometry is not supported")
+    _check_image(ds, str(path))
     try:
         volume = hd.Image.from_dataset(ds, copy=False).get_volume()
     except Exception as err:  # noqa: BLE001 (highdicom's reasons are many; report them with the file)
@@ -138,6 +139,47 @@ def _read_file(path: Path) -> Dataset:
     if "PixelData" not in ds:
         raise ValueError(f"{path}: DICOM file has no pixel data (SOP class {ds.get('SOPClassUID', '?')})")
     return ds
+
+
+#: SOP classes that carry pixel data but are not images to explain: annotations and derived maps
+_NOT_IMAGES = {
+    "1.2.840.10008.5.1.4.1.1.66.4": "a DICOM SEG (segmentation); give it as the lesion annotation",
+    "1.2.840.10008.5.1.4.1.1.481.3": "an RTSTRUCT; give it as the lesion annotation",
+    "1.2.840.10008.5.1.4.1.1.30": "a Parametric Map (a derived map, not an image)",
+}
+_GRAYSCALE = ("MONOCHROME1", "MONOCHROME2")
+
+
+def _check_image(ds: Dataset, name: str) -> None:
+    """A grayscale image to explain: pixel data, one sample per pixel, no annotation or SR object."""
+    sop_class = str(ds.get("SOPClassUID", ""))
+    if sop_class in _NOT_IMAGES:
+        raise ValueError(f"{name}: {_NOT_IMAGES[sop_class]}, not an image to explain")
+    if sop_class.startswith("1.2.840.10008.5.1.4.1.1.88."):
+        raise ValueError(f"{name}: a structured report (SR), not an image to explain")
+    if "PixelData" not in ds:
+        raise ValueError(f"{name}: no pixel data")
+    photometric = str(ds.get("PhotometricInterpretation", "")).strip()
+    samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    if photometric not in _GRAYSCALE or samples != 1:
+        raise ValueError(f"{name}: a {photometric or 'colour'} image ({samples} sample(s) per pixel); medhdm explains "
+                         "grayscale (MONOCHROME1/2) images, whose pixel values are intensities")
+
+
+def _pixels_of(ds: Dataset, name: str) -> np.ndarray:
+    """The frame's pixels in modality units (Rescale Slope/Intercept applied), finite, ``(H, W)`` float32."""
+    try:
+        raw = ds.pixel_array
+    except Exception as err:  # noqa: BLE001 (decoders fail in many ways: report them with the file)
+        transfer = ds.file_meta.get("TransferSyntaxUID", "?") if hasattr(ds, "file_meta") else "?"
+        raise ValueError(f"{name}: pixel data cannot be decoded (transfer syntax {transfer}: "
+                         f"{type(err).__name__}: {err})") from None
+    pixels = apply_modality_lut(raw, ds).astype(np.float32)
+    if pixels.ndim != 2:
+        raise ValueError(f"{name}: expected one grayscale frame, got pixel data of shape {pixels.shape}")
+    if not np.isfinite(pixels).all():
+        raise ValueError(f"{name}: pixel data holds NaN or infinite values")
+    return pixels
 
 
 def _frames(ds: Dataset) -> int:
@@ -175,8 +217,7 @@ def read_dicom(source: str | os.PathLike | Dataset | Sequence[Dataset]) -> Dicom
     datasets, paths = loaded
     names = [str(p) if p is not None else f"dataset {i}" for i, p in enumerate(paths)]
     for ds, name in zip(datasets, names):
-        if "PixelData" not in ds:
-            raise ValueError(f"{name}: no pixel data")
+        _check_image(ds, name)
     _check_one_series(datasets, names)
     geometry = [_geometry(ds, name) for ds, name in zip(datasets, names)]
     _check_same_plane(datasets, names, geometry)
@@ -191,7 +232,7 @@ def read_dicom(source: str | os.PathLike | Dataset | Sequence[Dataset]) -> Dicom
     positions = np.array([geometry[i][2] for i in order])
     slice_spacing = _slice_spacing(positions, normal, names)
 
-    pixels = np.stack([apply_modality_lut(ds.pixel_array, ds).astype(np.float32) for ds in datasets])
+    pixels = np.stack([_pixels_of(ds, name) for ds, name in zip(datasets, names)])
     if pixels.ndim != 3:
         raise ValueError(f"{names[0]}: expected grayscale pixel data, got an array of shape {pixels.shape[1:]}")
 

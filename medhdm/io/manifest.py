@@ -28,7 +28,7 @@ from pathlib import Path
 
 from monai.data import load_decathlon_datalist
 
-from .cases import case_id
+from .cases import case_id, is_safe_case_id
 
 __all__ = ["ENTRY_KEYS", "TOP_LEVEL_KEYS", "ManifestError", "load_manifest", "validate_manifest"]
 
@@ -42,8 +42,7 @@ class ManifestError(ValueError):
 
     def __init__(self, path: Path, problems: list[str]) -> None:
         self.problems = problems
-        listing = "\n".join(f"  - {p}" for p in problems)
-        super().__init__(f"{path}: {len(problems)} problem(s) in the manifest:\n{listing}")
+        super().__init__(f"{path}: {len(problems)} problem(s) in the manifest: " + "; ".join(problems))
 
 
 def _entry_name(i: int, entry: object) -> str:
@@ -60,6 +59,10 @@ def validate_manifest(path: str | os.PathLike, data_list_key: str = "testing") -
     try:
         data = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        return [f"not valid JSON ({err})"]
+    except RecursionError:
+        return ["not a manifest: JSON nested too deeply"]
+    except ValueError as err:  # e.g. an integer with more digits than Python converts
         return [f"not valid JSON ({err})"]
     if not isinstance(data, dict):
         return ["the top level must be a JSON object"]
@@ -98,6 +101,9 @@ def validate_manifest(path: str | os.PathLike, data_list_key: str = "testing") -
         if "id" in entry and not isinstance(entry["id"], str):
             problems.append(f"{name}: 'id' must be a string")
         elif "id" in entry:
+            if not is_safe_case_id(entry["id"]):
+                problems.append(f"{name}: id {entry['id']!r} is not a plain name (letters, digits, '.', '_', '-', spaces; "
+                                "no path separators, no leading dot): outputs are named after it")
             if entry["id"] in ids:
                 problems.append(f"{name}: id {entry['id']!r} repeats entry {ids[entry['id']]}")
             ids.setdefault(entry["id"], i)
