@@ -28,8 +28,9 @@ from pathlib import Path
 import numpy as np
 
 from .explain.base import Explainer
-from .io.atomic import atomic_write
+from .io.atomic import LockedFolder, atomic_write, remove_stale_temporaries
 from .io.nifti import write_nifti
+from .io.reader import is_dicom_path
 from .pipeline import InputSpec, explain_image
 
 __all__ = ["StudyCase", "StudyError", "check_output_folder", "explain_studies", "explain_study"]
@@ -129,7 +130,9 @@ def explain_studies(
 ) -> list[dict]:
     """:func:`explain_study` for every case, with ``explanations.csv`` (one row per case done) in ``out_dir``.
 
-    ``out_dir`` is created (and removed again if the first case fails and nothing was written).
+    ``out_dir`` is created (and removed again if the first case fails and nothing was written)
+    and locked for the run (a second run into it fails at once); temporary files that a
+    killed run left in it are removed first.
 
     Raises:
         StudyError: a case failed (its ``error`` says why); the cases before it are complete.
@@ -137,22 +140,24 @@ def explain_studies(
     if not cases:
         raise ValueError("cases: nothing to explain")
     out = check_output_folder(out_dir, cases)
-    created = not out.exists()
-    out.mkdir(parents=True, exist_ok=True)
+    if export_formats:
+        not_dicom = [c for c in cases if not is_dicom_path(c.image)]
+        if not_dicom:
+            raise ValueError(f"--export: {not_dicom[0].image} is not DICOM; DICOM export needs DICOM sources")
     rows: list[dict] = []
-    for i, case in enumerate(cases, start=1):
-        start = time.perf_counter()
-        try:
-            row = explain_study(case, explainer, spec, out, export_formats, method, overwrite)
-        except Exception as err:
-            if created and not rows and not any(out.iterdir()):
-                out.rmdir()
-            raise StudyError(i, case, len(rows), err) from err
-        rows.append(row)
-        _write_csv(out / "explanations.csv", rows)
-        if log:
-            log(f"[{i}/{len(cases)}] {case.case}: class {row['class_idx']} (p={row['score']:.3f}), "
-                f"{time.perf_counter() - start:.1f} s -> {row['map']}")
+    with LockedFolder(out, what="--out"):
+        remove_stale_temporaries(out)
+        for i, case in enumerate(cases, start=1):
+            start = time.perf_counter()
+            try:
+                row = explain_study(case, explainer, spec, out, export_formats, method, overwrite)
+            except Exception as err:
+                raise StudyError(i, case, len(rows), err) from err
+            rows.append(row)
+            _write_csv(out / "explanations.csv", rows)
+            if log:
+                log(f"[{i}/{len(cases)}] {case.case}: class {row['class_idx']} (p={row['score']:.3f}), "
+                    f"{time.perf_counter() - start:.1f} s -> {row['map']}")
     return rows
 
 

@@ -32,8 +32,6 @@ new set, plus at most leftovers of the kinds in 1, which the next run removes.
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import hashlib
 import json
 import os
@@ -42,6 +40,8 @@ import shutil
 from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
+
+from ..io.atomic import LockedFolder, OutputBusyError
 
 __all__ = [
     "CURRENT",
@@ -62,10 +62,6 @@ STAGING_PREFIX = ".medhdm-staging-"
 MANIFEST = "medhdm-export.json"
 _TMP_LINK = ".medhdm-link-"
 _MANIFEST_FORMAT = "medhdm-export/1"
-
-
-class OutputBusyError(ValueError):
-    """Another run is writing into the output folder."""
 
 
 class OutputExistsError(ValueError):
@@ -143,51 +139,19 @@ class ExportFolder:
     def __init__(self, out_dir: str | os.PathLike, overwrite: bool = False) -> None:
         self.out = Path(out_dir)
         self.overwrite = bool(overwrite)
+        self._lock = LockedFolder(self.out, what="out")
         self._fd: int | None = None
-        self._created: list[Path] = []
         self._staging: Path | None = None
 
     # -- lock -------------------------------------------------------------------------
     def __enter__(self) -> ExportFolder:  # noqa: PYI034
-        out = self.out
-        for _ in range(3):
-            if out.exists() and not out.is_dir():
-                raise ValueError(f"out: {out} exists and is not a folder")
-            missing = [p for p in [out, *out.parents] if not p.exists()]
-            try:
-                out.mkdir(parents=True, exist_ok=True)
-            except OSError as err:
-                raise ValueError(f"out: cannot create {out} ({err.strerror or err})") from None
-            self._created = [p for p in missing if p.is_dir()]
-            try:
-                fd = os.open(out, os.O_RDONLY | os.O_DIRECTORY)
-            except OSError as err:
-                raise ValueError(f"out: cannot open {out} ({err.strerror or err})") from None
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError as err:
-                os.close(fd)
-                if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                    raise OutputBusyError(f"out: {out} is locked: another medhdm run is writing into it; "
-                                          "wait for it to finish or choose another folder") from None
-                raise ValueError(f"out: cannot lock {out} ({err.strerror or err})") from None
-            try:
-                same = os.stat(out).st_ino == os.fstat(fd).st_ino
-            except FileNotFoundError:
-                same = False
-            if same:
-                self._fd = fd
-                break
-            os.close(fd)  # the folder was removed or replaced between mkdir and flock: try again
-        else:
-            raise OutputBusyError(f"out: {out} keeps being removed or replaced by another process")
+        self._lock.__enter__()
+        self._fd = self._lock.fd
         try:
-            if not os.access(out, os.W_OK | os.X_OK):
-                raise ValueError(f"out: cannot write into {out} (permission denied)")
             self.recover()
             if not self.overwrite and self.current_set() is not None:
-                raise OutputExistsError(f"out: {out} already holds a medhdm export ({out / MANIFEST}); pass "
-                                        "overwrite=True (--overwrite) to replace it, or choose another folder")
+                raise OutputExistsError(f"out: {self.out} already holds a medhdm export ({self.out / MANIFEST}); "
+                                        "pass overwrite=True (--overwrite) to replace it, or choose another folder")
         except BaseException:
             self._release(failed=True)
             raise
@@ -203,15 +167,9 @@ class ExportFolder:
                     self.recover()
                 except OSError:
                     pass
-                for folder in self._created:  # only folders this run made, only if empty
-                    try:
-                        folder.rmdir()
-                    except OSError:
-                        break
         finally:
-            if self._fd is not None:
-                os.close(self._fd)  # releases the flock
-                self._fd = None
+            self._lock.release(failed)
+            self._fd = None
 
     # -- state ------------------------------------------------------------------------
     def current_set(self) -> Path | None:
