@@ -54,7 +54,7 @@ def _deidentify_salt(args: argparse.Namespace) -> str | None:
 
 
 def _export(args: argparse.Namespace) -> None:
-    from .export import OverlayStyle, check_export_arguments, export
+    from .export import OverlayStyle, check_export_arguments, export, map_on_source_grid
     from .io.dicom import read_dicom
     from .io.maps import load_map
 
@@ -64,7 +64,7 @@ def _export(args: argparse.Namespace) -> None:
     salt = _deidentify_salt(args)
     check_export_arguments(formats, args.out, style, args.window_preset, args.seg_threshold, salt)
     source = read_dicom(args.image)
-    saliency = load_map(args.map, source)
+    saliency = map_on_source_grid(load_map(args.map, source), source, name=str(args.map))
     lesion = load_map(args.lesion, source) if args.lesion else None
     written = export(
         source, saliency, args.out, formats,
@@ -109,7 +109,12 @@ def _model_and_spec(args: argparse.Namespace):
 
     model = load_model(args.model, weights=args.weights, model_args=_parse_json(args.model_args, "--model-args"),
                        device=args.device)
-    size = tuple(int(v) for v in args.spatial_size.split(",")) if args.spatial_size else None
+    size = None
+    if args.spatial_size:
+        try:
+            size = tuple(int(v) for v in args.spatial_size.split(","))
+        except ValueError:
+            raise ValueError(f"--spatial-size: expected sizes like 96,96, got {args.spatial_size!r}") from None
     spatial_size = InputSpec.for_model(model, size).spatial_size
     intensity_range = None
     if args.intensity_range:
@@ -133,6 +138,9 @@ def _evaluate(args: argparse.Namespace) -> None:
     names = [m.strip() for m in args.methods.split(",") if m.strip()]
     if not names:
         raise ValueError("--methods: give at least one method")
+    missing = [e["id"] for e in entries if "lesion" not in e]
+    if missing:
+        raise ValueError(f"{args.manifest}: cases without a 'lesion' annotation cannot be scored: {', '.join(missing)}")
     check_output_folder(args.out, [StudyCase(Path(e["image"]), e["id"]) for e in entries])
     model, spec = _model_and_spec(args)
     methods = {name: make_explainer(name, model, steps=args.steps if is_mask_method(name) else None)

@@ -85,10 +85,10 @@ class LoadStudy(Transform):
         if not path.exists():
             raise FileNotFoundError(f"{path}: no such file or folder")
         if is_dicom_path(path):
-            reader = DicomSeriesReader()
+            reader, kind = DicomSeriesReader(), "DICOM"
         elif path.name.lower().endswith((".nii", ".nii.gz")):
             _check_nifti_header(path)
-            reader = NibabelReader()
+            reader, kind = NibabelReader(), "NIfTI"
         else:
             raise ValueError(f"{path}: expected a DICOM file, a DICOM series folder or a NIfTI file")
         try:
@@ -96,7 +96,7 @@ class LoadStudy(Transform):
         except (ValueError, TypeError, FileNotFoundError):
             raise
         except Exception as err:  # noqa: BLE001 (a truncated file fails deep in a decoder)
-            raise ValueError(f"{path}: unreadable image ({type(err).__name__}: {err})") from None
+            raise ValueError(f"{path}: unreadable {kind} file ({type(err).__name__}: {err})") from None
         if image.shape[0] != 1:
             raise ValueError(f"{path}: expected one channel, got {image.shape[0]} (a 4D or colour image)")
         if not bool(torch.isfinite(image.as_tensor()).all()):

@@ -309,5 +309,6 @@ def _slice_spacing(positions: np.ndarray, normal: np.ndarray, names: list[str]) 
                              f"steps {slice_spacing:.3f} mm (missing slice or irregular series)")
     in_plane = positions[1:] - positions[:-1] - np.outer(steps, normal)
     if np.abs(in_plane).max() > 1e-2 * max(slice_spacing, 1.0):
-        raise ValueError("slices are not stacked along their normal (a sheared or mixed series)")
+        raise ValueError(f"{names[0]} ... {names[-1]}: slices are not stacked along their normal "
+                         "(a sheared or mixed series)")
     return slice_spacing

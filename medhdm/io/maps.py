@@ -32,14 +32,20 @@ def load_map(path: str | os.PathLike, source: DicomSource) -> np.ndarray:
     name = path.name.lower()
     if name.endswith(".npy"):
         try:
-            return np.load(path, allow_pickle=False)
+            data = np.load(path, allow_pickle=False)
         except Exception as err:  # noqa: BLE001 (any decoding failure is reported the same way)
             raise ValueError(f"{path}: unreadable .npy file ({err})") from None
+        if not (np.issubdtype(data.dtype, np.floating) or np.issubdtype(data.dtype, np.integer)
+                or data.dtype == np.bool_):
+            raise ValueError(f"{path}: a map of dtype {data.dtype}; expected real numbers (float, int or bool)")
+        return data
     if name.endswith((".nii", ".nii.gz")):
         import nibabel as nib
 
         try:
             image = nib.load(path)
+            if image.get_data_dtype().kind not in "fiub":
+                raise ValueError(f"a map of dtype {image.get_data_dtype()}; expected real numbers")
             data = np.asarray(image.dataobj, dtype=np.float64)
         except Exception as err:  # noqa: BLE001 (any decoding failure is reported the same way)
             raise ValueError(f"{path}: unreadable NIfTI file ({err})") from None

@@ -50,7 +50,11 @@ def _load_state(model: nn.Module, weights: str | os.PathLike, device) -> None:
     weights = Path(weights)
     if not weights.is_file():
         raise FileNotFoundError(f"weights: no such file {weights}")
-    state = torch.load(weights, map_location=device, weights_only=True)
+    try:
+        state = torch.load(weights, map_location=device, weights_only=True)
+    except Exception as err:  # noqa: BLE001 (pickle, zip and torch errors alike mean: not a state dict)
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise ValueError(f"weights: {weights} is not a PyTorch state-dict file ({first})") from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     try:

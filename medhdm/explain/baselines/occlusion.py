@@ -51,6 +51,11 @@ class Occlusion(Explainer):
         super().__init__(model, seed=seed, amp=amp)
         if not 0 <= overlap < 1:
             raise ValueError(f"overlap: expected a value in [0, 1), got {overlap!r}")
+        sizes = [mask_size] if isinstance(mask_size, int) or mask_size is None else list(mask_size)
+        if not all(s is None or (isinstance(s, int) and not isinstance(s, bool) and s >= 1) for s in sizes):
+            raise ValueError(f"mask_size: expected None, a positive int or one per axis, got {mask_size!r}")
+        if isinstance(n_batch, bool) or not isinstance(n_batch, int) or n_batch < 1:
+            raise ValueError(f"n_batch: expected a positive int, got {n_batch!r}")
         self.mask_size = mask_size
         self.overlap = overlap
         self.mode = mode

@@ -1,0 +1,439 @@
+"""A corpus of bad inputs and arguments, built here, against every command of the CLI.
+
+Each entry asserts: the exit status (2: bad input), a one-line message without a
+traceback that names the file (or the argument) and the problem, that no source file
+changed (hashes), and that nothing was written outside ``--out``.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pydicom
+import pytest
+import torch
+from pydicom.data import get_testdata_file
+from pydicom.uid import generate_uid
+
+from medhdm.cli import main
+from medhdm.data.bench_files import write_lesionbench
+
+
+def _series_files(folder: Path) -> list[Path]:
+    """The series' files sorted along the slice normal (z of Image Position for LesionBench)."""
+    files = sorted(folder.glob("*.dcm"))
+    return sorted(files, key=lambda p: float(pydicom.dcmread(p, stop_before_pixels=True).ImagePositionPatient[2]))
+
+
+def _edit(path: Path, change) -> None:
+    ds = pydicom.dcmread(path)
+    change(ds)
+    ds.save_as(path, enforce_file_format=True)
+
+
+def _nifti(path: Path, data: np.ndarray, affine: np.ndarray) -> Path:
+    nib.save(nib.Nifti1Image(data, affine), path)
+    return path
+
+
+def _nifti_with_sform(path: Path, data: np.ndarray, srows: np.ndarray) -> Path:
+    """An uncompressed NIfTI-1 whose sform rows (the affine readers use; qform code 0) are ``srows`` ``(3, 4)``.
+
+    nibabel refuses to write a singular or non-finite affine, so the header's ``srow_x/y/z``
+    (bytes 280-327) are patched after saving.
+    """
+    image = nib.Nifti1Image(data, np.eye(4))
+    image.header.set_qform(None, code=0)
+    image.header.set_sform(np.eye(4), code=1)
+    nib.save(image, path)
+    raw = bytearray(path.read_bytes())
+    raw[280:328] = np.asarray(srows, dtype="<f4").tobytes()
+    path.write_bytes(bytes(raw))
+    return path
+
+
+class Corpus:
+    """Good LesionBench cases and bad variants of them under one root (``root/src``)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        src = root / "src"
+        write_lesionbench(src / "lb2", n_cases=1, spatial_dims=2, lesion_weights=(0.0, 1.0, 0.0, 0.0))
+        write_lesionbench(src / "lb3", n_cases=1, spatial_dims=3, lesion_weights=(0.0, 1.0, 0.0, 0.0))
+        self.image2d = src / "lb2" / "case000" / "image.dcm"
+        self.series = src / "lb3" / "case000" / "image"
+        self.bad = src / "bad"
+        self.bad.mkdir()
+
+    # -- series folders -----------------------------------------------------------------
+    def series_copy(self, name: str) -> tuple[Path, list[Path]]:
+        folder = self.bad / name
+        shutil.copytree(self.series, folder)
+        return folder, _series_files(folder)
+
+    # -- single files ---------------------------------------------------------------------
+    def file(self, name: str, data: bytes | None = None) -> Path:
+        path = self.bad / name
+        if data is None:
+            shutil.copy(self.image2d, path)
+        else:
+            path.write_bytes(data)
+        return path
+
+
+def _build(c: Corpus) -> dict[str, tuple[list[str], list[str]]]:
+    """name -> (argv, texts the error message must hold)."""
+    cases: dict[str, tuple[list[str], list[str]]] = {}
+    explain = ["explain", "--method", "gxi", "--intensity-range=-1000,0"]
+
+    def explain_series(name, texts, change):
+        folder, files = c.series_copy(name)
+        named = change(folder, files)
+        cases[name] = ([*explain, "--model", "default3d", "--image", str(folder)], [*texts, named])
+
+    # a series folder medhdm refuses must never load through another reader
+    explain_series("series_missing_slice", ["missing slice"], lambda f, fs: (fs[10].unlink(), fs[9].name)[1])
+
+    def duplicate(f, fs):
+        shutil.copy(fs[5], f / "IM_dup.dcm")
+        _edit(f / "IM_dup.dcm", lambda ds: setattr(ds, "SOPInstanceUID", generate_uid()))
+        return "duplicate slice"
+
+    explain_series("series_duplicate_slice", [], duplicate)
+    explain_series("series_two_series", ["expected one series"],
+                   lambda f, fs: (_edit(fs[3], lambda ds: setattr(ds, "SeriesInstanceUID", generate_uid())), "")[1])
+    explain_series("series_mixed_orientation", ["mixed orientations"], lambda f, fs: (
+        _edit(fs[4], lambda ds: setattr(ds, "ImageOrientationPatient", [0, 1, 0, 0, 0, -1])), fs[4].name)[1])
+    explain_series("series_with_text_file", ["not a DICOM file"],
+                   lambda f, fs: ((f / "notes.txt").write_text("scan notes"), "notes.txt")[1])
+
+    def dicomdir(f, fs):
+        ds = pydicom.dcmread(fs[0])
+        del ds.PixelData
+        ds.save_as(f / "DICOMDIR", enforce_file_format=True)
+        return "DICOMDIR"
+
+    explain_series("series_with_dicomdir", ["no pixel data"], dicomdir)
+
+    def smaller(f, fs):
+        def change(ds):
+            ds.PixelData = ds.pixel_array[:32, :32].copy().tobytes()
+            ds.Rows, ds.Columns = 32, 32
+
+        _edit(fs[7], change)
+        return fs[7].name
+
+    explain_series("series_slice_of_other_size", ["differs"], smaller)
+    explain_series("series_with_empty_file", ["not a DICOM file"],
+                   lambda f, fs: ((f / "IM_empty.dcm").write_bytes(b""), "IM_empty.dcm")[1])
+    explain_series("series_with_random_file", ["DICOM"], lambda f, fs: (
+        (f / "IM_random.dcm").write_bytes(np.random.default_rng(0).bytes(4096)), "IM_random.dcm")[1])
+    explain_series("series_pixel_spacing_differs", ["pixel spacing"], lambda f, fs: (
+        _edit(fs[2], lambda ds: setattr(ds, "PixelSpacing", [9.0, 9.0])), fs[2].name)[1])
+
+    def shear(f, fs):
+        for k, path in enumerate(fs):
+            _edit(path, lambda ds, k=k: setattr(ds, "ImagePositionPatient",
+                                              [float(ds.ImagePositionPatient[0]) + 2.0 * k,
+                                               *ds.ImagePositionPatient[1:]]))
+        return "not stacked along their normal"
+
+    explain_series("series_sheared", [], shear)
+
+    def irregular(f, fs):
+        _edit(fs[12], lambda ds: setattr(ds, "ImagePositionPatient",
+                                         [*ds.ImagePositionPatient[:2], float(ds.ImagePositionPatient[2]) + 1.0]))
+        return "irregular series"
+
+    explain_series("series_irregular_step", [], irregular)
+    empty = c.bad / "empty_folder"
+    empty.mkdir()
+    cases["series_empty_folder"] = ([*explain, "--model", "default3d", "--image", str(empty)],
+                                    ["holds no files", "empty_folder"])
+
+    # single DICOM files
+    def explain_file(name, texts, path, *extra):
+        cases[name] = ([*explain, *extra, "--image", str(path)], [*texts, path.name])
+
+    raw = c.image2d.read_bytes()
+    explain_file("file_empty", ["not a DICOM file"], c.file("empty.dcm", b""))
+    explain_file("file_random_bytes", ["DICOM"], c.file("random.dcm", np.random.default_rng(1).bytes(20000)))
+    explain_file("file_truncated", ["pixel data"], c.file("truncated.dcm", raw[: len(raw) // 2]))
+    no_meta = c.file("no_meta.dcm")
+    ds = pydicom.dcmread(no_meta)
+    ds.preamble = None
+    ds.file_meta = pydicom.dataset.FileMetaDataset()
+    ds.save_as(no_meta, implicit_vr=True, little_endian=True)
+    explain_file("file_without_meta_header", ["not a DICOM file"], no_meta)
+
+    def edited(name, change):
+        path = c.file(name)
+        _edit(path, change)
+        return path
+
+    explain_file("file_palette_color", ["PALETTE COLOR", "grayscale"],
+                 edited("palette.dcm", lambda ds: setattr(ds, "PhotometricInterpretation", "PALETTE COLOR")))
+
+    def rgb(ds):
+        gray = ds.pixel_array
+        ds.PixelData = np.repeat(gray[..., None], 3, axis=-1).astype(gray.dtype).tobytes()
+        ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "RGB", 0
+
+    explain_file("file_rgb", ["RGB", "grayscale"], edited("rgb.dcm", rgb))
+    explain_file("file_seg_as_image", ["DICOM SEG"], c.file("seg.dcm", (c.image2d.parent / "lesion_seg.dcm").read_bytes()))
+    explain_file("file_without_pixel_data", ["no pixel data"], edited("nopix.dcm", lambda ds: delattr(ds, "PixelData")))
+
+    def corrupt_jpeg(ds):  # a JPEG stream that is cut off after its first marker
+        ds.file_meta.TransferSyntaxUID = pydicom.uid.JPEGBaseline8Bit
+        ds.PixelData = pydicom.encaps.encapsulate([b"\xff\xd8\xff\xe0" + b"\x00" * 64])
+        ds["PixelData"].VR = "OB"
+
+    explain_file("file_undecodable_pixels", ["cannot be decoded"], edited("corrupt_jpeg.dcm", corrupt_jpeg))
+    explain_file("file_structured_report", ["no pixel data"], c.file("sr.dcm", Path(get_testdata_file("test-SR.dcm"))
+                                                                      .read_bytes()))
+    cases["file_missing"] = ([*explain, "--image", str(c.bad / "nowhere.dcm")], ["no such file", "nowhere.dcm"])
+    explain_file("file_png", ["expected a DICOM file"], c.file("picture.png", b"\x89PNG\r\n\x1a\n" + b"0" * 64))
+    explain_file("file_nifti_named_dcm", ["DICOM"], c.file("nifti.dcm", (c.image2d.parent / "image.nii.gz")
+                                                            .read_bytes()))
+
+    # NIfTI
+    volume = np.random.default_rng(2).normal(size=(24, 24, 8)).astype(np.float32)
+    explain_file("nifti_singular_affine", ["singular"],
+                 _nifti_with_sform(c.bad / "singular.nii", volume, np.zeros((3, 4))), "--model", "default3d")
+    nan_rows = np.eye(4)[:3]
+    nan_rows[0, 3] = np.nan
+    explain_file("nifti_nan_affine", ["NaN"], _nifti_with_sform(c.bad / "nan_affine.nii", volume, nan_rows),
+                 "--model", "default3d")
+    with_nan = volume.copy()
+    with_nan[3, 3, 3] = np.nan
+    explain_file("nifti_nan_voxels", ["NaN"], _nifti(c.bad / "nan_voxels.nii.gz", with_nan, np.eye(4)),
+                 "--model", "default3d")
+    explain_file("nifti_4d", ["several volumes"], _nifti(c.bad / "four_d.nii.gz", np.stack([volume] * 2, -1),
+                                                         np.eye(4)), "--model", "default3d")
+    good_gz = (c.series.parent / "image.nii.gz").read_bytes()
+    explain_file("nifti_truncated", ["NIfTI"], c.file("truncated.nii.gz", good_gz[: len(good_gz) // 3]),
+                 "--model", "default3d")
+    explain_file("nifti_empty", ["NIfTI"], c.file("empty.nii.gz", gzip.compress(b"")), "--model", "default3d")
+    explain_file("nifti_2d_image_for_3d_model", ["single-slice"], c.image2d.parent / "image.nii.gz",
+                 "--model", "default3d")
+    explain_file("nifti_3d_volume_for_2d_model", ["3D image", "2D classifier"], c.series.parent / "image.nii.gz")
+
+    # arguments (the source is good)
+    def argument(name, texts, *args, image=None):
+        cases[name] = (["explain", "--image", str(image or c.image2d), *args], texts)
+
+    argument("arg_intensity_range_empty", ["intensity_range"], "--method", "gxi", "--intensity-range=0,0")
+    argument("arg_intensity_range_text", ["--intensity-range"], "--method", "gxi", "--intensity-range=abc")
+    argument("arg_device_banana", ["--device"], "--method", "gxi", "--device", "banana")
+    if not torch.cuda.is_available():
+        argument("arg_device_cuda_without_gpu", ["--device", "CUDA"], "--method", "gxi", "--device", "cuda")
+    argument("arg_axcodes", ["axcodes"], "--method", "gxi", "--axcodes", "XYZ")
+    argument("arg_negative_mask_size", ["mask_size"], "--method", "occlusion", "--method-args", '{"mask_size": -4}')
+    argument("arg_method_args_not_json", ["--method-args"], "--method", "gxi", "--method-args", "{bad")
+    argument("arg_method_args_list", ["--method-args"], "--method", "gxi", "--method-args", "[1]")
+    argument("arg_method_unknown", ["banana"], "--method", "banana")
+    argument("arg_method_keyword_unknown", ["method arguments"], "--method", "gxi", "--method-args", '{"nonsense": 1}')
+    argument("arg_steps_zero", ["steps"], "--method", "hdm", "--steps", "0")
+    argument("arg_steps_for_gxi", ["not an optimised-mask method"], "--method", "gxi", "--steps", "5")
+    argument("arg_model_missing", ["nothing.pt"], "--method", "gxi", "--model", str(c.bad / "nothing.pt"))
+    argument("arg_model_not_torchscript", ["not a TorchScript file", "garbage.pt"], "--method", "gxi",
+             "--model", str(c.file("garbage.pt", b"not a model")))
+    argument("arg_model_class_path_not_a_module", ["os.system", "torch.nn.Module"], "--method", "gxi",
+             "--model", "os.system", "--model-args", '{"command": "true"}')
+    argument("arg_model_class_path_without_weights", ["weights"], "--method", "gxi",
+             "--model", "monai.networks.nets.DenseNet121")
+    argument("arg_model_weights_garbage", ["weights", "garbage_weights.pt"], "--method", "gxi",
+             "--model", "monai.networks.nets.DenseNet121",
+             "--model-args", '{"spatial_dims": 2, "in_channels": 1, "out_channels": 2}',
+             "--weights", str(c.file("garbage_weights.pt", b"not weights")))
+    argument("arg_export_unknown_format", ["formats", "foo"], "--method", "gxi", "--export", "foo")
+    argument("arg_export_from_nifti", ["not DICOM", "image.nii.gz"], "--method", "gxi", "--export", "sc",
+             image=c.image2d.parent / "image.nii.gz")
+    argument("arg_class_idx_out_of_range", ["class_idx"], "--method", "gxi", "--class-idx", "7")
+    argument("arg_spatial_size_zero", ["spatial_size"], "--method", "gxi", "--spatial-size", "0,0")
+    argument("arg_spatial_size_text", ["--spatial-size"], "--method", "gxi", "--spatial-size", "a,b")
+    cases["arg_no_image"] = (["explain", "--method", "gxi"], ["--image"])
+    cases["arg_out_is_a_file"] = (["explain", "--method", "gxi", "--image", str(c.image2d), "--out",
+                                   str(c.file("out_file.txt", b"x"))], ["out_file.txt", "is a file"])
+    cases["arg_out_is_the_series"] = (["explain", "--method", "gxi", "--model", "default3d", "--image",
+                                       str(c.series), "--out", str(c.series)], ["inside the source"])
+    cases["arg_out_inside_the_series"] = (["explain", "--method", "gxi", "--model", "default3d", "--image",
+                                           str(c.series), "--out", str(c.series / "maps")], ["inside the source"])
+
+    # manifests
+    def manifest(name, data, texts, command="explain"):
+        path = c.bad / f"{name}.json"
+        path.write_text(data if isinstance(data, str) else json.dumps(data))
+        argv = ["explain", "--method", "gxi"] if command == "explain" else ["evaluate", "--methods", "gxi"]
+        cases[name] = ([*argv, "--manifest", str(path)], [*texts, path.name])
+
+    image = str(c.image2d)
+    manifest("manifest_id_escapes_out", {"testing": [{"id": "../../escaped", "image": image}]}, ["not a plain name"])
+    manifest("manifest_id_absolute", {"testing": [{"id": str(c.root / "abs"), "image": image}]}, ["not a plain name"])
+    manifest("manifest_deep_nesting", "[" * 100000 + "]" * 100000, ["nested too deeply"])
+    manifest("manifest_huge_integer", '{"testing": [{"image": "%s", "label": %s}]}' % (image, "9" * 6000),
+             ["not valid JSON"])
+    manifest("manifest_not_json", "{testing: ", ["not valid JSON"])
+    manifest("manifest_without_image", {"testing": [{"id": "a"}]}, ["'image' is required"])
+    manifest("manifest_bool_label", {"testing": [{"image": image, "label": True}]}, ["'label'"])
+    manifest("manifest_missing_file", {"testing": [{"image": "nowhere.dcm"}]}, ["does not exist"])
+    manifest("manifest_evaluate_without_lesions", {"testing": [{"id": "a", "image": image}]},
+             ["without a 'lesion' annotation"], command="evaluate")
+    evaluate_in_source = c.bad / "evaluate_in_source.json"
+    evaluate_in_source.write_text(json.dumps({"testing": [{"id": "s", "image": str(c.series),
+                                                           "lesion": str(c.series.parent / "lesion.nii.gz")}]}))
+    cases["evaluate_out_inside_the_series"] = (["evaluate", "--methods", "gxi", "--model", "default3d",
+                                                "--manifest", str(evaluate_in_source),
+                                                "--out", str(c.series / "report")], ["inside the source"])
+
+    # bench-data
+    cases["bench_data_into_existing_dataset"] = (["bench-data", "--out", str(c.root / "src" / "lb2"), "--cases", "1"],
+                                                 ["exists", "--overwrite"])
+    cases["bench_data_no_cases"] = (["bench-data", "--out", "OUT", "--cases", "0"], ["--cases"])
+
+    # export
+    source_map = np.full((96, 96), 0.5)
+    np.save(c.bad / "complex.npy", source_map.astype(np.complex128))
+    np.save(c.bad / "wrong_shape.npy", np.zeros((10, 10)))
+    with_nan_map = source_map.copy()
+    with_nan_map[3, 3] = np.nan
+    np.save(c.bad / "nan_map.npy", with_nan_map)
+    np.save(c.bad / "out_of_range.npy", source_map * 3)
+    for name, file, texts in [("export_complex_map", "complex.npy", ["complex"]),
+                              ("export_map_of_wrong_shape", "wrong_shape.npy", ["shape"]),
+                              ("export_map_with_nan", "nan_map.npy", ["NaN"]),
+                              ("export_map_out_of_range", "out_of_range.npy", ["[0, 1]"])]:
+        cases[name] = (["export", "--image", str(c.image2d), "--map", str(c.bad / file), "--format", "sc"],
+                       [*texts] + ([file] if name == "export_complex_map" else []))
+    folder, files = c.series_copy("export_series_missing_slice")
+    files[8].unlink()
+    cases["export_from_series_with_missing_slice"] = (["export", "--image", str(folder), "--map",
+                                                       str(c.bad / "wrong_shape.npy"), "--format", "sc"],
+                                                      ["missing slice"])
+    cases["export_map_missing"] = (["export", "--image", str(c.image2d), "--map", str(c.bad / "nothing.npy")],
+                                   ["nothing.npy"])
+    return cases
+
+
+def _hashes(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _tree(root: Path) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*")}
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    c = Corpus(tmp_path_factory.mktemp("corpus"))
+    c.cases = _build(c)
+    c.hashes = _hashes(c.root / "src")
+    return c
+
+
+CASE_NAMES = [
+    "series_missing_slice", "series_duplicate_slice", "series_two_series", "series_mixed_orientation",
+    "series_with_text_file", "series_with_dicomdir", "series_slice_of_other_size", "series_with_empty_file",
+    "series_with_random_file", "series_pixel_spacing_differs", "series_sheared", "series_irregular_step",
+    "series_empty_folder", "file_empty", "file_random_bytes", "file_truncated", "file_without_meta_header",
+    "file_palette_color", "file_rgb", "file_seg_as_image", "file_without_pixel_data", "file_undecodable_pixels",
+    "file_structured_report", "file_missing", "file_png", "file_nifti_named_dcm", "nifti_singular_affine",
+    "nifti_nan_affine", "nifti_nan_voxels", "nifti_4d", "nifti_truncated", "nifti_empty",
+    "nifti_2d_image_for_3d_model", "nifti_3d_volume_for_2d_model", "arg_intensity_range_empty",
+    "arg_intensity_range_text", "arg_device_banana", "arg_device_cuda_without_gpu", "arg_axcodes",
+    "arg_negative_mask_size", "arg_method_args_not_json", "arg_method_args_list", "arg_method_unknown",
+    "arg_method_keyword_unknown", "arg_steps_zero", "arg_steps_for_gxi", "arg_model_missing",
+    "arg_model_not_torchscript", "arg_model_class_path_not_a_module", "arg_model_class_path_without_weights",
+    "arg_model_weights_garbage", "arg_export_unknown_format", "arg_export_from_nifti", "arg_class_idx_out_of_range",
+    "arg_spatial_size_zero", "arg_spatial_size_text", "arg_no_image", "arg_out_is_a_file", "arg_out_is_the_series",
+    "arg_out_inside_the_series", "manifest_id_escapes_out", "manifest_id_absolute", "manifest_deep_nesting",
+    "manifest_huge_integer", "manifest_not_json", "manifest_without_image", "manifest_bool_label",
+    "manifest_missing_file", "manifest_evaluate_without_lesions", "evaluate_out_inside_the_series",
+    "bench_data_into_existing_dataset", "bench_data_no_cases", "export_complex_map", "export_map_of_wrong_shape",
+    "export_map_with_nan", "export_map_out_of_range", "export_from_series_with_missing_slice", "export_map_missing",
+]
+
+
+def test_the_corpus_is_large_enough(corpus):
+    assert len(CASE_NAMES) >= 60
+    assert set(corpus.cases) <= set(CASE_NAMES), sorted(set(corpus.cases) - set(CASE_NAMES))
+
+
+@pytest.mark.parametrize("name", CASE_NAMES)
+def test_bad_input_is_one_clear_error(corpus, name, tmp_path, capsys, monkeypatch):
+    if name not in corpus.cases:
+        pytest.skip("a CUDA device is present here")
+    argv, texts = corpus.cases[name]
+    monkeypatch.chdir(tmp_path)
+    if "--out" not in argv:
+        argv = [*argv, "--out", str(tmp_path / "out")]
+    argv = [str(tmp_path / "OUT") if a == "OUT" else a for a in argv]
+    before = _tree(tmp_path)
+    rc = main(argv)
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert rc == 2, (rc, err)
+    assert len(lines) == 1 and "Traceback" not in err, err
+    for text in texts:
+        assert text in err, (text, err)
+    # nothing written outside --out, no source changed
+    out = Path(argv[argv.index("--out") + 1])
+    added = {p for p in _tree(tmp_path) - before if not (tmp_path / p).resolve().is_relative_to(out.resolve())}
+    assert not added, added
+    assert _hashes(corpus.root / "src") == corpus.hashes
+    assert not (corpus.root / "escaped").exists() and not (corpus.root / "abs_saliency.nii.gz").exists()
+
+
+def test_a_bad_case_among_good_ones_keeps_the_good_ones(corpus, tmp_path, capsys):
+    """The first case is written (map and CSV row), the second is named in the one-line error."""
+    bad = corpus.bad / "empty.dcm"
+    out = tmp_path / "out"
+    rc = main(["explain", "--method", "gxi", "--intensity-range=-1000,0", "--image", str(corpus.image2d),
+               "--image", str(bad), "--out", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "case 2" in err and "empty.dcm" in err and "cases 1-1 are complete" in err, err
+    rows = (out / "explanations.csv").read_text().strip().splitlines()
+    assert len(rows) == 2 and rows[1].startswith("image,")  # header and the first case
+    assert nib.load(out / "image_saliency.nii.gz").shape[:2] == (96, 96)
+    assert sorted(p.name for p in out.iterdir()) == ["explanations.csv", "image_saliency.nii.gz"]
+
+
+def test_a_failed_first_case_leaves_no_output_folder(corpus, tmp_path, capsys):
+    out = tmp_path / "new" / "out"
+    rc = main(["explain", "--method", "gxi", "--image", str(corpus.bad / "empty.dcm"), "--out", str(out)])
+    assert rc == 2, capsys.readouterr().err
+    assert not (tmp_path / "new").exists()
+
+
+def test_debug_prints_the_traceback(corpus, tmp_path, capsys):
+    rc = main(["--debug", "explain", "--method", "gxi", "--image", str(corpus.bad / "empty.dcm"),
+               "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" in err and err.strip().splitlines()[-1].startswith("medhdm explain: error:")
+
+
+def test_a_failure_of_the_run_exits_1(tmp_path, capsys, monkeypatch):
+    """Not bad input: an error inside the run (here the model's forward pass) exits 1, one line."""
+    import medhdm.study
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("CUDA out of memory (simulated)")
+
+    monkeypatch.setattr(medhdm.study, "explain_image", broken)
+    image = write_lesionbench(tmp_path / "lb", 1, 2).parent / "case000" / "image.dcm"
+    rc = main(["explain", "--method", "gxi", "--image", str(image), "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert rc == 1 and "RuntimeError: case 1" in err and "out of memory" in err and len(err.strip().splitlines()) == 1
+
+
+def test_source_files_are_never_written(corpus):
+    assert os.access(corpus.image2d, os.R_OK)
+    assert _hashes(corpus.root / "src") == corpus.hashes
