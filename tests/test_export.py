@@ -16,6 +16,7 @@ from medhdm.testing import ct_volume
 from pydicom.data import get_testdata_file
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
+from medhdm.cli import main
 from medhdm.data.dicom_series import write_series
 from medhdm.export import (
     OverlayStyle,
@@ -317,3 +318,27 @@ def test_multiframe_sources_are_refused_for_export(sources, tmp_path):
     with pytest.raises(ValueError, match="multi-frame DICOM studies is not supported yet"):
         export(tmp_path / "enhanced.dcm", _map_for(series), tmp_path / "out", ["sc"])
     assert not (tmp_path / "out").exists()
+
+
+def test_a_source_without_patient_geometry_exports_as_secondary_capture(tmp_path, capsys):
+    """OT/US/NM-like images (no orientation, no Frame of Reference): SC with an empty Patient Orientation
+    passes dciodvfy; PM and SEG, which need the geometry, are refused naming the file."""
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    for keyword in ("ImageOrientationPatient", "ImagePositionPatient", "FrameOfReferenceUID", "PatientOrientation"):
+        if keyword in ds:
+            delattr(ds, keyword)
+    ds.Modality = "OT"
+    (tmp_path / "src").mkdir()
+    source = tmp_path / "src" / "ot.dcm"
+    ds.save_as(source, enforce_file_format=True)
+    np.save(tmp_path / "map.npy", gaussian_map((128, 128), (60, 70), 10.0))
+    rc = main(["export", "--image", str(source), "--map", str(tmp_path / "map.npy"), "--out", str(tmp_path / "sc"),
+               "--format", "sc"])
+    assert rc == 0, capsys.readouterr().err
+    errors, report = dciodvfy_errors(tmp_path / "sc" / "SC_0001.dcm")
+    assert not errors, report
+    assert pydicom.dcmread(tmp_path / "sc" / "SC_0001.dcm").PatientOrientation in ("", None, [])
+    rc = main(["export", "--image", str(source), "--map", str(tmp_path / "map.npy"), "--out", str(tmp_path / "pm"),
+               "--format", "pm"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "ot.dcm" in err and "--format sc" in err, err

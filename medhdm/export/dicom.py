@@ -147,6 +147,8 @@ def build_secondary_captures(
     row_sp, col_sp = source.spacing[1], source.spacing[2]
     out = []
     for k, (src, rgb) in enumerate(zip(source.datasets, overlays)):
+        # a source without patient geometry (OT, some US and NM images) gets an SC without it too
+        oriented = "ImageOrientationPatient" in src or "PatientOrientation" in src
         sc = hd.sc.SCImage.from_ref_dataset(
             ref_dataset=src,
             pixel_array=rgb,
@@ -159,9 +161,11 @@ def build_secondary_captures(
             instance_number=k + 1,
             manufacturer=_MANUFACTURER,
             pixel_spacing=(row_sp, col_sp),
-            patient_orientation=patient_orientation(src),
+            patient_orientation=patient_orientation(src) if oriented else ("L", "P"),
             transfer_syntax_uid=ExplicitVRLittleEndian,
         )
+        if not oriented:  # unknown: Patient Orientation is Type 2C, present and empty (highdicom asks for a value)
+            sc.PatientOrientation = None
         sc.SeriesDescription = f"medhdm {info.describe()}"[:64]
         sc.ImageType = ["DERIVED", "SECONDARY"]
         sc.BurnedInAnnotation = "YES"
@@ -193,8 +197,9 @@ def _equipment(source: Dataset, info: DerivationInfo, offset: int) -> dict:
 
 def _check_geometry(source: DicomSource) -> None:
     if "ImageOrientationPatient" not in source.first or "FrameOfReferenceUID" not in source.first:
-        raise ValueError("source has no patient geometry (Image Orientation/Position, Frame of Reference); "
-                         "Parametric Map and SEG need it, export a Secondary Capture instead")
+        where = source.paths[0] if source.paths and source.paths[0] is not None else "source"
+        raise ValueError(f"{where}: no patient geometry (Image Orientation/Position, Frame of Reference); "
+                         "Parametric Map and SEG need it, export a Secondary Capture (--format sc) instead")
 
 
 def build_parametric_map(source: DicomSource, saliency: np.ndarray,
