@@ -32,19 +32,16 @@ from monai.data import DataLoader, Dataset
 from monai.engines import SupervisedEvaluator
 from monai.transforms import (
     Compose,
-    EnsureChannelFirstd,
     Invertd,
-    LoadImaged,
     SaveImaged,
 )
 
 from medhdm.data.bench_files import LESIONBENCH_INTENSITY_RANGE, write_lesionbench
 from medhdm.explain import make_explainer
 from medhdm.io.manifest import load_manifest
-from medhdm.io.reader import DicomSeriesReader
 from medhdm.models import load_model
 from medhdm.pipeline import InputSpec, classifier_transforms
-from medhdm.transforms import Explaind
+from medhdm.transforms import Explaind, LoadStudyd
 
 out = Path(os.environ.get("MEDHDM_TUTORIAL_OUT", "."))
 steps = int(os.environ.get("MEDHDM_TUTORIAL_STEPS", "100"))
@@ -53,13 +50,13 @@ model = load_model("default")
 
 # %% [markdown]
 # ## The pipeline
-# Loading with medhdm's DICOM reader, then the classifier's invertible preprocessing.
+# Loading through medhdm's checks (`LoadStudyd`: DICOM or NIfTI, no fallback to another reader), then the
+# classifier's invertible preprocessing.
 
 # %%
 spec = InputSpec((96, 96), intensity_range=LESIONBENCH_INTENSITY_RANGE)
 preprocessing = Compose([
-    LoadImaged("image", reader=DicomSeriesReader()),
-    EnsureChannelFirstd("image"),
+    LoadStudyd("image"),
     classifier_transforms(2, spec),
 ])
 postprocessing = Compose([
