@@ -24,7 +24,7 @@ SPEC = InputSpec((96, 96), intensity_range=LESIONBENCH_INTENSITY_RANGE)
 
 
 class CaptumIG(Explainer):
-    """Captum's IntegratedGradients (zero baseline) as |attribution| / max, in a medhdm Explainer for the in-memory run."""
+    """Captum's IntegratedGradients (zero baseline), |attribution| / max, as an Explainer for the in-memory run."""
 
     name = "captum-ig"
     uses_reference = False

@@ -76,6 +76,7 @@ def test_slider_method_and_case_links_in_chromium(report, tmp_path):
     assert section, "case000 is the page shown"
     assert re.search(r'<img class="frame"[^>]*data-slice="17"', section.group(0))
     assert "<output>18 / 24</output>" in section.group(0)  # all 24 slices on the slider
+    assert re.search(r"lesion on slices \d+", section.group(0))
 
     shots = {}
     for name, fragment in {"a": "slice=3", "b": "slice=17", "c": "slice=17/method=occlusion"}.items():

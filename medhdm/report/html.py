@@ -27,6 +27,8 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
+
 from ..evaluation import FAITHFULNESS_KEYS, compare_with_first, summarise
 from ..io.atomic import atomic_write
 from ..metrics.localisation import LOCALISATION_KEYS
@@ -47,7 +49,9 @@ def _fmt(v) -> str:
     return "" if isinstance(v, float) and math.isnan(v) else (f"{v:.3f}" if isinstance(v, float) else html.escape(str(v)))
 
 
-def write_report(rows: Sequence[dict], figures: dict, out_dir: str | os.PathLike, title: str = "medhdm report") -> Path:
+def write_report(
+    rows: Sequence[dict], figures: dict, out_dir: str | os.PathLike, title: str = "medhdm report"
+) -> Path:
     """Write the CSVs, JSON, figures and ``report.html`` into ``out_dir``; return the HTML's path."""
     if not rows:
         raise ValueError("rows: nothing to report")
@@ -128,7 +132,7 @@ _STYLE = """body{font-family:sans-serif;max-width:1200px;margin:2em auto;} table
 td,th{border:1px solid #ccc;padding:4px 8px;text-align:right;} img{max-width:100%;}
 section.case{border-top:2px solid #888;margin-top:2em;} .viewer{display:flex;gap:1.5em;align-items:flex-start;}
 .viewer img.frame{width:320px;height:auto;image-rendering:pixelated;background:#000;}
-.controls label{display:block;margin:.5em 0;} .controls input[type=range]{width:260px;}
+.wide{overflow-x:auto;} .controls label{display:block;margin:.5em 0;} .controls input[type=range]{width:260px;}
 body.focus>*:not(.current):not(h1){display:none;} body.focus section.current{border-top:none;}"""
 
 # Inline and small: each viewer reads its frames (data URIs) from a JSON script element and shows the
@@ -171,6 +175,22 @@ window.addEventListener('hashchange',fromHash);fromHash();
 })();"""
 
 
+def _ranges(values) -> str:
+    """``[1, 2, 3, 7]`` -> ``"1-3, 7"``."""
+    spans, start, prev = [], None, None
+    for v in [int(x) for x in values]:
+        if start is None:
+            start = prev = v
+        elif v == prev + 1:
+            prev = v
+        else:
+            spans.append(f"{start}-{prev}" if prev > start else f"{start}")
+            start = prev = v
+    if start is not None:
+        spans.append(f"{start}-{prev}" if prev > start else f"{start}")
+    return ", ".join(spans)
+
+
 def _anchor(case) -> str:
     return "case-" + "".join(c if c.isalnum() or c in "-_." else "_" for c in str(case))
 
@@ -210,12 +230,19 @@ def _cases(rows: Sequence[dict], figures: dict, methods: Sequence[str], metrics:
         keys = ["class_idx", "score", *metrics] + (["slices"] if any("slices" in r for r in scored.values()) else [])
         score_rows = "".join(f"<tr><th>{html.escape(m)}</th>" + "".join(f"<td>{_fmt(scored[m].get(k, ''))}</td>"
                              for k in keys) + "</tr>" for m in shown if m in scored)
-        scores = (f"<table><tr><th>method</th>{''.join(f'<th>{k}</th>' for k in keys)}</tr>{score_rows}</table>"
-                  if score_rows else "")
+        scores = (f'<div class="wide"><table><tr><th>method</th>{"".join(f"<th>{k}</th>" for k in keys)}</tr>'
+                  f"{score_rows}</table></div>" if score_rows else "")
+        lesion = case_fig["lesion_array"]
+        where = ""
+        if lesion.ndim == 3:
+            holding = np.flatnonzero((lesion > 0).any(axis=(0, 1)))
+            where = (f"<p>lesion on slices {_ranges(holding + 1)} of {n_slices}</p>" if holding.size
+                     else "<p>no lesion annotated</p>")
         sections.append(
             f'<section class="case" id="{_anchor(case)}"><h3>{html.escape(str(case))}</h3>'
-            f'<div class="viewer"><img class="frame" src="{_data_uri(frames[first][start])}" alt="{html.escape(first)}">'
+            f'<div class="viewer"><img class="frame" src="{_data_uri(frames[first][start])}" '
+            f'alt="{html.escape(first)}">'
             f'<div class="controls"><label>method <select class="method">{options}</select></label>{slider}'
-            f"<p><a href=\"#summary\">back to the summary</a></p></div>"
+            f"{where}<p><a href=\"#summary\">back to the summary</a></p></div>"
             f'<script type="application/json" class="frames">{data}</script></div>{scores}</section>')
     return "".join(table), "\n".join(sections)
