@@ -46,7 +46,9 @@ def _csv_bytes(rows: Sequence[dict]) -> bytes:
 
 
 def _fmt(v) -> str:
-    return "" if isinstance(v, float) and math.isnan(v) else (f"{v:.3f}" if isinstance(v, float) else html.escape(str(v)))
+    if isinstance(v, float):
+        return "" if math.isnan(v) else f"{v:.3f}"
+    return html.escape(str(v))
 
 
 def write_report(
