@@ -127,6 +127,15 @@ def _model_and_spec(args: argparse.Namespace):
     return model, InputSpec(spatial_size, layout=layout, axcodes=args.axcodes or "RAS", intensity_range=intensity_range)
 
 
+def _slices(args: argparse.Namespace):
+    """The --slices / --slice-reduce options as a SliceSelection (None without --slices)."""
+    from .pipeline import SliceSelection
+
+    if not args.slices:
+        return None
+    return SliceSelection.parse(args.slices, reduce=args.slice_reduce)
+
+
 def _evaluate(args: argparse.Namespace) -> None:
     from .evaluation import evaluate_manifest, format_table, summarise
     from .explain.registry import is_mask_method, make_explainer
@@ -136,8 +145,16 @@ def _evaluate(args: argparse.Namespace) -> None:
 
     entries = load_manifest(args.manifest)
     names = [m.strip() for m in args.methods.split(",") if m.strip()]
-    if not names:
-        raise ValueError("--methods: give at least one method")
+    maps = {}
+    for item in args.maps or []:
+        name, sep, folder = item.partition("=")
+        if not sep or not name.strip() or not folder.strip():
+            raise ValueError(f"--maps: expected NAME=DIR, got {item!r}")
+        if name.strip() in maps:
+            raise ValueError(f"--maps: the name {name.strip()!r} is given twice")
+        maps[name.strip()] = Path(folder.strip())
+    if not names and not maps:
+        raise ValueError("--methods: give at least one method (or --methods '' with --maps)")
     missing = [e["id"] for e in entries if "lesion" not in e]
     if missing:
         raise ValueError(f"{args.manifest}: cases without a 'lesion' annotation cannot be scored: {', '.join(missing)}")
@@ -145,7 +162,8 @@ def _evaluate(args: argparse.Namespace) -> None:
     model, spec = _model_and_spec(args)
     methods = {name: make_explainer(name, model, steps=args.steps if is_mask_method(name) else None)
                for name in names}
-    rows, figures = evaluate_manifest(entries, methods, spec, faithfulness=not args.no_faithfulness)
+    rows, figures = evaluate_manifest(entries, methods, spec, faithfulness=not args.no_faithfulness,
+                                      slices=_slices(args), maps=maps, model=model)
     path = write_report(rows, figures, args.out, title=f"medhdm evaluation: {Path(args.manifest).name}")
     print(format_table(summarise(rows, ["pointing_game", "auroc", "lesion_hit_rate"])))
     print(f"report: {path}")
@@ -180,7 +198,7 @@ def _explain(args: argparse.Namespace) -> None:
     model, spec = _model_and_spec(args)
     explainer = make_explainer(args.method, model, steps=args.steps, **_parse_json(args.method_args, "--method-args"))
     explain_studies(cases, explainer, spec, args.out, formats, method=args.method, log=lambda s: print(s, flush=True),
-                    overwrite=args.overwrite)
+                    overwrite=args.overwrite, slices=_slices(args))
     print(f"maps and explanations.csv in {Path(args.out)}")
 
 
@@ -199,6 +217,11 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--intensity-range", default=None, help="map these values to 0,1 instead of the 1st-99.5th "
                         "percentiles, e.g. --intensity-range=-1000,0 for LesionBench files")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    parser.add_argument("--slices", default=None, help="a 2D classifier on 3D series: explain slice by slice, "
+                        "'all', 'top:K' (the K slices with the highest class probability) or indices like 3,4,5 "
+                        "(0-based, series order); the map is 0 on the other slices")
+    parser.add_argument("--slice-reduce", default="max", choices=("max", "mean"), help="with --slices: the "
+                        "study-level probability of a class, max (default) or mean over slices")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -234,6 +257,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "(default hdm,gxi,gradcam,occlusion)")
     ev.add_argument("--out", required=True, help="output folder: report.html, per_case.csv, summary.csv/json, figures")
     ev.add_argument("--no-faithfulness", action="store_true", help="skip deletion/insertion")
+    ev.add_argument("--maps", action="append", metavar="NAME=DIR", help="also score maps made elsewhere "
+                    "(repeatable): DIR holds <case id>.nii.gz or <case id>_saliency.nii.gz on the image grid, or "
+                    "<case id>.npy in MONAI/NIfTI order (column, row[, slice]); values in [0, 1]")
     _add_model_options(ev)
     ev.set_defaults(func=_evaluate)
 

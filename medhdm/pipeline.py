@@ -16,10 +16,20 @@ Preprocessing (:func:`classifier_transforms`):
   MONAI's ``LoadImage`` and ``Orientation`` expect;
 - intensities scaled from the ``percentiles`` to [0, 1] (clipped), or from a fixed
   ``intensity_range`` (CT numbers, for example), then resized to the classifier's ``spatial_size``.
+
+A 2D classifier on a 3D series (``slices=``, :class:`SliceSelection`; layout ``"dicom"``):
+the series goes through the same steps as one volume (axes reversed to (slice, row, column),
+intensities scaled over the whole series, each slice resized to the classifier's input, the
+slice count kept), every slice through the classifier in batches (a per-slice class
+probability), the chosen slices (``all``, the ``top:K`` by the class probability, or a list)
+explained in batches, and their maps stacked into a volume (unexplained slices 0) that
+``Invertd`` takes back onto the series grid like any 3D map. The study-level decision is the
+maximum (default) or the mean over slices of each class's probability.
 """
 
 from __future__ import annotations
 
+import copy
 import os
 from dataclasses import dataclass
 
@@ -38,12 +48,16 @@ from monai.transforms import (
 from torch import nn
 
 from .explain.base import Explainer
+from .explain.checks import frozen_eval, model_device
+from .explain.scoring import ClassScorer
 from .io.axes import monai_to_dicom_volume, reversed_spatial_indices
 from .io.dicom import DicomSource, read_dicom
 from .io.reader import is_dicom_path
 from .transforms import Explaind, LoadStudy
 
-__all__ = ["ExplainedImage", "InputSpec", "classifier_transforms", "explain_image", "load_image"]
+__all__ = ["ExplainedImage", "InputSpec", "SliceSelection", "classifier_transforms", "classify_image", "explain_image",
+           "load_image",
+           "map_to_classifier_grid", "slice_transforms"]
 
 
 @dataclass(frozen=True)
@@ -94,6 +108,61 @@ class InputSpec:
             raise ValueError(f"percentiles: expected 0 <= lower < upper <= 100, got {self.percentiles}")
 
 
+@dataclass(frozen=True)
+class SliceSelection:
+    """Which slices of a series a 2D classifier explains, and how the study-level decision is made.
+
+    Attributes:
+        mode: ``"all"``, ``"top"`` (the ``k`` slices with the highest class probability) or
+            ``"list"`` (``indices``, 0-based along the series' slice order).
+        k: for ``"top"``.
+        indices: for ``"list"``.
+        reduce: study-level probability of a class from its slice probabilities, ``"max"`` or ``"mean"``.
+    """
+
+    mode: str = "all"
+    k: int = 0
+    indices: tuple[int, ...] = ()
+    reduce: str = "max"
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("all", "top", "list"):
+            raise ValueError(f"slices: expected mode 'all', 'top' or 'list', got {self.mode!r}")
+        if self.mode == "top" and self.k < 1:
+            raise ValueError(f"slices: top:K needs K >= 1, got {self.k}")
+        if self.mode == "list" and (not self.indices or min(self.indices) < 0):
+            raise ValueError(f"slices: expected one or more slice indices >= 0, got {list(self.indices)}")
+        if self.reduce not in ("max", "mean"):
+            raise ValueError(f"slice_reduce: expected 'max' or 'mean', got {self.reduce!r}")
+
+    @classmethod
+    def parse(cls, text: str, reduce: str = "max") -> SliceSelection:
+        """From ``"all"``, ``"top:K"`` or ``"I,J,..."`` (as ``--slices`` takes it)."""
+        text = str(text).strip().lower()
+        try:
+            if text == "all":
+                return cls("all", reduce=reduce)
+            if text.startswith("top:"):
+                return cls("top", k=int(text[4:]), reduce=reduce)
+            return cls("list", indices=tuple(sorted({int(v) for v in text.split(",") if v.strip()})), reduce=reduce)
+        except ValueError as err:
+            if str(err).startswith("slice"):
+                raise
+            raise ValueError(f"slices: expected 'all', 'top:K' or slice indices like 3,4,5, got {text!r}") from None
+
+    def choose(self, scores: np.ndarray) -> tuple[int, ...]:
+        """The chosen slice indices (ascending) given the per-slice class probabilities ``(D,)``."""
+        n = len(scores)
+        if self.mode == "all":
+            return tuple(range(n))
+        if self.mode == "top":
+            order = np.argsort(-np.asarray(scores), kind="stable")[: min(self.k, n)]
+            return tuple(sorted(int(i) for i in order))
+        if max(self.indices) >= n:
+            raise ValueError(f"slices: index {max(self.indices)} is outside the series' {n} slices (0..{n - 1})")
+        return self.indices
+
+
 @dataclass
 class ExplainedImage:
     """One explained study.
@@ -108,6 +177,12 @@ class ExplainedImage:
         image: the loaded image ``(1, *S)`` on the source grid (MONAI order).
         model_input: the classifier's input ``(1, C, *S')`` (for faithfulness metrics).
         model_saliency: the map on the classifier's grid ``(1, 1, *S')``.
+        slice_scores: 2D classifier on a series only: the class probability of every slice
+            ``(D,)``, slice ``k`` being index ``k`` of the last (NIfTI/MONAI) axis, which is the
+            series' slice order; ``score`` is then the study-level decision over slices.
+        explained_slices: the slices explained (ascending); the map is 0 on the others.
+            ``model_input`` and ``model_saliency`` then hold these slices ``(k, C, H', W')``.
+        slice_reduce: ``"max"`` or ``"mean"``, how ``score`` was made from the slices.
     """
 
     saliency: np.ndarray
@@ -119,6 +194,9 @@ class ExplainedImage:
     image: np.ndarray | None = None
     model_input: torch.Tensor | None = None
     model_saliency: torch.Tensor | None = None
+    slice_scores: np.ndarray | None = None
+    explained_slices: tuple[int, ...] | None = None
+    slice_reduce: str | None = None
 
     def saliency_in_dicom_order(self) -> np.ndarray:
         """The map as ``(D, H, W)`` in the DICOM source's slice order (for :mod:`medhdm.export`)."""
@@ -130,24 +208,28 @@ def load_image(path: str | os.PathLike) -> MetaTensor:
     return LoadStudy()(path)
 
 
+def _intensity(keys, spec: InputSpec):
+    if spec.intensity_range is not None:
+        a_min, a_max = spec.intensity_range
+        return ScaleIntensityRanged(keys, a_min=a_min, a_max=a_max, b_min=0.0, b_max=1.0, clip=False)
+    lower, upper = spec.percentiles
+    return ScaleIntensityRangePercentilesd(keys, lower=lower, upper=upper, b_min=0.0, b_max=1.0, clip=True)
+
+
 def classifier_transforms(spatial_dims: int, spec: InputSpec, keys: str | list[str] = "image") -> Compose:
     """The invertible preprocessing from a loaded ``(1, *S)`` image to the classifier's input."""
     if spatial_dims != len(spec.spatial_size):
-        raise ValueError(f"image: a {spatial_dims}D image for a classifier of input size {spec.spatial_size}")
+        hint = ("; explain a series slice by slice with slices= (--slices all|top:K|I,J,...)"
+                if spatial_dims == 3 and len(spec.spatial_size) == 2 else "")
+        raise ValueError(f"image: a {spatial_dims}D image for a classifier of input size {spec.spatial_size}{hint}")
     if spec.layout == "dicom":
         layout = [Transposed(keys, indices=reversed_spatial_indices(spatial_dims))]
     else:
         layout = [Orientationd(keys, axcodes=spec.axcodes[:spatial_dims])]
-    if spec.intensity_range is not None:
-        a_min, a_max = spec.intensity_range
-        intensity = ScaleIntensityRanged(keys, a_min=a_min, a_max=a_max, b_min=0.0, b_max=1.0, clip=False)
-    else:
-        lower, upper = spec.percentiles
-        intensity = ScaleIntensityRangePercentilesd(keys, lower=lower, upper=upper, b_min=0.0, b_max=1.0, clip=True)
     return Compose(
         [
             *layout,
-            intensity,
+            _intensity(keys, spec),
             Resized(keys, spatial_size=spec.spatial_size, mode="bilinear" if spatial_dims == 2 else "trilinear"),
         ]
     )
@@ -162,6 +244,40 @@ def _check_fits(image: MetaTensor, spec: InputSpec, name: str) -> None:
     if len(shape) == 3 and min(shape) == 1 and min(spec.spatial_size) > 1:
         raise ValueError(f"{name}: a single-slice volume of shape {shape} for a 3D classifier of input size "
                          f"{spec.spatial_size}; give the whole series (or use a 2D classifier on a 2D image)")
+def slice_transforms(spec: InputSpec, keys: str | list[str] = "image", intensity: bool = True) -> Compose:
+    """The invertible preprocessing of a 3D series ``(1, W, H, D)`` for a 2D classifier: ``(1, D, H', W')``.
+
+    The axes are reversed to DICOM order (slice, row, column), intensities scaled over the
+    series as :func:`classifier_transforms` does (left out with ``intensity=False``, for maps),
+    and each slice resized to the classifier's ``spatial_size`` (the slice count kept: a
+    trilinear resize that keeps one axis is the bilinear resize of every slice).
+    """
+    if len(spec.spatial_size) != 2:
+        raise ValueError(f"slices: need a 2D classifier, got input size {spec.spatial_size}")
+    if spec.layout != "dicom":
+        raise ValueError("slices: a 2D classifier over a series needs layout 'dicom' (slice, row, column)")
+    steps = [Transposed(keys, indices=reversed_spatial_indices(3))]
+    if intensity:
+        steps.append(_intensity(keys, spec))
+    steps.append(Resized(keys, spatial_size=(-1, *spec.spatial_size), mode="trilinear"))
+    return Compose(steps)
+
+
+def map_to_classifier_grid(
+    saliency: np.ndarray, image: MetaTensor, spec: InputSpec, by_slice: bool = False
+) -> torch.Tensor:
+    """A map on ``image``'s source grid (MONAI order, ``image.shape[1:]``) on the classifier's grid.
+
+    The same layout and resize steps as the image's preprocessing (no intensity scaling):
+    ``(1, 1, *S')``, or ``(D, 1, H', W')`` with ``by_slice`` (a 2D classifier over a series).
+    """
+    meta = copy.deepcopy(dict(image.meta))
+    item = MetaTensor(torch.as_tensor(np.asarray(saliency, dtype=np.float32))[None], meta=meta)
+    if by_slice:
+        return slice_transforms(spec, "map", intensity=False)({"map": item})["map"].as_tensor()[0][:, None]
+    steps = classifier_transforms(image.ndim - 1, spec, "map").transforms
+    spatial = Compose([t for t in steps if isinstance(t, (Transposed, Orientationd, Resized))])
+    return spatial({"map": item})["map"].as_tensor()[None]
 
 
 def explain_image(
@@ -170,13 +286,17 @@ def explain_image(
     spec: InputSpec,
     class_idx: int | None = None,
     keep_dicom: bool = False,
+    slices: SliceSelection | str | None = None,
+    batch_size: int = 16,
 ) -> ExplainedImage:
     """Explain one image with ``explainer`` and return the map on the source grid.
 
     ``source`` is a path, or an image already returned by :func:`load_image` (so that
     explaining one image with several methods reads it once; it is not modified).
     ``keep_dicom`` also returns the DICOM source datasets (for export; a second read of
-    the files, so it needs the path).
+    the files, so it needs the path). ``slices`` (a :class:`SliceSelection` or its text,
+    ``"all"``, ``"top:K"``, ``"I,J,..."``) explains a 3D series with a 2D classifier slice by
+    slice (see the module docstring), ``batch_size`` slices at a time.
     """
     if isinstance(source, MetaTensor):
         if keep_dicom:
@@ -185,6 +305,15 @@ def explain_image(
     else:
         image, path = load_image(source), source
     name = str(path if path is not None else image.meta.get("filename_or_obj", "image"))
+    if slices is not None:
+        if isinstance(slices, str):
+            slices = SliceSelection.parse(slices)
+        if image.ndim != 4 or len(spec.spatial_size) != 2:
+            raise ValueError(f"{name}: slices: for a 2D classifier on a 3D series; got a {image.ndim - 1}D image and "
+                             f"a classifier of input size {spec.spatial_size}")
+        result = _explain_by_slice(image, explainer, spec, class_idx, slices, batch_size)
+        result.dicom = read_dicom(path) if keep_dicom and is_dicom_path(path) else None
+        return result
     _check_fits(image, spec, name)
     transforms = classifier_transforms(image.ndim - 1, spec)
     data = transforms({"image": image.clone()})
@@ -211,3 +340,84 @@ def explain_image(
         model_input=data["image"].as_tensor()[None].to(device=result.saliency.device, dtype=torch.float32),
         model_saliency=result.saliency.detach(),
     )
+
+
+def _explain_by_slice(
+    image: MetaTensor, explainer: Explainer, spec: InputSpec, class_idx: int | None, selection: SliceSelection,
+    batch_size: int,
+) -> ExplainedImage:
+    """A 3D series ``(1, W, H, D)`` explained by a 2D classifier slice by slice (see :func:`explain_image`)."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size: expected at least 1, got {batch_size}")
+    transforms = slice_transforms(spec)
+    data = transforms({"image": image.clone()})
+    x = data["image"].as_tensor()[0][:, None].to(device=model_device(explainer.model), dtype=torch.float32)
+    probs, cls, study_score = _study_decision(explainer.model, x, class_idx, selection.reduce, batch_size)
+    chosen = selection.choose(probs[:, cls])
+    index = torch.tensor(chosen, dtype=torch.long, device=x.device)
+    maps = torch.cat([explainer.explain(x[index[lo : lo + batch_size]], cls).saliency.detach()
+                      for lo in range(0, len(chosen), batch_size)])  # (k, 1, H', W')
+    volume = torch.zeros_like(x[:, 0])
+    volume[index] = maps[:, 0].to(volume.dtype)
+    data["saliency"] = MetaTensor(volume[None].cpu(), meta=copy.deepcopy(dict(data["image"].meta)))
+    inverted = Invertd(keys="saliency", transform=transforms, orig_keys="image", nearest_interp=False)(data)
+    saliency = np.clip(inverted["saliency"].numpy()[0], 0.0, 1.0)
+    if saliency.shape != tuple(image.shape[1:]):
+        raise RuntimeError(f"inversion gave shape {saliency.shape}, expected the source's {tuple(image.shape[1:])}")
+    return ExplainedImage(
+        saliency=saliency,
+        affine=np.asarray(image.affine, dtype=np.float64),
+        class_idx=cls,
+        score=study_score,
+        dicom=None,
+        meta=dict(image.meta),
+        image=image[0].numpy(),
+        model_input=x[index],
+        model_saliency=maps,
+        slice_scores=probs[:, cls].astype(np.float64),
+        explained_slices=chosen,
+        slice_reduce=selection.reduce,
+    )
+
+
+def _study_decision(
+    model: nn.Module, x: torch.Tensor, class_idx: int | None, reduce: str, batch_size: int = 16
+) -> tuple[np.ndarray, int, float]:
+    """Slice probabilities ``(D, K)`` of ``x`` ``(D, C, H, W)``, the study's class and its study-level probability."""
+    with frozen_eval(model), torch.no_grad():
+        scorer = ClassScorer(model)
+        probs = torch.cat([torch.softmax(scorer.logits(x[lo : lo + batch_size]), dim=1)
+                           for lo in range(0, x.shape[0], batch_size)]).cpu().numpy().astype(np.float64)
+    study = probs.max(axis=0) if reduce == "max" else probs.mean(axis=0)
+    if class_idx is None:
+        cls = int(study.argmax())
+    elif not 0 <= int(class_idx) < probs.shape[1]:
+        raise ValueError(f"class_idx: expected 0..{probs.shape[1] - 1}, got {class_idx}")
+    else:
+        cls = int(class_idx)
+    return probs, cls, float(study[cls])
+
+
+def classify_image(
+    image: MetaTensor, model: nn.Module, spec: InputSpec, class_idx: int | None = None,
+    slices: SliceSelection | str | None = None,
+) -> tuple[torch.Tensor, int, float, tuple[int, ...] | None]:
+    """The classifier's view of a loaded image, without explaining it (for maps made elsewhere).
+
+    Returns the classifier's input (``(1, C, *S')``; with ``slices``, the chosen slices
+    ``(k, 1, H', W')``), the class (``class_idx``, or the predicted / study-level one), its
+    probability (study-level with ``slices``) and the chosen slices (``None`` without ``slices``).
+    """
+    device = model_device(model)
+    if slices is None:
+        data = classifier_transforms(image.ndim - 1, spec)({"image": image.clone()})
+        x = data["image"].as_tensor()[None].to(device=device, dtype=torch.float32)
+        _, cls, score = _study_decision(model, x, class_idx, "max")
+        return x, cls, score, None
+    if isinstance(slices, str):
+        slices = SliceSelection.parse(slices)
+    data = slice_transforms(spec)({"image": image.clone()})
+    x = data["image"].as_tensor()[0][:, None].to(device=device, dtype=torch.float32)
+    probs, cls, score = _study_decision(model, x, class_idx, slices.reduce)
+    chosen = slices.choose(probs[:, cls])
+    return x[list(chosen)], cls, score, chosen

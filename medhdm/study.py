@@ -7,7 +7,10 @@ themselves live below (:func:`medhdm.pipeline.explain_image`, :mod:`medhdm.expor
 
 Outputs in ``out_dir`` per case: ``<case>_saliency.nii.gz`` (the map on the source grid,
 with the source affine), and with ``export_formats`` the DICOM objects of
-:func:`medhdm.export.export` in ``<case>_dicom/``.
+:func:`medhdm.export.export` in ``<case>_dicom/``. A 2D classifier over a series
+(``slices``) also writes ``<case>_slices.csv`` (slice, class probability, explained or not);
+the case's row then holds the study-level decision (``score``, the ``slice_reduce`` over
+slices) and the explained slices.
 
 Safety: every output path lies inside ``out_dir`` (a case name that would lead out of
 it is refused), ``out_dir`` may not lie inside a source series folder nor be a source
@@ -31,12 +34,12 @@ from .explain.base import Explainer
 from .io.atomic import LockedFolder, atomic_write, remove_stale_temporaries
 from .io.nifti import write_nifti
 from .io.reader import is_dicom_path
-from .pipeline import InputSpec, explain_image
+from .pipeline import InputSpec, SliceSelection, explain_image
 
 __all__ = ["StudyCase", "StudyError", "check_output_folder", "explain_studies", "explain_study"]
 
 #: the columns of ``explanations.csv``, one row per explained case
-CSV_COLUMNS = ("case", "image", "class_idx", "score", "map", "export")
+CSV_COLUMNS = ("case", "image", "class_idx", "score", "map", "export", "slice_reduce", "slices", "slice_scores")
 
 
 class StudyError(RuntimeError):
@@ -87,6 +90,7 @@ def explain_study(
     export_formats: Sequence[str] = (),
     method: str | None = None,
     overwrite: bool = False,
+    slices: SliceSelection | str | None = None,
 ) -> dict:
     """Explain one study, write its outputs into ``out_dir``; return its ``explanations.csv`` row (``score``: float).
 
@@ -98,10 +102,12 @@ def explain_study(
         export_formats: DICOM source only: formats of :func:`medhdm.export.export` (``sc``, ``pm``, ...).
         method: the method's name in the exported series descriptions (default: the explainer's).
         overwrite: replace an export that ``<case>_dicom/`` already holds (otherwise refused).
+        slices: a 2D classifier over a 3D series: the slices to explain (:class:`~medhdm.pipeline.SliceSelection`).
     """
     out = Path(out_dir)
     map_path = _inside(out, case.case, "_saliency.nii.gz")
-    result = explain_image(case.image, explainer, spec, class_idx=case.class_idx, keep_dicom=bool(export_formats))
+    result = explain_image(case.image, explainer, spec, class_idx=case.class_idx, keep_dicom=bool(export_formats),
+                           slices=slices)
     volume = result.saliency if result.saliency.ndim == 3 else result.saliency[..., None]
     write_nifti(map_path, volume.astype(np.float32), result.affine)
     exported = ""
@@ -114,8 +120,23 @@ def explain_study(
         export(result.dicom, result.saliency_in_dicom_order(), export_dir, list(export_formats),
                method=method or explainer.name, class_label=result.class_idx, overwrite=overwrite)
         exported = str(export_dir)
-    return {"case": case.case, "image": str(case.image), "class_idx": result.class_idx,
-            "score": result.score, "map": str(map_path), "export": exported}
+    row = {"case": case.case, "image": str(case.image), "class_idx": result.class_idx,
+           "score": result.score, "map": str(map_path), "export": exported, "slice_reduce": "", "slices": "",
+           "slice_scores": ""}
+    if result.slice_scores is not None:
+        slices_path = _inside(out, case.case, "_slices.csv")
+        explained = set(result.explained_slices)
+
+        def write_slices(tmp: str) -> None:
+            with open(tmp, "w", newline="") as f:
+                writer = csv.writer(f)
+                writer.writerow(["slice", f"p_class{result.class_idx}", "explained"])
+                writer.writerows([k, f"{p:.4f}", int(k in explained)] for k, p in enumerate(result.slice_scores))
+
+        atomic_write(slices_path, write_slices)
+        row.update(slice_reduce=result.slice_reduce, slices=" ".join(str(k) for k in result.explained_slices),
+                   slice_scores=str(slices_path))
+    return row
 
 
 def explain_studies(
@@ -127,6 +148,7 @@ def explain_studies(
     method: str | None = None,
     log: Callable[[str], None] | None = print,
     overwrite: bool = False,
+    slices: SliceSelection | str | None = None,
 ) -> list[dict]:
     """:func:`explain_study` for every case, with ``explanations.csv`` (one row per case done) in ``out_dir``.
 
@@ -150,13 +172,15 @@ def explain_studies(
         for i, case in enumerate(cases, start=1):
             start = time.perf_counter()
             try:
-                row = explain_study(case, explainer, spec, out, export_formats, method, overwrite)
+                row = explain_study(case, explainer, spec, out, export_formats, method, overwrite, slices)
             except Exception as err:
                 raise StudyError(i, case, len(rows), err) from err
             rows.append(row)
             _write_csv(out / "explanations.csv", rows)
             if log:
-                log(f"[{i}/{len(cases)}] {case.case}: class {row['class_idx']} (p={row['score']:.3f}), "
+                by_slice = (f" ({row['slice_reduce']} over slices; explained slices {row['slices']})"
+                            if row["slices"] else "")
+                log(f"[{i}/{len(cases)}] {case.case}: class {row['class_idx']} (p={row['score']:.3f}){by_slice}, "
                     f"{time.perf_counter() - start:.1f} s -> {row['map']}")
     return rows
 

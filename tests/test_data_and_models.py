@@ -77,7 +77,8 @@ def test_demo_command_writes_results(tmp_path, capsys):
         assert (report / "overlays.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         cases = 2 if dims == 2 else 1
         assert (report / "per_case.csv").read_text().count("\n") == 1 + cases * len(methods)
-        assert "<h2>Overlays" in (report / "report.html").read_text()
+        page = (report / "report.html").read_text()
+        assert "<h2>Cases" in page and 'id="case-case000"' in page and 'href="#case-case000"' in page
     sc = pydicom.dcmread(out / "export_dicom" / "SC_0001.dcm")
     source = pydicom.dcmread(out / "data" / "lesionbench2d" / "case000" / "image.dcm")
     assert sc.StudyInstanceUID == source.StudyInstanceUID and "HDM" in sc.SeriesDescription

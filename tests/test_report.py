@@ -36,16 +36,27 @@ def test_evaluate_writes_a_readable_report(manifest, tmp_path, capsys):
     data = json.loads((out / "summary.json").read_text())
     assert data["paired_vs_first"][0]["a"] == "occlusion" and data["paired_vs_first"][0]["b"] == "gxi"
     page = (out / "report.html").read_text()
-    for section in ("Summary", "Overlays", "Deletion and insertion curves", "Metrics per method", "Paired comparison"):
-        assert f"<h2>{section}" in page
+    for section in ("Summary", "Deletion and insertion curves", "Metrics per method", "Paired comparison", "Cases"):
+        assert re.search(f"<h2[^>]*>{section}", page), section
     references = re.findall(r'(?:href|src)="([^"]+)"', page)
     assert references
     for ref in references:
         if ref.startswith("data:image/png;base64,"):
             assert base64.b64decode(ref.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
+        elif ref.startswith("#"):
+            assert f'id="{ref[1:]}"' in page, ref  # links inside the page lead somewhere
         else:
             assert (out / ref).is_file(), ref
-    assert len([r for r in references if r.startswith("data:")]) == 3  # overlays, curves, box plots
+    assert len([r for r in references if r.startswith("data:")]) == 2 + 3  # curves, box plots; a frame per case
+    # the case table links to a section per case: a method selector, the case's scores, one frame per method
+    for case in ("case000", "case001", "case002"):
+        assert f'href="#case-{case}"' in page
+        section = re.search(f'<section class="case" id="case-{case}">.*?</section>', page, re.S).group(0)
+        assert '<select class="method">' in section and 'type="range"' not in section  # 2D: no slider
+        assert re.search(r"<tr><th>gxi</th><td>\d</td>", section) and "<th>auroc</th>" in section
+        frames = json.loads(re.search(r'class="frames">(.*?)</script>', section, re.S).group(1))
+        assert set(frames) == {"image", "gxi", "occlusion"} and all(len(v) == 1 for v in frames.values())
+        assert frames["gxi"][0] != frames["occlusion"][0] != frames["image"][0]
 
 
 def test_evaluate_refuses_cases_without_lesion_annotations(tmp_path, capsys):

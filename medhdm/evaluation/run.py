@@ -8,7 +8,8 @@ computed), which :func:`~medhdm.evaluation.statistics.summarise` aggregates:
 - :func:`evaluate_manifest`: the cases of a data manifest (DICOM or NIfTI files with
   lesion annotations), through :func:`medhdm.pipeline.explain_image`, scored on the
   source grid (spacing from the image) and, optionally, for faithfulness to the model on
-  the classifier's grid (deletion/insertion with the explainer's own reference);
+  the classifier's grid (deletion/insertion with the explainer's own reference); maps made
+  elsewhere (one folder per method) are scored beside the methods by the same code;
 - :func:`compare_methods`: images and lesion label maps already in memory as tensors,
   batch by batch, each method timed on the same machine in the same run.
 
@@ -18,17 +19,27 @@ and is scored by the same code: both do that.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
+from torch import nn
 
 from ..explain.base import Explainer
 from ..io.annotations import ImageGrid, load_annotation
+from ..io.maps import load_case_map
 from ..metrics.faithfulness import deletion_curve
 from ..metrics.localisation import score
-from ..pipeline import InputSpec, explain_image, load_image
+from ..pipeline import (
+    InputSpec,
+    SliceSelection,
+    classify_image,
+    explain_image,
+    load_image,
+    map_to_classifier_grid,
+)
 
 __all__ = ["FAITHFULNESS_KEYS", "compare_methods", "evaluate_manifest", "score_row"]
 
@@ -48,12 +59,18 @@ def _spacing(affine: np.ndarray, ndim: int) -> tuple[float, ...]:
     return tuple(float(np.linalg.norm(affine[:3, i])) for i in range(ndim))
 
 
-def _faithfulness(explainer: Explainer, result, n_steps: int) -> dict[str, np.ndarray]:
-    """Deletion and insertion curves of one explained image on the classifier's grid."""
-    reference = getattr(explainer, "reference", "blur")
-    return {mode: deletion_curve(explainer.model, result.model_input, result.model_saliency, result.class_idx,
-                                 mode=mode, n_steps=n_steps, reference=reference)[0]
+def _faithfulness(model, model_input: torch.Tensor, model_saliency: torch.Tensor, class_idx: int,
+                  reference, n_steps: int) -> dict[str, np.ndarray]:
+    """Deletion and insertion curves on the classifier's grid (mean over the batch: a series' explained slices)."""
+    return {mode: deletion_curve(model, model_input, model_saliency, class_idx, mode=mode, n_steps=n_steps,
+                                 reference=reference).mean(axis=0)
             for mode in ("deletion", "insertion")}
+
+
+def _add_faithfulness(row: dict, curves: dict[str, np.ndarray], figures: dict, name: str) -> None:
+    for mode, curve in curves.items():
+        row[f"{mode}_auc"] = float(np.trapezoid(curve, np.linspace(0, 1, len(curve))))
+        figures["curves"][name][mode].append(curve)
 
 
 def evaluate_manifest(
@@ -63,14 +80,27 @@ def evaluate_manifest(
     faithfulness: bool = True,
     n_steps: int = 64,
     log: Callable[[str], None] | None = print,
+    slices: SliceSelection | str | None = None,
+    maps: Mapping[str, str | os.PathLike] | None = None,
+    model: nn.Module | None = None,
 ) -> tuple[list[dict], dict]:
-    """Explain and score every case of a manifest with every method.
+    """Explain and score every case of a manifest with every method, and score maps made elsewhere beside them.
 
     Args:
         entries: manifest entries (``load_manifest``), each with ``image`` and ``lesion``.
         methods: display name -> explainer.
         spec: the classifier's :class:`~medhdm.pipeline.InputSpec`.
-        faithfulness: also compute deletion/insertion AUC (``n_steps`` shares).
+        faithfulness: also compute deletion/insertion AUC (``n_steps`` shares), on the
+            classifier's grid; needs a model (the explainers', or ``model``).
+        slices: a 2D classifier over 3D series: the slices to explain
+            (:class:`~medhdm.pipeline.SliceSelection`); ``score`` is then the study-level
+            decision, faithfulness the mean over the explained slices, and rows gain ``slices``.
+        maps: display name -> folder of maps made elsewhere, one per case id, on the image
+            grid (:func:`medhdm.io.maps.load_case_map`: NIfTI, or ``.npy`` in MONAI/NIfTI order,
+            values in [0, 1]); scored as the methods are. Faithfulness brings each map onto the
+            classifier's grid through the same layout and resize steps as the image.
+        model: the classifier for ``class_idx``, ``score`` and faithfulness of ``maps``
+            (default: the first explainer's); without one, maps get localisation metrics only.
 
     Returns:
         the rows (one per case and method) and the material for the figures: per case the
@@ -79,31 +109,55 @@ def evaluate_manifest(
     missing = [e["id"] for e in entries if "lesion" not in e]
     if missing:
         raise ValueError(f"manifest: cases without a 'lesion' annotation cannot be scored: {', '.join(missing)}")
+    maps = dict(maps or {})
+    clash = sorted(set(maps) & set(methods))
+    if clash:
+        raise ValueError(f"maps: names already used by methods: {', '.join(clash)}")
+    if not methods and not maps:
+        raise ValueError("methods: give at least one method or one folder of maps")
+    if isinstance(slices, str):
+        slices = SliceSelection.parse(slices)
+    if model is None and methods:
+        model = next(iter(methods.values())).model
+    faithfulness = faithfulness and model is not None
     rows: list[dict] = []
-    figures: dict = {"cases": [], "curves": {name: {"deletion": [], "insertion": []} for name in methods}}
-    total, done = len(entries) * len(methods), 0
+    names = [*methods, *maps]
+    figures: dict = {"cases": [], "curves": {name: {"deletion": [], "insertion": []} for name in names}}
+    total, done = len(entries) * len(names), 0
     for entry in entries:
-        case_fig = {"id": entry["id"], "maps": {}}
         image = load_image(entry["image"])  # read once, explained by every method
-        for name, explainer in methods.items():
+        grid = ImageGrid.from_meta(tuple(image.shape[1:]), np.asarray(image.affine, dtype=np.float64), image.meta)
+        lesion = load_annotation(entry["lesion"], grid)
+        affine = np.asarray(image.affine, dtype=np.float64)
+        spacing = _spacing(affine, lesion.ndim)
+        case_fig = {"id": entry["id"], "maps": {}, "image": image[0].numpy(), "lesion_array": lesion}
+        for name in names:
             start = time.perf_counter()
-            result = explain_image(image, explainer, spec, class_idx=entry.get("class_idx"))
+            if name in methods:
+                explainer = methods[name]
+                result = explain_image(image, explainer, spec, class_idx=entry.get("class_idx"), slices=slices)
+                saliency, cls, prob, chosen = result.saliency, result.class_idx, result.score, result.explained_slices
+                reference = getattr(explainer, "reference", "blur")
+                view = (explainer.model, result.model_input, result.model_saliency)
+            else:
+                saliency = load_case_map(maps[name], entry["id"], tuple(image.shape[1:]), affine)
+                cls, prob, chosen, view, reference = entry.get("class_idx", ""), float("nan"), None, None, "blur"
+                if model is not None:
+                    x, cls, prob, chosen = classify_image(image, model, spec, entry.get("class_idx"), slices)
+                    on_grid = map_to_classifier_grid(saliency, image, spec, by_slice=slices is not None)
+                    on_grid = on_grid[list(chosen)] if chosen is not None else on_grid
+                    view = (model, x, on_grid.to(x.device))
             seconds = time.perf_counter() - start
-            if "lesion_array" not in case_fig:
-                grid = ImageGrid.from_meta(result.saliency.shape, result.affine, result.meta)
-                case_fig["lesion_array"] = load_annotation(entry["lesion"], grid)
-                case_fig["image"] = result.image
-            lesion = case_fig["lesion_array"]
             row = {"case": entry["id"], "method": name, "label": entry.get("label", ""),
-                   "class_idx": result.class_idx, "score": round(result.score, 4),
-                   **score_row(result.saliency, lesion, spacing=_spacing(result.affine, lesion.ndim))}
+                   "class_idx": cls, "score": round(prob, 4),
+                   **score_row(saliency, lesion, spacing=spacing)}
+            if slices is not None:
+                row["slices"] = " ".join(str(k) for k in chosen) if chosen is not None else ""
             if faithfulness:
-                for mode, curve in _faithfulness(explainer, result, n_steps).items():
-                    row[f"{mode}_auc"] = float(np.trapezoid(curve, np.linspace(0, 1, len(curve))))
-                    figures["curves"][name][mode].append(curve)
+                _add_faithfulness(row, _faithfulness(*view, cls, reference, n_steps), figures, name)
             row["seconds"] = round(seconds, 3)
             rows.append(row)
-            case_fig["maps"][name] = result.saliency
+            case_fig["maps"][name] = saliency
             done += 1
             if log:
                 log(f"[{done}/{total}] {entry['id']} {name}: pointing {row['pointing_game']:.0f}, "

@@ -1,4 +1,5 @@
-"""The report's figures, as PNG bytes: overlays (case x method), deletion/insertion curves, box plots."""
+"""The report's figures, as PNG bytes: overlays (case x method), deletion/insertion curves, box plots,
+and the frames of the report's case viewer (:func:`case_frames`: every slice, every method)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,13 @@ import numpy as np
 
 from ..io.axes import monai_to_dicom
 
-__all__ = ["boxplots_png", "curves_png", "overlay_grid_png"]
+__all__ = ["boxplots_png", "case_frames", "curves_png", "default_slice", "overlay_grid_png"]
+
+#: the case viewer's frames are at most this many pixels on a side (larger images are subsampled)
+MAX_FRAME_SIDE = 256
+#: the map is drawn where it reaches this value, at this opacity, as in the overlay grid
+MAP_THRESHOLD, MAP_ALPHA = 0.2, 0.6
+_LESION_RGB = (0, 255, 255)
 
 
 def _png(fig) -> bytes:
@@ -94,3 +101,64 @@ def boxplots_png(rows: Sequence[dict], methods: Sequence[str], metrics: Sequence
         ax.tick_params(axis="x", labelrotation=60, labelsize=7)
     fig.tight_layout()
     return _png(fig)
+
+
+def default_slice(lesion: np.ndarray, maps: dict) -> int:
+    """The slice a viewer opens on: the one with the most lesion, else the first map's maximum (0 for 2D)."""
+    if lesion.ndim == 2:
+        return 0
+    area = (lesion > 0).sum(axis=(0, 1))
+    if area.max() > 0:
+        return int(area.argmax())
+    if maps:
+        first = next(iter(maps.values()))
+        return int(np.unravel_index(first.argmax(), first.shape)[2])
+    return lesion.shape[2] // 2
+
+
+def _encode(rgb: np.ndarray) -> bytes:
+    """A small PNG: the frame reduced to a 128-colour palette (a few kB for 96 x 96)."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(rgb).quantize(colors=128, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE).save(
+        buffer, format="PNG", optimize=True)
+    return buffer.getvalue()
+
+
+def case_frames(image: np.ndarray, lesion: np.ndarray, maps: dict, methods: Sequence[str]) -> dict[str, list[bytes]]:
+    """PNG frames of one case for the report's viewer: ``{"image" or method: [one PNG per slice]}``.
+
+    ``image``, ``lesion`` and the ``maps`` are on the source grid in MONAI order (``(W, H)`` or
+    ``(W, H, D)``); each frame shows slice ``k`` as rows x columns, the image windowed at its
+    1st-99.5th percentiles (over the whole volume), the method's map in ``inferno`` where it
+    reaches ``MAP_THRESHOLD`` and the lesion outline in cyan. Batched over slices (no loop over
+    pixels); frames larger than ``MAX_FRAME_SIDE`` are subsampled.
+    """
+    import matplotlib
+    from scipy import ndimage
+
+    volume = image if image.ndim == 3 else image[..., None]
+    labels = (lesion if lesion.ndim == 3 else lesion[..., None]) > 0
+    view = np.transpose(volume, (2, 1, 0)).astype(np.float64)  # (D, rows, columns)
+    mask = np.transpose(labels, (2, 1, 0))
+    step = max(1, int(np.ceil(max(view.shape[1:]) / MAX_FRAME_SIDE)))
+    view, mask = view[:, ::step, ::step], mask[:, ::step, ::step]
+    lo, hi = np.percentile(view, [1, 99.5])
+    gray = np.clip((view - lo) / max(hi - lo, 1e-12), 0, 1)[..., None] * np.ones(3)
+    # the outline: lesion voxels with a neighbour outside, in-plane only
+    outline = mask & ~ndimage.binary_erosion(mask, structure=np.array([[[0, 1, 0], [1, 1, 1], [0, 1, 0]]], bool))
+    cmap = matplotlib.colormaps["inferno"]
+    frames: dict[str, list[bytes]] = {}
+    for name in ["image", *methods]:
+        rgb = gray.copy()
+        if name != "image":
+            saliency = maps[name] if maps[name].ndim == 3 else maps[name][..., None]
+            saliency = np.transpose(saliency, (2, 1, 0))[:, ::step, ::step]
+            shown = (saliency >= MAP_THRESHOLD)[..., None]
+            coloured = cmap(np.clip(saliency, 0, 1))[..., :3]
+            rgb = np.where(shown, (1 - MAP_ALPHA) * rgb + MAP_ALPHA * coloured, rgb)
+        rgb = (rgb * 255).round().astype(np.uint8)
+        rgb[outline] = _LESION_RGB
+        frames[name] = [_encode(rgb[k]) for k in range(rgb.shape[0])]
+    return frames

@@ -6,6 +6,13 @@ per method and metric; paired comparisons of every method with the first one), f
 (overlay grid case x method with the lesion outline, mean deletion/insertion curves, box
 plots per metric) and one self-contained ``report.html`` with the figures embedded.
 Rendering only: the numbers come from :mod:`medhdm.evaluation`.
+
+``report.html`` opens from disk, without a server or the network: every image is a data
+URI and the little JavaScript it has is inline. The case table links to one section per
+case (``#case-<id>``): a viewer with the image, the map of the method chosen in a selector
+and the lesion outline, a slider over all slices of a volume, and the case's scores. The
+address fragment ``#case-<id>/slice=<k>/method=<name>`` opens a case at a slice and method
+(``k`` 0-based, the series' slice order).
 """
 
 from __future__ import annotations
@@ -20,27 +27,33 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
+
 from ..evaluation import FAITHFULNESS_KEYS, compare_with_first, summarise
 from ..io.atomic import atomic_write
 from ..metrics.localisation import LOCALISATION_KEYS
-from .figures import boxplots_png, curves_png, overlay_grid_png
+from .figures import boxplots_png, case_frames, curves_png, default_slice, overlay_grid_png
 
 __all__ = ["write_report"]
 
 
 def _csv_bytes(rows: Sequence[dict]) -> bytes:
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+    writer = csv.DictWriter(buffer, fieldnames=list(dict.fromkeys(k for row in rows for k in row)))
     writer.writeheader()
     writer.writerows(rows)
     return buffer.getvalue().encode()
 
 
 def _fmt(v) -> str:
-    return "" if isinstance(v, float) and math.isnan(v) else (f"{v:.3f}" if isinstance(v, float) else html.escape(str(v)))
+    if isinstance(v, float):
+        return "" if math.isnan(v) else f"{v:.3f}"
+    return html.escape(str(v))
 
 
-def write_report(rows: Sequence[dict], figures: dict, out_dir: str | os.PathLike, title: str = "medhdm report") -> Path:
+def write_report(
+    rows: Sequence[dict], figures: dict, out_dir: str | os.PathLike, title: str = "medhdm report"
+) -> Path:
     """Write the CSVs, JSON, figures and ``report.html`` into ``out_dir``; return the HTML's path."""
     if not rows:
         raise ValueError("rows: nothing to report")
@@ -83,30 +96,155 @@ def write_report(rows: Sequence[dict], figures: dict, out_dir: str | os.PathLike
                      f"<td>{_fmt(c['wilcoxon_p'])}</td></tr>")
     pairs.append("</table>")
     n_cases = len({r["case"] for r in rows})
+    case_table, case_sections = _cases(rows, figures, methods, metrics)
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
-<style>body{{font-family:sans-serif;max-width:1200px;margin:2em auto;}} table{{border-collapse:collapse;margin:1em 0;}}
-td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right;}} img{{max-width:100%;}}</style></head><body>
+<style>{_STYLE}</style></head><body>
 <h1>{html.escape(title)}</h1>
 <p>{n_cases} cases, {len(methods)} methods: {", ".join(html.escape(m) for m in methods)}.
 Files: <a href="per_case.csv">per_case.csv</a>, <a href="summary.csv">summary.csv</a>,
-<a href="summary.json">summary.json</a>.</p>
-<h2>Summary (mean [bootstrap 95% CI] over cases)</h2>
+<a href="summary.json">summary.json</a>, <a href="overlays.png">overlays.png</a>.</p>
+<h2 id="summary">Summary (mean [bootstrap 95% CI] over cases)</h2>
 <p>pointing_game: map maximum inside a lesion; energy_in_lesion: share of the map inside lesions; rank_accuracy,
 dice_top, iou_top: the map's top voxels (as many as lesion voxels) against the lesions; auroc, auprc: the map as a
 voxel classifier of the lesion mask; lesion_hit_rate: share of lesions holding one of the map's top peaks;
 deletion_auc (lower is better), insertion_auc (higher is better): faithfulness to the model.</p>
 {"".join(table)}
-<h2>Overlays (lesion outline in cyan; 3D: the slice with the most lesion)</h2>
-{embed("overlays.png", "overlay grid, cases by methods")}
+<h3>Cases (pointing game / AUROC per method; open a case)</h3>
+{case_table}
 <h2>Deletion and insertion curves (mean over cases)</h2>
 {embed("curves.png", "deletion and insertion curves") or "<p>Not computed.</p>"}
 <h2>Metrics per method</h2>
 {embed("boxplots.png", "box plots of every metric per method")}
 <h2>Paired comparison with {html.escape(methods[0])}</h2>
 {"".join(pairs)}
+<h2>Cases</h2>
+<p>The image with the map of the chosen method (inferno, where it reaches 0.2) and the lesion outline (cyan);
+volumes: every slice on the slider.</p>
+{case_sections}
+<script>{_SCRIPT}</script>
 </body></html>
 """
     path = out / "report.html"
     atomic_write(path, page.encode())
     return path
+
+
+_STYLE = """body{font-family:sans-serif;max-width:1200px;margin:2em auto;} table{border-collapse:collapse;margin:1em 0;}
+td,th{border:1px solid #ccc;padding:4px 8px;text-align:right;} img{max-width:100%;}
+section.case{border-top:2px solid #888;margin-top:2em;} .viewer{display:flex;gap:1.5em;align-items:flex-start;}
+.viewer img.frame{width:320px;height:auto;image-rendering:pixelated;background:#000;}
+.wide{overflow-x:auto;} .controls label{display:block;margin:.5em 0;} .controls input[type=range]{width:260px;}
+body.focus>*:not(.current):not(h1){display:none;} body.focus section.current{border-top:none;}"""
+
+# Inline and small: each viewer reads its frames (data URIs) from a JSON script element and shows the
+# frame of the chosen method and slice; the fragment #case-<id>/slice=<k>/method=<name> selects them
+# and shows that case alone, as its own page ("back to the summary" shows everything again).
+_SCRIPT = """(function(){
+function setup(v){
+  var frames=JSON.parse(v.querySelector('script.frames').textContent);
+  var img=v.querySelector('img.frame'),sel=v.querySelector('select.method'),
+      rng=v.querySelector('input.slice'),out=v.querySelector('output');
+  v.show=function(){
+    var k=rng?parseInt(rng.value,10):0,m=sel.value;
+    img.src=frames[m][k];img.setAttribute('data-slice',k);img.setAttribute('data-method',m);
+    img.alt=m+', slice '+(k+1);if(out){out.textContent=(k+1)+' / '+frames[m].length;}
+  };
+  v.frames=frames;sel.addEventListener('change',v.show);if(rng){rng.addEventListener('input',v.show);}
+  v.show();
+}
+var viewers=document.querySelectorAll('.viewer');
+for(var i=0;i<viewers.length;i++){setup(viewers[i]);}
+function fromHash(){
+  var parts=decodeURIComponent(location.hash.slice(1)).split('/'),sec=document.getElementById(parts[0]);
+  var old=document.querySelector('section.current');
+  if(old){old.classList.remove('current');}
+  document.body.classList.toggle('focus',!!(sec&&sec.classList.contains('case')));
+  if(!sec){return;}
+  if(sec.classList.contains('case')){sec.classList.add('current');}
+  var v=sec.querySelector('.viewer');
+  if(v){
+    for(var j=1;j<parts.length;j++){
+      var kv=parts[j].split('='),rng=v.querySelector('input.slice'),sel=v.querySelector('select.method');
+      if(kv[0]==='slice'&&rng){rng.value=kv[1];}
+      if(kv[0]==='method'&&v.frames.hasOwnProperty(kv[1])){sel.value=kv[1];}
+    }
+    v.show();
+  }
+  sec.scrollIntoView();
+}
+window.addEventListener('hashchange',fromHash);fromHash();
+})();"""
+
+
+def _ranges(values) -> str:
+    """``[1, 2, 3, 7]`` -> ``"1-3, 7"``."""
+    spans, start, prev = [], None, None
+    for v in [int(x) for x in values]:
+        if start is None:
+            start = prev = v
+        elif v == prev + 1:
+            prev = v
+        else:
+            spans.append(f"{start}-{prev}" if prev > start else f"{start}")
+            start = prev = v
+    if start is not None:
+        spans.append(f"{start}-{prev}" if prev > start else f"{start}")
+    return ", ".join(spans)
+
+
+def _anchor(case) -> str:
+    return "case-" + "".join(c if c.isalnum() or c in "-_." else "_" for c in str(case))
+
+
+def _data_uri(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode()
+
+
+def _cases(rows: Sequence[dict], figures: dict, methods: Sequence[str], metrics: Sequence[str]) -> tuple[str, str]:
+    """The case table (linking to the sections) and one section per case: viewer, selector, slider, scores."""
+    by_case: dict = {}
+    for r in rows:
+        by_case.setdefault(r["case"], {})[r["method"]] = r
+    head = "".join(f"<th>{html.escape(m)}</th>" for m in methods)
+    table = [f"<table><tr><th>case</th><th>lesions</th><th>label</th>{head}</tr>"]
+    for case, scored in by_case.items():
+        first = next(iter(scored.values()))
+        cells = "".join(f"<td>{_fmt(scored[m]['pointing_game'])} / {_fmt(scored[m]['auroc'])}</td>"
+                        if m in scored else "<td></td>" for m in methods)
+        table.append(f'<tr><th><a href="#{_anchor(case)}">{html.escape(str(case))}</a></th>'
+                     f"<td>{first.get('n_lesions', '')}</td><td>{_fmt(first.get('label', ''))}</td>{cells}</tr>")
+    table.append("</table>")
+    sections = []
+    for case_fig in figures.get("cases", []):
+        case = case_fig["id"]
+        shown = [m for m in methods if m in case_fig["maps"]]
+        frames = case_frames(case_fig["image"], case_fig["lesion_array"], case_fig["maps"], shown)
+        n_slices = len(frames["image"])
+        start = default_slice(case_fig["lesion_array"], case_fig["maps"])
+        first = shown[0] if shown else "image"
+        options = "".join(f'<option value="{html.escape(m)}"{" selected" if m == first else ""}>{html.escape(m)}'
+                          "</option>" for m in [*shown, "image"])
+        slider = (f'<label>slice <input type="range" class="slice" min="0" max="{n_slices - 1}" value="{start}"> '
+                  f"<output>{start + 1} / {n_slices}</output></label>" if n_slices > 1 else "")
+        data = json.dumps({name: [_data_uri(f) for f in pngs] for name, pngs in frames.items()}).replace("</", "<\\/")
+        scored = by_case.get(case, {})
+        keys = ["class_idx", "score", *metrics] + (["slices"] if any("slices" in r for r in scored.values()) else [])
+        score_rows = "".join(f"<tr><th>{html.escape(m)}</th>" + "".join(f"<td>{_fmt(scored[m].get(k, ''))}</td>"
+                             for k in keys) + "</tr>" for m in shown if m in scored)
+        scores = (f'<div class="wide"><table><tr><th>method</th>{"".join(f"<th>{k}</th>" for k in keys)}</tr>'
+                  f"{score_rows}</table></div>" if score_rows else "")
+        lesion = case_fig["lesion_array"]
+        where = ""
+        if lesion.ndim == 3:
+            holding = np.flatnonzero((lesion > 0).any(axis=(0, 1)))
+            where = (f"<p>lesion on slices {_ranges(holding + 1)} of {n_slices}</p>" if holding.size
+                     else "<p>no lesion annotated</p>")
+        sections.append(
+            f'<section class="case" id="{_anchor(case)}"><h3>{html.escape(str(case))}</h3>'
+            f'<div class="viewer"><img class="frame" src="{_data_uri(frames[first][start])}" '
+            f'alt="{html.escape(first)}">'
+            f'<div class="controls"><label>method <select class="method">{options}</select></label>{slider}'
+            f"{where}<p><a href=\"#summary\">back to the summary</a></p></div>"
+            f'<script type="application/json" class="frames">{data}</script></div>{scores}</section>')
+    return "".join(table), "\n".join(sections)
