@@ -239,8 +239,10 @@ def _check_fits(image: MetaTensor, spec: InputSpec, name: str) -> None:
     """The loaded image ``(1, *S)`` has the classifier's dimension and, for a 3D classifier, more than one slice."""
     shape = tuple(image.shape[1:])
     if len(shape) != len(spec.spatial_size):
+        hint = ("; explain a series slice by slice with slices= (--slices all|top:K|I,J,...)"
+                if len(shape) == 3 and len(spec.spatial_size) == 2 else "")
         raise ValueError(f"{name}: a {len(shape)}D image of shape {shape} for a {len(spec.spatial_size)}D classifier "
-                         f"of input size {spec.spatial_size}")
+                         f"of input size {spec.spatial_size}{hint}")
     if len(shape) == 3 and min(shape) == 1 and min(spec.spatial_size) > 1:
         raise ValueError(f"{name}: a single-slice volume of shape {shape} for a 3D classifier of input size "
                          f"{spec.spatial_size}; give the whole series (or use a 2D classifier on a 2D image)")
