@@ -12,10 +12,12 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from medhdm import HDM, MDM, RISE, GradCAM, GradCAMpp, GradientInput, NeuroMask, Occlusion  # noqa: E402
-from medhdm.io.atomic import atomic_write  # noqa: E402
-from medhdm.data import make_case  # noqa: E402
+from medhdm.data import (
+    make_case,  # noqa: E402
+    stack_cases,  # noqa: E402
+)
 from medhdm.evaluation import bootstrap_ci  # noqa: E402,F401  (re-exported for the scripts)
-from medhdm.data import stack_cases  # noqa: E402
+from medhdm.io.atomic import atomic_write  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 BENCH_SEED = 4242  # disjoint from the training (1000) and held-out (2000) seeds of the shipped model

@@ -55,8 +55,11 @@ def trained_case() -> None:
     x, lesions, _ = stack_cases(positives)
     methods = {
         "HDM (test settings: 50 steps, papers' loss, 2 stages)": HDM(
-            model, benchmark_objective=MaskObjective(steps=50, lambda_area=2.0),
-            auxiliary_objective=MaskObjective(steps=50, lambda_area=2.0, lambda_tv=1.0), max_stages=2),
+            model,
+            benchmark_objective=MaskObjective(steps=50, lambda_area=2.0),
+            auxiliary_objective=MaskObjective(steps=50, lambda_area=2.0, lambda_tv=1.0),
+            max_stages=2,
+        ),
         **{("HDM (defaults)" if k == "HDM" else k): v for k, v in default_methods(model).items()},
     }
     rows = compare_methods(methods, x, lesions, class_idx=1, batch_size=12)

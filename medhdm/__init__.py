@@ -26,5 +26,19 @@ from .explain import (
 
 __version__ = "0.1.0"
 
-__all__ = ["HDM", "MDM", "NeuroMask", "Explainer", "Explanation", "MaskExplainer", "MaskObjective", "StageRecord",
-    "GradCAM", "GradCAMpp", "GradientInput", "Occlusion", "RISE", "__version__"]
+__all__ = [
+    "HDM",
+    "MDM",
+    "NeuroMask",
+    "Explainer",
+    "Explanation",
+    "MaskExplainer",
+    "MaskObjective",
+    "StageRecord",
+    "GradCAM",
+    "GradCAMpp",
+    "GradientInput",
+    "Occlusion",
+    "RISE",
+    "__version__",
+]

@@ -28,8 +28,11 @@ def _demo(args: argparse.Namespace) -> None:
 
 def _deidentify_salt(args: argparse.Namespace) -> str | None:
     """The salt from --deidentify-salt-file, MEDHDM_DEIDENTIFY_SALT (with --deidentify), or --deidentify-salt."""
-    given = [n for n, v in (("--deidentify-salt", args.deidentify_salt), ("--deidentify-salt-file",
-                                                                          args.deidentify_salt_file)) if v]
+    given = [
+        n
+        for n, v in (("--deidentify-salt", args.deidentify_salt), ("--deidentify-salt-file", args.deidentify_salt_file))
+        if v
+    ]
     if len(given) > 1:
         raise ValueError("give one of --deidentify-salt and --deidentify-salt-file")
     if args.deidentify_salt_file:
@@ -37,7 +40,9 @@ def _deidentify_salt(args: argparse.Namespace) -> str | None:
         try:
             salt = path.read_text().strip()
         except (OSError, UnicodeDecodeError) as err:
-            raise ValueError(f"--deidentify-salt-file: cannot read {path} ({getattr(err, 'strerror', None) or err})") from None
+            raise ValueError(
+                f"--deidentify-salt-file: cannot read {path} ({getattr(err, 'strerror', None) or err})"
+            ) from None
         if not salt:
             raise ValueError(f"--deidentify-salt-file: {path} is empty")
         return salt
@@ -67,11 +72,20 @@ def _export(args: argparse.Namespace) -> None:
     saliency = map_on_source_grid(load_map(args.map, source), source, name=str(args.map))
     lesion = load_map(args.lesion, source) if args.lesion else None
     written = export(
-        source, saliency, args.out, formats,
-        method=args.method, class_label=args.class_label, style=style,
-        lesion_mask=lesion, window_preset=args.window_preset, seg_threshold=args.seg_threshold,
-        deidentify_salt=salt, allow_inside_source=args.allow_inside_source,
-        overwrite=args.overwrite, retain_dates=args.retain_dates,
+        source,
+        saliency,
+        args.out,
+        formats,
+        method=args.method,
+        class_label=args.class_label,
+        style=style,
+        lesion_mask=lesion,
+        window_preset=args.window_preset,
+        seg_threshold=args.seg_threshold,
+        deidentify_salt=salt,
+        allow_inside_source=args.allow_inside_source,
+        overwrite=args.overwrite,
+        retain_dates=args.retain_dates,
     )
     for fmt, paths in written.items():
         where = paths[0] if len(paths) == 1 else f"{len(paths)} files in {Path(args.out)}"
@@ -97,8 +111,14 @@ def _bench_data(args: argparse.Namespace) -> None:
 
     if args.cases < 1:
         raise ValueError(f"--cases: expected at least 1, got {args.cases}")
-    path = write_lesionbench(args.out, n_cases=args.cases, spatial_dims=args.dims, seed=args.seed,
-                             manifest_path=args.manifest, overwrite=args.overwrite)
+    path = write_lesionbench(
+        args.out,
+        n_cases=args.cases,
+        spatial_dims=args.dims,
+        seed=args.seed,
+        manifest_path=args.manifest,
+        overwrite=args.overwrite,
+    )
     print(f"wrote {args.cases} LesionBench {args.dims}D cases and {path}")
 
 
@@ -107,8 +127,9 @@ def _model_and_spec(args: argparse.Namespace):
     from .models import load_model
     from .pipeline import InputSpec
 
-    model = load_model(args.model, weights=args.weights, model_args=_parse_json(args.model_args, "--model-args"),
-                       device=args.device)
+    model = load_model(
+        args.model, weights=args.weights, model_args=_parse_json(args.model_args, "--model-args"), device=args.device
+    )
     size = None
     if args.spatial_size:
         try:
@@ -121,7 +142,9 @@ def _model_and_spec(args: argparse.Namespace):
         try:
             low, high = (float(v) for v in args.intensity_range.split(","))
         except ValueError:
-            raise ValueError(f"--intensity-range: expected two numbers like -1000,0, got {args.intensity_range!r}") from None
+            raise ValueError(
+                f"--intensity-range: expected two numbers like -1000,0, got {args.intensity_range!r}"
+            ) from None
         intensity_range = (low, high)
     layout = "monai" if args.axcodes else args.layout
     return model, InputSpec(spatial_size, layout=layout, axcodes=args.axcodes or "RAS", intensity_range=intensity_range)
@@ -160,10 +183,10 @@ def _evaluate(args: argparse.Namespace) -> None:
         raise ValueError(f"{args.manifest}: cases without a 'lesion' annotation cannot be scored: {', '.join(missing)}")
     check_output_folder(args.out, [StudyCase(Path(e["image"]), e["id"]) for e in entries])
     model, spec = _model_and_spec(args)
-    methods = {name: make_explainer(name, model, steps=args.steps if is_mask_method(name) else None)
-               for name in names}
-    rows, figures = evaluate_manifest(entries, methods, spec, faithfulness=not args.no_faithfulness,
-                                      slices=_slices(args), maps=maps, model=model)
+    methods = {name: make_explainer(name, model, steps=args.steps if is_mask_method(name) else None) for name in names}
+    rows, figures = evaluate_manifest(
+        entries, methods, spec, faithfulness=not args.no_faithfulness, slices=_slices(args), maps=maps, model=model
+    )
     path = write_report(rows, figures, args.out, title=f"medhdm evaluation: {Path(args.manifest).name}")
     print(format_table(summarise(rows, ["pointing_game", "auroc", "lesion_hit_rate"])))
     print(f"report: {path}")
@@ -183,13 +206,17 @@ def _explain(args: argparse.Namespace) -> None:
     if args.manifest:
         from .io.manifest import load_manifest
 
-        cases += [StudyCase(Path(e["image"]), e["id"], e.get("class_idx", args.class_idx))
-                  for e in load_manifest(args.manifest)]
+        cases += [
+            StudyCase(Path(e["image"]), e["id"], e.get("class_idx", args.class_idx))
+            for e in load_manifest(args.manifest)
+        ]
     if not cases:
         raise ValueError("give --image (one or more) or --manifest")
     ids = [c.case for c in cases]
     if len(set(ids)) != len(ids):
-        raise ValueError("two images would give the same case name: " + ", ".join(sorted({i for i in ids if ids.count(i) > 1})))
+        raise ValueError(
+            "two images would give the same case name: " + ", ".join(sorted({i for i in ids if ids.count(i) > 1}))
+        )
     formats = [f.strip() for f in (args.export or "").split(",") if f.strip()]
     if formats:  # checked before any work
         from .export import OverlayStyle, check_export_arguments
@@ -197,31 +224,61 @@ def _explain(args: argparse.Namespace) -> None:
         check_export_arguments(formats, args.out, OverlayStyle(), None, 0.5, None)
     model, spec = _model_and_spec(args)
     explainer = make_explainer(args.method, model, steps=args.steps, **_parse_json(args.method_args, "--method-args"))
-    explain_studies(cases, explainer, spec, args.out, formats, method=args.method, log=lambda s: print(s, flush=True),
-                    overwrite=args.overwrite, slices=_slices(args))
+    explain_studies(
+        cases,
+        explainer,
+        spec,
+        args.out,
+        formats,
+        method=args.method,
+        log=lambda s: print(s, flush=True),
+        overwrite=args.overwrite,
+        slices=_slices(args),
+    )
     print(f"maps and explanations.csv in {Path(args.out)}")
 
 
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default="default", help="'default' (2D) or 'default3d', a TorchScript file, "
-                        "a MONAI bundle folder, or a network class path such as monai.networks.nets.DenseNet121 "
-                        "(with --weights)")
+    parser.add_argument(
+        "--model",
+        default="default",
+        help="'default' (2D) or 'default3d', a TorchScript file, "
+        "a MONAI bundle folder, or a network class path such as monai.networks.nets.DenseNet121 "
+        "(with --weights)",
+    )
     parser.add_argument("--weights", default=None, help="state-dict file for a network class path")
     parser.add_argument("--model-args", default=None, help="JSON keyword arguments of the network class")
     parser.add_argument("--steps", type=int, default=None, help="optimiser steps of mask methods")
     parser.add_argument("--spatial-size", default=None, help="classifier input size, e.g. 96,96 (default: card)")
-    parser.add_argument("--layout", default="dicom", choices=("dicom", "monai"), help="array layout the classifier "
-                        "expects: dicom = (slice, row, column) as in DICOM pixel data (default; the shipped models), "
-                        "monai = MONAI's order reoriented to --axcodes")
+    parser.add_argument(
+        "--layout",
+        default="dicom",
+        choices=("dicom", "monai"),
+        help="array layout the classifier "
+        "expects: dicom = (slice, row, column) as in DICOM pixel data (default; the shipped models), "
+        "monai = MONAI's order reoriented to --axcodes",
+    )
     parser.add_argument("--axcodes", default=None, help="orientation for --layout monai (default RAS); implies it")
-    parser.add_argument("--intensity-range", default=None, help="map these values to 0,1 instead of the 1st-99.5th "
-                        "percentiles, e.g. --intensity-range=-1000,0 for LesionBench files")
+    parser.add_argument(
+        "--intensity-range",
+        default=None,
+        help="map these values to 0,1 instead of the 1st-99.5th "
+        "percentiles, e.g. --intensity-range=-1000,0 for LesionBench files",
+    )
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
-    parser.add_argument("--slices", default=None, help="a 2D classifier on 3D series: explain slice by slice, "
-                        "'all', 'top:K' (the K slices with the highest class probability) or indices like 3,4,5 "
-                        "(0-based, series order); the map is 0 on the other slices")
-    parser.add_argument("--slice-reduce", default="max", choices=("max", "mean"), help="with --slices: the "
-                        "study-level probability of a class, max (default) or mean over slices")
+    parser.add_argument(
+        "--slices",
+        default=None,
+        help="a 2D classifier on 3D series: explain slice by slice, "
+        "'all', 'top:K' (the K slices with the highest class probability) or indices like 3,4,5 "
+        "(0-based, series order); the map is 0 on the other slices",
+    )
+    parser.add_argument(
+        "--slice-reduce",
+        default="max",
+        choices=("max", "mean"),
+        help="with --slices: the study-level probability of a class, max (default) or mean over slices",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -240,8 +297,11 @@ def build_parser() -> argparse.ArgumentParser:
     ex = sub.add_parser("explain", help="explain studies (DICOM file/series folder, NIfTI) with a classifier")
     ex.add_argument("--image", action="append", help="DICOM file, DICOM series folder or NIfTI file (repeatable)")
     ex.add_argument("--manifest", default=None, help="a data manifest (data_manifests/README.md); its images")
-    ex.add_argument("--method", default="hdm", help="hdm, mdm, neuromask, gradcam, gradcampp, gxi, smoothgrad, "
-                    "occlusion, rise (default hdm)")
+    ex.add_argument(
+        "--method",
+        default="hdm",
+        help="hdm, mdm, neuromask, gradcam, gradcampp, gxi, smoothgrad, occlusion, rise (default hdm)",
+    )
     ex.add_argument("--method-args", default=None, help="JSON keyword arguments of the explainer")
     ex.add_argument("--class-idx", type=int, default=None, help="class to explain (default: the predicted one)")
     _add_model_options(ex)
@@ -250,16 +310,27 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--overwrite", action="store_true", help="with --export: replace the exports a previous run wrote")
     ex.set_defaults(func=_explain)
 
-    ev = sub.add_parser("evaluate", help="explain every case of a manifest with several methods, score the maps "
-                        "against the lesions and write report.html")
+    ev = sub.add_parser(
+        "evaluate",
+        help="explain every case of a manifest with several methods, score the maps "
+        "against the lesions and write report.html",
+    )
     ev.add_argument("--manifest", required=True, help="a data manifest whose cases have 'lesion' annotations")
-    ev.add_argument("--methods", default="hdm,gxi,gradcam,occlusion", help="comma-separated methods "
-                    "(default hdm,gxi,gradcam,occlusion)")
+    ev.add_argument(
+        "--methods",
+        default="hdm,gxi,gradcam,occlusion",
+        help="comma-separated methods (default hdm,gxi,gradcam,occlusion)",
+    )
     ev.add_argument("--out", required=True, help="output folder: report.html, per_case.csv, summary.csv/json, figures")
     ev.add_argument("--no-faithfulness", action="store_true", help="skip deletion/insertion")
-    ev.add_argument("--maps", action="append", metavar="NAME=DIR", help="also score maps made elsewhere "
-                    "(repeatable): DIR holds <case id>.nii.gz or <case id>_saliency.nii.gz on the image grid, or "
-                    "<case id>.npy in MONAI/NIfTI order (column, row[, slice]); values in [0, 1]")
+    ev.add_argument(
+        "--maps",
+        action="append",
+        metavar="NAME=DIR",
+        help="also score maps made elsewhere "
+        "(repeatable): DIR holds <case id>.nii.gz or <case id>_saliency.nii.gz on the image grid, or "
+        "<case id>.npy in MONAI/NIfTI order (column, row[, slice]); values in [0, 1]",
+    )
     _add_model_options(ev)
     ev.set_defaults(func=_evaluate)
 
@@ -268,8 +339,11 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--cases", type=int, default=8, help="number of cases (default 8)")
     bench.add_argument("--dims", type=int, default=2, choices=(2, 3), help="2 (images) or 3 (series)")
     bench.add_argument("--seed", type=int, default=4242, help="seed of cases and UIDs (default 4242)")
-    bench.add_argument("--manifest", default=None, help="manifest path (default OUT/manifest.json); "
-                       "must lie in OUT or a folder above it")
+    bench.add_argument(
+        "--manifest",
+        default=None,
+        help="manifest path (default OUT/manifest.json); must lie in OUT or a folder above it",
+    )
     bench.add_argument("--overwrite", action="store_true", help="replace existing cases and manifest")
     bench.set_defaults(func=_bench_data)
 
@@ -287,14 +361,25 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--no-legend", action="store_true", help="do not burn in the colour bar and label")
     exp.add_argument("--window-preset", default=None, help="CT window preset: soft_tissue, lung, bone, brain")
     exp.add_argument("--seg-threshold", type=float, default=0.5, help="SEG holds map >= this (0.5)")
-    exp.add_argument("--deidentify", action="store_true", help="de-identify the DICOM outputs (PS3.15 Basic "
-                     "Profile) with the secret in MEDHDM_DEIDENTIFY_SALT or --deidentify-salt-file")
-    exp.add_argument("--deidentify-salt-file", default=None, help="file holding the de-identification secret "
-                     "(implies --deidentify)")
-    exp.add_argument("--deidentify-salt", default=None, help="the secret itself (visible in the process list; "
-                     "prefer MEDHDM_DEIDENTIFY_SALT or --deidentify-salt-file)")
-    exp.add_argument("--retain-dates", action="store_true", help="with --deidentify: keep dates and times "
-                     "(Retain Longitudinal Temporal Information option)")
+    exp.add_argument(
+        "--deidentify",
+        action="store_true",
+        help="de-identify the DICOM outputs (PS3.15 Basic "
+        "Profile) with the secret in MEDHDM_DEIDENTIFY_SALT or --deidentify-salt-file",
+    )
+    exp.add_argument(
+        "--deidentify-salt-file", default=None, help="file holding the de-identification secret (implies --deidentify)"
+    )
+    exp.add_argument(
+        "--deidentify-salt",
+        default=None,
+        help="the secret itself (visible in the process list; prefer MEDHDM_DEIDENTIFY_SALT or --deidentify-salt-file)",
+    )
+    exp.add_argument(
+        "--retain-dates",
+        action="store_true",
+        help="with --deidentify: keep dates and times (Retain Longitudinal Temporal Information option)",
+    )
     exp.add_argument("--overwrite", action="store_true", help="replace an export that --out already holds")
     exp.add_argument("--allow-inside-source", action="store_true", help="allow --out inside the source folder")
     exp.set_defaults(func=_export)
@@ -302,8 +387,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 #: errors that mean the input (files, arguments) is bad: exit status 2
-BAD_INPUT = (ValueError, TypeError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError,
-             FileExistsError)
+BAD_INPUT = (
+    ValueError,
+    TypeError,
+    FileNotFoundError,
+    NotADirectoryError,
+    IsADirectoryError,
+    PermissionError,
+    FileExistsError,
+)
 
 
 def _check_device(name: str) -> None:

@@ -48,24 +48,46 @@ def run_demo(out_dir: Path, n_cases: int = 6, n_cases_3d: int = 2, log: Callable
     model3d = load_default_classifier(DEFAULT_3D)
     for model in (model2d, model3d):
         card = model.medhdm_card
-        log(f"model {card['name']}: held-out accuracy {card['held_out']['accuracy']:.3f}, "
-            f"AUC {card['held_out']['auc']:.3f}")
+        log(
+            f"model {card['name']}: held-out accuracy {card['held_out']['accuracy']:.3f}, "
+            f"AUC {card['held_out']['auc']:.3f}"
+        )
     lesion_weights = (0.0, 1.0, 1.0, 1.0)  # every demo case has 1-3 lesions
     manifests = {
-        2: write_lesionbench(out_dir / "data" / "lesionbench2d", n_cases, 2, seed=DEMO_SEED,
-                             lesion_weights=lesion_weights),
-        3: write_lesionbench(out_dir / "data" / "lesionbench3d", n_cases_3d, 3, seed=DEMO_SEED,
-                             lesion_weights=lesion_weights) if n_cases_3d > 0 else None,
+        2: write_lesionbench(
+            out_dir / "data" / "lesionbench2d", n_cases, 2, seed=DEMO_SEED, lesion_weights=lesion_weights
+        ),
+        3: write_lesionbench(
+            out_dir / "data" / "lesionbench3d", n_cases_3d, 3, seed=DEMO_SEED, lesion_weights=lesion_weights
+        )
+        if n_cases_3d > 0
+        else None,
     }
-    log(f"data: {n_cases} 2D and {n_cases_3d} 3D LesionBench studies (DICOM + NIfTI lesion masks) in "
-        f"{out_dir / 'data'}")
+    log(
+        f"data: {n_cases} 2D and {n_cases_3d} 3D LesionBench studies (DICOM + NIfTI lesion masks) in {out_dir / 'data'}"
+    )
     plans = {
-        2: (model2d, {"HDM": HDM(model2d), "MDM": MDM(model2d), "NeuroMask": NeuroMask(model2d),
-                      "GradientInput": GradientInput(model2d), "Occlusion": Occlusion(model2d),
-                      "RISE": RISE(model2d, n_masks=500), "GradCAM": GradCAM(model2d)}),
+        2: (
+            model2d,
+            {
+                "HDM": HDM(model2d),
+                "MDM": MDM(model2d),
+                "NeuroMask": NeuroMask(model2d),
+                "GradientInput": GradientInput(model2d),
+                "Occlusion": Occlusion(model2d),
+                "RISE": RISE(model2d, n_masks=500),
+                "GradCAM": GradCAM(model2d),
+            },
+        ),
         # 3D HDM at its default 100 steps takes about a minute per volume on 2 cores: 30 steps here.
-        3: (model3d, {"HDM": make_explainer("hdm", model3d, steps=30), "GradientInput": GradientInput(model3d),
-                      "Occlusion": Occlusion(model3d)}),
+        3: (
+            model3d,
+            {
+                "HDM": make_explainer("hdm", model3d, steps=30),
+                "GradientInput": GradientInput(model3d),
+                "Occlusion": Occlusion(model3d),
+            },
+        ),
     }
     results: dict[int, list[dict]] = {}
     lines: list[str] = []
@@ -77,7 +99,9 @@ def run_demo(out_dir: Path, n_cases: int = 6, n_cases_3d: int = 2, log: Callable
         entries = load_manifest(manifests[dims])
         for entry in entries:
             entry["class_idx"] = 1  # explain the "lesion" class
-        spec = InputSpec(tuple(model.medhdm_card["recipe"]["spatial_size"]), intensity_range=LESIONBENCH_INTENSITY_RANGE)
+        spec = InputSpec(
+            tuple(model.medhdm_card["recipe"]["spatial_size"]), intensity_range=LESIONBENCH_INTENSITY_RANGE
+        )
         log(f"explaining {len(entries)} {dims}D cases with {', '.join(methods)}")
         rows, figures = evaluate_manifest(entries, methods, spec, log=lambda line: log("  " + line))
         report = write_report(rows, figures, out_dir / f"report_{dims}d", title=f"medhdm demo: LesionBench {dims}D")
@@ -89,8 +113,15 @@ def run_demo(out_dir: Path, n_cases: int = 6, n_cases_3d: int = 2, log: Callable
         from .export import export
 
         entry, saliency, lesion = first_case
-        written = export(entry["image"], monai_to_dicom_volume(saliency), out_dir / "export_dicom", ["sc", "png"],
-                         method="HDM", class_label=1, lesion_mask=monai_to_dicom_volume(lesion > 0))
+        written = export(
+            entry["image"],
+            monai_to_dicom_volume(saliency),
+            out_dir / "export_dicom",
+            ["sc", "png"],
+            method="HDM",
+            class_label=1,
+            lesion_mask=monai_to_dicom_volume(lesion > 0),
+        )
         lines += ["", f"DICOM Secondary Capture of HDM's map for {entry['id']}, in its study: {written['sc'][0]}"]
     for line in lines:
         log(line)

@@ -55,9 +55,17 @@ from .io.dicom import DicomSource, read_dicom
 from .io.reader import is_dicom_path
 from .transforms import Explaind, LoadStudy
 
-__all__ = ["ExplainedImage", "InputSpec", "SliceSelection", "classifier_transforms", "classify_image", "explain_image",
-           "load_image",
-           "map_to_classifier_grid", "slice_transforms"]
+__all__ = [
+    "ExplainedImage",
+    "InputSpec",
+    "SliceSelection",
+    "classifier_transforms",
+    "classify_image",
+    "explain_image",
+    "load_image",
+    "map_to_classifier_grid",
+    "slice_transforms",
+]
 
 
 @dataclass(frozen=True)
@@ -97,8 +105,10 @@ class InputSpec:
             raise ValueError(f"layout: expected 'dicom' or 'monai', got {self.layout!r}")
         codes = str(self.axcodes).upper()
         if len(codes) != 3 or set(codes) - set("LRAPSI") or sorted("LRAPSI".index(c) // 2 for c in codes) != [0, 1, 2]:
-            raise ValueError(f"axcodes: expected three letters naming each axis once, from L/R, A/P, S/I "
-                             f"(e.g. RAS, LPS), got {self.axcodes!r}")
+            raise ValueError(
+                f"axcodes: expected three letters naming each axis once, from L/R, A/P, S/I "
+                f"(e.g. RAS, LPS), got {self.axcodes!r}"
+            )
         if self.intensity_range is not None:
             low, high = (float(v) for v in self.intensity_range)
             if not (np.isfinite(low) and np.isfinite(high) and low < high):
@@ -219,8 +229,11 @@ def _intensity(keys, spec: InputSpec):
 def classifier_transforms(spatial_dims: int, spec: InputSpec, keys: str | list[str] = "image") -> Compose:
     """The invertible preprocessing from a loaded ``(1, *S)`` image to the classifier's input."""
     if spatial_dims != len(spec.spatial_size):
-        hint = ("; explain a series slice by slice with slices= (--slices all|top:K|I,J,...)"
-                if spatial_dims == 3 and len(spec.spatial_size) == 2 else "")
+        hint = (
+            "; explain a series slice by slice with slices= (--slices all|top:K|I,J,...)"
+            if spatial_dims == 3 and len(spec.spatial_size) == 2
+            else ""
+        )
         raise ValueError(f"image: a {spatial_dims}D image for a classifier of input size {spec.spatial_size}{hint}")
     if spec.layout == "dicom":
         layout = [Transposed(keys, indices=reversed_spatial_indices(spatial_dims))]
@@ -239,13 +252,22 @@ def _check_fits(image: MetaTensor, spec: InputSpec, name: str) -> None:
     """The loaded image ``(1, *S)`` has the classifier's dimension and, for a 3D classifier, more than one slice."""
     shape = tuple(image.shape[1:])
     if len(shape) != len(spec.spatial_size):
-        hint = ("; explain a series slice by slice with slices= (--slices all|top:K|I,J,...)"
-                if len(shape) == 3 and len(spec.spatial_size) == 2 else "")
-        raise ValueError(f"{name}: a {len(shape)}D image of shape {shape} for a {len(spec.spatial_size)}D classifier "
-                         f"of input size {spec.spatial_size}{hint}")
+        hint = (
+            "; explain a series slice by slice with slices= (--slices all|top:K|I,J,...)"
+            if len(shape) == 3 and len(spec.spatial_size) == 2
+            else ""
+        )
+        raise ValueError(
+            f"{name}: a {len(shape)}D image of shape {shape} for a {len(spec.spatial_size)}D classifier "
+            f"of input size {spec.spatial_size}{hint}"
+        )
     if len(shape) == 3 and min(shape) == 1 and min(spec.spatial_size) > 1:
-        raise ValueError(f"{name}: a single-slice volume of shape {shape} for a 3D classifier of input size "
-                         f"{spec.spatial_size}; give the whole series (or use a 2D classifier on a 2D image)")
+        raise ValueError(
+            f"{name}: a single-slice volume of shape {shape} for a 3D classifier of input size "
+            f"{spec.spatial_size}; give the whole series (or use a 2D classifier on a 2D image)"
+        )
+
+
 def slice_transforms(spec: InputSpec, keys: str | list[str] = "image", intensity: bool = True) -> Compose:
     """The invertible preprocessing of a 3D series ``(1, W, H, D)`` for a 2D classifier: ``(1, D, H', W')``.
 
@@ -311,8 +333,10 @@ def explain_image(
         if isinstance(slices, str):
             slices = SliceSelection.parse(slices)
         if image.ndim != 4 or len(spec.spatial_size) != 2:
-            raise ValueError(f"{name}: slices: for a 2D classifier on a 3D series; got a {image.ndim - 1}D image and "
-                             f"a classifier of input size {spec.spatial_size}")
+            raise ValueError(
+                f"{name}: slices: for a 2D classifier on a 3D series; got a {image.ndim - 1}D image and "
+                f"a classifier of input size {spec.spatial_size}"
+            )
         result = _explain_by_slice(image, explainer, spec, class_idx, slices, batch_size)
         result.dicom = read_dicom(path) if keep_dicom and is_dicom_path(path) else None
         return result
@@ -321,9 +345,11 @@ def explain_image(
     data = transforms({"image": image.clone()})
     scaled = data["image"].as_tensor()
     if float(scaled.max() - scaled.min()) <= 0:
-        raise ValueError(f"{name}: the image is constant after intensity scaling "
-                         f"({'range ' + str(spec.intensity_range) if spec.intensity_range else 'percentiles'}): "
-                         "nothing to explain; check --intensity-range")
+        raise ValueError(
+            f"{name}: the image is constant after intensity scaling "
+            f"({'range ' + str(spec.intensity_range) if spec.intensity_range else 'percentiles'}): "
+            "nothing to explain; check --intensity-range"
+        )
     data = Explaind("image", explainer, output_key="saliency", class_idx=class_idx, keep_explanation=True)(data)
     result = data["saliency_explanation"]
     inverted = Invertd(keys="saliency", transform=transforms, orig_keys="image", nearest_interp=False)(data)
@@ -345,7 +371,11 @@ def explain_image(
 
 
 def _explain_by_slice(
-    image: MetaTensor, explainer: Explainer, spec: InputSpec, class_idx: int | None, selection: SliceSelection,
+    image: MetaTensor,
+    explainer: Explainer,
+    spec: InputSpec,
+    class_idx: int | None,
+    selection: SliceSelection,
     batch_size: int,
 ) -> ExplainedImage:
     """A 3D series ``(1, W, H, D)`` explained by a 2D classifier slice by slice (see :func:`explain_image`)."""
@@ -357,8 +387,12 @@ def _explain_by_slice(
     probs, cls, study_score = _study_decision(explainer.model, x, class_idx, selection.reduce, batch_size)
     chosen = selection.choose(probs[:, cls])
     index = torch.tensor(chosen, dtype=torch.long, device=x.device)
-    maps = torch.cat([explainer.explain(x[index[lo : lo + batch_size]], cls).saliency.detach()
-                      for lo in range(0, len(chosen), batch_size)])  # (k, 1, H', W')
+    maps = torch.cat(
+        [
+            explainer.explain(x[index[lo : lo + batch_size]], cls).saliency.detach()
+            for lo in range(0, len(chosen), batch_size)
+        ]
+    )  # (k, 1, H', W')
     volume = torch.zeros_like(x[:, 0])
     volume[index] = maps[:, 0].to(volume.dtype)
     data["saliency"] = MetaTensor(volume[None].cpu(), meta=copy.deepcopy(dict(data["image"].meta)))
@@ -388,8 +422,17 @@ def _study_decision(
     """Slice probabilities ``(D, K)`` of ``x`` ``(D, C, H, W)``, the study's class and its study-level probability."""
     with frozen_eval(model), torch.no_grad():
         scorer = ClassScorer(model)
-        probs = torch.cat([torch.softmax(scorer.logits(x[lo : lo + batch_size]), dim=1)
-                           for lo in range(0, x.shape[0], batch_size)]).cpu().numpy().astype(np.float64)
+        probs = (
+            torch.cat(
+                [
+                    torch.softmax(scorer.logits(x[lo : lo + batch_size]), dim=1)
+                    for lo in range(0, x.shape[0], batch_size)
+                ]
+            )
+            .cpu()
+            .numpy()
+            .astype(np.float64)
+        )
     study = probs.max(axis=0) if reduce == "max" else probs.mean(axis=0)
     if class_idx is None:
         cls = int(study.argmax())
@@ -401,7 +444,10 @@ def _study_decision(
 
 
 def classify_image(
-    image: MetaTensor, model: nn.Module, spec: InputSpec, class_idx: int | None = None,
+    image: MetaTensor,
+    model: nn.Module,
+    spec: InputSpec,
+    class_idx: int | None = None,
     slices: SliceSelection | str | None = None,
 ) -> tuple[torch.Tensor, int, float, tuple[int, ...] | None]:
     """The classifier's view of a loaded image, without explaining it (for maps made elsewhere).

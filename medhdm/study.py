@@ -106,8 +106,9 @@ def explain_study(
     """
     out = Path(out_dir)
     map_path = _inside(out, case.case, "_saliency.nii.gz")
-    result = explain_image(case.image, explainer, spec, class_idx=case.class_idx, keep_dicom=bool(export_formats),
-                           slices=slices)
+    result = explain_image(
+        case.image, explainer, spec, class_idx=case.class_idx, keep_dicom=bool(export_formats), slices=slices
+    )
     volume = result.saliency if result.saliency.ndim == 3 else result.saliency[..., None]
     write_nifti(map_path, volume.astype(np.float32), result.affine)
     exported = ""
@@ -117,12 +118,27 @@ def explain_study(
         from .export import export
 
         export_dir = _inside(out, case.case, "_dicom")
-        export(result.dicom, result.saliency_in_dicom_order(), export_dir, list(export_formats),
-               method=method or explainer.name, class_label=result.class_idx, overwrite=overwrite)
+        export(
+            result.dicom,
+            result.saliency_in_dicom_order(),
+            export_dir,
+            list(export_formats),
+            method=method or explainer.name,
+            class_label=result.class_idx,
+            overwrite=overwrite,
+        )
         exported = str(export_dir)
-    row = {"case": case.case, "image": str(case.image), "class_idx": result.class_idx,
-           "score": result.score, "map": str(map_path), "export": exported, "slice_reduce": "", "slices": "",
-           "slice_scores": ""}
+    row = {
+        "case": case.case,
+        "image": str(case.image),
+        "class_idx": result.class_idx,
+        "score": result.score,
+        "map": str(map_path),
+        "export": exported,
+        "slice_reduce": "",
+        "slices": "",
+        "slice_scores": "",
+    }
     if result.slice_scores is not None:
         slices_path = _inside(out, case.case, "_slices.csv")
         explained = set(result.explained_slices)
@@ -134,8 +150,11 @@ def explain_study(
                 writer.writerows([k, f"{p:.4f}", int(k in explained)] for k, p in enumerate(result.slice_scores))
 
         atomic_write(slices_path, write_slices)
-        row.update(slice_reduce=result.slice_reduce, slices=" ".join(str(k) for k in result.explained_slices),
-                   slice_scores=str(slices_path))
+        row.update(
+            slice_reduce=result.slice_reduce,
+            slices=" ".join(str(k) for k in result.explained_slices),
+            slice_scores=str(slices_path),
+        )
     return row
 
 
@@ -178,10 +197,13 @@ def explain_studies(
             rows.append(row)
             _write_csv(out / "explanations.csv", rows)
             if log:
-                by_slice = (f" ({row['slice_reduce']} over slices; explained slices {row['slices']})"
-                            if row["slices"] else "")
-                log(f"[{i}/{len(cases)}] {case.case}: class {row['class_idx']} (p={row['score']:.3f}){by_slice}, "
-                    f"{time.perf_counter() - start:.1f} s -> {row['map']}")
+                by_slice = (
+                    f" ({row['slice_reduce']} over slices; explained slices {row['slices']})" if row["slices"] else ""
+                )
+                log(
+                    f"[{i}/{len(cases)}] {case.case}: class {row['class_idx']} (p={row['score']:.3f}){by_slice}, "
+                    f"{time.perf_counter() - start:.1f} s -> {row['map']}"
+                )
     return rows
 
 

@@ -28,8 +28,15 @@ class BlobDetector(nn.Module):
     ``single_logit=True`` returns only the second logit, as a sigmoid classifier does.
     """
 
-    def __init__(self, spatial_dims: int = 2, pool: str = "mean", kernel: int = 1, threshold: float = 0.5,
-                 gain: float = 8.0, single_logit: bool = False) -> None:
+    def __init__(
+        self,
+        spatial_dims: int = 2,
+        pool: str = "mean",
+        kernel: int = 1,
+        threshold: float = 0.5,
+        gain: float = 8.0,
+        single_logit: bool = False,
+    ) -> None:
         super().__init__()
         conv = nn.Conv2d if spatial_dims == 2 else nn.Conv3d
         self.conv = conv(1, 1, kernel, padding=kernel // 2, bias=False)
@@ -53,7 +60,9 @@ class BlobDetector(nn.Module):
         return z if self.single_logit else torch.cat([torch.zeros_like(z), z], dim=1)
 
 
-def plant(shape: tuple[int, ...], boxes: list[tuple[slice, ...]], value: float = 1.0, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def plant(
+    shape: tuple[int, ...], boxes: list[tuple[slice, ...]], value: float = 1.0, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """An image ``(1, 1, *shape)`` of low noise with bright boxes, and their label map ``(1, 1, *shape)``."""
     g = torch.Generator().manual_seed(seed)
     x = 0.1 + 0.05 * torch.rand((1, 1, *shape), generator=g)
@@ -83,12 +92,31 @@ def train_blob_densenet():
     from .models import train_classifier
 
     size = (32, 32)
-    train = make_dataset(0, 600, size, lesion_counts=(0, 1), weights=(0.5, 0.5), background="noise",
-                         n_distractors=0, radius_range=(2.5, 4.0), contrast_range=(0.3, 0.5))
-    test = make_dataset(1, 60, size, lesion_counts=(0, 1), weights=(0.5, 0.5), background="noise",
-                        n_distractors=0, radius_range=(2.5, 4.0), contrast_range=(0.3, 0.5))
+    train = make_dataset(
+        0,
+        600,
+        size,
+        lesion_counts=(0, 1),
+        weights=(0.5, 0.5),
+        background="noise",
+        n_distractors=0,
+        radius_range=(2.5, 4.0),
+        contrast_range=(0.3, 0.5),
+    )
+    test = make_dataset(
+        1,
+        60,
+        size,
+        lesion_counts=(0, 1),
+        weights=(0.5, 0.5),
+        background="noise",
+        n_distractors=0,
+        radius_range=(2.5, 4.0),
+        contrast_range=(0.3, 0.5),
+    )
     torch.manual_seed(0)
-    model = DenseNet(spatial_dims=2, in_channels=1, out_channels=2, init_features=8, growth_rate=8,
-                     block_config=(2, 2), bn_size=2)
+    model = DenseNet(
+        spatial_dims=2, in_channels=1, out_channels=2, init_features=8, growth_rate=8, block_config=(2, 2), bn_size=2
+    )
     train_classifier(model, train, epochs=6, batch_size=32, lr=3e-3, seed=0, log=None)
     return model, test

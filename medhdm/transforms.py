@@ -66,8 +66,9 @@ def _check_nifti_header(path: Path) -> None:
     if abs(np.linalg.det(affine[:3, :3])) < 1e-9:
         raise ValueError(f"{path}: the NIfTI affine is singular (no voxel geometry); fix the header")
     if len(header_image.shape) > 3 and int(np.prod(header_image.shape[3:])) > 1:
-        raise ValueError(f"{path}: a NIfTI of shape {header_image.shape} (several volumes or channels); "
-                         "give one grayscale volume")
+        raise ValueError(
+            f"{path}: a NIfTI of shape {header_image.shape} (several volumes or channels); give one grayscale volume"
+        )
 
 
 class LoadStudy(Transform):
@@ -168,8 +169,10 @@ class Explaind(MapTransform):
             raise KeyError(f"class_idx_key: {self.class_idx_key!r} is not in the data (keys: {list(data)})")
         value = torch.as_tensor(data[self.class_idx_key])
         if value.numel() != 1:
-            raise ValueError(f"class_idx_key: expected one class index in {self.class_idx_key!r}, "
-                             f"got shape {tuple(value.shape)} (one-hot labels need argmax first)")
+            raise ValueError(
+                f"class_idx_key: expected one class index in {self.class_idx_key!r}, "
+                f"got shape {tuple(value.shape)} (one-hot labels need argmax first)"
+            )
         return int(value.reshape(()).item())
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict[Hashable, object]:
@@ -177,8 +180,10 @@ class Explaind(MapTransform):
         for key, out_key in zip(self.key_iterator(d), self.output_keys):
             image = d[key]
             if not isinstance(image, torch.Tensor) or image.ndim not in (3, 4):
-                raise ValueError(f"{key}: expected a channel-first image tensor (C, H, W) or (C, D, H, W), "
-                                 f"got {type(image).__name__} of shape {tuple(getattr(image, 'shape', ()))}")
+                raise ValueError(
+                    f"{key}: expected a channel-first image tensor (C, H, W) or (C, D, H, W), "
+                    f"got {type(image).__name__} of shape {tuple(getattr(image, 'shape', ()))}"
+                )
             x = torch.as_tensor(image).detach()[None].to(device=model_device(self.explainer.model), dtype=torch.float32)
             result = self.explainer.explain(x, self._target(d))
             saliency = result.saliency[0].detach().to(image.device)

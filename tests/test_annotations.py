@@ -51,11 +51,26 @@ def _write_seg(source, mask_monai: np.ndarray, path, frame_of_reference: str | N
         for d in datasets:
             d.FrameOfReferenceUID = frame_of_reference
     description = hd.seg.SegmentDescription(
-        1, "lesion", codes.SCT.MorphologicallyAbnormalStructure, codes.SCT.Lesion,
-        hd.seg.SegmentAlgorithmTypeValues.MANUAL)
-    seg = hd.seg.Segmentation(datasets, np.transpose(mask_monai, (2, 1, 0)).astype(bool),
-                              hd.seg.SegmentationTypeValues.BINARY, [description], generate_uid(), 300,
-                              generate_uid(), 1, "test", "test", "1", "1")
+        1,
+        "lesion",
+        codes.SCT.MorphologicallyAbnormalStructure,
+        codes.SCT.Lesion,
+        hd.seg.SegmentAlgorithmTypeValues.MANUAL,
+    )
+    seg = hd.seg.Segmentation(
+        datasets,
+        np.transpose(mask_monai, (2, 1, 0)).astype(bool),
+        hd.seg.SegmentationTypeValues.BINARY,
+        [description],
+        generate_uid(),
+        300,
+        generate_uid(),
+        1,
+        "test",
+        "test",
+        "1",
+        "1",
+    )
     seg.save_as(path)
 
 

@@ -107,12 +107,24 @@ def _build(c: Corpus) -> dict[str, tuple[list[str], list[str]]]:
         return "duplicate slice"
 
     explain_series("series_duplicate_slice", [], duplicate)
-    explain_series("series_two_series", ["expected one series"],
-                   lambda f, fs: (_edit(fs[3], lambda ds: setattr(ds, "SeriesInstanceUID", generate_uid())), "")[1])
-    explain_series("series_mixed_orientation", ["mixed orientations"], lambda f, fs: (
-        _edit(fs[4], lambda ds: setattr(ds, "ImageOrientationPatient", [0, 1, 0, 0, 0, -1])), fs[4].name)[1])
-    explain_series("series_with_text_file", ["not a DICOM file"],
-                   lambda f, fs: ((f / "notes.txt").write_text("scan notes"), "notes.txt")[1])
+    explain_series(
+        "series_two_series",
+        ["expected one series"],
+        lambda f, fs: (_edit(fs[3], lambda ds: setattr(ds, "SeriesInstanceUID", generate_uid())), "")[1],
+    )
+    explain_series(
+        "series_mixed_orientation",
+        ["mixed orientations"],
+        lambda f, fs: (
+            _edit(fs[4], lambda ds: setattr(ds, "ImageOrientationPatient", [0, 1, 0, 0, 0, -1])),
+            fs[4].name,
+        )[1],
+    )
+    explain_series(
+        "series_with_text_file",
+        ["not a DICOM file"],
+        lambda f, fs: ((f / "notes.txt").write_text("scan notes"), "notes.txt")[1],
+    )
 
     def dicomdir(f, fs):
         ds = pydicom.dcmread(fs[0])
@@ -131,32 +143,52 @@ def _build(c: Corpus) -> dict[str, tuple[list[str], list[str]]]:
         return fs[7].name
 
     explain_series("series_slice_of_other_size", ["differs"], smaller)
-    explain_series("series_with_empty_file", ["not a DICOM file"],
-                   lambda f, fs: ((f / "IM_empty.dcm").write_bytes(b""), "IM_empty.dcm")[1])
-    explain_series("series_with_random_file", ["DICOM"], lambda f, fs: (
-        (f / "IM_random.dcm").write_bytes(np.random.default_rng(0).bytes(4096)), "IM_random.dcm")[1])
-    explain_series("series_pixel_spacing_differs", ["pixel spacing"], lambda f, fs: (
-        _edit(fs[2], lambda ds: setattr(ds, "PixelSpacing", [9.0, 9.0])), fs[2].name)[1])
+    explain_series(
+        "series_with_empty_file",
+        ["not a DICOM file"],
+        lambda f, fs: ((f / "IM_empty.dcm").write_bytes(b""), "IM_empty.dcm")[1],
+    )
+    explain_series(
+        "series_with_random_file",
+        ["DICOM"],
+        lambda f, fs: ((f / "IM_random.dcm").write_bytes(np.random.default_rng(0).bytes(4096)), "IM_random.dcm")[1],
+    )
+    explain_series(
+        "series_pixel_spacing_differs",
+        ["pixel spacing"],
+        lambda f, fs: (_edit(fs[2], lambda ds: setattr(ds, "PixelSpacing", [9.0, 9.0])), fs[2].name)[1],
+    )
 
     def shear(f, fs):
         for k, path in enumerate(fs):
-            _edit(path, lambda ds, k=k: setattr(ds, "ImagePositionPatient",
-                                              [float(ds.ImagePositionPatient[0]) + 2.0 * k,
-                                               *ds.ImagePositionPatient[1:]]))
+            _edit(
+                path,
+                lambda ds, k=k: setattr(
+                    ds,
+                    "ImagePositionPatient",
+                    [float(ds.ImagePositionPatient[0]) + 2.0 * k, *ds.ImagePositionPatient[1:]],
+                ),
+            )
         return "not stacked along their normal"
 
     explain_series("series_sheared", [], shear)
 
     def irregular(f, fs):
-        _edit(fs[12], lambda ds: setattr(ds, "ImagePositionPatient",
-                                         [*ds.ImagePositionPatient[:2], float(ds.ImagePositionPatient[2]) + 1.0]))
+        _edit(
+            fs[12],
+            lambda ds: setattr(
+                ds, "ImagePositionPatient", [*ds.ImagePositionPatient[:2], float(ds.ImagePositionPatient[2]) + 1.0]
+            ),
+        )
         return "irregular series"
 
     explain_series("series_irregular_step", [], irregular)
     empty = c.bad / "empty_folder"
     empty.mkdir()
-    cases["series_empty_folder"] = ([*explain, "--model", "default3d", "--image", str(empty)],
-                                    ["holds no files", "empty_folder"])
+    cases["series_empty_folder"] = (
+        [*explain, "--model", "default3d", "--image", str(empty)],
+        ["holds no files", "empty_folder"],
+    )
 
     # single DICOM files
     def explain_file(name, texts, path, *extra):
@@ -178,8 +210,11 @@ def _build(c: Corpus) -> dict[str, tuple[list[str], list[str]]]:
         _edit(path, change)
         return path
 
-    explain_file("file_palette_color", ["PALETTE COLOR", "grayscale"],
-                 edited("palette.dcm", lambda ds: setattr(ds, "PhotometricInterpretation", "PALETTE COLOR")))
+    explain_file(
+        "file_palette_color",
+        ["PALETTE COLOR", "grayscale"],
+        edited("palette.dcm", lambda ds: setattr(ds, "PhotometricInterpretation", "PALETTE COLOR")),
+    )
 
     def rgb(ds):
         gray = ds.pixel_array
@@ -187,7 +222,9 @@ def _build(c: Corpus) -> dict[str, tuple[list[str], list[str]]]:
         ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "RGB", 0
 
     explain_file("file_rgb", ["RGB", "grayscale"], edited("rgb.dcm", rgb))
-    explain_file("file_seg_as_image", ["DICOM SEG"], c.file("seg.dcm", (c.image2d.parent / "lesion_seg.dcm").read_bytes()))
+    explain_file(
+        "file_seg_as_image", ["DICOM SEG"], c.file("seg.dcm", (c.image2d.parent / "lesion_seg.dcm").read_bytes())
+    )
     explain_file("file_without_pixel_data", ["no pixel data"], edited("nopix.dcm", lambda ds: delattr(ds, "PixelData")))
 
     def corrupt_jpeg(ds):  # a JPEG stream that is cut off after its first marker
@@ -196,33 +233,55 @@ def _build(c: Corpus) -> dict[str, tuple[list[str], list[str]]]:
         ds["PixelData"].VR = "OB"
 
     explain_file("file_undecodable_pixels", ["cannot be decoded"], edited("corrupt_jpeg.dcm", corrupt_jpeg))
-    explain_file("file_structured_report", ["no pixel data"], c.file("sr.dcm", Path(get_testdata_file("test-SR.dcm"))
-                                                                      .read_bytes()))
+    explain_file(
+        "file_structured_report",
+        ["no pixel data"],
+        c.file("sr.dcm", Path(get_testdata_file("test-SR.dcm")).read_bytes()),
+    )
     cases["file_missing"] = ([*explain, "--image", str(c.bad / "nowhere.dcm")], ["no such file", "nowhere.dcm"])
     explain_file("file_png", ["expected a DICOM file"], c.file("picture.png", b"\x89PNG\r\n\x1a\n" + b"0" * 64))
-    explain_file("file_nifti_named_dcm", ["DICOM"], c.file("nifti.dcm", (c.image2d.parent / "image.nii.gz")
-                                                            .read_bytes()))
+    explain_file(
+        "file_nifti_named_dcm", ["DICOM"], c.file("nifti.dcm", (c.image2d.parent / "image.nii.gz").read_bytes())
+    )
 
     # NIfTI
     volume = np.random.default_rng(2).normal(size=(24, 24, 8)).astype(np.float32)
-    explain_file("nifti_singular_affine", ["singular"],
-                 _nifti_with_sform(c.bad / "singular.nii", volume, np.zeros((3, 4))), "--model", "default3d")
+    explain_file(
+        "nifti_singular_affine",
+        ["singular"],
+        _nifti_with_sform(c.bad / "singular.nii", volume, np.zeros((3, 4))),
+        "--model",
+        "default3d",
+    )
     nan_rows = np.eye(4)[:3]
     nan_rows[0, 3] = np.nan
-    explain_file("nifti_nan_affine", ["NaN"], _nifti_with_sform(c.bad / "nan_affine.nii", volume, nan_rows),
-                 "--model", "default3d")
+    explain_file(
+        "nifti_nan_affine",
+        ["NaN"],
+        _nifti_with_sform(c.bad / "nan_affine.nii", volume, nan_rows),
+        "--model",
+        "default3d",
+    )
     with_nan = volume.copy()
     with_nan[3, 3, 3] = np.nan
-    explain_file("nifti_nan_voxels", ["NaN"], _nifti(c.bad / "nan_voxels.nii.gz", with_nan, np.eye(4)),
-                 "--model", "default3d")
-    explain_file("nifti_4d", ["several volumes"], _nifti(c.bad / "four_d.nii.gz", np.stack([volume] * 2, -1),
-                                                         np.eye(4)), "--model", "default3d")
+    explain_file(
+        "nifti_nan_voxels", ["NaN"], _nifti(c.bad / "nan_voxels.nii.gz", with_nan, np.eye(4)), "--model", "default3d"
+    )
+    explain_file(
+        "nifti_4d",
+        ["several volumes"],
+        _nifti(c.bad / "four_d.nii.gz", np.stack([volume] * 2, -1), np.eye(4)),
+        "--model",
+        "default3d",
+    )
     good_gz = (c.series.parent / "image.nii.gz").read_bytes()
-    explain_file("nifti_truncated", ["NIfTI"], c.file("truncated.nii.gz", good_gz[: len(good_gz) // 3]),
-                 "--model", "default3d")
+    explain_file(
+        "nifti_truncated", ["NIfTI"], c.file("truncated.nii.gz", good_gz[: len(good_gz) // 3]), "--model", "default3d"
+    )
     explain_file("nifti_empty", ["NIfTI"], c.file("empty.nii.gz", gzip.compress(b"")), "--model", "default3d")
-    explain_file("nifti_2d_image_for_3d_model", ["single-slice"], c.image2d.parent / "image.nii.gz",
-                 "--model", "default3d")
+    explain_file(
+        "nifti_2d_image_for_3d_model", ["single-slice"], c.image2d.parent / "image.nii.gz", "--model", "default3d"
+    )
     explain_file("nifti_3d_volume_for_2d_model", ["3D image", "2D classifier"], c.series.parent / "image.nii.gz")
 
     # arguments (the source is good)
@@ -243,29 +302,80 @@ def _build(c: Corpus) -> dict[str, tuple[list[str], list[str]]]:
     argument("arg_steps_zero", ["steps"], "--method", "hdm", "--steps", "0")
     argument("arg_steps_for_gxi", ["not an optimised-mask method"], "--method", "gxi", "--steps", "5")
     argument("arg_model_missing", ["nothing.pt"], "--method", "gxi", "--model", str(c.bad / "nothing.pt"))
-    argument("arg_model_not_torchscript", ["not a TorchScript file", "garbage.pt"], "--method", "gxi",
-             "--model", str(c.file("garbage.pt", b"not a model")))
-    argument("arg_model_class_path_not_a_module", ["os.system", "torch.nn.Module"], "--method", "gxi",
-             "--model", "os.system", "--model-args", '{"command": "true"}')
-    argument("arg_model_class_path_without_weights", ["weights"], "--method", "gxi",
-             "--model", "monai.networks.nets.DenseNet121")
-    argument("arg_model_weights_garbage", ["weights", "garbage_weights.pt"], "--method", "gxi",
-             "--model", "monai.networks.nets.DenseNet121",
-             "--model-args", '{"spatial_dims": 2, "in_channels": 1, "out_channels": 2}',
-             "--weights", str(c.file("garbage_weights.pt", b"not weights")))
+    argument(
+        "arg_model_not_torchscript",
+        ["not a TorchScript file", "garbage.pt"],
+        "--method",
+        "gxi",
+        "--model",
+        str(c.file("garbage.pt", b"not a model")),
+    )
+    argument(
+        "arg_model_class_path_not_a_module",
+        ["os.system", "torch.nn.Module"],
+        "--method",
+        "gxi",
+        "--model",
+        "os.system",
+        "--model-args",
+        '{"command": "true"}',
+    )
+    argument(
+        "arg_model_class_path_without_weights",
+        ["weights"],
+        "--method",
+        "gxi",
+        "--model",
+        "monai.networks.nets.DenseNet121",
+    )
+    argument(
+        "arg_model_weights_garbage",
+        ["weights", "garbage_weights.pt"],
+        "--method",
+        "gxi",
+        "--model",
+        "monai.networks.nets.DenseNet121",
+        "--model-args",
+        '{"spatial_dims": 2, "in_channels": 1, "out_channels": 2}',
+        "--weights",
+        str(c.file("garbage_weights.pt", b"not weights")),
+    )
     argument("arg_export_unknown_format", ["formats", "foo"], "--method", "gxi", "--export", "foo")
-    argument("arg_export_from_nifti", ["not DICOM", "image.nii.gz"], "--method", "gxi", "--export", "sc",
-             image=c.image2d.parent / "image.nii.gz")
+    argument(
+        "arg_export_from_nifti",
+        ["not DICOM", "image.nii.gz"],
+        "--method",
+        "gxi",
+        "--export",
+        "sc",
+        image=c.image2d.parent / "image.nii.gz",
+    )
     argument("arg_class_idx_out_of_range", ["class_idx"], "--method", "gxi", "--class-idx", "7")
     argument("arg_spatial_size_zero", ["spatial_size"], "--method", "gxi", "--spatial-size", "0,0")
     argument("arg_spatial_size_text", ["--spatial-size"], "--method", "gxi", "--spatial-size", "a,b")
     cases["arg_no_image"] = (["explain", "--method", "gxi"], ["--image"])
-    cases["arg_out_is_a_file"] = (["explain", "--method", "gxi", "--image", str(c.image2d), "--out",
-                                   str(c.file("out_file.txt", b"x"))], ["out_file.txt", "is a file"])
-    cases["arg_out_is_the_series"] = (["explain", "--method", "gxi", "--model", "default3d", "--image",
-                                       str(c.series), "--out", str(c.series)], ["inside the source"])
-    cases["arg_out_inside_the_series"] = (["explain", "--method", "gxi", "--model", "default3d", "--image",
-                                           str(c.series), "--out", str(c.series / "maps")], ["inside the source"])
+    cases["arg_out_is_a_file"] = (
+        ["explain", "--method", "gxi", "--image", str(c.image2d), "--out", str(c.file("out_file.txt", b"x"))],
+        ["out_file.txt", "is a file"],
+    )
+    cases["arg_out_is_the_series"] = (
+        ["explain", "--method", "gxi", "--model", "default3d", "--image", str(c.series), "--out", str(c.series)],
+        ["inside the source"],
+    )
+    cases["arg_out_inside_the_series"] = (
+        [
+            "explain",
+            "--method",
+            "gxi",
+            "--model",
+            "default3d",
+            "--image",
+            str(c.series),
+            "--out",
+            str(c.series / "maps"),
+        ],
+        ["inside the source"],
+    )
 
     # manifests
     def manifest(name, data, texts, command="explain"):
@@ -278,24 +388,43 @@ def _build(c: Corpus) -> dict[str, tuple[list[str], list[str]]]:
     manifest("manifest_id_escapes_out", {"testing": [{"id": "../../escaped", "image": image}]}, ["not a plain name"])
     manifest("manifest_id_absolute", {"testing": [{"id": str(c.root / "abs"), "image": image}]}, ["not a plain name"])
     manifest("manifest_deep_nesting", "[" * 100000 + "]" * 100000, ["nested too deeply"])
-    manifest("manifest_huge_integer", '{"testing": [{"image": "%s", "label": %s}]}' % (image, "9" * 6000),
-             ["not valid JSON"])
+    manifest(
+        "manifest_huge_integer", f'{{"testing": [{{"image": "{image}", "label": {"9" * 6000}}}]}}', ["not valid JSON"]
+    )
     manifest("manifest_not_json", "{testing: ", ["not valid JSON"])
     manifest("manifest_without_image", {"testing": [{"id": "a"}]}, ["'image' is required"])
     manifest("manifest_bool_label", {"testing": [{"image": image, "label": True}]}, ["'label'"])
     manifest("manifest_missing_file", {"testing": [{"image": "nowhere.dcm"}]}, ["does not exist"])
-    manifest("manifest_evaluate_without_lesions", {"testing": [{"id": "a", "image": image}]},
-             ["without a 'lesion' annotation"], command="evaluate")
+    manifest(
+        "manifest_evaluate_without_lesions",
+        {"testing": [{"id": "a", "image": image}]},
+        ["without a 'lesion' annotation"],
+        command="evaluate",
+    )
     evaluate_in_source = c.bad / "evaluate_in_source.json"
-    evaluate_in_source.write_text(json.dumps({"testing": [{"id": "s", "image": str(c.series),
-                                                           "lesion": str(c.series.parent / "lesion.nii.gz")}]}))
-    cases["evaluate_out_inside_the_series"] = (["evaluate", "--methods", "gxi", "--model", "default3d",
-                                                "--manifest", str(evaluate_in_source),
-                                                "--out", str(c.series / "report")], ["inside the source"])
+    evaluate_in_source.write_text(
+        json.dumps({"testing": [{"id": "s", "image": str(c.series), "lesion": str(c.series.parent / "lesion.nii.gz")}]})
+    )
+    cases["evaluate_out_inside_the_series"] = (
+        [
+            "evaluate",
+            "--methods",
+            "gxi",
+            "--model",
+            "default3d",
+            "--manifest",
+            str(evaluate_in_source),
+            "--out",
+            str(c.series / "report"),
+        ],
+        ["inside the source"],
+    )
 
     # bench-data
-    cases["bench_data_into_existing_dataset"] = (["bench-data", "--out", str(c.root / "src" / "lb2"), "--cases", "1"],
-                                                 ["exists", "--overwrite"])
+    cases["bench_data_into_existing_dataset"] = (
+        ["bench-data", "--out", str(c.root / "src" / "lb2"), "--cases", "1"],
+        ["exists", "--overwrite"],
+    )
     cases["bench_data_no_cases"] = (["bench-data", "--out", "OUT", "--cases", "0"], ["--cases"])
 
     # export
@@ -306,25 +435,35 @@ def _build(c: Corpus) -> dict[str, tuple[list[str], list[str]]]:
     with_nan_map[3, 3] = np.nan
     np.save(c.bad / "nan_map.npy", with_nan_map)
     np.save(c.bad / "out_of_range.npy", source_map * 3)
-    for name, file, texts in [("export_complex_map", "complex.npy", ["complex"]),
-                              ("export_map_of_wrong_shape", "wrong_shape.npy", ["shape"]),
-                              ("export_map_with_nan", "nan_map.npy", ["NaN"]),
-                              ("export_map_out_of_range", "out_of_range.npy", ["[0, 1]"])]:
-        cases[name] = (["export", "--image", str(c.image2d), "--map", str(c.bad / file), "--format", "sc"],
-                       [*texts] + ([file] if name == "export_complex_map" else []))
+    for name, file, texts in [
+        ("export_complex_map", "complex.npy", ["complex"]),
+        ("export_map_of_wrong_shape", "wrong_shape.npy", ["shape"]),
+        ("export_map_with_nan", "nan_map.npy", ["NaN"]),
+        ("export_map_out_of_range", "out_of_range.npy", ["[0, 1]"]),
+    ]:
+        cases[name] = (
+            ["export", "--image", str(c.image2d), "--map", str(c.bad / file), "--format", "sc"],
+            [*texts] + ([file] if name == "export_complex_map" else []),
+        )
     folder, files = c.series_copy("export_series_missing_slice")
     files[8].unlink()
-    cases["export_from_series_with_missing_slice"] = (["export", "--image", str(folder), "--map",
-                                                       str(c.bad / "wrong_shape.npy"), "--format", "sc"],
-                                                      ["missing slice"])
-    cases["export_map_missing"] = (["export", "--image", str(c.image2d), "--map", str(c.bad / "nothing.npy")],
-                                   ["nothing.npy"])
+    cases["export_from_series_with_missing_slice"] = (
+        ["export", "--image", str(folder), "--map", str(c.bad / "wrong_shape.npy"), "--format", "sc"],
+        ["missing slice"],
+    )
+    cases["export_map_missing"] = (
+        ["export", "--image", str(c.image2d), "--map", str(c.bad / "nothing.npy")],
+        ["nothing.npy"],
+    )
     return cases
 
 
 def _hashes(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def _tree(root: Path) -> set[str]:
@@ -340,25 +479,84 @@ def corpus(tmp_path_factory):
 
 
 CASE_NAMES = [
-    "series_missing_slice", "series_duplicate_slice", "series_two_series", "series_mixed_orientation",
-    "series_with_text_file", "series_with_dicomdir", "series_slice_of_other_size", "series_with_empty_file",
-    "series_with_random_file", "series_pixel_spacing_differs", "series_sheared", "series_irregular_step",
-    "series_empty_folder", "file_empty", "file_random_bytes", "file_truncated", "file_without_meta_header",
-    "file_palette_color", "file_rgb", "file_seg_as_image", "file_without_pixel_data", "file_undecodable_pixels",
-    "file_structured_report", "file_missing", "file_png", "file_nifti_named_dcm", "nifti_singular_affine",
-    "nifti_nan_affine", "nifti_nan_voxels", "nifti_4d", "nifti_truncated", "nifti_empty",
-    "nifti_2d_image_for_3d_model", "nifti_3d_volume_for_2d_model", "arg_intensity_range_empty",
-    "arg_intensity_range_text", "arg_device_banana", "arg_device_cuda_without_gpu", "arg_axcodes",
-    "arg_negative_mask_size", "arg_method_args_not_json", "arg_method_args_list", "arg_method_unknown",
-    "arg_method_keyword_unknown", "arg_steps_zero", "arg_steps_for_gxi", "arg_model_missing",
-    "arg_model_not_torchscript", "arg_model_class_path_not_a_module", "arg_model_class_path_without_weights",
-    "arg_model_weights_garbage", "arg_export_unknown_format", "arg_export_from_nifti", "arg_class_idx_out_of_range",
-    "arg_spatial_size_zero", "arg_spatial_size_text", "arg_no_image", "arg_out_is_a_file", "arg_out_is_the_series",
-    "arg_out_inside_the_series", "manifest_id_escapes_out", "manifest_id_absolute", "manifest_deep_nesting",
-    "manifest_huge_integer", "manifest_not_json", "manifest_without_image", "manifest_bool_label",
-    "manifest_missing_file", "manifest_evaluate_without_lesions", "evaluate_out_inside_the_series",
-    "bench_data_into_existing_dataset", "bench_data_no_cases", "export_complex_map", "export_map_of_wrong_shape",
-    "export_map_with_nan", "export_map_out_of_range", "export_from_series_with_missing_slice", "export_map_missing",
+    "series_missing_slice",
+    "series_duplicate_slice",
+    "series_two_series",
+    "series_mixed_orientation",
+    "series_with_text_file",
+    "series_with_dicomdir",
+    "series_slice_of_other_size",
+    "series_with_empty_file",
+    "series_with_random_file",
+    "series_pixel_spacing_differs",
+    "series_sheared",
+    "series_irregular_step",
+    "series_empty_folder",
+    "file_empty",
+    "file_random_bytes",
+    "file_truncated",
+    "file_without_meta_header",
+    "file_palette_color",
+    "file_rgb",
+    "file_seg_as_image",
+    "file_without_pixel_data",
+    "file_undecodable_pixels",
+    "file_structured_report",
+    "file_missing",
+    "file_png",
+    "file_nifti_named_dcm",
+    "nifti_singular_affine",
+    "nifti_nan_affine",
+    "nifti_nan_voxels",
+    "nifti_4d",
+    "nifti_truncated",
+    "nifti_empty",
+    "nifti_2d_image_for_3d_model",
+    "nifti_3d_volume_for_2d_model",
+    "arg_intensity_range_empty",
+    "arg_intensity_range_text",
+    "arg_device_banana",
+    "arg_device_cuda_without_gpu",
+    "arg_axcodes",
+    "arg_negative_mask_size",
+    "arg_method_args_not_json",
+    "arg_method_args_list",
+    "arg_method_unknown",
+    "arg_method_keyword_unknown",
+    "arg_steps_zero",
+    "arg_steps_for_gxi",
+    "arg_model_missing",
+    "arg_model_not_torchscript",
+    "arg_model_class_path_not_a_module",
+    "arg_model_class_path_without_weights",
+    "arg_model_weights_garbage",
+    "arg_export_unknown_format",
+    "arg_export_from_nifti",
+    "arg_class_idx_out_of_range",
+    "arg_spatial_size_zero",
+    "arg_spatial_size_text",
+    "arg_no_image",
+    "arg_out_is_a_file",
+    "arg_out_is_the_series",
+    "arg_out_inside_the_series",
+    "manifest_id_escapes_out",
+    "manifest_id_absolute",
+    "manifest_deep_nesting",
+    "manifest_huge_integer",
+    "manifest_not_json",
+    "manifest_without_image",
+    "manifest_bool_label",
+    "manifest_missing_file",
+    "manifest_evaluate_without_lesions",
+    "evaluate_out_inside_the_series",
+    "bench_data_into_existing_dataset",
+    "bench_data_no_cases",
+    "export_complex_map",
+    "export_map_of_wrong_shape",
+    "export_map_with_nan",
+    "export_map_out_of_range",
+    "export_from_series_with_missing_slice",
+    "export_map_missing",
 ]
 
 
@@ -396,8 +594,20 @@ def test_a_bad_case_among_good_ones_keeps_the_good_ones(corpus, tmp_path, capsys
     """The first case is written (map and CSV row), the second is named in the one-line error."""
     bad = corpus.bad / "empty.dcm"
     out = tmp_path / "out"
-    rc = main(["explain", "--method", "gxi", "--intensity-range=-1000,0", "--image", str(corpus.image2d),
-               "--image", str(bad), "--out", str(out)])
+    rc = main(
+        [
+            "explain",
+            "--method",
+            "gxi",
+            "--intensity-range=-1000,0",
+            "--image",
+            str(corpus.image2d),
+            "--image",
+            str(bad),
+            "--out",
+            str(out),
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 2 and "case 2" in err and "empty.dcm" in err and "cases 1-1 are complete" in err, err
     rows = (out / "explanations.csv").read_text().strip().splitlines()
@@ -414,8 +624,18 @@ def test_a_failed_first_case_leaves_no_output_folder(corpus, tmp_path, capsys):
 
 
 def test_debug_prints_the_traceback(corpus, tmp_path, capsys):
-    rc = main(["--debug", "explain", "--method", "gxi", "--image", str(corpus.bad / "empty.dcm"),
-               "--out", str(tmp_path / "o")])
+    rc = main(
+        [
+            "--debug",
+            "explain",
+            "--method",
+            "gxi",
+            "--image",
+            str(corpus.bad / "empty.dcm"),
+            "--out",
+            str(tmp_path / "o"),
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 2 and "Traceback" in err and err.strip().splitlines()[-1].startswith("medhdm explain: error:")
 

@@ -66,7 +66,10 @@ def test_target_layer_found_for_monai_networks():
     x = torch.rand(1, 1, 64, 64)
     assert find_target_layer(nets.DenseNet121(spatial_dims=2, in_channels=1, out_channels=2), x) == "class_layers.relu"
     # at 32 x 32 DenseNet121's last map is 1 x 1: still the last activation, never the pooling layer
-    assert find_target_layer(nets.DenseNet121(spatial_dims=2, in_channels=1, out_channels=2), x[..., :32, :32]) == "class_layers.relu"
+    assert (
+        find_target_layer(nets.DenseNet121(spatial_dims=2, in_channels=1, out_channels=2), x[..., :32, :32])
+        == "class_layers.relu"
+    )
     assert find_target_layer(nets.resnet18(spatial_dims=2, n_input_channels=1, num_classes=2), x) == "layer4"
     assert find_target_layer(ConvBlobNet(), x[..., :32, :32]) == "act"
     # EfficientNet calls one activation module in many places: not hookable, the BatchNorm before it is

@@ -25,15 +25,17 @@ ROOT = Path(__file__).resolve().parents[1]
 def bench2d(tmp_path_factory) -> Path:
     """The committed manifest's layout: cases in lesionbench2d/, the manifest beside that folder."""
     root = tmp_path_factory.mktemp("manifests")
-    return write_lesionbench(root / "lesionbench2d", n_cases=8, spatial_dims=2,
-                             manifest_path=root / "lesionbench2d.json")
+    return write_lesionbench(
+        root / "lesionbench2d", n_cases=8, spatial_dims=2, manifest_path=root / "lesionbench2d.json"
+    )
 
 
 def test_committed_manifests_are_what_the_generator_writes(bench2d, tmp_path):
     committed = json.loads((ROOT / "data_manifests" / "lesionbench2d.json").read_text())
     assert json.loads(bench2d.read_text()) == committed
-    small3d = write_lesionbench(tmp_path / "lesionbench3d", n_cases=4, spatial_dims=3,
-                                manifest_path=tmp_path / "lesionbench3d.json")
+    small3d = write_lesionbench(
+        tmp_path / "lesionbench3d", n_cases=4, spatial_dims=3, manifest_path=tmp_path / "lesionbench3d.json"
+    )
     committed3d = json.loads((ROOT / "data_manifests" / "lesionbench3d.json").read_text())
     assert json.loads(small3d.read_text()) == committed3d
     assert validate_manifest(small3d) == []
@@ -71,8 +73,18 @@ def test_seg_files_pass_dciodvfy(bench2d):
 
 
 def test_explain_over_a_manifest_predicts_the_labels(bench2d, tmp_path, capsys):
-    rc = main(["explain", "--manifest", str(bench2d), "--method", "gxi", "--intensity-range=-1000,0",
-               "--out", str(tmp_path / "maps")])
+    rc = main(
+        [
+            "explain",
+            "--manifest",
+            str(bench2d),
+            "--method",
+            "gxi",
+            "--intensity-range=-1000,0",
+            "--out",
+            str(tmp_path / "maps"),
+        ]
+    )
     assert rc == 0, capsys.readouterr().err
     out = capsys.readouterr().out
     assert "[8/8] case007" in out

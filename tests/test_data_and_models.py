@@ -69,8 +69,10 @@ def test_demo_command_writes_results(tmp_path, capsys):
     assert main(["demo", "--out", str(out), "--cases", "2", "--cases-3d", "1"]) == 0
     printed = capsys.readouterr().out
     assert "| HDM |" in printed and "| GradientInput |" in printed and "3D, 1 cases" in printed
-    for dims, methods in ((2, {"HDM", "MDM", "NeuroMask", "GradientInput", "Occlusion", "RISE", "GradCAM"}),
-                          (3, {"HDM", "GradientInput", "Occlusion"})):
+    for dims, methods in (
+        (2, {"HDM", "MDM", "NeuroMask", "GradientInput", "Occlusion", "RISE", "GradCAM"}),
+        (3, {"HDM", "GradientInput", "Occlusion"}),
+    ):
         report = out / f"report_{dims}d"
         summary = json.loads((report / "summary.json").read_text())["summary"]
         assert {s["method"] for s in summary} == methods

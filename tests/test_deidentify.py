@@ -10,7 +10,6 @@ import subprocess
 import numpy as np
 import pydicom
 import pytest
-from medhdm.testing import ct_volume
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
 
@@ -25,28 +24,58 @@ from medhdm.export.deidentify import (
     violations,
 )
 from medhdm.io import read_dicom
+from medhdm.testing import ct_volume
 
 deid_module = importlib.import_module("medhdm.export.deidentify")
 
 # Identifying values planted in the source; none may appear in any byte of any output.
 PLANTED = {
-    "PatientName": "DOE^JANE^PLANTED", "PatientID": "PID-PLANTED-7", "PatientBirthDate": "19610203",
-    "PatientAge": "063Y", "PatientWeight": "71.5", "PatientSize": "1.66", "PatientAddress": "PLANTED-STREET 1",
-    "OtherPatientIDs": "OTHER-PID-PLANTED", "PatientComments": "COMMENT-PLANTED", "EthnicGroup": "ETHNIC-PLANTED",
-    "MedicalAlerts": "ALERT-PLANTED", "Allergies": "ALLERGY-PLANTED", "PatientState": "STATE-PLANTED",
-    "AdditionalPatientHistory": "HISTORY-PLANTED", "SmokingStatus": "YES", "PregnancyStatus": 4,
+    "PatientName": "DOE^JANE^PLANTED",
+    "PatientID": "PID-PLANTED-7",
+    "PatientBirthDate": "19610203",
+    "PatientAge": "063Y",
+    "PatientWeight": "71.5",
+    "PatientSize": "1.66",
+    "PatientAddress": "PLANTED-STREET 1",
+    "OtherPatientIDs": "OTHER-PID-PLANTED",
+    "PatientComments": "COMMENT-PLANTED",
+    "EthnicGroup": "ETHNIC-PLANTED",
+    "MedicalAlerts": "ALERT-PLANTED",
+    "Allergies": "ALLERGY-PLANTED",
+    "PatientState": "STATE-PLANTED",
+    "AdditionalPatientHistory": "HISTORY-PLANTED",
+    "SmokingStatus": "YES",
+    "PregnancyStatus": 4,
     "PatientSexNeutered": "ALTERED",
-    "ClinicalTrialSponsorName": "SPONSOR-PLANTED", "ClinicalTrialProtocolID": "PROTOCOL-PLANTED",
-    "ClinicalTrialProtocolName": "PROTNAME-PLANTED", "ClinicalTrialSiteID": "SITEID-PLANTED",
-    "ClinicalTrialSiteName": "SITENAME-PLANTED", "ClinicalTrialSubjectID": "SUBJECT-PLANTED",
-    "ClinicalTrialSubjectReadingID": "READING-PLANTED", "ClinicalTrialTimePointID": "TIMEPOINT-PLANTED",
-    "AccessionNumber": "ACC-PLANTED", "StudyID": "STUDYID-PLANTED", "StudyDescription": "STUDYDESC-PLANTED",
-    "ReferringPhysicianName": "REFER^PLANTED", "InstitutionName": "INSTITUTION-PLANTED",
-    "StationName": "STATION-PLANTED", "DeviceSerialNumber": "SERIAL-PLANTED", "OperatorsName": "OPERATOR^PLANTED",
-    "ProtocolName": "PROTOCOLNAME-PLANTED", "BodyPartExamined": "CHEST", "StudyDate": "20190917",
+    "ClinicalTrialSponsorName": "SPONSOR-PLANTED",
+    "ClinicalTrialProtocolID": "PROTOCOL-PLANTED",
+    "ClinicalTrialProtocolName": "PROTNAME-PLANTED",
+    "ClinicalTrialSiteID": "SITEID-PLANTED",
+    "ClinicalTrialSiteName": "SITENAME-PLANTED",
+    "ClinicalTrialSubjectID": "SUBJECT-PLANTED",
+    "ClinicalTrialSubjectReadingID": "READING-PLANTED",
+    "ClinicalTrialTimePointID": "TIMEPOINT-PLANTED",
+    "AccessionNumber": "ACC-PLANTED",
+    "StudyID": "STUDYID-PLANTED",
+    "StudyDescription": "STUDYDESC-PLANTED",
+    "ReferringPhysicianName": "REFER^PLANTED",
+    "InstitutionName": "INSTITUTION-PLANTED",
+    "StationName": "STATION-PLANTED",
+    "DeviceSerialNumber": "SERIAL-PLANTED",
+    "OperatorsName": "OPERATOR^PLANTED",
+    "ProtocolName": "PROTOCOLNAME-PLANTED",
+    "BodyPartExamined": "CHEST",
+    "StudyDate": "20190917",
     "StudyTime": "101112",
 }
-BYTES_ALLOWED = {"CHEST", "YES", "ALTERED", "4", "1.66", "71.5"}  # common words, numbers: checked by the walk: checked per element, not in the raw bytes
+BYTES_ALLOWED = {
+    "CHEST",
+    "YES",
+    "ALTERED",
+    "4",
+    "1.66",
+    "71.5",
+}  # common words, numbers: checked by the walk: checked per element, not in the raw bytes
 
 
 @pytest.fixture(scope="module")
@@ -73,8 +102,7 @@ def _outputs(hostile, out, retain_dates=False):
     d, h, w = hostile.pixels.shape
     y, x = np.mgrid[:h, :w]
     saliency = np.exp(-((y - 50) ** 2 + (x - 70) ** 2) / 300.0)[None].repeat(d, axis=0)
-    written = export(hostile, saliency, out, ["sc", "pm", "seg"], deidentify_salt="pepper",
-                     retain_dates=retain_dates)
+    written = export(hostile, saliency, out, ["sc", "pm", "seg"], deidentify_salt="pepper", retain_dates=retain_dates)
     return written["sc"] + written["pm"] + written["seg"]
 
 
@@ -95,8 +123,14 @@ def _source_values(hostile) -> dict[int, set[str]]:
 
 # Required at the top level of SC/PM/SEG: where the table's compound action resolves to D/Z/U*
 # (see the module docstring); elsewhere compounds must mean removal.
-TOP_LEVEL = {"ContentDate": "D", "ContentTime": "D", "DeviceSerialNumber": "D", "AcquisitionContextSequence": "Z",
-             "ReferencedImageSequence": "U*", "SourceImageSequence": "U*"}
+TOP_LEVEL = {
+    "ContentDate": "D",
+    "ContentTime": "D",
+    "DeviceSerialNumber": "D",
+    "AcquisitionContextSequence": "Z",
+    "ReferencedImageSequence": "U*",
+    "SourceImageSequence": "U*",
+}
 DATES = {"DA", "TM", "DT"}
 
 
@@ -119,8 +153,13 @@ def walk_against_table(ds: Dataset, source: dict[int, set[str]], retain_dates: b
             if row is None:
                 if elem.keyword not in RETAINED:
                     problems.append(f"{name}: neither in the table nor retained")
-                elif elem.VR == "UI" and value and value in originals and not pydicom.uid.UID(value).is_private \
-                        and pydicom.uid.UID(value).name == value:
+                elif (
+                    elem.VR == "UI"
+                    and value
+                    and value in originals
+                    and not pydicom.uid.UID(value).is_private
+                    and pydicom.uid.UID(value).name == value
+                ):
                     problems.append(f"{name}: an original instance UID")
                 if elem.VR == "SQ":
                     for k, sub in enumerate(elem.value):
@@ -167,16 +206,35 @@ def test_every_element_of_every_output_follows_the_profile(hostile, tmp_path, re
         assert problems == [], f"{path.name}: {problems}"
         assert violations(ds, hostile.first, retain_dates) == []
         raw = path.read_bytes()
-        leaked = [v for k, v in PLANTED.items() if str(v) not in BYTES_ALLOWED and k not in ("StudyDate", "StudyTime")
-                  and str(v).encode() in raw]
-        leaked += [v for v in ("NESTED-PID-PLANTED", "NESTED-ISSUER-PLANTED", "REQ-PLANTED", "REQUESTER^PLANTED",
-                               "PRIVATE-PLANTED") if v.encode() in raw]
+        leaked = [
+            v
+            for k, v in PLANTED.items()
+            if str(v) not in BYTES_ALLOWED and k not in ("StudyDate", "StudyTime") and str(v).encode() in raw
+        ]
+        leaked += [
+            v
+            for v in (
+                "NESTED-PID-PLANTED",
+                "NESTED-ISSUER-PLANTED",
+                "REQ-PLANTED",
+                "REQUESTER^PLANTED",
+                "PRIVATE-PLANTED",
+            )
+            if v.encode() in raw
+        ]
         assert leaked == [], f"{path.name} leaks {leaked}"
         dates = [str(PLANTED["StudyDate"]).encode() in raw, str(PLANTED["StudyTime"]).encode() in raw]
         assert dates == ([True, True] if retain_dates else [False, False]), path.name
         # the seen leaks of the issue, by name, at any depth
-        for keyword in ("MedicalAlerts", "Allergies", "PatientState", "ClinicalTrialSponsorName",
-                        "ClinicalTrialProtocolID", "ClinicalTrialSiteID", "ClinicalTrialSubjectReadingID"):
+        for keyword in (
+            "MedicalAlerts",
+            "Allergies",
+            "PatientState",
+            "ClinicalTrialSponsorName",
+            "ClinicalTrialProtocolID",
+            "ClinicalTrialSiteID",
+            "ClinicalTrialSubjectReadingID",
+        ):
             for elem in ds.iterall():
                 if elem.keyword == keyword:
                     assert _text(elem) not in (str(PLANTED[keyword]),), f"{path.name}: {keyword}"
@@ -194,24 +252,55 @@ def test_every_element_of_every_output_follows_the_profile(hostile, tmp_path, re
             errors = [line for line in (run.stdout + run.stderr).splitlines() if line.startswith("Error")]
             assert errors == [], f"{path.name}: {errors}"
     assert total > 300  # the walk really went through the objects (and into their sequences)
-    print(f"\nde-identification walk ({'retain dates' if retain_dates else 'basic'}): {len(paths)} objects, "
-          f"{total} elements, 0 problems")
+    print(
+        f"\nde-identification walk ({'retain dates' if retain_dates else 'basic'}): {len(paths)} objects, "
+        f"{total} elements, 0 problems"
+    )
 
 
 def test_the_table_holds_the_standard_actions():
     """Rows of PS3.15 Table E.1-1 (Basic Profile column), by tag, written out independently."""
     expected = {
-        (0x0010, 0x0010): "Z", (0x0010, 0x0020): "Z", (0x0010, 0x0030): "Z", (0x0010, 0x0040): "Z",
-        (0x0010, 0x1010): "X", (0x0010, 0x1030): "X", (0x0010, 0x2000): "X", (0x0010, 0x2110): "X",
-        (0x0038, 0x0500): "X", (0x0010, 0x21A0): "X", (0x0010, 0x21C0): "X", (0x0010, 0x4000): "X",
-        (0x0012, 0x0010): "D", (0x0012, 0x0020): "D", (0x0012, 0x0021): "Z", (0x0012, 0x0030): "Z",
-        (0x0012, 0x0031): "Z", (0x0012, 0x0040): "D", (0x0012, 0x0042): "D", (0x0012, 0x0050): "Z",
-        (0x0018, 0x1000): "X/Z/D", (0x0008, 0x0080): "X/Z/D", (0x0008, 0x1010): "X/Z/D",
-        (0x0008, 0x0050): "Z", (0x0020, 0x0010): "Z", (0x0008, 0x0020): "Z", (0x0008, 0x0030): "Z",
-        (0x0008, 0x0023): "Z/D", (0x0008, 0x0033): "Z/D", (0x0008, 0x103E): "X", (0x0008, 0x1030): "X",
-        (0x0020, 0x000D): "U", (0x0020, 0x000E): "U", (0x0008, 0x0018): "U", (0x0020, 0x0052): "U",
-        (0x0008, 0x1155): "U", (0x0008, 0x2112): "X/Z/U*", (0x0008, 0x1140): "X/Z/U*",
-        (0x0018, 0xA002): "X/D", (0x0040, 0x0555): "X",
+        (0x0010, 0x0010): "Z",
+        (0x0010, 0x0020): "Z",
+        (0x0010, 0x0030): "Z",
+        (0x0010, 0x0040): "Z",
+        (0x0010, 0x1010): "X",
+        (0x0010, 0x1030): "X",
+        (0x0010, 0x2000): "X",
+        (0x0010, 0x2110): "X",
+        (0x0038, 0x0500): "X",
+        (0x0010, 0x21A0): "X",
+        (0x0010, 0x21C0): "X",
+        (0x0010, 0x4000): "X",
+        (0x0012, 0x0010): "D",
+        (0x0012, 0x0020): "D",
+        (0x0012, 0x0021): "Z",
+        (0x0012, 0x0030): "Z",
+        (0x0012, 0x0031): "Z",
+        (0x0012, 0x0040): "D",
+        (0x0012, 0x0042): "D",
+        (0x0012, 0x0050): "Z",
+        (0x0018, 0x1000): "X/Z/D",
+        (0x0008, 0x0080): "X/Z/D",
+        (0x0008, 0x1010): "X/Z/D",
+        (0x0008, 0x0050): "Z",
+        (0x0020, 0x0010): "Z",
+        (0x0008, 0x0020): "Z",
+        (0x0008, 0x0030): "Z",
+        (0x0008, 0x0023): "Z/D",
+        (0x0008, 0x0033): "Z/D",
+        (0x0008, 0x103E): "X",
+        (0x0008, 0x1030): "X",
+        (0x0020, 0x000D): "U",
+        (0x0020, 0x000E): "U",
+        (0x0008, 0x0018): "U",
+        (0x0020, 0x0052): "U",
+        (0x0008, 0x1155): "U",
+        (0x0008, 0x2112): "X/Z/U*",
+        (0x0008, 0x1140): "X/Z/U*",
+        (0x0018, 0xA002): "X/D",
+        (0x0040, 0x0555): "X",
     }
     for (group, element), action in expected.items():
         tag = (group << 16) | element

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from medhdm.testing import BlobDetector, plant
 from monai.networks import nets
 from torch import nn
 
 from medhdm import HDM, MDM, RISE, GradCAM, GradCAMpp, GradientInput, MaskObjective, NeuroMask, Occlusion
 from medhdm.explain import make_explainer
+from medhdm.testing import BlobDetector, plant
 
 QUICK = MaskObjective(steps=8)
 
@@ -29,8 +29,14 @@ def quick_methods(model, occlusion: bool = True):
 
 def tiny_densenet(spatial_dims=2, out_channels=2):
     torch.manual_seed(0)
-    return nets.DenseNet(spatial_dims=spatial_dims, in_channels=1, out_channels=out_channels,
-                         init_features=8, growth_rate=4, block_config=(2, 2))
+    return nets.DenseNet(
+        spatial_dims=spatial_dims,
+        in_channels=1,
+        out_channels=out_channels,
+        init_features=8,
+        growth_rate=4,
+        block_config=(2, 2),
+    )
 
 
 @pytest.mark.parametrize(
@@ -38,8 +44,14 @@ def tiny_densenet(spatial_dims=2, out_channels=2):
     [
         ("densenet121", lambda: nets.DenseNet121(spatial_dims=2, in_channels=1, out_channels=2), (1, 1, 32, 32), False),
         ("resnet18", lambda: nets.resnet18(spatial_dims=2, n_input_channels=1, num_classes=3), (2, 1, 32, 32), True),
-        ("efficientnet", lambda: nets.EfficientNetBN("efficientnet-b0", spatial_dims=2, in_channels=1, num_classes=2,
-                                                     pretrained=False), (1, 1, 32, 32), False),
+        (
+            "efficientnet",
+            lambda: nets.EfficientNetBN(
+                "efficientnet-b0", spatial_dims=2, in_channels=1, num_classes=2, pretrained=False
+            ),
+            (1, 1, 32, 32),
+            False,
+        ),
         ("seresnet50", lambda: nets.SEResNet50(spatial_dims=2, in_channels=1, num_classes=1), (1, 1, 32, 32), False),
         ("densenet3d", lambda: tiny_densenet(3, out_channels=1), (2, 1, 8, 16, 16), True),
     ],
@@ -61,8 +73,18 @@ def test_every_method_on_monai_networks(name, make, shape, occlusion):
 
 def test_vit_works_with_mask_methods_and_is_refused_by_gradcam():
     pytest.importorskip("einops")
-    vit = nets.ViT(in_channels=1, img_size=(32, 32), patch_size=(8, 8), hidden_size=48, mlp_dim=96, num_layers=2,
-                   num_heads=4, classification=True, num_classes=2, spatial_dims=2)
+    vit = nets.ViT(
+        in_channels=1,
+        img_size=(32, 32),
+        patch_size=(8, 8),
+        hidden_size=48,
+        mlp_dim=96,
+        num_layers=2,
+        num_heads=4,
+        classification=True,
+        num_classes=2,
+        spatial_dims=2,
+    )
     x = torch.rand(2, 1, 32, 32)
     # MONAI's ViT returns (logits, hidden states): the logits are taken.
     assert HDM(vit, benchmark_objective=QUICK, auxiliary_objective=QUICK)(x).shape == (2, 1, 32, 32)
@@ -74,8 +96,13 @@ def test_vit_works_with_mask_methods_and_is_refused_by_gradcam():
 def test_batch_equals_one_at_a_time():
     model = tiny_densenet()
     x = torch.rand(3, 1, 32, 32)
-    for explainer in (HDM(model, benchmark_objective=QUICK, auxiliary_objective=QUICK), MDM(model, objective=QUICK),
-                      GradientInput(model), GradCAM(model), GradCAMpp(model)):
+    for explainer in (
+        HDM(model, benchmark_objective=QUICK, auxiliary_objective=QUICK),
+        MDM(model, objective=QUICK),
+        GradientInput(model),
+        GradCAM(model),
+        GradCAMpp(model),
+    ):
         batch = explainer.explain(x, class_idx=[0, 1, 1])
         singles = torch.cat([explainer(x[i : i + 1], class_idx=c) for i, c in enumerate([0, 1, 1])])
         # CPU kernels differ with the batch size at float precision, and Adam's normalised
@@ -90,9 +117,15 @@ def test_hdm_batch_with_different_stage_counts_equals_one_at_a_time():
     two[0, 0, 20:26, 20:26] = 0.95  # not a tie: with equal lesions stage 1 may flip between both
     x = torch.cat([one, two])
     model = BlobDetector(2, pool="max", kernel=5).calibrate(one)
-    hdm = HDM(model, reference=0.1, benchmark_grids=(8, 4), auxiliary_grids=(4, 2), threshold=0.3,
-              benchmark_objective=MaskObjective(steps=40, lambda_area=2, lambda_del=0),
-              auxiliary_objective=MaskObjective(steps=40, lambda_area=2, lambda_del=0))
+    hdm = HDM(
+        model,
+        reference=0.1,
+        benchmark_grids=(8, 4),
+        auxiliary_grids=(4, 2),
+        threshold=0.3,
+        benchmark_objective=MaskObjective(steps=40, lambda_area=2, lambda_del=0),
+        auxiliary_objective=MaskObjective(steps=40, lambda_area=2, lambda_del=0),
+    )
     batch = hdm.explain(x)
     assert batch.stages[1].active.tolist() == [False, True]
     for i in range(2):
@@ -105,8 +138,13 @@ def test_hdm_uses_the_volume_objective_for_3d_inputs_only():
     bench2d, bench3d, aux = MaskObjective(steps=5), MaskObjective(steps=2), MaskObjective(steps=3)
     # backward passes: benchmark + auxiliary steps + the pixel refinement's sensitivity pass
     for dims, shape, passes in ((2, (1, 1, 32, 32), 5 + 3 + 1), (3, (1, 1, 8, 16, 16), 2 + 3 + 1)):
-        hdm = HDM(tiny_densenet(dims), benchmark_objective=bench2d, volume_benchmark_objective=bench3d,
-                  auxiliary_objective=aux, max_stages=1)
+        hdm = HDM(
+            tiny_densenet(dims),
+            benchmark_objective=bench2d,
+            volume_benchmark_objective=bench3d,
+            auxiliary_objective=aux,
+            max_stages=1,
+        )
         assert hdm.explain(torch.rand(shape)).backward_passes == passes
     # a benchmark objective given alone serves both; the defaults differ by dimension
     assert HDM(tiny_densenet(), benchmark_objective=bench2d).volume_benchmark_objective is bench2d
@@ -172,8 +210,9 @@ def test_single_logit_and_class_choice():
     assert float(result.score[0]) == pytest.approx(float(torch.sigmoid(model(x))[0, 0]), rel=1e-5)
     neg = GradientInput(model).explain(x, class_idx=0)
     assert float(neg.score[0]) == pytest.approx(1 - float(torch.sigmoid(model(x))[0, 0]), rel=1e-4)
-    assert GradCAM(nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                                 nn.Linear(4, 1)))(x, class_idx=0).shape == (1, 1, 32, 32)
+    assert GradCAM(
+        nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 1))
+    )(x, class_idx=0).shape == (1, 1, 32, 32)
 
 
 @pytest.mark.parametrize(
@@ -181,12 +220,27 @@ def test_single_logit_and_class_choice():
     [
         (torch.rand(1, 32, 32), None, ValueError, r"x: expected 4 dimensions .* got 3 dimensions"),
         (torch.rand(1, 1, 2, 2, 32, 32), None, ValueError, "x: expected 4 dimensions"),
-        (torch.randint(0, 5, (1, 1, 32, 32)), None, TypeError, "x: expected a floating-point tensor, got dtype torch.int64"),
+        (
+            torch.randint(0, 5, (1, 1, 32, 32)),
+            None,
+            TypeError,
+            "x: expected a floating-point tensor, got dtype torch.int64",
+        ),
         (torch.full((1, 1, 32, 32), float("nan")), None, ValueError, r"x: expected finite values, found 1024 NaN"),
-        (torch.rand(1, 3, 32, 32), None, ValueError, r"x: the model rejected input of shape \(1, 3, 32, 32\) \(3 channel"),
+        (
+            torch.rand(1, 3, 32, 32),
+            None,
+            ValueError,
+            r"x: the model rejected input of shape \(1, 3, 32, 32\) \(3 channel",
+        ),
         (torch.rand(2, 1, 32, 32), 2, ValueError, r"class_idx: expected indices in \[0, 1\] .* got \[2, 2\]"),
         (torch.rand(2, 1, 32, 32), -1, ValueError, r"class_idx: expected indices in \[0, 1\]"),
-        (torch.rand(2, 1, 32, 32), [0, 1, 1], ValueError, r"class_idx: expected one class index per image \(2\), got 3"),
+        (
+            torch.rand(2, 1, 32, 32),
+            [0, 1, 1],
+            ValueError,
+            r"class_idx: expected one class index per image \(2\), got 3",
+        ),
         (torch.rand(2, 1, 32, 32), 0.5, TypeError, "class_idx: expected None, an int or one int per image, got float"),
         (torch.rand(2, 1, 32, 32), torch.tensor([0.0, 1.0]), TypeError, "class_idx: expected integer class indices"),
         ([[0.0]], None, TypeError, "x: expected a torch.Tensor"),
@@ -200,7 +254,9 @@ def test_bad_input_is_named(x, class_idx, error, message):
 
 def test_bad_model_output_and_settings_are_named():
     x = torch.rand(1, 1, 16, 16)
-    with pytest.raises(ValueError, match=r"model: expected an output of shape \(B, num_classes\) = \(1, K\), got \(1, 1, 16, 16\)"):
+    with pytest.raises(
+        ValueError, match=r"model: expected an output of shape \(B, num_classes\) = \(1, K\), got \(1, 1, 16, 16\)"
+    ):
         HDM(nn.Conv2d(1, 1, 3, padding=1))(x)
     with pytest.raises(TypeError, match="model: expected the forward pass to return a tensor"):
         GradientInput(_DictModel())(x)

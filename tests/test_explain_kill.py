@@ -28,8 +28,17 @@ def images(tmp_path_factory) -> list[Path]:
 
 
 def _command(images: list[Path], out: Path) -> list[str]:
-    argv = [sys.executable, "-m", "medhdm.cli", "explain", "--method", "smoothgrad", "--intensity-range=-1000,0",
-            "--out", str(out)]
+    argv = [
+        sys.executable,
+        "-m",
+        "medhdm.cli",
+        "explain",
+        "--method",
+        "smoothgrad",
+        "--intensity-range=-1000,0",
+        "--out",
+        str(out),
+    ]
     for image in images:
         argv += ["--image", str(image)]
     return argv

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from medhdm import HDM, MaskObjective
-from medhdm.metrics import energy_in_lesion, pointing_game
 from medhdm.data import stack_cases
+from medhdm.metrics import energy_in_lesion, pointing_game
 from medhdm.models import accuracy_and_auc
 from medhdm.testing import train_blob_densenet
 
@@ -28,8 +27,12 @@ def test_hdm_localises_the_blob_far_above_chance(trained_densenet):
     model, test = trained_densenet
     positives = [c for c in test if c.n_lesions == 1][:12]
     x, lesions, _ = stack_cases(positives)
-    hdm = HDM(model, benchmark_objective=MaskObjective(steps=50, lambda_area=2.0),
-              auxiliary_objective=MaskObjective(steps=50, lambda_area=2.0, lambda_tv=1.0), max_stages=2)
+    hdm = HDM(
+        model,
+        benchmark_objective=MaskObjective(steps=50, lambda_area=2.0),
+        auxiliary_objective=MaskObjective(steps=50, lambda_area=2.0, lambda_tv=1.0),
+        max_stages=2,
+    )
     saliency = hdm(x, class_idx=1)
     pointing = np.mean([pointing_game(saliency[i], lesions[i]) for i in range(len(x))])
     energy = np.mean([energy_in_lesion(saliency[i], lesions[i]) for i in range(len(x))])

@@ -12,7 +12,6 @@ import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
-from medhdm.testing import ct_volume
 from pydicom.data import get_testdata_file
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
@@ -28,6 +27,7 @@ from medhdm.export import (
 from medhdm.export.deidentify import pseudonym, remap_uid
 from medhdm.io import read_dicom
 from medhdm.io.dicom import DicomSource
+from medhdm.testing import ct_volume
 
 REQUIRE_VALIDATORS = os.environ.get("MEDHDM_REQUIRE_VALIDATORS") == "1"
 
@@ -103,8 +103,11 @@ def test_sc_pm_seg_pass_dciodvfy_and_reference_the_source(sources, tmp_path, nam
     for path in written["pm"] + written["seg"]:
         ds = pydicom.dcmread(path)
         assert ds.FrameOfReferenceUID == src.first.FrameOfReferenceUID
-        referenced = {item.ReferencedSOPInstanceUID for series in ds.ReferencedSeriesSequence
-                      for item in series.ReferencedInstanceSequence}
+        referenced = {
+            item.ReferencedSOPInstanceUID
+            for series in ds.ReferencedSeriesSequence
+            for item in series.ReferencedInstanceSequence
+        }
         assert referenced == {d.SOPInstanceUID for d in src.datasets}
     # Each PM/SEG frame sits at a source slice position (highdicom may order frames its own way)
     # and holds that slice of the map.
@@ -209,8 +212,14 @@ def test_deidentified_export_is_consistent_and_valid(sources, tmp_path):
         assert not ds.PatientName and ds.PatientIdentityRemoved == "YES"
         assert ds.get("StudyDate") in ("", None, "19000101")
         text = str(ds)
-        for original in (src.first.StudyInstanceUID, src.first.SeriesInstanceUID, str(src.first.PatientName),
-                         src.first.StudyDate, src.first.InstitutionName, src.first.StationName):
+        for original in (
+            src.first.StudyInstanceUID,
+            src.first.SeriesInstanceUID,
+            str(src.first.PatientName),
+            src.first.StudyDate,
+            src.first.InstitutionName,
+            src.first.StationName,
+        ):
             assert original not in text
         assert not any(e.VR == "PN" and e.value for e in ds.iterall())
         errors, report = dciodvfy_errors(path)
@@ -288,21 +297,54 @@ def test_cli_export_from_npy_and_nifti(sources, tmp_path, capsys):
 
     src = read_dicom(sources["series"])
     np.save(tmp_path / "map.npy", _map_for(src))
-    rc = main(["export", "--image", str(sources["series"]), "--map", str(tmp_path / "map.npy"),
-               "--out", str(tmp_path / "cli"), "--format", "sc,nifti", "--method", "GradCAM"])
+    rc = main(
+        [
+            "export",
+            "--image",
+            str(sources["series"]),
+            "--map",
+            str(tmp_path / "map.npy"),
+            "--out",
+            str(tmp_path / "cli"),
+            "--format",
+            "sc,nifti",
+            "--method",
+            "GradCAM",
+        ]
+    )
     assert rc == 0
     assert len(list((tmp_path / "cli").glob("SC_*.dcm"))) == 4
     assert "GradCAM" in pydicom.dcmread(tmp_path / "cli" / "SC_0001.dcm").SeriesDescription
     # The NIfTI it wrote is read back onto the same grid and exported again as a SEG.
-    rc = main(["export", "--image", str(sources["series"]), "--map", str(tmp_path / "cli" / "saliency.nii.gz"),
-               "--out", str(tmp_path / "cli2"), "--format", "seg"])
+    rc = main(
+        [
+            "export",
+            "--image",
+            str(sources["series"]),
+            "--map",
+            str(tmp_path / "cli" / "saliency.nii.gz"),
+            "--out",
+            str(tmp_path / "cli2"),
+            "--format",
+            "seg",
+        ]
+    )
     assert rc == 0
     seg = pydicom.dcmread(tmp_path / "cli2" / "SEG.dcm")
     assert seg.pixel_array.astype(bool).sum() == (_map_for(src) >= 0.5).sum()
     capsys.readouterr()
     np.save(tmp_path / "bad.npy", np.zeros((3, 128, 128)))
-    rc = main(["export", "--image", str(sources["series"]), "--map", str(tmp_path / "bad.npy"),
-               "--out", str(tmp_path / "cli3")])
+    rc = main(
+        [
+            "export",
+            "--image",
+            str(sources["series"]),
+            "--map",
+            str(tmp_path / "bad.npy"),
+            "--out",
+            str(tmp_path / "cli3"),
+        ]
+    )
     assert rc == 2 and "does not match the source grid" in capsys.readouterr().err
     assert not (tmp_path / "cli3").exists()
 
@@ -312,8 +354,12 @@ def test_multiframe_sources_are_refused_for_export(sources, tmp_path):
 
     series = read_dicom(sources["series"])
     multiframe = hd.legacy.LegacyConvertedEnhancedCTImage(
-        series.datasets, series_instance_uid=pydicom.uid.generate_uid(), series_number=9,
-        sop_instance_uid=pydicom.uid.generate_uid(), instance_number=1)
+        series.datasets,
+        series_instance_uid=pydicom.uid.generate_uid(),
+        series_number=9,
+        sop_instance_uid=pydicom.uid.generate_uid(),
+        instance_number=1,
+    )
     multiframe.save_as(tmp_path / "enhanced.dcm")
     with pytest.raises(ValueError, match="multi-frame DICOM studies is not supported yet"):
         export(tmp_path / "enhanced.dcm", _map_for(series), tmp_path / "out", ["sc"])
@@ -332,13 +378,35 @@ def test_a_source_without_patient_geometry_exports_as_secondary_capture(tmp_path
     source = tmp_path / "src" / "ot.dcm"
     ds.save_as(source, enforce_file_format=True)
     np.save(tmp_path / "map.npy", gaussian_map((128, 128), (60, 70), 10.0))
-    rc = main(["export", "--image", str(source), "--map", str(tmp_path / "map.npy"), "--out", str(tmp_path / "sc"),
-               "--format", "sc"])
+    rc = main(
+        [
+            "export",
+            "--image",
+            str(source),
+            "--map",
+            str(tmp_path / "map.npy"),
+            "--out",
+            str(tmp_path / "sc"),
+            "--format",
+            "sc",
+        ]
+    )
     assert rc == 0, capsys.readouterr().err
     errors, report = dciodvfy_errors(tmp_path / "sc" / "SC_0001.dcm")
     assert not errors, report
     assert pydicom.dcmread(tmp_path / "sc" / "SC_0001.dcm").PatientOrientation in ("", None, [])
-    rc = main(["export", "--image", str(source), "--map", str(tmp_path / "map.npy"), "--out", str(tmp_path / "pm"),
-               "--format", "pm"])
+    rc = main(
+        [
+            "export",
+            "--image",
+            str(source),
+            "--map",
+            str(tmp_path / "map.npy"),
+            "--out",
+            str(tmp_path / "pm"),
+            "--format",
+            "pm",
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 2 and "ot.dcm" in err and "--format sc" in err, err

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from medhdm.testing import ct_volume
 
 from medhdm.data.dicom_series import write_series
 from medhdm.export import export
@@ -32,6 +31,7 @@ from medhdm.export.staging import (
     OutputExistsError,
 )
 from medhdm.io import read_dicom
+from medhdm.testing import ct_volume
 
 FORK = multiprocessing.get_context("fork")
 OLD_FORMATS = ["sc", "pm"]
@@ -104,12 +104,16 @@ def leftovers_are_only_ours(out: Path) -> None:
 
 def new_names(study) -> set[str]:
     d = len(study["source"].datasets)
-    return ({f"SC_{k:04d}.dcm" for k in range(1, d + 1)} | {f"overlay_{k:04d}.png" for k in range(1, d + 1)}
-            | {"SEG.dcm", "saliency.nii.gz"})
+    return (
+        {f"SC_{k:04d}.dcm" for k in range(1, d + 1)}
+        | {f"overlay_{k:04d}.png" for k in range(1, d + 1)}
+        | {"SEG.dcm", "saliency.nii.gz"}
+    )
 
 
 def _run_export(study, out, formats, overwrite, step, ready, go=None, error_file=None):
     """In a forked child: export, stopping at ``step`` (signalling ``ready``) until killed or ``go`` exists."""
+
     def checkpoint(name: str) -> None:
         if name == step:
             Path(ready).write_text(name)
@@ -191,8 +195,13 @@ def test_interrupted_export_leaves_the_old_or_the_new_set(study, tmp_path, sig, 
 
 def _staged_count(out: Path) -> int:
     try:
-        return sum(1 for d in out.iterdir() if d.name.startswith(STAGING_PREFIX)
-                   for p in d.iterdir() if not p.name.startswith("."))
+        return sum(
+            1
+            for d in out.iterdir()
+            if d.name.startswith(STAGING_PREFIX)
+            for p in d.iterdir()
+            if not p.name.startswith(".")
+        )
     except FileNotFoundError:  # renamed into the sets in between
         return 1 << 30
 
@@ -249,9 +258,24 @@ def test_a_second_run_into_a_locked_folder_fails_clearly(study, tmp_path):
     a.start()
     _wait_for(ready, a)
     for extra in ([], ["--overwrite"]):
-        b = FORK.Process(target=_cli_child, args=(["export", "--image", str(study["folder"]), "--map",
-                                                    str(tmp_path / "map.npy"), "--out", str(out), "--format",
-                                                    "pm", *extra], tmp_path / "b.log"))
+        b = FORK.Process(
+            target=_cli_child,
+            args=(
+                [
+                    "export",
+                    "--image",
+                    str(study["folder"]),
+                    "--map",
+                    str(tmp_path / "map.npy"),
+                    "--out",
+                    str(out),
+                    "--format",
+                    "pm",
+                    *extra,
+                ],
+                tmp_path / "b.log",
+            ),
+        )
         b.start()
         b.join(60)
         message = (tmp_path / "b.log").read_text()
@@ -278,8 +302,20 @@ def test_two_exports_started_together(study, tmp_path, overwrite):
         out = tmp_path / f"out{round_}"
         procs = []
         for name, formats in (("a", "sc,pm"), ("b", "sc,seg,nifti,png")):
-            argv = ["export", "--image", str(study["folder"]), "--map", str(tmp_path / f"{name}.npy"), "--out",
-                    str(out), "--format", formats, "--method", name, *(["--overwrite"] if overwrite else [])]
+            argv = [
+                "export",
+                "--image",
+                str(study["folder"]),
+                "--map",
+                str(tmp_path / f"{name}.npy"),
+                "--out",
+                str(out),
+                "--format",
+                formats,
+                "--method",
+                name,
+                *(["--overwrite"] if overwrite else []),
+            ]
             procs.append((FORK.Process(target=_cli_child, args=(argv, tmp_path / f"{name}{round_}.log")), name))
         for proc, _ in procs:
             proc.start()
@@ -364,8 +400,20 @@ def test_a_foreign_file_with_an_output_name_is_never_replaced(study, tmp_path, c
     before = _tree(tmp_path / "area")
     np.save(tmp_path / "map.npy", study["new"])
     for extra in ([], ["--overwrite"]):
-        rc = main(["export", "--image", str(study["folder"]), "--map", str(tmp_path / "map.npy"), "--out", str(out),
-                   "--format", "sc,pm", *extra])
+        rc = main(
+            [
+                "export",
+                "--image",
+                str(study["folder"]),
+                "--map",
+                str(tmp_path / "map.npy"),
+                "--out",
+                str(out),
+                "--format",
+                "sc,pm",
+                *extra,
+            ]
+        )
         assert rc == 2
         assert f"out: {out / 'PM.dcm'} exists and is not part of a medhdm export" in capsys.readouterr().err
         assert _tree(tmp_path / "area") == before
@@ -379,24 +427,48 @@ def _error_cases(tmp_path: Path, study) -> list[tuple[list[str], dict, str]]:
     empty_salt = tmp_path / "area" / "salt_empty"
     return [
         # formats and options are checked before the (missing) map is read
-        (["--image", series, "--map", str(tmp_path / "missing.npy"), "--out", str(out), "--format", "sc,jpeg"],
-         {}, "formats: expected some of"),
-        (["--image", series, "--map", str(tmp_path / "missing.npy"), "--out", str(out), "--format", "sc,sc"],
-         {}, "names a format twice"),
-        (["--image", series, "--map", str(tmp_path / "missing.npy"), "--out", str(out), "--window-preset", "x"],
-         {}, "window preset"),
-        (["--image", series, "--map", str(tmp_path / "missing.npy"), "--out", str(out), "--alpha", "3"],
-         {}, "alpha"),
-        (["--image", series, "--map", str(tmp_path / "missing.npy"), "--out", str(out), "--seg-threshold", "0"],
-         {}, "seg threshold"),
+        (
+            ["--image", series, "--map", str(tmp_path / "missing.npy"), "--out", str(out), "--format", "sc,jpeg"],
+            {},
+            "formats: expected some of",
+        ),
+        (
+            ["--image", series, "--map", str(tmp_path / "missing.npy"), "--out", str(out), "--format", "sc,sc"],
+            {},
+            "names a format twice",
+        ),
+        (
+            ["--image", series, "--map", str(tmp_path / "missing.npy"), "--out", str(out), "--window-preset", "x"],
+            {},
+            "window preset",
+        ),
+        (["--image", series, "--map", str(tmp_path / "missing.npy"), "--out", str(out), "--alpha", "3"], {}, "alpha"),
+        (
+            ["--image", series, "--map", str(tmp_path / "missing.npy"), "--out", str(out), "--seg-threshold", "0"],
+            {},
+            "seg threshold",
+        ),
         (["--image", series, "--map", good, "--out", str(blocker)], {}, f"out: {blocker} exists and is not a folder"),
-        (["--image", series, "--map", good, "--out", str(blocker / "sub")], {}, f"out: cannot create {blocker / 'sub'}"),
-        (["--image", series, "--map", good, "--out", str(out), "--deidentify"], {},
-         "--deidentify: set MEDHDM_DEIDENTIFY_SALT"),
-        (["--image", series, "--map", good, "--out", str(out), "--deidentify-salt-file", str(tmp_path / "nosalt")],
-         {}, f"--deidentify-salt-file: cannot read {tmp_path / 'nosalt'}"),
-        (["--image", series, "--map", good, "--out", str(out), "--deidentify-salt-file", str(empty_salt)],
-         {}, f"--deidentify-salt-file: {empty_salt} is empty"),
+        (
+            ["--image", series, "--map", good, "--out", str(blocker / "sub")],
+            {},
+            f"out: cannot create {blocker / 'sub'}",
+        ),
+        (
+            ["--image", series, "--map", good, "--out", str(out), "--deidentify"],
+            {},
+            "--deidentify: set MEDHDM_DEIDENTIFY_SALT",
+        ),
+        (
+            ["--image", series, "--map", good, "--out", str(out), "--deidentify-salt-file", str(tmp_path / "nosalt")],
+            {},
+            f"--deidentify-salt-file: cannot read {tmp_path / 'nosalt'}",
+        ),
+        (
+            ["--image", series, "--map", good, "--out", str(out), "--deidentify-salt-file", str(empty_salt)],
+            {},
+            f"--deidentify-salt-file: {empty_salt} is empty",
+        ),
         (["--image", series, "--map", good, "--out", str(out), "--retain-dates"], {}, "--retain-dates: only with"),
         (["--image", series, "--map", good, "--out", str(study["folder"] / "maps")], {}, "inside the source folder"),
     ]

@@ -31,7 +31,8 @@ class CaptumIG(Explainer):
 
     def _explain(self, x, class_idx, scorer, logits, reference):
         attributions = captum_attr.IntegratedGradients(self.model).attribute(
-            x, baselines=torch.zeros_like(x), target=class_idx, n_steps=16)
+            x, baselines=torch.zeros_like(x), target=class_idx, n_steps=16
+        )
         magnitude = attributions.abs().sum(1, keepdim=True)
         saliency = magnitude / magnitude.flatten(1).amax(1).clamp_min(1e-12).view(-1, 1, 1, 1)
         return self._result(saliency.detach(), class_idx, scorer, logits, reference)
@@ -39,8 +40,9 @@ class CaptumIG(Explainer):
 
 @pytest.fixture(scope="module")
 def bench(tmp_path_factory):
-    return write_lesionbench(tmp_path_factory.mktemp("lb2"), n_cases=3, spatial_dims=2, seed=5,
-                             lesion_weights=(0.0, 1.0, 1.0, 1.0))
+    return write_lesionbench(
+        tmp_path_factory.mktemp("lb2"), n_cases=3, spatial_dims=2, seed=5, lesion_weights=(0.0, 1.0, 1.0, 1.0)
+    )
 
 
 @pytest.fixture(scope="module")
@@ -66,8 +68,15 @@ def test_captum_maps_from_files_score_as_in_memory(bench, in_memory, tmp_path):
     entries = load_manifest(bench)
     _write_maps(figures, tmp_path / "nii", "nii", entries)
     _write_maps(figures, tmp_path / "npy", "npy", entries)
-    scored, _ = evaluate_manifest(entries, {}, SPEC, n_steps=16, log=None, model=model,
-                                  maps={"IG nifti": tmp_path / "nii", "IG npy": tmp_path / "npy"})
+    scored, _ = evaluate_manifest(
+        entries,
+        {},
+        SPEC,
+        n_steps=16,
+        log=None,
+        model=model,
+        maps={"IG nifti": tmp_path / "nii", "IG npy": tmp_path / "npy"},
+    )
     assert len(scored) == 6
     metrics = [k for k in rows[0] if k not in ("case", "method", "label", "seconds")]
     assert {"auroc", "pointing_game", "deletion_auc", "insertion_auc", "class_idx", "score"} <= set(metrics)
@@ -85,8 +94,21 @@ def test_cli_scores_maps_beside_methods_and_names_bad_maps(bench, in_memory, tmp
     entries = load_manifest(bench)
     _write_maps(figures, tmp_path / "ig", "npy", entries)
     out = tmp_path / "report"
-    rc = main(["evaluate", "--manifest", str(bench), "--methods", "gxi", "--maps", f"captum-ig={tmp_path / 'ig'}",
-               "--intensity-range=-1000,0", "--no-faithfulness", "--out", str(out)])
+    rc = main(
+        [
+            "evaluate",
+            "--manifest",
+            str(bench),
+            "--methods",
+            "gxi",
+            "--maps",
+            f"captum-ig={tmp_path / 'ig'}",
+            "--intensity-range=-1000,0",
+            "--no-faithfulness",
+            "--out",
+            str(out),
+        ]
+    )
     assert rc == 0, capsys.readouterr().err
     printed = capsys.readouterr().out
     assert "| captum-ig |" in printed and "| gxi |" in printed
@@ -97,16 +119,31 @@ def test_cli_scores_maps_beside_methods_and_names_bad_maps(bench, in_memory, tmp
         "shape": (lambda d: np.save(d / f"{first}.npy", np.zeros((96, 95))), f"case {first}:.*shape \\(96, 95\\)"),
         "range": (lambda d: np.save(d / f"{first}.npy", np.full((96, 96), 2.0)), f"case {first}:.*expected \\[0, 1\\]"),
         "nan": (lambda d: np.save(d / f"{first}.npy", np.full((96, 96), np.nan)), f"case {first}:.*NaN"),
-        "grid": (lambda d: nib.save(nib.Nifti1Image(np.zeros((96, 96, 1), np.float32), np.eye(4)),
-                                    d / f"{first}.nii.gz"), f"case {first}:.*affine differs"),
+        "grid": (
+            lambda d: nib.save(nib.Nifti1Image(np.zeros((96, 96, 1), np.float32), np.eye(4)), d / f"{first}.nii.gz"),
+            f"case {first}:.*affine differs",
+        ),
         "missing": (lambda d: None, f"case {first}: no map"),
     }
     for problem, (write, message) in cases.items():
         folder = tmp_path / problem
         folder.mkdir()
         write(folder)
-        rc = main(["evaluate", "--manifest", str(bench), "--methods", "", "--maps", f"x={folder}",
-                   "--intensity-range=-1000,0", "--no-faithfulness", "--out", str(tmp_path / f"o_{problem}")])
+        rc = main(
+            [
+                "evaluate",
+                "--manifest",
+                str(bench),
+                "--methods",
+                "",
+                "--maps",
+                f"x={folder}",
+                "--intensity-range=-1000,0",
+                "--no-faithfulness",
+                "--out",
+                str(tmp_path / f"o_{problem}"),
+            ]
+        )
         err = capsys.readouterr().err
         assert rc == 2, (problem, err)
         assert re.search(message, err), (problem, err)

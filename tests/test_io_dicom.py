@@ -116,8 +116,12 @@ def test_enhanced_multiframe_reads_as_the_same_volume(ct_series, tmp_path):
     series = read_dicom(folder)
     frames_reversed = series.datasets[::-1]  # frame order must not matter either
     multiframe = hd.legacy.LegacyConvertedEnhancedCTImage(
-        frames_reversed, series_instance_uid=pydicom.uid.generate_uid(), series_number=9,
-        sop_instance_uid=pydicom.uid.generate_uid(), instance_number=1)
+        frames_reversed,
+        series_instance_uid=pydicom.uid.generate_uid(),
+        series_number=9,
+        sop_instance_uid=pydicom.uid.generate_uid(),
+        instance_number=1,
+    )
     multiframe.save_as(tmp_path / "enhanced.dcm")
     source = read_dicom(tmp_path / "enhanced.dcm")
     assert source.multiframe and source.shape == volume.shape

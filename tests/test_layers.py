@@ -77,8 +77,12 @@ def test_every_unit_has_a_layer():
 
 
 def test_imports_run_only_downwards():
-    wrong = [f"{a} (layer {LAYER[a]}) imports {b} (layer {LAYER.get(b)})"
-             for a, targets in import_graph().items() for b in sorted(targets) if LAYER.get(b, 99) >= LAYER[a]]
+    wrong = [
+        f"{a} (layer {LAYER[a]}) imports {b} (layer {LAYER.get(b)})"
+        for a, targets in import_graph().items()
+        for b in sorted(targets)
+        if LAYER.get(b, 99) >= LAYER[a]
+    ]
     assert not wrong, "\n".join(wrong)
 
 

@@ -18,10 +18,23 @@ def test_manifest_resolves_relative_paths_with_monai(tmp_path):
     (tmp_path / "cases" / "a").mkdir(parents=True)
     (tmp_path / "cases" / "a" / "image.nii.gz").write_bytes(b"")
     (tmp_path / "cases" / "a" / "lesion.nii.gz").write_bytes(b"")
-    _write(tmp_path / "m.json", {"name": "t", "classes": ["no lesion", "lesion"], "testing": [
-        {"id": "a", "image": "cases/a/image.nii.gz", "lesion": "cases/a/lesion.nii.gz", "label": 1, "class_idx": 1},
-        {"image": get_testdata_file("CT_small.dcm"), "label": 0},
-    ]})
+    _write(
+        tmp_path / "m.json",
+        {
+            "name": "t",
+            "classes": ["no lesion", "lesion"],
+            "testing": [
+                {
+                    "id": "a",
+                    "image": "cases/a/image.nii.gz",
+                    "lesion": "cases/a/lesion.nii.gz",
+                    "label": 1,
+                    "class_idx": 1,
+                },
+                {"image": get_testdata_file("CT_small.dcm"), "label": 0},
+            ],
+        },
+    )
     entries = load_manifest(tmp_path / "m.json")
     assert entries[0]["image"] == str(tmp_path / "cases" / "a" / "image.nii.gz")
     assert entries[0]["lesion"] == str(tmp_path / "cases" / "a" / "lesion.nii.gz")
@@ -31,12 +44,19 @@ def test_manifest_resolves_relative_paths_with_monai(tmp_path):
 
 def test_every_problem_is_reported_at_once(tmp_path):
     (tmp_path / "x.nii.gz").write_bytes(b"")
-    _write(tmp_path / "bad.json", {"classes": ["a", "b"], "colour": "red", "testing": [
-        {"id": "one", "image": "missing.nii.gz", "label": 1},
-        {"id": "one", "image": "x.nii.gz", "lesion": "nolesion.nii.gz", "label": "yes"},
-        {"image": "x.nii.gz", "class_idx": 5, "weight": 2},
-        {"lesion": "x.nii.gz"},
-    ]})
+    _write(
+        tmp_path / "bad.json",
+        {
+            "classes": ["a", "b"],
+            "colour": "red",
+            "testing": [
+                {"id": "one", "image": "missing.nii.gz", "label": 1},
+                {"id": "one", "image": "x.nii.gz", "lesion": "nolesion.nii.gz", "label": "yes"},
+                {"image": "x.nii.gz", "class_idx": 5, "weight": 2},
+                {"lesion": "x.nii.gz"},
+            ],
+        },
+    )
     problems = validate_manifest(tmp_path / "bad.json")
     expected = [
         "unknown top-level key 'colour'",

@@ -30,8 +30,13 @@ def test_same_values_as_quantus(shape):
     # Quantus takes 2D images only. These metrics depend on the set of voxels, not on their
     # arrangement, so a 3D case is given to Quantus with its first two axes merged.
     flat = (len(maps), 1, -1, shape[-1])
-    common = {"model": None, "x_batch": np.zeros_like(maps).reshape(flat), "y_batch": np.zeros(len(maps), dtype=int),
-              "a_batch": maps.reshape(flat), "s_batch": masks.reshape(flat)}
+    common = {
+        "model": None,
+        "x_batch": np.zeros_like(maps).reshape(flat),
+        "y_batch": np.zeros(len(maps), dtype=int),
+        "a_batch": maps.reshape(flat),
+        "s_batch": masks.reshape(flat),
+    }
     theirs = {
         "pointing_game": quantus.PointingGame(disable_warnings=True)(**common),
         "energy_in_lesion": quantus.RelevanceMassAccuracy(disable_warnings=True)(**common),

@@ -16,13 +16,23 @@ from pydicom.data import get_testdata_file
 from medhdm.cli import main
 from medhdm.models import load_model
 
-TINY_2D = {"spatial_dims": 2, "in_channels": 1, "out_channels": 2, "init_features": 4, "growth_rate": 4,
-           "block_config": [2, 2], "bn_size": 2}
+TINY_2D = {
+    "spatial_dims": 2,
+    "in_channels": 1,
+    "out_channels": 2,
+    "init_features": 4,
+    "growth_rate": 4,
+    "block_config": [2, 2],
+    "bn_size": 2,
+}
 
 
 def _tree(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 # Callables that must never be called from a class path, with keyword arguments that would
@@ -63,9 +73,25 @@ def test_cli_refuses_os_system_and_runs_nothing(tmp_path):
     work.mkdir()
     out = work / "out"
     run = subprocess.run(
-        [sys.executable, "-m", "medhdm.cli", "explain", "--image", str(source), "--out", str(out),
-         "--model", "os.system", "--model-args", json.dumps({"command": f"touch {marker}"})],
-        capture_output=True, text=True, timeout=120, cwd=work, check=False,
+        [
+            sys.executable,
+            "-m",
+            "medhdm.cli",
+            "explain",
+            "--image",
+            str(source),
+            "--out",
+            str(out),
+            "--model",
+            "os.system",
+            "--model-args",
+            json.dumps({"command": f"touch {marker}"}),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=work,
+        check=False,
         env={"PYTHONPATH": str(Path(__file__).resolve().parents[1]), "PATH": "/usr/bin:/bin", "MEDHDM_THREADS": "1"},
     )
     assert run.returncode == 2, run.stderr
@@ -94,7 +120,8 @@ def test_a_network_class_path_still_loads(tmp_path, capsys):
         assert isinstance(model, DenseNet) and not model.training
         for a, b in zip(model.state_dict().values(), net.state_dict().values()):
             assert torch.equal(a, b)
-    rc = main(["explain", "--image", get_testdata_file("CT_small.dcm"), "--out", str(tmp_path / "o"),
-               "--model", "os.getcwd"])
+    rc = main(
+        ["explain", "--image", get_testdata_file("CT_small.dcm"), "--out", str(tmp_path / "o"), "--model", "os.getcwd"]
+    )
     assert rc == 2 and "not a torch.nn.Module subclass" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()

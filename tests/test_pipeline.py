@@ -23,8 +23,15 @@ from medhdm.models import load_model
 from medhdm.pipeline import InputSpec, classifier_transforms, explain_image, load_image
 from medhdm.testing import ct_volume
 
-TINY_3D = {"spatial_dims": 3, "in_channels": 1, "out_channels": 2, "init_features": 4, "growth_rate": 4,
-           "block_config": [2, 2], "bn_size": 2}
+TINY_3D = {
+    "spatial_dims": 3,
+    "in_channels": 1,
+    "out_channels": 2,
+    "init_features": 4,
+    "growth_rate": 4,
+    "block_config": [2, 2],
+    "bn_size": 2,
+}
 
 
 def _roundtrip_argmax(path, spec: InputSpec) -> tuple[tuple[int, ...], tuple[int, ...]]:
@@ -60,14 +67,20 @@ def test_roundtrip_3d_nifti_with_a_flipped_anisotropic_affine(tmp_path, layout):
     volume[30:32, 5:7, 14:16] = 1000.0
     affine = np.array([[-0.8, 0, 0, 20], [0, 0.9, 0, -15], [0, 0, 2.5, 7], [0, 0, 0, 1]])  # LAS, anisotropic
     nib.save(nib.Nifti1Image(volume, affine), tmp_path / "vol.nii.gz")
-    source_peak, back_peak = _roundtrip_argmax(tmp_path / "vol.nii.gz",
-                                              InputSpec((16, 24, 24), layout=layout, percentiles=(0.0, 100.0)))
+    source_peak, back_peak = _roundtrip_argmax(
+        tmp_path / "vol.nii.gz", InputSpec((16, 24, 24), layout=layout, percentiles=(0.0, 100.0))
+    )
     assert 30 <= source_peak[0] <= 31 and 5 <= source_peak[1] <= 6 and 14 <= source_peak[2] <= 15
     assert 30 <= back_peak[0] <= 31 and 5 <= back_peak[1] <= 6 and 14 <= back_peak[2] <= 15
 
 
 def _sitk_geometry(image: sitk.Image) -> tuple:
-    return image.GetSize(), np.asarray(image.GetOrigin()), np.asarray(image.GetSpacing()), np.asarray(image.GetDirection())
+    return (
+        image.GetSize(),
+        np.asarray(image.GetOrigin()),
+        np.asarray(image.GetSpacing()),
+        np.asarray(image.GetDirection()),
+    )
 
 
 def test_cli_explain_dicom_file_map_sits_on_the_source_in_simpleitk(tmp_path, capsys):
@@ -94,10 +107,27 @@ def test_cli_explain_series_with_a_class_path_model(tmp_path, capsys):
     write_series(template, volume, tmp_path / "series", file_order_seed=2)
     torch.manual_seed(0)
     torch.save(DenseNet(**TINY_3D).state_dict(), tmp_path / "net.pt")
-    rc = main(["explain", "--image", str(tmp_path / "series"), "--model", "monai.networks.nets.DenseNet",
-               "--model-args", json.dumps(TINY_3D), "--weights", str(tmp_path / "net.pt"),
-               "--spatial-size", "8,32,32", "--method", "gxi", "--out", str(tmp_path / "out"),
-               "--export", "sc,pm"])
+    rc = main(
+        [
+            "explain",
+            "--image",
+            str(tmp_path / "series"),
+            "--model",
+            "monai.networks.nets.DenseNet",
+            "--model-args",
+            json.dumps(TINY_3D),
+            "--weights",
+            str(tmp_path / "net.pt"),
+            "--spatial-size",
+            "8,32,32",
+            "--method",
+            "gxi",
+            "--out",
+            str(tmp_path / "out"),
+            "--export",
+            "sc,pm",
+        ]
+    )
     assert rc == 0, capsys.readouterr().err
     saliency = sitk.ReadImage(str(tmp_path / "out" / "series_saliency.nii.gz"))
     reader = sitk.ImageSeriesReader()
@@ -125,12 +155,28 @@ def test_cli_explain_nifti_with_torchscript_and_bundle_models(tmp_path, capsys):
     bundle = tmp_path / "bundle"
     (bundle / "configs").mkdir(parents=True)
     (bundle / "models").mkdir()
-    (bundle / "configs" / "inference.json").write_text(json.dumps(
-        {"network_def": {"_target_": "monai.networks.nets.DenseNet", **TINY_3D}}))
+    (bundle / "configs" / "inference.json").write_text(
+        json.dumps({"network_def": {"_target_": "monai.networks.nets.DenseNet", **TINY_3D}})
+    )
     torch.save(net.state_dict(), bundle / "models" / "model.pt")
     for model, out in ((tmp_path / "net.ts", "ts"), (bundle, "bundle")):
-        rc = main(["explain", "--image", str(tmp_path / "case1.nii.gz"), "--model", str(model),
-                   "--spatial-size", "16,16,8", "--method", "hdm", "--steps", "3", "--out", str(tmp_path / out)])
+        rc = main(
+            [
+                "explain",
+                "--image",
+                str(tmp_path / "case1.nii.gz"),
+                "--model",
+                str(model),
+                "--spatial-size",
+                "16,16,8",
+                "--method",
+                "hdm",
+                "--steps",
+                "3",
+                "--out",
+                str(tmp_path / out),
+            ]
+        )
         assert rc == 0, capsys.readouterr().err
         result = nib.load(tmp_path / out / "case1_saliency.nii.gz")
         assert result.shape == volume.shape
@@ -154,14 +200,16 @@ def test_model_and_method_errors_are_clear(tmp_path, capsys):
         load_model("monai.networks.nets.NoSuchNet", weights=tmp_path / "junk.pt")
     torch.save(DenseNet(**TINY_3D).state_dict(), tmp_path / "net.pt")
     with pytest.raises(ValueError, match="does not fit DenseNet"):
-        load_model("monai.networks.nets.DenseNet", weights=tmp_path / "net.pt",
-                   model_args={**TINY_3D, "block_config": [3, 3]})
+        load_model(
+            "monai.networks.nets.DenseNet", weights=tmp_path / "net.pt", model_args={**TINY_3D, "block_config": [3, 3]}
+        )
     with pytest.raises(ValueError, match="not a MONAI bundle"):
         load_model(tmp_path)
     rc = main(["explain", "--image", str(tmp_path / "missing.dcm"), "--out", str(tmp_path / "o")])
     assert rc == 2 and "no such file" in capsys.readouterr().err
-    rc = main(["explain", "--image", get_testdata_file("CT_small.dcm"), "--model-args", "{bad", "--out",
-               str(tmp_path / "o")])
+    rc = main(
+        ["explain", "--image", get_testdata_file("CT_small.dcm"), "--model-args", "{bad", "--out", str(tmp_path / "o")]
+    )
     assert rc == 2 and "--model-args: not valid JSON" in capsys.readouterr().err
 
 

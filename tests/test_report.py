@@ -1,4 +1,5 @@
-"""``medhdm evaluate`` over a small manifest: tables, figures, and an HTML report that references only existing files."""
+"""``medhdm evaluate`` over a small manifest: tables, figures, and an HTML report that references only
+existing files."""
 
 from __future__ import annotations
 
@@ -20,8 +21,18 @@ def manifest(tmp_path_factory):
 
 def test_evaluate_writes_a_readable_report(manifest, tmp_path, capsys):
     out = tmp_path / "report"
-    rc = main(["evaluate", "--manifest", str(manifest), "--methods", "gxi,occlusion", "--intensity-range=-1000,0",
-               "--out", str(out)])
+    rc = main(
+        [
+            "evaluate",
+            "--manifest",
+            str(manifest),
+            "--methods",
+            "gxi,occlusion",
+            "--intensity-range=-1000,0",
+            "--out",
+            str(out),
+        ]
+    )
     assert rc == 0, capsys.readouterr().err
     printed = capsys.readouterr().out
     assert "[6/6]" in printed and "report:" in printed  # progress, then where the report is
@@ -62,6 +73,8 @@ def test_evaluate_writes_a_readable_report(manifest, tmp_path, capsys):
 def test_evaluate_refuses_cases_without_lesion_annotations(tmp_path, capsys):
     from pydicom.data import get_testdata_file
 
-    (tmp_path / "m.json").write_text(json.dumps({"testing": [{"id": "ct", "image": get_testdata_file("CT_small.dcm")}]}))
+    (tmp_path / "m.json").write_text(
+        json.dumps({"testing": [{"id": "ct", "image": get_testdata_file("CT_small.dcm")}]})
+    )
     rc = main(["evaluate", "--manifest", str(tmp_path / "m.json"), "--methods", "gxi", "--out", str(tmp_path / "o")])
     assert rc == 2 and "without a 'lesion' annotation" in capsys.readouterr().err

@@ -16,9 +16,18 @@ import pytest
 from medhdm.cli import main
 from medhdm.data.bench_files import write_lesionbench
 
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--no-first-run", "--enable-logging=stderr", "--v=0",
-         "--window-size=900,700"]
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--enable-logging=stderr",
+    "--v=0",
+    "--window-size=900,700",
+]
 
 
 def _chromium() -> str:
@@ -34,8 +43,13 @@ def _open(tmp_path, url: str, screenshot: str | None = None) -> tuple[str, list[
     """Load ``url`` in headless Chromium; the DOM after the scripts ran (or a screenshot), and the console lines."""
     profile = tmp_path / "profile"
     what = [f"--screenshot={tmp_path / screenshot}"] if screenshot else ["--dump-dom"]
-    run = subprocess.run([_chromium(), *FLAGS, f"--user-data-dir={profile}", *what, url],
-                         capture_output=True, text=True, timeout=120, check=False)
+    run = subprocess.run(
+        [_chromium(), *FLAGS, f"--user-data-dir={profile}", *what, url],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert run.returncode == 0, run.stderr[-2000:]
     return run.stdout, [line for line in run.stderr.splitlines() if ":CONSOLE" in line]
 
@@ -50,8 +64,21 @@ def _pixels(path) -> np.ndarray:
 def report(tmp_path_factory):
     root = tmp_path_factory.mktemp("browser")
     manifest = write_lesionbench(root / "lb3", n_cases=2, spatial_dims=3, seed=1, lesion_weights=(0.0, 1.0, 1.0, 1.0))
-    rc = main(["evaluate", "--manifest", str(manifest), "--model", "default3d", "--methods", "gxi,occlusion",
-               "--intensity-range=-1000,0", "--no-faithfulness", "--out", str(root / "report")])
+    rc = main(
+        [
+            "evaluate",
+            "--manifest",
+            str(manifest),
+            "--model",
+            "default3d",
+            "--methods",
+            "gxi,occlusion",
+            "--intensity-range=-1000,0",
+            "--no-faithfulness",
+            "--out",
+            str(root / "report"),
+        ]
+    )
     assert rc == 0
     return root / "report" / "report.html"
 

@@ -24,8 +24,9 @@ SPEC = InputSpec((96, 96), intensity_range=LESIONBENCH_INTENSITY_RANGE)
 @pytest.fixture(scope="module")
 def series(tmp_path_factory):
     """Three LesionBench 3D series (24 slices of 48 x 48), each with 1-3 lesions."""
-    return write_lesionbench(tmp_path_factory.mktemp("lb3"), n_cases=3, spatial_dims=3, seed=1,
-                             lesion_weights=(0.0, 1.0, 1.0, 1.0))
+    return write_lesionbench(
+        tmp_path_factory.mktemp("lb3"), n_cases=3, spatial_dims=3, seed=1, lesion_weights=(0.0, 1.0, 1.0, 1.0)
+    )
 
 
 @pytest.fixture(scope="module")
@@ -61,8 +62,9 @@ def test_slice_scores_are_the_classifier_on_each_slice_alone(series, model):
     image = load_image(entry["image"])
     result = explain_image(image, GradientInput(model), SPEC, class_idx=1, slices="4,9")
     assert result.explained_slices == (4, 9)
-    mean = explain_image(image, GradientInput(model), SPEC, class_idx=1,
-                         slices=SliceSelection("list", indices=(4, 9), reduce="mean"))
+    mean = explain_image(
+        image, GradientInput(model), SPEC, class_idx=1, slices=SliceSelection("list", indices=(4, 9), reduce="mean")
+    )
     assert mean.score == pytest.approx(result.slice_scores.mean())
     transforms = classifier_transforms(2, SPEC)
     for k in (0, 4, 17):
@@ -85,8 +87,22 @@ def test_slice_options_that_cannot_work_are_refused(series, model):
 
 
 def test_cli_explain_and_evaluate_by_slice(series, tmp_path, capsys):
-    rc = main(["explain", "--manifest", str(series), "--method", "gxi", "--slices", "top:2", "--class-idx", "1",
-               "--intensity-range=-1000,0", "--out", str(tmp_path / "maps")])
+    rc = main(
+        [
+            "explain",
+            "--manifest",
+            str(series),
+            "--method",
+            "gxi",
+            "--slices",
+            "top:2",
+            "--class-idx",
+            "1",
+            "--intensity-range=-1000,0",
+            "--out",
+            str(tmp_path / "maps"),
+        ]
+    )
     assert rc == 0, capsys.readouterr().err
     with open(tmp_path / "maps" / "explanations.csv") as f:
         rows = list(csv.DictReader(f))
@@ -104,8 +120,21 @@ def test_cli_explain_and_evaluate_by_slice(series, tmp_path, capsys):
     np.testing.assert_allclose(saved.affine, source.affine, atol=1e-4)
     assert np.asarray(saved.dataobj)[..., explained].max() > 0
 
-    rc = main(["evaluate", "--manifest", str(series), "--methods", "gxi", "--slices", "top:2", "--no-faithfulness",
-               "--intensity-range=-1000,0", "--out", str(tmp_path / "report")])
+    rc = main(
+        [
+            "evaluate",
+            "--manifest",
+            str(series),
+            "--methods",
+            "gxi",
+            "--slices",
+            "top:2",
+            "--no-faithfulness",
+            "--intensity-range=-1000,0",
+            "--out",
+            str(tmp_path / "report"),
+        ]
+    )
     assert rc == 0, capsys.readouterr().err
     with open(tmp_path / "report" / "per_case.csv") as f:
         scored = list(csv.DictReader(f))

@@ -65,14 +65,23 @@ def test_evaluator_post_transform_writes_one_map_per_case_on_the_source_grid(tmp
         model.calibrate(torch.nn.functional.interpolate(plant((60, 44), [boxes[0]])[0], size=(48, 48)))
     preprocessing = Compose([LoadImaged("image"), EnsureChannelFirstd("image"), Resized("image", (48, 48))])
     loader = DataLoader(Dataset(cases, transform=preprocessing), batch_size=2)
-    post = Compose([
-        Explaind(keys="image", explainer=GradientInput(model), output_key="saliency"),
-        Invertd(keys="saliency", transform=preprocessing, orig_keys="image", nearest_interp=False),
-        SaveImaged(keys="saliency", output_dir=tmp_path / "maps", output_postfix="saliency", resample=False,
-                   separate_folder=False, print_log=False),
-    ])
-    evaluator = SupervisedEvaluator(device=torch.device("cpu"), val_data_loader=loader, network=model,
-                                    postprocessing=post)
+    post = Compose(
+        [
+            Explaind(keys="image", explainer=GradientInput(model), output_key="saliency"),
+            Invertd(keys="saliency", transform=preprocessing, orig_keys="image", nearest_interp=False),
+            SaveImaged(
+                keys="saliency",
+                output_dir=tmp_path / "maps",
+                output_postfix="saliency",
+                resample=False,
+                separate_folder=False,
+                print_log=False,
+            ),
+        ]
+    )
+    evaluator = SupervisedEvaluator(
+        device=torch.device("cpu"), val_data_loader=loader, network=model, postprocessing=post
+    )
     evaluator.run()
     for i, box in enumerate(boxes):
         written = nib.load(tmp_path / "maps" / f"case{i}_saliency.nii.gz")

@@ -44,13 +44,20 @@ print("p(lesion) =", torch.softmax(model(x), 1)[0, 1].item())
 # stage weighted by the larger of the evidence (log-odds) its region carries alone and the
 # evidence its removal took; the fused map smoothed by a Gaussian of 1/32 of the image size,
 # then refined at pixel level: (fused map + 0.2) x each stage input's first-order sensitivity.
-hdm = HDM(model, benchmark_objective=MaskObjective(steps=steps, area=0.02, lambda_area=30.0, lambda_del=1.0),
-          auxiliary_objective=MaskObjective(steps=steps, lambda_area=1.0, lambda_del=1.0, lambda_tv=1.0),
-          fusion="either", smooth=1 / 32, refine=0.2)
+hdm = HDM(
+    model,
+    benchmark_objective=MaskObjective(steps=steps, area=0.02, lambda_area=30.0, lambda_del=1.0),
+    auxiliary_objective=MaskObjective(steps=steps, lambda_area=1.0, lambda_del=1.0, lambda_tv=1.0),
+    fusion="either",
+    smooth=1 / 32,
+    refine=0.2,
+)
 result = hdm.explain(x, class_idx=1)
 for level, stage in enumerate(result.stages, start=1):
-    print(f"stage {level}: p before {stage.score_before.item():.3f}, after removing its region "
-          f"{stage.score_after.item():.3f}, fusion weight {stage.alpha.item():.2f}")
+    print(
+        f"stage {level}: p before {stage.score_before.item():.3f}, after removing its region "
+        f"{stage.score_after.item():.3f}, fusion weight {stage.alpha.item():.2f}"
+    )
 print("forward passes:", result.forward_passes, "backward passes:", result.backward_passes)
 
 # %% [markdown]

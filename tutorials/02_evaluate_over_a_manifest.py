@@ -13,7 +13,8 @@
 # Explain every case of a LesionBench manifest (DICOM images with NIfTI lesion masks)
 # with HDM and two baselines, score the maps against the lesions and their faithfulness
 # to the model, and write `report.html`. From the shell:
-# `medhdm evaluate --manifest lesionbench2d/manifest.json --methods hdm,gxi,occlusion --intensity-range=-1000,0 --out report`.
+# `medhdm evaluate --manifest lesionbench2d/manifest.json --methods hdm,gxi,occlusion \
+#     --intensity-range=-1000,0 --out report`.
 #
 # Set `MEDHDM_TUTORIAL_STEPS` to run with fewer optimisation steps (the test suite does).
 

@@ -46,8 +46,15 @@ print("map", saliency.shape, "class", result.class_idx)
 # reference the exact source instance. Nothing is written into the source's folder.
 
 # %%
-written = export(result.dicom, saliency, out / "exported", ["sc", "pm", "seg", "nifti", "png"],
-                 method="GradientInput", class_label=result.class_idx, style=OverlayStyle(threshold=0.3))
+written = export(
+    result.dicom,
+    saliency,
+    out / "exported",
+    ["sc", "pm", "seg", "nifti", "png"],
+    method="GradientInput",
+    class_label=result.class_idx,
+    style=OverlayStyle(threshold=0.3),
+)
 for fmt, paths in written.items():
     print(fmt, [p.name for p in paths])
 

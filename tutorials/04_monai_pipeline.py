@@ -55,20 +55,31 @@ model = load_model("default")
 
 # %%
 spec = InputSpec((96, 96), intensity_range=LESIONBENCH_INTENSITY_RANGE)
-preprocessing = Compose([
-    LoadStudyd("image"),
-    classifier_transforms(2, spec),
-])
-postprocessing = Compose([
-    Explaind(keys="image", explainer=make_explainer("hdm", model, steps=steps), output_key="saliency"),
-    Invertd(keys="saliency", transform=preprocessing, orig_keys="image", nearest_interp=False),
-    SaveImaged(keys="saliency", output_dir=out / "maps", output_postfix="saliency", resample=False,
-               separate_folder=False, print_log=False),
-])
+preprocessing = Compose(
+    [
+        LoadStudyd("image"),
+        classifier_transforms(2, spec),
+    ]
+)
+postprocessing = Compose(
+    [
+        Explaind(keys="image", explainer=make_explainer("hdm", model, steps=steps), output_key="saliency"),
+        Invertd(keys="saliency", transform=preprocessing, orig_keys="image", nearest_interp=False),
+        SaveImaged(
+            keys="saliency",
+            output_dir=out / "maps",
+            output_postfix="saliency",
+            resample=False,
+            separate_folder=False,
+            print_log=False,
+        ),
+    ]
+)
 data = [{"image": c["image"], "label": c["label"]} for c in cases]
 loader = DataLoader(Dataset(data, transform=preprocessing), batch_size=2)
-evaluator = SupervisedEvaluator(device=torch.device("cpu"), val_data_loader=loader, network=model,
-                                postprocessing=postprocessing)
+evaluator = SupervisedEvaluator(
+    device=torch.device("cpu"), val_data_loader=loader, network=model, postprocessing=postprocessing
+)
 evaluator.run()
 
 # %% [markdown]

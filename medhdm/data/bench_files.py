@@ -92,18 +92,24 @@ def write_lesionbench(
     if not overwrite:
         existing = [p for p in (manifest_file, *(out / f"case{i:03d}" for i in range(n_cases))) if p.exists()]
         if existing:
-            raise FileExistsError(f"--out: {existing[0]} exists ({len(existing)} of the outputs do); "
-                                  "give another folder or --overwrite")
+            raise FileExistsError(
+                f"--out: {existing[0]} exists ({len(existing)} of the outputs do); give another folder or --overwrite"
+            )
     out.mkdir(parents=True, exist_ok=True)
     template = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
-    cases = make_dataset(seed, n_cases, size) if lesion_weights is None else \
-        make_dataset(seed, n_cases, size, weights=lesion_weights)
+    cases = (
+        make_dataset(seed, n_cases, size)
+        if lesion_weights is None
+        else make_dataset(seed, n_cases, size, weights=lesion_weights)
+    )
     entries = [_write_case(case, i, out, base, template, spatial_dims, seed) for i, case in enumerate(cases)]
     manifest = {
         "name": f"lesionbench{spatial_dims}d",
-        "description": (f"LesionBench {spatial_dims}D: {n_cases} synthetic lesion cases on real CT/MR anatomy "
-                        f"(seed {seed}); CT numbers HU = 1000 v - 1000. Each case also has image.nii.gz and, "
-                        "when it has lesions, lesion_seg.dcm."),
+        "description": (
+            f"LesionBench {spatial_dims}D: {n_cases} synthetic lesion cases on real CT/MR anatomy "
+            f"(seed {seed}); CT numbers HU = 1000 v - 1000. Each case also has image.nii.gz and, "
+            "when it has lesions, lesion_seg.dcm."
+        ),
         "classes": ["no lesion", "lesion"],
         "generator": f"medhdm bench-data --cases {n_cases} --dims {spatial_dims} --seed {seed}",
         "testing": entries,
@@ -141,9 +147,17 @@ def _write_case(case, i: int, out: Path, base: Path, template, spatial_dims: int
     spacing = _FIELD_OF_VIEW_MM / image.shape[-1]
     hu = np.round(1000.0 * image - 1000.0)
     target = folder / "image" if spatial_dims == 3 else folder / ".image_tmp"
-    write_series(template, hu, target, slice_spacing=3.0 if spatial_dims == 3 else 1.0, file_order_seed=i,
-                 series_description=f"LesionBench {spatial_dims}D {name}", pixel_spacing=(spacing, spacing),
-                 uid_seed=uid_seed, overrides=overrides)
+    write_series(
+        template,
+        hu,
+        target,
+        slice_spacing=3.0 if spatial_dims == 3 else 1.0,
+        file_order_seed=i,
+        series_description=f"LesionBench {spatial_dims}D {name}",
+        pixel_spacing=(spacing, spacing),
+        uid_seed=uid_seed,
+        overrides=overrides,
+    )
     if spatial_dims == 2:
         (target / "IM0000.dcm").replace(folder / "image.dcm")
         target.rmdir()
@@ -155,8 +169,12 @@ def _write_case(case, i: int, out: Path, base: Path, template, spatial_dims: int
     write_nifti(folder / "lesion.nii.gz", dicom_to_monai(labels).astype(np.uint8), source.affine_ras)
     if case.n_lesions > 0:
         _write_seg(source, labels, uid_seed, folder / "lesion_seg.dcm")
-    return {"id": name, "image": str(image_path.resolve().relative_to(base)),
-            "lesion": str((folder / "lesion.nii.gz").resolve().relative_to(base)), "label": int(case.label)}
+    return {
+        "id": name,
+        "image": str(image_path.resolve().relative_to(base)),
+        "lesion": str((folder / "lesion.nii.gz").resolve().relative_to(base)),
+        "label": int(case.label),
+    }
 
 
 def _write_seg(source, labels: np.ndarray, uid_seed: str, path: Path) -> None:

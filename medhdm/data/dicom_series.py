@@ -53,8 +53,10 @@ def write_series(
     signed = int(template.get("PixelRepresentation", 0)) == 1
     info = np.iinfo(np.int16 if signed else np.uint16)
     if stored.min() < info.min or stored.max() > info.max:
-        raise ValueError(f"volume_modality: values outside what the template's pixel format can hold "
-                         f"({info.min * slope + intercept} to {info.max * slope + intercept})")
+        raise ValueError(
+            f"volume_modality: values outside what the template's pixel format can hold "
+            f"({info.min * slope + intercept} to {info.max * slope + intercept})"
+        )
     stored = stored.astype(np.int16 if signed else np.uint16)
 
     iop = np.asarray([float(v) for v in template.ImageOrientationPatient])
@@ -62,6 +64,7 @@ def write_series(
     origin = np.asarray([float(v) for v in template.ImagePositionPatient])
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+
     def new_uid(*parts: object) -> str:
         return generate_uid() if uid_seed is None else generate_uid(entropy_srcs=[uid_seed, *map(str, parts)])
 

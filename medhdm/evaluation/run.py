@@ -59,12 +59,16 @@ def _spacing(affine: np.ndarray, ndim: int) -> tuple[float, ...]:
     return tuple(float(np.linalg.norm(affine[:3, i])) for i in range(ndim))
 
 
-def _faithfulness(model, model_input: torch.Tensor, model_saliency: torch.Tensor, class_idx: int,
-                  reference, n_steps: int) -> dict[str, np.ndarray]:
+def _faithfulness(
+    model, model_input: torch.Tensor, model_saliency: torch.Tensor, class_idx: int, reference, n_steps: int
+) -> dict[str, np.ndarray]:
     """Deletion and insertion curves on the classifier's grid (mean over the batch: a series' explained slices)."""
-    return {mode: deletion_curve(model, model_input, model_saliency, class_idx, mode=mode, n_steps=n_steps,
-                                 reference=reference).mean(axis=0)
-            for mode in ("deletion", "insertion")}
+    return {
+        mode: deletion_curve(
+            model, model_input, model_saliency, class_idx, mode=mode, n_steps=n_steps, reference=reference
+        ).mean(axis=0)
+        for mode in ("deletion", "insertion")
+    }
 
 
 def _add_faithfulness(row: dict, curves: dict[str, np.ndarray], figures: dict, name: str) -> None:
@@ -148,9 +152,14 @@ def evaluate_manifest(
                     on_grid = on_grid[list(chosen)] if chosen is not None else on_grid
                     view = (model, x, on_grid.to(x.device))
             seconds = time.perf_counter() - start
-            row = {"case": entry["id"], "method": name, "label": entry.get("label", ""),
-                   "class_idx": cls, "score": round(prob, 4),
-                   **score_row(saliency, lesion, spacing=spacing)}
+            row = {
+                "case": entry["id"],
+                "method": name,
+                "label": entry.get("label", ""),
+                "class_idx": cls,
+                "score": round(prob, 4),
+                **score_row(saliency, lesion, spacing=spacing),
+            }
             if slices is not None:
                 row["slices"] = " ".join(str(k) for k in chosen) if chosen is not None else ""
             if faithfulness:
@@ -160,8 +169,10 @@ def evaluate_manifest(
             case_fig["maps"][name] = saliency
             done += 1
             if log:
-                log(f"[{done}/{total}] {entry['id']} {name}: pointing {row['pointing_game']:.0f}, "
-                    f"AUROC {row['auroc']:.3f}, {seconds:.1f} s")
+                log(
+                    f"[{done}/{total}] {entry['id']} {name}: pointing {row['pointing_game']:.0f}, "
+                    f"AUROC {row['auroc']:.3f}, {seconds:.1f} s"
+                )
         figures["cases"].append(case_fig)
     return rows, figures
 
@@ -196,8 +207,13 @@ def compare_methods(
             seconds = (time.perf_counter() - start) / (hi - lo)
             kept.append(result.saliency)
             for j in range(hi - lo):
-                row = {"method": name, "case": lo + j, "seconds": seconds, "passes": result.forward_passes,
-                       **score_row(result.saliency[j], lesions[lo + j])}
+                row = {
+                    "method": name,
+                    "case": lo + j,
+                    "seconds": seconds,
+                    "passes": result.forward_passes,
+                    **score_row(result.saliency[j], lesions[lo + j]),
+                }
                 row["lesion_hit_rate_multi"] = row["lesion_hit_rate"] if row["n_lesions"] >= 2 else float("nan")
                 rows.append(row)
         if maps is not None:

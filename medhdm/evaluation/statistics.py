@@ -38,13 +38,23 @@ def summarise(rows: Sequence[dict], metrics: Sequence[str], n_boot: int = 2000, 
             values = [float(r[metric]) for r in rows if r["method"] == name and metric in r]
             finite = [v for v in values if not math.isnan(v)]
             mean, low, high = bootstrap_ci(finite, n_boot, seed)
-            out.append({"method": name, "metric": metric, "n": len(finite), "mean": mean,
-                        "median": float(np.median(finite)) if finite else float("nan"), "ci_low": low, "ci_high": high})
+            out.append(
+                {
+                    "method": name,
+                    "metric": metric,
+                    "n": len(finite),
+                    "mean": mean,
+                    "median": float(np.median(finite)) if finite else float("nan"),
+                    "ci_low": low,
+                    "ci_high": high,
+                }
+            )
     return out
 
 
-def paired_comparison(rows: Sequence[dict], method_a: str, method_b: str, metric: str, n_boot: int = 2000,
-                      seed: int = 0) -> dict:
+def paired_comparison(
+    rows: Sequence[dict], method_a: str, method_b: str, metric: str, n_boot: int = 2000, seed: int = 0
+) -> dict:
     """``method_a - method_b`` on ``metric`` over the cases both scored (paired by ``case``).
 
     Returns the number of pairs, the mean difference with its bootstrap 95% CI, and the
@@ -62,8 +72,16 @@ def paired_comparison(rows: Sequence[dict], method_a: str, method_b: str, metric
     p = float("nan")
     if diffs and any(d != 0 for d in diffs):
         p = float(stats.wilcoxon(diffs).pvalue)
-    return {"metric": metric, "a": method_a, "b": method_b, "pairs": len(diffs), "mean_difference": mean,
-            "ci_low": low, "ci_high": high, "wilcoxon_p": p}
+    return {
+        "metric": metric,
+        "a": method_a,
+        "b": method_b,
+        "pairs": len(diffs),
+        "mean_difference": mean,
+        "ci_low": low,
+        "ci_high": high,
+        "wilcoxon_p": p,
+    }
 
 
 def compare_with_first(rows: Sequence[dict], metrics: Sequence[str]) -> list[dict]:

@@ -104,7 +104,9 @@ class Explainer:
     name = "explainer"
     uses_reference = True
 
-    def __init__(self, model: nn.Module, *, reference: ReferenceSpec = "blur", seed: int = 0, amp: bool = False) -> None:
+    def __init__(
+        self, model: nn.Module, *, reference: ReferenceSpec = "blur", seed: int = 0, amp: bool = False
+    ) -> None:
         self.model = check_model(model)
         self.reference = reference
         if isinstance(seed, bool) or not isinstance(seed, int):
@@ -116,9 +118,7 @@ class Explainer:
         """The saliency map ``(B, 1, *S)`` in ``[0, 1]`` for images ``x`` ``(B, C, *S)``."""
         return self.explain(x, class_idx).saliency
 
-    def explain(
-        self, x: torch.Tensor, class_idx: int | Sequence[int] | torch.Tensor | None = None
-    ) -> Explanation:
+    def explain(self, x: torch.Tensor, class_idx: int | Sequence[int] | torch.Tensor | None = None) -> Explanation:
         """Explain ``x`` ``(B, C, *S)`` for ``class_idx`` (None: the predicted class) and return the full record."""
         x = check_images(x)
         devices = [x.device] if x.device.type == "cuda" else []

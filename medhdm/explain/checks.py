@@ -26,7 +26,9 @@ def check_images(x: object, name: str = "x") -> torch.Tensor:
     dimensions, an empty batch or non-finite values.
     """
     if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name}: expected a torch.Tensor of shape (B, C, H, W) or (B, C, D, H, W), got {type(x).__name__}")
+        raise TypeError(
+            f"{name}: expected a torch.Tensor of shape (B, C, H, W) or (B, C, D, H, W), got {type(x).__name__}"
+        )
     if x.ndim not in (4, 5):
         raise ValueError(
             f"{name}: expected 4 dimensions (B, C, H, W) or 5 dimensions (B, C, D, H, W), "
@@ -46,9 +48,7 @@ def check_images(x: object, name: str = "x") -> torch.Tensor:
     return x
 
 
-def resolve_class_idx(
-    class_idx: int | Sequence[int] | torch.Tensor | None, logits: torch.Tensor
-) -> torch.Tensor:
+def resolve_class_idx(class_idx: int | Sequence[int] | torch.Tensor | None, logits: torch.Tensor) -> torch.Tensor:
     """Turn ``class_idx`` into a ``(B,)`` long tensor on the logits' device.
 
     ``None`` takes the predicted class (argmax of the logits ``(B, K)``); an int

@@ -66,8 +66,11 @@ class MDM(MaskExplainer):
         grids = list(dict.fromkeys(per_spec))  # on small images several divisors clip to one grid
         fit = optimise_masks(scorer, x, reference, class_idx, grids, self.objective)
         spec_weights = self.weights or (1.0,) * len(self.grids)
-        w = torch.tensor([sum(wt for g, wt in zip(per_spec, spec_weights) if g == grid) for grid in grids],
-                         device=x.device, dtype=torch.float32)
+        w = torch.tensor(
+            [sum(wt for g, wt in zip(per_spec, spec_weights) if g == grid) for grid in grids],
+            device=x.device,
+            dtype=torch.float32,
+        )
         w = w / w.sum()
         stack = (fit.masks * w.view(1, -1, *([1] * (x.ndim - 2)))).sum(1, keepdim=True)
         masks = {f"mask/{grid_key(g)}": fit.masks[:, i : i + 1] for i, g in enumerate(grids)}

@@ -69,7 +69,9 @@ def make_reference(x: torch.Tensor, reference: ReferenceSpec = "blur") -> torch.
         elif reference == "mean":
             r = x.mean(dim=dims, keepdim=True).expand_as(x)
         else:
-            raise ValueError(f"reference: expected 'blur', 'min', 'mean', a float, a tensor or a callable, got {reference!r}")
+            raise ValueError(
+                f"reference: expected 'blur', 'min', 'mean', a float, a tensor or a callable, got {reference!r}"
+            )
     elif isinstance(reference, bool):
         raise TypeError("reference: expected 'blur', 'min', 'mean', a float, a tensor or a callable, got a bool")
     elif isinstance(reference, (int, float)):
@@ -88,7 +90,8 @@ def make_reference(x: torch.Tensor, reference: ReferenceSpec = "blur") -> torch.
             raise ValueError(f"reference: the callable must return a tensor of shape {tuple(x.shape)}")
     else:
         raise TypeError(
-            f"reference: expected 'blur', 'min', 'mean', a float, a tensor or a callable, got {type(reference).__name__}"
+            "reference: expected 'blur', 'min', 'mean', a float, a tensor or a callable, "
+            f"got {type(reference).__name__}"
         )
     if not bool(torch.isfinite(r).all()):
         raise ValueError("reference: the reference image has NaN or infinite values")

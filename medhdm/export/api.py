@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 from pydicom.dataset import Dataset
 
-from ..io.dicom import DicomSource, read_dicom
 from ..io.axes import dicom_to_monai
+from ..io.dicom import DicomSource, read_dicom
 from ..io.nifti import nifti_writer
 from .deidentify import deidentify as _deidentify
 from .dicom import (
@@ -68,8 +68,10 @@ def map_on_source_grid(saliency, source: DicomSource, name: str = "saliency") ->
     if arr.ndim == 2:
         arr = arr[None]
     if arr.shape != target:
-        raise ValueError(f"{name}: shape {np.shape(saliency)} does not match the source grid "
-                         f"{source.shape} ({'series D, H, W' if source.is_series else 'image H, W'})")
+        raise ValueError(
+            f"{name}: shape {np.shape(saliency)} does not match the source grid "
+            f"{source.shape} ({'series D, H, W' if source.is_series else 'image H, W'})"
+        )
     if not np.isfinite(arr).all():
         raise ValueError(f"{name}: contains NaN or infinite values")
     if arr.min() < -1e-6 or arr.max() > 1 + 1e-6:
@@ -216,18 +218,23 @@ def export(
     style = style or OverlayStyle()
     src = _as_source(source)
     if src.multiframe:
-        raise ValueError("source: export into multi-frame DICOM studies is not supported yet; "
-                         "export the map as NIfTI from the pipeline instead")
+        raise ValueError(
+            "source: export into multi-frame DICOM studies is not supported yet; "
+            "export the map as NIfTI from the pipeline instead"
+        )
     check_output_folder(Path(out_dir), src.paths, allow_inside_source)
     sal = map_on_source_grid(saliency, src)
     lesion = _lesion_on_grid(lesion_mask, src)
     info = DerivationInfo(method=str(method), class_label=class_label, series_number=series_number)
     with ExportFolder(out_dir, overwrite=overwrite) as folder:  # locked; an existing export refused here
-        writers = _build(src, sal, formats, info, style, lesion, window_preset, seg_threshold, deidentify_salt,
-                         retain_dates)
-        paths = folder.publish(writers, protected=src.paths,
-                               note={"formats": formats, "method": str(method),
-                                     "deidentified": deidentify_salt is not None})
+        writers = _build(
+            src, sal, formats, info, style, lesion, window_preset, seg_threshold, deidentify_salt, retain_dates
+        )
+        paths = folder.publish(
+            writers,
+            protected=src.paths,
+            note={"formats": formats, "method": str(method), "deidentified": deidentify_salt is not None},
+        )
     grouped: dict[str, list[Path]] = {f: [] for f in formats}
     prefixes = {"sc": "SC_", "pm": "PM", "seg": "SEG", "nifti": "saliency", "png": "overlay_"}
     for path in paths:

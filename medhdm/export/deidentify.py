@@ -269,16 +269,19 @@ PROFILE: dict[int, tuple[str, str]] = _parse_table(_TABLE)
 # the dates, times and date-times of the table, except those that describe the patient.
 _NOT_LONGITUDINAL = {"PatientBirthDate", "PatientBirthTime", "LastMenstrualDate"}
 RETAINED_WITH_DATES: frozenset[int] = frozenset(
-    tag for tag, (keyword, _) in PROFILE.items()
+    tag
+    for tag, (keyword, _) in PROFILE.items()
     if dictionary_VR(tag) in ("DA", "TM", "DT") and keyword not in _NOT_LONGITUDINAL
 )
 
 # Attributes that the SC, Parametric Map and SEG IODs require at the top level (Type 1 -> D,
 # Type 2 -> Z), where the table gives a compound action.
 _REQUIRED = {
-    "ContentDate": "D", "ContentTime": "D",  # Type 1 in PM/SEG (Multi-frame Functional Groups)
+    "ContentDate": "D",
+    "ContentTime": "D",  # Type 1 in PM/SEG (Multi-frame Functional Groups)
     "DeviceSerialNumber": "D",  # Type 1 in Enhanced General Equipment (PM, SEG)
-    "ReferencedImageSequence": "U*", "SourceImageSequence": "U*",
+    "ReferencedImageSequence": "U*",
+    "SourceImageSequence": "U*",
     # X in the table, but Type 2 in the Parametric Map IOD: present with no items, as the
     # profile's conformance rule asks (an attribute the IOD requires is emptied, not removed).
     "AcquisitionContextSequence": "Z",
@@ -286,11 +289,157 @@ _REQUIRED = {
 
 #: Keywords kept as they are (K): structural, coded or medhdm-made attributes of the SC, PM and
 #: SEG IODs and their sequences that identify no one. Anything else outside PROFILE is removed.
-RETAINED: frozenset[str] = frozenset(["AlgorithmFamilyCodeSequence", "AlgorithmName", "AlgorithmVersion", "AnatomicRegionSequence", "BitsAllocated", "BitsStored", "BurnedInAnnotation", "CodeMeaning", "CodeValue", "CodingSchemeDesignator", "CodingSchemeVersion", "Columns", "ConceptCodeSequence", "ConceptNameCodeSequence", "ContentDescription", "ContentLabel", "ContentQualification", "ContributingEquipmentSequence", "ConversionType", "DeidentificationMethod", "DeidentificationMethodCodeSequence", "DerivationCodeSequence", "DerivationImageSequence", "DimensionDescriptionLabel", "DimensionIndexPointer", "DimensionIndexSequence", "DimensionIndexValues", "DimensionOrganizationSequence", "DimensionOrganizationType", "DoubleFloatPixelData", "DoubleFloatRealWorldValueFirstValueMapped", "DoubleFloatRealWorldValueLastValueMapped", "FloatPixelData", "FrameContentSequence", "FrameType", "FrameVOILUTSequence", "FunctionalGroupPointer", "HighBit", "ImageOrientationPatient", "ImagePositionPatient", "ImageType", "InStackPositionNumber", "InstanceNumber", "LUTExplanation", "LUTLabel", "Laterality", "LongitudinalTemporalInformationModified", "LossyImageCompression", "LossyImageCompressionMethod", "LossyImageCompressionRatio", "Manufacturer", "ManufacturerModelName", "MaximumFractionalValue", "MeasurementUnitsCodeSequence", "Modality", "NumberOfFrames", "ParametricMapFrameTypeSequence", "PatientIdentityRemoved", "PatientOrientation", "PhotometricInterpretation", "PixelData", "PixelMeasuresSequence", "PixelPresentation", "PixelRepresentation", "PixelSpacing", "PixelValueTransformationSequence", "PlanarConfiguration", "PlaneOrientationSequence", "PlanePositionSequence", "PositionReferenceIndicator", "PresentationLUTShape", "PurposeOfReferenceCodeSequence", "QuantityDefinitionSequence", "RealWorldValueFirstValueMapped", "RealWorldValueIntercept", "RealWorldValueLastValueMapped", "RealWorldValueMappingSequence", "RealWorldValueSlope", "RecognizableVisualFeatures", "ReferencedFrameNumber", "ReferencedInstanceSequence", "ReferencedSOPClassUID", "ReferencedSegmentNumber", "ReferencedSeriesSequence", "RescaleIntercept", "RescaleSlope", "RescaleType", "Rows", "SOPClassUID", "SamplesPerPixel", "SegmentAlgorithmName", "SegmentAlgorithmType", "SegmentDescription", "SegmentIdentificationSequence", "SegmentLabel", "SegmentNumber", "SegmentSequence", "SegmentationAlgorithmIdentificationSequence", "SegmentationFractionalType", "SegmentationType", "SegmentedPropertyCategoryCodeSequence", "SegmentedPropertyTypeCodeSequence", "SegmentedPropertyTypeModifierCodeSequence", "SegmentsOverlap", "SeriesNumber", "SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence", "SliceThickness", "SoftwareVersions", "SpacingBetweenSlices", "SpatialLocationsPreserved", "SpecificCharacterSet", "StackID", "TemporalPositionIndex", "ValueType", "WindowCenter", "WindowCenterWidthExplanation", "WindowWidth", "ContextIdentifier", "ContextUID", "MappingResource", "MappingResourceName", "LongCodeValue", "URNCodeValue", "FileMetaInformationVersion", "MediaStorageSOPClassUID", "TransferSyntaxUID", "ImplementationClassUID", "ImplementationVersionName", "FileMetaInformationGroupLength", "SourceApplicationEntityTitle"])
+RETAINED: frozenset[str] = frozenset(
+    [
+        "AlgorithmFamilyCodeSequence",
+        "AlgorithmName",
+        "AlgorithmVersion",
+        "AnatomicRegionSequence",
+        "BitsAllocated",
+        "BitsStored",
+        "BurnedInAnnotation",
+        "CodeMeaning",
+        "CodeValue",
+        "CodingSchemeDesignator",
+        "CodingSchemeVersion",
+        "Columns",
+        "ConceptCodeSequence",
+        "ConceptNameCodeSequence",
+        "ContentDescription",
+        "ContentLabel",
+        "ContentQualification",
+        "ContributingEquipmentSequence",
+        "ConversionType",
+        "DeidentificationMethod",
+        "DeidentificationMethodCodeSequence",
+        "DerivationCodeSequence",
+        "DerivationImageSequence",
+        "DimensionDescriptionLabel",
+        "DimensionIndexPointer",
+        "DimensionIndexSequence",
+        "DimensionIndexValues",
+        "DimensionOrganizationSequence",
+        "DimensionOrganizationType",
+        "DoubleFloatPixelData",
+        "DoubleFloatRealWorldValueFirstValueMapped",
+        "DoubleFloatRealWorldValueLastValueMapped",
+        "FloatPixelData",
+        "FrameContentSequence",
+        "FrameType",
+        "FrameVOILUTSequence",
+        "FunctionalGroupPointer",
+        "HighBit",
+        "ImageOrientationPatient",
+        "ImagePositionPatient",
+        "ImageType",
+        "InStackPositionNumber",
+        "InstanceNumber",
+        "LUTExplanation",
+        "LUTLabel",
+        "Laterality",
+        "LongitudinalTemporalInformationModified",
+        "LossyImageCompression",
+        "LossyImageCompressionMethod",
+        "LossyImageCompressionRatio",
+        "Manufacturer",
+        "ManufacturerModelName",
+        "MaximumFractionalValue",
+        "MeasurementUnitsCodeSequence",
+        "Modality",
+        "NumberOfFrames",
+        "ParametricMapFrameTypeSequence",
+        "PatientIdentityRemoved",
+        "PatientOrientation",
+        "PhotometricInterpretation",
+        "PixelData",
+        "PixelMeasuresSequence",
+        "PixelPresentation",
+        "PixelRepresentation",
+        "PixelSpacing",
+        "PixelValueTransformationSequence",
+        "PlanarConfiguration",
+        "PlaneOrientationSequence",
+        "PlanePositionSequence",
+        "PositionReferenceIndicator",
+        "PresentationLUTShape",
+        "PurposeOfReferenceCodeSequence",
+        "QuantityDefinitionSequence",
+        "RealWorldValueFirstValueMapped",
+        "RealWorldValueIntercept",
+        "RealWorldValueLastValueMapped",
+        "RealWorldValueMappingSequence",
+        "RealWorldValueSlope",
+        "RecognizableVisualFeatures",
+        "ReferencedFrameNumber",
+        "ReferencedInstanceSequence",
+        "ReferencedSOPClassUID",
+        "ReferencedSegmentNumber",
+        "ReferencedSeriesSequence",
+        "RescaleIntercept",
+        "RescaleSlope",
+        "RescaleType",
+        "Rows",
+        "SOPClassUID",
+        "SamplesPerPixel",
+        "SegmentAlgorithmName",
+        "SegmentAlgorithmType",
+        "SegmentDescription",
+        "SegmentIdentificationSequence",
+        "SegmentLabel",
+        "SegmentNumber",
+        "SegmentSequence",
+        "SegmentationAlgorithmIdentificationSequence",
+        "SegmentationFractionalType",
+        "SegmentationType",
+        "SegmentedPropertyCategoryCodeSequence",
+        "SegmentedPropertyTypeCodeSequence",
+        "SegmentedPropertyTypeModifierCodeSequence",
+        "SegmentsOverlap",
+        "SeriesNumber",
+        "SharedFunctionalGroupsSequence",
+        "PerFrameFunctionalGroupsSequence",
+        "SliceThickness",
+        "SoftwareVersions",
+        "SpacingBetweenSlices",
+        "SpatialLocationsPreserved",
+        "SpecificCharacterSet",
+        "StackID",
+        "TemporalPositionIndex",
+        "ValueType",
+        "WindowCenter",
+        "WindowCenterWidthExplanation",
+        "WindowWidth",
+        "ContextIdentifier",
+        "ContextUID",
+        "MappingResource",
+        "MappingResourceName",
+        "LongCodeValue",
+        "URNCodeValue",
+        "FileMetaInformationVersion",
+        "MediaStorageSOPClassUID",
+        "TransferSyntaxUID",
+        "ImplementationClassUID",
+        "ImplementationVersionName",
+        "FileMetaInformationGroupLength",
+        "SourceApplicationEntityTitle",
+    ]
+)
 
-_DUMMY = {"DA": "19000101", "TM": "000000", "DT": "19000101000000", "PN": "ANONYMOUS", "LO": "ANONYMIZED",
-          "SH": "ANONYMIZED", "LT": "ANONYMIZED", "ST": "ANONYMIZED", "UT": "ANONYMIZED", "CS": "ANONYMIZED",
-          "AS": "000Y", "DS": "0", "IS": "0"}
+_DUMMY = {
+    "DA": "19000101",
+    "TM": "000000",
+    "DT": "19000101000000",
+    "PN": "ANONYMOUS",
+    "LO": "ANONYMIZED",
+    "SH": "ANONYMIZED",
+    "LT": "ANONYMIZED",
+    "ST": "ANONYMIZED",
+    "UT": "ANONYMIZED",
+    "CS": "ANONYMIZED",
+    "AS": "000Y",
+    "DS": "0",
+    "IS": "0",
+}
 _PSEUDONYMISED = {"PatientID", "ClinicalTrialSubjectID", "ClinicalTrialSubjectReadingID"}
 
 
@@ -463,9 +612,11 @@ def deidentify(ds: Dataset, salt: str, retain_dates: bool = False) -> Dataset:
         if "SOPInstanceUID" in ds:
             ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
     ds.LongitudinalTemporalInformationModified = "UNMODIFIED" if retain_dates else "REMOVED"
-    ds.DeidentificationMethod = ("DICOM PS3.15 E Basic Application Level Confidentiality Profile"
-                                 + (", Retain Longitudinal Temporal Information Full Dates Option" if retain_dates
-                                    else "") + "; UIDs and IDs replaced with a salted hash (medhdm)")[:64]
+    ds.DeidentificationMethod = (
+        "DICOM PS3.15 E Basic Application Level Confidentiality Profile"
+        + (", Retain Longitudinal Temporal Information Full Dates Option" if retain_dates else "")
+        + "; UIDs and IDs replaced with a salted hash (medhdm)"
+    )[:64]
     methods = [codes.DCM.BasicApplicationConfidentialityProfile]
     if retain_dates:
         methods.append(codes.DCM.RetainLongitudinalTemporalInformationFullDatesOption)

@@ -121,8 +121,13 @@ def render_source_overlays(
     """
     invert = str(source.first.get("PhotometricInterpretation", "")) == "MONOCHROME1"
     return [
-        render_overlay(apply_window(source.pixels[k], window, invert=invert), saliency[k], style,
-                       lesion_mask=None if lesion_mask is None else lesion_mask[k], label=info.legend_label)
+        render_overlay(
+            apply_window(source.pixels[k], window, invert=invert),
+            saliency[k],
+            style,
+            lesion_mask=None if lesion_mask is None else lesion_mask[k],
+            label=info.legend_label,
+        )
         for k in range(len(source.pixels))
     ]
 
@@ -198,12 +203,15 @@ def _equipment(source: Dataset, info: DerivationInfo, offset: int) -> dict:
 def _check_geometry(source: DicomSource) -> None:
     if "ImageOrientationPatient" not in source.first or "FrameOfReferenceUID" not in source.first:
         where = source.paths[0] if source.paths and source.paths[0] is not None else "source"
-        raise ValueError(f"{where}: no patient geometry (Image Orientation/Position, Frame of Reference); "
-                         "Parametric Map and SEG need it, export a Secondary Capture (--format sc) instead")
+        raise ValueError(
+            f"{where}: no patient geometry (Image Orientation/Position, Frame of Reference); "
+            "Parametric Map and SEG need it, export a Secondary Capture (--format sc) instead"
+        )
 
 
-def build_parametric_map(source: DicomSource, saliency: np.ndarray,
-                         info: DerivationInfo | None = None) -> list[tuple[str, Dataset]]:
+def build_parametric_map(
+    source: DicomSource, saliency: np.ndarray, info: DerivationInfo | None = None
+) -> list[tuple[str, Dataset]]:
     """A float32 Parametric Map of ``saliency`` (``(D, H, W)`` in [0, 1]) on the source grid."""
     _check_geometry(source)
     info = info or DerivationInfo()
@@ -232,8 +240,9 @@ def build_parametric_map(source: DicomSource, saliency: np.ndarray,
     return [("PM.dcm", pm)]
 
 
-def build_segmentation(source: DicomSource, saliency: np.ndarray, threshold: float = 0.5,
-                       info: DerivationInfo | None = None) -> list[tuple[str, Dataset]]:
+def build_segmentation(
+    source: DicomSource, saliency: np.ndarray, threshold: float = 0.5, info: DerivationInfo | None = None
+) -> list[tuple[str, Dataset]]:
     """A binary DICOM SEG of ``saliency >= threshold`` on the source grid (one segment)."""
     _check_geometry(source)
     if not 0.0 < threshold <= 1.0:
@@ -241,7 +250,8 @@ def build_segmentation(source: DicomSource, saliency: np.ndarray, threshold: flo
     info = info or DerivationInfo()
     first = source.first
     algorithm = hd.AlgorithmIdentificationSequence(
-        name=f"medhdm {info.method}"[:64], family=codes.cid7162.ArtificialIntelligence, version=__version__)
+        name=f"medhdm {info.method}"[:64], family=codes.cid7162.ArtificialIntelligence, version=__version__
+    )
     segment = hd.seg.SegmentDescription(
         segment_number=1,
         segment_label=f"{info.method} salient region"[:64],

@@ -135,7 +135,9 @@ def _burn_legend(rgb: np.ndarray, table: np.ndarray, threshold: float, label: st
             cover = _text_patch(label, text_h, text_w)[..., None]
             ty0, tx0 = y1 - text_h, x0 - 3 - text_w
             region = rgb[ty0 : ty0 + text_h, tx0 : tx0 + text_w].astype(np.float64)
-            rgb[ty0 : ty0 + text_h, tx0 : tx0 + text_w] = np.round(region * (1 - cover) + 255.0 * cover).astype(np.uint8)
+            rgb[ty0 : ty0 + text_h, tx0 : tx0 + text_w] = np.round(region * (1 - cover) + 255.0 * cover).astype(
+                np.uint8
+            )
 
 
 def render_overlay(

@@ -78,8 +78,10 @@ def check_output_folder(out_dir: Path, source_paths: Sequence[Path | None], allo
     folders = {Path(p).resolve().parent for p in source_paths if p is not None}
     for folder in sorted(folders):
         if not allow_inside_source and (out == folder or folder in out.parents):
-            raise ValueError(f"out: {out} is inside the source folder {folder}; choose another folder "
-                             "or pass allow_inside_source=True (--allow-inside-source)")
+            raise ValueError(
+                f"out: {out} is inside the source folder {folder}; choose another folder "
+                "or pass allow_inside_source=True (--allow-inside-source)"
+            )
 
 
 def _checkpoint(step: str) -> None:
@@ -113,8 +115,15 @@ def _sha256(path: Path) -> str:
 
 
 def _check_name(name: str) -> None:
-    if (not name or name != os.path.basename(name) or name.startswith(".") or name in (MANIFEST,)
-            or "\x00" in name or os.sep in name or (os.altsep and os.altsep in name)):
+    if (
+        not name
+        or name != os.path.basename(name)
+        or name.startswith(".")
+        or name in (MANIFEST,)
+        or "\x00" in name
+        or os.sep in name
+        or (os.altsep and os.altsep in name)
+    ):
         raise ValueError(f"output name {name!r}: expected a plain file name inside the output folder")
 
 
@@ -150,8 +159,10 @@ class ExportFolder:
         try:
             self.recover()
             if not self.overwrite and self.current_set() is not None:
-                raise OutputExistsError(f"out: {self.out} already holds a medhdm export ({self.out / MANIFEST}); "
-                                        "pass overwrite=True (--overwrite) to replace it, or choose another folder")
+                raise OutputExistsError(
+                    f"out: {self.out} already holds a medhdm export ({self.out / MANIFEST}); "
+                    "pass overwrite=True (--overwrite) to replace it, or choose another folder"
+                )
         except BaseException:
             self._release(failed=True)
             raise
@@ -240,8 +251,9 @@ class ExportFolder:
             if target.resolve() in protected_resolved:
                 raise ValueError(f"{target}: refusing to overwrite a source file")
             if (target.exists() or target.is_symlink()) and not self._is_our_link(target):
-                raise OutputExistsError(f"out: {target} exists and is not part of a medhdm export; "
-                                        "remove it or choose another folder")
+                raise OutputExistsError(
+                    f"out: {target} exists and is not part of a medhdm export; remove it or choose another folder"
+                )
         old = self.current_set()
         if old is not None and not self.overwrite:
             raise OutputExistsError(f"out: {out} already holds a medhdm export; pass overwrite=True (--overwrite)")
@@ -260,8 +272,12 @@ class ExportFolder:
             _fsync_file(staged)
             files[name] = {"sha256": _sha256(staged), "bytes": staged.stat().st_size}
             _checkpoint(f"staged {k}")
-        manifest = {"format": _MANIFEST_FORMAT, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                    "files": files, **(note or {})}
+        manifest = {
+            "format": _MANIFEST_FORMAT,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "files": files,
+            **(note or {}),
+        }
         tmp = staging / f".{MANIFEST}.tmp"
         tmp.write_text(json.dumps(manifest, indent=1) + "\n")
         os.chmod(tmp, 0o644)
@@ -272,7 +288,7 @@ class ExportFolder:
 
         sets = out / SETS
         sets.mkdir(exist_ok=True)
-        set_dir = sets / staging.name[len(STAGING_PREFIX):]
+        set_dir = sets / staging.name[len(STAGING_PREFIX) :]
         os.rename(staging, set_dir)  # a complete set appears at once
         self._staging = None
         _fsync_dir(sets)

@@ -55,15 +55,23 @@ class ImageGrid:
     @classmethod
     def from_dicom(cls, source: DicomSource) -> ImageGrid:
         shape = tuple(source.pixels.shape[::-1]) if source.is_series else tuple(source.pixels.shape[:0:-1])
-        return cls(shape, source.affine_ras, str(source.first.get("FrameOfReferenceUID", "")) or None,
-                   tuple(str(d.SOPInstanceUID) for d in source.datasets))
+        return cls(
+            shape,
+            source.affine_ras,
+            str(source.first.get("FrameOfReferenceUID", "")) or None,
+            tuple(str(d.SOPInstanceUID) for d in source.datasets),
+        )
 
     @classmethod
     def from_meta(cls, shape: tuple[int, ...], affine, meta: dict) -> ImageGrid:
         """From a spatial shape, an affine and the metadata of :class:`~medhdm.io.reader.DicomSeriesReader`."""
         uids = meta.get("SOPInstanceUIDs")
-        return cls(tuple(int(s) for s in shape), np.asarray(affine, dtype=np.float64),
-                   meta.get("FrameOfReferenceUID") or None, tuple(uids.split("\\")) if uids else None)
+        return cls(
+            tuple(int(s) for s in shape),
+            np.asarray(affine, dtype=np.float64),
+            meta.get("FrameOfReferenceUID") or None,
+            tuple(uids.split("\\")) if uids else None,
+        )
 
     @classmethod
     def from_image(cls, image) -> ImageGrid:
@@ -92,14 +100,16 @@ def _nifti_on_grid(path: Path, grid: ImageGrid) -> np.ndarray:
     lab_affine = image.affine if nd == 3 else _as_2d(image.affine)
     index_map = np.linalg.inv(lab_affine) @ img_affine
     corners = np.array(np.meshgrid(*[[0, s - 1] for s in grid.shape], indexing="ij")).reshape(nd, -1)
-    mapped = index_map[:nd, :nd] @ corners + index_map[:nd, nd:nd + 1]
+    mapped = index_map[:nd, :nd] @ corners + index_map[:nd, nd : nd + 1]
     lo, hi = mapped.min(axis=1), mapped.max(axis=1)
     if np.any(hi < -0.5) or np.any(lo > np.asarray(data.shape) - 0.5):
         raise ValueError(f"{path}: label map does not overlap the image (other grid, no common voxels)")
-    warnings.warn(f"{path}: label map is on another grid; resampled onto the image grid (nearest neighbour)",
-                  stacklevel=3)
-    return ndimage.affine_transform(data.astype(np.int32), index_map[:nd, :nd], offset=index_map[:nd, nd],
-                                    output_shape=grid.shape, order=0, cval=0)
+    warnings.warn(
+        f"{path}: label map is on another grid; resampled onto the image grid (nearest neighbour)", stacklevel=3
+    )
+    return ndimage.affine_transform(
+        data.astype(np.int32), index_map[:nd, :nd], offset=index_map[:nd, nd], output_shape=grid.shape, order=0, cval=0
+    )
 
 
 def _as_2d(affine: np.ndarray) -> np.ndarray:
@@ -134,7 +144,8 @@ def _seg_on_grid(path: Path, ds: pydicom.Dataset, grid: ImageGrid) -> np.ndarray
         raise ValueError(f"{path}: SEG references none of the image's SOP instances (another series?)")
     wanted = [uid for uid in grid.sop_instance_uids if uid in referenced]
     pixels = seg.get_pixels_by_source_instance(
-        source_sop_instance_uids=wanted, combine_segments=True, skip_overlap_checks=True)
+        source_sop_instance_uids=wanted, combine_segments=True, skip_overlap_checks=True
+    )
     stack = np.zeros((len(grid.sop_instance_uids), *pixels.shape[1:]), dtype=np.int32)
     index = {uid: i for i, uid in enumerate(grid.sop_instance_uids)}
     for uid, frame in zip(wanted, pixels):
@@ -169,8 +180,10 @@ def _rtstruct_on_grid(path: Path, ds: pydicom.Dataset, grid: ImageGrid, roi_name
             index = inverse[:3, :3] @ points.T + inverse[:3, 3:4]
             k = float(np.round(index[2].mean()))
             if np.abs(index[2] - k).max() > 0.25 or not 0 <= k < shape3[2]:
-                raise ValueError(f"{path}: a contour of ROI {names.get(number, number)!r} lies off the image's "
-                                 f"slices (slice index {index[2].mean():.2f})")
+                raise ValueError(
+                    f"{path}: a contour of ROI {names.get(number, number)!r} lies off the image's "
+                    f"slices (slice index {index[2].mean():.2f})"
+                )
             inside = Polygon(index[:2].T).contains_points(centres).reshape(shape3[:2])
             plane = labels[..., int(k)]  # a view: contours of one ROI on one slice combine even-odd (holes)
             current = plane == label

@@ -60,8 +60,10 @@ class LockedFolder:
             except OSError as err:
                 os.close(fd)
                 if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                    raise OutputBusyError(f"{self.what}: {out} is locked: another medhdm run is writing into it; "
-                                          "wait for it to finish or choose another folder") from None
+                    raise OutputBusyError(
+                        f"{self.what}: {out} is locked: another medhdm run is writing into it; "
+                        "wait for it to finish or choose another folder"
+                    ) from None
                 raise ValueError(f"{self.what}: cannot lock {out} ({err.strerror or err})") from None
             try:
                 same = os.stat(out).st_ino == os.fstat(fd).st_ino

@@ -33,7 +33,10 @@ def monai_to_dicom(array: np.ndarray) -> np.ndarray:
 
 
 def monai_to_dicom_volume(array: np.ndarray) -> np.ndarray:
-    """A map in MONAI order, ``(W, H)`` or ``(W, H, D)``, as a volume ``(D, H, W)`` in DICOM order (``D = 1`` for an image)."""
+    """A map in MONAI order, ``(W, H)`` or ``(W, H, D)``, as a volume ``(D, H, W)`` in DICOM order.
+
+    One image gives ``D = 1``.
+    """
     return monai_to_dicom(array if array.ndim == 3 else array[..., None])
 
 

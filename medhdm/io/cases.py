@@ -33,7 +33,7 @@ def unique_case_ids(paths: list[str | os.PathLike]) -> list[str]:
     paths = [Path(p).resolve() for p in paths]
     depth = 0
     while True:
-        ids = ["_".join([*(p.parts[-1 - depth:-1] if depth else ()), case_id(p)]) for p in paths]
+        ids = ["_".join([*(p.parts[-1 - depth : -1] if depth else ()), case_id(p)]) for p in paths]
         if len(set(ids)) == len(ids) or depth >= max(len(p.parts) for p in paths):
             break
         depth += 1

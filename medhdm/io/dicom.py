@@ -106,8 +106,10 @@ def _read_multiframe(path: Path, ds: Dataset) -> DicomSource:
     import highdicom as hd
 
     if "PerFrameFunctionalGroupsSequence" not in ds or "SharedFunctionalGroupsSequence" not in ds:
-        raise ValueError(f"{path}: multi-frame DICOM ({ds.get('SOPClassUID', '?')}, {ds.NumberOfFrames} frames) "
-                         "without per-frame plane geometry is not supported")
+        raise ValueError(
+            f"{path}: multi-frame DICOM ({ds.get('SOPClassUID', '?')}, {ds.NumberOfFrames} frames) "
+            "without per-frame plane geometry is not supported"
+        )
     _check_image(ds, str(path))
     try:
         volume = hd.Image.from_dataset(ds, copy=False).get_volume()
@@ -123,10 +125,20 @@ def _read_multiframe(path: Path, ds: Dataset) -> DicomSource:
         array = array[::-1].copy()
         affine_lps[:3, 3] = affine_lps[:3, 3] + (array.shape[0] - 1) * affine_lps[:3, 2]
         affine_lps[:3, 2] = -affine_lps[:3, 2]
-    spacing = (float(np.linalg.norm(affine_lps[:3, 2])), float(np.linalg.norm(affine_lps[:3, 1])),
-               float(np.linalg.norm(affine_lps[:3, 0])))
-    return DicomSource(datasets=[ds], paths=[path], pixels=array, affine_ras=LPS_TO_RAS @ affine_lps,
-                       spacing=spacing, folders=[path.resolve().parent], multiframe=True)
+    spacing = (
+        float(np.linalg.norm(affine_lps[:3, 2])),
+        float(np.linalg.norm(affine_lps[:3, 1])),
+        float(np.linalg.norm(affine_lps[:3, 0])),
+    )
+    return DicomSource(
+        datasets=[ds],
+        paths=[path],
+        pixels=array,
+        affine_ras=LPS_TO_RAS @ affine_lps,
+        spacing=spacing,
+        folders=[path.resolve().parent],
+        multiframe=True,
+    )
 
 
 def _read_file(path: Path) -> Dataset:
@@ -162,8 +174,10 @@ def _check_image(ds: Dataset, name: str) -> None:
     photometric = str(ds.get("PhotometricInterpretation", "")).strip()
     samples = int(ds.get("SamplesPerPixel", 1) or 1)
     if photometric not in _GRAYSCALE or samples != 1:
-        raise ValueError(f"{name}: a {photometric or 'colour'} image ({samples} sample(s) per pixel); medhdm explains "
-                         "grayscale (MONOCHROME1/2) images, whose pixel values are intensities")
+        raise ValueError(
+            f"{name}: a {photometric or 'colour'} image ({samples} sample(s) per pixel); medhdm explains "
+            "grayscale (MONOCHROME1/2) images, whose pixel values are intensities"
+        )
 
 
 def _pixels_of(ds: Dataset, name: str) -> np.ndarray:
@@ -172,8 +186,9 @@ def _pixels_of(ds: Dataset, name: str) -> np.ndarray:
         raw = ds.pixel_array
     except Exception as err:  # noqa: BLE001 (decoders fail in many ways: report them with the file)
         transfer = ds.file_meta.get("TransferSyntaxUID", "?") if hasattr(ds, "file_meta") else "?"
-        raise ValueError(f"{name}: pixel data cannot be decoded (transfer syntax {transfer}: "
-                         f"{type(err).__name__}: {err})") from None
+        raise ValueError(
+            f"{name}: pixel data cannot be decoded (transfer syntax {transfer}: {type(err).__name__}: {err})"
+        ) from None
     pixels = apply_modality_lut(raw, ds).astype(np.float32)
     if pixels.ndim != 2:
         raise ValueError(f"{name}: expected one grayscale frame, got pixel data of shape {pixels.shape}")
@@ -243,8 +258,14 @@ def read_dicom(source: str | os.PathLike | Dataset | Sequence[Dataset]) -> Dicom
     affine_lps[:3, 2] = normal * slice_spacing
     affine_lps[:3, 3] = positions[0]
     folders = sorted({p.resolve().parent for p in paths if p is not None})
-    return DicomSource(datasets=datasets, paths=paths, pixels=pixels, affine_ras=LPS_TO_RAS @ affine_lps,
-                       spacing=(slice_spacing, row_sp, col_sp), folders=folders)
+    return DicomSource(
+        datasets=datasets,
+        paths=paths,
+        pixels=pixels,
+        affine_ras=LPS_TO_RAS @ affine_lps,
+        spacing=(slice_spacing, row_sp, col_sp),
+        folders=folders,
+    )
 
 
 def _datasets_of(source) -> tuple[list[Dataset], list[Path | None]] | DicomSource:
@@ -285,8 +306,10 @@ def _check_same_plane(datasets: list[Dataset], names: list[str], geometry: list)
     spacing0 = _pixel_spacing(datasets[0])
     for ds, name, (row, col, _) in zip(datasets, names, geometry):
         if np.abs(row - row0).max() > _ORIENTATION_TOL or np.abs(col - col0).max() > _ORIENTATION_TOL:
-            raise ValueError(f"{name}: orientation {np.r_[row, col].round(4).tolist()} differs from "
-                             f"{names[0]}'s {np.r_[row0, col0].round(4).tolist()} (mixed orientations)")
+            raise ValueError(
+                f"{name}: orientation {np.r_[row, col].round(4).tolist()} differs from "
+                f"{names[0]}'s {np.r_[row0, col0].round(4).tolist()} (mixed orientations)"
+            )
         if (int(ds.Rows), int(ds.Columns)) != size0:
             raise ValueError(f"{name}: size {ds.Rows}x{ds.Columns} differs from {names[0]}'s {size0[0]}x{size0[1]}")
         if not np.allclose(_pixel_spacing(ds), spacing0, rtol=1e-4):
@@ -300,15 +323,19 @@ def _slice_spacing(positions: np.ndarray, normal: np.ndarray, names: list[str]) 
     steps = np.diff(positions @ normal)
     for i, step in enumerate(steps):
         if step < 1e-3:
-            raise ValueError(f"{names[i]} and {names[i + 1]}: same slice position "
-                             f"{positions[i].round(3).tolist()} (duplicate slice)")
+            raise ValueError(
+                f"{names[i]} and {names[i + 1]}: same slice position {positions[i].round(3).tolist()} (duplicate slice)"
+            )
     slice_spacing = float(np.median(steps))
     for i, step in enumerate(steps):
         if abs(step - slice_spacing) > _SPACING_REL_TOL * slice_spacing:
-            raise ValueError(f"{names[i]} -> {names[i + 1]}: slice step {step:.3f} mm where the series "
-                             f"steps {slice_spacing:.3f} mm (missing slice or irregular series)")
+            raise ValueError(
+                f"{names[i]} -> {names[i + 1]}: slice step {step:.3f} mm where the series "
+                f"steps {slice_spacing:.3f} mm (missing slice or irregular series)"
+            )
     in_plane = positions[1:] - positions[:-1] - np.outer(steps, normal)
     if np.abs(in_plane).max() > 1e-2 * max(slice_spacing, 1.0):
-        raise ValueError(f"{names[0]} ... {names[-1]}: slices are not stacked along their normal "
-                         "(a sheared or mixed series)")
+        raise ValueError(
+            f"{names[0]} ... {names[-1]}: slices are not stacked along their normal (a sheared or mixed series)"
+        )
     return slice_spacing

@@ -33,8 +33,18 @@ from .cases import case_id, is_safe_case_id
 __all__ = ["ENTRY_KEYS", "TOP_LEVEL_KEYS", "ManifestError", "load_manifest", "validate_manifest"]
 
 ENTRY_KEYS = {"id", "image", "lesion", "label", "class_idx"}
-TOP_LEVEL_KEYS = {"name", "description", "classes", "training", "validation", "testing", "reference", "licence",
-                  "license", "generator"}
+TOP_LEVEL_KEYS = {
+    "name",
+    "description",
+    "classes",
+    "training",
+    "validation",
+    "testing",
+    "reference",
+    "licence",
+    "license",
+    "generator",
+}
 
 
 class ManifestError(ValueError):
@@ -66,8 +76,11 @@ def validate_manifest(path: str | os.PathLike, data_list_key: str = "testing") -
         return [f"not valid JSON ({err})"]
     if not isinstance(data, dict):
         return ["the top level must be a JSON object"]
-    problems = [f"unknown top-level key {k!r} (known: {', '.join(sorted(TOP_LEVEL_KEYS))})"
-                for k in data if k not in TOP_LEVEL_KEYS]
+    problems = [
+        f"unknown top-level key {k!r} (known: {', '.join(sorted(TOP_LEVEL_KEYS))})"
+        for k in data
+        if k not in TOP_LEVEL_KEYS
+    ]
     classes = data.get("classes")
     if classes is not None and not (isinstance(classes, list) and all(isinstance(c, str) for c in classes)):
         problems.append("'classes' must be a list of names")
@@ -82,8 +95,9 @@ def validate_manifest(path: str | os.PathLike, data_list_key: str = "testing") -
         if not isinstance(entry, dict):
             problems.append(f"{name}: must be an object")
             continue
-        problems += [f"{name}: unknown key {k!r} (known: {', '.join(sorted(ENTRY_KEYS))})"
-                     for k in entry if k not in ENTRY_KEYS]
+        problems += [
+            f"{name}: unknown key {k!r} (known: {', '.join(sorted(ENTRY_KEYS))})" for k in entry if k not in ENTRY_KEYS
+        ]
         if "image" not in entry:
             problems.append(f"{name}: 'image' is required")
         for key in ("image", "lesion"):
@@ -102,8 +116,10 @@ def validate_manifest(path: str | os.PathLike, data_list_key: str = "testing") -
             problems.append(f"{name}: 'id' must be a string")
         elif "id" in entry:
             if not is_safe_case_id(entry["id"]):
-                problems.append(f"{name}: id {entry['id']!r} is not a plain name (letters, digits, '.', '_', '-', spaces; "
-                                "no path separators, no leading dot): outputs are named after it")
+                problems.append(
+                    f"{name}: id {entry['id']!r} is not a plain name (letters, digits, '.', '_', '-', spaces; "
+                    "no path separators, no leading dot): outputs are named after it"
+                )
             if entry["id"] in ids:
                 problems.append(f"{name}: id {entry['id']!r} repeats entry {ids[entry['id']]}")
             ids.setdefault(entry["id"], i)

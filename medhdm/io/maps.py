@@ -47,8 +47,9 @@ def load_map(path: str | os.PathLike, source: DicomSource) -> np.ndarray:
             data = np.load(path, allow_pickle=False)
         except Exception as err:  # noqa: BLE001 (any decoding failure is reported the same way)
             raise ValueError(f"{path}: unreadable .npy file ({err})") from None
-        if not (np.issubdtype(data.dtype, np.floating) or np.issubdtype(data.dtype, np.integer)
-                or data.dtype == np.bool_):
+        if not (
+            np.issubdtype(data.dtype, np.floating) or np.issubdtype(data.dtype, np.integer) or data.dtype == np.bool_
+        ):
             raise ValueError(f"{path}: a map of dtype {data.dtype}; expected real numbers (float, int or bool)")
         return data
     if name.endswith((".nii", ".nii.gz")):
@@ -67,12 +68,16 @@ def load_map(path: str | os.PathLike, source: DicomSource) -> np.ndarray:
             data = data[..., None]
         expected = source.pixels.shape[::-1]
         if data.shape != expected:
-            raise ValueError(f"{path}: NIfTI shape {data.shape} is not the source grid (columns, rows, slices) "
-                             f"{expected}; resample the map onto the source first")
+            raise ValueError(
+                f"{path}: NIfTI shape {data.shape} is not the source grid (columns, rows, slices) "
+                f"{expected}; resample the map onto the source first"
+            )
         if np.abs(image.affine - source.affine_ras).max() > _AFFINE_TOL_MM:
-            raise ValueError(f"{path}: NIfTI affine differs from the source's by up to "
-                             f"{np.abs(image.affine - source.affine_ras).max():.3g} mm; resample the map onto the "
-                             "source grid first")
+            raise ValueError(
+                f"{path}: NIfTI affine differs from the source's by up to "
+                f"{np.abs(image.affine - source.affine_ras).max():.3g} mm; resample the map onto the "
+                "source grid first"
+            )
         return monai_to_dicom(data)
     raise ValueError(f"{path}: unknown map format; expected .npy, .nii or .nii.gz")
 
@@ -84,16 +89,16 @@ def find_case_map(directory: str | os.PathLike, case_id: str) -> Path:
         raise FileNotFoundError(f"{directory}: no such map folder")
     found = [directory / n.format(id=case_id) for n in CASE_MAP_NAMES if (directory / n.format(id=case_id)).is_file()]
     if not found:
-        raise ValueError(f"case {case_id}: no map in {directory} (expected one of "
-                         f"{', '.join(n.format(id=case_id) for n in CASE_MAP_NAMES)})")
+        raise ValueError(
+            f"case {case_id}: no map in {directory} (expected one of "
+            f"{', '.join(n.format(id=case_id) for n in CASE_MAP_NAMES)})"
+        )
     if len(found) > 1:
         raise ValueError(f"case {case_id}: several maps in {directory} ({', '.join(p.name for p in found)}); keep one")
     return found[0]
 
 
-def load_case_map(
-    directory: str | os.PathLike, case_id: str, shape: tuple[int, ...], affine: np.ndarray
-) -> np.ndarray:
+def load_case_map(directory: str | os.PathLike, case_id: str, shape: tuple[int, ...], affine: np.ndarray) -> np.ndarray:
     """The map of ``case_id`` in ``directory`` on the case's image grid, MONAI/NIfTI order, float64 in [0, 1].
 
     Args:
@@ -128,17 +133,21 @@ def load_case_map(
         cols = [*range(size), 3] if size == 2 else list(range(4))
         difference = np.abs(image.affine[rows][:, cols] - expected[rows][:, cols]).max()
         if difference > _AFFINE_TOL_MM:
-            raise ValueError(f"{where}: the map's affine differs from the image's by up to {difference:.3g} mm; "
-                             "the map must lie on the image's grid (resample it first)")
+            raise ValueError(
+                f"{where}: the map's affine differs from the image's by up to {difference:.3g} mm; "
+                "the map must lie on the image's grid (resample it first)"
+            )
     while data.ndim > len(shape) and data.shape[-1] == 1:
         data = data[..., 0]
     if data.shape != shape:
-        raise ValueError(f"{where}: map shape {data.shape} is not the image grid {shape} "
-                         "(MONAI/NIfTI order: column, row[, slice])")
+        raise ValueError(
+            f"{where}: map shape {data.shape} is not the image grid {shape} (MONAI/NIfTI order: column, row[, slice])"
+        )
     if not np.isfinite(data).all():
         raise ValueError(f"{where}: the map holds {int((~np.isfinite(data)).sum())} NaN or infinite values")
     low, high = float(data.min()), float(data.max())
     if low < -_RANGE_TOL or high > 1 + _RANGE_TOL:
-        raise ValueError(f"{where}: map values in [{low:.4g}, {high:.4g}], expected [0, 1] "
-                         "(normalise first, e.g. |a| / max |a|)")
+        raise ValueError(
+            f"{where}: map values in [{low:.4g}, {high:.4g}], expected [0, 1] (normalise first, e.g. |a| / max |a|)"
+        )
     return np.clip(data, 0.0, 1.0)

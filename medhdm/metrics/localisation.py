@@ -27,8 +27,16 @@ __all__ = [
     "score_batch",
 ]
 
-LOCALISATION_KEYS = ("pointing_game", "energy_in_lesion", "rank_accuracy", "auroc", "auprc", "dice_top", "iou_top",
-                     "lesion_hit_rate")
+LOCALISATION_KEYS = (
+    "pointing_game",
+    "energy_in_lesion",
+    "rank_accuracy",
+    "auroc",
+    "auprc",
+    "dice_top",
+    "iou_top",
+    "lesion_hit_rate",
+)
 
 
 def _as_arrays(saliency, lesion_mask) -> tuple[np.ndarray, np.ndarray]:
@@ -39,7 +47,9 @@ def _as_arrays(saliency, lesion_mask) -> tuple[np.ndarray, np.ndarray]:
     if m.ndim in (3, 4) and m.shape[0] == 1 and m.ndim == s.ndim + 1:
         m = m[0]
     if s.ndim not in (2, 3):
-        raise ValueError(f"saliency: expected a 2D or 3D map (optionally with a leading channel of 1), got shape {s.shape}")
+        raise ValueError(
+            f"saliency: expected a 2D or 3D map (optionally with a leading channel of 1), got shape {s.shape}"
+        )
     if s.shape != m.shape:
         raise ValueError(f"lesion_mask: expected the saliency map's shape {s.shape}, got {m.shape}")
     if not np.isfinite(s).all():
@@ -217,9 +227,13 @@ def score(saliency, lesion_mask, spacing: Sequence[float] | None = None, toleran
     }
 
 
-def score_batch(saliency, lesion_masks, spacing: Sequence[float] | None = None,
-                tolerance_mm: float = 0.0) -> list[dict[str, float]]:
-    """:func:`score` for each image of a batch: maps ``(B, 1, *S)`` or ``(B, *S)``, masks ``(B, 1, *S)`` or ``(B, *S)``."""
+def score_batch(
+    saliency, lesion_masks, spacing: Sequence[float] | None = None, tolerance_mm: float = 0.0
+) -> list[dict[str, float]]:
+    """:func:`score` for each image of a batch.
+
+    Maps ``(B, 1, *S)`` or ``(B, *S)``, masks ``(B, 1, *S)`` or ``(B, *S)``.
+    """
     s = saliency.detach().cpu().numpy() if hasattr(saliency, "detach") else np.asarray(saliency)
     m = lesion_masks.detach().cpu().numpy() if hasattr(lesion_masks, "detach") else np.asarray(lesion_masks)
     if len(s) != len(m):

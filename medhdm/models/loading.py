@@ -41,8 +41,10 @@ def _import_class(path: str) -> type[nn.Module]:
         raise ValueError(f"model: cannot import {path!r} ({err})") from None
     if not (isinstance(obj, type) and issubclass(obj, nn.Module)):
         kind = type(obj).__name__
-        raise ValueError(f"model: {path!r} is a {kind}, not a torch.nn.Module subclass; only network classes "  # noqa: TRY004
-                         "may be built from a class path")
+        raise ValueError(  # noqa: TRY004 (a bad value of --model, not a wrong Python type)
+            f"model: {path!r} is a {kind}, not a torch.nn.Module subclass; only network classes "
+            "may be built from a class path"
+        )
     return obj
 
 
@@ -100,8 +102,10 @@ def load_model(
         try:
             model = torch.jit.load(str(path), map_location=device)
         except RuntimeError as err:
-            raise ValueError(f"model: {path} is not a TorchScript file ({str(err).splitlines()[0]}); "
-                             "for a state dict give the network class path and --weights") from None
+            raise ValueError(
+                f"model: {path} is not a TorchScript file ({str(err).splitlines()[0]}); "
+                "for a state dict give the network class path and --weights"
+            ) from None
     elif ("." in spec or ":" in spec) and "/" not in spec:
         cls = _import_class(spec)  # a torch.nn.Module subclass, checked before it is called
         if weights is None:

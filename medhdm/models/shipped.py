@@ -29,8 +29,7 @@ from ..data.lesions import make_dataset
 from ..io.atomic import atomic_write
 from .training import accuracy_and_auc, lesion_classifier, train_classifier
 
-__all__ = ["DEFAULT_2D", "DEFAULT_3D", "RECIPES", "WEIGHTS_DIR", "load_default_classifier",
-           "train_default_classifier"]
+__all__ = ["DEFAULT_2D", "DEFAULT_3D", "RECIPES", "WEIGHTS_DIR", "load_default_classifier", "train_default_classifier"]
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 DEFAULT_2D = "lesion_densenet2d"

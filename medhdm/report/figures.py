@@ -39,8 +39,11 @@ def _display_slice(image: np.ndarray, lesion: np.ndarray, maps: dict) -> tuple[n
     else:
         first = next(iter(maps.values()))
         k = int(np.unravel_index(first.argmax(), first.shape)[2])
-    return (monai_to_dicom(image[..., k]), monai_to_dicom(lesion[..., k]),
-            {name: monai_to_dicom(v[..., k]) for name, v in maps.items()})
+    return (
+        monai_to_dicom(image[..., k]),
+        monai_to_dicom(lesion[..., k]),
+        {name: monai_to_dicom(v[..., k]) for name, v in maps.items()},
+    )
 
 
 def overlay_grid_png(figures: dict, methods: Sequence[str]) -> bytes:
@@ -50,8 +53,9 @@ def overlay_grid_png(figures: dict, methods: Sequence[str]) -> bytes:
     import matplotlib.pyplot as plt
 
     cases = figures["cases"]
-    fig, axes = plt.subplots(len(cases), len(methods) + 1, figsize=(2.2 * (len(methods) + 1), 2.2 * len(cases)),
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        len(cases), len(methods) + 1, figsize=(2.2 * (len(methods) + 1), 2.2 * len(cases)), squeeze=False
+    )
     for r, case in enumerate(cases):
         image, lesion, maps = _display_slice(case["image"], case["lesion_array"], case["maps"])
         lo, hi = np.percentile(image, [1, 99.5])
@@ -122,7 +126,8 @@ def _encode(rgb: np.ndarray) -> bytes:
 
     buffer = io.BytesIO()
     Image.fromarray(rgb).quantize(colors=128, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE).save(
-        buffer, format="PNG", optimize=True)
+        buffer, format="PNG", optimize=True
+    )
     return buffer.getvalue()
 
 

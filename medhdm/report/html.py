@@ -51,9 +51,7 @@ def _fmt(v) -> str:
     return html.escape(str(v))
 
 
-def write_report(
-    rows: Sequence[dict], figures: dict, out_dir: str | os.PathLike, title: str = "medhdm report"
-) -> Path:
+def write_report(rows: Sequence[dict], figures: dict, out_dir: str | os.PathLike, title: str = "medhdm report") -> Path:
     """Write the CSVs, JSON, figures and ``report.html`` into ``out_dir``; return the HTML's path."""
     if not rows:
         raise ValueError("rows: nothing to report")
@@ -65,8 +63,10 @@ def write_report(
     comparisons = compare_with_first(rows, metrics)
     atomic_write(out / "per_case.csv", _csv_bytes(rows))
     atomic_write(out / "summary.csv", _csv_bytes(summary))
-    atomic_write(out / "summary.json", (json.dumps({"summary": summary, "paired_vs_first": comparisons},
-                                                   indent=2) + "\n").encode())
+    atomic_write(
+        out / "summary.json",
+        (json.dumps({"summary": summary, "paired_vs_first": comparisons}, indent=2) + "\n").encode(),
+    )
     images = {"overlays.png": overlay_grid_png(figures, methods), "boxplots.png": boxplots_png(rows, methods, metrics)}
     curves = curves_png(figures)
     if curves is not None:
@@ -88,12 +88,16 @@ def write_report(
             cells.append(f"<td>{_fmt(s['mean'])}<br><small>[{_fmt(s['ci_low'])}, {_fmt(s['ci_high'])}]</small></td>")
         table.append(f"<tr><th>{html.escape(method)}</th>{''.join(cells)}</tr>")
     table.append("</table>")
-    pairs = ["<table><tr><th>method - " + html.escape(methods[0]) + "</th><th>metric</th><th>pairs</th>"
-             "<th>mean difference [95% CI]</th><th>Wilcoxon p</th></tr>"]
+    pairs = [
+        "<table><tr><th>method - " + html.escape(methods[0]) + "</th><th>metric</th><th>pairs</th>"
+        "<th>mean difference [95% CI]</th><th>Wilcoxon p</th></tr>"
+    ]
     for c in comparisons:
-        pairs.append(f"<tr><td>{html.escape(c['a'])}</td><td>{c['metric']}</td><td>{c['pairs']}</td>"
-                     f"<td>{_fmt(c['mean_difference'])} [{_fmt(c['ci_low'])}, {_fmt(c['ci_high'])}]</td>"
-                     f"<td>{_fmt(c['wilcoxon_p'])}</td></tr>")
+        pairs.append(
+            f"<tr><td>{html.escape(c['a'])}</td><td>{c['metric']}</td><td>{c['pairs']}</td>"
+            f"<td>{_fmt(c['mean_difference'])} [{_fmt(c['ci_low'])}, {_fmt(c['ci_high'])}]</td>"
+            f"<td>{_fmt(c['wilcoxon_p'])}</td></tr>"
+        )
     pairs.append("</table>")
     n_cases = len({r["case"] for r in rows})
     case_table, case_sections = _cases(rows, figures, methods, metrics)
@@ -210,10 +214,14 @@ def _cases(rows: Sequence[dict], figures: dict, methods: Sequence[str], metrics:
     table = [f"<table><tr><th>case</th><th>lesions</th><th>label</th>{head}</tr>"]
     for case, scored in by_case.items():
         first = next(iter(scored.values()))
-        cells = "".join(f"<td>{_fmt(scored[m]['pointing_game'])} / {_fmt(scored[m]['auroc'])}</td>"
-                        if m in scored else "<td></td>" for m in methods)
-        table.append(f'<tr><th><a href="#{_anchor(case)}">{html.escape(str(case))}</a></th>'
-                     f"<td>{first.get('n_lesions', '')}</td><td>{_fmt(first.get('label', ''))}</td>{cells}</tr>")
+        cells = "".join(
+            f"<td>{_fmt(scored[m]['pointing_game'])} / {_fmt(scored[m]['auroc'])}</td>" if m in scored else "<td></td>"
+            for m in methods
+        )
+        table.append(
+            f'<tr><th><a href="#{_anchor(case)}">{html.escape(str(case))}</a></th>'
+            f"<td>{first.get('n_lesions', '')}</td><td>{_fmt(first.get('label', ''))}</td>{cells}</tr>"
+        )
     table.append("</table>")
     sections = []
     for case_fig in figures.get("cases", []):
@@ -223,28 +231,45 @@ def _cases(rows: Sequence[dict], figures: dict, methods: Sequence[str], metrics:
         n_slices = len(frames["image"])
         start = default_slice(case_fig["lesion_array"], case_fig["maps"])
         first = shown[0] if shown else "image"
-        options = "".join(f'<option value="{html.escape(m)}"{" selected" if m == first else ""}>{html.escape(m)}'
-                          "</option>" for m in [*shown, "image"])
-        slider = (f'<label>slice <input type="range" class="slice" min="0" max="{n_slices - 1}" value="{start}"> '
-                  f"<output>{start + 1} / {n_slices}</output></label>" if n_slices > 1 else "")
+        options = "".join(
+            f'<option value="{html.escape(m)}"{" selected" if m == first else ""}>{html.escape(m)}</option>'
+            for m in [*shown, "image"]
+        )
+        slider = (
+            f'<label>slice <input type="range" class="slice" min="0" max="{n_slices - 1}" value="{start}"> '
+            f"<output>{start + 1} / {n_slices}</output></label>"
+            if n_slices > 1
+            else ""
+        )
         data = json.dumps({name: [_data_uri(f) for f in pngs] for name, pngs in frames.items()}).replace("</", "<\\/")
         scored = by_case.get(case, {})
         keys = ["class_idx", "score", *metrics] + (["slices"] if any("slices" in r for r in scored.values()) else [])
-        score_rows = "".join(f"<tr><th>{html.escape(m)}</th>" + "".join(f"<td>{_fmt(scored[m].get(k, ''))}</td>"
-                             for k in keys) + "</tr>" for m in shown if m in scored)
-        scores = (f'<div class="wide"><table><tr><th>method</th>{"".join(f"<th>{k}</th>" for k in keys)}</tr>'
-                  f"{score_rows}</table></div>" if score_rows else "")
+        score_rows = "".join(
+            f"<tr><th>{html.escape(m)}</th>" + "".join(f"<td>{_fmt(scored[m].get(k, ''))}</td>" for k in keys) + "</tr>"
+            for m in shown
+            if m in scored
+        )
+        scores = (
+            f'<div class="wide"><table><tr><th>method</th>{"".join(f"<th>{k}</th>" for k in keys)}</tr>'
+            f"{score_rows}</table></div>"
+            if score_rows
+            else ""
+        )
         lesion = case_fig["lesion_array"]
         where = ""
         if lesion.ndim == 3:
             holding = np.flatnonzero((lesion > 0).any(axis=(0, 1)))
-            where = (f"<p>lesion on slices {_ranges(holding + 1)} of {n_slices}</p>" if holding.size
-                     else "<p>no lesion annotated</p>")
+            where = (
+                f"<p>lesion on slices {_ranges(holding + 1)} of {n_slices}</p>"
+                if holding.size
+                else "<p>no lesion annotated</p>"
+            )
         sections.append(
             f'<section class="case" id="{_anchor(case)}"><h3>{html.escape(str(case))}</h3>'
             f'<div class="viewer"><img class="frame" src="{_data_uri(frames[first][start])}" '
             f'alt="{html.escape(first)}">'
             f'<div class="controls"><label>method <select class="method">{options}</select></label>{slider}'
-            f"{where}<p><a href=\"#summary\">back to the summary</a></p></div>"
-            f'<script type="application/json" class="frames">{data}</script></div>{scores}</section>')
+            f'{where}<p><a href="#summary">back to the summary</a></p></div>'
+            f'<script type="application/json" class="frames">{data}</script></div>{scores}</section>'
+        )
     return "".join(table), "\n".join(sections)

@@ -64,8 +64,12 @@ def find_target_layer(model: nn.Module, x: torch.Tensor) -> str:
 
         return hook
 
-    pooling = (nn.modules.pooling._AdaptiveAvgPoolNd, nn.modules.pooling._AdaptiveMaxPoolNd,
-               nn.modules.pooling._AvgPoolNd, nn.modules.pooling._MaxPoolNd)
+    pooling = (
+        nn.modules.pooling._AdaptiveAvgPoolNd,
+        nn.modules.pooling._AdaptiveMaxPoolNd,
+        nn.modules.pooling._AvgPoolNd,
+        nn.modules.pooling._MaxPoolNd,
+    )
     for name, module in model.named_modules():
         if name:
             handles.append(module.register_forward_hook(record(name, isinstance(module, pooling))))
@@ -127,7 +131,8 @@ class GradCAM(Explainer):
         if isinstance(model, torch.jit.ScriptModule):
             raise ValueError(  # noqa: TRY004 (a module of the right type that cannot be hooked: a bad value)
                 f"model: {self.name} needs forward hooks, which TorchScript modules do not support; "
-                "use a mask or gradient method, or load the network class with its state dict")
+                "use a mask or gradient method, or load the network class with its state dict"
+            )
         names = {n for n, _ in model.named_modules()}
         if target_layer is not None and target_layer not in names:
             raise ValueError(f"target_layer: {target_layer!r} is not a module of {type(model).__name__}")

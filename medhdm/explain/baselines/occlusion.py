@@ -66,7 +66,9 @@ class Occlusion(Explainer):
         if size is None:
             size = max(3, int(round(max(x.shape[2:]) / 10)) | 1)
         net = scorer.as_logits_module()
-        occ = OcclusionSensitivity(net, mask_size=size, n_batch=self.n_batch, verbose=False, mode=self.mode, overlap=self.overlap)
+        occ = OcclusionSensitivity(
+            net, mask_size=size, n_batch=self.n_batch, verbose=False, mode=self.mode, overlap=self.overlap
+        )
         p = scorer.prob(logits, class_idx)
         maps = []
         with torch.no_grad(), warnings.catch_warnings():

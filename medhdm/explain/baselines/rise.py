@@ -53,7 +53,12 @@ class RISE(Explainer):
             raise ValueError("n_masks, cells and batch_size: expected positive ints")
         if not 0 < p_keep < 1:
             raise ValueError(f"p_keep: expected a probability in (0, 1), got {p_keep!r}")
-        self.n_masks, self.cells, self.p_keep, self.batch_size = int(n_masks), int(cells), float(p_keep), int(batch_size)
+        self.n_masks, self.cells, self.p_keep, self.batch_size = (
+            int(n_masks),
+            int(cells),
+            float(p_keep),
+            int(batch_size),
+        )
 
     def _random_masks(self, n: int, spatial: tuple[int, ...], device: torch.device) -> torch.Tensor:
         """``n`` smooth random masks ``(n, 1, *S)``."""
@@ -65,10 +70,16 @@ class RISE(Explainer):
         shifts = [torch.randint(0, c, (n,), device=device) for c in cell]
         idx = [sh[:, None] + torch.arange(s, device=device)[None] for sh, s in zip(shifts, spatial)]
         if len(spatial) == 2:
-            masks = big[torch.arange(n, device=device)[:, None, None], :, idx[0][:, :, None], idx[1][:, None, :]].permute(0, 3, 1, 2)
+            masks = big[
+                torch.arange(n, device=device)[:, None, None], :, idx[0][:, :, None], idx[1][:, None, :]
+            ].permute(0, 3, 1, 2)
         else:
             masks = big[
-                torch.arange(n, device=device)[:, None, None, None], :, idx[0][:, :, None, None], idx[1][:, None, :, None], idx[2][:, None, None, :]
+                torch.arange(n, device=device)[:, None, None, None],
+                :,
+                idx[0][:, :, None, None],
+                idx[1][:, None, :, None],
+                idx[2][:, None, None, :],
             ].permute(0, 4, 1, 2, 3)
         return masks.clamp_(0, 1)  # bilinear weights can overshoot 1 by a rounding error
 
