@@ -57,6 +57,7 @@ the cases measured); the product keeps HDM's regions' peaks.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -68,7 +69,23 @@ from .scoring import ClassScorer
 
 __all__ = ["HDM", "fusion_weights"]
 
+
+@dataclass
+class _Run:
+    """What the stages of one HDM call have found so far (batch of ``B`` images)."""
+
+    removed: torch.Tensor  # R_{l-1}, (B, 1, *S)
+    o_in: torch.Tensor  # o(x_l), (B,)
+    active: torch.Tensor  # images still explained, (B,) bool
+    stages: list[StageRecord] = field(default_factory=list)
+    contributions: list[torch.Tensor] = field(default_factory=list)  # M_l (1 - R_{l-1}) per stage
+    sufficiency: list[torch.Tensor] = field(default_factory=list)  # (B,): o(new region alone) - o(r), >= 0
+    drops: list[torch.Tensor] = field(default_factory=list)  # (B,): o(x_l) - o(x_{l+1}), >= 0
+    masks: dict[str, torch.Tensor] = field(default_factory=dict)
+    backward: int = 0
+
 _FUSIONS = ("either", "sufficiency", "drop", "equal", "learned")
+_REFINE_BY = ("gradient", "gradient_input")
 
 
 def fusion_weights(kind: str, sufficiency: torch.Tensor, drop: torch.Tensor, ran: torch.Tensor) -> torch.Tensor:
@@ -153,6 +170,7 @@ class HDM(Explainer):
         fusion: str = "either",
         fusion_steps: int = 30,
         refine: float | None = 0.2,
+        refine_by: str = "gradient_input",
         smooth: float | None = 1 / 32,
         reference: ReferenceSpec = "blur",
         seed: int = 0,
@@ -169,6 +187,8 @@ class HDM(Explainer):
             raise ValueError(f"fusion: expected one of {_FUSIONS}, got {fusion!r}")
         if refine is not None and (isinstance(refine, bool) or not isinstance(refine, (int, float)) or not refine >= 0):
             raise ValueError(f"refine: expected None or a floor >= 0, got {refine!r}")
+        if refine_by not in _REFINE_BY:
+            raise ValueError(f"refine_by: expected one of {_REFINE_BY}, got {refine_by!r}")
         if smooth is not None and not 0 <= smooth < 1:
             raise ValueError(f"smooth: expected None or a fraction of the image size in [0, 1), got {smooth!r}")
         self.benchmark_grids = tuple(benchmark_grids)
@@ -192,6 +212,7 @@ class HDM(Explainer):
         self.fusion = fusion
         self.fusion_steps = int(fusion_steps)
         self.refine = None if refine is None else float(refine)
+        self.refine_by = refine_by
         self.smooth = smooth
 
     # -- one DM module ---------------------------------------------------------------
@@ -222,116 +243,122 @@ class HDM(Explainer):
 
     # -- the hierarchy -----------------------------------------------------------------
     def _explain(self, x, class_idx, scorer: ClassScorer, logits, reference) -> Explanation:
-        b = x.shape[0]
-        dev = x.device
+        """HDM's three steps: the stages (:meth:`_run_stages`), the fusion (:meth:`_fuse`)
+        and the pixel refinement (:meth:`_refine`)."""
         with torch.no_grad():
             o_x = scorer.log_odds(logits, class_idx)
             ref_logits = scorer.logits(reference)
             o_r = scorer.log_odds(ref_logits, class_idx)
-        floor = o_r + self.tau * (o_x - o_r)
-
-        removed = torch.zeros_like(x[:, :1])  # R_{l-1}, (B, 1, *S)
-        o_in = o_x.clone()  # o(x_l)
-        active = torch.ones(b, dtype=torch.bool, device=dev)
-        stages: list[StageRecord] = []
-        contributions: list[torch.Tensor] = []
-        sufficiency: list[torch.Tensor] = []  # (B,) per stage: o(new region alone) - o(r), clamped at 0
-        drops: list[torch.Tensor] = []  # (B,) per stage: o(x_l) - o(x_{l+1}), clamped at 0
-        masks: dict[str, torch.Tensor] = {}
-        backward = 0
-        sigma = self.smooth * max(x.shape[2:]) if self.smooth else 0.0
-
-        for level in range(1, self.max_stages + 1):
-            idx = active.nonzero().flatten()
-            if idx.numel() == 0:
-                break
-            x_in = composite(x[idx], 1 - removed[idx], reference[idx])
-            sensitivity = None
-            if self.refine is not None:
-                sensitivity = scorer.sensitivity(x_in, reference[idx], class_idx[idx], measure="log_odds").abs()
-                sensitivity = normalise(gaussian_blur(sensitivity, sigma) if sigma else sensitivity)
-                backward += 1
-            stage_map, stage_masks, steps = self.dynamic_mask(scorer, x_in, reference[idx], class_idx[idx])
-            backward += steps
-            contribution = stage_map * (1 - removed[idx])
-            region = stage_map if self.threshold is None else (stage_map >= self.threshold).to(stage_map.dtype)
-            removed_next = removed.clone()
-            removed_next[idx] = torch.maximum(removed[idx], region)
-            with torch.no_grad():
-                probe = torch.cat(
-                    [
-                        composite(x[idx], 1 - removed_next[idx], reference[idx]),  # x_{l+1}
-                        composite(x[idx], contribution, reference[idx]),  # the new region alone
-                    ]
-                )
-                probe_logits = scorer.logits(probe)
-                targets = class_idx[idx].repeat(2)
-                o_probe = scorer.log_odds(probe_logits, targets)
-                p_probe = scorer.prob(probe_logits, targets)
-            n = idx.numel()
-            o_after, o_alone = o_probe[:n], o_probe[n:]
-
-            def full(values: torch.Tensor, fill: float = 0.0) -> torch.Tensor:
-                out = torch.full((b, *values.shape[1:]), fill, device=dev, dtype=values.dtype)
-                out[idx] = values
-                return out
-
-            sufficiency.append(full((o_alone - o_r[idx]).clamp_min(0)))
-            drops.append(full((o_in[idx] - o_after).clamp_min(0)))
-            stages.append(
-                StageRecord(
-                    map=full(stage_map),
-                    removed=removed_next.clone(),
-                    score_before=full(o_in[idx].sigmoid(), float("nan")),
-                    score_after=full(p_probe[:n], float("nan")),
-                    log_odds_before=full(o_in[idx], float("nan")),
-                    log_odds_after=full(o_after, float("nan")),
-                    alpha=torch.zeros(b, device=dev),  # set once every stage has run
-                    active=active.clone(),
-                    sensitivity=None if sensitivity is None else full(sensitivity),
-                )
-            )
-            contributions.append(full(contribution))
-            for key, mask in stage_masks.items():
-                masks[f"stage{level}/{key}"] = full(mask)
-            removed = removed_next
-            o_in = o_in.clone()
-            o_in[idx] = o_after
-            still = o_after > floor[idx]
-            active = active.clone()
-            active[idx] = still
-
-        ran = torch.stack([s.active for s in stages], dim=1).float()  # (B, L)
-        kind = "either" if self.fusion == "learned" else self.fusion
-        alpha = fusion_weights(kind, torch.stack(sufficiency, dim=1), torch.stack(drops, dim=1), ran)
-        stacked = torch.stack(contributions, dim=1)[:, :, 0]  # (B, L, *S)
-        if self.fusion == "learned" and len(stages) > 1:
-            alpha, steps = self._learned_fusion(scorer, x, reference, class_idx, stacked, alpha, ran)
-            backward += steps
-        for level, stage in enumerate(stages):
-            stage.alpha = alpha[:, level]
-        weights = alpha.view(b, -1, *([1] * (x.ndim - 2)))
-        fused = (weights * stacked).sum(dim=1, keepdim=True)
-        if sigma:
-            fused = gaussian_blur(fused, sigma)
-        saliency = normalise(fused)
-        if self.refine is not None:
-            masks["fused"] = saliency
-            detail = torch.stack([stage.sensitivity for stage in stages], dim=0).amax(dim=0)
-            refined = normalise((saliency + self.refine) * detail)
-            # an image whose sensitivity is flat everywhere (zero gradient) keeps the masks' map
-            flat = detail.flatten(1).amax(1) == 0
-            saliency = torch.where(flat.view(b, *([1] * (x.ndim - 1))), saliency, refined)
+        run = self._run_stages(scorer, x, reference, class_idx, o_x, o_r)
+        saliency = self._fuse(scorer, x, reference, class_idx, run)
+        saliency = self._refine(saliency, run)
         return Explanation(
             saliency=saliency,
             class_idx=class_idx,
             score=scorer.prob(logits, class_idx),
             reference_score=scorer.prob(ref_logits, class_idx),
             method=self.name,
-            stages=stages,
-            masks=masks,
-            backward_passes=backward,
+            stages=run.stages,
+            masks=run.masks,
+            backward_passes=run.backward,
         )
+
+    def _run_stages(self, scorer, x, reference, class_idx, o_x, o_r) -> _Run:
+        """Stage 1 on ``x``, then each further stage on ``x`` with the regions found so far removed,
+        until ``max_stages`` or until no image has evidence left above the early-stop floor."""
+        run = _Run(removed=torch.zeros_like(x[:, :1]), o_in=o_x.clone(),
+                   active=torch.ones(x.shape[0], dtype=torch.bool, device=x.device))
+        floor = o_r + self.tau * (o_x - o_r)
+        for level in range(1, self.max_stages + 1):
+            idx = run.active.nonzero().flatten()
+            if idx.numel() == 0:
+                break
+            o_after = self._stage(scorer, x, reference, class_idx, o_r, idx, level, run)
+            run.active = run.active.clone()
+            run.active[idx] = o_after > floor[idx]
+        return run
+
+    def _stage(self, scorer, x, reference, class_idx, o_r, idx, level: int, run: _Run) -> torch.Tensor:
+        """Stage ``level`` on the images ``idx`` still active: one DM module on ``x_l``, its region
+        removed, its evidence measured; updates ``run`` and returns ``o(x_{l+1})`` of those images."""
+        x_in = composite(x[idx], 1 - run.removed[idx], reference[idx])
+        sensitivity = self._sensitivity(scorer, x_in, reference[idx], class_idx[idx], run)
+        stage_map, stage_masks, steps = self.dynamic_mask(scorer, x_in, reference[idx], class_idx[idx])
+        run.backward += steps
+        contribution = stage_map * (1 - run.removed[idx])
+        region = stage_map if self.threshold is None else (stage_map >= self.threshold).to(stage_map.dtype)
+        removed_next = run.removed.clone()
+        removed_next[idx] = torch.maximum(run.removed[idx], region)
+        with torch.no_grad():
+            probe = torch.cat([composite(x[idx], 1 - removed_next[idx], reference[idx]),  # x_{l+1}
+                               composite(x[idx], contribution, reference[idx])])  # the new region alone
+            probe_logits = scorer.logits(probe)
+            targets = class_idx[idx].repeat(2)
+            o_probe, p_probe = scorer.log_odds(probe_logits, targets), scorer.prob(probe_logits, targets)
+        n, b, dev = idx.numel(), x.shape[0], x.device
+        o_after, o_alone = o_probe[:n], o_probe[n:]
+
+        def full(values: torch.Tensor, fill: float = 0.0) -> torch.Tensor:
+            out = torch.full((b, *values.shape[1:]), fill, device=dev, dtype=values.dtype)
+            out[idx] = values
+            return out
+
+        run.sufficiency.append(full((o_alone - o_r[idx]).clamp_min(0)))
+        run.drops.append(full((run.o_in[idx] - o_after).clamp_min(0)))
+        run.stages.append(StageRecord(
+            map=full(stage_map), removed=removed_next.clone(), score_before=full(run.o_in[idx].sigmoid(), float("nan")),
+            score_after=full(p_probe[:n], float("nan")), log_odds_before=full(run.o_in[idx], float("nan")),
+            log_odds_after=full(o_after, float("nan")), alpha=torch.zeros(b, device=dev),  # set by the fusion
+            active=run.active.clone(), sensitivity=None if sensitivity is None else full(sensitivity)))
+        run.contributions.append(full(contribution))
+        run.masks.update({f"stage{level}/{key}": full(mask) for key, mask in stage_masks.items()})
+        run.removed = removed_next
+        run.o_in = run.o_in.clone()
+        run.o_in[idx] = o_after
+        return o_after
+
+    def _sensitivity(self, scorer, x_in, reference, class_idx, run: _Run) -> torch.Tensor | None:
+        """The stage input's pixel-level signal for the refinement (``refine_by``), smoothed and
+        normalised, ``(n, 1, *S)``; ``None`` without refinement."""
+        if self.refine is None:
+            return None
+        if self.refine_by == "gradient":
+            signal = scorer.gradient(x_in, class_idx, measure="log_odds")
+        else:
+            signal = scorer.sensitivity(x_in, reference, class_idx, measure="log_odds").abs()
+        run.backward += 1
+        sigma = self._sigma(x_in)
+        return normalise(gaussian_blur(signal, sigma) if sigma else signal)
+
+    def _sigma(self, x: torch.Tensor) -> float:
+        return self.smooth * max(x.shape[2:]) if self.smooth else 0.0
+
+    def _fuse(self, scorer, x, reference, class_idx, run: _Run) -> torch.Tensor:
+        """``norm(G_sigma * sum_l alpha_l M_l (1 - R_{l-1}))``; sets each stage's ``alpha``."""
+        b = x.shape[0]
+        ran = torch.stack([s.active for s in run.stages], dim=1).float()  # (B, L)
+        kind = "either" if self.fusion == "learned" else self.fusion
+        alpha = fusion_weights(kind, torch.stack(run.sufficiency, dim=1), torch.stack(run.drops, dim=1), ran)
+        stacked = torch.stack(run.contributions, dim=1)[:, :, 0]  # (B, L, *S)
+        if self.fusion == "learned" and len(run.stages) > 1:
+            alpha, steps = self._learned_fusion(scorer, x, reference, class_idx, stacked, alpha, ran)
+            run.backward += steps
+        for level, stage in enumerate(run.stages):
+            stage.alpha = alpha[:, level]
+        fused = (alpha.view(b, -1, *([1] * (x.ndim - 2))) * stacked).sum(dim=1, keepdim=True)
+        sigma = self._sigma(x)
+        return normalise(gaussian_blur(fused, sigma) if sigma else fused)
+
+    def _refine(self, saliency: torch.Tensor, run: _Run) -> torch.Tensor:
+        """``norm((S + e) * max_l signal_l)``; the fused masks alone without refinement, or where
+        the signal is flat everywhere (zero gradient)."""
+        if self.refine is None:
+            return saliency
+        run.masks["fused"] = saliency
+        detail = torch.stack([stage.sensitivity for stage in run.stages], dim=0).amax(dim=0)
+        refined = normalise((saliency + self.refine) * detail)
+        flat = detail.flatten(1).amax(1) == 0
+        return torch.where(flat.view(-1, *([1] * (saliency.ndim - 1))), saliency, refined)
 
     def _learned_fusion(
         self,
