@@ -228,7 +228,7 @@ def optimise_masks(
     Returns:
         a :class:`MaskFit` with masks ``(B, K, *S)``.
     """
-    b, spatial, k = x.shape[0], tuple(x.shape[2:]), len(grids)
+    b, spatial = x.shape[0], tuple(x.shape[2:])
     init = float(torch.logit(torch.tensor(objective.init)))
     thetas = [torch.full((b, 1, *g), init, device=x.device, dtype=torch.float32, requires_grad=True) for g in grids]
     optimiser = torch.optim.Adam(thetas, lr=objective.lr)

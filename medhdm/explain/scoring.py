@@ -131,15 +131,18 @@ class ClassScorer:
         grad, xs = self._input_gradient(x, class_idx, measure)
         return (grad * (xs - reference)).sum(1, keepdim=True)
 
-    def gradient(self, x: torch.Tensor, class_idx: torch.Tensor, measure: str = "log_prob") -> torch.Tensor:
-        """The gradient's magnitude, summed over channels: ``sum_channels |d f(x) / dx|``, ``(N, 1, *S)``.
+    def gradient(
+        self, x: torch.Tensor, class_idx: torch.Tensor, measure: str = "log_prob", signed: bool = False
+    ) -> torch.Tensor:
+        """The gradient's magnitude, summed over channels: ``sum_channels |d f(x) / dx|``, ``(N, 1, *S)``;
+        with ``signed=True`` the signed sum ``sum_channels d f(x) / dx``.
 
         Unlike :meth:`sensitivity` it has no ``(x - r)`` factor: no image edges against the
         reference, only the model's local response (what a model-randomisation check asks of
         a map). One forward/backward pass.
         """
         grad, _ = self._input_gradient(x, class_idx, measure)
-        return grad.abs().sum(1, keepdim=True)
+        return grad.sum(1, keepdim=True) if signed else grad.abs().sum(1, keepdim=True)
 
     def _input_gradient(self, x: torch.Tensor, class_idx: torch.Tensor, measure: str):
         if measure not in ("log_prob", "log_odds"):

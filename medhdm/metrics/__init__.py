@@ -25,8 +25,7 @@ from .localisation import (
 )
 
 __all__ = [
-    "LOCALISATION_KEYS", "auprc", "auroc", "average_drop", "deletion_auc", "deletion_curve", "dice_top", "half_evidence_fraction",
-    "energy_in_lesion", "increase_in_confidence", "insertion_auc", "iou_top", "lesion_hit_rate", "pointing_game",
-    "rank_accuracy", "sanity_check", "score",
-    "seed_agreement", "score_batch",
+    "LOCALISATION_KEYS", "auprc", "auroc", "average_drop", "deletion_auc", "deletion_curve", "dice_top",
+    "energy_in_lesion", "half_evidence_fraction", "increase_in_confidence", "insertion_auc", "iou_top",
+    "lesion_hit_rate", "pointing_game", "rank_accuracy", "sanity_check", "score", "score_batch", "seed_agreement",
 ]

@@ -47,8 +47,8 @@ from ..explain._checks import frozen_eval, resolve_class_idx
 from ..explain.reference import ReferenceSpec, make_reference
 from ..explain.scoring import ClassScorer
 
-__all__ = ["average_drop", "deletion_auc", "deletion_curve", "increase_in_confidence", "insertion_auc",
-           "half_evidence_fraction", "log_fractions", "sanity_check", "seed_agreement"]
+__all__ = ["average_drop", "deletion_auc", "deletion_curve", "half_evidence_fraction", "increase_in_confidence",
+           "insertion_auc", "log_fractions", "sanity_check", "seed_agreement"]
 
 
 def _maps(saliency, x: torch.Tensor) -> torch.Tensor:
