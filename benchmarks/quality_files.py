@@ -48,8 +48,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=5150)
     parser.add_argument("--methods", default=None,
                         help="comma-separated subset, e.g. HDM (default: all); the JSON is then named after them")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     args = parser.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")
     model = load_default_classifier(DEFAULT_2D if args.dims == 2 else DEFAULT_3D)
     spec = InputSpec(tuple(model.medhdm_card["recipe"]["spatial_size"]), intensity_range=LESIONBENCH_INTENSITY_RANGE)
