@@ -2,13 +2,21 @@
 
 **DM module.** Two phases of mask vectors (see :mod:`medhdm.explain.masks`):
 
-1. *benchmark masks* on small grids (default ``S/32, S/16, S/8``), trained as in
-   MDM; their mean ``Bbar`` roughly locates the critical evidence;
-2. *auxiliary masks* on larger grids (default ``S/8, S/4, S/2``) superimposed on
+1. *benchmark masks* on small grids (default ``S/16, S/8``; the papers' example
+   ``S/32, S/16, S/8``), trained as in MDM; their mean ``Bbar`` roughly locates the
+   critical evidence;
+2. *auxiliary masks* on larger grids (default ``S/4, S/2``) superimposed on
    the fixed benchmark, ``mhat_j = Bbar.detach() * m_j``, trained with the same
    loss on ``mhat_j``: fine detail can only refine what the coarse masks found.
 
 The module's map is ``M = norm(mean_j mhat_j)``.
+
+**Budget.** Each phase step sends ``2 K`` composites per image through the model (kept
+and deleted, ``K`` grids), so a stage costs ``steps x 2 K`` images per phase. The
+defaults (20 steps per phase on a cosine learning-rate schedule, two grids per phase,
+up to 4 stages that stop early) send about 400 images through the model per 96 x 96
+explanation; the settings until 2026-11-27 (100 steps at a constant rate, three grids,
+3 stages) about 2,700, for masks that localised no better (benchmarks/README.md).
 
 **Stages.** DM modules are chained. Stage 1 explains ``x`` and finds evidence
 that *suffices* for the decision (for a classifier that pools by maximum, one
