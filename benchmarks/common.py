@@ -16,7 +16,6 @@ from medhdm.data import (
     make_case,  # noqa: E402
     stack_cases,  # noqa: E402
 )
-from medhdm.evaluation import bootstrap_ci  # noqa: E402,F401  (re-exported for the scripts)
 from medhdm.io.atomic import atomic_write  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"

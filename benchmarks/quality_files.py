@@ -28,13 +28,25 @@ from medhdm.io.manifest import load_manifest
 from medhdm.models import DEFAULT_2D, DEFAULT_3D, load_default_classifier
 from medhdm.pipeline import InputSpec
 
-METRICS = ("pointing_game", "energy_in_lesion", "auroc", "auprc", "lesion_hit_rate", "deletion_auc", "insertion_auc",
-           "seconds")
+METRICS = (
+    "pointing_game",
+    "energy_in_lesion",
+    "auroc",
+    "auprc",
+    "lesion_hit_rate",
+    "deletion_auc",
+    "insertion_auc",
+    "seconds",
+)
 
 
 def methods_for(model, dims: int) -> dict:
-    methods = {"HDM": HDM(model), "GradientInput": GradientInput(model), "Occlusion": Occlusion(model),
-               "RISE": RISE(model, n_masks=1000)}
+    methods = {
+        "HDM": HDM(model),
+        "GradientInput": GradientInput(model),
+        "Occlusion": Occlusion(model),
+        "RISE": RISE(model, n_masks=1000),
+    }
     if dims == 2:  # on the 3D model Grad-CAM finds no layer with integer downsampling (24 slices)
         methods.update({"MDM": MDM(model), "NeuroMask": NeuroMask(model), "GradCAM": GradCAM(model)})
     return methods
@@ -45,10 +57,14 @@ def main() -> None:
     parser.add_argument("--dims", type=int, default=2, choices=(2, 3))
     parser.add_argument("--cases", type=int, default=24)
     parser.add_argument("--seed", type=int, default=5150)
-    parser.add_argument("--methods", default=None,
-                        help="comma-separated subset, e.g. HDM (default: all); the JSON is then named after them")
+    parser.add_argument(
+        "--methods",
+        default=None,
+        help="comma-separated subset, e.g. HDM (default: all); the JSON is then named after them",
+    )
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     args = parser.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")
     model = load_default_classifier(DEFAULT_2D if args.dims == 2 else DEFAULT_3D)
     spec = InputSpec(tuple(model.medhdm_card["recipe"]["spatial_size"]), intensity_range=LESIONBENCH_INTENSITY_RANGE)
@@ -61,19 +77,24 @@ def main() -> None:
         methods = {name: methods[name] for name in wanted}
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        manifest = write_lesionbench(Path(tmp) / "cases", args.cases, args.dims, seed=args.seed,
-                                     lesion_weights=(0.0, 1.0, 1.0, 1.0))
+        manifest = write_lesionbench(
+            Path(tmp) / "cases", args.cases, args.dims, seed=args.seed, lesion_weights=(0.0, 1.0, 1.0, 1.0)
+        )
         entries = load_manifest(manifest)
         for entry in entries:
             entry["class_idx"] = 1
         rows, _ = evaluate_manifest(entries, methods, spec, log=None)
     summary = summarise(rows, METRICS)
-    print(f"{args.cases} LesionBench {args.dims}D cases (seed {args.seed}, 1-3 lesions), model {model.medhdm_card['name']}, "
-          f"{time.perf_counter() - start:.0f} s")
+    print(
+        f"{args.cases} LesionBench {args.dims}D cases (seed {args.seed}, 1-3 lesions), "
+        f"model {model.medhdm_card['name']}, {time.perf_counter() - start:.0f} s"
+    )
     print(format_table(summary, METRICS, ci=[m for m in METRICS if m != "seconds"], digits=2))
     suffix = "" if not args.methods else "_" + args.methods.replace(",", "_")
-    write_json(RESULTS / f"quality_files_{args.dims}d{suffix}.json", {"cases": args.cases, "seed": args.seed,
-                                                              "summary": summary, "rows": rows})
+    write_json(
+        RESULTS / f"quality_files_{args.dims}d{suffix}.json",
+        {"cases": args.cases, "seed": args.seed, "summary": summary, "rows": rows},
+    )
 
 
 if __name__ == "__main__":

@@ -68,8 +68,11 @@ def main() -> None:
     if device.type == "cuda":
         results["gpu"] = torch.cuda.get_device_name(device)
     print(f"device {device}, batch {args.batch} x {tuple(x.shape[1:])}, shipped DenseNet\n")
-    print("| method | s / image | forward passes / call | images through the model / call |")
-    print("| --- | --- | --- | --- |")
+    print(
+        "| method | s / image | forward passes / call | backward passes / call | images through the model / call "
+        "| images / explanation |"
+    )
+    print("| --- | --- | --- | --- | --- | --- |")
     for name, explainer in default_methods(model).items():
         explainer.explain(x[:1], 1)  # warm-up
         best, result = float("inf"), None
@@ -79,20 +82,36 @@ def main() -> None:
             result = explainer.explain(x, 1)
             _sync(device)
             best = min(best, time.perf_counter() - start)
-        entry = {"seconds_per_image": best / args.batch, "forward_passes": result.forward_passes,
-                 "images_evaluated": result.images_evaluated}
+        entry = {
+            "seconds_per_image": best / args.batch,
+            "forward_passes": result.forward_passes,
+            "backward_passes": result.backward_passes,
+            "images_evaluated": result.images_evaluated,
+            "images_per_explanation": result.images_evaluated / args.batch,
+        }
         if name == "HDM":
-            shapes = record_batches(model, lambda: explainer.explain(x, 1))
+            shapes = record_batches(model, lambda explainer=explainer: explainer.explain(x, 1))
             floor = min(bare_loop(model, shapes, device) for _ in range(args.repeats))
-            entry.update({"floor_seconds": floor, "floor_passes": len(shapes),
-                          "floor_mean_batch": sum(s[0] for s in shapes) / len(shapes), "ratio_to_floor": best / floor})
+            entry.update(
+                {
+                    "floor_seconds": floor,
+                    "floor_passes": len(shapes),
+                    "floor_mean_batch": sum(s[0] for s in shapes) / len(shapes),
+                    "ratio_to_floor": best / floor,
+                }
+            )
         results["methods"][name] = entry
-        print(f"| {name} | {entry['seconds_per_image']:.3f} | {result.forward_passes} | {result.images_evaluated} |",
-              flush=True)
+        print(
+            f"| {name} | {entry['seconds_per_image']:.3f} | {result.forward_passes} | {result.backward_passes} "
+            f"| {result.images_evaluated} | {entry['images_per_explanation']:.0f} |",
+            flush=True,
+        )
     hdm = results["methods"]["HDM"]
-    print(f"\nHDM: {hdm['seconds_per_image'] * args.batch:.2f} s for the batch; the bare loop of the same "
-          f"{hdm['floor_passes']} forward+backward passes (mean batch {hdm['floor_mean_batch']:.1f}): "
-          f"{hdm['floor_seconds']:.2f} s; ratio {hdm['ratio_to_floor']:.2f}")
+    print(
+        f"\nHDM: {hdm['seconds_per_image'] * args.batch:.2f} s for the batch; the bare loop of the same "
+        f"{hdm['floor_passes']} forward+backward passes (mean batch {hdm['floor_mean_batch']:.1f}): "
+        f"{hdm['floor_seconds']:.2f} s; ratio {hdm['ratio_to_floor']:.2f}"
+    )
     write_json(RESULTS / f"speed_{device.type}.json", results)
     print(f"wrote {RESULTS / f'speed_{device.type}.json'}")
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from medhdm.testing import BlobDetector, plant
 from scipy import ndimage
 
 from medhdm import HDM, MDM, MaskObjective, NeuroMask
@@ -14,6 +13,7 @@ from medhdm.explain.masks import area_penalty, grid_shapes, normalise, optimise_
 from medhdm.explain.reference import gaussian_blur
 from medhdm.explain.scoring import ClassScorer
 from medhdm.metrics import auroc, energy_in_lesion, lesion_hit_rate, pointing_game
+from medhdm.testing import BlobDetector, plant
 
 BENCH = MaskObjective(steps=60, lambda_area=2.0, lambda_del=0.0)
 AUX = MaskObjective(steps=60, lambda_area=2.0, lambda_del=0.0, lambda_tv=1.0)
@@ -23,8 +23,14 @@ def small_hdm(model, **kwargs) -> HDM:
     """HDM at test size. The planted images are 0.1-0.15 noise with bright boxes, so a
     constant reference at background level removes a box completely (a blurred 6-voxel
     box would still fire the toy detector)."""
-    settings = dict(reference=0.1, benchmark_grids=(8, 4), auxiliary_grids=(4, 2),
-                    benchmark_objective=BENCH, auxiliary_objective=AUX, threshold=0.3)
+    settings = dict(
+        reference=0.1,
+        benchmark_grids=(8, 4),
+        auxiliary_grids=(4, 2),
+        benchmark_objective=BENCH,
+        auxiliary_objective=AUX,
+        threshold=0.3,
+    )
     settings.update(kwargs)
     return HDM(model, **settings)
 
@@ -157,29 +163,44 @@ def test_sensitivity_equals_its_hand_computed_value():
         scorer.sensitivity(x, r, torch.tensor([1, 1]), measure="prob")
 
 
-def test_hdm_pixel_refinement_orders_voxels_by_each_stage_sensitivity():
+@pytest.mark.parametrize("refine_by, weight", [("positive_gradient", 1.0), ("gradient_input", 0.2)])
+def test_hdm_pixel_refinement_orders_voxels_by_each_stage_sensitivity(refine_by, weight):
     x, labels = plant((32, 32), [(slice(8, 14), slice(18, 24))])
     model = BlobDetector(2).calibrate(x)
     masks_only = small_hdm(model, refine=None).explain(x)
-    refined = small_hdm(model, refine=0.2).explain(x)
+    refined = small_hdm(model, refine=weight, refine_by=refine_by).explain(x)
     assert "fused" not in masks_only.masks and masks_only.stages[0].sensitivity is None
     # The masks are untouched (seeded); the masks' map is kept under "fused".
     assert torch.equal(masks_only.stages[0].map, refined.stages[0].map)
     assert torch.allclose(refined.masks["fused"], masks_only.saliency)
-    # Stage 1's sensitivity: |d o / dx * (x - r)| of the input, smoothed like the map (sigma 1 px).
-    sensitivity = ClassScorer(model).sensitivity(x, torch.full_like(x, 0.1), torch.tensor([1]), measure="log_odds")
-    expected = normalise(gaussian_blur(sensitivity.abs(), 32 / 32))
-    assert torch.allclose(refined.stages[0].sensitivity, expected, atol=1e-5)
+    scorer, target = ClassScorer(model), torch.tensor([1])
     detail = torch.stack([s.sensitivity for s in refined.stages]).amax(0)
-    assert torch.allclose(refined.saliency, normalise((masks_only.saliency + 0.2) * detail), atol=1e-5)
+    if refine_by == "positive_gradient":
+        # Stage 1's signal: the positive part of the signed d o / dx, smoothed at 1.5 x the map's sigma.
+        grad = scorer.gradient(x, target, measure="log_odds", signed=True)
+        expected = normalise(gaussian_blur(grad, 1.5 * 32 / 32).clamp_min(0))
+        fused = normalise(masks_only.saliency + detail)
+    else:
+        # |d o / dx * (x - r)| of the input, smoothed like the map (sigma 1 px).
+        sensitivity = scorer.sensitivity(x, torch.full_like(x, 0.1), target, measure="log_odds")
+        expected = normalise(gaussian_blur(sensitivity.abs(), 32 / 32))
+        fused = normalise((masks_only.saliency + 0.2) * detail)
+    assert torch.allclose(refined.stages[0].sensitivity, expected, atol=1e-5)
+    assert torch.allclose(refined.saliency, fused, atol=1e-5)
     assert refined.backward_passes == masks_only.backward_passes + len(refined.stages)
-    # The evidence is the box's bright voxels: the sensitivity sharpens the masks' map onto them.
+    # The evidence is the box's bright voxels: the refinement sharpens the masks' map onto them.
     assert pointing_game(refined.saliency[0], labels[0]) == 1.0
-    assert energy_in_lesion(refined.saliency[0], labels[0]) > energy_in_lesion(masks_only.saliency[0], labels[0]) + 0.1
-    assert auroc(refined.saliency[0], labels[0]) > max(0.999, auroc(masks_only.saliency[0], labels[0]))
+    # (the sum of the positive gradient sharpens less than the product with |gradient x (x - r)|)
+    margin = 0.05 if refine_by == "positive_gradient" else 0.1
+    assert (
+        energy_in_lesion(refined.saliency[0], labels[0]) > energy_in_lesion(masks_only.saliency[0], labels[0]) + margin
+    )
+    assert auroc(refined.saliency[0], labels[0]) > max(0.99, auroc(masks_only.saliency[0], labels[0]))
     for bad in (-0.1, True, float("nan"), "0.2"):
         with pytest.raises(ValueError, match="refine: expected None or a floor >= 0"):
             HDM(model, refine=bad)
+    with pytest.raises(ValueError, match="refine_by: expected one of"):
+        HDM(model, refine_by="edges")
 
 
 class _Thresholded(torch.nn.Module):
@@ -217,8 +238,14 @@ def test_area_constrained_masks_cover_the_planted_box_and_follow_the_budget():
     areas = {}
     for budget in (0.035, 0.15):
         objective = MaskObjective(steps=80, area=budget, lambda_area=30.0, trajectory_mean=False)
-        fit = optimise_masks(ClassScorer(model), x, torch.full_like(x, 0.1), torch.ones(1, dtype=torch.long),
-                             grid_shapes((32, 32), (4, 2)), objective)  # 8 x 8 and 16 x 16
+        fit = optimise_masks(
+            ClassScorer(model),
+            x,
+            torch.full_like(x, 0.1),
+            torch.ones(1, dtype=torch.long),
+            grid_shapes((32, 32), (4, 2)),
+            objective,
+        )  # 8 x 8 and 16 x 16
         areas[budget] = [float(mask.mean()) for mask in fit.masks[0]]
         if budget > 0.1:
             continue  # a budget four times the box saturates a plateau around it

@@ -189,9 +189,11 @@ def compare_methods(
     """Explain ``images`` ``(N, C, *S)`` with every method and score against ``lesions`` ``(N, 1, *S)``.
 
     Returns one row per (method, case) (see the module docstring): ``seconds`` is the
-    method's wall time for the case's batch divided by its size, ``passes`` the forward
-    passes of that call, and ``lesion_hit_rate_multi`` the lesion hit rate on cases with
-    two or more lesions (NaN on the others). If ``maps`` is given, each method's saliency
+    method's wall time for the case's batch divided by its size, ``passes`` and
+    ``backward_passes`` the forward and backward passes of that call (each on a batch),
+    ``images`` the images it sent through the model per image of the batch, and
+    ``lesion_hit_rate_multi`` the lesion hit rate on cases with two or more lesions (NaN on
+    the others). If ``maps`` is given, each method's saliency
     maps ``(N, 1, *S)`` are stored in it under the method's name.
     """
     rows = []
@@ -212,6 +214,8 @@ def compare_methods(
                     "case": lo + j,
                     "seconds": seconds,
                     "passes": result.forward_passes,
+                    "backward_passes": result.backward_passes,
+                    "images": result.images_evaluated / (hi - lo),
                     **score_row(result.saliency[j], lesions[lo + j]),
                 }
                 row["lesion_hit_rate_multi"] = row["lesion_hit_rate"] if row["n_lesions"] >= 2 else float("nan")

@@ -12,13 +12,13 @@ same masks as explaining its images one at a time.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from .maps import normalise
 from .reference import composite
 from .scoring import ClassScorer
 
@@ -63,6 +63,15 @@ class MaskObjective:
             Fong et al., 2019, "extremal perturbations"): the mask must spend a fixed budget
             of area, so it cannot shrink to nothing when one region suffices, nor grow over
             context when the deletion term asks for more.
+        final_lr: ``None`` (default) keeps ``lr`` for every step; a value anneals the learning
+            rate from ``lr`` to ``final_lr`` along a half cosine over ``steps``: large early steps
+            move the masks from their start quickly, small late ones let them settle, so fewer
+            steps reach the same masks.
+        tol: ``None`` (default) runs every step. A value stops the phase early, once no mask
+            value (on its grid, after the sigmoid) moved by more than ``tol`` in one step, for
+            any image of the batch, after at least ``min_steps`` steps: a converged phase
+            spends no further model passes. The trajectory mean then runs over the steps taken.
+        min_steps: see ``tol``.
     """
 
     steps: int = 100
@@ -74,6 +83,9 @@ class MaskObjective:
     init: float = 0.5
     trajectory_mean: bool = True
     area: float | None = None
+    final_lr: float | None = None
+    tol: float | None = None
+    min_steps: int = 1
 
     def __post_init__(self) -> None:
         if not isinstance(self.steps, int) or self.steps < 1:
@@ -87,6 +99,12 @@ class MaskObjective:
             raise ValueError("lambda_keep, lambda_del: at least one of the two must be positive")
         if self.area is not None and not 0 < self.area < 1:
             raise ValueError(f"area: expected None or a fraction strictly between 0 and 1, got {self.area!r}")
+        if self.final_lr is not None and not self.final_lr > 0:
+            raise ValueError(f"final_lr: expected None or a positive learning rate, got {self.final_lr!r}")
+        if self.tol is not None and not self.tol > 0:
+            raise ValueError(f"tol: expected None or a positive change of mask value, got {self.tol!r}")
+        if not isinstance(self.min_steps, int) or self.min_steps < 1:
+            raise ValueError(f"min_steps: expected a positive int, got {self.min_steps!r}")
         if not 0 < self.init < 1:
             raise ValueError(f"init: expected a mask value strictly between 0 and 1, got {self.init!r}")
 
@@ -167,7 +185,8 @@ class MaskFit:
             ``trajectory_mean`` the last times the mean over the steps), already multiplied
             by ``base``.
         grids: the ``K`` grid shapes.
-        steps: forward/backward passes run (one per Adam step).
+        steps: forward/backward passes run (one per Adam step; fewer than ``objective.steps``
+            when the phase stopped on convergence, see :attr:`MaskObjective.tol`).
     """
 
     masks: torch.Tensor
@@ -198,38 +217,58 @@ def optimise_masks(
     Returns:
         a :class:`MaskFit` with masks ``(B, K, *S)``.
     """
-    b, spatial, k = x.shape[0], tuple(x.shape[2:]), len(grids)
+    b, spatial = x.shape[0], tuple(x.shape[2:])
     init = float(torch.logit(torch.tensor(objective.init)))
     thetas = [torch.full((b, 1, *g), init, device=x.device, dtype=torch.float32, requires_grad=True) for g in grids]
     optimiser = torch.optim.Adam(thetas, lr=objective.lr)
-    targets = class_idx.repeat_interleave(k)
-    x_k, r_k = x[:, None], reference[:, None]  # (B, 1, C, *S) broadcast against K masks
-    use_del = objective.lambda_del > 0
-    running = None
-    for _ in range(objective.steps):
-        masks = upsample_masks(thetas, spatial)
-        if base is not None:
-            masks = masks * base
-        if objective.trajectory_mean:
-            running = masks.detach() if running is None else running + masks.detach()
-        m = masks[:, :, None].to(x.dtype)  # (B, K, 1, *S)
-        batch = composite(x_k, m, r_k).flatten(0, 1)  # (B*K, C, *S)
-        if use_del:
-            batch = torch.cat([batch, composite(x_k, 1 - m, r_k).flatten(0, 1)])
-        logits = scorer.logits(batch)
-        loss = -objective.lambda_keep * scorer.log_prob(logits[: b * k], targets)
-        loss = loss + objective.lambda_area * area_penalty(masks, objective.area).flatten()
-        if objective.lambda_tv > 0:
-            loss = loss + objective.lambda_tv * total_variation(masks).flatten()
-        if use_del:
-            loss = loss - objective.lambda_del * scorer.log_not_prob(logits[b * k :], targets)
-        optimiser.zero_grad(set_to_none=True)
-        loss.sum().backward()
-        optimiser.step()
+    running, steps = None, 0
+    for step in range(objective.steps):
+        if objective.final_lr is not None:
+            for group in optimiser.param_groups:
+                group["lr"] = _cosine(objective.lr, objective.final_lr, step, objective.steps)
+        before = [torch.sigmoid(t.detach()) for t in thetas] if objective.tol is not None else None
+        masks = _mask_step(scorer, x, reference, class_idx, thetas, objective, base, optimiser)
+        running = masks if running is None else running + masks
+        steps += 1
+        if before is not None and steps >= objective.min_steps:
+            moved = max(float((torch.sigmoid(t.detach()) - m).abs().max()) for t, m in zip(thetas, before))
+            if moved < objective.tol:
+                break
     with torch.no_grad():
         masks = upsample_masks(thetas, spatial)
         if base is not None:
             masks = masks * base
-        if running is not None:
-            masks = masks * (running + masks) / (objective.steps + 1)
-    return MaskFit(masks=masks.detach(), grids=[tuple(g) for g in grids], steps=objective.steps)
+        if objective.trajectory_mean:
+            masks = masks * (running + masks) / (steps + 1)
+    return MaskFit(masks=masks.detach(), grids=[tuple(g) for g in grids], steps=steps)
+
+
+def _cosine(start: float, end: float, step: int, steps: int) -> float:
+    """The learning rate of ``step`` of ``steps`` on a half cosine from ``start`` to ``end``."""
+    return end + 0.5 * (start - end) * (1 + math.cos(math.pi * step / max(1, steps - 1)))
+
+
+def _mask_step(scorer, x, reference, class_idx, thetas, objective: MaskObjective, base, optimiser) -> torch.Tensor:
+    """One Adam step on the mask vectors (one forward/backward pass); returns the masks it scored ``(B, K, *S)``."""
+    b, spatial, k = x.shape[0], tuple(x.shape[2:]), len(thetas)
+    targets = class_idx.repeat_interleave(k)
+    x_k, r_k = x[:, None], reference[:, None]  # (B, 1, C, *S) broadcast against K masks
+    masks = upsample_masks(thetas, spatial)
+    if base is not None:
+        masks = masks * base
+    m = masks[:, :, None].to(x.dtype)  # (B, K, 1, *S)
+    batch = composite(x_k, m, r_k).flatten(0, 1)  # (B*K, C, *S)
+    use_del = objective.lambda_del > 0
+    if use_del:
+        batch = torch.cat([batch, composite(x_k, 1 - m, r_k).flatten(0, 1)])
+    logits = scorer.logits(batch)
+    loss = -objective.lambda_keep * scorer.log_prob(logits[: b * k], targets)
+    loss = loss + objective.lambda_area * area_penalty(masks, objective.area).flatten()
+    if objective.lambda_tv > 0:
+        loss = loss + objective.lambda_tv * total_variation(masks).flatten()
+    if use_del:
+        loss = loss - objective.lambda_del * scorer.log_not_prob(logits[b * k :], targets)
+    optimiser.zero_grad(set_to_none=True)
+    loss.sum().backward()
+    optimiser.step()
+    return masks.detach()

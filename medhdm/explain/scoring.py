@@ -128,6 +128,23 @@ class ClassScorer:
         a full-resolution mask ``m`` at ``m = 1``: how much keeping each voxel's detail
         supports the class. One forward/backward pass.
         """
+        grad, xs = self._input_gradient(x, class_idx, measure)
+        return (grad * (xs - reference)).sum(1, keepdim=True)
+
+    def gradient(
+        self, x: torch.Tensor, class_idx: torch.Tensor, measure: str = "log_prob", signed: bool = False
+    ) -> torch.Tensor:
+        """The gradient's magnitude, summed over channels: ``sum_channels |d f(x) / dx|``, ``(N, 1, *S)``;
+        with ``signed=True`` the signed sum ``sum_channels d f(x) / dx``.
+
+        Unlike :meth:`sensitivity` it has no ``(x - r)`` factor: no image edges against the
+        reference, only the model's local response (what a model-randomisation check asks of
+        a map). One forward/backward pass.
+        """
+        grad, _ = self._input_gradient(x, class_idx, measure)
+        return grad.sum(1, keepdim=True) if signed else grad.abs().sum(1, keepdim=True)
+
+    def _input_gradient(self, x: torch.Tensor, class_idx: torch.Tensor, measure: str):
         if measure not in ("log_prob", "log_odds"):
             raise ValueError(f"measure: expected 'log_prob' or 'log_odds', got {measure!r}")
         read = self.log_prob if measure == "log_prob" else self.log_odds
@@ -135,7 +152,7 @@ class ClassScorer:
         with torch.enable_grad():
             value = read(self.logits(xs), class_idx)
             (grad,) = torch.autograd.grad(value.sum(), xs)
-        return (grad * (xs.detach() - reference)).sum(1, keepdim=True)
+        return grad, xs.detach()
 
     @staticmethod
     def log_prob(logits: torch.Tensor, class_idx: torch.Tensor) -> torch.Tensor:

@@ -4,9 +4,11 @@ from .faithfulness import (
     average_drop,
     deletion_auc,
     deletion_curve,
+    half_evidence_fraction,
     increase_in_confidence,
     insertion_auc,
     sanity_check,
+    seed_agreement,
 )
 from .localisation import (
     LOCALISATION_KEYS,
@@ -23,7 +25,23 @@ from .localisation import (
 )
 
 __all__ = [
-    "LOCALISATION_KEYS", "auprc", "auroc", "average_drop", "deletion_auc", "deletion_curve", "dice_top",
-    "energy_in_lesion", "increase_in_confidence", "insertion_auc", "iou_top", "lesion_hit_rate", "pointing_game",
-    "rank_accuracy", "sanity_check", "score", "score_batch",
+    "LOCALISATION_KEYS",
+    "auprc",
+    "auroc",
+    "average_drop",
+    "deletion_auc",
+    "deletion_curve",
+    "dice_top",
+    "energy_in_lesion",
+    "half_evidence_fraction",
+    "increase_in_confidence",
+    "insertion_auc",
+    "iou_top",
+    "lesion_hit_rate",
+    "pointing_game",
+    "rank_accuracy",
+    "sanity_check",
+    "score",
+    "score_batch",
+    "seed_agreement",
 ]

@@ -16,14 +16,21 @@ the papers.
   removed fraction 0..1 (trapezoid rule) is returned. Lower
   deletion and higher insertion are better. All ``n_steps + 1`` perturbed images of a
   case are scored in batches of ``batch_size``.
+- :func:`half_evidence_fraction`: the share of voxels, in order of decreasing saliency,
+  that must be removed (inserted) to take away (restore) half of the evidence, in
+  log-odds between the image and the reference, read off a curve sampled where it
+  changes (:func:`log_fractions`: 0 and log-spaced shares from 0.1 %; ``deletion_curve``
+  takes the same ``fractions``). Equal shares spend most samples on the flat tail.
 - :func:`average_drop` / :func:`increase_in_confidence` (Chattopadhyay et al., 2018,
   Grad-CAM++): the model sees the map-weighted image ``r + S (x - r)`` (with ``r = 0``
   this is the papers' ``S * x``); average drop is ``max(0, p - p_S) / p`` in per cent,
   increase in confidence is 1.0 when ``p_S > p``.
 - :func:`sanity_check` (Adebayo et al., 2018, model randomisation): the Spearman rank
   correlation between the maps of the trained model and of a copy whose weights are
-  re-drawn at random. A method whose maps do not depend on the weights scores near 1;
-  a faithful one scores low.
+  re-drawn at random, each model explained with another explainer seed so that random
+  methods are not correlated through shared draws. A method whose maps do not depend on
+  the weights scores near 1; a faithful one scores low. :func:`seed_agreement` gives the
+  noise floor of random methods: the correlation of two seeds on the trained model.
 """
 
 from __future__ import annotations
@@ -40,8 +47,17 @@ from ..explain.checks import frozen_eval, resolve_class_idx
 from ..explain.reference import ReferenceSpec, make_reference
 from ..explain.scoring import ClassScorer
 
-__all__ = ["average_drop", "deletion_auc", "deletion_curve", "increase_in_confidence", "insertion_auc",
-           "sanity_check"]
+__all__ = [
+    "average_drop",
+    "deletion_auc",
+    "deletion_curve",
+    "half_evidence_fraction",
+    "increase_in_confidence",
+    "insertion_auc",
+    "log_fractions",
+    "sanity_check",
+    "seed_agreement",
+]
 
 
 def _maps(saliency, x: torch.Tensor) -> torch.Tensor:
@@ -50,20 +66,51 @@ def _maps(saliency, x: torch.Tensor) -> torch.Tensor:
     if s.ndim == x.ndim - 1:
         s = s[:, None]
     if s.shape[0] != x.shape[0] or s.shape[2:] != x.shape[2:] or s.shape[1] != 1:
-        raise ValueError(f"saliency: expected shape {(x.shape[0], 1, *x.shape[2:])} for x of shape "
-                         f"{tuple(x.shape)}, got {tuple(s.shape)}")
+        raise ValueError(
+            f"saliency: expected shape {(x.shape[0], 1, *x.shape[2:])} for x of shape "
+            f"{tuple(x.shape)}, got {tuple(s.shape)}"
+        )
     if not torch.isfinite(s).all():
         raise ValueError("saliency: the maps have NaN or infinite values")
     return s
 
 
-def _probabilities(scorer: ClassScorer, images: torch.Tensor, cls: int, batch_size: int) -> torch.Tensor:
+def _scores(scorer: ClassScorer, images: torch.Tensor, cls: int, batch_size: int, read: str = "prob") -> torch.Tensor:
     out = []
     for lo in range(0, images.shape[0], batch_size):
         chunk = images[lo : lo + batch_size]
         idx = torch.full((chunk.shape[0],), cls, dtype=torch.long, device=chunk.device)
-        out.append(scorer.prob(scorer.logits(chunk), idx))
+        out.append(getattr(scorer, read)(scorer.logits(chunk), idx))
     return torch.cat(out)
+
+
+def log_fractions(smallest: float = 1e-3, n: int = 31) -> np.ndarray:
+    """``0`` then ``n`` log-spaced fractions from ``smallest`` to 1 (default 0.1 % to 100 %): where
+    deletion/insertion curves change on lesion images, the first per cent of the voxels."""
+    return np.concatenate([[0.0], np.geomspace(smallest, 1.0, n)])
+
+
+def _curves(model, x, saliency, class_idx, mode: str, fractions, reference, batch_size, read: str) -> np.ndarray:
+    """The score (``read``: ``"prob"`` or ``"log_odds"``) after changing each fraction of the top voxels, ``(B, F)``."""
+    if mode not in ("deletion", "insertion"):
+        raise ValueError(f"mode: expected 'deletion' or 'insertion', got {mode!r}")
+    maps = _maps(saliency, x)
+    with frozen_eval(model), torch.no_grad():
+        scorer = ClassScorer(model)
+        cls = resolve_class_idx(class_idx, scorer.logits(x))
+        ref = make_reference(x, reference)
+        n_vox = int(np.prod(x.shape[2:]))
+        cuts = torch.round(torch.as_tensor(np.asarray(fractions, dtype=np.float64) * n_vox)).long().to(x.device)
+        curves = []
+        for b in range(x.shape[0]):
+            order = torch.argsort(maps[b, 0].flatten(), descending=True, stable=True)
+            rank = torch.empty(n_vox, dtype=torch.long, device=x.device)
+            rank[order] = torch.arange(n_vox, device=x.device)
+            changed = (rank[None] < cuts[:, None]).reshape(len(cuts), 1, *x.shape[2:]).float()
+            start, end = (x[b], ref[b]) if mode == "deletion" else (ref[b], x[b])
+            images = start[None] * (1 - changed) + end[None] * changed
+            curves.append(_scores(scorer, images, int(cls[b]), batch_size, read).cpu().numpy())
+    return np.stack(curves)
 
 
 def deletion_curve(
@@ -75,30 +122,66 @@ def deletion_curve(
     n_steps: int = 64,
     reference: ReferenceSpec = "blur",
     batch_size: int = 33,
+    fractions: Sequence[float] | None = None,
 ) -> np.ndarray:
     """The class probability after removing (``"deletion"``) or inserting (``"insertion"``)
-    each share of the most salient voxels: ``(B, n_steps + 1)``, column 0 before any change."""
-    if mode not in ("deletion", "insertion"):
-        raise ValueError(f"mode: expected 'deletion' or 'insertion', got {mode!r}")
-    if n_steps < 1:
-        raise ValueError(f"n_steps: expected at least 1, got {n_steps}")
-    maps = _maps(saliency, x)
-    with frozen_eval(model), torch.no_grad():
-        scorer = ClassScorer(model)
-        cls = resolve_class_idx(class_idx, scorer.logits(x))
-        ref = make_reference(x, reference)
-        n_vox = int(np.prod(x.shape[2:]))
-        curves = []
-        for b in range(x.shape[0]):
-            order = torch.argsort(maps[b, 0].flatten(), descending=True, stable=True)
-            rank = torch.empty(n_vox, dtype=torch.long, device=x.device)
-            rank[order] = torch.arange(n_vox, device=x.device)
-            cuts = torch.round(torch.linspace(0, n_vox, n_steps + 1, device=x.device)).long()
-            changed = (rank[None] < cuts[:, None]).reshape(n_steps + 1, 1, *x.shape[2:]).float()
-            start, end = (x[b], ref[b]) if mode == "deletion" else (ref[b], x[b])
-            images = start[None] * (1 - changed) + end[None] * changed
-            curves.append(_probabilities(scorer, images, int(cls[b]), batch_size).cpu().numpy())
-    return np.stack(curves)
+    each share of the most salient voxels: ``(B, n_steps + 1)``, column 0 before any change.
+
+    ``fractions`` (e.g. :func:`log_fractions`) samples the curve at those shares of the voxels
+    instead of ``n_steps`` equal ones; the result is then ``(B, len(fractions))``."""
+    if fractions is None:
+        if n_steps < 1:
+            raise ValueError(f"n_steps: expected at least 1, got {n_steps}")
+        fractions = np.linspace(0.0, 1.0, n_steps + 1)
+    return _curves(model, x, saliency, class_idx, mode, fractions, reference, batch_size, "prob")
+
+
+def half_evidence_fraction(
+    model: nn.Module,
+    x: torch.Tensor,
+    saliency,
+    class_idx: int | Sequence[int] | None = None,
+    mode: str = "deletion",
+    reference: ReferenceSpec = "blur",
+    fractions: Sequence[float] | None = None,
+    batch_size: int = 32,
+) -> list[float]:
+    """The share of voxels, taken in order of decreasing saliency, that must be removed
+    (``"deletion"``) to take away half of the evidence, or inserted into the reference
+    (``"insertion"``) to restore half of it, per image (lower is better for both).
+
+    Evidence is measured in log-odds ``o`` of the class, from the reference's ``o(r)`` to the
+    image's ``o(x)`` (probabilities saturate: removing one lesion of three leaves ``p`` at
+    0.999). Deletion: the first fraction where ``o <= (o(x) + o(r)) / 2``; insertion: where
+    ``o >= (o(x) + o(r)) / 2``; interpolated linearly in log-fraction between the samples (in fraction on
+    the first segment, from 0)
+    (default :func:`log_fractions`, 0.1 % to 100 %). NaN where the image carries no evidence
+    above its reference (``o(x) <= o(r)``).
+    """
+    grid = log_fractions() if fractions is None else np.asarray(fractions, dtype=np.float64)
+    if grid[0] != 0 or grid[-1] != 1 or np.any(np.diff(grid) <= 0):
+        raise ValueError("fractions: expected increasing shares from 0 to 1")
+    curves = _curves(model, x, saliency, class_idx, mode, grid, reference, batch_size, "log_odds")
+    out = []
+    for curve in curves:
+        o_x, o_r = (curve[0], curve[-1]) if mode == "deletion" else (curve[-1], curve[0])
+        if not o_x > o_r:
+            out.append(float("nan"))
+            continue
+        target = 0.5 * (o_x - o_r)
+        gain = (o_x - curve) if mode == "deletion" else (curve - o_r)  # evidence removed / restored
+        i = int(np.argmax(gain >= target))
+        if i == 0:
+            out.append(0.0)
+            continue
+        lo, hi = grid[i - 1], grid[i]
+        g0, g1 = gain[i - 1], gain[i]
+        t = 0.0 if g1 == g0 else float(np.clip((target - g0) / (g1 - g0), 0, 1))
+        if lo == 0:  # the first segment, from no voxel changed: linear
+            out.append(float(t * hi))
+        else:
+            out.append(float(np.exp(np.log(lo) + t * (np.log(hi) - np.log(lo)))))
+    return out
 
 
 def _area(curve: np.ndarray) -> list[float]:
@@ -106,14 +189,16 @@ def _area(curve: np.ndarray) -> list[float]:
     return [float(np.trapezoid(c, fractions)) for c in curve]
 
 
-def deletion_auc(model, x, saliency, class_idx=None, n_steps: int = 64, reference: ReferenceSpec = "blur",
-                 batch_size: int = 33) -> list[float]:
+def deletion_auc(
+    model, x, saliency, class_idx=None, n_steps: int = 64, reference: ReferenceSpec = "blur", batch_size: int = 33
+) -> list[float]:
     """Area under the deletion curve per image (lower is better), see the module docstring."""
     return _area(deletion_curve(model, x, saliency, class_idx, "deletion", n_steps, reference, batch_size))
 
 
-def insertion_auc(model, x, saliency, class_idx=None, n_steps: int = 64, reference: ReferenceSpec = "blur",
-                  batch_size: int = 33) -> list[float]:
+def insertion_auc(
+    model, x, saliency, class_idx=None, n_steps: int = 64, reference: ReferenceSpec = "blur", batch_size: int = 33
+) -> list[float]:
     """Area under the insertion curve per image (higher is better), see the module docstring."""
     return _area(deletion_curve(model, x, saliency, class_idx, "insertion", n_steps, reference, batch_size))
 
@@ -159,31 +244,84 @@ def _randomised(model: nn.Module, seed: int) -> nn.Module:
     return clone
 
 
+def _spearman(a: np.ndarray, b: np.ndarray) -> float:
+    if np.ptp(a) == 0 or np.ptp(b) == 0:
+        return float("nan")  # a constant map has no ranking
+    return float(stats.spearmanr(a, b).statistic)
+
+
+def _with_seed(explainer, seed: int):
+    """``explainer`` drawing its random numbers from ``seed`` (medhdm explainers read ``.seed`` per call)."""
+    if isinstance(getattr(explainer, "seed", None), int) and not isinstance(explainer.seed, bool):
+        explainer.seed = int(seed)
+    return explainer
+
+
 def sanity_check(
     make_explainer: Callable[[nn.Module], object],
     model: nn.Module,
     x: torch.Tensor,
     class_idx: int | Sequence[int] | None = None,
     seed: int = 0,
+    explainer_seeds: tuple[int, int] | None = (0, 1),
 ) -> list[float]:
     """Spearman correlation between maps of ``model`` and of a weight-randomised copy, per image.
 
+    Near 0: the map depends on the model (what Adebayo et al., 2018, ask of a map); near 1:
+    the map would look the same whatever the weights (it shows the image, not the model).
+
+    Fair to random methods: an explainer that draws random numbers (RISE's masks) would
+    correlate with itself through the shared draws if both models were explained with the
+    same seed (RISE read 0.70 that way, the shared masks, not the model). By default the
+    trained model's explainer runs with seed ``explainer_seeds[0]`` and the randomised
+    model's with ``explainer_seeds[1]`` (an explainer with an int ``seed`` attribute, as every
+    medhdm explainer has, gets it set; other callables are used as built). Pass
+    ``explainer_seeds=None`` to keep the seeds as ``make_explainer`` sets them. The other
+    side of the same question, how much a random method's map varies between seeds on the
+    *same* model, is :func:`seed_agreement`: report it beside this figure (a value here
+    near that agreement means the map ignores the weights; 1.0 there for a deterministic
+    method).
+
     Args:
-        make_explainer: builds the explainer for a model, e.g. ``lambda m: HDM(m, seed=0)``.
+        make_explainer: builds the explainer for a model, e.g. ``lambda m: HDM(m)``.
         model: the trained classifier (left unchanged; the copy is re-drawn from a normal
             distribution with each weight tensor's own standard deviation, biases zeroed).
         x: ``(B, C, *S)``.
         class_idx: the class explained on both models (default: the trained model's prediction,
             kept for the random copy).
+        seed: seed of the randomised weights.
+        explainer_seeds: the explainers' seeds for the trained and the randomised model.
+    Returns:
+        one correlation per image (NaN where either map is constant).
     """
     with frozen_eval(model), torch.no_grad():
         cls = resolve_class_idx(class_idx, ClassScorer(model).logits(x))
-    trained = make_explainer(model)(x, cls)
-    random_maps = make_explainer(_randomised(model, seed))(x, cls)
-    out = []
-    for a, b in zip(trained.flatten(1).cpu().numpy(), random_maps.flatten(1).cpu().numpy()):
-        if np.ptp(a) == 0 or np.ptp(b) == 0:
-            out.append(float("nan"))  # a constant map has no ranking
-        else:
-            out.append(float(stats.spearmanr(a, b).statistic))
-    return out
+    trained_explainer = make_explainer(model)
+    random_explainer = make_explainer(_randomised(model, seed))
+    if explainer_seeds is not None:
+        _with_seed(trained_explainer, explainer_seeds[0])
+        _with_seed(random_explainer, explainer_seeds[1])
+    trained = trained_explainer(x, cls)
+    random_maps = random_explainer(x, cls)
+    return [_spearman(a, b) for a, b in zip(trained.flatten(1).cpu().numpy(), random_maps.flatten(1).cpu().numpy())]
+
+
+def seed_agreement(
+    make_explainer: Callable[[nn.Module], object],
+    model: nn.Module,
+    x: torch.Tensor,
+    class_idx: int | Sequence[int] | None = None,
+    seeds: tuple[int, int] = (0, 1),
+) -> list[float]:
+    """Spearman correlation between two maps of the same (trained) model drawn with two explainer seeds.
+
+    The noise floor of :func:`sanity_check` for random methods: how much of a map is the
+    method's own randomness. 1.0 for a deterministic method (HDM, Gradient x Input,
+    occlusion); a random method (RISE) reads below 1, and its sanity figure is only
+    meaningful well below this agreement.
+    """
+    with frozen_eval(model), torch.no_grad():
+        cls = resolve_class_idx(class_idx, ClassScorer(model).logits(x))
+    first = _with_seed(make_explainer(model), seeds[0])(x, cls)
+    second = _with_seed(make_explainer(model), seeds[1])(x, cls)
+    return [_spearman(a, b) for a, b in zip(first.flatten(1).cpu().numpy(), second.flatten(1).cpu().numpy())]
