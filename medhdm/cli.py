@@ -281,19 +281,17 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
-
-    parser = argparse.ArgumentParser(prog="medhdm", description="Hierarchical Dynamic Masks for MONAI classifiers.")
-    parser.add_argument("--version", action="version", version=f"medhdm {__version__}")
-    parser.add_argument("--debug", action="store_true", help="print the traceback of an error")
-    sub = parser.add_subparsers(dest="command", required=True)
+def _add_demo_command(sub) -> None:
+    """``medhdm demo``."""
     demo = sub.add_parser("demo", help="explain and score held-out lesion cases with HDM and the baselines")
     demo.add_argument("--out", default="medhdm-demo", help="output folder (default: ./medhdm-demo)")
     demo.add_argument("--cases", type=int, default=6, help="number of 2D cases (default: 6)")
     demo.add_argument("--cases-3d", type=int, default=2, help="number of 3D cases (default: 2)")
     demo.set_defaults(func=_demo)
 
+
+def _add_explain_command(sub) -> None:
+    """``medhdm explain``."""
     ex = sub.add_parser("explain", help="explain studies (DICOM file/series folder, NIfTI) with a classifier")
     ex.add_argument("--image", action="append", help="DICOM file, DICOM series folder or NIfTI file (repeatable)")
     ex.add_argument("--manifest", default=None, help="a data manifest (data_manifests/README.md); its images")
@@ -310,6 +308,9 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--overwrite", action="store_true", help="with --export: replace the exports a previous run wrote")
     ex.set_defaults(func=_explain)
 
+
+def _add_evaluate_command(sub) -> None:
+    """``medhdm evaluate``."""
     ev = sub.add_parser(
         "evaluate",
         help="explain every case of a manifest with several methods, score the maps "
@@ -334,6 +335,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_options(ev)
     ev.set_defaults(func=_evaluate)
 
+
+def _add_bench_data_command(sub) -> None:
+    """``medhdm bench-data``."""
     bench = sub.add_parser("bench-data", help="write LesionBench cases (DICOM, NIfTI, SEG) and their manifest")
     bench.add_argument("--out", required=True, help="output folder")
     bench.add_argument("--cases", type=int, default=8, help="number of cases (default 8)")
@@ -347,6 +351,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--overwrite", action="store_true", help="replace existing cases and manifest")
     bench.set_defaults(func=_bench_data)
 
+
+def _add_export_command(sub) -> None:
+    """``medhdm export``."""
     exp = sub.add_parser("export", help="write a saliency map into the source study (DICOM SC/PM/SEG, NIfTI, PNG)")
     exp.add_argument("--image", required=True, help="source DICOM file or series folder")
     exp.add_argument("--map", required=True, help="map on the source grid: .npy (H, W) / (D, H, W), or NIfTI")
@@ -383,6 +390,23 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--overwrite", action="store_true", help="replace an export that --out already holds")
     exp.add_argument("--allow-inside-source", action="store_true", help="allow --out inside the source folder")
     exp.set_defaults(func=_export)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(prog="medhdm", description="Hierarchical Dynamic Masks for MONAI classifiers.")
+    parser.add_argument("--version", action="version", version=f"medhdm {__version__}")
+    parser.add_argument("--debug", action="store_true", help="print the traceback of an error")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in (
+        _add_demo_command,
+        _add_explain_command,
+        _add_evaluate_command,
+        _add_bench_data_command,
+        _add_export_command,
+    ):
+        add(sub)
     return parser
 
 

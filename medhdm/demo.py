@@ -21,7 +21,7 @@ from pathlib import Path
 
 from .data.bench_files import LESIONBENCH_INTENSITY_RANGE, write_lesionbench
 from .evaluation import evaluate_manifest, format_table, summarise
-from .explain import HDM, MDM, RISE, GradCAM, GradientInput, NeuroMask, Occlusion, make_explainer
+from .explain import HDM, MDM, RISE, GradCAM, GradientInput, NeuroMask, Occlusion
 from .io.axes import monai_to_dicom_volume
 from .io.manifest import load_manifest
 from .models import DEFAULT_3D, load_default_classifier
@@ -37,6 +37,49 @@ _TABLE_METRICS = ("pointing_game", "energy_in_lesion", "auroc", "lesion_hit_rate
 def _table(rows: list[dict], title: str) -> list[str]:
     metrics = [*_TABLE_METRICS, "seconds"]
     return [title, format_table(summarise(rows, metrics), metrics, digits={"seconds": 2})]
+
+
+def _plans(model2d, model3d) -> dict[int, tuple]:
+    """Per dimension: the model and the methods the demo compares."""
+    return {
+        2: (
+            model2d,
+            {
+                "HDM": HDM(model2d),
+                "MDM": MDM(model2d),
+                "NeuroMask": NeuroMask(model2d),
+                "GradientInput": GradientInput(model2d),
+                "Occlusion": Occlusion(model2d),
+                "RISE": RISE(model2d, n_masks=500),
+                "GradCAM": GradCAM(model2d),
+            },
+        ),
+        3: (
+            model3d,
+            {
+                "HDM": HDM(model3d),
+                "GradientInput": GradientInput(model3d),
+                "Occlusion": Occlusion(model3d),
+            },
+        ),
+    }
+
+
+def _export_first_case(entry: dict, saliency, lesion, out: Path) -> str:
+    """HDM's map of the first 2D case as a Secondary Capture in its study (replacing an earlier demo's)."""
+    from .export import export
+
+    written = export(
+        entry["image"],
+        monai_to_dicom_volume(saliency),
+        out,
+        ["sc", "png"],
+        method="HDM",
+        class_label=1,
+        lesion_mask=monai_to_dicom_volume(lesion > 0),
+        overwrite=True,
+    )
+    return f"DICOM Secondary Capture of HDM's map for {entry['id']}, in its study: {written['sc'][0]}"
 
 
 def run_demo(out_dir: Path, n_cases: int = 6, n_cases_3d: int = 2, log: Callable[[str], None] = print) -> dict:
@@ -66,29 +109,7 @@ def run_demo(out_dir: Path, n_cases: int = 6, n_cases_3d: int = 2, log: Callable
     log(
         f"data: {n_cases} 2D and {n_cases_3d} 3D LesionBench studies (DICOM + NIfTI lesion masks) in {out_dir / 'data'}"
     )
-    plans = {
-        2: (
-            model2d,
-            {
-                "HDM": HDM(model2d),
-                "MDM": MDM(model2d),
-                "NeuroMask": NeuroMask(model2d),
-                "GradientInput": GradientInput(model2d),
-                "Occlusion": Occlusion(model2d),
-                "RISE": RISE(model2d, n_masks=500),
-                "GradCAM": GradCAM(model2d),
-            },
-        ),
-        # 3D HDM at its default 100 steps takes about a minute per volume on 2 cores: 30 steps here.
-        3: (
-            model3d,
-            {
-                "HDM": make_explainer("hdm", model3d, steps=30),
-                "GradientInput": GradientInput(model3d),
-                "Occlusion": Occlusion(model3d),
-            },
-        ),
-    }
+    plans = _plans(model2d, model3d)
     results: dict[int, list[dict]] = {}
     lines: list[str] = []
     first_case = None
@@ -110,19 +131,7 @@ def run_demo(out_dir: Path, n_cases: int = 6, n_cases_3d: int = 2, log: Callable
         if dims == 2:
             first_case = (entries[0], figures["cases"][0]["maps"]["HDM"], figures["cases"][0]["lesion_array"])
     if first_case is not None:
-        from .export import export
-
-        entry, saliency, lesion = first_case
-        written = export(
-            entry["image"],
-            monai_to_dicom_volume(saliency),
-            out_dir / "export_dicom",
-            ["sc", "png"],
-            method="HDM",
-            class_label=1,
-            lesion_mask=monai_to_dicom_volume(lesion > 0),
-        )
-        lines += ["", f"DICOM Secondary Capture of HDM's map for {entry['id']}, in its study: {written['sc'][0]}"]
+        lines += ["", _export_first_case(*first_case, out_dir / "export_dicom")]
     for line in lines:
         log(line)
     log("")

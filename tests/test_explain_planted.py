@@ -9,7 +9,8 @@ from scipy import ndimage
 
 from medhdm import HDM, MDM, MaskObjective, NeuroMask
 from medhdm.explain.hdm import fusion_weights
-from medhdm.explain.masks import area_penalty, grid_shapes, normalise, optimise_masks
+from medhdm.explain.maps import normalise
+from medhdm.explain.masks import area_penalty, grid_shapes, optimise_masks
 from medhdm.explain.reference import gaussian_blur
 from medhdm.explain.scoring import ClassScorer
 from medhdm.metrics import auroc, energy_in_lesion, lesion_hit_rate, pointing_game

@@ -13,10 +13,9 @@ import numpy as np
 import torch
 
 from medhdm import HDM, RISE, GradientInput
-from medhdm.data import make_case
+from medhdm.data import make_case, stack_cases
 from medhdm.metrics import sanity_check, seed_agreement
 from medhdm.models import DEFAULT_3D, load_default_classifier
-from medhdm.training import stack_cases
 
 
 def lesion_images(n: int, size: tuple[int, ...], seed: int = 31) -> torch.Tensor:

@@ -77,6 +77,26 @@ def _add_faithfulness(row: dict, curves: dict[str, np.ndarray], figures: dict, n
         figures["curves"][name][mode].append(curve)
 
 
+def _method_map(explainer: Explainer, image, spec: InputSpec, entry: dict, slices):
+    """An explainer's map of one case: map, class, probability, explained slices, faithfulness view, reference."""
+    result = explain_image(image, explainer, spec, class_idx=entry.get("class_idx"), slices=slices)
+    view = (explainer.model, result.model_input, result.model_saliency)
+    reference = getattr(explainer, "reference", "blur")
+    return result.saliency, result.class_idx, result.score, result.explained_slices, view, reference
+
+
+def _external_map(folder, image, spec: InputSpec, entry: dict, slices, model: nn.Module | None):
+    """A map made elsewhere, read from ``folder``, as :func:`_method_map` returns an explainer's (no model: no view)."""
+    affine = np.asarray(image.affine, dtype=np.float64)
+    saliency = load_case_map(folder, entry["id"], tuple(image.shape[1:]), affine)
+    if model is None:
+        return saliency, entry.get("class_idx", ""), float("nan"), None, None, "blur"
+    x, cls, prob, chosen = classify_image(image, model, spec, entry.get("class_idx"), slices)
+    on_grid = map_to_classifier_grid(saliency, image, spec, by_slice=slices is not None)
+    on_grid = on_grid[list(chosen)] if chosen is not None else on_grid
+    return saliency, cls, prob, chosen, (model, x, on_grid.to(x.device)), "blur"
+
+
 def evaluate_manifest(
     entries: Sequence[dict],
     methods: Mapping[str, Explainer],
@@ -110,15 +130,8 @@ def evaluate_manifest(
         the rows (one per case and method) and the material for the figures: per case the
         image, lesion and maps on the source grid, and per method the mean curves.
     """
-    missing = [e["id"] for e in entries if "lesion" not in e]
-    if missing:
-        raise ValueError(f"manifest: cases without a 'lesion' annotation cannot be scored: {', '.join(missing)}")
+    _check_run(entries, methods, maps or {})
     maps = dict(maps or {})
-    clash = sorted(set(maps) & set(methods))
-    if clash:
-        raise ValueError(f"maps: names already used by methods: {', '.join(clash)}")
-    if not methods and not maps:
-        raise ValueError("methods: give at least one method or one folder of maps")
     if isinstance(slices, str):
         slices = SliceSelection.parse(slices)
     if model is None and methods:
@@ -127,30 +140,20 @@ def evaluate_manifest(
     rows: list[dict] = []
     names = [*methods, *maps]
     figures: dict = {"cases": [], "curves": {name: {"deletion": [], "insertion": []} for name in names}}
-    total, done = len(entries) * len(names), 0
+    total = len(entries) * len(names)
     for entry in entries:
         image = load_image(entry["image"])  # read once, explained by every method
-        grid = ImageGrid.from_meta(tuple(image.shape[1:]), np.asarray(image.affine, dtype=np.float64), image.meta)
-        lesion = load_annotation(entry["lesion"], grid)
         affine = np.asarray(image.affine, dtype=np.float64)
-        spacing = _spacing(affine, lesion.ndim)
+        lesion = load_annotation(entry["lesion"], ImageGrid.from_meta(tuple(image.shape[1:]), affine, image.meta))
         case_fig = {"id": entry["id"], "maps": {}, "image": image[0].numpy(), "lesion_array": lesion}
         for name in names:
             start = time.perf_counter()
             if name in methods:
-                explainer = methods[name]
-                result = explain_image(image, explainer, spec, class_idx=entry.get("class_idx"), slices=slices)
-                saliency, cls, prob, chosen = result.saliency, result.class_idx, result.score, result.explained_slices
-                reference = getattr(explainer, "reference", "blur")
-                view = (explainer.model, result.model_input, result.model_saliency)
+                saliency, cls, prob, chosen, view, reference = _method_map(methods[name], image, spec, entry, slices)
             else:
-                saliency = load_case_map(maps[name], entry["id"], tuple(image.shape[1:]), affine)
-                cls, prob, chosen, view, reference = entry.get("class_idx", ""), float("nan"), None, None, "blur"
-                if model is not None:
-                    x, cls, prob, chosen = classify_image(image, model, spec, entry.get("class_idx"), slices)
-                    on_grid = map_to_classifier_grid(saliency, image, spec, by_slice=slices is not None)
-                    on_grid = on_grid[list(chosen)] if chosen is not None else on_grid
-                    view = (model, x, on_grid.to(x.device))
+                saliency, cls, prob, chosen, view, reference = _external_map(
+                    maps[name], image, spec, entry, slices, model
+                )
             seconds = time.perf_counter() - start
             row = {
                 "case": entry["id"],
@@ -158,7 +161,7 @@ def evaluate_manifest(
                 "label": entry.get("label", ""),
                 "class_idx": cls,
                 "score": round(prob, 4),
-                **score_row(saliency, lesion, spacing=spacing),
+                **score_row(saliency, lesion, spacing=_spacing(affine, lesion.ndim)),
             }
             if slices is not None:
                 row["slices"] = " ".join(str(k) for k in chosen) if chosen is not None else ""
@@ -167,14 +170,25 @@ def evaluate_manifest(
             row["seconds"] = round(seconds, 3)
             rows.append(row)
             case_fig["maps"][name] = saliency
-            done += 1
             if log:
                 log(
-                    f"[{done}/{total}] {entry['id']} {name}: pointing {row['pointing_game']:.0f}, "
+                    f"[{len(rows)}/{total}] {entry['id']} {name}: pointing {row['pointing_game']:.0f}, "
                     f"AUROC {row['auroc']:.3f}, {seconds:.1f} s"
                 )
         figures["cases"].append(case_fig)
     return rows, figures
+
+
+def _check_run(entries: Sequence[dict], methods: Mapping[str, Explainer], maps: Mapping[str, object]) -> None:
+    """Every case annotated, at least one method or folder of maps, no name used twice."""
+    missing = [e["id"] for e in entries if "lesion" not in e]
+    if missing:
+        raise ValueError(f"manifest: cases without a 'lesion' annotation cannot be scored: {', '.join(missing)}")
+    clash = sorted(set(maps) & set(methods))
+    if clash:
+        raise ValueError(f"maps: names already used by methods: {', '.join(clash)}")
+    if not methods and not maps:
+        raise ValueError("methods: give at least one method or one folder of maps")
 
 
 def compare_methods(

@@ -227,27 +227,15 @@ class ExportFolder:
         _fsync_dir(self.out)
 
     # -- publication ------------------------------------------------------------------
-    def publish(
-        self,
-        writers: Sequence[tuple[str, Callable[[str], None]]],
-        protected: Sequence[Path | None] = (),
-        note: dict | None = None,
-    ) -> list[Path]:
-        """Write every ``(file name, writer)`` pair as the folder's new set, all or nothing.
-
-        Returns:
-            the paths of the written files in ``out`` (links into the set), in the order given.
-        """
-        assert self._fd is not None, "publish() needs the folder's lock"
-        out = self.out
-        names = [name for name, _ in writers]
+    def _check_targets(self, names: Sequence[str], protected: Sequence[Path | None]) -> Path | None:
+        """Refuse bad names, source files and files medhdm did not write; return the current set (if any)."""
         for name in names:
             _check_name(name)
         if len(set(names)) != len(names):
             raise ValueError("two outputs would get the same file name")
         protected_resolved = {Path(p).resolve() for p in protected if p is not None}
         for name in [*names, MANIFEST]:
-            target = out / name
+            target = self.out / name
             if target.resolve() in protected_resolved:
                 raise ValueError(f"{target}: refusing to overwrite a source file")
             if (target.exists() or target.is_symlink()) and not self._is_our_link(target):
@@ -256,10 +244,12 @@ class ExportFolder:
                 )
         old = self.current_set()
         if old is not None and not self.overwrite:
-            raise OutputExistsError(f"out: {out} already holds a medhdm export; pass overwrite=True (--overwrite)")
-        old_names = set(read_manifest(old)["files"]) if old is not None else set()
+            raise OutputExistsError(f"out: {self.out} already holds a medhdm export; pass overwrite=True (--overwrite)")
+        return old
 
-        staging = Path(os.path.join(out, f"{STAGING_PREFIX}{os.getpid()}-{secrets.token_hex(6)}"))
+    def _stage(self, writers: Sequence[tuple[str, Callable[[str], None]]], note: dict | None) -> Path:
+        """Write every file, then the manifest last, into a new staging folder (fsynced); return the folder."""
+        staging = Path(os.path.join(self.out, f"{STAGING_PREFIX}{os.getpid()}-{secrets.token_hex(6)}"))
         staging.mkdir()
         self._staging = staging
         files = {}
@@ -285,6 +275,25 @@ class ExportFolder:
         os.replace(tmp, staging / MANIFEST)  # written last: it marks the set complete
         _fsync_dir(staging)
         _checkpoint("manifest")
+        return staging
+
+    def publish(
+        self,
+        writers: Sequence[tuple[str, Callable[[str], None]]],
+        protected: Sequence[Path | None] = (),
+        note: dict | None = None,
+    ) -> list[Path]:
+        """Write every ``(file name, writer)`` pair as the folder's new set, all or nothing.
+
+        Returns:
+            the paths of the written files in ``out`` (links into the set), in the order given.
+        """
+        assert self._fd is not None, "publish() needs the folder's lock"
+        out = self.out
+        names = [name for name, _ in writers]
+        old = self._check_targets(names, protected)
+        old_names = set(read_manifest(old)["files"]) if old is not None else set()
+        staging = self._stage(writers, note)
 
         sets = out / SETS
         sets.mkdir(exist_ok=True)

@@ -1,7 +1,7 @@
 """The default classifiers that ship with medhdm, and the script that made them.
 
 ``lesion_densenet2d`` and ``lesion_densenet3d`` are the small MONAI DenseNet of
-:mod:`medhdm.training` trained to detect "lesion present" on synthetic cases
+:mod:`medhdm.models.training` trained to detect "lesion present" on synthetic cases
 (:mod:`medhdm.data.lesions`, real CT/MR anatomy with inserted lesions and bright
 distractors): 96 x 96 images, and 24 x 48 x 48 volumes (D, H, W) on nibabel's real MR
 volumes. Their weights (about 100-300 kB) live in ``medhdm/models/weights/`` beside JSON

@@ -51,6 +51,33 @@ def _fmt(v) -> str:
     return html.escape(str(v))
 
 
+def _summary_table(summary: Sequence[dict], methods: Sequence[str], metrics: Sequence[str]) -> str:
+    """The summary as an HTML table: method x metric, mean and bootstrap CI."""
+    table = ["<table><tr><th>method</th>" + "".join(f"<th>{m}</th>" for m in metrics) + "</tr>"]
+    for method in methods:
+        cells = []
+        for metric in metrics:
+            s = next(x for x in summary if x["method"] == method and x["metric"] == metric)
+            cells.append(f"<td>{_fmt(s['mean'])}<br><small>[{_fmt(s['ci_low'])}, {_fmt(s['ci_high'])}]</small></td>")
+        table.append(f"<tr><th>{html.escape(method)}</th>{''.join(cells)}</tr>")
+    return "".join([*table, "</table>"])
+
+
+def _pairs_table(comparisons: Sequence[dict], first: str) -> str:
+    """The paired comparisons with the first method as an HTML table."""
+    pairs = [
+        "<table><tr><th>method - " + html.escape(first) + "</th><th>metric</th><th>pairs</th>"
+        "<th>mean difference [95% CI]</th><th>Wilcoxon p</th></tr>"
+    ]
+    for c in comparisons:
+        pairs.append(
+            f"<tr><td>{html.escape(c['a'])}</td><td>{c['metric']}</td><td>{c['pairs']}</td>"
+            f"<td>{_fmt(c['mean_difference'])} [{_fmt(c['ci_low'])}, {_fmt(c['ci_high'])}]</td>"
+            f"<td>{_fmt(c['wilcoxon_p'])}</td></tr>"
+        )
+    return "".join([*pairs, "</table>"])
+
+
 def write_report(rows: Sequence[dict], figures: dict, out_dir: str | os.PathLike, title: str = "medhdm report") -> Path:
     """Write the CSVs, JSON, figures and ``report.html`` into ``out_dir``; return the HTML's path."""
     if not rows:
@@ -80,25 +107,8 @@ def write_report(rows: Sequence[dict], figures: dict, out_dir: str | os.PathLike
         data = base64.b64encode(images[name]).decode()
         return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
 
-    table = ["<table><tr><th>method</th>" + "".join(f"<th>{m}</th>" for m in metrics) + "</tr>"]
-    for method in methods:
-        cells = []
-        for metric in metrics:
-            s = next(x for x in summary if x["method"] == method and x["metric"] == metric)
-            cells.append(f"<td>{_fmt(s['mean'])}<br><small>[{_fmt(s['ci_low'])}, {_fmt(s['ci_high'])}]</small></td>")
-        table.append(f"<tr><th>{html.escape(method)}</th>{''.join(cells)}</tr>")
-    table.append("</table>")
-    pairs = [
-        "<table><tr><th>method - " + html.escape(methods[0]) + "</th><th>metric</th><th>pairs</th>"
-        "<th>mean difference [95% CI]</th><th>Wilcoxon p</th></tr>"
-    ]
-    for c in comparisons:
-        pairs.append(
-            f"<tr><td>{html.escape(c['a'])}</td><td>{c['metric']}</td><td>{c['pairs']}</td>"
-            f"<td>{_fmt(c['mean_difference'])} [{_fmt(c['ci_low'])}, {_fmt(c['ci_high'])}]</td>"
-            f"<td>{_fmt(c['wilcoxon_p'])}</td></tr>"
-        )
-    pairs.append("</table>")
+    table = _summary_table(summary, methods, metrics)
+    pairs = _pairs_table(comparisons, methods[0])
     n_cases = len({r["case"] for r in rows})
     case_table, case_sections = _cases(rows, figures, methods, metrics)
     page = f"""<!DOCTYPE html>
@@ -113,7 +123,7 @@ Files: <a href="per_case.csv">per_case.csv</a>, <a href="summary.csv">summary.cs
 dice_top, iou_top: the map's top voxels (as many as lesion voxels) against the lesions; auroc, auprc: the map as a
 voxel classifier of the lesion mask; lesion_hit_rate: share of lesions holding one of the map's top peaks;
 deletion_auc (lower is better), insertion_auc (higher is better): faithfulness to the model.</p>
-{"".join(table)}
+{table}
 <h3>Cases (pointing game / AUROC per method; open a case)</h3>
 {case_table}
 <h2>Deletion and insertion curves (mean over cases)</h2>
@@ -121,7 +131,7 @@ deletion_auc (lower is better), insertion_auc (higher is better): faithfulness t
 <h2>Metrics per method</h2>
 {embed("boxplots.png", "box plots of every metric per method")}
 <h2>Paired comparison with {html.escape(methods[0])}</h2>
-{"".join(pairs)}
+{pairs}
 <h2>Cases</h2>
 <p>The image with the map of the chosen method (inferno, where it reaches 0.2) and the lesion outline (cyan);
 volumes: every slice on the slider.</p>
