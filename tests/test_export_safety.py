@@ -241,9 +241,9 @@ def _cli_child(argv, log):
     with open(log, "w") as f:
         os.dup2(f.fileno(), 2)
         os.dup2(f.fileno(), 1)
+        sys.stdout = sys.stderr = f  # pytest's capture objects, inherited by the fork, would swallow the message
         code = main(argv)
-        sys.stdout.flush()
-        sys.stderr.flush()
+        f.flush()
     os._exit(code)
 
 
@@ -256,6 +256,20 @@ def test_a_second_run_into_a_locked_folder_fails_clearly(study, tmp_path):
     ready, go = tmp_path / "ready", tmp_path / "go"
     a = FORK.Process(target=_run_export, args=(study, out, NEW_FORMATS, False, "staged 1", ready, go))
     a.start()
+    try:
+        _second_runs_are_refused(study, tmp_path, out, a, ready)
+    finally:  # never leave run A waiting, whatever failed
+        go.write_text("go")
+    a.join(60)
+    assert a.exitcode == 0
+    assert classify(out, {}, new_names(study)) == "new"
+    _count("concurrent runs")
+    _count("concurrent new")
+    assert sorted(p.name for p in area.iterdir()) == ["out"]
+    assert {p.name: _sha(p) for p in study["folder"].iterdir()} == study["hashes"]
+
+
+def _second_runs_are_refused(study, tmp_path, out, a, ready) -> None:
     _wait_for(ready, a)
     for extra in ([], ["--overwrite"]):
         b = FORK.Process(
@@ -283,14 +297,6 @@ def test_a_second_run_into_a_locked_folder_fails_clearly(study, tmp_path):
         assert f"out: {out} is locked" in message and "Traceback" not in message
         _count("concurrent runs")
         _count("concurrent refused")
-    go.write_text("go")
-    a.join(60)
-    assert a.exitcode == 0
-    assert classify(out, {}, new_names(study)) == "new"
-    _count("concurrent runs")
-    _count("concurrent new")
-    assert sorted(p.name for p in area.iterdir()) == ["out"]
-    assert {p.name: _sha(p) for p in study["folder"].iterdir()} == study["hashes"]
 
 
 @pytest.mark.parametrize("overwrite", [False, True], ids=["plain", "overwrite"])
