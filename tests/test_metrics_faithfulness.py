@@ -72,8 +72,7 @@ def test_half_evidence_fraction_by_hand():
 
 @pytest.mark.parametrize("name", ["2d", "3d"])
 def test_faithfulness_ranks_a_random_map_below_gradient_x_input(name):
-    from medhdm.data import make_case
-    from medhdm.data import stack_cases
+    from medhdm.data import make_case, stack_cases
 
     model = load_default_classifier() if name == "2d" else load_default_classifier(DEFAULT_3D)
     rng = np.random.default_rng(3)
