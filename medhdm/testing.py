@@ -91,29 +91,16 @@ def train_blob_densenet():
     from .data import make_dataset
     from .models import train_classifier
 
-    size = (32, 32)
-    train = make_dataset(
-        0,
-        600,
-        size,
-        lesion_counts=(0, 1),
-        weights=(0.5, 0.5),
-        background="noise",
-        n_distractors=0,
-        radius_range=(2.5, 4.0),
-        contrast_range=(0.3, 0.5),
-    )
-    test = make_dataset(
-        1,
-        60,
-        size,
-        lesion_counts=(0, 1),
-        weights=(0.5, 0.5),
-        background="noise",
-        n_distractors=0,
-        radius_range=(2.5, 4.0),
-        contrast_range=(0.3, 0.5),
-    )
+    blobs = {
+        "lesion_counts": (0, 1),
+        "weights": (0.5, 0.5),
+        "background": "noise",
+        "n_distractors": 0,
+        "radius_range": (2.5, 4.0),
+        "contrast_range": (0.3, 0.5),
+    }
+    train = make_dataset(0, 600, (32, 32), **blobs)
+    test = make_dataset(1, 60, (32, 32), **blobs)
     torch.manual_seed(0)
     model = DenseNet(
         spatial_dims=2, in_channels=1, out_channels=2, init_features=8, growth_rate=8, block_config=(2, 2), bn_size=2
