@@ -182,6 +182,11 @@ def _evaluate(args: argparse.Namespace) -> None:
     if missing:
         raise ValueError(f"{args.manifest}: cases without a 'lesion' annotation cannot be scored: {', '.join(missing)}")
     check_output_folder(args.out, [StudyCase(Path(e["image"]), e["id"]) for e in entries])
+    if (Path(args.out) / "report.html").exists() and not args.overwrite:
+        raise FileExistsError(
+            f"--out: {Path(args.out) / 'report.html'} exists; pass --overwrite to replace the "
+            "report, or choose another folder"
+        )
     model, spec = _model_and_spec(args)
     methods = {name: make_explainer(name, model, steps=args.steps if is_mask_method(name) else None) for name in names}
     rows, figures = evaluate_manifest(
@@ -305,7 +310,7 @@ def _add_explain_command(sub) -> None:
     _add_model_options(ex)
     ex.add_argument("--out", required=True, help="output folder: <case>_saliency.nii.gz and explanations.csv")
     ex.add_argument("--export", default=None, help="also export DICOM sources: comma-separated sc,pm,seg,nifti,png")
-    ex.add_argument("--overwrite", action="store_true", help="with --export: replace the exports a previous run wrote")
+    ex.add_argument("--overwrite", action="store_true", help="replace the maps (and exports) a previous run wrote")
     ex.set_defaults(func=_explain)
 
 
@@ -324,6 +329,7 @@ def _add_evaluate_command(sub) -> None:
     )
     ev.add_argument("--out", required=True, help="output folder: report.html, per_case.csv, summary.csv/json, figures")
     ev.add_argument("--no-faithfulness", action="store_true", help="skip deletion/insertion")
+    ev.add_argument("--overwrite", action="store_true", help="replace the report a previous run wrote into --out")
     ev.add_argument(
         "--maps",
         action="append",

@@ -173,7 +173,8 @@ def explain_studies(
 
     ``out_dir`` is created (and removed again if the first case fails and nothing was written)
     and locked for the run (a second run into it fails at once); temporary files that a
-    killed run left in it are removed first.
+    killed run left in it are removed first. Maps (and exports) already there are replaced
+    only with ``overwrite``; otherwise the run is refused before any work.
 
     Raises:
         StudyError: a case failed (its ``error`` says why); the cases before it are complete.
@@ -188,6 +189,12 @@ def explain_studies(
     rows: list[dict] = []
     with LockedFolder(out, what="--out"):
         remove_stale_temporaries(out)
+        existing = [p for c in cases for p in (out / f"{c.case}_saliency.nii.gz",) if p.exists()]
+        if existing and not overwrite:
+            raise FileExistsError(
+                f"--out: {existing[0]} exists ({len(existing)} of the maps do); pass --overwrite "
+                "to replace them, or choose another folder"
+            )
         for i, case in enumerate(cases, start=1):
             start = time.perf_counter()
             try:

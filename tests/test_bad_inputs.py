@@ -657,3 +657,25 @@ def test_a_failure_of_the_run_exits_1(tmp_path, capsys, monkeypatch):
 def test_source_files_are_never_written(corpus):
     assert os.access(corpus.image2d, os.R_OK)
     assert _hashes(corpus.root / "src") == corpus.hashes
+
+
+def test_existing_outputs_are_replaced_only_with_overwrite(corpus, tmp_path, capsys):
+    """explain: maps a previous run wrote are kept (exit 2, nothing touched) unless --overwrite."""
+    out = tmp_path / "out"
+    argv = [
+        "explain",
+        "--method",
+        "gxi",
+        "--intensity-range=-1000,0",
+        "--image",
+        str(corpus.image2d),
+        "--out",
+        str(out),
+    ]
+    assert main(argv) == 0, capsys.readouterr().err
+    before = _hashes(out)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "image_saliency.nii.gz exists" in err and "--overwrite" in err, err
+    assert _hashes(out) == before
+    assert main([*argv, "--overwrite"]) == 0, capsys.readouterr().err

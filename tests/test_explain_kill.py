@@ -27,7 +27,7 @@ def images(tmp_path_factory) -> list[Path]:
     return [manifest.parent / f"case{i:03d}" / "image.dcm" for i in range(N_CASES)]
 
 
-def _command(images: list[Path], out: Path) -> list[str]:
+def _command(images: list[Path], out: Path, *extra: str) -> list[str]:
     argv = [
         sys.executable,
         "-m",
@@ -38,6 +38,7 @@ def _command(images: list[Path], out: Path) -> list[str]:
         "--intensity-range=-1000,0",
         "--out",
         str(out),
+        *extra,
     ]
     for image in images:
         argv += ["--image", str(image)]
@@ -82,8 +83,13 @@ def test_killed_explain_leaves_complete_cases_and_the_next_run_finishes(images, 
         assert not list(out.glob(".tmp-*")), "an interrupted run removes its own temporaries"
     listed = _check_consistent(out)
     assert listed <= N_CASES
-    # the same command again: it cleans what the killed run left and finishes every case
-    again = subprocess.run(_command(images, out), env=_env(), capture_output=True, text=True, timeout=300)
+    # the same command again (replacing what the killed run finished): it cleans up and finishes every case
+    refused = subprocess.run(_command(images, out), env=_env(), capture_output=True, text=True, timeout=300)
+    if _maps(out):
+        assert refused.returncode == 2 and "--overwrite" in refused.stderr, refused.stderr
+    again = subprocess.run(
+        _command(images, out, "--overwrite"), env=_env(), capture_output=True, text=True, timeout=300
+    )
     assert again.returncode == 0, again.stderr
     assert _check_consistent(out) == N_CASES
     assert not list(out.glob(".tmp-*"))
