@@ -679,3 +679,30 @@ def test_existing_outputs_are_replaced_only_with_overwrite(corpus, tmp_path, cap
     assert "image_saliency.nii.gz exists" in err and "--overwrite" in err, err
     assert _hashes(out) == before
     assert main([*argv, "--overwrite"]) == 0, capsys.readouterr().err
+
+
+if __name__ == "__main__":  # python tests/test_bad_inputs.py: the corpus as a Markdown table
+    import contextlib
+    import io
+    import re
+    import tempfile
+
+    root = Path(tempfile.mkdtemp())
+    corpus_ = Corpus(root)
+    built = _build(corpus_)
+    print("| input | exit | message |\n| --- | --- | --- |")
+    for case_name in CASE_NAMES:
+        if case_name not in built:
+            continue
+        case_argv, _ = built[case_name]
+        run_dir = root / "run" / case_name
+        run_dir.mkdir(parents=True)
+        if "--out" not in case_argv:
+            case_argv = [*case_argv, "--out", str(run_dir / "out")]
+        case_argv = [str(run_dir / "OUT") if a == "OUT" else a for a in case_argv]
+        captured = io.StringIO()
+        with contextlib.redirect_stderr(captured):
+            status = main(case_argv)
+        text = captured.getvalue().strip().split("error:", 1)[-1].strip().replace(f"{root}/src/bad/", "")
+        text = re.sub(r"^case 1 \([^)]*\) failed: ", "", text.replace(f"{root}/", "")).replace("|", "/")
+        print(f"| {case_name} | {status} | {text[:170]} |")
