@@ -565,15 +565,20 @@ def test_the_corpus_is_large_enough(corpus):
     assert set(corpus.cases) <= set(CASE_NAMES), sorted(set(corpus.cases) - set(CASE_NAMES))
 
 
+def _in_folder(argv: list[str], folder: Path) -> list[str]:
+    """``argv`` with ``--out folder/out`` added where it has none, and the placeholder ``OUT`` as ``folder/OUT``."""
+    if "--out" not in argv:
+        argv = [*argv, "--out", str(folder / "out")]
+    return [str(folder / "OUT") if a == "OUT" else a for a in argv]
+
+
 @pytest.mark.parametrize("name", CASE_NAMES)
 def test_bad_input_is_one_clear_error(corpus, name, tmp_path, capsys, monkeypatch):
     if name not in corpus.cases:
         pytest.skip("a CUDA device is present here")
     argv, texts = corpus.cases[name]
     monkeypatch.chdir(tmp_path)
-    if "--out" not in argv:
-        argv = [*argv, "--out", str(tmp_path / "out")]
-    argv = [str(tmp_path / "OUT") if a == "OUT" else a for a in argv]
+    argv = _in_folder(argv, tmp_path)
     before = _tree(tmp_path)
     rc = main(argv)
     err = capsys.readouterr().err
@@ -697,9 +702,7 @@ if __name__ == "__main__":  # python tests/test_bad_inputs.py: the corpus as a M
         case_argv, _ = built[case_name]
         run_dir = root / "run" / case_name
         run_dir.mkdir(parents=True)
-        if "--out" not in case_argv:
-            case_argv = [*case_argv, "--out", str(run_dir / "out")]
-        case_argv = [str(run_dir / "OUT") if a == "OUT" else a for a in case_argv]
+        case_argv = _in_folder(case_argv, run_dir)
         captured = io.StringIO()
         with contextlib.redirect_stderr(captured):
             status = main(case_argv)
