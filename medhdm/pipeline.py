@@ -226,15 +226,22 @@ def _intensity(keys, spec: InputSpec):
     return ScaleIntensityRangePercentilesd(keys, lower=lower, upper=upper, b_min=0.0, b_max=1.0, clip=True)
 
 
+def _check_dimension(spatial_dims: int, spec: InputSpec, what: str | None = None) -> None:
+    """``ValueError`` unless an image of ``spatial_dims`` fits the classifier; 2D models on series: slices."""
+    if spatial_dims == len(spec.spatial_size):
+        return
+    what = what or f"image: a {spatial_dims}D image"
+    hint = (
+        "; explain a series slice by slice with slices= (--slices all|top:K|I,J,...)"
+        if spatial_dims == 3 and len(spec.spatial_size) == 2
+        else ""
+    )
+    raise ValueError(f"{what} for a {len(spec.spatial_size)}D classifier of input size {spec.spatial_size}{hint}")
+
+
 def classifier_transforms(spatial_dims: int, spec: InputSpec, keys: str | list[str] = "image") -> Compose:
     """The invertible preprocessing from a loaded ``(1, *S)`` image to the classifier's input."""
-    if spatial_dims != len(spec.spatial_size):
-        hint = (
-            "; explain a series slice by slice with slices= (--slices all|top:K|I,J,...)"
-            if spatial_dims == 3 and len(spec.spatial_size) == 2
-            else ""
-        )
-        raise ValueError(f"image: a {spatial_dims}D image for a classifier of input size {spec.spatial_size}{hint}")
+    _check_dimension(spatial_dims, spec)
     if spec.layout == "dicom":
         layout = [Transposed(keys, indices=reversed_spatial_indices(spatial_dims))]
     else:
@@ -251,16 +258,7 @@ def classifier_transforms(spatial_dims: int, spec: InputSpec, keys: str | list[s
 def _check_fits(image: MetaTensor, spec: InputSpec, name: str) -> None:
     """The loaded image ``(1, *S)`` has the classifier's dimension and, for a 3D classifier, more than one slice."""
     shape = tuple(image.shape[1:])
-    if len(shape) != len(spec.spatial_size):
-        hint = (
-            "; explain a series slice by slice with slices= (--slices all|top:K|I,J,...)"
-            if len(shape) == 3 and len(spec.spatial_size) == 2
-            else ""
-        )
-        raise ValueError(
-            f"{name}: a {len(shape)}D image of shape {shape} for a {len(spec.spatial_size)}D classifier "
-            f"of input size {spec.spatial_size}{hint}"
-        )
+    _check_dimension(len(shape), spec, f"{name}: a {len(shape)}D image of shape {shape}")
     if len(shape) == 3 and min(shape) == 1 and min(spec.spatial_size) > 1:
         raise ValueError(
             f"{name}: a single-slice volume of shape {shape} for a 3D classifier of input size "

@@ -189,7 +189,7 @@ def explain_studies(
     rows: list[dict] = []
     with LockedFolder(out, what="--out"):
         remove_stale_temporaries(out)
-        existing = [p for c in cases for p in (out / f"{c.case}_saliency.nii.gz",) if p.exists()]
+        existing = [out / f"{c.case}_saliency.nii.gz" for c in cases if (out / f"{c.case}_saliency.nii.gz").exists()]
         if existing and not overwrite:
             raise FileExistsError(
                 f"--out: {existing[0]} exists ({len(existing)} of the maps do); pass --overwrite "
