@@ -16,6 +16,7 @@ global RNG state is left alone.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -27,6 +28,21 @@ from .reference import ReferenceSpec, make_reference
 from .scoring import ClassScorer
 
 __all__ = ["Explainer", "Explanation", "StageRecord"]
+
+
+def _plain(value):
+    """``value`` as JSON-able data: see :meth:`Explainer.settings`."""
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, tuple | list):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, torch.Tensor) and value.numel() <= 16:
+        return value.detach().cpu().tolist()
+    return repr(value)
 
 
 @dataclass
@@ -113,6 +129,16 @@ class Explainer:
             raise TypeError(f"seed: expected an int, got {type(seed).__name__}")
         self.seed = seed
         self.amp = bool(amp)
+
+    def settings(self) -> dict:
+        """The method's settings as plain JSON values (the model excluded), for provenance records.
+
+        Every public attribute set on the explainer: numbers, strings, ``None``, tuples and
+        lists of them, dataclasses (a :class:`~medhdm.explain.masks.MaskObjective`) as dicts,
+        anything else as its ``repr``. Two explainers with equal settings on the same model
+        give the same maps.
+        """
+        return {"method": self.name, **{k: _plain(v) for k, v in sorted(vars(self).items()) if k != "model"}}
 
     def __call__(self, x: torch.Tensor, class_idx: int | Sequence[int] | torch.Tensor | None = None) -> torch.Tensor:
         """The saliency map ``(B, 1, *S)`` in ``[0, 1]`` for images ``x`` ``(B, C, *S)``."""

@@ -4,8 +4,10 @@
 - :mod:`medhdm.models.shipped`: the shipped 2D/3D DenseNets (:func:`load_default_classifier`), their
   recipes, and ``python -m medhdm.models`` to re-create them.
 - :mod:`medhdm.models.training`: the small MONAI DenseNet and its training loop.
+- :mod:`medhdm.models.identity`: the weights hash and a run's configuration fingerprint.
 """
 
+from .identity import configuration_hash, model_identity, run_configuration, weights_hash
 from .loading import load_model
 from .shipped import (
     DEFAULT_2D,
@@ -23,9 +25,13 @@ __all__ = [
     "RECIPES",
     "WEIGHTS_DIR",
     "accuracy_and_auc",
+    "configuration_hash",
     "lesion_classifier",
     "load_default_classifier",
     "load_model",
+    "model_identity",
+    "run_configuration",
     "train_classifier",
     "train_default_classifier",
+    "weights_hash",
 ]
