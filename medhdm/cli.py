@@ -243,6 +243,49 @@ def _explain(args: argparse.Namespace) -> None:
     print(f"maps and explanations.csv in {Path(args.out)}")
 
 
+def _pacs_serve(args: argparse.Namespace) -> None:
+    import logging
+
+    from .explain.registry import make_explainer
+    from .pacs.destinations import parse_destination
+    from .pacs.secrets import credentials_from_env
+    from .pacs.serve import ServeSettings, explain_and_push, run_service, setup_logging
+
+    # every argument checked before the model loads or the port opens
+    formats = [f.strip() for f in args.push.split(",") if f.strip()]
+    unknown = [f for f in formats if f not in ("sc", "pm", "seg", "sr")]
+    if not formats or unknown:
+        raise ValueError(f"--push: expected a comma-separated subset of sc,pm,seg,sr, got {args.push!r}")
+    settings = ServeSettings(
+        spool=Path(args.spool),
+        aet=args.aet,
+        calling_aets=tuple(args.calling_aet or ()),
+        host=args.host,
+        port=args.port,
+        stable_seconds=args.stable_seconds,
+        retry_seconds=args.retry_seconds,
+        max_attempts=args.max_attempts,
+    )
+    if not settings.calling_aets:
+        raise ValueError("--calling-aet: give at least one calling AE title allowed to send studies")
+    redactor = setup_logging(logging.DEBUG if args.debug else logging.INFO, args.log_file)
+    log = logging.getLogger("medhdm.pacs.serve")
+    credentials = credentials_from_env(args.token_file, args.basic_auth_file)
+    destination = parse_destination(args.destination, credentials, calling_aet=args.aet, log=log.warning)
+    model, spec = _model_and_spec(args)
+    explainer = make_explainer(args.method, model, steps=args.steps, **_parse_json(args.method_args, "--method-args"))
+    log.info(
+        "medhdm pacs serve: model %s, method %s, results %s to %s; a study is explained %g s after its last instance",
+        args.model,
+        args.method,
+        ",".join(formats),
+        destination.describe(),
+        settings.stable_seconds,
+    )
+    process = explain_and_push(explainer, spec, model_name=args.model, formats=formats, destination=destination)
+    run_service(settings, process, redactor)
+
+
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model",
@@ -398,6 +441,56 @@ def _add_export_command(sub) -> None:
     exp.set_defaults(func=_export)
 
 
+def _add_pacs_serve_command(pacs_sub) -> None:
+    """``medhdm pacs serve``."""
+    serve = pacs_sub.add_parser(
+        "serve",
+        help="receive studies as a DICOM Storage SCP, explain each once it is stable, push the results",
+    )
+    serve.add_argument("--spool", required=True, help="folder for received studies, the journal and the quarantine")
+    serve.add_argument(
+        "--calling-aet",
+        action="append",
+        metavar="AET",
+        help="calling AE title allowed to send (repeatable; at least one; all others are rejected)",
+    )
+    serve.add_argument("--aet", default="MEDHDM", help="this service's AE title (default MEDHDM)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0: all)")
+    serve.add_argument("--port", type=int, default=11112, help="DICOM port (default 11112; 0: a free one, logged)")
+    serve.add_argument(
+        "--destination", required=True, help="where results go: a DICOMweb root URL or AET@HOST:PORT (C-STORE)"
+    )
+    serve.add_argument("--token-file", default=None, help="file with a DICOMweb bearer token (or MEDHDM_PACS_TOKEN)")
+    serve.add_argument(
+        "--basic-auth-file", default=None, help="file with user:password (or MEDHDM_PACS_USER/MEDHDM_PACS_PASSWORD)"
+    )
+    serve.add_argument("--push", default="sc,pm,seg,sr", help="results to push: subset of sc,pm,seg,sr (default all)")
+    serve.add_argument(
+        "--stable-seconds",
+        type=float,
+        default=30.0,
+        help="explain a study once no instance arrived for this long (default 30)",
+    )
+    serve.add_argument(
+        "--retry-seconds", type=float, default=30.0, help="first wait before a failed push is retried (default 30)"
+    )
+    serve.add_argument(
+        "--max-attempts", type=int, default=5, help="attempts before a study whose push fails is set aside (5)"
+    )
+    serve.add_argument("--log-file", default=None, help="also append the log to this file")
+    serve.add_argument("--method", default="hdm", help="explanation method (as for medhdm explain; default hdm)")
+    serve.add_argument("--method-args", default=None, help="JSON keyword arguments of the explainer")
+    _add_model_options(serve)
+    serve.set_defaults(func=_pacs_serve)
+
+
+def _add_pacs_command(sub) -> None:
+    """``medhdm pacs ...``."""
+    pacs = sub.add_parser("pacs", help="explain studies that live in an archive (PACS), or receive them")
+    pacs_sub = pacs.add_subparsers(dest="pacs_command", required=True)
+    _add_pacs_serve_command(pacs_sub)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -411,6 +504,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_evaluate_command,
         _add_bench_data_command,
         _add_export_command,
+        _add_pacs_command,
     ):
         add(sub)
     return parser

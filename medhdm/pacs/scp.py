@@ -1,0 +1,188 @@
+"""A DICOM Storage SCP (pynetdicom) that writes every received instance durably into a spool.
+
+Rules:
+
+- Only the configured calling AE titles may associate (pynetdicom's ``require_calling_aet``);
+  any other is rejected at association time ("calling AE title not recognised") and logged.
+- An instance is answered *Success* only after :meth:`medhdm.pacs.spool.Spool.store` wrote it
+  (fsync of the file and its folder), so an acknowledged instance is never lost.
+- An instance that cannot be decoded, or lacks valid Study/SOP Instance UIDs, is answered with a
+  failure status (``0xC210`` cannot understand) and not stored; a disk that refuses the write
+  gives ``0xA700`` (out of resources). The SCP goes on either way.
+- Logs carry AE titles, addresses and UIDs only, never patient names or IDs; the names and IDs
+  of received instances are handed to a :class:`medhdm.pacs.redact.Redactor`, which removes
+  them from any log line that might quote them (an error message, a library's warning).
+
+Verification (C-ECHO) is answered too, so ``echoscu`` can check that the service is up.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Sequence
+
+from pynetdicom import AE, AllStoragePresentationContexts, evt
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+from .redact import Redactor
+from .spool import Spool, check_uid
+
+__all__ = ["STATUS_CANNOT_UNDERSTAND", "STATUS_OUT_OF_RESOURCES", "StorageSCP"]
+
+logger = logging.getLogger("medhdm.pacs.scp")
+
+#: C-STORE failure statuses (PS3.4 Table B.2-1)
+STATUS_OUT_OF_RESOURCES = 0xA700
+STATUS_CANNOT_UNDERSTAND = 0xC210
+
+
+def _raw_texts(dataset, keywords: Sequence[str]) -> list[str]:
+    """The values of ``keywords`` as stored (before pydicom converts and validates them), decoded leniently."""
+    texts = []
+    for keyword in keywords:
+        if keyword not in dataset:
+            continue
+        value = dataset.get_item(keyword).value
+        if isinstance(value, bytes):
+            texts += [value.decode(codec, errors="replace").strip(" \x00") for codec in ("utf-8", "latin-1")]
+            texts += [part for text in texts[-2:] for part in text.split("\\")]  # multiple values
+        elif value is not None:
+            texts.append(str(value))
+    return texts
+
+
+class StorageSCP:
+    """The service's Storage SCP: a pynetdicom server in background threads, writing into a :class:`Spool`.
+
+    Use as a context manager (or :meth:`start` / :meth:`stop`).
+
+    Args:
+        spool: where instances go.
+        aet: this SCP's AE title (the called AE title).
+        calling_aets: the calling AE titles allowed to send (at least one).
+        host: the address to listen on (default loopback only).
+        port: the TCP port; 0 picks a free one (:attr:`port` tells which after :meth:`start`).
+        redactor: receives the patient names and IDs of received instances (optional).
+    """
+
+    def __init__(
+        self,
+        spool: Spool,
+        *,
+        aet: str,
+        calling_aets: Sequence[str],
+        host: str = "127.0.0.1",
+        port: int = 11112,
+        redactor: Redactor | None = None,
+    ) -> None:
+        titles = [t.strip() for t in calling_aets if t and t.strip()]
+        if not titles:
+            raise ValueError("--calling-aet: give at least one calling AE title allowed to send studies")
+        for title in [aet, *titles]:
+            if len(title) > 16 or not title.isascii() or "\\" in title:
+                raise ValueError(f"AE title {title!r}: expected at most 16 ASCII characters without a backslash")
+        if not 0 <= port <= 65535:
+            raise ValueError(f"--port: expected 0 to 65535, got {port}")
+        self.spool = spool
+        self.aet = aet
+        self.calling_aets = titles
+        self.host = host
+        self.port = port
+        self.redactor = redactor
+        self._server = None
+        self._counts: dict[int, dict[str, int]] = {}  # association id -> study UID -> instances stored
+        self._counts_lock = threading.Lock()
+
+    # --- lifecycle --------------------------------------------------------------------------------
+
+    def start(self) -> StorageSCP:
+        """Start listening (background threads); :attr:`port` is then the port actually bound."""
+        ae = AE(ae_title=self.aet)
+        ae.supported_contexts = AllStoragePresentationContexts
+        ae.add_supported_context(Verification)
+        ae.require_calling_aet = self.calling_aets
+        ae.maximum_associations = 16
+        handlers = [
+            (evt.EVT_C_STORE, self._on_store),
+            (evt.EVT_C_ECHO, lambda event: 0x0000),
+            (evt.EVT_REJECTED, self._on_rejected),
+            (evt.EVT_RELEASED, self._on_closed),
+            (evt.EVT_ABORTED, self._on_closed),
+        ]
+        try:
+            self._server = ae.start_server((self.host, self.port), block=False, evt_handlers=handlers)
+        except OSError as err:
+            raise ValueError(f"--port: cannot listen on {self.host}:{self.port} ({err.strerror or err})") from None
+        self.port = self._server.server_address[1]
+        logger.info(
+            "storage SCP %s listening on %s:%d; calling AE titles allowed: %s",
+            self.aet,
+            self.host,
+            self.port,
+            ", ".join(self.calling_aets),
+        )
+        return self
+
+    def stop(self) -> None:
+        """Stop listening and close open associations (their unacknowledged instances are the sender's to resend)."""
+        if self._server is not None:
+            self._server.shutdown()
+            self._server = None
+            logger.info("storage SCP %s stopped", self.aet)
+
+    def __enter__(self) -> StorageSCP:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # --- handlers ---------------------------------------------------------------------------------
+
+    @staticmethod
+    def _peer(event) -> str:
+        requestor = event.assoc.requestor
+        return f"{requestor.ae_title} ({requestor.address})"
+
+    def _on_store(self, event) -> int:
+        """Decode enough to know the study, store durably, then answer (Success or a failure status)."""
+        sop = str(event.request.AffectedSOPInstanceUID or "")
+        try:
+            sop = check_uid(sop, "SOP Instance UID")
+            dataset = event.dataset
+            if self.redactor is not None:  # first, as raw bytes: a warning on a bad value would quote it
+                self.redactor.add(*_raw_texts(dataset, ("PatientName", "PatientID", "OtherPatientIDs")))
+            study = check_uid(dataset.get("StudyInstanceUID"), "Study Instance UID")
+        except Exception as err:  # noqa: BLE001 (any decoding error: answered, logged, the SCP goes on)
+            reason = str(err) if isinstance(err, ValueError) and "UID" in str(err) else type(err).__name__
+            logger.warning(
+                "C-STORE of instance %s from %s refused: the data set cannot be read (%s)",
+                sop or "(no UID)",
+                self._peer(event),
+                reason,
+            )
+            return STATUS_CANNOT_UNDERSTAND
+        try:
+            self.spool.store(study, sop, event.encoded_dataset())
+        except OSError as err:
+            logger.error("C-STORE of instance %s of study %s: not stored (%s)", sop, study, err.strerror or err)
+            return STATUS_OUT_OF_RESOURCES
+        with self._counts_lock:
+            per_study = self._counts.setdefault(id(event.assoc), {})
+            per_study[study] = per_study.get(study, 0) + 1
+        logger.debug("stored instance %s of study %s", sop, study)
+        return 0x0000
+
+    def _on_rejected(self, event) -> None:
+        title = str(event.assoc.requestor.ae_title).strip()
+        why = "calling AE title not in the allowed list" if title not in self.calling_aets else "too many associations"
+        logger.warning("association from %s to %s rejected: %s", self._peer(event), self.aet, why)
+
+    def _on_closed(self, event) -> None:
+        with self._counts_lock:
+            per_study = self._counts.pop(id(event.assoc), {})
+        how = "released" if event.event is evt.EVT_RELEASED else "aborted"
+        for study, n in per_study.items():
+            logger.info(
+                "received %d instance(s) of study %s from %s (association %s)", n, study, self._peer(event), how
+            )

@@ -1,0 +1,316 @@
+"""``medhdm pacs serve``: receive studies by C-STORE, explain each once it is stable, push the results back.
+
+The service is three parts around one spool folder (:mod:`medhdm.pacs.spool`):
+
+1. a Storage SCP (:class:`medhdm.pacs.scp.StorageSCP`, background threads) that writes each
+   received instance durably under ``incoming/<StudyUID>/`` before it answers success;
+2. a loop that claims a study once no new instance came for ``stable_seconds`` (moves it to
+   ``studies/``), and explains it with :func:`medhdm.pacs.run.explain_local_study`, which
+   exports the derived objects and pushes them to the configured destination;
+3. a journal (``journal.jsonl``) that records each study's ``started``, ``done`` and
+   ``failed`` events with the fingerprint of the instances it covered.
+
+Failure handling: a study that fails is moved to ``quarantine/<StudyUID>/`` with
+``reason.txt`` and the service goes on with the next one; a failed push (the destination is
+down) is retried with a growing delay, and the study set aside only after ``max_attempts``.
+
+Restarts: a study that was claimed but not finished (the service was killed while explaining
+or pushing it) is redone at the next start; a finished one is not (the journal says so). A
+redone push adds nothing twice to the archive, because the derived UIDs are a deterministic
+function of the source and the run's configuration (:mod:`medhdm.pacs.uids`).
+
+Stopping: SIGTERM or SIGINT closes the SCP, interrupts the study in progress (redone at the
+next start) and returns.
+
+Logs carry UIDs, AE titles and addresses, never patient names or IDs (:mod:`medhdm.pacs.redact`).
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..io.atomic import LockedFolder
+from .redact import Redactor
+from .scp import StorageSCP
+from .spool import Spool, fingerprint
+
+__all__ = ["ServeSettings", "Service", "ServiceStopped", "explain_and_push", "run_service", "setup_logging"]
+
+logger = logging.getLogger("medhdm.pacs.serve")
+
+#: (study UID, folder of its instances, empty work folder) -> the outcome (an object with ``status``,
+#: ``derived``, ``pushed``, ``error`` like :class:`medhdm.pacs.run.StudyOutcome`); raises on failure
+ProcessStudy = Callable[[str, Path, Path], Any]
+
+
+class ServiceStopped(BaseException):  # noqa: N818 (a stop request, not an error)
+    """Raised in the service loop by SIGTERM / SIGINT to interrupt the study in progress."""
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """What the service listens on and how it waits.
+
+    Args:
+        spool: the spool folder (created; locked while the service runs).
+        aet: the service's AE title.
+        calling_aets: the calling AE titles allowed to send.
+        host: address to listen on (default loopback).
+        port: DICOM port (0: a free one, logged).
+        stable_seconds: a study is explained once no instance arrived for this long.
+        poll_seconds: how often the spool is looked at.
+        retry_seconds: first delay before a failed push is tried again (doubling each time).
+        max_attempts: attempts at a study whose push fails before it is set aside.
+    """
+
+    spool: Path
+    aet: str = "MEDHDM"
+    calling_aets: tuple[str, ...] = ()
+    host: str = "127.0.0.1"
+    port: int = 11112
+    stable_seconds: float = 30.0
+    poll_seconds: float = 0.5
+    retry_seconds: float = 30.0
+    max_attempts: int = 5
+
+    def __post_init__(self) -> None:
+        if self.stable_seconds < 0:
+            raise ValueError(f"--stable-seconds: expected 0 or more, got {self.stable_seconds}")
+        if self.poll_seconds <= 0:
+            raise ValueError(f"poll_seconds: expected more than 0, got {self.poll_seconds}")
+        if self.max_attempts < 1:
+            raise ValueError(f"--max-attempts: expected at least 1, got {self.max_attempts}")
+
+
+def _is_transient(error: BaseException) -> bool:
+    """A failure worth trying again later: the destination refused or could not be reached (after its own retries)."""
+    from .destinations import ArchiveError
+
+    return isinstance(error, ArchiveError | ConnectionError | TimeoutError)
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(f"{type(error).__name__}: {error}".split())
+
+
+class Service:
+    """The loop of ``medhdm pacs serve`` over a :class:`Spool` (the SCP runs beside it).
+
+    Args:
+        spool: the spool.
+        process: explains and pushes one claimed study (:data:`ProcessStudy`).
+        settings: timings (``stable_seconds``, ``poll_seconds``, ``retry_seconds``, ``max_attempts``).
+        is_transient: which failures are retried instead of set aside (default: push / connection errors).
+    """
+
+    def __init__(
+        self,
+        spool: Spool,
+        process: ProcessStudy,
+        settings: ServeSettings,
+        is_transient: Callable[[BaseException], bool] = _is_transient,
+    ) -> None:
+        self.spool = spool
+        self.process = process
+        self.settings = settings
+        self.is_transient = is_transient
+        self.stop_event = threading.Event()
+        self.busy: str | None = None  # the study in progress
+        self._attempts: dict[str, int] = {}
+        self._retry_at: dict[str, float] = {}
+
+    def recover(self) -> list[str]:
+        """Log and return the studies a previous run claimed but did not finish (they are redone)."""
+        pending = self.spool.pending_studies()
+        started = {r["study"] for r in self.spool.journal.records() if r["event"] == "started"}
+        for uid in pending:
+            if uid in started:
+                logger.info("study %s: claimed by an earlier run but not finished; it is redone", uid)
+        return pending
+
+    def step(self) -> bool:
+        """Claim the stable studies, then work on one pending study; True if anything was done."""
+        did = False
+        for uid in self.spool.stable_studies(self.settings.stable_seconds):
+            n = self.spool.claim(uid)
+            logger.info(
+                "study %s: stable (no new instance for %.1f s); claimed, %d instance(s)",
+                uid,
+                self.settings.stable_seconds,
+                n,
+            )
+            did = True
+        now = time.monotonic()
+        for uid in self.spool.pending_studies():
+            if self._retry_at.get(uid, 0.0) <= now:
+                self.handle(uid)
+                return True
+        return did
+
+    def handle(self, uid: str) -> None:
+        """Explain and push one claimed study; record the outcome; set it aside when it fails."""
+        names = self.spool.instance_names(uid)
+        mark = fingerprint(names)
+        attempt = self._attempts.get(uid, 0) + 1
+        self._attempts[uid] = attempt
+        self.spool.journal.append("started", uid, fingerprint=mark, instances=len(names), attempt=attempt)
+        logger.info("study %s: explaining %d instance(s) (attempt %d)", uid, len(names), attempt)
+        start = time.perf_counter()
+        self.busy = uid
+        try:
+            outcome = self.process(uid, self.spool.studies / uid, self.spool.work_dir(uid))
+            status = str(getattr(outcome, "status", "done"))
+            if status == "failed":
+                raise RuntimeError(getattr(outcome, "error", None) or "the study failed")
+        except ServiceStopped:
+            raise
+        except Exception as err:  # noqa: BLE001 (one bad study must not stop the service)
+            self.busy = None
+            self._failed(uid, mark, err, attempt)
+            return
+        finally:
+            self.busy = None
+        seconds = time.perf_counter() - start
+        derived, pushed = _count(getattr(outcome, "derived", None)), _count(getattr(outcome, "pushed", None))
+        self.spool.journal.append(
+            "done",
+            uid,
+            fingerprint=mark,
+            instances=len(names),
+            status=status,
+            derived=derived,
+            pushed=pushed,
+            seconds=round(seconds, 2),
+        )
+        self.spool.clear_work(uid)
+        self._attempts.pop(uid, None)
+        self._retry_at.pop(uid, None)
+        logger.info("study %s: %s in %.1f s; %d derived instance(s), %d pushed", uid, status, seconds, derived, pushed)
+
+    def _failed(self, uid: str, mark: str, error: BaseException, attempt: int) -> None:
+        reason = _one_line(error)
+        if self.is_transient(error) and attempt < self.settings.max_attempts:
+            delay = self.settings.retry_seconds * 2 ** (attempt - 1)
+            self._retry_at[uid] = time.monotonic() + delay
+            self.spool.journal.append("retry", uid, fingerprint=mark, attempt=attempt, reason=reason)
+            logger.warning("study %s: attempt %d failed (%s); trying again in %.0f s", uid, attempt, reason, delay)
+            return
+        where = self.spool.set_aside(uid, reason)
+        self.spool.journal.append("failed", uid, fingerprint=mark, attempt=attempt, reason=reason)
+        self._attempts.pop(uid, None)
+        self._retry_at.pop(uid, None)
+        logger.error("study %s: failed (%s); set aside in %s", uid, reason, where)
+
+    def run(self) -> None:
+        """Loop until :meth:`stop` (or a signal, see :func:`run_service`)."""
+        self.recover()
+        while not self.stop_event.is_set():
+            if not self.step():
+                self.stop_event.wait(self.settings.poll_seconds)
+
+    def stop(self) -> None:
+        """Ask the loop to end after the current step."""
+        self.stop_event.set()
+
+
+def _count(value: object) -> int:
+    if value is None:
+        return 0
+    if isinstance(value, int):
+        return value
+    try:
+        return len(value)  # type: ignore[arg-type]
+    except TypeError:
+        return 0
+
+
+def setup_logging(level: int = logging.INFO, log_file: str | Path | None = None) -> Redactor:
+    """Log to stderr (and ``log_file``) through a :class:`Redactor`; return it for the SCP to feed."""
+    redactor = Redactor()
+    formatter = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    handlers: list[logging.Handler] = [logging.StreamHandler()]
+    if log_file is not None:
+        handlers.append(logging.FileHandler(log_file))
+    root = logging.getLogger()
+    for handler in handlers:
+        handler.setFormatter(formatter)
+        handler.addFilter(redactor)
+        root.addHandler(handler)
+    root.setLevel(level)
+    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    logging.captureWarnings(True)  # a library's warning may quote a value: it goes through the redactor
+    return redactor
+
+
+def run_service(settings: ServeSettings, process: ProcessStudy, redactor: Redactor | None = None) -> None:
+    """Run the service until SIGTERM / SIGINT: lock the spool, start the SCP, loop.
+
+    Must be called from the main thread (it installs the signal handlers, restored on return).
+    """
+    spool = Spool(settings.spool)
+    with LockedFolder(spool.root, what="--spool"):
+        removed = spool.remove_stale_temporaries()
+        if removed:
+            logger.info("removed %d partial file(s) left by an earlier run", removed)
+        service = Service(spool, process, settings)
+
+        def on_signal(signum: int, frame: object) -> None:
+            logger.info("stopping (%s)", signal.Signals(signum).name)
+            service.stop()
+            if service.busy is not None:
+                raise ServiceStopped(service.busy)
+
+        previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            with StorageSCP(
+                spool,
+                aet=settings.aet,
+                calling_aets=settings.calling_aets,
+                host=settings.host,
+                port=settings.port,
+                redactor=redactor,
+            ):
+                try:
+                    service.run()
+                except ServiceStopped as stopped:
+                    logger.info("study %s: interrupted; it is redone at the next start", stopped.args[0])
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+    logger.info("stopped")
+
+
+def explain_and_push(
+    explainer,
+    spec,
+    *,
+    model_name: str,
+    formats: Sequence[str],
+    destination,
+) -> ProcessStudy:
+    """The service's :data:`ProcessStudy`: :func:`medhdm.pacs.run.explain_local_study` into the work folder,
+    pushing to ``destination``."""
+    from .run import explain_local_study
+
+    study_log = logging.getLogger("medhdm.pacs.run")
+
+    def process(uid: str, study_dir: Path, work_dir: Path):
+        return explain_local_study(
+            study_dir,
+            explainer,
+            spec,
+            work_dir,
+            model_name=model_name,
+            formats=tuple(formats),
+            destination=destination,
+            log=study_log.info,
+        )
+
+    return process

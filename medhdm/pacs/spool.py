@@ -1,0 +1,267 @@
+"""The receiving service's spool: instances by study, claimed studies, quarantine, and a journal.
+
+Layout under the spool folder (every name below the folders is a UID, so paths carry no patient data)::
+
+    incoming/<StudyUID>/<SOPInstanceUID>.dcm   instances as received (the Storage SCP writes here)
+    studies/<StudyUID>/<SOPInstanceUID>.dcm    claimed studies: every instance received for the study so far
+    work/<StudyUID>/                           the derived objects of the attempt in progress
+    quarantine/<StudyUID>[.N]/                 studies that failed, with reason.txt
+    journal.jsonl                              one JSON line per event: claimed, done, failed
+
+Durability: :meth:`Spool.store` writes a temporary file, fsyncs it, renames it into place and
+fsyncs the folder before it returns, so an instance the SCP acknowledges survives a crash or a
+power cut. Claiming moves files by rename (each file is in ``incoming`` or in ``studies``, never
+nowhere), and journal lines are fsynced.
+
+State: a study in ``studies/`` is *pending* until the journal holds a ``done`` (or ``failed``)
+line for exactly its current set of instances (:func:`fingerprint`). A study claimed but not
+finished when the service died is therefore redone at the next start, a finished one is not,
+and instances that arrive for a finished study make it pending again (explained with all its
+instances).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import threading
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+from pydicom.uid import UID
+
+from ..io.atomic import TMP_PREFIX, atomic_write, remove_stale_temporaries
+
+__all__ = ["Journal", "Spool", "check_uid", "fingerprint"]
+
+SUFFIX = ".dcm"
+
+
+def check_uid(value: object, what: str) -> str:
+    """``value`` as a str if it is a valid DICOM UID (digits and dots, at most 64 characters), else ``ValueError``.
+
+    Valid UIDs are safe file names: they cannot hold a separator nor be ``.`` or ``..``.
+    """
+    text = str(value or "").strip()
+    if not text or not UID(text).is_valid:
+        raise ValueError(f"{what}: not a valid DICOM UID ({len(text)} characters)")
+    return text
+
+
+def fingerprint(names: Iterable[str]) -> str:
+    """A short hash of a set of instance names (SOP Instance UIDs): equal sets give equal fingerprints."""
+    digest = hashlib.sha256("\n".join(sorted(set(names))).encode()).hexdigest()
+    return digest[:16]
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _mkdir_durable(path: Path) -> None:
+    """Create ``path`` (one level) if missing, and make its entry in the parent durable."""
+    if not path.is_dir():
+        path.mkdir(exist_ok=True)
+        _fsync_dir(path.parent)
+
+
+def _instances(folder: Path) -> list[Path]:
+    """The published instances in ``folder`` (not temporaries)."""
+    if not folder.is_dir():
+        return []
+    return [p for p in folder.iterdir() if p.suffix == SUFFIX and not p.name.startswith(TMP_PREFIX)]
+
+
+class Journal:
+    """An append-only JSON-lines journal, each line fsynced; a torn last line (a killed writer) is ignored.
+
+    Args:
+        path: the journal file (created on the first append).
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        self._lock = threading.Lock()
+
+    def append(self, event: str, study: str, **fields: object) -> dict:
+        """Append ``{"time", "event", "study", **fields}`` and return it."""
+        record = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "event": event, "study": study, **fields}
+        line = (json.dumps(record, sort_keys=False) + "\n").encode()
+        with self._lock:
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                # a line torn by a kill is completed by the newline here, so it stays one bad line
+                if os.fstat(fd).st_size and not self._ends_with_newline():
+                    os.write(fd, b"\n")
+                os.write(fd, line)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        return record
+
+    def _ends_with_newline(self) -> bool:
+        with open(self.path, "rb") as f:
+            f.seek(-1, os.SEEK_END)
+            return f.read(1) == b"\n"
+
+    def records(self) -> list[dict]:
+        """Every complete record, oldest first."""
+        if not self.path.exists():
+            return []
+        out = []
+        for line in self.path.read_text(errors="replace").splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(record, dict) and "event" in record and "study" in record:
+                out.append(record)
+        return out
+
+    def finished(self) -> dict[str, str]:
+        """Study UID -> the fingerprint of its instances when it last finished (``done`` or ``failed``)."""
+        return {r["study"]: r.get("fingerprint", "") for r in self.records() if r["event"] in ("done", "failed")}
+
+
+class Spool:
+    """The spool folder of :mod:`medhdm.pacs.serve` (layout in the module docstring).
+
+    The Storage SCP calls :meth:`store` from its threads while the service calls :meth:`claim`;
+    one lock keeps a claim from moving a study's folder while an instance is written into it.
+
+    Args:
+        root: the spool folder (created).
+    """
+
+    def __init__(self, root: str | os.PathLike) -> None:
+        self.root = Path(root)
+        self.incoming = self.root / "incoming"
+        self.studies = self.root / "studies"
+        self.work = self.root / "work"
+        self.quarantine = self.root / "quarantine"
+        self.journal = Journal(self.root / "journal.jsonl")
+        self._lock = threading.Lock()
+        self._last_arrival: dict[str, float] = {}
+        self.root.mkdir(parents=True, exist_ok=True)
+        for folder in (self.incoming, self.studies, self.work, self.quarantine):
+            _mkdir_durable(folder)
+
+    def remove_stale_temporaries(self) -> int:
+        """Remove the temporaries a killed process left in the study folders; call before the SCP starts."""
+        removed = 0
+        for parent in (self.incoming, self.studies):
+            for folder in parent.iterdir():
+                if folder.is_dir():
+                    removed += len(remove_stale_temporaries(folder))
+        return removed
+
+    # --- receiving -------------------------------------------------------------------------------
+
+    def store(self, study_uid: str, sop_uid: str, data: bytes) -> Path:
+        """Write one received instance (DICOM file bytes) durably; return its path.
+
+        When this returns, the file and its name are on disk (fsync of the file and its folder),
+        so the sender may be told that the instance is stored. A second copy of the same instance
+        replaces the first.
+
+        Raises:
+            ValueError: a UID is not a valid DICOM UID.
+            OSError: the disk refused (full, read-only): nothing is published.
+        """
+        study_uid = check_uid(study_uid, "Study Instance UID")
+        sop_uid = check_uid(sop_uid, "SOP Instance UID")
+        with self._lock:
+            folder = self.incoming / study_uid
+            _mkdir_durable(folder)
+            path = folder / f"{sop_uid}{SUFFIX}"
+            atomic_write(path, data)
+            _fsync_dir(folder)
+            self._last_arrival[study_uid] = time.monotonic()
+        return path
+
+    def stable_studies(self, stable_seconds: float) -> list[str]:
+        """Study UIDs in ``incoming`` without a new instance for ``stable_seconds`` (oldest first).
+
+        The time of the last instance is this process's clock for instances it received, and the
+        files' modification time for those found at start (received before a restart).
+        """
+        now_wall, now = time.time(), time.monotonic()
+        ready = []
+        for folder in self.incoming.iterdir():
+            files = _instances(folder)
+            if not files:
+                continue
+            if folder.name in self._last_arrival:
+                age = now - self._last_arrival[folder.name]
+            else:
+                age = now_wall - max(p.stat().st_mtime for p in files)
+            if age >= stable_seconds:
+                ready.append((age, folder.name))
+        return [uid for _, uid in sorted(ready, reverse=True)]
+
+    # --- claiming and finishing -------------------------------------------------------------------
+
+    def claim(self, study_uid: str) -> int:
+        """Move the study's received instances from ``incoming`` into ``studies`` (merging with what
+        an earlier claim moved there); return how many instances the study now has."""
+        source, target = self.incoming / study_uid, self.studies / study_uid
+        with self._lock:
+            _mkdir_durable(target)
+            for path in _instances(source):
+                os.replace(path, target / path.name)
+            _fsync_dir(target)
+            remove_stale_temporaries(source) if source.is_dir() else None
+            if source.is_dir() and not any(source.iterdir()):
+                source.rmdir()
+                _fsync_dir(self.incoming)
+            self._last_arrival.pop(study_uid, None)
+        return len(_instances(target))
+
+    def instance_names(self, study_uid: str) -> list[str]:
+        """The SOP Instance UIDs of a claimed study."""
+        return sorted(p.stem for p in _instances(self.studies / study_uid))
+
+    def pending_studies(self) -> list[str]:
+        """Claimed studies whose current instances have not finished (oldest claim first)."""
+        finished = self.journal.finished()
+        pending = []
+        for folder in self.studies.iterdir():
+            names = [p.stem for p in _instances(folder)]
+            if names and finished.get(folder.name) != fingerprint(names):
+                pending.append((folder.stat().st_mtime, folder.name))
+        return [uid for _, uid in sorted(pending)]
+
+    def work_dir(self, study_uid: str) -> Path:
+        """An empty work folder for an attempt at the study (what an earlier attempt left is removed)."""
+        path = self.work / study_uid
+        if path.exists():
+            shutil.rmtree(path)
+        path.mkdir()
+        return path
+
+    def clear_work(self, study_uid: str) -> None:
+        """Remove the study's work folder."""
+        shutil.rmtree(self.work / study_uid, ignore_errors=True)
+
+    def set_aside(self, study_uid: str, reason: str) -> Path:
+        """Move a claimed study into ``quarantine`` with ``reason.txt`` (and its work folder as ``work/``)."""
+        source = self.studies / study_uid
+        atomic_write(source / "reason.txt", (reason.rstrip() + "\n").encode())
+        if (self.work / study_uid).is_dir():
+            os.replace(self.work / study_uid, source / "work")
+        target = self.quarantine / study_uid
+        n = 1
+        while target.exists():
+            n += 1
+            target = self.quarantine / f"{study_uid}.{n}"
+        os.replace(source, target)
+        _fsync_dir(self.quarantine)
+        _fsync_dir(self.studies)
+        return target

@@ -1,0 +1,331 @@
+"""``medhdm pacs serve``: the Storage SCP, the spool and the service, with real components.
+
+In-process (fast): the SCP (pynetdicom) rejects calling AE titles that are not configured,
+refuses instances it cannot file (no or bad Study Instance UID) and goes on; the spool and
+journal decide what is pending; the log filter keeps patient names and IDs out.
+
+As a subprocess against a real Orthanc (slower, skipped without Orthanc unless
+``MEDHDM_REQUIRE_VALIDATORS=1``): a LesionBench study sent with C-STORE comes back as derived
+series in the same study in Orthanc; a corrupt study is set aside and the next good one is
+still explained; the service killed (SIGKILL) in the middle of a study and restarted loses
+and duplicates nothing.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pydicom
+import pytest
+from pydicom.data import get_testdata_file
+from pynetdicom import AE
+from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
+
+from medhdm.pacs.redact import REDACTED, Redactor
+from medhdm.pacs.scp import STATUS_CANNOT_UNDERSTAND, StorageSCP
+from medhdm.pacs.spool import Spool, fingerprint
+
+REQUIRE_VALIDATORS = os.environ.get("MEDHDM_REQUIRE_VALIDATORS") == "1"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _send(port: int, datasets, calling: str = "SCANNER", called: str = "MEDHDM"):
+    """C-STORE ``datasets`` (Datasets or paths) to 127.0.0.1:port; the association and the statuses."""
+    ae = AE(ae_title=calling)
+    ae.add_requested_context(CTImageStorage)
+    assoc = ae.associate("127.0.0.1", port, ae_title=called)
+    statuses = []
+    if assoc.is_established:
+        statuses = [assoc.send_c_store(ds).Status for ds in datasets]
+        assoc.release()
+    return assoc, statuses
+
+
+# --- in process: SCP and spool -------------------------------------------------------------------
+
+
+@pytest.fixture
+def ct() -> pydicom.Dataset:
+    return pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+
+
+@pytest.fixture
+def scp(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="medhdm")
+    redactor = Redactor()
+    spool = Spool(tmp_path / "spool")
+    with StorageSCP(spool, aet="MEDHDM", calling_aets=["SCANNER", "CT2"], port=0, redactor=redactor) as server:
+        yield server
+
+
+def test_scp_stores_an_instance_by_study_and_rejects_other_calling_aets(scp, ct, caplog):
+    assoc, statuses = _send(scp.port, [ct])
+    assert statuses == [0x0000] and assoc.is_released
+    stored = scp.spool.incoming / ct.StudyInstanceUID / f"{ct.SOPInstanceUID}.dcm"
+    assert pydicom.dcmread(stored).SOPInstanceUID == ct.SOPInstanceUID
+    assert not [p for p in stored.parent.iterdir() if p != stored]  # no temporaries left
+
+    rejected, _ = _send(scp.port, [ct], calling="INTRUDER")
+    assert rejected.is_rejected and not rejected.is_established
+    assert any("INTRUDER" in r.getMessage() and "rejected" in r.getMessage() for r in caplog.records)
+    assert [p.name for p in scp.spool.incoming.iterdir()] == [ct.StudyInstanceUID]  # nothing more stored
+
+
+def test_scp_refuses_an_instance_it_cannot_file_and_goes_on(scp, ct):
+    no_study = copy.deepcopy(ct)
+    del no_study.StudyInstanceUID
+    escaping = copy.deepcopy(ct)
+    escaping.StudyInstanceUID = "../../outside"
+    assoc, statuses = _send(scp.port, [no_study, escaping, ct])
+    assert statuses == [STATUS_CANNOT_UNDERSTAND, STATUS_CANNOT_UNDERSTAND, 0x0000]
+    assert [p.name for p in scp.spool.incoming.iterdir()] == [ct.StudyInstanceUID]
+    assert not (scp.spool.root.parent / "outside").exists()
+
+
+def test_scp_keeps_patient_names_and_ids_out_of_the_log(scp, ct, caplog):
+    ct.PatientName = "Doe^Jane"
+    _send(scp.port, [ct])
+    handler_filter = scp.redactor
+    record = logging.LogRecord("x", logging.ERROR, __file__, 1, "failed for %s (%s) in study %s", None, None)
+    record.args = (str(ct.PatientName), ct.PatientID, ct.StudyInstanceUID)
+    handler_filter.filter(record)
+    text = record.getMessage()
+    assert str(ct.PatientName) not in text and ct.PatientID not in text and REDACTED in text
+    assert ct.StudyInstanceUID in text  # UIDs stay readable
+    for r in caplog.records:
+        assert str(ct.PatientName) not in r.getMessage() and ct.PatientID not in r.getMessage()
+
+
+def test_redactor_leaves_uids_whole():
+    redactor = Redactor()
+    redactor.add("4242", "Doe^Jane")
+    assert redactor.redact("study 1.2.4242.5 of 4242 (Doe Jane, Doe^Jane)") == (
+        f"study 1.2.4242.5 of {REDACTED} ({REDACTED}, {REDACTED})"
+    )
+
+
+def test_spool_pending_follows_the_journal(tmp_path, ct):
+    spool = Spool(tmp_path / "spool")
+    study = ct.StudyInstanceUID
+    spool.store(study, "1.2.3.1", b"a")
+    assert spool.stable_studies(60.0) == [] and spool.stable_studies(0.0) == [study]
+    assert spool.claim(study) == 1 and not (spool.incoming / study).exists()
+    assert spool.pending_studies() == [study]
+    spool.journal.append("done", study, fingerprint=fingerprint(spool.instance_names(study)))
+    assert spool.pending_studies() == []
+    with open(spool.journal.path, "ab") as f:  # a line torn by a kill
+        f.write(b'{"event": "done", "stu')
+    spool.store(study, "1.2.3.2", b"b")  # more of a finished study: pending again, with all instances
+    assert spool.claim(study) == 2 and spool.pending_studies() == [study]
+    spool.journal.append("failed", study, fingerprint=fingerprint(spool.instance_names(study)))
+    assert spool.pending_studies() == [] and len(spool.journal.records()) == 2
+    where = spool.set_aside(study, "ValueError: broken")
+    assert (where / "reason.txt").read_text() == "ValueError: broken\n" and not (spool.studies / study).exists()
+
+
+# --- as a subprocess, against a real Orthanc -------------------------------------------------------
+
+
+def _orthanc():
+    try:
+        from medhdm.pacs.orthanc import LocalOrthanc, orthanc_available
+    except ImportError as err:  # the client side (medhdm.pacs.orthanc) is missing
+        pytest.fail(f"medhdm.pacs.orthanc: {err}")
+    why = orthanc_available()
+    if why:
+        if REQUIRE_VALIDATORS:
+            pytest.fail(f"{why} (required: MEDHDM_REQUIRE_VALIDATORS=1)")
+        pytest.skip(why)
+    return LocalOrthanc
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory) -> list[Path]:
+    """Three 2D LesionBench studies (one DICOM file each)."""
+    from medhdm.data.bench_files import write_lesionbench
+
+    root = tmp_path_factory.mktemp("serve-bench")
+    manifest = write_lesionbench(root / "lb", n_cases=3, spatial_dims=2, seed=17)
+    return [manifest.parent / f"case{i:03d}" / "image.dcm" for i in range(3)]
+
+
+class Service:
+    """``python -m medhdm pacs serve`` as a subprocess; its log lines arrive in a queue."""
+
+    def __init__(self, spool: Path, destination: str, stable: float = 2.0) -> None:
+        self.argv = [
+            sys.executable,
+            "-m",
+            "medhdm",
+            "pacs",
+            "serve",
+            "--spool",
+            str(spool),
+            "--port",
+            "0",
+            "--calling-aet",
+            "SCANNER",
+            "--destination",
+            destination,
+            "--stable-seconds",
+            str(stable),
+            "--method",
+            "gradientinput",
+            "--intensity-range=-1000,0",
+        ]
+        self.lines: list[str] = []
+        self._queue: queue.Queue[str] = queue.Queue()
+        env = {**os.environ, "MEDHDM_THREADS": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+        self.proc = subprocess.Popen(self.argv, env=env, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        threading.Thread(target=self._read, daemon=True).start()
+        line = self.wait_for("listening on", timeout=120)
+        self.port = int(line.split("listening on ")[1].split(";")[0].rsplit(":", 1)[1])
+
+    def _read(self) -> None:
+        for line in self.proc.stderr:
+            self._queue.put(line.rstrip("\n"))
+        self._queue.put("")  # end of output
+
+    def wait_for(self, text: str, timeout: float = 90.0) -> str:
+        """The first line (from now on) holding ``text``; fails with the log when it does not come."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                line = self._queue.get(timeout=max(0.01, deadline - time.monotonic()))
+            except queue.Empty:
+                break
+            if line == "" and self.proc.poll() is not None:
+                break
+            self.lines.append(line)
+            if text in line:
+                return line
+        self.stop()
+        pytest.fail(f"no log line with {text!r} within {timeout} s; log:\n" + "\n".join(self.lines))
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        rc = self.proc.wait(timeout=60)
+        rest = self.proc.stderr.read() if not self.proc.stderr.closed else ""
+        while not self._queue.empty():
+            line = self._queue.get()
+            if line:
+                self.lines.append(line)
+        self.lines += [line for line in rest.splitlines() if line]
+        return rc
+
+    @property
+    def log(self) -> str:
+        return "\n".join(self.lines)
+
+
+def _instances_in(pacs, study_uid: str) -> int:
+    """How many instances Orthanc holds for the study (all its series)."""
+    return sum(series["instances"] for series in pacs.series_of(study_uid))
+
+
+def _journal(spool: Path) -> list[dict]:
+    return [json.loads(line) for line in (spool / "journal.jsonl").read_text().splitlines() if line.endswith("}")]
+
+
+def _corrupt_copy(path: Path, out: Path) -> Path:
+    """``path`` with new UIDs and its pixel data cut in half: it is filed by the SCP, but cannot be explained."""
+    ds = pydicom.dcmread(path)
+    ds.StudyInstanceUID = pydicom.uid.generate_uid(entropy_srcs=["corrupt-study"])
+    ds.SeriesInstanceUID = pydicom.uid.generate_uid(entropy_srcs=["corrupt-series"])
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid(entropy_srcs=["corrupt"])
+    ds.PixelData = ds.PixelData[: len(ds.PixelData) // 2]
+    ds.save_as(out, enforce_file_format=True)
+    return out
+
+
+def test_serve_explains_received_studies_and_sets_aside_a_corrupt_one(bench, tmp_path):
+    LocalOrthanc = _orthanc()
+    good, other = pydicom.dcmread(bench[0]), pydicom.dcmread(bench[1])
+    corrupt = _corrupt_copy(bench[2], tmp_path / "corrupt.dcm")
+    with LocalOrthanc(tmp_path / "orthanc") as pacs:
+        pacs.upload([bench[0]])  # the modality sent the source to the archive too
+        before = pacs.instances_count()
+        service = Service(tmp_path / "spool", pacs.dicomweb_url)
+        try:
+            rejected, _ = _send(service.port, [good], calling="INTRUDER")
+            assert rejected.is_rejected
+            service.wait_for("rejected")
+
+            _, statuses = _send(service.port, [pydicom.dcmread(corrupt)])
+            assert statuses == [0x0000]  # filed: it is bad only when read for explaining
+            service.wait_for("failed")
+
+            _, statuses = _send(service.port, [good])
+            sent = time.monotonic()
+            assert statuses == [0x0000]
+            line = service.wait_for(f"study {good.StudyInstanceUID}: done")
+            latency = time.monotonic() - sent
+            _, statuses = _send(service.port, [other])
+            service.wait_for(f"study {other.StudyInstanceUID}: done")
+        finally:
+            rc = service.stop()
+        assert rc == 0, service.log
+
+        series = pacs.series_of(good.StudyInstanceUID)  # the source and the derived series, in one study
+        assert good.SeriesInstanceUID in [s["series_uid"] for s in series]
+        assert {"SEG", "SR"} <= {s["modality"] for s in series} and len(series) >= 4, series
+        derived = _instances_in(pacs, good.StudyInstanceUID) - 1  # all but the source image
+        assert derived >= 4 and _instances_in(pacs, other.StudyInstanceUID) == derived  # other: results only
+        assert pacs.instances_count() == before + 2 * derived
+        assert pacs.find_study(pydicom.dcmread(corrupt).StudyInstanceUID) is None
+        print(f"last instance -> results in Orthanc: {latency:.1f} s ({line})")
+
+    spool = tmp_path / "spool"
+    bad_uid = pydicom.dcmread(corrupt).StudyInstanceUID
+    reason = (spool / "quarantine" / bad_uid / "reason.txt").read_text()
+    assert reason.strip(), reason
+    journal = _journal(spool)
+    assert [r["event"] for r in journal if r["study"] == bad_uid] == ["started", "failed"]
+    assert [r["event"] for r in journal if r["study"] == good.StudyInstanceUID] == ["started", "done"]
+    for ds in (good, other, pydicom.dcmread(corrupt)):
+        assert str(ds.PatientName) not in service.log and ds.PatientID not in service.log
+    assert good.StudyInstanceUID in service.log
+
+
+def test_serve_killed_in_the_middle_of_a_study_loses_and_duplicates_nothing(bench, tmp_path):
+    LocalOrthanc = _orthanc()
+    first, second, third = (pydicom.dcmread(p) for p in bench)
+    spool = tmp_path / "spool"
+    with LocalOrthanc(tmp_path / "orthanc") as pacs:
+        service = Service(spool, pacs.dicomweb_url)
+        try:
+            _send(service.port, [first])
+            service.wait_for(f"study {first.StudyInstanceUID}: done")
+            after_first = pacs.instances_count()
+            _send(service.port, [second])
+            service.wait_for(f"study {second.StudyInstanceUID}: explaining")
+            _send(service.port, [third])  # acknowledged, not yet stable
+        finally:
+            service.stop(signal.SIGKILL)
+        finished = [r["study"] for r in _journal(spool) if r["event"] == "done"]
+        assert finished == [first.StudyInstanceUID], f"killed too late: {finished} finished"
+
+        service = Service(spool, pacs.dicomweb_url)
+        try:
+            service.wait_for(f"study {second.StudyInstanceUID}: claimed by an earlier run but not finished")
+            service.wait_for(f"study {second.StudyInstanceUID}: done")
+            service.wait_for(f"study {third.StudyInstanceUID}: done")
+        finally:
+            assert service.stop() == 0, service.log
+        assert f"study {first.StudyInstanceUID}" not in service.log  # finished before: not redone
+
+        counts = [_instances_in(pacs, ds.StudyInstanceUID) for ds in (first, second, third)]
+        assert counts == [after_first] * 3 and pacs.instances_count() == 3 * after_first, counts
+    done = [r["study"] for r in _journal(spool) if r["event"] == "done"]
+    assert sorted(done) == sorted([first.StudyInstanceUID, second.StudyInstanceUID, third.StudyInstanceUID])
