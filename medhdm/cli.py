@@ -243,19 +243,67 @@ def _explain(args: argparse.Namespace) -> None:
     print(f"maps and explanations.csv in {Path(args.out)}")
 
 
+def _pacs_explain(args: argparse.Namespace) -> None:
+    from .explain.registry import make_explainer
+    from .pacs.archive import ArchiveError, RetryPolicy
+    from .pacs.destinations import parse_destination
+    from .pacs.run import explain_archive_studies, parse_formats, parse_query
+    from .pacs.secrets import credentials_from_env
+
+    # every argument checked before any work
+    formats = parse_formats(args.push) if args.push != "none" else ("sc", "pm", "seg", "sr")
+    query = parse_query(args.query or [])
+    if not args.study and not query:
+        raise ValueError("give --study UID (one or more) or --query KEY=VALUE (one or more)")
+    retry = RetryPolicy(attempts=args.retries, delay=args.retry_delay)
+    log = lambda s: print(s, flush=True)  # noqa: E731
+    if args.dicomweb:
+        credentials = credentials_from_env(args.token_file, args.basic_auth_file)
+        archive = parse_destination(args.dicomweb, credentials, retry=retry, log=log)
+    else:
+        if args.token_file or args.basic_auth_file:
+            raise ValueError("--token-file/--basic-auth-file: only with --dicomweb")
+        archive = parse_destination(args.dimse, retry=retry, calling_aet=args.calling_aet, log=log)
+    model, spec = _model_and_spec(args)
+    explainer = make_explainer(args.method, model, steps=args.steps, **_parse_json(args.method_args, "--method-args"))
+    studies = list(dict.fromkeys(args.study or []))
+    if query:
+        found = archive.search_studies(query)
+        print(f"{archive.describe()}: {len(found)} studies match the query", flush=True)
+        studies += [uid for uid in found if uid not in studies]
+    outcomes = explain_archive_studies(
+        archive,
+        studies,
+        explainer,
+        spec,
+        Path(args.work),
+        model_name=args.model,
+        formats=formats,
+        push=args.push != "none",
+        log=log,
+        slices=_slices(args),
+        class_idx=args.class_idx,
+    )
+    counts = {s: sum(o.status == s for o in outcomes) for s in ("done", "skipped", "failed")}
+    print(f"{len(outcomes)} studies: {counts['done']} done, {counts['skipped']} skipped, {counts['failed']} failed")
+    if counts["failed"]:
+        first = next(o for o in outcomes if o.status == "failed")
+        raise ArchiveError(
+            f"{counts['failed']} of {len(outcomes)} studies failed; first: {first.study_uid}: {first.error}"
+        )
+
+
 def _pacs_serve(args: argparse.Namespace) -> None:
     import logging
 
     from .explain.registry import make_explainer
     from .pacs.destinations import parse_destination
+    from .pacs.run import parse_formats
     from .pacs.secrets import credentials_from_env
     from .pacs.serve import ServeSettings, explain_and_push, run_service, setup_logging
 
     # every argument checked before the model loads or the port opens
-    formats = [f.strip() for f in args.push.split(",") if f.strip()]
-    unknown = [f for f in formats if f not in ("sc", "pm", "seg", "sr")]
-    if not formats or unknown:
-        raise ValueError(f"--push: expected a comma-separated subset of sc,pm,seg,sr, got {args.push!r}")
+    formats = parse_formats(args.push)
     settings = ServeSettings(
         spool=Path(args.spool),
         aet=args.aet,
@@ -282,7 +330,15 @@ def _pacs_serve(args: argparse.Namespace) -> None:
         destination.describe(),
         settings.stable_seconds,
     )
-    process = explain_and_push(explainer, spec, model_name=args.model, formats=formats, destination=destination)
+    process = explain_and_push(
+        explainer,
+        spec,
+        model_name=args.model,
+        formats=formats,
+        destination=destination,
+        slices=_slices(args),
+        class_idx=args.class_idx,
+    )
     run_service(settings, process, redactor)
 
 
@@ -480,14 +536,46 @@ def _add_pacs_serve_command(pacs_sub) -> None:
     serve.add_argument("--log-file", default=None, help="also append the log to this file")
     serve.add_argument("--method", default="hdm", help="explanation method (as for medhdm explain; default hdm)")
     serve.add_argument("--method-args", default=None, help="JSON keyword arguments of the explainer")
+    serve.add_argument("--class-idx", type=int, default=None, help="class to explain (default: the predicted one)")
     _add_model_options(serve)
     serve.set_defaults(func=_pacs_serve)
 
 
 def _add_pacs_command(sub) -> None:
-    """``medhdm pacs ...``."""
-    pacs = sub.add_parser("pacs", help="explain studies that live in an archive (PACS), or receive them")
+    """``medhdm pacs explain``."""
+    pacs = sub.add_parser(
+        "pacs", help="explain studies that live in an archive (DICOMweb, DIMSE) and push results back"
+    )
     pacs_sub = pacs.add_subparsers(dest="pacs_command", required=True)
+    ex = pacs_sub.add_parser(
+        "explain",
+        help="query or name studies, retrieve, explain, and push SC/PM/SEG/SR back into each study",
+        description="Credentials (DICOMweb) come from MEDHDM_PACS_TOKEN, MEDHDM_PACS_USER/MEDHDM_PACS_PASSWORD, "
+        "MEDHDM_PACS_TOKEN_FILE, MEDHDM_PACS_BASIC_AUTH_FILE, or --token-file/--basic-auth-file;"
+        " never the command line.",
+    )
+    where = ex.add_mutually_exclusive_group(required=True)
+    where.add_argument("--dicomweb", default=None, help="DICOMweb root URL, e.g. http://127.0.0.1:8042/dicom-web")
+    where.add_argument("--dimse", default=None, help="DICOM node AET@HOST:PORT (C-FIND, C-GET, C-STORE)")
+    ex.add_argument("--study", action="append", help="Study Instance UID (repeatable)")
+    ex.add_argument(
+        "--query",
+        action="append",
+        metavar="KEY=VALUE",
+        help="select studies (repeatable): Modality, StudyDate (20240101-20241231), AccessionNumber, PatientID",
+    )
+    ex.add_argument("--push", default="sc,pm,seg,sr", help="what to push back: some of sc,pm,seg,sr, or none")
+    ex.add_argument("--work", default="medhdm-pacs", help="local folder: cache, maps, derived objects")
+    ex.add_argument("--token-file", default=None, help="file holding a bearer token (DICOMweb)")
+    ex.add_argument("--basic-auth-file", default=None, help="file holding user:password (DICOMweb)")
+    ex.add_argument("--calling-aet", default="MEDHDM", help="our AE title for --dimse (default MEDHDM)")
+    ex.add_argument("--retries", type=int, default=4, help="attempts of a failing request or push (default 4)")
+    ex.add_argument("--retry-delay", type=float, default=1.0, help="first wait between attempts, doubling (1 s)")
+    ex.add_argument("--method", default="hdm", help="explanation method, as for medhdm explain (default hdm)")
+    ex.add_argument("--method-args", default=None, help="JSON keyword arguments of the explainer")
+    ex.add_argument("--class-idx", type=int, default=None, help="class to explain (default: the predicted one)")
+    _add_model_options(ex)
+    ex.set_defaults(func=_pacs_explain)
     _add_pacs_serve_command(pacs_sub)
 
 

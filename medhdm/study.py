@@ -91,6 +91,7 @@ def explain_study(
     method: str | None = None,
     overwrite: bool = False,
     slices: SliceSelection | str | None = None,
+    uid_source: Callable[[str], str] | None = None,
 ) -> dict:
     """Explain one study, write its outputs into ``out_dir``; return its ``explanations.csv`` row (``score``: float).
 
@@ -103,6 +104,8 @@ def explain_study(
         method: the method's name in the exported series descriptions (default: the explainer's).
         overwrite: replace an export that ``<case>_dicom/`` already holds (otherwise refused).
         slices: a 2D classifier over a 3D series: the slices to explain (:class:`~medhdm.pipeline.SliceSelection`).
+        uid_source: the exported objects' Series/SOP Instance UIDs from keys (deterministic UIDs,
+            :class:`medhdm.pacs.uids.DerivedUIDs`); default: new random UIDs.
     """
     out = Path(out_dir)
     map_path = _inside(out, case.case, "_saliency.nii.gz")
@@ -126,6 +129,7 @@ def explain_study(
             method=method or explainer.name,
             class_label=result.class_idx,
             overwrite=overwrite,
+            uid_source=uid_source,
         )
         exported = str(export_dir)
     row = {

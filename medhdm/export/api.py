@@ -12,7 +12,7 @@ singleton axes (``(1, 1, H, W)`` straight from an explainer) are accepted.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -182,6 +182,7 @@ def export(
     allow_inside_source: bool = False,
     overwrite: bool = False,
     retain_dates: bool = False,
+    uid_source: Callable[[str], str] | None = None,
 ) -> dict[str, list[Path]]:
     """Write ``saliency`` in the given formats next to (not into) the source study.
 
@@ -205,6 +206,8 @@ def export(
             error, :class:`~medhdm.export.staging.OutputExistsError`).
         retain_dates: with ``deidentify_salt``, the profile's Retain Longitudinal Temporal
             Information (Full Dates) option: dates and times are kept.
+        uid_source: the derived Series/SOP Instance UIDs from keys (deterministic UIDs, see
+            :class:`~medhdm.export.dicom.DerivationInfo`); default: new random UIDs.
 
     The files are published all or nothing (:mod:`medhdm.export.staging`): the folder is
     locked while this runs (a second run fails with
@@ -225,7 +228,9 @@ def export(
     check_output_folder(Path(out_dir), src.paths, allow_inside_source)
     sal = map_on_source_grid(saliency, src)
     lesion = _lesion_on_grid(lesion_mask, src)
-    info = DerivationInfo(method=str(method), class_label=class_label, series_number=series_number)
+    info = DerivationInfo(
+        method=str(method), class_label=class_label, series_number=series_number, uid_source=uid_source
+    )
     with ExportFolder(out_dir, overwrite=overwrite) as folder:  # locked; an existing export refused here
         writers = _build(
             src, sal, formats, info, style, lesion, window_preset, seg_threshold, deidentify_salt, retain_dates

@@ -8,6 +8,7 @@ in a new series, and reference the exact source instances they were derived from
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import highdicom as hd
@@ -42,11 +43,19 @@ class DerivationInfo:
         class_label: the explained class (name or index), or ``None``.
         series_number: Series Number of the first derived series (SC); PM and SEG take
             the next numbers. Default: the source's Series Number + 1000.
+        uid_source: makes the derived Series and SOP Instance UIDs from a key such as
+            ``"sc/series"``, ``"sc/instance/<source SOP Instance UID>"``, ``"pm/instance"``
+            (deterministic UIDs, :class:`medhdm.pacs.uids.DerivedUIDs`); ``None``: new random UIDs.
     """
 
     method: str = "HDM"
     class_label: str | int | None = None
     series_number: int | None = None
+    uid_source: Callable[[str], str] | None = None
+
+    def uid(self, key: str) -> str:
+        """The UID for ``key`` from ``uid_source``, or a new one."""
+        return generate_uid() if self.uid_source is None else self.uid_source(key)
 
     @property
     def legend_label(self) -> str:
@@ -147,7 +156,7 @@ def build_secondary_captures(
         ``("SC_0001.dcm", dataset), ...`` in slice order, Instance Numbers 1..D.
     """
     first = source.first
-    series_uid = generate_uid()
+    series_uid = info.uid("sc/series")
     series_number = info.base_series_number(first)
     row_sp, col_sp = source.spacing[1], source.spacing[2]
     out = []
@@ -162,7 +171,7 @@ def build_secondary_captures(
             coordinate_system=hd.CoordinateSystemNames.PATIENT,
             series_instance_uid=series_uid,
             series_number=series_number,
-            sop_instance_uid=generate_uid(),
+            sop_instance_uid=info.uid(f"sc/instance/{src.SOPInstanceUID}"),
             instance_number=k + 1,
             manufacturer=_MANUFACTURER,
             pixel_spacing=(row_sp, col_sp),
@@ -187,11 +196,11 @@ def build_secondary_captures(
     return out
 
 
-def _equipment(source: Dataset, info: DerivationInfo, offset: int) -> dict:
+def _equipment(source: Dataset, info: DerivationInfo, offset: int, kind: str) -> dict:
     return {
-        "series_instance_uid": generate_uid(),
+        "series_instance_uid": info.uid(f"{kind}/series"),
         "series_number": info.base_series_number(source) + offset,
-        "sop_instance_uid": generate_uid(),
+        "sop_instance_uid": info.uid(f"{kind}/instance"),
         "instance_number": 1,
         "manufacturer": _MANUFACTURER,
         "manufacturer_model_name": "medhdm",
@@ -233,7 +242,7 @@ def build_parametric_map(
         voi_lut_transformations=[hd.VOILUTTransformation(window_center=0.5, window_width=1.0)],
         content_label="SALIENCY",
         content_description=info.describe()[:64],
-        **_equipment(first, info, offset=1),
+        **_equipment(first, info, offset=1, kind="pm"),
     )
     pm.SeriesDescription = f"medhdm {info.describe()} map"[:64]
     _copy_series_context(pm, first)
@@ -266,7 +275,7 @@ def build_segmentation(
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=[segment],
         omit_empty_frames=False,
-        **_equipment(first, info, offset=2),
+        **_equipment(first, info, offset=2, kind="seg"),
     )
     seg.SeriesDescription = f"medhdm {info.describe()} >= {threshold:g}"[:64]
     _copy_series_context(seg, first)

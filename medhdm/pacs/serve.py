@@ -294,9 +294,11 @@ def explain_and_push(
     model_name: str,
     formats: Sequence[str],
     destination,
+    slices=None,
+    class_idx: int | None = None,
 ) -> ProcessStudy:
     """The service's :data:`ProcessStudy`: :func:`medhdm.pacs.run.explain_local_study` into the work folder,
-    pushing to ``destination``."""
+    pushing to ``destination`` (``slices``, ``class_idx`` as for ``medhdm explain``)."""
     from .run import explain_local_study
 
     study_log = logging.getLogger("medhdm.pacs.run")
@@ -311,6 +313,8 @@ def explain_and_push(
             formats=tuple(formats),
             destination=destination,
             log=study_log.info,
+            slices=slices,
+            class_idx=class_idx,
         )
 
     return process

@@ -1,0 +1,196 @@
+"""A DIMSE archive: C-FIND (study root), C-GET to retrieve, C-STORE to push (with pynetdicom).
+
+The archive must know our AE title (``calling_aet``) for C-FIND and C-GET (Orthanc:
+``DicomModalities``). C-GET needs no port of ours: the archive sends the instances back
+over the same association, which proposes the storage SOP classes with the SCP role.
+A connection that cannot be made or is lost is transient (retried); an association
+the archive rejects (unknown AE title, ...) is not.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom import AE, build_role, evt
+from pynetdicom.sop_class import (
+    StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelGet,
+)
+
+from .archive import Archive, ArchiveError, InstanceRef, RetryPolicy, TransientError
+
+__all__ = ["DimseArchive"]
+
+_SUCCESS_OR_WARNING = {0x0000, 0x0001, 0xB000, 0xB006, 0xB007, 0x0107, 0x0116}
+
+
+def _text(ds: Dataset, keyword: str) -> str:
+    value = ds.get(keyword, "")
+    return "" if value is None else str(value)
+
+
+class DimseArchive(Archive):
+    """The DICOM node ``aet`` at ``host:port``.
+
+    Args:
+        aet, host, port: the archive's AE title and address.
+        calling_aet: our AE title.
+        retry: attempts and backoff of transient failures.
+        timeout: seconds for the association and each DIMSE message.
+        log: where retries are reported.
+    """
+
+    def __init__(
+        self,
+        aet: str,
+        host: str,
+        port: int,
+        *,
+        calling_aet: str = "MEDHDM",
+        retry: RetryPolicy | None = None,
+        timeout: float = 30.0,
+        log: Callable[[str], None] | None = None,
+    ) -> None:
+        if not calling_aet or len(calling_aet) > 16:
+            raise ValueError(f"--calling-aet: expected 1-16 characters, got {calling_aet!r}")
+        self.aet, self.host, self.port = aet, host, int(port)
+        self.calling_aet = calling_aet
+        self.retry = retry or RetryPolicy()
+        self.timeout = timeout
+        self.log = log
+        self._sop_classes: dict[str, set[str]] = {}  # series UID -> SOP classes seen by C-FIND
+
+    def describe(self) -> str:
+        return f"DIMSE {self.aet}@{self.host}:{self.port}"
+
+    # ---- associations ------------------------------------------------------------------------------------------
+    def _ae(self) -> AE:
+        ae = AE(ae_title=self.calling_aet)
+        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = self.timeout
+        return ae
+
+    def _associate(self, ae: AE, what: str, **kwargs):
+        assoc = ae.associate(self.host, self.port, ae_title=self.aet, **kwargs)
+        if assoc.is_established:
+            return assoc
+        if assoc.is_rejected:
+            raise ArchiveError(
+                f"{self.describe()}: {what}: association rejected (is {self.calling_aet} a known calling AE title?)"
+            )
+        raise TransientError(f"{self.describe()}: {what}: cannot connect (no association)")
+
+    def _find(self, identifier: Dataset, what: str) -> list[Dataset]:
+        ae = self._ae()
+        ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
+        assoc = self._associate(ae, what)
+        answers = []
+        try:
+            for status, found in assoc.send_c_find(identifier, StudyRootQueryRetrieveInformationModelFind):
+                if status is None:
+                    raise TransientError(f"{self.describe()}: {what}: no answer (connection lost or timed out)")
+                if status.Status in (0xFF00, 0xFF01) and found is not None:
+                    answers.append(found)
+                elif status.Status != 0x0000:
+                    raise ArchiveError(f"{self.describe()}: {what}: C-FIND failed with status 0x{status.Status:04X}")
+        finally:
+            assoc.release()
+        return answers
+
+    # ---- one attempt of each operation -------------------------------------------------------------------------
+    def _search_studies(self, query: dict[str, str]) -> list[str]:
+        identifier = Dataset()
+        identifier.QueryRetrieveLevel = "STUDY"
+        identifier.StudyInstanceUID = ""
+        for key, value in query.items():
+            setattr(identifier, key, value)
+        return [_text(ds, "StudyInstanceUID") for ds in self._find(identifier, "C-FIND studies")]
+
+    def _instances(self, study_uid: str) -> list[InstanceRef]:
+        series = Dataset()
+        series.QueryRetrieveLevel = "SERIES"
+        series.StudyInstanceUID = study_uid
+        series.SeriesInstanceUID = ""
+        series.Modality = ""
+        series.SeriesDescription = ""
+        refs = []
+        for found in self._find(series, f"C-FIND series of study {study_uid}"):
+            image = Dataset()
+            image.QueryRetrieveLevel = "IMAGE"
+            image.StudyInstanceUID = study_uid
+            image.SeriesInstanceUID = _text(found, "SeriesInstanceUID")
+            image.SOPInstanceUID = ""
+            image.SOPClassUID = ""
+            for item in self._find(image, f"C-FIND instances of series {image.SeriesInstanceUID}"):
+                ref = InstanceRef(
+                    study_uid=study_uid,
+                    series_uid=image.SeriesInstanceUID,
+                    sop_uid=_text(item, "SOPInstanceUID"),
+                    sop_class_uid=_text(item, "SOPClassUID"),
+                    modality=_text(found, "Modality"),
+                    series_description=_text(found, "SeriesDescription"),
+                )
+                self._sop_classes.setdefault(ref.series_uid, set()).add(ref.sop_class_uid)
+                refs.append(ref)
+        return refs
+
+    def _retrieve(self, study_uid: str, series_uid: str, folder: Path) -> list[Path]:
+        classes = sorted(c for c in self._sop_classes.get(series_uid, set()) if c)
+        if not classes:
+            self._instances(study_uid)
+            classes = sorted(c for c in self._sop_classes.get(series_uid, set()) if c)
+        if not classes:
+            raise ArchiveError(f"{self.describe()}: series {series_uid}: C-FIND gave no SOP Class UID to ask for")
+        ae = self._ae()
+        ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
+        for uid in classes:
+            ae.add_requested_context(uid, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+        roles = [build_role(uid, scp_role=True) for uid in classes]
+        received: list[Path] = []
+
+        def on_store(event) -> int:
+            ds = event.dataset
+            ds.file_meta = event.file_meta
+            path = folder / f"{ds.SOPInstanceUID}.dcm"
+            ds.save_as(path, enforce_file_format=True)
+            received.append(path)
+            return 0x0000
+
+        identifier = Dataset()
+        identifier.QueryRetrieveLevel = "SERIES"
+        identifier.StudyInstanceUID = study_uid
+        identifier.SeriesInstanceUID = series_uid
+        what = f"C-GET series {series_uid}"
+        assoc = self._associate(ae, what, ext_neg=roles, evt_handlers=[(evt.EVT_C_STORE, on_store)])
+        try:
+            for status, _ in assoc.send_c_get(identifier, StudyRootQueryRetrieveInformationModelGet):
+                if status is None:
+                    raise TransientError(f"{self.describe()}: {what}: no answer (connection lost or timed out)")
+                if status.Status not in (0x0000, 0xFF00, 0xFF01, 0xB000):
+                    raise ArchiveError(f"{self.describe()}: {what}: C-GET failed with status 0x{status.Status:04X}")
+        finally:
+            assoc.release()
+        return received
+
+    def _store(self, study_uid: str, items: list[tuple[Path, pydicom.Dataset]]) -> dict[str, str]:
+        ae = self._ae()
+        contexts = sorted({(str(ds.SOPClassUID), str(ds.file_meta.TransferSyntaxUID)) for _, ds in items})
+        for sop_class, syntax in contexts:
+            ae.add_requested_context(sop_class, [syntax])
+        assoc = self._associate(ae, f"C-STORE into study {study_uid}")
+        failed = {}
+        try:
+            for path, header in items:
+                uid = str(header.SOPInstanceUID)
+                status = assoc.send_c_store(pydicom.dcmread(path)) if assoc.is_established else None
+                if status is None or "Status" not in status:
+                    failed[uid] = "no answer (connection lost or timed out)"
+                elif status.Status not in _SUCCESS_OR_WARNING:
+                    failed[uid] = f"refused, status 0x{status.Status:04X}"
+        finally:
+            if assoc.is_established:
+                assoc.release()
+        return failed

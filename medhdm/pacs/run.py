@@ -1,0 +1,375 @@
+"""Query -> retrieve -> explain -> export -> push: one archive study at a time, through the one explain path.
+
+::
+
+    archive = parse_destination("http://127.0.0.1:8042/dicom-web", credentials_from_env())
+    outcomes = explain_archive_studies(archive, ["1.2.3..."], explainer, spec, work_dir, model_name="default")
+
+Per study: the archive lists the study's instances (QIDO-RS / C-FIND); the source
+image series are those that are not derived objects (SC, PM, SEG, SR, ... or medhdm's
+own). For each source series the derived objects' UIDs are known before any work
+(:class:`~medhdm.pacs.uids.DerivedUIDs`); when the archive already holds all of them
+the series is skipped without being retrieved. Otherwise the series is retrieved into
+the local cache (:class:`~medhdm.pacs.cache.StudyCache`; a complete cached series is
+not fetched again), explained by :func:`medhdm.study.explain_study` with the export of
+SC/PM/SEG under deterministic UIDs, reported in an SR (:mod:`medhdm.pacs.sr`), and
+pushed back into the same study. :func:`explain_local_study` is the same for a study
+already on disk (the receiving service, ``medhdm pacs serve``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pydicom
+
+from ..explain.base import Explainer
+from ..models.identity import configuration_hash, run_configuration
+from ..pipeline import InputSpec, SliceSelection
+from ..study import StudyCase, explain_study
+from .archive import Archive, ArchiveError, InstanceRef, is_derived_by_medhdm
+from .cache import StudyCache
+from .uids import DerivedUIDs
+
+__all__ = [
+    "FORMATS",
+    "StudyOutcome",
+    "explain_archive_studies",
+    "explain_local_study",
+    "pacs_configuration",
+    "parse_formats",
+    "parse_query",
+]
+
+#: what ``--push`` may name: the exports of :mod:`medhdm.export` and the structured report
+FORMATS = ("sc", "pm", "seg", "sr")
+
+
+@dataclass
+class StudyOutcome:
+    """What happened to one study.
+
+    Attributes:
+        study_uid: the study.
+        status: ``"done"``, ``"skipped"`` (the destination already holds every derived
+            instance of this configuration) or ``"failed"`` (``error`` says why).
+        derived: the derived files written (SC, PM, SEG, SR).
+        pushed: instances sent to the destination now.
+        seconds: ``retrieve``, ``explain`` (with export and SR) and ``push`` wall times.
+        error: why it failed.
+        results: per explained series: ``{"series_uid", "class_idx", "score"}``.
+    """
+
+    study_uid: str
+    status: str = "done"
+    derived: list[Path] = field(default_factory=list)
+    pushed: int = 0
+    seconds: dict = field(default_factory=lambda: {"retrieve": 0.0, "explain": 0.0, "push": 0.0})
+    error: str | None = None
+    results: list[dict] = field(default_factory=list)
+
+    def line(self) -> str:
+        """One progress line (UIDs and numbers only, never patient data)."""
+        t = self.seconds
+        times = f"retrieve {t['retrieve']:.1f} s, explain {t['explain']:.1f} s, push {t['push']:.1f} s"
+        if self.status == "failed":
+            return f"study {self.study_uid}: failed: {self.error}"
+        if self.status == "skipped":
+            return f"study {self.study_uid}: skipped (the archive holds all derived instances)"
+        classes = ", ".join(f"class {r['class_idx']} (p={r['score']:.3f})" for r in self.results)
+        return f"study {self.study_uid}: done: {classes}; {len(self.derived)} derived, {self.pushed} pushed; {times}"
+
+
+def parse_formats(text: str | Sequence[str]) -> tuple[str, ...]:
+    """``"sc,pm,seg,sr"`` (or a list) checked against :data:`FORMATS`."""
+    items = [f.strip() for f in text.split(",")] if isinstance(text, str) else [str(f).strip() for f in text]
+    items = [f for f in items if f]
+    unknown = [f for f in items if f not in FORMATS]
+    if unknown or not items or len(set(items)) != len(items):
+        raise ValueError(
+            f"--push: expected some of {','.join(FORMATS)} (each once), got {','.join(items) or 'nothing'}"
+        )
+    return tuple(items)
+
+
+#: study-level query keys users may give, and the attribute each searches
+QUERY_KEYS = {
+    "Modality": "ModalitiesInStudy",
+    "ModalitiesInStudy": "ModalitiesInStudy",
+    "StudyDate": "StudyDate",
+    "AccessionNumber": "AccessionNumber",
+    "PatientID": "PatientID",
+    "StudyInstanceUID": "StudyInstanceUID",
+    "StudyDescription": "StudyDescription",
+}
+
+
+def parse_query(items: Sequence[str]) -> dict[str, str]:
+    """``["Modality=CT", "StudyDate=20240101-"]`` as study-level query attributes (``Modality`` searches
+    ``ModalitiesInStudy``); unknown keys and malformed items are refused."""
+    query: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        key, value = key.strip(), value.strip()
+        if not sep or not key or not value:
+            raise ValueError(f"--query: expected KEY=VALUE, got {item!r}")
+        if key not in QUERY_KEYS:
+            raise ValueError(f"--query: unknown key {key!r}; expected one of {', '.join(QUERY_KEYS)}")
+        query[QUERY_KEYS[key]] = value
+    return query
+
+
+def pacs_configuration(
+    explainer: Explainer,
+    spec: InputSpec,
+    model_name: str,
+    slices: SliceSelection | str | None = None,
+    class_idx: int | None = None,
+    seg_threshold: float = 0.5,
+) -> dict:
+    """The run configuration (:func:`~medhdm.models.identity.run_configuration`) whose hash seeds the derived UIDs.
+
+    It holds what changes the derived objects (model, weights, method and settings, the
+    classifier's input, slices, class, SEG threshold, medhdm's version), not which formats are pushed.
+    """
+    extra = {
+        "spec": {
+            "spatial_size": list(spec.spatial_size),
+            "layout": spec.layout,
+            "axcodes": spec.axcodes,
+            "intensity_range": list(spec.intensity_range) if spec.intensity_range else None,
+        },
+        "slices": str(slices) if slices is not None else None,
+        "class_idx": class_idx,
+        "seg_threshold": seg_threshold,
+    }
+    return run_configuration(explainer.model, explainer, model_name=model_name, extra=extra)
+
+
+def _source_series(refs: Sequence[InstanceRef]) -> dict[str, list[InstanceRef]]:
+    """Source image instances by Series UID (derived objects and medhdm's own left out)."""
+    series: dict[str, list[InstanceRef]] = {}
+    for ref in refs:
+        if ref.is_source:
+            series.setdefault(ref.series_uid, []).append(ref)
+    return series
+
+
+def _series_input(folder: Path, files: Sequence[Path]) -> Path:
+    """What :func:`~medhdm.study.explain_study` reads: the one file of a single image, else the series folder."""
+    return files[0] if len(files) == 1 else folder
+
+
+def _local_series(study_dir: Path) -> tuple[str, dict[str, list[tuple[Path, pydicom.Dataset]]]]:
+    """The study's Study UID and its source series ``{Series UID: [(path, header), ...]}`` found under ``study_dir``."""
+    found: dict[str, list[tuple[Path, pydicom.Dataset]]] = {}
+    studies = set()
+    for path in sorted(p for p in Path(study_dir).rglob("*") if p.is_file() and not p.name.startswith(".")):
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+            sop_class, study_uid = str(ds.SOPClassUID), str(ds.StudyInstanceUID)
+        except Exception:  # noqa: BLE001, S112 (not DICOM: markers, notes; not part of the study)
+            continue
+        studies.add(study_uid)
+        if not is_derived_by_medhdm(str(ds.get("Manufacturer", "")), sop_class):
+            found.setdefault(str(ds.SeriesInstanceUID), []).append((path, ds))
+    if len(studies) != 1:
+        raise ValueError(f"{study_dir}: expected the files of one study, found {len(studies)} Study Instance UIDs")
+    if not found:
+        raise ValueError(f"{study_dir}: no source image series (only derived objects or non-images)")
+    return studies.pop(), found
+
+
+def _series_folder(work: Path, series_uid: str, items: Sequence[tuple[Path, pydicom.Dataset]]) -> Path:
+    """A folder that holds exactly the series' files (links into ``work`` when they share a folder with others)."""
+    folders = {p.parent for p, _ in items}
+    if len(folders) == 1:
+        folder = folders.pop()
+        if len([p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")]) == len(items):
+            return folder
+    folder = work / "series" / series_uid
+    folder.mkdir(parents=True, exist_ok=True)
+    for path, ds in items:
+        link = folder / f"{ds.SOPInstanceUID}.dcm"
+        if not link.exists():
+            link.symlink_to(Path(path).resolve())
+    return folder
+
+
+def explain_local_study(
+    study_dir: Path,
+    explainer: Explainer,
+    spec: InputSpec,
+    work_dir: Path,
+    *,
+    model_name: str,
+    formats: Sequence[str] = ("sc", "pm", "seg", "sr"),
+    destination: Archive | None = None,
+    log: Callable[[str], None] | None = print,
+    slices: SliceSelection | str | None = None,
+    class_idx: int | None = None,
+    seg_threshold: float = 0.5,
+) -> StudyOutcome:
+    """Explain every source series of the study in ``study_dir`` and push the derived objects to ``destination``.
+
+    Args:
+        study_dir: the files of one study (any layout; derived and non-DICOM files ignored).
+        explainer, spec: the method on its model, and the classifier's input.
+        work_dir: where maps, exports and the SR are written (``<work_dir>/<Series UID>_dicom/``).
+        model_name: the model's name in the configuration and the SR.
+        formats: what to make and push: any of ``sc``, ``pm``, ``seg``, ``sr``.
+        destination: where to push (``None``: only write the files).
+        log: progress lines (``None``: silent).
+        slices, class_idx, seg_threshold: as for ``medhdm explain``.
+
+    Returns:
+        the outcome; ``"skipped"`` when the destination already holds every derived instance.
+        Errors are raised (the caller decides whether a study's failure ends the run).
+    """
+    formats = parse_formats(formats)
+    outcome = StudyOutcome(study_uid="")
+    study_uid, series = _local_series(Path(study_dir))
+    outcome.study_uid = study_uid
+    config = pacs_configuration(explainer, spec, model_name, slices, class_idx, seg_threshold)
+    key = configuration_hash(config)
+    work = Path(work_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    to_push: list[Path] = []
+    skipped = 0
+    for series_uid, items in series.items():
+        uids = DerivedUIDs(key, study_uid, series_uid, [str(ds.SOPInstanceUID) for _, ds in items])
+        expected = [uid for group in uids.expected(formats).values() for uid in group]
+        if destination is not None:
+            start = time.perf_counter()
+            held = destination.present(study_uid, expected)
+            outcome.seconds["push"] += time.perf_counter() - start
+            if len(held) == len(expected):
+                skipped += 1
+                continue
+        start = time.perf_counter()
+        folder = _series_folder(work, series_uid, items)
+        source = _series_input(folder, [p for p, _ in items])
+        exports = [f for f in formats if f != "sr"]
+        row = explain_study(
+            StudyCase(source, series_uid, class_idx),
+            explainer,
+            spec,
+            work,
+            export_formats=exports,
+            method=explainer.name,
+            overwrite=True,
+            slices=slices,
+            uid_source=uids,
+        )
+        export_dir = Path(row["export"]) if exports else work / f"{series_uid}_dicom"
+        derived = sorted(export_dir.glob("*.dcm")) if exports else []
+        if "sr" in formats:
+            from .sr import write_structured_report
+
+            export_dir.mkdir(exist_ok=True)
+            derived.append(
+                write_structured_report(
+                    export_dir / "SR.dcm",
+                    [p for p, _ in items],
+                    config=config,
+                    class_idx=int(row["class_idx"]),
+                    probability=float(row["score"]),
+                    uids=uids,
+                    seg_path=export_dir / "SEG.dcm" if "seg" in exports else None,
+                )
+            )
+        outcome.seconds["explain"] += time.perf_counter() - start
+        outcome.derived += derived
+        outcome.results.append({"series_uid": series_uid, "class_idx": int(row["class_idx"]), "score": row["score"]})
+        to_push += derived
+    if skipped == len(series):
+        outcome.status = "skipped"
+        return outcome
+    if destination is not None and to_push:
+        start = time.perf_counter()
+        report = destination.push(to_push)
+        outcome.pushed = len(report.sent)
+        outcome.seconds["push"] += time.perf_counter() - start
+    return outcome
+
+
+def explain_archive_studies(
+    archive: Archive,
+    study_uids: Sequence[str],
+    explainer: Explainer,
+    spec: InputSpec,
+    work_dir: Path,
+    *,
+    model_name: str,
+    formats: Sequence[str] = ("sc", "pm", "seg", "sr"),
+    destination: Archive | None = None,
+    cache: StudyCache | None = None,
+    push: bool = True,
+    log: Callable[[str], None] | None = print,
+    slices: SliceSelection | str | None = None,
+    class_idx: int | None = None,
+    seg_threshold: float = 0.5,
+) -> list[StudyOutcome]:
+    """Retrieve, explain and push back each study of ``archive``; one progress line per study.
+
+    A study that fails is reported (``status="failed"``) and the next one goes on. The
+    derived objects go to ``destination`` (default: ``archive`` itself, into the source study).
+    """
+    formats = parse_formats(formats)
+    work = Path(work_dir)
+    cache = cache or StudyCache(work / "cache")
+    target = (destination or archive) if push else None
+    config = pacs_configuration(explainer, spec, model_name, slices, class_idx, seg_threshold)
+    key = configuration_hash(config)
+    outcomes = []
+    for i, study_uid in enumerate(study_uids, start=1):
+        outcome = StudyOutcome(study_uid=study_uid)
+        try:
+            start = time.perf_counter()
+            series = _source_series(archive.instances(study_uid))
+            if not series:
+                raise ArchiveError(f"{archive.describe()}: study {study_uid}: no source image series found")
+            if target is not None and _all_present(target, study_uid, series, key, formats):
+                outcome.status = "skipped"
+                outcome.seconds["retrieve"] = time.perf_counter() - start
+            else:
+                for series_uid, refs in series.items():
+                    cache.fetch(
+                        study_uid,
+                        series_uid,
+                        [r.sop_uid for r in refs],
+                        lambda folder, s=series_uid, st=study_uid: archive.retrieve_series(st, s, folder),
+                    )
+                retrieve = time.perf_counter() - start
+                outcome = explain_local_study(
+                    cache.root / study_uid,
+                    explainer,
+                    spec,
+                    work / study_uid,
+                    model_name=model_name,
+                    formats=formats,
+                    destination=target,
+                    log=log,
+                    slices=slices,
+                    class_idx=class_idx,
+                    seg_threshold=seg_threshold,
+                )
+                outcome.seconds["retrieve"] = retrieve
+        except Exception as err:  # noqa: BLE001 (a study's failure is reported; the run goes on)
+            outcome.status, outcome.error = "failed", " ".join(str(err).split())
+        outcomes.append(outcome)
+        if log:
+            log(f"[{i}/{len(study_uids)}] {outcome.line()}")
+    return outcomes
+
+
+def _all_present(target: Archive, study_uid: str, series: dict, key: str, formats: Sequence[str]) -> bool:
+    """The target already holds every derived instance of every source series (so nothing needs retrieving)."""
+    expected = []
+    for series_uid, refs in series.items():
+        uids = DerivedUIDs(key, study_uid, series_uid, [r.sop_uid for r in refs])
+        expected += [uid for group in uids.expected(formats).values() for uid in group]
+    return len(target.present(study_uid, expected)) == len(expected)

@@ -1,0 +1,71 @@
+"""Deterministic derived UIDs: the same source and the same run configuration give the same UIDs.
+
+A derived object's Series and SOP Instance UIDs are ``2.25.<n>`` (PS3.5 B.2: a UUID
+as a decimal integer), ``n`` a name-based UUID (RFC 4122 version 5) of
+
+- the source Study, Series and SOP Instance UIDs (every source instance),
+- the run configuration's hash (:func:`medhdm.models.identity.configuration_hash`:
+  medhdm's version, the model's identity and weights hash, the method and its settings,
+  the classifier's input and slice options),
+- the object's key (``"sc/series"``, ``"sc/instance/<source SOP Instance UID>"``,
+  ``"pm/series"``, ``"pm/instance"``, ``"seg/..."``, ``"sr/..."``).
+
+So explaining a study twice with the same configuration gives the same objects (an
+archive that already holds them gains nothing), while a new model, method, setting or
+medhdm version gives new series.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import Sequence
+
+from pydicom.uid import UID
+
+__all__ = ["DerivedUIDs", "derived_uid"]
+
+#: the namespace of medhdm's name-based UUIDs (itself the version-5 UUID of the name "medhdm" in the URL namespace)
+NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://github.com/medhdm/medhdm/derived-uids")
+
+
+def derived_uid(*parts: str) -> UID:
+    """``2.25.<n>``, ``n`` the version-5 UUID of ``parts`` (joined by newlines) in medhdm's namespace."""
+    return UID(f"2.25.{uuid.uuid5(NAMESPACE, chr(10).join(parts)).int}")
+
+
+class DerivedUIDs:
+    """The UID source of one explained series (``medhdm.export.export(..., uid_source=DerivedUIDs(...))``).
+
+    Args:
+        configuration_hash: the run's :func:`~medhdm.models.identity.configuration_hash`.
+        study_uid, series_uid: the source's Study and Series Instance UIDs.
+        sop_uids: the source's SOP Instance UIDs (order does not matter).
+    """
+
+    def __init__(self, configuration_hash: str, study_uid: str, series_uid: str, sop_uids: Sequence[str]) -> None:
+        if not configuration_hash or not study_uid or not series_uid or not sop_uids:
+            raise ValueError("DerivedUIDs: the configuration hash and the source Study/Series/SOP UIDs are needed")
+        digest = hashlib.sha256()
+        for part in (configuration_hash, study_uid, series_uid, *sorted(sop_uids)):
+            digest.update(part.encode() + b"\n")
+        self.configuration_hash = configuration_hash
+        self.study_uid, self.series_uid = study_uid, series_uid
+        self.sop_uids = tuple(sop_uids)
+        self._base = digest.hexdigest()
+
+    def __call__(self, key: str) -> UID:
+        return derived_uid(self._base, key)
+
+    def expected(self, formats: Sequence[str]) -> dict[str, list[str]]:
+        """The SOP Instance UIDs each format will have (``sc``: one per source instance; ``pm``/``seg``/``sr``: one)."""
+        out: dict[str, list[str]] = {}
+        for fmt in formats:
+            if fmt == "sc":
+                out[fmt] = [self(f"sc/instance/{uid}") for uid in self.sop_uids]
+            else:
+                out[fmt] = [self(f"{fmt}/instance")]
+        return out
+
+    def __repr__(self) -> str:
+        return f"DerivedUIDs(series {self.series_uid}, configuration {self.configuration_hash[:12]})"
