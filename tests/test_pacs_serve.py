@@ -166,7 +166,7 @@ class Service:
         self.argv = [
             sys.executable,
             "-m",
-            "medhdm",
+            "medhdm.cli",
             "pacs",
             "serve",
             "--spool",
@@ -184,17 +184,18 @@ class Service:
             "--intensity-range=-1000,0",
         ]
         self.lines: list[str] = []
-        self._queue: queue.Queue[str] = queue.Queue()
+        self._queue: queue.Queue[str | None] = queue.Queue()
         env = {**os.environ, "MEDHDM_THREADS": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
         self.proc = subprocess.Popen(self.argv, env=env, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        threading.Thread(target=self._read, daemon=True).start()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
         line = self.wait_for("listening on", timeout=120)
         self.port = int(line.split("listening on ")[1].split(";")[0].rsplit(":", 1)[1])
 
     def _read(self) -> None:
         for line in self.proc.stderr:
             self._queue.put(line.rstrip("\n"))
-        self._queue.put("")  # end of output
+        self._queue.put(None)  # end of output
 
     def wait_for(self, text: str, timeout: float = 90.0) -> str:
         """The first line (from now on) holding ``text``; fails with the log when it does not come."""
@@ -204,7 +205,7 @@ class Service:
                 line = self._queue.get(timeout=max(0.01, deadline - time.monotonic()))
             except queue.Empty:
                 break
-            if line == "" and self.proc.poll() is not None:
+            if line is None:  # the service exited
                 break
             self.lines.append(line)
             if text in line:
@@ -216,12 +217,11 @@ class Service:
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
         rc = self.proc.wait(timeout=60)
-        rest = self.proc.stderr.read() if not self.proc.stderr.closed else ""
+        self._reader.join(timeout=10)
         while not self._queue.empty():
             line = self._queue.get()
-            if line:
+            if line is not None:
                 self.lines.append(line)
-        self.lines += [line for line in rest.splitlines() if line]
         return rc
 
     @property
@@ -316,9 +316,15 @@ def test_serve_killed_in_the_middle_of_a_study_loses_and_duplicates_nothing(benc
         finished = [r["study"] for r in _journal(spool) if r["event"] == "done"]
         assert finished == [first.StudyInstanceUID], f"killed too late: {finished} finished"
 
+        service = Service(spool, pacs.dicomweb_url)  # stopped cleanly (SIGTERM) in the middle of the redo
+        service.wait_for(f"study {second.StudyInstanceUID}: claimed by an earlier run but not finished")
+        service.wait_for(f"study {second.StudyInstanceUID}: explaining")
+        assert service.stop(signal.SIGTERM) == 0, service.log
+        assert f"study {second.StudyInstanceUID}: interrupted; it is redone at the next start" in service.log
+        assert "stopped" in service.lines[-1], service.log
+
         service = Service(spool, pacs.dicomweb_url)
         try:
-            service.wait_for(f"study {second.StudyInstanceUID}: claimed by an earlier run but not finished")
             service.wait_for(f"study {second.StudyInstanceUID}: done")
             service.wait_for(f"study {third.StudyInstanceUID}: done")
         finally:

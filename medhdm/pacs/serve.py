@@ -244,7 +244,9 @@ def setup_logging(level: int = logging.INFO, log_file: str | Path | None = None)
         handler.addFilter(redactor)
         root.addHandler(handler)
     root.setLevel(level)
-    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    if level > logging.DEBUG:  # the libraries' progress lines (one per copied module, request) only with --debug
+        for name in ("pynetdicom", "highdicom", "dicomweb_client"):
+            logging.getLogger(name).setLevel(logging.WARNING)
     logging.captureWarnings(True)  # a library's warning may quote a value: it goes through the redactor
     return redactor
 

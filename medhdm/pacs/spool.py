@@ -89,6 +89,7 @@ class Journal:
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
         self._lock = threading.Lock()
+        self._finished: dict[str, str] | None = None  # read once, then kept up to date by append
 
     def append(self, event: str, study: str, **fields: object) -> dict:
         """Append ``{"time", "event", "study", **fields}`` and return it."""
@@ -104,6 +105,8 @@ class Journal:
                 os.fsync(fd)
             finally:
                 os.close(fd)
+            if self._finished is not None and event in ("done", "failed"):
+                self._finished[study] = str(fields.get("fingerprint", ""))
         return record
 
     def _ends_with_newline(self) -> bool:
@@ -126,8 +129,18 @@ class Journal:
         return out
 
     def finished(self) -> dict[str, str]:
-        """Study UID -> the fingerprint of its instances when it last finished (``done`` or ``failed``)."""
-        return {r["study"]: r.get("fingerprint", "") for r in self.records() if r["event"] in ("done", "failed")}
+        """Study UID -> the fingerprint of its instances when it last finished (``done`` or ``failed``).
+
+        The journal is read once; later :meth:`append` calls keep the answer current (the spool's lock
+        guarantees that no other process writes the journal)."""
+        with self._lock:
+            if self._finished is None:
+                self._finished = {
+                    r["study"]: str(r.get("fingerprint", ""))
+                    for r in self.records()
+                    if r["event"] in ("done", "failed")
+                }
+            return dict(self._finished)
 
 
 class Spool:
@@ -149,6 +162,7 @@ class Spool:
         self.journal = Journal(self.root / "journal.jsonl")
         self._lock = threading.Lock()
         self._last_arrival: dict[str, float] = {}
+        self._fingerprints: dict[str, tuple[int, str]] = {}  # study -> (folder mtime, fingerprint of its instances)
         self.root.mkdir(parents=True, exist_ok=True)
         for folder in (self.incoming, self.studies, self.work, self.quarantine):
             _mkdir_durable(folder)
@@ -233,9 +247,14 @@ class Spool:
         finished = self.journal.finished()
         pending = []
         for folder in self.studies.iterdir():
-            names = [p.stem for p in _instances(folder)]
-            if names and finished.get(folder.name) != fingerprint(names):
-                pending.append((folder.stat().st_mtime, folder.name))
+            changed = folder.stat().st_mtime_ns  # a claim that adds instances renames files into the folder
+            known = self._fingerprints.get(folder.name)
+            if known is None or known[0] != changed:
+                names = [p.stem for p in _instances(folder)]
+                known = (changed, fingerprint(names) if names else "")
+                self._fingerprints[folder.name] = known
+            if known[1] and finished.get(folder.name) != known[1]:
+                pending.append((changed, folder.name))
         return [uid for _, uid in sorted(pending)]
 
     def work_dir(self, study_uid: str) -> Path:
