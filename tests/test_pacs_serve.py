@@ -133,6 +133,45 @@ def test_spool_pending_follows_the_journal(tmp_path, ct):
     assert (where / "reason.txt").read_text() == "ValueError: broken\n" and not (spool.studies / study).exists()
 
 
+def test_service_retries_a_failed_push_and_sets_aside_a_bad_study(tmp_path, caplog):
+    """The loop's decisions, with a study function that fails like a destination that is down, then recovers."""
+    from medhdm.pacs.archive import ArchiveError
+    from medhdm.pacs.serve import ServeSettings, Service
+
+    caplog.set_level(logging.INFO, logger="medhdm")
+    spool = Spool(tmp_path / "spool")
+    spool.store("1.2.3", "1.2.3.1", b"a")
+    spool.store("1.2.4", "1.2.4.1", b"b")
+    calls: list[str] = []
+
+    def process(uid: str, study_dir: Path, work_dir: Path):
+        calls.append(uid)
+        assert (study_dir / f"{uid}.1.dcm").is_file() and work_dir.is_dir() and not any(work_dir.iterdir())
+        if uid == "1.2.4":
+            raise ValueError("no image series in the study")
+        if calls.count(uid) == 1:
+            raise ArchiveError("DICOMweb http://127.0.0.1:9/dicom-web: connection refused")
+        return None
+
+    settings = ServeSettings(spool=spool.root, calling_aets=("SCANNER",), stable_seconds=0.0, retry_seconds=0.2)
+    service = Service(spool, process, settings)
+    deadline = time.monotonic() + 10
+    while spool.pending_studies() or spool.stable_studies(0.0):
+        service.step() or time.sleep(0.05)
+        assert time.monotonic() < deadline, calls
+    assert calls == ["1.2.3", "1.2.4", "1.2.3"]
+    assert (spool.quarantine / "1.2.4" / "reason.txt").read_text() == "ValueError: no image series in the study\n"
+    assert [(r["event"], r["study"]) for r in spool.journal.records()] == [
+        ("started", "1.2.3"),
+        ("retry", "1.2.3"),
+        ("started", "1.2.4"),
+        ("failed", "1.2.4"),
+        ("started", "1.2.3"),
+        ("done", "1.2.3"),
+    ]
+    assert Service(spool, process, settings).recover() == []  # nothing is redone after a restart
+
+
 # --- as a subprocess, against a real Orthanc -------------------------------------------------------
 
 

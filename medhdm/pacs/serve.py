@@ -23,6 +23,15 @@ Stopping: SIGTERM or SIGINT closes the SCP, interrupts the study in progress (re
 next start) and returns.
 
 Logs carry UIDs, AE titles and addresses, never patient names or IDs (:mod:`medhdm.pacs.redact`).
+
+Run it (credentials of a DICOMweb destination as for ``medhdm pacs explain``: environment or file)::
+
+    medhdm pacs serve --spool /var/lib/medhdm/spool --port 11112 --aet MEDHDM \\
+        --calling-aet CT_SCANNER --calling-aet ORTHANC \\
+        --destination https://pacs.example.org/dicom-web --push sc,pm,seg,sr \\
+        --model default --method hdm --stable-seconds 30
+
+    storescu -aet CT_SCANNER -aec MEDHDM 127.0.0.1 11112 study/*.dcm      # send a study
 """
 
 from __future__ import annotations
