@@ -112,9 +112,7 @@ def write_structured_report(
     algorithm = hd.sr.AlgorithmIdentification(
         name=f"medhdm {method}"[:64], version=__version__, parameters=_parameters(config)
     )
-    measurements = [
-        hd.sr.Measurement(name=codes.DCM.Probability, value=float(probability), unit=_UNITLESS)
-    ]
+    measurements = [hd.sr.Measurement(name=codes.DCM.Probability, value=float(probability), unit=_UNITLESS)]
     measurements += [
         hd.sr.Measurement(name=SCORE_CODES[name], value=float(value), unit=_UNITLESS)
         for name, value in sorted((scores or {}).items())
@@ -187,8 +185,8 @@ def read_structured_report(path: str | os.PathLike) -> dict:
         raise ValueError(f"{path}: expected one measurement group, found {len(groups)}")
     group = groups[0]
 
-    def texts(code: Code) -> list[str]:
-        return [str(item.value) for item in group.find(code)]
+    def texts(code: Code) -> list[str]:  # the group's own content items (TID 4019 items hang off the container)
+        return [str(item.value) for item in group[0].ContentSequence.find(code)]
 
     parameters = {}
     for text in texts(codes.DCM.AlgorithmParameters):
