@@ -79,7 +79,7 @@ class DicomwebArchive(Archive):
             return call()
         except (requests.ConnectionError, requests.Timeout) as err:
             reason = type(err).__name__ if isinstance(err, requests.Timeout) else "connection refused or lost"
-            raise TransientError(f"{self.url}: {what}: cannot reach the server ({reason})") from None
+            raise TransientError(f"{what}: cannot reach the server ({reason})") from None
         except requests.HTTPError as err:
             raise self._http_error(what, err.response) from None
 
@@ -95,7 +95,7 @@ class DicomwebArchive(Archive):
             )
             return ArchiveError(f"{self.url}: {what}: {reason}: {how}")
         if status in _TRANSIENT_STATUS:
-            return TransientError(f"{self.url}: {what}: {reason}")
+            return TransientError(f"{what}: {reason}")
         return ArchiveError(f"{self.url}: {what}: {reason}")
 
     # ---- one attempt of each operation -------------------------------------------------------------------------

@@ -81,7 +81,7 @@ class DimseArchive(Archive):
             raise ArchiveError(
                 f"{self.describe()}: {what}: association rejected (is {self.calling_aet} a known calling AE title?)"
             )
-        raise TransientError(f"{self.describe()}: {what}: cannot connect (no association)")
+        raise TransientError(f"{what}: cannot connect (no association)")
 
     def _find(self, identifier: Dataset, what: str) -> list[Dataset]:
         ae = self._ae()
@@ -91,7 +91,7 @@ class DimseArchive(Archive):
         try:
             for status, found in assoc.send_c_find(identifier, StudyRootQueryRetrieveInformationModelFind):
                 if status is None:
-                    raise TransientError(f"{self.describe()}: {what}: no answer (connection lost or timed out)")
+                    raise TransientError(f"{what}: no answer (connection lost or timed out)")
                 if status.Status in (0xFF00, 0xFF01) and found is not None:
                     answers.append(found)
                 elif status.Status != 0x0000:
@@ -168,7 +168,7 @@ class DimseArchive(Archive):
         try:
             for status, _ in assoc.send_c_get(identifier, StudyRootQueryRetrieveInformationModelGet):
                 if status is None:
-                    raise TransientError(f"{self.describe()}: {what}: no answer (connection lost or timed out)")
+                    raise TransientError(f"{what}: no answer (connection lost or timed out)")
                 if status.Status not in (0x0000, 0xFF00, 0xFF01, 0xB000):
                     raise ArchiveError(f"{self.describe()}: {what}: C-GET failed with status 0x{status.Status:04X}")
         finally:

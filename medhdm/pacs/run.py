@@ -158,6 +158,12 @@ def _source_series(refs: Sequence[InstanceRef]) -> dict[str, list[InstanceRef]]:
     return series
 
 
+def _class_name(explainer: Explainer, class_idx: int) -> str | None:
+    """The class's name from the model card of a shipped model (``model.medhdm_card["classes"]``), if any."""
+    classes = (getattr(explainer.model, "medhdm_card", None) or {}).get("classes") or []
+    return str(classes[class_idx]) if 0 <= class_idx < len(classes) else None
+
+
 def _series_input(folder: Path, files: Sequence[Path]) -> Path:
     """What :func:`~medhdm.study.explain_study` reads: the one file of a single image, else the series folder."""
     return files[0] if len(files) == 1 else folder
@@ -279,6 +285,7 @@ def explain_local_study(
                     probability=float(row["score"]),
                     uids=uids,
                     seg_path=export_dir / "SEG.dcm" if "seg" in exports else None,
+                    class_name=_class_name(explainer, int(row["class_idx"])),
                 )
             )
         outcome.seconds["explain"] += time.perf_counter() - start

@@ -112,11 +112,9 @@ def write_structured_report(
     algorithm = hd.sr.AlgorithmIdentification(
         name=f"medhdm {method}"[:64], version=__version__, parameters=_parameters(config)
     )
-    measurements = [
-        hd.sr.Measurement(name=codes.DCM.Probability, value=float(probability), unit=_UNITLESS, algorithm_id=algorithm)
-    ]
+    measurements = [hd.sr.Measurement(name=codes.DCM.Probability, value=float(probability), unit=_UNITLESS)]
     measurements += [
-        hd.sr.Measurement(name=SCORE_CODES[name], value=float(value), unit=_UNITLESS, algorithm_id=algorithm)
+        hd.sr.Measurement(name=SCORE_CODES[name], value=float(value), unit=_UNITLESS)
         for name, value in sorted((scores or {}).items())
     ]
     evaluations = [hd.sr.QualitativeEvaluation(name=EXPLAINED_CLASS, value=_class_code(class_idx, class_name))]
@@ -186,16 +184,21 @@ def read_structured_report(path: str | os.PathLike) -> dict:
     if len(groups) != 1:
         raise ValueError(f"{path}: expected one measurement group, found {len(groups)}")
     group = groups[0]
-    algorithm = group.algorithm_id
+
+    def texts(code: Code) -> list[str]:  # the group's own content items (TID 4019 items hang off the container)
+        return [str(item.value) for item in group[0].ContentSequence.find(code)]
+
     parameters = {}
-    for text in algorithm.parameters if algorithm is not None else []:
+    for text in texts(codes.DCM.AlgorithmParameters):
         key, _, value = text.partition(": ")
         parameters[key] = value
     names = {code.value: name for name, code in SCORE_CODES.items()}
     out = {
-        "algorithm": algorithm.name if algorithm is not None else None,
-        "version": algorithm.version if algorithm is not None else None,
+        "algorithm": next(iter(texts(codes.DCM.AlgorithmName)), None),
+        "version": next(iter(texts(codes.DCM.AlgorithmVersion)), None),
         "parameters": parameters,
+        "class_code": None,
+        "class_meaning": None,
         "probability": None,
         "scores": {},
         "segment": None,
@@ -210,12 +213,9 @@ def read_structured_report(path: str | os.PathLike) -> dict:
         out["class_code"], out["class_meaning"] = evaluation.value.value, evaluation.value.meaning
     segment = getattr(group, "referenced_segment", None)
     if segment is not None:
-        out["segment"] = (
-            segment.get_segmentation_reference_info()["referenced_sop_instance_uid"]
-            if hasattr(segment, "get_segmentation_reference_info")
-            else str(segment.ReferencedSOPSequence[0].ReferencedSOPInstanceUID)
-        )
-        out["sources"] = [str(img.referenced_sop_instance_uid) for img in segment.get_source_images()]
+        out["segment"] = str(segment.referenced_sop_instance_uid)
+        images = segment.source_images_for_segmentation
     else:
-        out["sources"] = [str(img.referenced_sop_instance_uid) for img in group.get_source_images()]
+        images = group.source_images
+    out["sources"] = [str(image.referenced_sop_instance_uid) for image in images]
     return out

@@ -1,0 +1,192 @@
+"""From a real Orthanc and back: LesionBench studies retrieved (DICOMweb, DIMSE), explained, pushed into the study.
+
+One Orthanc serves the module; ``medhdm pacs explain`` runs through ``cli.main`` with the
+cheap ``gradientinput`` method. Orthanc then holds SC, PM, SEG and SR series in the same
+study that reference the source instances, its own rendering of an SC shows the hottest
+pixels over the lesion, and a second run adds no instance.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from pacs_helpers import CLIENT_AET, bench_study, derived_series, png_pixels, start_orthanc
+
+from medhdm.cli import main
+from medhdm.io.dicom import read_dicom
+from medhdm.io.maps import load_map
+
+
+@pytest.fixture(scope="module")
+def orthanc(tmp_path_factory):
+    server = start_orthanc(tmp_path_factory.mktemp("orthanc"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def studies(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bench")
+    studies = {dims: bench_study(root / f"lb{dims}d", dims) for dims in (2, 3)}
+    studies["dimse"] = bench_study(root / "lb3d-dimse", 3, seed=11)
+    return studies
+
+
+def _explain(where: list[str], study: dict, dims: int, work, *extra: str) -> int:
+    return main(
+        [
+            "pacs",
+            "explain",
+            *where,
+            "--study",
+            study["study_uid"],
+            "--method",
+            "gradientinput",
+            "--model",
+            "default" if dims == 2 else "default3d",
+            "--intensity-range=-1000,0",
+            "--work",
+            str(work),
+            "--push",
+            "sc,pm,seg,sr",
+            "--retry-delay",
+            "0.1",
+            *extra,
+        ]
+    )
+
+
+def _check_derived(orthanc, study: dict) -> dict:
+    sources = {str(pydicom_header(p).SOPInstanceUID) for p in study["files"]}
+    kinds = derived_series(orthanc, study["study_uid"])
+    assert sorted(kinds) == ["pm", "sc", "seg", "sr"]
+    for kind, series in kinds.items():
+        for ds in series["datasets"]:
+            assert ds.StudyInstanceUID == study["study_uid"], kind
+            assert ds.SeriesInstanceUID.startswith("2.25."), kind
+    sc = kinds["sc"]["datasets"]
+    assert len(sc) == len(sources)
+    assert {str(ds.SourceImageSequence[0].ReferencedSOPInstanceUID) for ds in sc} == sources
+    for kind in ("pm", "seg"):
+        (ds,) = kinds[kind]["datasets"]
+        referenced = {
+            str(item.ReferencedSOPInstanceUID)
+            for series in ds.ReferencedSeriesSequence
+            for item in series.ReferencedInstanceSequence
+        }
+        assert referenced == sources, kind
+    (sr,) = kinds["sr"]["datasets"]
+    evidence = {
+        str(item.ReferencedSOPInstanceUID)
+        for study_item in sr.CurrentRequestedProcedureEvidenceSequence
+        for series in study_item.ReferencedSeriesSequence
+        for item in series.ReferencedSOPSequence
+    }
+    assert evidence == sources | {str(kinds["seg"]["datasets"][0].SOPInstanceUID)}
+    return kinds
+
+
+def pydicom_header(path):
+    import pydicom
+
+    return pydicom.dcmread(path, stop_before_pixels=True)
+
+
+def _hottest_over_lesion(orthanc, study: dict, kinds: dict) -> None:
+    """Orthanc's PNG preview of the SC over the slice with most lesion: its hottest pixels lie on the lesion."""
+    source = read_dicom(study["image"])
+    lesion = load_map(study["lesion"], source) > 0  # (D, H, W) in DICOM order
+    lesion = lesion.reshape(source.pixels.shape)
+    k = int(lesion.reshape(len(lesion), -1).sum(axis=1).argmax())
+    uid = str(source.datasets[k].SOPInstanceUID)
+    (instance,) = [
+        i
+        for i, ds in zip(orthanc.instances_of_series(kinds["sc"]["id"]), kinds["sc"]["datasets"])
+        if str(ds.SourceImageSequence[0].ReferencedSOPInstanceUID) == uid
+    ]
+    rgb = png_pixels(orthanc.rest("GET", f"/instances/{instance}/preview").content)[..., :3].astype(float)
+    h, w = rgb.shape[:2]
+    assert (h, w) == lesion.shape[1:]
+    heat = rgb[..., 0] + rgb[..., 1] - 2 * rgb[..., 2]  # inferno's hot end is yellow: red and green, no blue
+    colour = rgb.max(axis=-1) - rgb.min(axis=-1) > 0.05  # overlay drawn (the source is grey)
+    heat[~colour] = -np.inf
+    heat[h - h // 4 - 8 :, w - w // 40 - 8 :] = -np.inf  # the burned-in colour bar
+    hottest = np.argsort(heat, axis=None)[-20:]
+    rows, cols = np.unravel_index(hottest, heat.shape)
+    from scipy.ndimage import binary_dilation
+
+    near = binary_dilation(lesion[k], iterations=2)
+    # the lesion (and its 2-pixel rim) covers a few percent of the slice; gradientinput is noisy, HDM would do better
+    assert near[rows[-1], cols[-1]], "the hottest pixel is not on the lesion"
+    assert near[rows, cols].mean() >= 0.6, f"{near[rows, cols].mean():.2f} of the 20 hottest pixels on the lesion"
+    assert near.mean() < 0.1
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_dicomweb_round_trip_and_rerun(orthanc, studies, dims, tmp_path, capsys):
+    study = studies[dims]
+    orthanc.upload(study["files"])
+    where = ["--dicomweb", orthanc.dicomweb_url]
+    assert _explain(where, study, dims, tmp_path / "w1") == 0
+    out = capsys.readouterr().out
+    assert "1 done, 0 skipped, 0 failed" in out, out
+    kinds = _check_derived(orthanc, study)
+    _hottest_over_lesion(orthanc, study, kinds)
+    before = orthanc.instances_count()
+    series = orthanc.series_of(study["study_uid"])
+    # again, from a fresh work folder (no cache): nothing is added, the study is skipped without retrieval
+    assert _explain(where, study, dims, tmp_path / "w2") == 0
+    assert "0 done, 1 skipped, 0 failed" in capsys.readouterr().out
+    assert orthanc.instances_count() == before
+    assert orthanc.series_of(study["study_uid"]) == series
+
+
+def test_dimse_round_trip_and_rerun(orthanc, studies, tmp_path, capsys):
+    """C-FIND + C-GET from Orthanc's DICOM port, C-STORE back; a second run adds nothing."""
+    study = studies["dimse"]
+    orthanc.upload(study["files"])
+    where = ["--dimse", f"{orthanc.aet}@127.0.0.1:{orthanc.dicom_port}", "--calling-aet", CLIENT_AET]
+    assert _explain(where, study, 3, tmp_path / "w1") == 0
+    assert "1 done, 0 skipped, 0 failed" in capsys.readouterr().out
+    kinds = _check_derived(orthanc, study)
+    _hottest_over_lesion(orthanc, study, kinds)
+    before = orthanc.instances_count()
+    assert _explain(where, study, 3, tmp_path / "w2") == 0
+    assert "0 done, 1 skipped, 0 failed" in capsys.readouterr().out
+    assert orthanc.instances_count() == before
+
+
+def test_new_method_adds_new_series(orthanc, studies, tmp_path, capsys):
+    """Another method (another configuration) gives new derived UIDs: four new series beside the first four."""
+    study = studies[2]
+    orthanc.upload(study["files"])
+    where = ["--dicomweb", orthanc.dicomweb_url]
+    assert _explain(where, study, 2, tmp_path / "w1") == 0  # done now, or skipped after the round-trip test
+    first = orthanc.series_of(study["study_uid"])
+    assert _explain(where, study, 2, tmp_path / "w2", "--method", "gradcam") == 0
+    assert "1 done, 0 skipped, 0 failed" in capsys.readouterr().out
+    after = orthanc.series_of(study["study_uid"])
+    assert len(after) == len(first) + 4
+    assert {s["series_uid"] for s in first} < {s["series_uid"] for s in after}
+
+
+def test_unknown_study_fails_with_its_uid(orthanc, tmp_path, capsys):
+    code = main(
+        [
+            "pacs",
+            "explain",
+            "--dicomweb",
+            orthanc.dicomweb_url,
+            "--study",
+            "1.2.3.4.5",
+            "--method",
+            "gradientinput",
+            "--work",
+            str(tmp_path),
+            "--retry-delay",
+            "0",
+        ]
+    )
+    err = capsys.readouterr()
+    assert code == 1
+    assert "1.2.3.4.5" in err.err and "no source image series" in err.err

@@ -1,0 +1,183 @@
+"""The archive client's parts without a server: derived UIDs, the SR, credentials, addresses, the cache."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+
+import pydicom
+import pytest
+from pacs_helpers import REQUIRE_VALIDATORS, bench_study
+
+from medhdm.cli import main
+from medhdm.data.bench_files import LESIONBENCH_INTENSITY_RANGE
+from medhdm.explain.registry import make_explainer
+from medhdm.models import load_model
+from medhdm.models.identity import configuration_hash
+from medhdm.pacs import Credentials, DerivedUIDs, credentials_from_env, explain_local_study, parse_destination
+from medhdm.pacs.cache import StudyCache
+from medhdm.pacs.dicomweb import DicomwebArchive
+from medhdm.pacs.dimse import DimseArchive
+from medhdm.pacs.run import pacs_configuration, parse_query
+from medhdm.pacs.secrets import SecretError
+from medhdm.pacs.sr import read_structured_report
+from medhdm.pipeline import InputSpec
+
+
+def test_derived_uids_are_valid_deterministic_and_follow_their_inputs():
+    uids = DerivedUIDs("a" * 64, "1.2.3", "1.2.3.4", ["1.2.3.4.5", "1.2.3.4.6"])
+    uid = uids("sc/series")
+    assert re.fullmatch(r"2\.25\.(0|[1-9][0-9]*)", uid) and len(uid) <= 64 and int(uid[5:]) < 2**128
+    assert uid == DerivedUIDs("a" * 64, "1.2.3", "1.2.3.4", ["1.2.3.4.6", "1.2.3.4.5"])("sc/series")
+    assert uid != uids("pm/series")
+    assert uid != DerivedUIDs("b" * 64, "1.2.3", "1.2.3.4", ["1.2.3.4.5", "1.2.3.4.6"])("sc/series")
+    assert uid != DerivedUIDs("a" * 64, "1.2.3", "1.2.3.4", ["1.2.3.4.5"])("sc/series")
+    expected = uids.expected(["sc", "seg", "sr"])
+    assert expected["sc"] == [uids("sc/instance/1.2.3.4.5"), uids("sc/instance/1.2.3.4.6")]
+    assert expected["seg"] == [uids("seg/instance")] and expected["sr"] == [uids("sr/instance")]
+
+
+@pytest.fixture(scope="module")
+def study2d(tmp_path_factory):
+    return bench_study(tmp_path_factory.mktemp("bench"), 2)
+
+
+@pytest.fixture(scope="module")
+def model2d():
+    return load_model("default")
+
+
+def _spec(model):
+    return InputSpec(InputSpec.for_model(model).spatial_size, intensity_range=LESIONBENCH_INTENSITY_RANGE)
+
+
+def _derived(outcome) -> dict[str, tuple[str, str]]:
+    return {p.name: _uids(p) for p in outcome.derived}
+
+
+def _uids(path) -> tuple[str, str]:
+    ds = pydicom.dcmread(path, stop_before_pixels=True)
+    return str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID)
+
+
+def test_local_study_twice_gives_the_same_uids_and_another_method_new_ones(study2d, model2d, tmp_path):
+    spec = _spec(model2d)
+    explainer = make_explainer("gradientinput", model2d)
+    first = explain_local_study(
+        study2d["image"].parent, explainer, spec, tmp_path / "a", model_name="default", log=None
+    )
+    again = explain_local_study(
+        study2d["image"].parent, explainer, spec, tmp_path / "b", model_name="default", log=None
+    )
+    assert first.status == again.status == "done" and first.study_uid == study2d["study_uid"]
+    assert sorted(_derived(first)) == ["PM.dcm", "SC_0001.dcm", "SEG.dcm", "SR.dcm"]
+    assert _derived(first) == _derived(again)
+    other = make_explainer("gradcam", model2d)
+    third = explain_local_study(study2d["image"].parent, other, spec, tmp_path / "c", model_name="default", log=None)
+    assert not {u for pair in _derived(third).values() for u in pair} & {
+        u for pair in _derived(first).values() for u in pair
+    }
+
+
+def test_structured_report_is_valid_and_reads_back(study2d, model2d, tmp_path):
+    spec = _spec(model2d)
+    explainer = make_explainer("gradientinput", model2d)
+    outcome = explain_local_study(study2d["image"].parent, explainer, spec, tmp_path, model_name="default", log=None)
+    sr_path = next(p for p in outcome.derived if p.name == "SR.dcm")
+    seg_uid = _uids(next(p for p in outcome.derived if p.name == "SEG.dcm"))[1]
+    config = pacs_configuration(explainer, spec, "default")
+    values = read_structured_report(sr_path)
+    assert values["algorithm"] == "medhdm GradientInput"
+    assert values["parameters"]["model name"] == "default"
+    assert values["parameters"]["model weights sha256"] == config["model"]["weights_sha256"]
+    assert values["parameters"]["configuration sha256"] == configuration_hash(config)
+    assert "GradientInput" in values["parameters"]["method settings"]
+    (result,) = outcome.results
+    assert values["class_code"] == f"class{result['class_idx']}"
+    assert values["class_meaning"] == ["no lesion", "lesion"][result["class_idx"]]
+    assert values["probability"] == pytest.approx(result["score"])
+    assert values["scores"] == {}  # no lesion annotation was given
+    assert values["segment"] == seg_uid
+    assert values["sources"] == [_uids(study2d["files"][0])[1]]
+    tool = shutil.which("dciodvfy")
+    if tool is None:
+        if REQUIRE_VALIDATORS:
+            pytest.fail("dciodvfy is required (MEDHDM_REQUIRE_VALIDATORS=1) but not installed")
+        pytest.skip("dciodvfy not installed")
+    run = subprocess.run([tool, str(sr_path)], capture_output=True, text=True, check=False)
+    errors = [line for line in (run.stdout + run.stderr).splitlines() if line.startswith("Error")]
+    assert errors == [], run.stdout + run.stderr
+
+
+def test_credentials_never_show_their_secret(tmp_path):
+    secret = "hunter2-secret"
+    basic = Credentials("basic", secret, user="alice", source="MEDHDM_PACS_PASSWORD")
+    bearer = Credentials("bearer", secret, source="MEDHDM_PACS_TOKEN")
+    for creds in (basic, bearer):
+        assert secret not in repr(creds) + str(creds) + creds.describe()
+    assert credentials_from_env(environ={}) is None
+    assert credentials_from_env(environ={"MEDHDM_PACS_TOKEN": secret}).kind == "bearer"
+    got = credentials_from_env(environ={"MEDHDM_PACS_USER": "alice", "MEDHDM_PACS_PASSWORD": secret})
+    assert (got.kind, got.user, got.secret) == ("basic", "alice", secret)
+    with pytest.raises(SecretError, match="both"):
+        credentials_from_env(environ={"MEDHDM_PACS_USER": "alice"})
+    token = tmp_path / "token"
+    token.write_text(secret + "\n")
+    assert credentials_from_env(token_file=token, environ={}).secret == secret
+    (tmp_path / "empty").write_text("")
+    with pytest.raises(SecretError, match="empty"):
+        credentials_from_env(token_file=tmp_path / "empty", environ={})
+    bad = tmp_path / "auth"
+    bad.write_text("no-colon")
+    with pytest.raises(SecretError, match="user:password"):
+        credentials_from_env(basic_auth_file=bad, environ={})
+
+
+def test_addresses_are_parsed_and_checked():
+    assert isinstance(parse_destination("https://pacs.example/dicom-web"), DicomwebArchive)
+    dimse = parse_destination("ORTHANC@127.0.0.1:4242")
+    assert isinstance(dimse, DimseArchive) and dimse.describe() == "DIMSE ORTHANC@127.0.0.1:4242"
+    for text in ("ORTHANC@host", "host:4242", "A" * 17 + "@h:1", "X@h:70000", "ftp://x"):
+        with pytest.raises(ValueError, match="AET@HOST:PORT"):
+            parse_destination(text)
+    with pytest.raises(ValueError, match="credentials in the URL"):
+        parse_destination("https://alice:pw@pacs.example/dicom-web")
+    assert parse_query(["Modality=CT", "StudyDate=20240101-"]) == {
+        "ModalitiesInStudy": "CT",
+        "StudyDate": "20240101-",
+    }
+    with pytest.raises(ValueError, match="unknown key"):
+        parse_query(["PatientName=Doe"])
+
+
+def test_bad_arguments_exit_2_before_any_work(tmp_path, capsys):
+    base = ["pacs", "explain", "--dicomweb", "http://127.0.0.1:9/dicom-web", "--work", str(tmp_path)]
+    assert main([*base, "--study", "1.2.3", "--push", "sc,png"]) == 2
+    assert "--push" in capsys.readouterr().err
+    assert main(base) == 2
+    assert "--study" in capsys.readouterr().err
+    assert main([*base, "--query", "Modality"]) == 2
+    assert "KEY=VALUE" in capsys.readouterr().err
+
+
+def test_cache_fetches_a_complete_series_once(tmp_path, study2d):
+    cache = StudyCache(tmp_path)
+    source = study2d["files"][0]
+    uid = _uids(source)[1]
+    calls = []
+
+    def retrieve(folder):
+        calls.append(folder)
+        shutil.copy(source, folder / f"{uid}.dcm")
+        return [folder / f"{uid}.dcm"]
+
+    folder, fetched = cache.fetch("1.2.3", "1.2.3.4", [uid], retrieve)
+    assert fetched and (folder / f"{uid}.dcm").is_file()
+    assert cache.fetch("1.2.3", "1.2.3.4", [uid], retrieve) == (folder, False)
+    assert len(calls) == 1
+    with pytest.raises(ValueError, match="missing"):
+        cache.fetch("1.2.3", "1.2.3.5", [uid, "1.2.3.9"], retrieve)
+    assert not cache.complete("1.2.3", "1.2.3.5", [uid])
+    with pytest.raises(ValueError, match="not a DICOM UID"):
+        cache.series_folder("../etc", "1.2")
