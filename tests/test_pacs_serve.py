@@ -27,15 +27,16 @@ from pathlib import Path
 
 import pydicom
 import pytest
+from pacs_helpers import CLIENT_AET, require_orthanc
 from pydicom.data import get_testdata_file
 from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
 
+from medhdm.pacs.orthanc import LocalOrthanc
 from medhdm.pacs.redact import REDACTED, Redactor
 from medhdm.pacs.scp import STATUS_CANNOT_UNDERSTAND, StorageSCP
 from medhdm.pacs.spool import Spool, fingerprint
 
-REQUIRE_VALIDATORS = os.environ.get("MEDHDM_REQUIRE_VALIDATORS") == "1"
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -175,19 +176,6 @@ def test_service_retries_a_failed_push_and_sets_aside_a_bad_study(tmp_path, capl
 # --- as a subprocess, against a real Orthanc -------------------------------------------------------
 
 
-def _orthanc():
-    try:
-        from medhdm.pacs.orthanc import LocalOrthanc, orthanc_available
-    except ImportError as err:  # the client side (medhdm.pacs.orthanc) is missing
-        pytest.fail(f"medhdm.pacs.orthanc: {err}")
-    why = orthanc_available()
-    if why:
-        if REQUIRE_VALIDATORS:
-            pytest.fail(f"{why} (required: MEDHDM_REQUIRE_VALIDATORS=1)")
-        pytest.skip(why)
-    return LocalOrthanc
-
-
 @pytest.fixture(scope="module")
 def bench(tmp_path_factory) -> list[Path]:
     """Three 2D LesionBench studies (one DICOM file each)."""
@@ -221,6 +209,8 @@ class Service:
             "--method",
             "gradientinput",
             "--intensity-range=-1000,0",
+            "--aet",
+            CLIENT_AET,
         ]
         self.lines: list[str] = []
         self._queue: queue.Queue[str | None] = queue.Queue()
@@ -289,7 +279,7 @@ def _corrupt_copy(path: Path, out: Path) -> Path:
 
 
 def test_serve_explains_received_studies_and_sets_aside_a_corrupt_one(bench, tmp_path):
-    LocalOrthanc = _orthanc()
+    require_orthanc()
     good, other = pydicom.dcmread(bench[0]), pydicom.dcmread(bench[1])
     corrupt = _corrupt_copy(bench[2], tmp_path / "corrupt.dcm")
     with LocalOrthanc(tmp_path / "orthanc") as pacs:
@@ -338,11 +328,13 @@ def test_serve_explains_received_studies_and_sets_aside_a_corrupt_one(bench, tmp
 
 
 def test_serve_killed_in_the_middle_of_a_study_loses_and_duplicates_nothing(bench, tmp_path):
-    LocalOrthanc = _orthanc()
+    """Pushing by C-STORE this time (the service calls Orthanc as CLIENT_AET, which Orthanc knows for C-FIND)."""
+    require_orthanc()
     first, second, third = (pydicom.dcmread(p) for p in bench)
     spool = tmp_path / "spool"
-    with LocalOrthanc(tmp_path / "orthanc") as pacs:
-        service = Service(spool, pacs.dicomweb_url)
+    with LocalOrthanc(tmp_path / "orthanc", modalities={CLIENT_AET: [CLIENT_AET, "127.0.0.1", 11112]}) as pacs:
+        destination = f"{pacs.aet}@127.0.0.1:{pacs.dicom_port}"
+        service = Service(spool, destination)
         try:
             _send(service.port, [first])
             service.wait_for(f"study {first.StudyInstanceUID}: done")
@@ -355,14 +347,14 @@ def test_serve_killed_in_the_middle_of_a_study_loses_and_duplicates_nothing(benc
         finished = [r["study"] for r in _journal(spool) if r["event"] == "done"]
         assert finished == [first.StudyInstanceUID], f"killed too late: {finished} finished"
 
-        service = Service(spool, pacs.dicomweb_url)  # stopped cleanly (SIGTERM) in the middle of the redo
+        service = Service(spool, destination)  # stopped cleanly (SIGTERM) in the middle of the redo
         service.wait_for(f"study {second.StudyInstanceUID}: claimed by an earlier run but not finished")
         service.wait_for(f"study {second.StudyInstanceUID}: explaining")
         assert service.stop(signal.SIGTERM) == 0, service.log
         assert f"study {second.StudyInstanceUID}: interrupted; it is redone at the next start" in service.log
         assert "stopped" in service.lines[-1], service.log
 
-        service = Service(spool, pacs.dicomweb_url)
+        service = Service(spool, destination)
         try:
             service.wait_for(f"study {second.StudyInstanceUID}: done")
             service.wait_for(f"study {third.StudyInstanceUID}: done")
