@@ -172,6 +172,14 @@ def test_service_retries_a_failed_push_and_sets_aside_a_bad_study(tmp_path, capl
     ]
     assert Service(spool, process, settings).recover() == []  # nothing is redone after a restart
 
+    # a study that the service died on max_attempts times (killed, out of memory) is set aside untried
+    spool.store("1.2.5", "1.2.5.1", b"c")
+    spool.claim("1.2.5")
+    for _ in range(settings.max_attempts):
+        spool.journal.append("started", "1.2.5")
+    Service(spool, process, settings).step()
+    assert "1.2.5" not in calls and "stopped 5 times" in (spool.quarantine / "1.2.5" / "reason.txt").read_text()
+
 
 # --- as a subprocess, against a real Orthanc -------------------------------------------------------
 

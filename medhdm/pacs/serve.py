@@ -132,15 +132,13 @@ class Service:
         self.is_transient = is_transient
         self.stop_event = threading.Event()
         self.busy: str | None = None  # the study in progress
-        self._attempts: dict[str, int] = {}
         self._retry_at: dict[str, float] = {}
 
     def recover(self) -> list[str]:
         """Log and return the studies a previous run claimed but did not finish (they are redone)."""
         pending = self.spool.pending_studies()
-        started = {r["study"] for r in self.spool.journal.records() if r["event"] == "started"}
         for uid in pending:
-            if uid in started:
+            if "started" in self.spool.journal.since_finished(uid):
                 logger.info("study %s: claimed by an earlier run but not finished; it is redone", uid)
         return pending
 
@@ -164,21 +162,33 @@ class Service:
         return did
 
     def handle(self, uid: str) -> None:
-        """Explain and push one claimed study; record the outcome; set it aside when it fails."""
+        """Explain and push one claimed study; record the outcome; set it aside when it fails.
+
+        A study that was started ``max_attempts`` times without ending (each time the service
+        was killed while on it: out of memory, say) is set aside without another try.
+        """
         names = self.spool.instance_names(uid)
         mark = fingerprint(names)
-        attempt = self._attempts.get(uid, 0) + 1
-        self._attempts[uid] = attempt
+        history = self.spool.journal.since_finished(uid)
+        crashes = history.count("started") - history.count("retry") - history.count("interrupted")
+        if crashes >= self.settings.max_attempts:
+            reason = f"the service stopped {crashes} times while explaining this study (killed, out of memory?)"
+            self._set_aside(uid, mark, reason, history.count("started"))
+            return
+        attempt = history.count("started") + 1
         self.spool.journal.append("started", uid, fingerprint=mark, instances=len(names), attempt=attempt)
         logger.info("study %s: explaining %d instance(s) (attempt %d)", uid, len(names), attempt)
         start = time.perf_counter()
-        self.busy = uid
         try:
+            self.busy = uid
             outcome = self.process(uid, self.spool.studies / uid, self.spool.work_dir(uid))
+            self.busy = None
             status = str(getattr(outcome, "status", "done"))
             if status == "failed":
                 raise RuntimeError(getattr(outcome, "error", None) or "the study failed")
         except ServiceStopped:
+            self.busy = None
+            self.spool.journal.append("interrupted", uid, fingerprint=mark, attempt=attempt)
             raise
         except Exception as err:  # noqa: BLE001 (one bad study must not stop the service)
             self.busy = None
@@ -199,7 +209,6 @@ class Service:
             seconds=round(seconds, 2),
         )
         self.spool.clear_work(uid)
-        self._attempts.pop(uid, None)
         self._retry_at.pop(uid, None)
         logger.info("study %s: %s in %.1f s; %d derived instance(s), %d pushed", uid, status, seconds, derived, pushed)
 
@@ -211,9 +220,11 @@ class Service:
             self.spool.journal.append("retry", uid, fingerprint=mark, attempt=attempt, reason=reason)
             logger.warning("study %s: attempt %d failed (%s); trying again in %.0f s", uid, attempt, reason, delay)
             return
+        self._set_aside(uid, mark, reason, attempt)
+
+    def _set_aside(self, uid: str, mark: str, reason: str, attempt: int) -> None:
         where = self.spool.set_aside(uid, reason)
         self.spool.journal.append("failed", uid, fingerprint=mark, attempt=attempt, reason=reason)
-        self._attempts.pop(uid, None)
         self._retry_at.pop(uid, None)
         logger.error("study %s: failed (%s); set aside in %s", uid, reason, where)
 

@@ -90,6 +90,7 @@ class Journal:
         self.path = Path(path)
         self._lock = threading.Lock()
         self._finished: dict[str, str] | None = None  # read once, then kept up to date by append
+        self._since: dict[str, list[str]] = {}  # study -> its events since it last finished (same)
 
     def append(self, event: str, study: str, **fields: object) -> dict:
         """Append ``{"time", "event", "study", **fields}`` and return it."""
@@ -105,9 +106,23 @@ class Journal:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-            if self._finished is not None and event in ("done", "failed"):
-                self._finished[study] = str(fields.get("fingerprint", ""))
+            if self._finished is not None:
+                self._note(record)
         return record
+
+    def _note(self, record: dict) -> None:
+        """Keep the caches of :meth:`finished` and :meth:`since_finished` current."""
+        if record["event"] in ("done", "failed"):
+            self._finished[record["study"]] = str(record.get("fingerprint", ""))
+            self._since.pop(record["study"], None)
+        else:
+            self._since.setdefault(record["study"], []).append(record["event"])
+
+    def _load(self) -> None:
+        if self._finished is None:
+            self._finished, self._since = {}, {}
+            for record in self.records():
+                self._note(record)
 
     def _ends_with_newline(self) -> bool:
         with open(self.path, "rb") as f:
@@ -134,13 +149,14 @@ class Journal:
         The journal is read once; later :meth:`append` calls keep the answer current (the spool's lock
         guarantees that no other process writes the journal)."""
         with self._lock:
-            if self._finished is None:
-                self._finished = {
-                    r["study"]: str(r.get("fingerprint", ""))
-                    for r in self.records()
-                    if r["event"] in ("done", "failed")
-                }
+            self._load()
             return dict(self._finished)
+
+    def since_finished(self, study: str) -> list[str]:
+        """The study's events (``started``, ``retry``, ``interrupted``) since it last finished, oldest first."""
+        with self._lock:
+            self._load()
+            return list(self._since.get(study, []))
 
 
 class Spool:
