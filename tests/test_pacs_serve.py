@@ -181,6 +181,28 @@ def test_service_retries_a_failed_push_and_sets_aside_a_bad_study(tmp_path, capl
     assert "1.2.5" not in calls and "stopped 5 times" in (spool.quarantine / "1.2.5" / "reason.txt").read_text()
 
 
+def test_service_interrupted_mid_study_leaves_it_to_redo(tmp_path):
+    """SIGTERM in the middle of a study (its handler raises ServiceStopped there): journaled, still pending."""
+    from medhdm.pacs.serve import ServeSettings, Service, ServiceStopped
+
+    spool = Spool(tmp_path / "spool")
+    spool.store("1.2.3", "1.2.3.1", b"a")
+    settings = ServeSettings(spool=spool.root, calling_aets=("SCANNER",), stable_seconds=0.0)
+
+    def process(uid: str, study_dir: Path, work_dir: Path):
+        (work_dir / "half-written.dcm").write_bytes(b"x")
+        raise ServiceStopped(uid)
+
+    service = Service(spool, process, settings)
+    with pytest.raises(ServiceStopped):
+        service.step()
+    assert service.busy is None and spool.pending_studies() == ["1.2.3"]
+    assert spool.journal.since_finished("1.2.3") == ["started", "interrupted"]
+    calls = []
+    Service(spool, lambda uid, study, work: calls.append(sorted(work.iterdir())), settings).step()
+    assert calls == [[]] and spool.pending_studies() == []  # redone from an empty work folder
+
+
 # --- as a subprocess, against a real Orthanc -------------------------------------------------------
 
 
@@ -348,19 +370,19 @@ def test_serve_killed_in_the_middle_of_a_study_loses_and_duplicates_nothing(benc
             service.wait_for(f"study {first.StudyInstanceUID}: done")
             after_first = pacs.instances_count()
             _send(service.port, [second])
+            _send(service.port, [third])  # acknowledged; stable only after the kill
             service.wait_for(f"study {second.StudyInstanceUID}: explaining")
-            _send(service.port, [third])  # acknowledged, not yet stable
         finally:
             service.stop(signal.SIGKILL)
         finished = [r["study"] for r in _journal(spool) if r["event"] == "done"]
         assert finished == [first.StudyInstanceUID], f"killed too late: {finished} finished"
 
-        service = Service(spool, destination)  # stopped cleanly (SIGTERM) in the middle of the redo
+        service = Service(spool, destination)  # stopped cleanly (SIGTERM) as it takes up the study again
         service.wait_for(f"study {second.StudyInstanceUID}: claimed by an earlier run but not finished")
-        service.wait_for(f"study {second.StudyInstanceUID}: explaining")
         assert service.stop(signal.SIGTERM) == 0, service.log
-        assert f"study {second.StudyInstanceUID}: interrupted; it is redone at the next start" in service.log
-        assert "stopped" in service.lines[-1], service.log
+        assert "stopping (SIGTERM)" in service.log and service.lines[-1].endswith("stopped"), service.log
+        finished = [r["study"] for r in _journal(spool) if r["event"] == "done"]
+        assert finished == [first.StudyInstanceUID], service.log  # interrupted, or never taken up: still to do
 
         service = Service(spool, destination)
         try:

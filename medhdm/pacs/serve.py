@@ -176,11 +176,13 @@ class Service:
             self._set_aside(uid, mark, reason, history.count("started"))
             return
         attempt = history.count("started") + 1
-        self.spool.journal.append("started", uid, fingerprint=mark, instances=len(names), attempt=attempt)
-        logger.info("study %s: explaining %d instance(s) (attempt %d)", uid, len(names), attempt)
         start = time.perf_counter()
         try:
-            self.busy = uid
+            self.busy = uid  # from here on, SIGTERM / SIGINT interrupt the study (ServiceStopped)
+            if self.stop_event.is_set():  # a stop asked for while nothing was busy
+                raise ServiceStopped(uid)
+            self.spool.journal.append("started", uid, fingerprint=mark, instances=len(names), attempt=attempt)
+            logger.info("study %s: explaining %d instance(s) (attempt %d)", uid, len(names), attempt)
             outcome = self.process(uid, self.spool.studies / uid, self.spool.work_dir(uid))
             self.busy = None
             status = str(getattr(outcome, "status", "done"))

@@ -97,6 +97,7 @@ class Journal:
         record = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "event": event, "study": study, **fields}
         line = (json.dumps(record, sort_keys=False) + "\n").encode()
         with self._lock:
+            created = not self.path.exists()
             fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
             try:
                 # a line torn by a kill is completed by the newline here, so it stays one bad line
@@ -106,6 +107,8 @@ class Journal:
                 os.fsync(fd)
             finally:
                 os.close(fd)
+            if created:
+                _fsync_dir(self.path.parent)
             if self._finished is not None:
                 self._note(record)
         return record
