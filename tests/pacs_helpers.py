@@ -34,7 +34,7 @@ def start_orthanc(folder: Path, **kwargs) -> LocalOrthanc:
 
 
 def bench_study(root: Path, dims: int, seed: int = 7) -> dict:
-    """A LesionBench case with a lesion: ``{"files", "study_uid", "lesion" (its manifest path), "image"}``."""
+    """A LesionBench case with a lesion: ``{"files", "study_uid", "image", "lesion" (NIfTI), "annotation" (SEG)}``."""
     import json
 
     from medhdm.data.bench_files import write_lesionbench
@@ -50,6 +50,7 @@ def bench_study(root: Path, dims: int, seed: int = 7) -> dict:
                 "study_uid": str(pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID),
                 "image": image,
                 "lesion": root / entry["lesion"],
+                "annotation": case / "lesion_seg.dcm",
             }
     raise AssertionError("no LesionBench case with a lesion")
 

@@ -15,6 +15,7 @@ from pacs_helpers import CLIENT_AET, bench_study, derived_series, png_pixels, st
 from medhdm.cli import main
 from medhdm.io.dicom import read_dicom
 from medhdm.io.maps import load_map
+from medhdm.pacs.sr import read_structured_report
 
 
 @pytest.fixture(scope="module")
@@ -125,13 +126,19 @@ def _hottest_over_lesion(orthanc, study: dict, kinds: dict) -> None:
 @pytest.mark.parametrize("dims", [2, 3])
 def test_dicomweb_round_trip_and_rerun(orthanc, studies, dims, tmp_path, capsys):
     study = studies[dims]
-    orthanc.upload(study["files"])
+    orthanc.upload([*study["files"], study["annotation"]])
     where = ["--dicomweb", orthanc.dicomweb_url]
     assert _explain(where, study, dims, tmp_path / "w1") == 0
     out = capsys.readouterr().out
+    assert "pointing game" in out, out  # the study's lesion SEG was retrieved and the map scored against it
     assert "1 done, 0 skipped, 0 failed" in out, out
     kinds = _check_derived(orthanc, study)
     _hottest_over_lesion(orthanc, study, kinds)
+    kinds["sr"]["datasets"][0].save_as(tmp_path / "sr.dcm")
+    report = read_structured_report(tmp_path / "sr.dcm")
+    assert report["class_code"] == "class1" and report["probability"] > 0.5  # a lesion case
+    assert report["segment"] == kinds["seg"]["datasets"][0].SOPInstanceUID
+    assert set(report["scores"]) >= {"pointing_game", "auroc"}
     before = orthanc.instances_count()
     series = orthanc.series_of(study["study_uid"])
     # again, from a fresh work folder (no cache): nothing is added, the study is skipped without retrieval
@@ -144,7 +151,7 @@ def test_dicomweb_round_trip_and_rerun(orthanc, studies, dims, tmp_path, capsys)
 def test_dimse_round_trip_and_rerun(orthanc, studies, tmp_path, capsys):
     """C-FIND + C-GET from Orthanc's DICOM port, C-STORE back; a second run adds nothing."""
     study = studies["dimse"]
-    orthanc.upload(study["files"])
+    orthanc.upload([*study["files"], study["annotation"]])
     where = ["--dimse", f"{orthanc.aet}@127.0.0.1:{orthanc.dicom_port}", "--calling-aet", CLIENT_AET]
     assert _explain(where, study, 3, tmp_path / "w1") == 0
     assert "1 done, 0 skipped, 0 failed" in capsys.readouterr().out

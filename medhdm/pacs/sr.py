@@ -46,6 +46,7 @@ SCORE_CODES = {
     "pointing_game": Code("pointing-game", _SCHEME, "Pointing game hit"),
     "auroc": Code("saliency-auroc", _SCHEME, "Saliency AUROC against the lesion"),
     "lesion_hit_rate": Code("lesion-hit-rate", _SCHEME, "Lesion hit rate"),
+    "energy_in_lesion": Code("energy-in-lesion", _SCHEME, "Saliency energy in the lesion"),
     "deletion_auc": Code("deletion-auc", _SCHEME, "Deletion AUC"),
     "insertion_auc": Code("insertion-auc", _SCHEME, "Insertion AUC"),
 }
