@@ -206,8 +206,7 @@ def export(
             error, :class:`~medhdm.export.staging.OutputExistsError`).
         retain_dates: with ``deidentify_salt``, the profile's Retain Longitudinal Temporal
             Information (Full Dates) option: dates and times are kept.
-        uid_source: the derived Series/SOP Instance UIDs from keys (deterministic UIDs, see
-            :class:`~medhdm.export.dicom.DerivationInfo`); default: new random UIDs.
+        uid_source: derived Series/SOP Instance UIDs from keys (:class:`~medhdm.export.dicom.DerivationInfo`).
 
     The files are published all or nothing (:mod:`medhdm.export.staging`): the folder is
     locked while this runs (a second run fails with
@@ -228,9 +227,7 @@ def export(
     check_output_folder(Path(out_dir), src.paths, allow_inside_source)
     sal = map_on_source_grid(saliency, src)
     lesion = _lesion_on_grid(lesion_mask, src)
-    info = DerivationInfo(
-        method=str(method), class_label=class_label, series_number=series_number, uid_source=uid_source
-    )
+    info = DerivationInfo(str(method), class_label, series_number, uid_source)
     with ExportFolder(out_dir, overwrite=overwrite) as folder:  # locked; an existing export refused here
         writers = _build(
             src, sal, formats, info, style, lesion, window_preset, seg_threshold, deidentify_salt, retain_dates

@@ -273,6 +273,60 @@ def _series_folder(work: Path, series_uid: str, items: Sequence[tuple[Path, pydi
     return folder
 
 
+def _explain_series(
+    work: Path,
+    series_uid: str,
+    items: Sequence[tuple[Path, pydicom.Dataset]],
+    annotations: Sequence[Path],
+    uids: DerivedUIDs,
+    explainer: Explainer,
+    spec: InputSpec,
+    config: dict,
+    formats: Sequence[str],
+    slices: SliceSelection | str | None,
+    class_idx: int | None,
+) -> tuple[list[Path], dict]:
+    """Explain one source series through :func:`~medhdm.study.explain_study`, export it, write its SR.
+
+    Returns:
+        the derived files, and ``{"series_uid", "class_idx", "score", "scores"}``.
+    """
+    source = _series_input(_series_folder(work, series_uid, items), [p for p, _ in items])
+    exports = [f for f in formats if f != "sr"]
+    row = explain_study(
+        StudyCase(source, series_uid, class_idx),
+        explainer,
+        spec,
+        work,
+        export_formats=exports,
+        method=explainer.name,
+        overwrite=True,
+        slices=slices,
+        uid_source=uids,
+    )
+    export_dir = Path(row["export"]) if exports else work / f"{series_uid}_dicom"
+    derived = sorted(export_dir.glob("*.dcm")) if exports else []
+    scores = lesion_scores(source, Path(row["map"]), annotations)
+    if "sr" in formats:
+        from .sr import write_structured_report
+
+        export_dir.mkdir(exist_ok=True)
+        sr = write_structured_report(
+            export_dir / "SR.dcm",
+            [p for p, _ in items],
+            config=config,
+            class_idx=int(row["class_idx"]),
+            probability=float(row["score"]),
+            uids=uids,
+            seg_path=export_dir / "SEG.dcm" if "seg" in exports else None,
+            class_name=_class_name(explainer, int(row["class_idx"])),
+            scores=scores,
+        )
+        derived.append(sr)
+    result = {"series_uid": series_uid, "class_idx": int(row["class_idx"]), "score": row["score"], "scores": scores}
+    return derived, result
+
+
 def explain_local_study(
     study_dir: Path,
     explainer: Explainer,
@@ -324,45 +378,12 @@ def explain_local_study(
                 skipped += 1
                 continue
         start = time.perf_counter()
-        folder = _series_folder(work, series_uid, items)
-        source = _series_input(folder, [p for p, _ in items])
-        exports = [f for f in formats if f != "sr"]
-        row = explain_study(
-            StudyCase(source, series_uid, class_idx),
-            explainer,
-            spec,
-            work,
-            export_formats=exports,
-            method=explainer.name,
-            overwrite=True,
-            slices=slices,
-            uid_source=uids,
+        derived, result = _explain_series(
+            work, series_uid, items, annotations, uids, explainer, spec, config, formats, slices, class_idx
         )
-        export_dir = Path(row["export"]) if exports else work / f"{series_uid}_dicom"
-        derived = sorted(export_dir.glob("*.dcm")) if exports else []
-        scores = lesion_scores(source, Path(row["map"]), annotations)
-        if "sr" in formats:
-            from .sr import write_structured_report
-
-            export_dir.mkdir(exist_ok=True)
-            derived.append(
-                write_structured_report(
-                    export_dir / "SR.dcm",
-                    [p for p, _ in items],
-                    config=config,
-                    class_idx=int(row["class_idx"]),
-                    probability=float(row["score"]),
-                    uids=uids,
-                    seg_path=export_dir / "SEG.dcm" if "seg" in exports else None,
-                    class_name=_class_name(explainer, int(row["class_idx"])),
-                    scores=scores,
-                )
-            )
         outcome.seconds["explain"] += time.perf_counter() - start
         outcome.derived += derived
-        outcome.results.append(
-            {"series_uid": series_uid, "class_idx": int(row["class_idx"]), "score": row["score"], "scores": scores}
-        )
+        outcome.results.append(result)
         to_push += derived
     if skipped == len(series):
         outcome.status = "skipped"
