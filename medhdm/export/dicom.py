@@ -210,7 +210,8 @@ def _equipment(source: Dataset, info: DerivationInfo, offset: int, kind: str) ->
 
 
 def _check_geometry(source: DicomSource) -> None:
-    if "ImageOrientationPatient" not in source.first or "FrameOfReferenceUID" not in source.first:
+    oriented = source.multiframe or "ImageOrientationPatient" in source.first  # multi-frame: in its functional groups
+    if not oriented or "FrameOfReferenceUID" not in source.first:
         where = source.paths[0] if source.paths and source.paths[0] is not None else "source"
         raise ValueError(
             f"{where}: no patient geometry (Image Orientation/Position, Frame of Reference); "
