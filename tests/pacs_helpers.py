@@ -82,3 +82,23 @@ def png_pixels(data: bytes) -> np.ndarray:
     import matplotlib.image
 
     return np.asarray(matplotlib.image.imread(io.BytesIO(data), format="png"))
+
+
+def enhanced_study(root: Path, seed: int = 13) -> dict:
+    """A LesionBench 3D series as one Legacy Converted Enhanced CT (multi-frame) instance, in a new study."""
+    import highdicom as hd
+
+    from medhdm.io import read_dicom
+
+    study = bench_study(root / "bench", 3, seed=seed)
+    series = read_dicom(study["image"])
+    mf = hd.legacy.LegacyConvertedEnhancedCTImage(
+        series.datasets,
+        series_instance_uid=pydicom.uid.generate_uid(),
+        series_number=9,
+        sop_instance_uid=pydicom.uid.generate_uid(),
+        instance_number=1,
+    )
+    path = root / "enhanced.dcm"
+    mf.save_as(path)
+    return {"files": [path], "study_uid": str(mf.StudyInstanceUID), "frames": len(series.datasets)}

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from pacs_helpers import CLIENT_AET, bench_study, derived_series, png_pixels, start_orthanc
+from pacs_helpers import CLIENT_AET, bench_study, derived_series, enhanced_study, png_pixels, start_orthanc
 
 from medhdm.cli import main
 from medhdm.io.dicom import read_dicom
@@ -157,6 +157,22 @@ def test_dimse_round_trip_and_rerun(orthanc, studies, tmp_path, capsys):
     assert "1 done, 0 skipped, 0 failed" in capsys.readouterr().out
     kinds = _check_derived(orthanc, study)
     _hottest_over_lesion(orthanc, study, kinds)
+    before = orthanc.instances_count()
+    assert _explain(where, study, 3, tmp_path / "w2") == 0
+    assert "0 done, 1 skipped, 0 failed" in capsys.readouterr().out
+    assert orthanc.instances_count() == before
+
+
+def test_multiframe_source_gives_one_sc_per_frame_and_reruns_add_nothing(orthanc, tmp_path, capsys):
+    study = enhanced_study(tmp_path / "mf")
+    orthanc.upload(study["files"])
+    where = ["--dicomweb", orthanc.dicomweb_url]
+    assert _explain(where, study, 3, tmp_path / "w1") == 0
+    assert "1 done, 0 skipped, 0 failed" in capsys.readouterr().out
+    kinds = derived_series(orthanc, study["study_uid"])
+    assert sorted(kinds) == ["pm", "sc", "seg", "sr"] and kinds["sc"]["instances"] == study["frames"]
+    frames = sorted(int(ds.SourceImageSequence[0].ReferencedFrameNumber) for ds in kinds["sc"]["datasets"])
+    assert frames == list(range(1, study["frames"] + 1))
     before = orthanc.instances_count()
     assert _explain(where, study, 3, tmp_path / "w2") == 0
     assert "0 done, 1 skipped, 0 failed" in capsys.readouterr().out

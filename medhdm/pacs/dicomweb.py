@@ -112,7 +112,7 @@ class DicomwebArchive(Archive):
                 f"QIDO-RS instances of study {study_uid}",
                 lambda: self._client.search_for_instances(
                     study_instance_uid=study_uid,
-                    fields=["SOPClassUID", "Modality", "Manufacturer", "SeriesDescription"],
+                    fields=["SOPClassUID", "Modality", "Manufacturer", "SeriesDescription", "NumberOfFrames"],
                     get_remaining=True,
                 ),
             )
@@ -129,6 +129,7 @@ class DicomwebArchive(Archive):
                 modality=_value(item, "00080060"),
                 manufacturer=_value(item, "00080070"),
                 series_description=_value(item, "0008103E"),
+                frames=int(_value(item, "00280008") or 1),
             )
             for item in found
         ]

@@ -368,7 +368,8 @@ def explain_local_study(
     to_push: list[Path] = []
     skipped = 0
     for series_uid, items in series.items():
-        uids = DerivedUIDs(key, study_uid, series_uid, [str(ds.SOPInstanceUID) for _, ds in items])
+        frames = {str(ds.SOPInstanceUID): int(ds.get("NumberOfFrames", 1) or 1) for _, ds in items}
+        uids = DerivedUIDs(key, study_uid, series_uid, list(frames), frames)
         expected = [uid for group in uids.expected(formats).values() for uid in group]
         if destination is not None:
             start = time.perf_counter()
@@ -471,6 +472,6 @@ def _all_present(target: Archive, study_uid: str, series: dict, key: str, format
     """The target already holds every derived instance of every source series (so nothing needs retrieving)."""
     expected = []
     for series_uid, refs in series.items():
-        uids = DerivedUIDs(key, study_uid, series_uid, [r.sop_uid for r in refs])
+        uids = DerivedUIDs(key, study_uid, series_uid, [r.sop_uid for r in refs], {r.sop_uid: r.frames for r in refs})
         expected += [uid for group in uids.expected(formats).values() for uid in group]
     return len(target.present(study_uid, expected)) == len(expected)
