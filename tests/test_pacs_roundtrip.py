@@ -213,3 +213,25 @@ def test_unknown_study_fails_with_its_uid(orthanc, tmp_path, capsys):
     err = capsys.readouterr()
     assert code == 1
     assert "1.2.3.4.5" in err.err and "no source image series" in err.err
+
+
+@pytest.mark.parametrize("protocol", ["dicomweb", "dimse"])
+def test_query_selects_the_matching_study(orthanc, studies, protocol, tmp_path, capsys):
+    import pydicom
+
+    study = studies[2]
+    orthanc.upload(study["files"])
+    patient = str(pydicom.dcmread(study["files"][0], stop_before_pixels=True).PatientID)
+    where = (
+        ["--dicomweb", orthanc.dicomweb_url]
+        if protocol == "dicomweb"
+        else ["--dimse", f"{orthanc.aet}@127.0.0.1:{orthanc.dicom_port}", "--calling-aet", CLIENT_AET]
+    )
+    code = main(
+        ["pacs", "explain", *where, "--query", f"PatientID={patient}", "--query", "Modality=CT"]
+        + ["--method", "gradientinput", "--intensity-range=-1000,0", "--work", str(tmp_path), "--push", "sc"]
+    )
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "1 studies match the query" in out and study["study_uid"] in out
+    assert patient not in out  # progress lines carry UIDs, never patient IDs

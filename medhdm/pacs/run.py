@@ -76,7 +76,7 @@ class StudyOutcome:
     def line(self) -> str:
         """One progress line (UIDs and numbers only, never patient data)."""
         t = self.seconds
-        times = f"retrieve {t['retrieve']:.1f} s, explain {t['explain']:.1f} s, push {t['push']:.1f} s"
+        times = f"retrieve {t['retrieve']:.2f} s, explain {t['explain']:.2f} s, push {t['push']:.2f} s"
         if self.status == "failed":
             return f"study {self.study_uid}: failed: {self.error}"
         if self.status == "skipped":
