@@ -119,6 +119,13 @@ def test_credentials_never_show_their_secret(tmp_path):
     bearer = Credentials("bearer", secret, source="MEDHDM_PACS_TOKEN")
     for creds in (basic, bearer):
         assert secret not in repr(creds) + str(creds) + creds.describe()
+    import requests
+
+    session = requests.Session()
+    bearer.apply(session)
+    assert session.headers["Authorization"] == f"Bearer {secret}"
+    archive = parse_destination("https://pacs.example/dicom-web", bearer)
+    assert secret not in archive.describe() + repr(archive.credentials)
     assert credentials_from_env(environ={}) is None
     assert credentials_from_env(environ={"MEDHDM_PACS_TOKEN": secret}).kind == "bearer"
     got = credentials_from_env(environ={"MEDHDM_PACS_USER": "alice", "MEDHDM_PACS_PASSWORD": secret})
