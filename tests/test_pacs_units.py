@@ -189,6 +189,7 @@ def test_cache_fetches_a_complete_series_once(tmp_path, study2d):
     with pytest.raises(ValueError, match="missing"):
         cache.fetch("1.2.3", "1.2.3.5", [uid, "1.2.3.9"], retrieve)
     assert not cache.complete("1.2.3", "1.2.3.5", [uid])
+    assert not list(tmp_path.rglob("*.partial"))  # an incomplete retrieval leaves nothing behind
     with pytest.raises(ValueError, match="not a DICOM UID"):
         cache.series_folder("../etc", "1.2")
 
