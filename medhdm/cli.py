@@ -460,7 +460,9 @@ def _add_bench_data_command(sub) -> None:
 def _add_export_command(sub) -> None:
     """``medhdm export``."""
     exp = sub.add_parser("export", help="write a saliency map into the source study (DICOM SC/PM/SEG, NIfTI, PNG)")
-    exp.add_argument("--image", required=True, help="source DICOM file or series folder")
+    exp.add_argument(
+        "--image", required=True, help="source DICOM file (single-frame or enhanced multi-frame) or series folder"
+    )
     exp.add_argument("--map", required=True, help="map on the source grid: .npy (H, W) / (D, H, W), or NIfTI")
     exp.add_argument("--out", required=True, help="output folder (not inside the source folder)")
     exp.add_argument("--format", default="sc,pm,seg,nifti,png", help="comma-separated: sc,pm,seg,nifti,png")

@@ -34,7 +34,7 @@ def start_orthanc(folder: Path, **kwargs) -> LocalOrthanc:
 
 
 def bench_study(root: Path, dims: int, seed: int = 7) -> dict:
-    """A LesionBench case with a lesion: ``{"files", "study_uid", "lesion" (its manifest path), "image"}``."""
+    """A LesionBench case with a lesion: ``{"files", "study_uid", "image", "lesion" (NIfTI), "annotation" (SEG)}``."""
     import json
 
     from medhdm.data.bench_files import write_lesionbench
@@ -50,6 +50,7 @@ def bench_study(root: Path, dims: int, seed: int = 7) -> dict:
                 "study_uid": str(pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID),
                 "image": image,
                 "lesion": root / entry["lesion"],
+                "annotation": case / "lesion_seg.dcm",
             }
     raise AssertionError("no LesionBench case with a lesion")
 
@@ -81,3 +82,23 @@ def png_pixels(data: bytes) -> np.ndarray:
     import matplotlib.image
 
     return np.asarray(matplotlib.image.imread(io.BytesIO(data), format="png"))
+
+
+def enhanced_study(root: Path, seed: int = 13) -> dict:
+    """A LesionBench 3D series as one Legacy Converted Enhanced CT (multi-frame) instance, in a new study."""
+    import highdicom as hd
+
+    from medhdm.io import read_dicom
+
+    study = bench_study(root / "bench", 3, seed=seed)
+    series = read_dicom(study["image"])
+    mf = hd.legacy.LegacyConvertedEnhancedCTImage(
+        series.datasets,
+        series_instance_uid=pydicom.uid.generate_uid(),
+        series_number=9,
+        sop_instance_uid=pydicom.uid.generate_uid(),
+        instance_number=1,
+    )
+    path = root / "enhanced.dcm"
+    mf.save_as(path)
+    return {"files": [path], "study_uid": str(mf.StudyInstanceUID), "frames": len(series.datasets)}

@@ -349,23 +349,6 @@ def test_cli_export_from_npy_and_nifti(sources, tmp_path, capsys):
     assert not (tmp_path / "cli3").exists()
 
 
-def test_multiframe_sources_are_refused_for_export(sources, tmp_path):
-    import highdicom as hd
-
-    series = read_dicom(sources["series"])
-    multiframe = hd.legacy.LegacyConvertedEnhancedCTImage(
-        series.datasets,
-        series_instance_uid=pydicom.uid.generate_uid(),
-        series_number=9,
-        sop_instance_uid=pydicom.uid.generate_uid(),
-        instance_number=1,
-    )
-    multiframe.save_as(tmp_path / "enhanced.dcm")
-    with pytest.raises(ValueError, match="multi-frame DICOM studies is not supported yet"):
-        export(tmp_path / "enhanced.dcm", _map_for(series), tmp_path / "out", ["sc"])
-    assert not (tmp_path / "out").exists()
-
-
 def test_a_source_without_patient_geometry_exports_as_secondary_capture(tmp_path, capsys):
     """OT/US/NM-like images (no orientation, no Frame of Reference): SC with an empty Patient Orientation
     passes dciodvfy; PM and SEG, which need the geometry, are refused naming the file."""

@@ -36,6 +36,31 @@ def test_server_down_is_a_clear_error_after_the_retries(protocol, tmp_path, caps
     assert "0 done, 0 skipped, 1 failed" in out.out
 
 
+def test_a_server_that_comes_back_is_used_after_a_retry(tmp_path):
+    """Transient failures are retried with backoff: the archive starts while the client waits."""
+    import threading
+
+    from pacs_helpers import require_orthanc
+
+    from medhdm.pacs.orthanc import LocalOrthanc
+
+    require_orthanc()
+    port = free_port()
+    late = LocalOrthanc(tmp_path / "late", http_port=port)
+    starter = threading.Timer(0.5, late.start)
+    logged: list[str] = []
+    archive = parse_destination(
+        f"http://127.0.0.1:{port}/dicom-web", retry=RetryPolicy(attempts=6, delay=0.5), log=logged.append
+    )
+    starter.start()
+    try:
+        assert archive.instances("1.2.3") == []  # reached: an empty study, not an error
+    finally:
+        starter.join()
+        late.stop()
+    assert logged and all("cannot reach the server" in line and "retry" in line for line in logged)
+
+
 @pytest.fixture(scope="module")
 def guarded(tmp_path_factory):
     server = start_orthanc(tmp_path_factory.mktemp("orthanc"), users={"alice": SECRET})

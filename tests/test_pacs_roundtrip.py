@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from pacs_helpers import CLIENT_AET, bench_study, derived_series, png_pixels, start_orthanc
+from pacs_helpers import CLIENT_AET, bench_study, derived_series, enhanced_study, png_pixels, start_orthanc
 
 from medhdm.cli import main
 from medhdm.io.dicom import read_dicom
 from medhdm.io.maps import load_map
+from medhdm.pacs.sr import read_structured_report
 
 
 @pytest.fixture(scope="module")
@@ -125,13 +126,19 @@ def _hottest_over_lesion(orthanc, study: dict, kinds: dict) -> None:
 @pytest.mark.parametrize("dims", [2, 3])
 def test_dicomweb_round_trip_and_rerun(orthanc, studies, dims, tmp_path, capsys):
     study = studies[dims]
-    orthanc.upload(study["files"])
+    orthanc.upload([*study["files"], study["annotation"]])
     where = ["--dicomweb", orthanc.dicomweb_url]
     assert _explain(where, study, dims, tmp_path / "w1") == 0
     out = capsys.readouterr().out
+    assert "pointing game" in out, out  # the study's lesion SEG was retrieved and the map scored against it
     assert "1 done, 0 skipped, 0 failed" in out, out
     kinds = _check_derived(orthanc, study)
     _hottest_over_lesion(orthanc, study, kinds)
+    kinds["sr"]["datasets"][0].save_as(tmp_path / "sr.dcm")
+    report = read_structured_report(tmp_path / "sr.dcm")
+    assert report["class_code"] == "class1" and report["probability"] > 0.5  # a lesion case
+    assert report["segment"] == kinds["seg"]["datasets"][0].SOPInstanceUID
+    assert set(report["scores"]) >= {"pointing_game", "auroc"}
     before = orthanc.instances_count()
     series = orthanc.series_of(study["study_uid"])
     # again, from a fresh work folder (no cache): nothing is added, the study is skipped without retrieval
@@ -144,12 +151,28 @@ def test_dicomweb_round_trip_and_rerun(orthanc, studies, dims, tmp_path, capsys)
 def test_dimse_round_trip_and_rerun(orthanc, studies, tmp_path, capsys):
     """C-FIND + C-GET from Orthanc's DICOM port, C-STORE back; a second run adds nothing."""
     study = studies["dimse"]
-    orthanc.upload(study["files"])
+    orthanc.upload([*study["files"], study["annotation"]])
     where = ["--dimse", f"{orthanc.aet}@127.0.0.1:{orthanc.dicom_port}", "--calling-aet", CLIENT_AET]
     assert _explain(where, study, 3, tmp_path / "w1") == 0
     assert "1 done, 0 skipped, 0 failed" in capsys.readouterr().out
     kinds = _check_derived(orthanc, study)
     _hottest_over_lesion(orthanc, study, kinds)
+    before = orthanc.instances_count()
+    assert _explain(where, study, 3, tmp_path / "w2") == 0
+    assert "0 done, 1 skipped, 0 failed" in capsys.readouterr().out
+    assert orthanc.instances_count() == before
+
+
+def test_multiframe_source_gives_one_sc_per_frame_and_reruns_add_nothing(orthanc, tmp_path, capsys):
+    study = enhanced_study(tmp_path / "mf")
+    orthanc.upload(study["files"])
+    where = ["--dicomweb", orthanc.dicomweb_url]
+    assert _explain(where, study, 3, tmp_path / "w1") == 0
+    assert "1 done, 0 skipped, 0 failed" in capsys.readouterr().out
+    kinds = derived_series(orthanc, study["study_uid"])
+    assert sorted(kinds) == ["pm", "sc", "seg", "sr"] and kinds["sc"]["instances"] == study["frames"]
+    frames = sorted(int(ds.SourceImageSequence[0].ReferencedFrameNumber) for ds in kinds["sc"]["datasets"])
+    assert frames == list(range(1, study["frames"] + 1))
     before = orthanc.instances_count()
     assert _explain(where, study, 3, tmp_path / "w2") == 0
     assert "0 done, 1 skipped, 0 failed" in capsys.readouterr().out
@@ -190,3 +213,25 @@ def test_unknown_study_fails_with_its_uid(orthanc, tmp_path, capsys):
     err = capsys.readouterr()
     assert code == 1
     assert "1.2.3.4.5" in err.err and "no source image series" in err.err
+
+
+@pytest.mark.parametrize("protocol", ["dicomweb", "dimse"])
+def test_query_selects_the_matching_study(orthanc, studies, protocol, tmp_path, capsys):
+    import pydicom
+
+    study = studies[2]
+    orthanc.upload(study["files"])
+    patient = str(pydicom.dcmread(study["files"][0], stop_before_pixels=True).PatientID)
+    where = (
+        ["--dicomweb", orthanc.dicomweb_url]
+        if protocol == "dicomweb"
+        else ["--dimse", f"{orthanc.aet}@127.0.0.1:{orthanc.dicom_port}", "--calling-aet", CLIENT_AET]
+    )
+    code = main(
+        ["pacs", "explain", *where, "--query", f"PatientID={patient}", "--query", "Modality=CT"]
+        + ["--method", "gradientinput", "--intensity-range=-1000,0", "--work", str(tmp_path), "--push", "sc"]
+    )
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "1 studies match the query" in out and study["study_uid"] in out
+    assert patient not in out  # progress lines carry UIDs, never patient IDs

@@ -97,7 +97,10 @@ def test_structured_report_is_valid_and_reads_back(study2d, model2d, tmp_path):
     assert values["class_code"] == f"class{result['class_idx']}"
     assert values["class_meaning"] == ["no lesion", "lesion"][result["class_idx"]]
     assert values["probability"] == pytest.approx(result["score"])
-    assert values["scores"] == {}  # no lesion annotation was given
+    # the study's folder holds its lesion SEG: the SR carries the scores against it
+    assert set(values["scores"]) == {"pointing_game", "auroc", "lesion_hit_rate", "energy_in_lesion"}
+    assert values["scores"] == pytest.approx(result["scores"])
+    assert 0 <= values["scores"]["auroc"] <= 1 and values["scores"]["pointing_game"] in (0.0, 1.0)
     assert values["segment"] == seg_uid
     assert values["sources"] == [_uids(study2d["files"][0])[1]]
     tool = shutil.which("dciodvfy")
@@ -116,6 +119,13 @@ def test_credentials_never_show_their_secret(tmp_path):
     bearer = Credentials("bearer", secret, source="MEDHDM_PACS_TOKEN")
     for creds in (basic, bearer):
         assert secret not in repr(creds) + str(creds) + creds.describe()
+    import requests
+
+    session = requests.Session()
+    bearer.apply(session)
+    assert session.headers["Authorization"] == f"Bearer {secret}"
+    archive = parse_destination("https://pacs.example/dicom-web", bearer)
+    assert secret not in archive.describe() + repr(archive.credentials)
     assert credentials_from_env(environ={}) is None
     assert credentials_from_env(environ={"MEDHDM_PACS_TOKEN": secret}).kind == "bearer"
     got = credentials_from_env(environ={"MEDHDM_PACS_USER": "alice", "MEDHDM_PACS_PASSWORD": secret})
@@ -179,5 +189,16 @@ def test_cache_fetches_a_complete_series_once(tmp_path, study2d):
     with pytest.raises(ValueError, match="missing"):
         cache.fetch("1.2.3", "1.2.3.5", [uid, "1.2.3.9"], retrieve)
     assert not cache.complete("1.2.3", "1.2.3.5", [uid])
+    assert not list(tmp_path.rglob("*.partial"))  # an incomplete retrieval leaves nothing behind
     with pytest.raises(ValueError, match="not a DICOM UID"):
         cache.series_folder("../etc", "1.2")
+
+
+def test_without_an_annotation_the_report_has_no_scores(study2d, model2d, tmp_path):
+    alone = tmp_path / "study"
+    alone.mkdir()
+    shutil.copy(study2d["files"][0], alone / "image.dcm")
+    explainer = make_explainer("gradientinput", model2d)
+    outcome = explain_local_study(alone, explainer, _spec(model2d), tmp_path / "w", model_name="default", log=None)
+    assert outcome.results[0]["scores"] is None
+    assert read_structured_report(next(p for p in outcome.derived if p.name == "SR.dcm"))["scores"] == {}

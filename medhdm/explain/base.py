@@ -27,7 +27,27 @@ from .checks import check_images, check_model, frozen_eval, resolve_class_idx
 from .reference import ReferenceSpec, make_reference
 from .scoring import ClassScorer
 
-__all__ = ["Explainer", "Explanation", "StageRecord"]
+__all__ = ["Explainer", "Explanation", "StageRecord", "is_out_of_memory"]
+
+
+#: attributes that do not change a map (the model is identified apart; the memory guard only splits batches)
+_NOT_SETTINGS = ("model", "max_batch")
+
+
+class _OutOfMemory(RuntimeError):
+    """An out-of-memory error during a call, with the largest batch the call had sent to the model."""
+
+    def __init__(self, message: str, largest_batch: int) -> None:
+        super().__init__(message)
+        self.largest_batch = largest_batch
+
+
+def is_out_of_memory(err: BaseException) -> bool:
+    """Whether ``err`` is an allocator's out-of-memory error (CUDA's, or the CPU allocator's)."""
+    if isinstance(err, torch.cuda.OutOfMemoryError | MemoryError):
+        return True
+    text = str(err)
+    return isinstance(err, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
 
 
 def _plain(value):
@@ -92,6 +112,8 @@ class Explanation:
         forward_passes: model forward passes run for this call (each on a batch).
         backward_passes: backward passes run for this call.
         images_evaluated: images (composites) pushed through the model in total.
+        max_batch: the memory guard's limit this call ran with (None: no limit; smaller than
+            the explainer's ``max_batch`` after an out-of-memory retry).
     """
 
     saliency: torch.Tensor
@@ -104,6 +126,7 @@ class Explanation:
     forward_passes: int = 0
     backward_passes: int = 0
     images_evaluated: int = 0
+    max_batch: int | None = None
 
 
 class Explainer:
@@ -115,15 +138,28 @@ class Explainer:
         seed: seed of the private RNG used for the call (only methods that draw random
             numbers use it; the caller's global RNG state is left as it was).
         amp: run forward passes under ``torch.autocast`` on CUDA.
+        max_batch: memory guard: the most images sent through the model at once (None: no
+            limit; a mask method sends all its masks of all images in one batch per step).
+            Larger batches run in checkpointed chunks with the same result (see
+            :class:`~medhdm.explain.scoring.ClassScorer`). Whatever the setting, a call that runs
+            out of memory is run again with the limit halved (down to 1) before it fails.
     """
 
     name = "explainer"
     uses_reference = True
 
     def __init__(
-        self, model: nn.Module, *, reference: ReferenceSpec = "blur", seed: int = 0, amp: bool = False
+        self,
+        model: nn.Module,
+        *,
+        reference: ReferenceSpec = "blur",
+        seed: int = 0,
+        amp: bool = False,
+        max_batch: int | None = None,
     ) -> None:
         self.model = check_model(model)
+        ClassScorer(model, max_batch=max_batch)  # checks max_batch
+        self.max_batch = max_batch
         self.reference = reference
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise TypeError(f"seed: expected an int, got {type(seed).__name__}")
@@ -138,7 +174,8 @@ class Explainer:
         anything else as its ``repr``. Two explainers with equal settings on the same model
         give the same maps.
         """
-        return {"method": self.name, **{k: _plain(v) for k, v in sorted(vars(self).items()) if k != "model"}}
+        settings = {k: _plain(v) for k, v in sorted(vars(self).items()) if k not in _NOT_SETTINGS}
+        return {"method": self.name, **settings}
 
     def __call__(self, x: torch.Tensor, class_idx: int | Sequence[int] | torch.Tensor | None = None) -> torch.Tensor:
         """The saliency map ``(B, 1, *S)`` in ``[0, 1]`` for images ``x`` ``(B, C, *S)``."""
@@ -147,27 +184,58 @@ class Explainer:
     def explain(self, x: torch.Tensor, class_idx: int | Sequence[int] | torch.Tensor | None = None) -> Explanation:
         """Explain ``x`` ``(B, C, *S)`` for ``class_idx`` (None: the predicted class) and return the full record."""
         x = check_images(x)
+        max_batch = self.max_batch
+        while True:
+            try:
+                return self._explain_once(x, class_idx, max_batch)
+            except Exception as err:  # noqa: BLE001 - only out-of-memory errors are retried
+                if not is_out_of_memory(err):
+                    raise
+                largest = err.largest_batch if isinstance(err, _OutOfMemory) else max_batch or x.shape[0]
+                if largest <= 1:
+                    raise MemoryError(
+                        f"{self.name}: out of memory with one image per model call (input {tuple(x.shape)}); "
+                        "explain fewer or smaller images, or use a device with more memory"
+                    ) from err
+                max_batch = max(1, largest // 2)
+                if x.device.type == "cuda":
+                    torch.cuda.empty_cache()
+
+    def _explain_once(self, x: torch.Tensor, class_idx, max_batch: int | None) -> Explanation:
+        """:meth:`explain` with at most ``max_batch`` images per model call."""
         devices = [x.device] if x.device.type == "cuda" else []
         with frozen_eval(self.model), torch.random.fork_rng(devices=devices):
             torch.manual_seed(self.seed)
-            scorer = ClassScorer(self.model, amp=self.amp)
-            with torch.no_grad():
-                try:
-                    logits = scorer.logits(x)
-                except (TypeError, ValueError) as err:
-                    if str(err).startswith("model:"):
-                        raise
-                    raise ValueError(f"x: the model rejected input of shape {tuple(x.shape)}: {err}") from err
-                except RuntimeError as err:
-                    raise ValueError(
-                        f"x: the model rejected input of shape {tuple(x.shape)} "
-                        f"({x.shape[1]} channel(s), spatial size {tuple(x.shape[2:])}): {err}"
-                    ) from err
-            targets = resolve_class_idx(class_idx, logits)
-            reference = make_reference(x, self.reference) if self.uses_reference else None
-            result = self._explain(x, targets, scorer, logits, reference)
+            scorer = ClassScorer(self.model, amp=self.amp, max_batch=max_batch)
+            try:
+                return self._run(x, class_idx, scorer)
+            except Exception as err:  # noqa: BLE001 - re-raised, with the batch size that ran out of memory
+                if is_out_of_memory(err) and not isinstance(err, _OutOfMemory):
+                    raise _OutOfMemory(str(err), scorer.largest_batch if max_batch is None else max_batch) from err
+                raise
+
+    def _run(self, x: torch.Tensor, class_idx, scorer: ClassScorer) -> Explanation:
+        """Score ``x``, resolve the targets, build the reference, and run the method."""
+        with torch.no_grad():
+            try:
+                logits = scorer.logits(x)
+            except (TypeError, ValueError) as err:
+                if str(err).startswith("model:"):
+                    raise
+                raise ValueError(f"x: the model rejected input of shape {tuple(x.shape)}: {err}") from err
+            except RuntimeError as err:
+                if is_out_of_memory(err):
+                    raise
+                raise ValueError(
+                    f"x: the model rejected input of shape {tuple(x.shape)} "
+                    f"({x.shape[1]} channel(s), spatial size {tuple(x.shape[2:])}): {err}"
+                ) from err
+        targets = resolve_class_idx(class_idx, logits)
+        reference = make_reference(x, self.reference) if self.uses_reference else None
+        result = self._explain(x, targets, scorer, logits, reference)
         result.forward_passes = scorer.passes
         result.images_evaluated = scorer.images
+        result.max_batch = scorer.max_batch
         result.saliency = result.saliency.to(device=x.device, dtype=torch.float32).clamp_(0, 1)
         return result
 

@@ -182,7 +182,7 @@ class HDM(MaskExplainer):
             peak to the region's centre of mass and gives each region one peak. The pixel
             refinement's signals are smoothed with the same Gaussian (``"positive_gradient"``:
             1.5 times wider).
-        reference, seed, amp: see :class:`~medhdm.explain.base.Explainer`.
+        reference, seed, amp, max_batch: see :class:`~medhdm.explain.base.Explainer`.
     """
 
     name = "HDM"
@@ -208,8 +208,9 @@ class HDM(MaskExplainer):
         reference: ReferenceSpec = "blur",
         seed: int = 0,
         amp: bool = False,
+        max_batch: int | None = None,
     ) -> None:
-        super().__init__(model, reference=reference, seed=seed, amp=amp)
+        super().__init__(model, reference=reference, seed=seed, amp=amp, max_batch=max_batch)
         if isinstance(max_stages, bool) or not isinstance(max_stages, int) or max_stages < 1:
             raise ValueError(f"max_stages: expected an int >= 1, got {max_stages!r}")
         if not 0 <= tau < 1:

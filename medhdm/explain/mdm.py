@@ -37,7 +37,7 @@ class MDM(MaskExplainer):
         weights: one weight per grid for the stack (default equal).
         objective: loss weights and optimiser settings (default: 150 steps, lr 0.1,
             ``lambda_area=2``, no deletion term, as in the paper).
-        reference, seed, amp: see :class:`~medhdm.explain.base.Explainer`.
+        reference, seed, amp, max_batch: see :class:`~medhdm.explain.base.Explainer`.
     """
 
     name = "MDM"
@@ -53,8 +53,9 @@ class MDM(MaskExplainer):
         reference: ReferenceSpec = "blur",
         seed: int = 0,
         amp: bool = False,
+        max_batch: int | None = None,
     ) -> None:
-        super().__init__(model, reference=reference, seed=seed, amp=amp)
+        super().__init__(model, reference=reference, seed=seed, amp=amp, max_batch=max_batch)
         self.grids = tuple(grids)
         if weights is not None and len(weights) != len(self.grids):
             raise ValueError(f"weights: expected one weight per grid ({len(self.grids)}), got {len(weights)}")

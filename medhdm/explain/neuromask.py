@@ -30,7 +30,7 @@ class NeuroMask(MaskExplainer):
         grid: the mask grid as a divisor of the input size (4: ``S / 4``; 1: full resolution).
         objective: loss weights and optimiser settings (default: 150 steps, lr 0.1,
             ``lambda_area=2, lambda_tv=0.5``, no deletion term, as in the paper).
-        reference, seed, amp: see :class:`~medhdm.explain.base.Explainer`.
+        reference, seed, amp, max_batch: see :class:`~medhdm.explain.base.Explainer`.
     """
 
     name = "NeuroMask"
@@ -45,8 +45,9 @@ class NeuroMask(MaskExplainer):
         reference: ReferenceSpec = "blur",
         seed: int = 0,
         amp: bool = False,
+        max_batch: int | None = None,
     ) -> None:
-        super().__init__(model, reference=reference, seed=seed, amp=amp)
+        super().__init__(model, reference=reference, seed=seed, amp=amp, max_batch=max_batch)
         self.grid = grid
         self.objective = objective or MaskObjective(steps=150, lambda_area=2.0, lambda_tv=0.5, lambda_del=0.0)
 

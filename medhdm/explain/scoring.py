@@ -20,6 +20,7 @@ from contextlib import nullcontext
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 __all__ = ["ClassScorer", "TwoClassFromLogit", "first_output"]
 
@@ -32,6 +33,10 @@ def first_output(out):
     if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
         return out[0]
     return out
+
+
+def _first_output_of(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return first_output(model(x))
 
 
 class TwoClassFromLogit(nn.Module):
@@ -60,21 +65,32 @@ class ClassScorer:
         model: any ``torch.nn.Module`` mapping ``(N, C, *S)`` to ``(N, K)`` logits.
         amp: run the forward pass under ``torch.autocast`` (CUDA only; ignored on CPU).
             Scores are always returned in float32.
+        max_batch: the most images sent through the model at once (None: no limit). A
+            larger batch runs in chunks; when gradients are needed each chunk is
+            checkpointed (:func:`torch.utils.checkpoint.checkpoint`), so the backward pass
+            recomputes one chunk's activations at a time: peak memory is one chunk's, for
+            one extra forward pass per chunk. The logits and gradients are those of the
+            whole batch.
 
     Attributes:
         num_classes: ``K`` as the explainer sees it (2 for a single-logit model).
         single_logit: whether the model has a single sigmoid logit.
-        passes: number of forward passes run so far.
+        passes: number of forward passes run so far (a chunked batch counts once).
         images: number of images pushed through the model so far.
+        largest_batch: the largest batch sent to :meth:`logits` so far.
     """
 
-    def __init__(self, model: nn.Module, amp: bool = False) -> None:
+    def __init__(self, model: nn.Module, amp: bool = False, max_batch: int | None = None) -> None:
+        if max_batch is not None and (isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1):
+            raise ValueError(f"max_batch: expected None or an int >= 1, got {max_batch!r}")
         self.model = model
         self.amp = amp
+        self.max_batch = max_batch
         self.num_classes: int | None = None
         self.single_logit = False
         self.passes = 0
         self.images = 0
+        self.largest_batch = 0
 
     def as_logits_module(self) -> nn.Module:
         """The model as a module returning ``(N, K >= 2)`` logits (for MONAI's own explainers)."""
@@ -89,14 +105,26 @@ class ClassScorer:
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """Two-or-more-class logits ``(N, K)`` in float32 for the images ``x`` ``(N, C, *S)``."""
+        self.largest_batch = max(self.largest_batch, int(x.shape[0]))
         with self._autocast(x):
-            out = self.model(x)
+            out = self._forward(x)
         self.passes += 1
         self.images += int(x.shape[0])
         out = self._check_output(first_output(out), x.shape[0])
         if self.single_logit:
             out = torch.cat([-0.5 * out, 0.5 * out], dim=1)
         return out.float()
+
+    def _forward(self, x: torch.Tensor):
+        """The model's output for ``x``, in chunks of at most ``max_batch`` images (see the class docstring)."""
+        if self.max_batch is None or x.shape[0] <= self.max_batch:
+            return self.model(x)
+        chunks = x.split(self.max_batch)
+        if torch.is_grad_enabled() and x.requires_grad:
+            outs = [checkpoint(_first_output_of, self.model, c, use_reentrant=False) for c in chunks]
+        else:
+            outs = [first_output(self.model(c)) for c in chunks]
+        return torch.cat(outs)
 
     def _check_output(self, out, batch: int) -> torch.Tensor:
         if not isinstance(out, torch.Tensor):

@@ -5,8 +5,9 @@ refuses an output folder inside the source's folder unless ``allow_inside_source
 never replaces a source file, and writes all of its files or none of them.
 
 Map layout: the source grid in :class:`~medhdm.io.dicom.DicomSource` order, ``(H, W)``
-for one image, ``(D, H, W)`` for a series sorted along the slice normal; leading
-singleton axes (``(1, 1, H, W)`` straight from an explainer) are accepted.
+for one image, ``(D, H, W)`` for a series (or the frames of an enhanced multi-frame
+image) sorted along the slice normal; leading singleton axes (``(1, 1, H, W)`` straight
+from an explainer) are accepted.
 """
 
 from __future__ import annotations
@@ -21,14 +22,9 @@ from pydicom.dataset import Dataset
 from ..io.axes import dicom_to_monai
 from ..io.dicom import DicomSource, read_dicom
 from ..io.nifti import nifti_writer
+from . import dicom, multiframe
 from .deidentify import deidentify as _deidentify
-from .dicom import (
-    DerivationInfo,
-    build_parametric_map,
-    build_secondary_captures,
-    build_segmentation,
-    render_source_overlays,
-)
+from .dicom import DerivationInfo, render_source_overlays
 from .overlay import CT_PRESETS, OverlayStyle, window_for
 from .staging import ExportFolder, check_output_folder
 
@@ -120,17 +116,18 @@ def _build(
     deidentify_salt: str | None,
     retain_dates: bool = False,
 ) -> list[tuple[str, object]]:
-    window = window_for(source.first, source.pixels, preset=window_preset)
+    window = window_for(multiframe.display_dataset(source), source.pixels, preset=window_preset)
     overlays = []
     if "sc" in formats or "png" in formats:  # rendered once for both
         overlays = render_source_overlays(source, saliency, info, style, window, lesion_mask)
+    builders = multiframe if source.multiframe else dicom  # an enhanced source: the frames referenced
     datasets: list[tuple[str, Dataset]] = []
     if "sc" in formats:
-        datasets += build_secondary_captures(source, overlays, info, style, window)
+        datasets += builders.build_secondary_captures(source, overlays, info, style, window)
     if "pm" in formats:
-        datasets += build_parametric_map(source, saliency, info)
+        datasets += builders.build_parametric_map(source, saliency, info)
     if "seg" in formats:
-        datasets += build_segmentation(source, saliency, seg_threshold, info)
+        datasets += builders.build_segmentation(source, saliency, seg_threshold, info)
     if deidentify_salt is not None:
         datasets = [(name, _deidentify(ds, deidentify_salt, retain_dates=retain_dates)) for name, ds in datasets]
     for _, ds in datasets:
@@ -194,6 +191,8 @@ def export(
         formats: any of ``"sc"`` (one RGB Secondary Capture per slice), ``"pm"`` (float
             Parametric Map), ``"seg"`` (binary SEG of ``saliency >= seg_threshold``),
             ``"nifti"`` (``saliency.nii.gz`` with the source affine), ``"png"`` (one overlay per slice).
+            From an enhanced multi-frame source, the SCs, PM and SEG reference its frames
+            (:mod:`medhdm.export.multiframe`).
         method, class_label: named in series descriptions, derivation text and legend.
         style: overlay colours, threshold and opacity (SC and PNG); default :class:`OverlayStyle`.
         lesion_mask: optional annotation on the source grid, outlined in SC and PNG.
@@ -206,8 +205,7 @@ def export(
             error, :class:`~medhdm.export.staging.OutputExistsError`).
         retain_dates: with ``deidentify_salt``, the profile's Retain Longitudinal Temporal
             Information (Full Dates) option: dates and times are kept.
-        uid_source: the derived Series/SOP Instance UIDs from keys (deterministic UIDs, see
-            :class:`~medhdm.export.dicom.DerivationInfo`); default: new random UIDs.
+        uid_source: derived Series/SOP Instance UIDs from keys (:class:`~medhdm.export.dicom.DerivationInfo`).
 
     The files are published all or nothing (:mod:`medhdm.export.staging`): the folder is
     locked while this runs (a second run fails with
@@ -220,17 +218,10 @@ def export(
     formats = check_export_arguments(formats, out_dir, style, window_preset, seg_threshold, deidentify_salt)
     style = style or OverlayStyle()
     src = _as_source(source)
-    if src.multiframe:
-        raise ValueError(
-            "source: export into multi-frame DICOM studies is not supported yet; "
-            "export the map as NIfTI from the pipeline instead"
-        )
     check_output_folder(Path(out_dir), src.paths, allow_inside_source)
     sal = map_on_source_grid(saliency, src)
     lesion = _lesion_on_grid(lesion_mask, src)
-    info = DerivationInfo(
-        method=str(method), class_label=class_label, series_number=series_number, uid_source=uid_source
-    )
+    info = DerivationInfo(str(method), class_label, series_number, uid_source)
     with ExportFolder(out_dir, overwrite=overwrite) as folder:  # locked; an existing export refused here
         writers = _build(
             src, sal, formats, info, style, lesion, window_preset, seg_threshold, deidentify_salt, retain_dates

@@ -44,7 +44,8 @@ class DerivationInfo:
         series_number: Series Number of the first derived series (SC); PM and SEG take
             the next numbers. Default: the source's Series Number + 1000.
         uid_source: makes the derived Series and SOP Instance UIDs from a key such as
-            ``"sc/series"``, ``"sc/instance/<source SOP Instance UID>"``, ``"pm/instance"``
+            ``"sc/series"``, ``"sc/instance/<source SOP Instance UID>"`` (multi-frame source:
+            ``.../<slice number>``, 1-based), ``"pm/instance"``
             (deterministic UIDs, :class:`medhdm.pacs.uids.DerivedUIDs`); ``None``: new random UIDs.
     """
 
@@ -171,7 +172,7 @@ def build_secondary_captures(
             coordinate_system=hd.CoordinateSystemNames.PATIENT,
             series_instance_uid=series_uid,
             series_number=series_number,
-            sop_instance_uid=info.uid(f"sc/instance/{src.SOPInstanceUID}"),
+            sop_instance_uid=info.uid(f"sc/instance/{src.SOPInstanceUID}" + (f"/{k + 1}" if source.multiframe else "")),
             instance_number=k + 1,
             manufacturer=_MANUFACTURER,
             pixel_spacing=(row_sp, col_sp),
@@ -210,7 +211,8 @@ def _equipment(source: Dataset, info: DerivationInfo, offset: int, kind: str) ->
 
 
 def _check_geometry(source: DicomSource) -> None:
-    if "ImageOrientationPatient" not in source.first or "FrameOfReferenceUID" not in source.first:
+    oriented = source.multiframe or "ImageOrientationPatient" in source.first  # multi-frame: in its functional groups
+    if not oriented or "FrameOfReferenceUID" not in source.first:
         where = source.paths[0] if source.paths and source.paths[0] is not None else "source"
         raise ValueError(
             f"{where}: no patient geometry (Image Orientation/Position, Frame of Reference); "

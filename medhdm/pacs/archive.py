@@ -63,6 +63,7 @@ class InstanceRef:
     modality: str = ""
     manufacturer: str = ""
     series_description: str = ""
+    frames: int = 1
 
     @property
     def is_source(self) -> bool:

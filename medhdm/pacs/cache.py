@@ -68,12 +68,15 @@ class StudyCache:
         partial = folder.with_name(folder.name + ".partial")
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir(parents=True)
-        paths = retrieve(partial)
-        got = {p.stem for p in paths}
-        missing = sorted(set(sop_uids) - got)
-        if missing:
+        try:
+            paths = retrieve(partial)
+            got = {p.stem for p in paths}
+            missing = sorted(set(sop_uids) - got)
+            if missing:
+                raise ValueError(f"series {series_uid}: the archive sent {len(got)} instances, {len(missing)} missing")
+        except BaseException:
             shutil.rmtree(partial, ignore_errors=True)
-            raise ValueError(f"series {series_uid}: the archive sent {len(got)} instances, {len(missing)} missing")
+            raise
         self._marker(study_uid, series_uid).unlink(missing_ok=True)
         shutil.rmtree(folder, ignore_errors=True)
         os.replace(partial, folder)

@@ -23,6 +23,7 @@ from .secrets import Credentials
 __all__ = ["DicomwebArchive"]
 
 _TRANSIENT_STATUS = {408, 429, 500, 502, 503, 504}
+_PAGE = 500  # QIDO-RS results per request
 
 
 def _value(item: dict, tag: str) -> str:
@@ -99,22 +100,39 @@ class DicomwebArchive(Archive):
         return ArchiveError(f"{self.url}: {what}: {reason}")
 
     # ---- one attempt of each operation -------------------------------------------------------------------------
+    def _pages(self, what: str, search: Callable[..., list[dict]], key: str) -> list[dict]:
+        """Every result of a QIDO-RS search, page by page (``limit``/``offset``), each ``key`` once.
+
+        Stops at a short page, or at a page that brings nothing new: some servers ignore
+        ``offset`` for some filters (Orthanc 1.10 with ``ModalitiesInStudy``), and
+        dicomweb-client's ``get_remaining`` then never ends.
+        """
+        results: dict[str, dict] = {}
+        while True:
+            page = self._call(what, lambda: search(limit=_PAGE, offset=len(results)))
+            new = {_value(item, key): item for item in page if _value(item, key) not in results}
+            results.update(new)
+            if len(page) < _PAGE or not new:
+                return list(results.values())
+
     def _search_studies(self, query: dict[str, str]) -> list[str]:
-        found = self._call(
+        found = self._pages(
             "QIDO-RS study search",
-            lambda: self._client.search_for_studies(search_filters=dict(query), get_remaining=True),
+            lambda **page: self._client.search_for_studies(search_filters=dict(query), **page),
+            "0020000D",
         )
         return [_value(item, "0020000D") for item in found]
 
     def _instances(self, study_uid: str) -> list[InstanceRef]:
         try:
-            found = self._call(
+            found = self._pages(
                 f"QIDO-RS instances of study {study_uid}",
-                lambda: self._client.search_for_instances(
+                lambda **page: self._client.search_for_instances(
                     study_instance_uid=study_uid,
-                    fields=["SOPClassUID", "Modality", "Manufacturer", "SeriesDescription"],
-                    get_remaining=True,
+                    fields=["SOPClassUID", "Modality", "Manufacturer", "SeriesDescription", "NumberOfFrames"],
+                    **page,
                 ),
+                "00080018",
             )
         except ArchiveError as err:
             if "HTTP 404" in str(err):
@@ -129,6 +147,7 @@ class DicomwebArchive(Archive):
                 modality=_value(item, "00080060"),
                 manufacturer=_value(item, "00080070"),
                 series_description=_value(item, "0008103E"),
+                frames=int(_value(item, "00280008") or 1),
             )
             for item in found
         ]

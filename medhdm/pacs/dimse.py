@@ -124,6 +124,7 @@ class DimseArchive(Archive):
             image.SeriesInstanceUID = _text(found, "SeriesInstanceUID")
             image.SOPInstanceUID = ""
             image.SOPClassUID = ""
+            image.NumberOfFrames = None
             for item in self._find(image, f"C-FIND instances of series {image.SeriesInstanceUID}"):
                 ref = InstanceRef(
                     study_uid=study_uid,
@@ -132,6 +133,7 @@ class DimseArchive(Archive):
                     sop_class_uid=_text(item, "SOPClassUID"),
                     modality=_text(found, "Modality"),
                     series_description=_text(found, "SeriesDescription"),
+                    frames=int(_text(item, "NumberOfFrames") or 1),
                 )
                 self._sop_classes.setdefault(ref.series_uid, set()).add(ref.sop_class_uid)
                 refs.append(ref)

@@ -63,6 +63,7 @@ class LocalOrthanc:
             (C-GET, C-FIND and C-MOVE are allowed to these calling AE titles).
         aet: Orthanc's own AE title.
         timeout: seconds to wait for the server to answer after start.
+        http_port: a fixed HTTP port (default: a free one).
 
     Attributes (once started): ``http_url``, ``dicomweb_url``, ``http_port``, ``dicom_port``, ``aet``.
     """
@@ -75,12 +76,14 @@ class LocalOrthanc:
         modalities: dict | None = None,
         aet: str = "ORTHANC",
         timeout: float = 60.0,
+        http_port: int | None = None,
     ) -> None:
         self.folder = Path(folder)
         self.users = dict(users or {})
         self.modalities = {k: list(v) for k, v in (modalities or {}).items()}
         self.aet = aet
         self.timeout = timeout
+        self._fixed_http_port = http_port
         self.http_port = 0
         self.dicom_port = 0
         self._process: subprocess.Popen | None = None
@@ -130,7 +133,7 @@ class LocalOrthanc:
             raise OrthancError(why)
         self.folder.mkdir(parents=True, exist_ok=True)
         for _attempt in range(3):  # a port taken between free_port() and Orthanc's bind: try new ports
-            self.http_port, self.dicom_port = free_port(), free_port()
+            self.http_port, self.dicom_port = self._fixed_http_port or free_port(), free_port()
             path = self.folder / "orthanc.json"
             path.write_text(json.dumps(self.config(), indent=2))
             log = open(self.log_path, "ab")  # noqa: SIM115 (kept open for the server's life)

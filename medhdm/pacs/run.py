@@ -39,6 +39,7 @@ __all__ = [
     "StudyOutcome",
     "explain_archive_studies",
     "explain_local_study",
+    "lesion_scores",
     "pacs_configuration",
     "parse_formats",
     "parse_query",
@@ -60,7 +61,8 @@ class StudyOutcome:
         pushed: instances sent to the destination now.
         seconds: ``retrieve``, ``explain`` (with export and SR) and ``push`` wall times.
         error: why it failed.
-        results: per explained series: ``{"series_uid", "class_idx", "score"}``.
+        results: per explained series: ``{"series_uid", "class_idx", "score", "scores"}`` (``scores``: the
+            localisation scores against the study's lesion annotation, ``None`` without one).
     """
 
     study_uid: str
@@ -74,12 +76,20 @@ class StudyOutcome:
     def line(self) -> str:
         """One progress line (UIDs and numbers only, never patient data)."""
         t = self.seconds
-        times = f"retrieve {t['retrieve']:.1f} s, explain {t['explain']:.1f} s, push {t['push']:.1f} s"
+        times = f"retrieve {t['retrieve']:.2f} s, explain {t['explain']:.2f} s, push {t['push']:.2f} s"
         if self.status == "failed":
             return f"study {self.study_uid}: failed: {self.error}"
         if self.status == "skipped":
             return f"study {self.study_uid}: skipped (the archive holds all derived instances)"
-        classes = ", ".join(f"class {r['class_idx']} (p={r['score']:.3f})" for r in self.results)
+        classes = ", ".join(
+            f"class {r['class_idx']} (p={r['score']:.3f})"
+            + (
+                f", pointing game {r['scores']['pointing_game']:g}"
+                if "pointing_game" in (r.get("scores") or {})
+                else ""
+            )
+            for r in self.results
+        )
         return f"study {self.study_uid}: done: {classes}; {len(self.derived)} derived, {self.pushed} pushed; {times}"
 
 
@@ -149,6 +159,23 @@ def pacs_configuration(
     return run_configuration(explainer.model, explainer, model_name=model_name, extra=extra)
 
 
+_ANNOTATION_SOP_CLASSES = ("1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.481.3")  # SEG, RTSTRUCT
+
+
+def _is_annotation(sop_class_uid: str, series_description: str) -> bool:
+    """A lesion annotation candidate: a SEG or RTSTRUCT that is not one of medhdm's saliency outputs."""
+    return sop_class_uid in _ANNOTATION_SOP_CLASSES and not series_description.startswith("medhdm ")
+
+
+def _annotation_series(refs: Sequence[InstanceRef]) -> dict[str, list[InstanceRef]]:
+    """Annotation instances (SEG, RTSTRUCT not made by medhdm) by Series UID."""
+    series: dict[str, list[InstanceRef]] = {}
+    for ref in refs:
+        if _is_annotation(ref.sop_class_uid, ref.series_description):
+            series.setdefault(ref.series_uid, []).append(ref)
+    return series
+
+
 def _source_series(refs: Sequence[InstanceRef]) -> dict[str, list[InstanceRef]]:
     """Source image instances by Series UID (derived objects and medhdm's own left out)."""
     series: dict[str, list[InstanceRef]] = {}
@@ -169,9 +196,11 @@ def _series_input(folder: Path, files: Sequence[Path]) -> Path:
     return files[0] if len(files) == 1 else folder
 
 
-def _local_series(study_dir: Path) -> tuple[str, dict[str, list[tuple[Path, pydicom.Dataset]]]]:
-    """The study's Study UID and its source series ``{Series UID: [(path, header), ...]}`` found under ``study_dir``."""
+def _local_series(study_dir: Path) -> tuple[str, dict[str, list[tuple[Path, pydicom.Dataset]]], list[Path]]:
+    """The study's Study UID, its source series ``{Series UID: [(path, header), ...]}`` and its annotation files
+    (SEG/RTSTRUCT not made by medhdm) found under ``study_dir``."""
     found: dict[str, list[tuple[Path, pydicom.Dataset]]] = {}
+    annotations: list[Path] = []
     studies = set()
     for path in sorted(p for p in Path(study_dir).rglob("*") if p.is_file() and not p.name.startswith(".")):
         try:
@@ -180,13 +209,52 @@ def _local_series(study_dir: Path) -> tuple[str, dict[str, list[tuple[Path, pydi
         except Exception:  # noqa: BLE001, S112 (not DICOM: markers, notes; not part of the study)
             continue
         studies.add(study_uid)
-        if not is_derived_by_medhdm(str(ds.get("Manufacturer", "")), sop_class):
+        if _is_annotation(sop_class, str(ds.get("SeriesDescription", ""))):
+            annotations.append(path)
+        elif not is_derived_by_medhdm(str(ds.get("Manufacturer", "")), sop_class):
             found.setdefault(str(ds.SeriesInstanceUID), []).append((path, ds))
     if len(studies) != 1:
         raise ValueError(f"{study_dir}: expected the files of one study, found {len(studies)} Study Instance UIDs")
     if not found:
         raise ValueError(f"{study_dir}: no source image series (only derived objects or non-images)")
-    return studies.pop(), found
+    return studies.pop(), found, annotations
+
+
+def lesion_scores(source: Path, map_path: Path, annotations: Sequence[Path]) -> dict[str, float] | None:
+    """Localisation scores of the saved map against the first annotation that lies on the source's grid.
+
+    Args:
+        source: the explained DICOM image or series folder.
+        map_path: the map :func:`~medhdm.study.explain_study` wrote (NIfTI, MONAI order on the source grid).
+        annotations: candidate SEG / RTSTRUCT files (those of other series or frames are passed over).
+
+    Returns:
+        ``{"pointing_game", "auroc", "lesion_hit_rate", "energy_in_lesion"}`` (undefined ones left out), or
+        ``None`` when no annotation with a lesion fits the source.
+    """
+    if not annotations:
+        return None
+    import math
+
+    import nibabel as nib
+    import numpy as np
+
+    from ..io.annotations import ImageGrid, load_annotation
+    from ..io.dicom import read_dicom
+    from ..metrics.localisation import score
+
+    grid = ImageGrid.from_dicom(read_dicom(source))
+    saliency = np.asarray(nib.load(map_path).dataobj, dtype=np.float64).reshape(grid.shape)
+    for path in annotations:
+        try:
+            labels = load_annotation(path, grid)
+        except ValueError:  # another series' annotation
+            continue
+        if labels.any():
+            scores = score(saliency, labels.reshape(grid.shape) > 0)
+            keep = ("pointing_game", "auroc", "lesion_hit_rate", "energy_in_lesion")
+            return {k: float(scores[k]) for k in keep if not math.isnan(float(scores[k]))}
+    return None
 
 
 def _series_folder(work: Path, series_uid: str, items: Sequence[tuple[Path, pydicom.Dataset]]) -> Path:
@@ -203,6 +271,60 @@ def _series_folder(work: Path, series_uid: str, items: Sequence[tuple[Path, pydi
         if not link.exists():
             link.symlink_to(Path(path).resolve())
     return folder
+
+
+def _explain_series(
+    work: Path,
+    series_uid: str,
+    items: Sequence[tuple[Path, pydicom.Dataset]],
+    annotations: Sequence[Path],
+    uids: DerivedUIDs,
+    explainer: Explainer,
+    spec: InputSpec,
+    config: dict,
+    formats: Sequence[str],
+    slices: SliceSelection | str | None,
+    class_idx: int | None,
+) -> tuple[list[Path], dict]:
+    """Explain one source series through :func:`~medhdm.study.explain_study`, export it, write its SR.
+
+    Returns:
+        the derived files, and ``{"series_uid", "class_idx", "score", "scores"}``.
+    """
+    source = _series_input(_series_folder(work, series_uid, items), [p for p, _ in items])
+    exports = [f for f in formats if f != "sr"]
+    row = explain_study(
+        StudyCase(source, series_uid, class_idx),
+        explainer,
+        spec,
+        work,
+        export_formats=exports,
+        method=explainer.name,
+        overwrite=True,
+        slices=slices,
+        uid_source=uids,
+    )
+    export_dir = Path(row["export"]) if exports else work / f"{series_uid}_dicom"
+    derived = sorted(export_dir.glob("*.dcm")) if exports else []
+    scores = lesion_scores(source, Path(row["map"]), annotations)
+    if "sr" in formats:
+        from .sr import write_structured_report
+
+        export_dir.mkdir(exist_ok=True)
+        sr = write_structured_report(
+            export_dir / "SR.dcm",
+            [p for p, _ in items],
+            config=config,
+            class_idx=int(row["class_idx"]),
+            probability=float(row["score"]),
+            uids=uids,
+            seg_path=export_dir / "SEG.dcm" if "seg" in exports else None,
+            class_name=_class_name(explainer, int(row["class_idx"])),
+            scores=scores,
+        )
+        derived.append(sr)
+    result = {"series_uid": series_uid, "class_idx": int(row["class_idx"]), "score": row["score"], "scores": scores}
+    return derived, result
 
 
 def explain_local_study(
@@ -237,7 +359,7 @@ def explain_local_study(
     """
     formats = parse_formats(formats)
     outcome = StudyOutcome(study_uid="")
-    study_uid, series = _local_series(Path(study_dir))
+    study_uid, series, annotations = _local_series(Path(study_dir))
     outcome.study_uid = study_uid
     config = pacs_configuration(explainer, spec, model_name, slices, class_idx, seg_threshold)
     key = configuration_hash(config)
@@ -246,7 +368,8 @@ def explain_local_study(
     to_push: list[Path] = []
     skipped = 0
     for series_uid, items in series.items():
-        uids = DerivedUIDs(key, study_uid, series_uid, [str(ds.SOPInstanceUID) for _, ds in items])
+        frames = {str(ds.SOPInstanceUID): int(ds.get("NumberOfFrames", 1) or 1) for _, ds in items}
+        uids = DerivedUIDs(key, study_uid, series_uid, list(frames), frames)
         expected = [uid for group in uids.expected(formats).values() for uid in group]
         if destination is not None:
             start = time.perf_counter()
@@ -256,41 +379,12 @@ def explain_local_study(
                 skipped += 1
                 continue
         start = time.perf_counter()
-        folder = _series_folder(work, series_uid, items)
-        source = _series_input(folder, [p for p, _ in items])
-        exports = [f for f in formats if f != "sr"]
-        row = explain_study(
-            StudyCase(source, series_uid, class_idx),
-            explainer,
-            spec,
-            work,
-            export_formats=exports,
-            method=explainer.name,
-            overwrite=True,
-            slices=slices,
-            uid_source=uids,
+        derived, result = _explain_series(
+            work, series_uid, items, annotations, uids, explainer, spec, config, formats, slices, class_idx
         )
-        export_dir = Path(row["export"]) if exports else work / f"{series_uid}_dicom"
-        derived = sorted(export_dir.glob("*.dcm")) if exports else []
-        if "sr" in formats:
-            from .sr import write_structured_report
-
-            export_dir.mkdir(exist_ok=True)
-            derived.append(
-                write_structured_report(
-                    export_dir / "SR.dcm",
-                    [p for p, _ in items],
-                    config=config,
-                    class_idx=int(row["class_idx"]),
-                    probability=float(row["score"]),
-                    uids=uids,
-                    seg_path=export_dir / "SEG.dcm" if "seg" in exports else None,
-                    class_name=_class_name(explainer, int(row["class_idx"])),
-                )
-            )
         outcome.seconds["explain"] += time.perf_counter() - start
         outcome.derived += derived
-        outcome.results.append({"series_uid": series_uid, "class_idx": int(row["class_idx"]), "score": row["score"]})
+        outcome.results.append(result)
         to_push += derived
     if skipped == len(series):
         outcome.status = "skipped"
@@ -336,18 +430,19 @@ def explain_archive_studies(
         outcome = StudyOutcome(study_uid=study_uid)
         try:
             start = time.perf_counter()
-            series = _source_series(archive.instances(study_uid))
+            refs = archive.instances(study_uid)
+            series = _source_series(refs)
             if not series:
                 raise ArchiveError(f"{archive.describe()}: study {study_uid}: no source image series found")
             if target is not None and _all_present(target, study_uid, series, key, formats):
                 outcome.status = "skipped"
                 outcome.seconds["retrieve"] = time.perf_counter() - start
             else:
-                for series_uid, refs in series.items():
+                for series_uid, items in {**series, **_annotation_series(refs)}.items():
                     cache.fetch(
                         study_uid,
                         series_uid,
-                        [r.sop_uid for r in refs],
+                        [r.sop_uid for r in items],
                         lambda folder, s=series_uid, st=study_uid: archive.retrieve_series(st, s, folder),
                     )
                 retrieve = time.perf_counter() - start
@@ -377,6 +472,6 @@ def _all_present(target: Archive, study_uid: str, series: dict, key: str, format
     """The target already holds every derived instance of every source series (so nothing needs retrieving)."""
     expected = []
     for series_uid, refs in series.items():
-        uids = DerivedUIDs(key, study_uid, series_uid, [r.sop_uid for r in refs])
+        uids = DerivedUIDs(key, study_uid, series_uid, [r.sop_uid for r in refs], {r.sop_uid: r.frames for r in refs})
         expected += [uid for group in uids.expected(formats).values() for uid in group]
     return len(target.present(study_uid, expected)) == len(expected)

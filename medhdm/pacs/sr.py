@@ -46,6 +46,7 @@ SCORE_CODES = {
     "pointing_game": Code("pointing-game", _SCHEME, "Pointing game hit"),
     "auroc": Code("saliency-auroc", _SCHEME, "Saliency AUROC against the lesion"),
     "lesion_hit_rate": Code("lesion-hit-rate", _SCHEME, "Lesion hit rate"),
+    "energy_in_lesion": Code("energy-in-lesion", _SCHEME, "Saliency energy in the lesion"),
     "deletion_auc": Code("deletion-auc", _SCHEME, "Deletion AUC"),
     "insertion_auc": Code("insertion-auc", _SCHEME, "Insertion AUC"),
 }
@@ -74,6 +75,36 @@ def _config_hash(config: dict) -> str:
     from ..models.identity import configuration_hash
 
     return configuration_hash(config)
+
+
+def _measurement_group(sources: list[pydicom.Dataset], seg: pydicom.Dataset | None, common: dict):
+    """TID 1411 (volumetric ROI: the SEG's segment 1 with its source images), or TID 1501 without a SEG."""
+    if seg is not None:
+        segment = hd.sr.ReferencedSegment(
+            sop_class_uid=seg.SOPClassUID,
+            sop_instance_uid=seg.SOPInstanceUID,
+            segment_number=1,
+            source_images=[hd.sr.SourceImageForSegmentation.from_source_image(ds) for ds in sources],
+        )
+        group = hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(referenced_segment=segment, **common)
+    else:
+        group = hd.sr.MeasurementsAndQualitativeEvaluations(
+            source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(ds) for ds in sources], **common
+        )
+    return group
+
+
+def _observer(uids, config: dict) -> hd.sr.ObserverContext:
+    """The device observer: medhdm, with the model's name as the device's model name."""
+    return hd.sr.ObserverContext(
+        observer_type=codes.DCM.Device,
+        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+            uid=uids("sr/device"),
+            name="medhdm",
+            manufacturer_name="medhdm",
+            model_name=str(config["model"]["name"])[:64],
+        ),
+    )
 
 
 def write_structured_report(
@@ -126,29 +157,9 @@ def write_structured_report(
         "measurements": measurements,
         "qualitative_evaluations": evaluations,
     }
-    if seg is not None:
-        segment = hd.sr.ReferencedSegment(
-            sop_class_uid=seg.SOPClassUID,
-            sop_instance_uid=seg.SOPInstanceUID,
-            segment_number=1,
-            source_images=[hd.sr.SourceImageForSegmentation.from_source_image(ds) for ds in sources],
-        )
-        group = hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(referenced_segment=segment, **common)
-    else:
-        group = hd.sr.MeasurementsAndQualitativeEvaluations(
-            source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(ds) for ds in sources], **common
-        )
-    observer = hd.sr.ObserverContext(
-        observer_type=codes.DCM.Device,
-        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
-            uid=uids("sr/device"),
-            name="medhdm",
-            manufacturer_name="medhdm",
-            model_name=str(config["model"]["name"])[:64],
-        ),
-    )
+    group = _measurement_group(sources, seg, common)
     report = hd.sr.MeasurementReport(
-        observation_context=hd.sr.ObservationContext(observer_device_context=observer),
+        observation_context=hd.sr.ObservationContext(observer_device_context=_observer(uids, config)),
         procedure_reported=_IMAGING,
         imaging_measurements=[group],
     )

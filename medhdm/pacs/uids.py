@@ -7,7 +7,8 @@ as a decimal integer), ``n`` a name-based UUID (RFC 4122 version 5) of
 - the run configuration's hash (:func:`medhdm.models.identity.configuration_hash`:
   medhdm's version, the model's identity and weights hash, the method and its settings,
   the classifier's input and slice options),
-- the object's key (``"sc/series"``, ``"sc/instance/<source SOP Instance UID>"``,
+- the object's key (``"sc/series"``, ``"sc/instance/<source SOP Instance UID>"`` (and
+  ``/<slice number>`` for the frames of a multi-frame source),
   ``"pm/series"``, ``"pm/instance"``, ``"seg/..."``, ``"sr/..."``).
 
 So explaining a study twice with the same configuration gives the same objects (an
@@ -19,7 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from pydicom.uid import UID
 
@@ -41,9 +42,17 @@ class DerivedUIDs:
         configuration_hash: the run's :func:`~medhdm.models.identity.configuration_hash`.
         study_uid, series_uid: the source's Study and Series Instance UIDs.
         sop_uids: the source's SOP Instance UIDs (order does not matter).
+        frames: the Number of Frames of multi-frame source instances (one SC per frame); others have one.
     """
 
-    def __init__(self, configuration_hash: str, study_uid: str, series_uid: str, sop_uids: Sequence[str]) -> None:
+    def __init__(
+        self,
+        configuration_hash: str,
+        study_uid: str,
+        series_uid: str,
+        sop_uids: Sequence[str],
+        frames: Mapping[str, int] | None = None,
+    ) -> None:
         if not configuration_hash or not study_uid or not series_uid or not sop_uids:
             raise ValueError("DerivedUIDs: the configuration hash and the source Study/Series/SOP UIDs are needed")
         digest = hashlib.sha256()
@@ -52,17 +61,26 @@ class DerivedUIDs:
         self.configuration_hash = configuration_hash
         self.study_uid, self.series_uid = study_uid, series_uid
         self.sop_uids = tuple(sop_uids)
+        self.frames = {uid: int(n) for uid, n in (frames or {}).items() if int(n) > 1}
         self._base = digest.hexdigest()
 
     def __call__(self, key: str) -> UID:
         return derived_uid(self._base, key)
 
     def expected(self, formats: Sequence[str]) -> dict[str, list[str]]:
-        """The SOP Instance UIDs each format will have (``sc``: one per source instance; ``pm``/``seg``/``sr``: one)."""
+        """The SOP Instance UIDs each format will have (``sc``: one per source image or frame; others: one)."""
         out: dict[str, list[str]] = {}
         for fmt in formats:
             if fmt == "sc":
-                out[fmt] = [self(f"sc/instance/{uid}") for uid in self.sop_uids]
+                out[fmt] = [
+                    self(key)
+                    for uid in self.sop_uids
+                    for key in (
+                        [f"sc/instance/{uid}/{k}" for k in range(1, self.frames[uid] + 1)]
+                        if uid in self.frames
+                        else [f"sc/instance/{uid}"]
+                    )
+                ]
             else:
                 out[fmt] = [self(f"{fmt}/instance")]
         return out

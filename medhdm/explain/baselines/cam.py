@@ -118,7 +118,7 @@ class GradCAM(Explainer):
     Args:
         model: a convolutional classifier.
         target_layer: module name, as in ``model.named_modules()``; default found automatically.
-        seed, amp: see :class:`~medhdm.explain.base.Explainer` (no reference image is used).
+        seed, amp, max_batch: see :class:`~medhdm.explain.base.Explainer` (no reference image is used).
     """
 
     name = "GradCAM"
@@ -126,8 +126,16 @@ class GradCAM(Explainer):
     _monai_cls = MonaiGradCAM
     _per_image = False  # MONAI's GradCAM handles a batch with one class index
 
-    def __init__(self, model: nn.Module, *, target_layer: str | None = None, seed: int = 0, amp: bool = False) -> None:
-        super().__init__(model, seed=seed, amp=amp)
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        target_layer: str | None = None,
+        seed: int = 0,
+        amp: bool = False,
+        max_batch: int | None = None,
+    ) -> None:
+        super().__init__(model, seed=seed, amp=amp, max_batch=max_batch)
         if isinstance(model, torch.jit.ScriptModule):
             raise ValueError(  # noqa: TRY004 (a module of the right type that cannot be hooked: a bad value)
                 f"model: {self.name} needs forward hooks, which TorchScript modules do not support; "

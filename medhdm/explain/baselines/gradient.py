@@ -29,7 +29,7 @@ class GradientInput(Explainer):
         smooth_sigma: Gaussian smoothing of the map in voxels; default ``max(S) / 48``; 0 for none.
         n_samples: SmoothGrad samples (1: plain gradient, no noise).
         noise_level: SmoothGrad noise std as a fraction of each image's intensity range.
-        reference, seed, amp: see :class:`~medhdm.explain.base.Explainer`.
+        reference, seed, amp, max_batch: see :class:`~medhdm.explain.base.Explainer`.
     """
 
     name = "GradientInput"
@@ -44,8 +44,9 @@ class GradientInput(Explainer):
         reference: ReferenceSpec = "blur",
         seed: int = 0,
         amp: bool = False,
+        max_batch: int | None = None,
     ) -> None:
-        super().__init__(model, reference=reference, seed=seed, amp=amp)
+        super().__init__(model, reference=reference, seed=seed, amp=amp, max_batch=max_batch)
         if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
             raise ValueError(f"n_samples: expected an int >= 1, got {n_samples!r}")
         if smooth_sigma is not None and smooth_sigma < 0:

@@ -31,7 +31,7 @@ class Occlusion(Explainer):
         overlap: overlap of neighbouring patches in ``[0, 1)``.
         mode: MONAI's fill: ``"gaussian"``, ``"mean_patch"``, ``"mean_img"`` or a float.
         n_batch: patches per forward pass.
-        seed, amp: see :class:`~medhdm.explain.base.Explainer`.
+        seed, amp, max_batch: see :class:`~medhdm.explain.base.Explainer`.
     """
 
     name = "Occlusion"
@@ -47,8 +47,9 @@ class Occlusion(Explainer):
         n_batch: int = 32,
         seed: int = 0,
         amp: bool = False,
+        max_batch: int | None = None,
     ) -> None:
-        super().__init__(model, seed=seed, amp=amp)
+        super().__init__(model, seed=seed, amp=amp, max_batch=max_batch)
         if not 0 <= overlap < 1:
             raise ValueError(f"overlap: expected a value in [0, 1), got {overlap!r}")
         sizes = [mask_size] if isinstance(mask_size, int) or mask_size is None else list(mask_size)

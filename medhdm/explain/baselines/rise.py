@@ -31,7 +31,7 @@ class RISE(Explainer):
         cells: cells of the coarse grid along each axis.
         p_keep: probability that a cell is kept.
         batch_size: composites per forward pass.
-        reference, seed, amp: see :class:`~medhdm.explain.base.Explainer`.
+        reference, seed, amp, max_batch: see :class:`~medhdm.explain.base.Explainer`.
     """
 
     name = "RISE"
@@ -47,8 +47,9 @@ class RISE(Explainer):
         reference: ReferenceSpec = "blur",
         seed: int = 0,
         amp: bool = False,
+        max_batch: int | None = None,
     ) -> None:
-        super().__init__(model, reference=reference, seed=seed, amp=amp)
+        super().__init__(model, reference=reference, seed=seed, amp=amp, max_batch=max_batch)
         if n_masks < 1 or cells < 1 or batch_size < 1:
             raise ValueError("n_masks, cells and batch_size: expected positive ints")
         if not 0 < p_keep < 1:
