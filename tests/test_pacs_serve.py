@@ -149,19 +149,23 @@ def test_service_retries_a_failed_push_and_sets_aside_a_bad_study(tmp_path, capl
         calls.append(uid)
         assert (study_dir / f"{uid}.1.dcm").is_file() and work_dir.is_dir() and not any(work_dir.iterdir())
         if uid == "1.2.4":
-            raise ValueError("no image series in the study")
+            raise ValueError("no image series in the study of Doe^Jane")
         if calls.count(uid) == 1:
             raise ArchiveError("DICOMweb http://127.0.0.1:9/dicom-web: connection refused")
         return None
 
     settings = ServeSettings(spool=spool.root, calling_aets=("SCANNER",), stable_seconds=0.0, retry_seconds=0.2)
-    service = Service(spool, process, settings)
+    redactor = Redactor()
+    redactor.add("Doe^Jane")
+    service = Service(spool, process, settings, redact=redactor.redact)
     deadline = time.monotonic() + 10
     while spool.pending_studies() or spool.stable_studies(0.0):
         service.step() or time.sleep(0.05)
         assert time.monotonic() < deadline, calls
     assert calls == ["1.2.3", "1.2.4", "1.2.3"]
-    assert (spool.quarantine / "1.2.4" / "reason.txt").read_text() == "ValueError: no image series in the study\n"
+    reason = f"ValueError: no image series in the study of {REDACTED}"
+    assert (spool.quarantine / "1.2.4" / "reason.txt").read_text() == reason + "\n"
+    assert "Doe" not in spool.journal.path.read_text()
     assert [(r["event"], r["study"]) for r in spool.journal.records()] == [
         ("started", "1.2.3"),
         ("retry", "1.2.3"),

@@ -117,6 +117,8 @@ class Service:
         process: explains and pushes one claimed study (:data:`ProcessStudy`).
         settings: timings (``stable_seconds``, ``poll_seconds``, ``retry_seconds``, ``max_attempts``).
         is_transient: which failures are retried instead of set aside (default: push / connection errors).
+        redact: applied to a failure's reason before it is journaled or written to ``reason.txt``
+            (:meth:`medhdm.pacs.redact.Redactor.redact`, so no patient name or ID lands there).
     """
 
     def __init__(
@@ -125,11 +127,13 @@ class Service:
         process: ProcessStudy,
         settings: ServeSettings,
         is_transient: Callable[[BaseException], bool] = _is_transient,
+        redact: Callable[[str], str] = str,
     ) -> None:
         self.spool = spool
         self.process = process
         self.settings = settings
         self.is_transient = is_transient
+        self.redact = redact
         self.stop_event = threading.Event()
         self.busy: str | None = None  # the study in progress
         self._retry_at: dict[str, float] = {}
@@ -215,7 +219,7 @@ class Service:
         logger.info("study %s: %s in %.1f s; %d derived instance(s), %d pushed", uid, status, seconds, derived, pushed)
 
     def _failed(self, uid: str, mark: str, error: BaseException, attempt: int) -> None:
-        reason = _one_line(error)
+        reason = self.redact(_one_line(error))
         if self.is_transient(error) and attempt < self.settings.max_attempts:
             delay = self.settings.retry_seconds * 2 ** (attempt - 1)
             self._retry_at[uid] = time.monotonic() + delay
@@ -283,7 +287,7 @@ def run_service(settings: ServeSettings, process: ProcessStudy, redactor: Redact
         removed = spool.remove_stale_temporaries()
         if removed:
             logger.info("removed %d partial file(s) left by an earlier run", removed)
-        service = Service(spool, process, settings)
+        service = Service(spool, process, settings, redact=redactor.redact if redactor is not None else str)
 
         def on_signal(signum: int, frame: object) -> None:
             logger.info("stopping (%s)", signal.Signals(signum).name)
