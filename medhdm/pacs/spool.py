@@ -250,7 +250,7 @@ class Spool:
             for path in _instances(source):
                 os.replace(path, target / path.name)
             _fsync_dir(target)
-            remove_stale_temporaries(source) if source.is_dir() else None
+            # (no temporaries here: store() writes under the same lock; a killed run's were removed at start)
             if source.is_dir() and not any(source.iterdir()):
                 source.rmdir()
                 _fsync_dir(self.incoming)
