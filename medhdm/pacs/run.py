@@ -81,7 +81,10 @@ class StudyOutcome:
         if self.status == "failed":
             return f"study {self.study_uid}: failed: {self.error}"
         if self.status == "skipped":
-            return f"study {self.study_uid}: skipped (the archive holds all derived instances)"
+            return (
+                f"study {self.study_uid}: skipped (the archive holds all derived instances; "
+                f"checked in {sum(t.values()):.2f} s)"
+            )
         classes = ", ".join(
             f"class {r['class_idx']} (p={r['score']:.3f})"
             + (
