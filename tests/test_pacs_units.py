@@ -98,9 +98,11 @@ def test_structured_report_is_valid_and_reads_back(study2d, model2d, tmp_path):
     assert values["class_meaning"] == ["no lesion", "lesion"][result["class_idx"]]
     assert values["probability"] == pytest.approx(result["score"])
     # the study's folder holds its lesion SEG: the SR carries the scores against it
-    assert set(values["scores"]) == {"pointing_game", "auroc", "lesion_hit_rate", "energy_in_lesion"}
+    localisation = {"pointing_game", "auroc", "lesion_hit_rate", "energy_in_lesion"}
+    assert set(values["scores"]) == localisation | {"deletion_auc", "insertion_auc"}
     assert values["scores"] == pytest.approx(result["scores"])
     assert 0 <= values["scores"]["auroc"] <= 1 and values["scores"]["pointing_game"] in (0.0, 1.0)
+    assert 0 <= values["scores"]["deletion_auc"] <= 1 and 0 <= values["scores"]["insertion_auc"] <= 1
     assert values["segment"] == seg_uid
     assert values["sources"] == [_uids(study2d["files"][0])[1]]
     tool = shutil.which("dciodvfy")

@@ -39,6 +39,7 @@ __all__ = [
     "StudyOutcome",
     "explain_archive_studies",
     "explain_local_study",
+    "faithfulness_scores",
     "lesion_scores",
     "pacs_configuration",
     "parse_formats",
@@ -80,7 +81,10 @@ class StudyOutcome:
         if self.status == "failed":
             return f"study {self.study_uid}: failed: {self.error}"
         if self.status == "skipped":
-            return f"study {self.study_uid}: skipped (the archive holds all derived instances)"
+            return (
+                f"study {self.study_uid}: skipped (the archive holds all derived instances; "
+                f"checked in {sum(t.values()):.2f} s)"
+            )
         classes = ", ".join(
             f"class {r['class_idx']} (p={r['score']:.3f})"
             + (
@@ -273,6 +277,40 @@ def _series_folder(work: Path, series_uid: str, items: Sequence[tuple[Path, pydi
     return folder
 
 
+def faithfulness_scores(
+    source: Path,
+    map_path: Path,
+    explainer: Explainer,
+    spec: InputSpec,
+    class_idx: int,
+    slices: SliceSelection | str | None = None,
+    n_steps: int = 32,
+) -> dict[str, float]:
+    """Deletion and insertion AUC of the saved map for ``class_idx`` (the model's view, as ``medhdm evaluate``).
+
+    The map (NIfTI on the source grid) is brought to the classifier's grid by the image's
+    own layout and resize steps (:func:`~medhdm.pipeline.map_to_classifier_grid`); with
+    ``slices``, the mean over the explained slices.
+    """
+    import nibabel as nib
+    import numpy as np
+
+    from ..metrics.faithfulness import deletion_curve
+    from ..pipeline import classify_image, load_image, map_to_classifier_grid
+
+    image = load_image(source)
+    x, cls, _, chosen = classify_image(image, explainer.model, spec, class_idx, slices)
+    saliency = np.asarray(nib.load(map_path).dataobj, dtype=np.float32).reshape(tuple(image.shape[1:]))
+    on_grid = map_to_classifier_grid(saliency, image, spec, by_slice=slices is not None)
+    on_grid = (on_grid[list(chosen)] if chosen is not None else on_grid).to(x.device)
+    reference = getattr(explainer, "reference", "blur")
+    out = {}
+    for mode in ("deletion", "insertion"):
+        curve = deletion_curve(explainer.model, x, on_grid, cls, mode=mode, n_steps=n_steps, reference=reference)
+        out[f"{mode}_auc"] = float(np.trapezoid(curve.mean(axis=0), np.linspace(0, 1, curve.shape[1])))
+    return out
+
+
 def _explain_series(
     work: Path,
     series_uid: str,
@@ -307,6 +345,8 @@ def _explain_series(
     export_dir = Path(row["export"]) if exports else work / f"{series_uid}_dicom"
     derived = sorted(export_dir.glob("*.dcm")) if exports else []
     scores = lesion_scores(source, Path(row["map"]), annotations)
+    if scores is not None:  # an annotated study: the map's faithfulness to the model beside its localisation
+        scores.update(faithfulness_scores(source, Path(row["map"]), explainer, spec, int(row["class_idx"]), slices))
     if "sr" in formats:
         from .sr import write_structured_report
 

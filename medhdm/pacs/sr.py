@@ -16,7 +16,7 @@ Content tree (highdicom builds and validates it)::
               classifier input (JSON)
           Explained class (qualitative evaluation, 99MEDHDM code "class<k>")
           Probability (DCM 122157) of the explained class, UCUM "1"
-          Localisation / faithfulness scores (99MEDHDM codes)                      [when given]
+          Localisation and faithfulness (deletion/insertion AUC) scores (99MEDHDM)  [when given]
 
 The evidence (Current Requested Procedure Evidence) lists the source images and the SEG.
 :func:`read_structured_report` reads the values back with highdicom.
