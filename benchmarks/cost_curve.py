@@ -1,0 +1,150 @@
+"""Quality against cost: HDM at several budgets and the baselines, by images sent through the model per explanation.
+
+    python benchmarks/cost_curve.py [--cases 24] [--seeds 4242,9999] [--steps 3,5,10,20,40] [--threads 1]
+
+For each seed's held-out 96 x 96 cases (1-3 lesions, shipped 2D DenseNet, class "lesion"):
+HDM with ``steps`` optimiser steps per mask phase (20 is the default), RISE with 250, 500
+and 1000 masks (1000 is the default), and the one-budget baselines (Gradient x Input,
+Occlusion, Grad-CAM, MDM and NeuroMask at their defaults). Quality: pointing game,
+pixel AUROC, lesions hit in 2-3-lesion cases, and faithfulness on the model's grid:
+the deletion curve sampled at log-spaced shares of the voxels
+(:func:`medhdm.metrics.faithfulness.log_fractions`, 0.1 % to 100 %) read as the share of
+voxels whose deletion removes half of the evidence (``deletion_half``, lower is better)
+and the area under that curve over the log-spaced grid (``deletion_auc_log``, lower is
+better). Cost: images through the model per explanation (counted by a hook on the model,
+so MONAI's internal batches count), and seconds per image (on the
+given number of torch threads; only ratios inside one run compare).
+Prints one table per seed, writes ``benchmarks/results/cost_curve.json`` and the plot
+``benchmarks/results/cost_curve.png`` (quality against images, log scale).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+import warnings
+
+import numpy as np
+import torch
+from common import RESULTS, held_out_cases, write_json
+
+from medhdm import HDM, MDM, RISE, GradCAM, GradientInput, NeuroMask, Occlusion
+from medhdm.evaluation import compare_methods, format_table, summarise
+from medhdm.metrics.faithfulness import deletion_curve, half_evidence_fraction, log_fractions
+from medhdm.models import load_default_classifier
+
+QUALITY = ("pointing_game", "auroc", "lesion_hit_rate_multi", "deletion_half", "deletion_auc_log")
+
+
+def methods_at_budgets(model, steps: list[int]) -> dict:
+    """Display name -> explainer: HDM per step count, RISE per mask count, the rest at their defaults."""
+    methods = {f"HDM steps={s}": HDM(model).set_steps(s) for s in steps}
+    methods.update({f"RISE masks={n}": RISE(model, n_masks=n) for n in (250, 500, 1000)})
+    methods.update(
+        {
+            "GradientInput": GradientInput(model),
+            "Occlusion": Occlusion(model),
+            "GradCAM": GradCAM(model),
+            "MDM": MDM(model),
+            "NeuroMask": NeuroMask(model),
+        }
+    )
+    return methods
+
+
+def add_faithfulness(rows: list[dict], maps: dict, model, x: torch.Tensor) -> None:
+    """``deletion_half`` and ``deletion_auc_log`` per row, from the deletion curve on log-spaced shares."""
+    grid = log_fractions()
+    reference = HDM(model).reference  # every method's maps deleted towards the same (blurred) image
+    for name, saliency in maps.items():
+        half = half_evidence_fraction(model, x, saliency, 1, "deletion", reference=reference, fractions=grid)
+        curves = deletion_curve(model, x, saliency, 1, mode="deletion", reference=reference, fractions=grid)
+        log_share = np.log10(grid[1:])  # the area over log10(share), 0.1 % to 100 %, scaled to [0, 1]
+        auc = [float(np.trapezoid(c[1:], log_share) / np.ptp(log_share)) for c in curves]
+        for row in rows:
+            if row["method"] == name:
+                row["deletion_half"], row["deletion_auc_log"] = float(half[row["case"]]), auc[row["case"]]
+
+
+def plot(summaries: dict, path) -> None:
+    """Quality (one panel per metric) against images per explanation, one line per seed and method family."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(QUALITY), figsize=(4 * len(QUALITY), 3.6))
+    for seed, summary in summaries.items():
+        for family, marker in (("HDM", "o-"), ("RISE", "s-")):
+            names = [n for n in summary if n.startswith(family + " ")]
+            names.sort(key=lambda n: summary[n]["images"])
+            for ax, key in zip(axes, QUALITY):
+                ax.plot(
+                    [summary[n]["images"] for n in names],
+                    [summary[n][key] for n in names],
+                    marker,
+                    label=f"{family} {seed}",
+                )
+        for name, entry in summary.items():
+            if " " in name and name.split(" ")[0] in ("HDM", "RISE"):
+                continue
+            for ax, key in zip(axes, QUALITY):
+                ax.plot(entry["images"], entry[key], "x")
+                ax.annotate(name, (entry["images"], entry[key]), fontsize=6)
+    for ax, key in zip(axes, QUALITY):
+        ax.set_xscale("log")
+        ax.set_xlabel("images through the model per explanation")
+        ax.set_title(key, fontsize=9)
+    axes[0].legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cases", type=int, default=24)
+    parser.add_argument("--seeds", default="4242,9999")
+    parser.add_argument("--steps", default="3,5,10,20,40", help="HDM optimiser steps per mask phase")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--batch-size", type=int, default=24)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    warnings.filterwarnings("ignore")
+    model = load_default_classifier()
+    steps = [int(s) for s in args.steps.split(",")]
+    out, summaries = {"cases": args.cases, "threads": args.threads, "seeds": {}}, {}
+    start = time.perf_counter()
+    for seed in (int(s) for s in args.seeds.split(",")):
+        x, lesions, _ = held_out_cases(args.cases, seed=seed)
+        methods, maps, rows = methods_at_budgets(model, steps), {}, []
+        for name, explainer in methods.items():
+            counted = []  # every image the model sees (MONAI's occlusion batches past the scorer's count)
+            hook = model.register_forward_pre_hook(lambda _m, a, counted=counted: counted.append(a[0].shape[0]))
+            try:
+                method_rows = compare_methods(
+                    {name: explainer}, x, lesions, class_idx=1, batch_size=args.batch_size, maps=maps
+                )
+            finally:
+                hook.remove()
+            for row in method_rows:
+                row["images"] = sum(counted) / args.cases
+            rows += method_rows
+            print(f"  seed {seed}: {name} done ({time.perf_counter() - start:.0f} s)", flush=True)
+        add_faithfulness(rows, maps, model, x)
+        summary_rows = summarise(rows, [*QUALITY, "images", "seconds"])
+        summary = {}
+        for r in summary_rows:
+            summary.setdefault(r["method"], {})[r["metric"]] = r["mean"]
+        summaries[seed] = summary
+        out["seeds"][str(seed)] = {"summary": summary_rows, "rows": rows}
+        print(f"\nseed {seed}: {args.cases} cases, {args.threads} torch thread(s); mean [95% bootstrap CI]\n")
+        columns = [*QUALITY, "images", "seconds"]
+        digits = {"auroc": 3, "images": 0, "seconds": 3, "deletion_half": 4, "deletion_auc_log": 3}
+        print(format_table(summary_rows, columns, ci=list(QUALITY), digits={k: digits.get(k, 2) for k in columns}))
+    write_json(RESULTS / "cost_curve.json", out)
+    plot(summaries, RESULTS / "cost_curve.png")
+    print(f"\nwrote {RESULTS / 'cost_curve.json'} and cost_curve.png ({time.perf_counter() - start:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()
