@@ -2,6 +2,8 @@
 
     python benchmarks/quality_files.py --dims 2 --cases 24
     python benchmarks/quality_files.py --dims 3 --cases 8
+    python benchmarks/quality_files.py --dims 3 --cases 24 --hdm-steps 5 \
+        --methods "HDM,HDM steps=5,GradientInput,Occlusion"
 
 Writes lesion cases (1-3 lesions each, seeded) as DICOM studies with NIfTI masks, explains
 each with every method through MONAI loading, the invertible preprocessing and the map
@@ -40,9 +42,10 @@ METRICS = (
 )
 
 
-def methods_for(model, dims: int) -> dict:
+def methods_for(model, dims: int, hdm_steps: tuple[int, ...] = ()) -> dict:
     methods = {
         "HDM": HDM(model),
+        **{f"HDM steps={s}": HDM(model).set_steps(s) for s in hdm_steps},
         "GradientInput": GradientInput(model),
         "Occlusion": Occlusion(model),
         "RISE": RISE(model, n_masks=1000),
@@ -63,12 +66,13 @@ def main() -> None:
         help="comma-separated subset, e.g. HDM (default: all); the JSON is then named after them",
     )
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--hdm-steps", default="", help="also HDM at these optimiser steps per phase, e.g. 5,10")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")
     model = load_default_classifier(DEFAULT_2D if args.dims == 2 else DEFAULT_3D)
     spec = InputSpec(tuple(model.medhdm_card["recipe"]["spatial_size"]), intensity_range=LESIONBENCH_INTENSITY_RANGE)
-    methods = methods_for(model, args.dims)
+    methods = methods_for(model, args.dims, tuple(int(s) for s in args.hdm_steps.split(",") if s))
     if args.methods:
         wanted = args.methods.split(",")
         unknown = sorted(set(wanted) - set(methods))
