@@ -1,6 +1,6 @@
 """Speed benchmark: time per explanation for each method, and HDM against its floor.
 
-    python benchmarks/speed.py [--device cpu|cuda] [--batch 8] [--repeats 2]
+    python benchmarks/speed.py [--device cpu|cuda] [--amp] [--batch 8] [--repeats 2] [--threads 2]
 
 For each method: seconds per image when explaining a batch of held-out 96x96 cases
 with the shipped DenseNet. For HDM also the *floor*: a bare loop that replays HDM's
@@ -40,13 +40,15 @@ def record_batches(model, run) -> list[tuple[int, ...]]:
     return shapes
 
 
-def bare_loop(model, shapes, device) -> float:
+def bare_loop(model, shapes, device, amp: bool = False) -> float:
     """Seconds for one forward+backward pass per recorded input shape, parameters frozen."""
     inputs = [torch.rand(s, device=device, requires_grad=True) for s in shapes]
     _sync(device)
     start = time.perf_counter()
     for x in inputs:
-        model(x).sum().backward()
+        with torch.autocast(device.type, enabled=amp and device.type == "cuda"):
+            out = model(x)
+        out.float().sum().backward()
     _sync(device)
     return time.perf_counter() - start
 
@@ -56,24 +58,34 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=2, help="timed repeats (the best is kept)")
+    parser.add_argument("--amp", action="store_true", help="forward passes under torch.autocast (CUDA only)")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     args = parser.parse_args()
     device = torch.device(args.device)
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore", category=UserWarning)
     model = load_default_classifier(device=device)
     model.requires_grad_(False)  # as every explainer runs it; the floor then does the same work
     x, _, _ = held_out_cases(args.batch)
     x = x.to(device)
-    results = {"device": str(device), "batch": args.batch, "input": list(x.shape), "methods": {}}
+    results = {
+        "device": str(device),
+        "amp": args.amp,
+        "threads": args.threads,
+        "batch": args.batch,
+        "input": list(x.shape),
+        "methods": {},
+    }
     if device.type == "cuda":
         results["gpu"] = torch.cuda.get_device_name(device)
-    print(f"device {device}, batch {args.batch} x {tuple(x.shape[1:])}, shipped DenseNet\n")
+    print(f"device {device}, amp {args.amp}, {args.threads} threads, batch {args.batch} x {tuple(x.shape[1:])}\n")
     print(
         "| method | s / image | forward passes / call | backward passes / call | images through the model / call "
         "| images / explanation |"
     )
     print("| --- | --- | --- | --- | --- | --- |")
     for name, explainer in default_methods(model).items():
+        explainer.amp = args.amp
         explainer.explain(x[:1], 1)  # warm-up
         best, result = float("inf"), None
         for _ in range(args.repeats):
@@ -91,7 +103,7 @@ def main() -> None:
         }
         if name == "HDM":
             shapes = record_batches(model, lambda explainer=explainer: explainer.explain(x, 1))
-            floor = min(bare_loop(model, shapes, device) for _ in range(args.repeats))
+            floor = min(bare_loop(model, shapes, device, args.amp) for _ in range(args.repeats))
             entry.update(
                 {
                     "floor_seconds": floor,
@@ -112,8 +124,9 @@ def main() -> None:
         f"{hdm['floor_passes']} forward+backward passes (mean batch {hdm['floor_mean_batch']:.1f}): "
         f"{hdm['floor_seconds']:.2f} s; ratio {hdm['ratio_to_floor']:.2f}"
     )
-    write_json(RESULTS / f"speed_{device.type}.json", results)
-    print(f"wrote {RESULTS / f'speed_{device.type}.json'}")
+    name = f"speed_{device.type}{'_amp' if args.amp else ''}.json"
+    write_json(RESULTS / name, results)
+    print(f"wrote {RESULTS / name}")
 
 
 if __name__ == "__main__":
