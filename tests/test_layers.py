@@ -23,6 +23,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("evaluation",),
     ("report", "export"),
     ("study",),
+    ("cohort", "pacs"),
     ("demo",),
     ("cli",),
 ]
