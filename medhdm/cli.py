@@ -409,7 +409,8 @@ def _add_evaluate_command(sub) -> None:
         action="append",
         metavar="NAME=DIR",
         help="also score maps made elsewhere "
-        "(repeatable): DIR holds <case id>.nii.gz or <case id>_saliency.nii.gz on the image grid, or "
+        "(repeatable): DIR holds <case id>.nii.gz, <case id>_saliency.nii.gz or <case id>/<case id>_saliency.nii.gz "
+        "(an explain --out) on the image grid, or "
         "<case id>.npy in MONAI/NIfTI order (column, row[, slice]); values in [0, 1]",
     )
     _add_model_options(ev)

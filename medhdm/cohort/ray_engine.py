@@ -6,7 +6,9 @@ starts a local cluster on this machine (``ray.init(num_cpus=<cores>)``, no dashb
 installed on its nodes and ``--out`` and the images must be on a file system they share).
 
 Each actor sets its torch threads to its share of the cores (the cluster's CPUs divided
-by the number of workers, at least 1, at most one node's CPUs) and reserves that many
+by the number of workers, at least 1, at most one node's CPUs; ``MEDHDM_THREADS``, when set
+in the driver's environment, caps it: on cores shared with other work, two threads per
+process stall at every operator, so a shared machine wants 1) and reserves that many
 CPUs and ``gpus_per_worker`` GPUs (fractions let several actors share one GPU). Each actor
 has one batch in flight; when an actor dies (killed, node lost), its batch is sent again
 to a new actor, which skips the cases the dead one completed (their records exist), so
@@ -93,7 +95,9 @@ class RayEngine:
         self.threads = 1
 
     def start(self) -> None:
-        """Join or start the cluster and start the actors."""
+        """Join or start the cluster and start the actors (nothing when they already run)."""
+        if self.actors:
+            return
         ray = self.ray
         if not ray.is_initialized():
             if self.address:
@@ -104,8 +108,14 @@ class RayEngine:
         total = int(ray.cluster_resources().get("CPU", 1))
         per_node = max((int(n["Resources"].get("CPU", 0)) for n in ray.nodes() if n.get("Alive")), default=1)
         self.threads = max(1, min(total // self.workers, per_node))
+        if os.environ.get("MEDHDM_THREADS"):
+            self.threads = max(1, min(self.threads, int(os.environ["MEDHDM_THREADS"])))
         self.actor_class = ray.remote(_CohortActor)
         self.actors = [self._new_actor() for _ in range(self.workers)]
+
+    def ready(self) -> list[int]:
+        """Wait until every actor has built its runner; their torch thread counts."""
+        return self.ray.get([actor.threads.remote() for actor in self.actors])
 
     def _new_actor(self):
         return self.actor_class.options(num_cpus=self.threads, num_gpus=self.gpus_per_worker, max_restarts=0).remote(

@@ -98,6 +98,9 @@ def run_cohort(
         raise ValueError("cases: nothing to run")
     _check_ids(entries)
     out = Path(out)
+    # absolute paths: a Ray worker does not share the driver's working folder
+    entries = [{**e, **{k: os.path.abspath(e[k]) for k in ("image", "lesion") if k in e}} for e in entries]
+    where = Path(os.path.abspath(out))
     result = CohortResult()
     with LockedFolder(out, what="--out"):
         remove_stale_temporaries(out)
@@ -125,7 +128,7 @@ def run_cohort(
         try:
             if todo:
                 engine.start()
-                for outcomes in engine.map(chunks(todo, batch_size), out):
+                for outcomes in engine.map(chunks(todo, batch_size), where):
                     for o in outcomes:
                         if o["status"] == "failed":
                             image = str(by_id[o["case"]]["image"])
