@@ -206,7 +206,7 @@ def _evaluate(args: argparse.Namespace) -> None:
         raise ValueError(f"{args.manifest}: cases without a 'lesion' annotation cannot be scored: {', '.join(missing)}")
     check_output_folder(args.out, [StudyCase(Path(e["image"]), e["id"]) for e in entries])
     options = _engine_options(args)
-    recipe, _, spec = _model_and_spec(args)
+    recipe, model, spec = _model_and_spec(args)
     evaluation = EvaluateRecipe(
         recipe,
         spec,
@@ -217,7 +217,7 @@ def _evaluate(args: argparse.Namespace) -> None:
         slices=_slices(args),
     )
     _, rows = evaluate_cohort(
-        entries, evaluation, args.out, title=f"medhdm evaluation: {Path(args.manifest).name}", **options
+        entries, evaluation, args.out, title=f"medhdm evaluation: {Path(args.manifest).name}", model=model, **options
     )
     print(format_table(summarise(rows, ["pointing_game", "auroc", "lesion_hit_rate"])))
     print(f"report: {Path(args.out) / 'report.html'}")
@@ -259,7 +259,7 @@ def _explain(args: argparse.Namespace) -> None:
             raise ValueError(f"--export: {not_dicom[0]['image']} is not DICOM; DICOM export needs DICOM sources")
     check_output_folder(args.out, [StudyCase(Path(e["image"]), e["id"]) for e in entries])
     options = _engine_options(args)
-    recipe, _, spec = _model_and_spec(args)
+    recipe, model, spec = _model_and_spec(args)
     explain = ExplainRecipe(
         recipe,
         spec,
@@ -269,7 +269,7 @@ def _explain(args: argparse.Namespace) -> None:
         tuple(formats),
         _slices(args),
     )
-    result = explain_cohort(entries, explain, args.out, **options)
+    result = explain_cohort(entries, explain, args.out, model=model, **options)
     print(
         f"{len(result.done)} cases explained, {len(result.skipped)} already complete; "
         f"maps (one folder per case) and explanations.csv in {Path(args.out)}"

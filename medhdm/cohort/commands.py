@@ -24,21 +24,22 @@ def make_engine(
     gpus_per_worker: float = 0.0,
     address: str | None = None,
     log: Callable[[str], None] | None = None,
+    model=None,
 ):
     """The engine named ``engine`` (``local`` or ``ray``) for ``recipe``, and the configuration hash.
 
     The local engine builds the runner (model, explainers) here, once; the Ray engine builds it
     here on the CPU for the configuration only (the weights hash does not depend on the device)
-    and once in each actor.
+    and once in each actor. ``model``: the classifier already loaded from ``recipe.model`` (local engine).
     """
     if engine == "local":
-        runner = recipe.build()
+        runner = recipe.build(model=model)
         return LocalEngine(runner), runner.key
     if engine == "ray":
         from .ray_engine import RayEngine, import_ray
 
         import_ray()  # a clear error before the model is loaded
-        key = recipe.build(device="cpu").key
+        key = recipe.build(device="cpu", model=model if recipe.model.device == "cpu" else None).key
         return RayEngine(recipe, key, workers, gpus_per_worker, address, log), key
     raise ValueError(f"--engine: expected local or ray, got {engine!r}")
 
@@ -57,13 +58,15 @@ def explain_cohort(
     on_batch: Callable[[list[dict]], None] | None = None,
     progress: bool = True,
     engine_object=None,
+    model=None,
 ) -> CohortResult:
     """Explain ``entries`` (``{"id", "image", "class_idx"?}``) into ``out/<id>/``, with ``out/explanations.csv``.
 
-    ``engine_object``: an engine built by :func:`make_engine` (tests hold it to kill a worker).
+    ``engine_object``: an engine built by :func:`make_engine` (tests hold it to kill a worker);
+    ``model``: the classifier already loaded from ``recipe.model`` (the local engine uses it).
     """
     if engine_object is None:
-        engine_object, key = make_engine(recipe, engine, workers, gpus_per_worker, address, log)
+        engine_object, key = make_engine(recipe, engine, workers, gpus_per_worker, address, log, model)
     else:
         key = engine_object.key if hasattr(engine_object, "key") else engine_object.runner.key
 
@@ -88,6 +91,7 @@ def evaluate_cohort(
     on_batch: Callable[[list[dict]], None] | None = None,
     progress: bool = True,
     engine_object=None,
+    model=None,
 ) -> tuple[CohortResult, list[dict]]:
     """Evaluate ``entries`` (manifest entries with lesions) per case into ``out/<id>/``, then the report
     (``report.html``, ``per_case.csv``, ``summary.csv/json``) over the complete cases; returns the rows too."""
@@ -95,7 +99,7 @@ def evaluate_cohort(
     from ..report import write_report
 
     if engine_object is None:
-        engine_object, key = make_engine(recipe, engine, workers, gpus_per_worker, address, log)
+        engine_object, key = make_engine(recipe, engine, workers, gpus_per_worker, address, log, model)
     else:
         key = engine_object.key if hasattr(engine_object, "key") else engine_object.runner.key
     rows: list[dict] = []

@@ -94,18 +94,19 @@ class ExplainRecipe:
     export: tuple[str, ...] = ()
     slices: SliceSelection | None = None
 
-    def build(self, device: str | None = None) -> ExplainRunner:
-        return ExplainRunner(self, device)
+    def build(self, device: str | None = None, model=None) -> ExplainRunner:
+        """The runner (``model``: the classifier already loaded by this recipe, to skip loading it again)."""
+        return ExplainRunner(self, device, model)
 
 
 class ExplainRunner(CaseRunner):
     """Explains cases with :func:`medhdm.study.explain_study_batch` (the one explain path)."""
 
-    def __init__(self, recipe: ExplainRecipe, device: str | None = None) -> None:
+    def __init__(self, recipe: ExplainRecipe, device: str | None = None, model=None) -> None:
         from ..explain.registry import make_explainer
 
         self.recipe = recipe
-        self.model = recipe.model.load(device)
+        self.model = model if model is not None else recipe.model.load(device)
         self.explainer = make_explainer(recipe.method, self.model, steps=recipe.steps, **recipe.method_args)
         extra = {"task": "explain", "input": _spec_record(recipe.spec, recipe.slices), "export": list(recipe.export)}
         self.configuration = run_configuration(self.model, self.explainer, recipe.model.model, extra)
@@ -147,18 +148,19 @@ class EvaluateRecipe:
     n_steps: int = 64
     slices: SliceSelection | None = None
 
-    def build(self, device: str | None = None) -> EvaluateRunner:
-        return EvaluateRunner(self, device)
+    def build(self, device: str | None = None, model=None) -> EvaluateRunner:
+        """The runner (``model``: the classifier already loaded by this recipe, to skip loading it again)."""
+        return EvaluateRunner(self, device, model)
 
 
 class EvaluateRunner(CaseRunner):
     """Evaluates cases with :func:`medhdm.evaluation.evaluate_cases`; each case keeps its rows, curves and maps."""
 
-    def __init__(self, recipe: EvaluateRecipe, device: str | None = None) -> None:
+    def __init__(self, recipe: EvaluateRecipe, device: str | None = None, model=None) -> None:
         from ..explain.registry import is_mask_method, make_explainer
 
         self.recipe = recipe
-        self.model = recipe.model.load(device)
+        self.model = model if model is not None else recipe.model.load(device)
         self.methods = {
             name: make_explainer(name, self.model, steps=recipe.steps if is_mask_method(name) else None)
             for name in recipe.methods
