@@ -128,7 +128,8 @@ def _model_and_spec(args: argparse.Namespace):
     from .pipeline import InputSpec
 
     recipe = ModelRecipe(args.model, args.weights, _parse_json(args.model_args, "--model-args"), args.device)
-    model = recipe.load()
+    # with --engine ray the workers load it on --device; here it only gives the input size and configuration
+    model = recipe.load("cpu" if getattr(args, "engine", "local") == "ray" else None)
     size = None
     if args.spatial_size:
         try:
@@ -154,6 +155,14 @@ def _engine_options(args: argparse.Namespace) -> dict:
     """The cohort options (--engine, --workers, --gpus-per-worker, --address, --batch-size) as keyword arguments."""
     if args.engine == "local" and (args.address or args.workers is not None or args.gpus_per_worker):
         raise ValueError("--workers, --gpus-per-worker and --address: only with --engine ray")
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size: expected at least 1, got {args.batch_size}")
+    if args.workers is not None and args.workers < 1:
+        raise ValueError(f"--workers: expected at least 1, got {args.workers}")
+    if args.gpus_per_worker < 0:
+        raise ValueError(f"--gpus-per-worker: expected 0 or more, got {args.gpus_per_worker}")
+    if args.engine == "ray" and args.device.startswith("cuda") and not args.gpus_per_worker:
+        raise ValueError(f"--device {args.device} with --engine ray: give --gpus-per-worker (1, or 0.5 to share a GPU)")
     return {
         "engine": args.engine,
         "batch_size": args.batch_size,
@@ -503,7 +512,8 @@ BAD_INPUT = (
 )
 
 
-def _check_device(name: str) -> None:
+def _check_device(name: str, here: bool = True) -> None:
+    """``name`` is cpu or cuda[:N]; with ``here``, a CUDA device must exist on this machine."""
     import torch
 
     try:
@@ -512,6 +522,8 @@ def _check_device(name: str) -> None:
         raise ValueError(f"--device: expected cpu or cuda (cuda:N), got {name!r}") from None
     if device.type not in ("cpu", "cuda"):
         raise ValueError(f"--device: expected cpu or cuda (cuda:N), got {name!r}")
+    if not here:  # --engine ray: the workers' machines have the GPUs, not necessarily this one
+        return
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device: {name} asked for, but no CUDA device is available here")
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
@@ -533,7 +545,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(max(1, min(int(os.environ.get("MEDHDM_THREADS", "2")), os.cpu_count() or 1)))
     try:
         if getattr(args, "device", None) is not None:
-            _check_device(args.device)
+            _check_device(args.device, here=getattr(args, "engine", "local") != "ray")
         args.func(args)
     except Exception as err:  # noqa: BLE001 (every error ends as one line and an exit status)
         if args.debug:

@@ -117,3 +117,20 @@ def test_cohort_failed_names_the_first_failure():
     failures = [{"case": "b", "image": "b.dcm", "index": 2, "error": "bad", "error_type": "ValueError", "bad_input": 1}]
     err = CohortFailed(failures, 3, Path("out"))
     assert err.bad_input and "1 of 3 cases failed" in str(err) and "case 2 (b, b.dcm) failed: bad" in str(err)
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--workers", "3"], "only with --engine ray"),
+        (["--batch-size", "0"], "--batch-size: expected at least 1"),
+        (["--engine", "ray", "--workers", "0"], "--workers: expected at least 1"),
+        (["--engine", "ray", "--device", "cuda"], "give --gpus-per-worker"),
+    ],
+)
+def test_bad_cohort_options_are_refused_before_any_work(manifest, tmp_path, capsys, extra, message):
+    out = tmp_path / "out"
+    rc = main(["explain", "--manifest", str(manifest), "--method", "gxi", "--out", str(out), *extra])
+    err = capsys.readouterr().err
+    assert rc == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    assert not out.exists()

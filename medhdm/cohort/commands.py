@@ -39,7 +39,7 @@ def make_engine(
         from .ray_engine import RayEngine, import_ray
 
         import_ray()  # a clear error before the model is loaded
-        key = recipe.build(device="cpu", model=model if recipe.model.device == "cpu" else None).key
+        key = recipe.build(device="cpu", model=model).key  # the weights hash does not depend on the device
         return RayEngine(recipe, key, workers, gpus_per_worker, address, log), key
     raise ValueError(f"--engine: expected local or ray, got {engine!r}")
 
