@@ -123,13 +123,13 @@ def _bench_data(args: argparse.Namespace) -> None:
 
 
 def _model_and_spec(args: argparse.Namespace):
-    """The classifier and its input spec from the shared model options."""
-    from .models import load_model
+    """The classifier's recipe (:class:`medhdm.cohort.ModelRecipe`), the classifier and its input spec."""
+    from .cohort import ModelRecipe
     from .pipeline import InputSpec
 
-    model = load_model(
-        args.model, weights=args.weights, model_args=_parse_json(args.model_args, "--model-args"), device=args.device
-    )
+    recipe = ModelRecipe(args.model, args.weights, _parse_json(args.model_args, "--model-args"), args.device)
+    # with --engine ray the workers load it on --device; here it only gives the input size and configuration
+    model = recipe.load("cpu" if getattr(args, "engine", "local") == "ray" else None)
     size = None
     if args.spatial_size:
         try:
@@ -147,7 +147,31 @@ def _model_and_spec(args: argparse.Namespace):
             ) from None
         intensity_range = (low, high)
     layout = "monai" if args.axcodes else args.layout
-    return model, InputSpec(spatial_size, layout=layout, axcodes=args.axcodes or "RAS", intensity_range=intensity_range)
+    spec = InputSpec(spatial_size, layout=layout, axcodes=args.axcodes or "RAS", intensity_range=intensity_range)
+    return recipe, model, spec
+
+
+def _engine_options(args: argparse.Namespace) -> dict:
+    """The cohort options (--engine, --workers, --gpus-per-worker, --address, --batch-size) as keyword arguments."""
+    if args.engine == "local" and (args.address or args.workers is not None or args.gpus_per_worker):
+        raise ValueError("--workers, --gpus-per-worker and --address: only with --engine ray")
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size: expected at least 1, got {args.batch_size}")
+    if args.workers is not None and args.workers < 1:
+        raise ValueError(f"--workers: expected at least 1, got {args.workers}")
+    if args.gpus_per_worker < 0:
+        raise ValueError(f"--gpus-per-worker: expected 0 or more, got {args.gpus_per_worker}")
+    if args.engine == "ray" and args.device.startswith("cuda") and not args.gpus_per_worker:
+        raise ValueError(f"--device {args.device} with --engine ray: give --gpus-per-worker (1, or 0.5 to share a GPU)")
+    return {
+        "engine": args.engine,
+        "batch_size": args.batch_size,
+        "workers": args.workers or 2,
+        "gpus_per_worker": args.gpus_per_worker,
+        "address": args.address,
+        "overwrite": args.overwrite,
+        "log": lambda line: print(line, flush=True),
+    }
 
 
 def _slices(args: argparse.Namespace):
@@ -160,10 +184,10 @@ def _slices(args: argparse.Namespace):
 
 
 def _evaluate(args: argparse.Namespace) -> None:
-    from .evaluation import evaluate_manifest, format_table, summarise
-    from .explain.registry import is_mask_method, make_explainer
+    from .cohort import EvaluateRecipe, evaluate_cohort
+    from .evaluation import format_table, summarise
+    from .explain.registry import method_key
     from .io.manifest import load_manifest
-    from .report import write_report
     from .study import StudyCase, check_output_folder
 
     entries = load_manifest(args.manifest)
@@ -175,49 +199,60 @@ def _evaluate(args: argparse.Namespace) -> None:
             raise ValueError(f"--maps: expected NAME=DIR, got {item!r}")
         if name.strip() in maps:
             raise ValueError(f"--maps: the name {name.strip()!r} is given twice")
-        maps[name.strip()] = Path(folder.strip())
+        maps[name.strip()] = folder.strip()
     if not names and not maps:
         raise ValueError("--methods: give at least one method (or --methods '' with --maps)")
+    clash = sorted(set(maps) & set(names))
+    if clash:
+        raise ValueError(f"--maps: names already used by methods: {', '.join(clash)}")
+    for name in names:
+        method_key(name)  # an unknown method fails here, before any work
+    for name, folder in maps.items():
+        if not Path(folder).is_dir():
+            raise FileNotFoundError(f"--maps {name}: {folder}: no such map folder")
     missing = [e["id"] for e in entries if "lesion" not in e]
     if missing:
         raise ValueError(f"{args.manifest}: cases without a 'lesion' annotation cannot be scored: {', '.join(missing)}")
     check_output_folder(args.out, [StudyCase(Path(e["image"]), e["id"]) for e in entries])
-    if (Path(args.out) / "report.html").exists() and not args.overwrite:
-        raise FileExistsError(
-            f"--out: {Path(args.out) / 'report.html'} exists; pass --overwrite to replace the "
-            "report, or choose another folder"
-        )
-    model, spec = _model_and_spec(args)
-    methods = {name: make_explainer(name, model, steps=args.steps if is_mask_method(name) else None) for name in names}
-    rows, figures = evaluate_manifest(
-        entries, methods, spec, faithfulness=not args.no_faithfulness, slices=_slices(args), maps=maps, model=model
+    options = _engine_options(args)
+    recipe, model, spec = _model_and_spec(args)
+    evaluation = EvaluateRecipe(
+        recipe,
+        spec,
+        tuple(names),
+        args.steps,
+        tuple(maps.items()),
+        faithfulness=not args.no_faithfulness,
+        slices=_slices(args),
     )
-    path = write_report(rows, figures, args.out, title=f"medhdm evaluation: {Path(args.manifest).name}")
+    _, rows = evaluate_cohort(
+        entries, evaluation, args.out, title=f"medhdm evaluation: {Path(args.manifest).name}", model=model, **options
+    )
     print(format_table(summarise(rows, ["pointing_game", "auroc", "lesion_hit_rate"])))
-    print(f"report: {path}")
+    print(f"report: {Path(args.out) / 'report.html'}")
 
 
 def _explain(args: argparse.Namespace) -> None:
-    from .explain.registry import make_explainer
+    from .cohort import ExplainRecipe, explain_cohort
     from .io.cases import unique_case_ids
-    from .study import StudyCase, explain_studies
+    from .study import StudyCase, check_output_folder
 
     images = [Path(p) for p in args.image or []]
     for path in images:
         if not path.exists():
             raise FileNotFoundError(f"--image: {path}: no such file or folder")
     ids = unique_case_ids(images) if images else []  # manifest images were checked by load_manifest
-    cases = [StudyCase(path, name, args.class_idx) for path, name in zip(images, ids)]
+    entries = [{"id": name, "image": str(path), "class_idx": args.class_idx} for path, name in zip(images, ids)]
     if args.manifest:
         from .io.manifest import load_manifest
 
-        cases += [
-            StudyCase(Path(e["image"]), e["id"], e.get("class_idx", args.class_idx))
+        entries += [
+            {"id": e["id"], "image": str(e["image"]), "class_idx": e.get("class_idx", args.class_idx)}
             for e in load_manifest(args.manifest)
         ]
-    if not cases:
+    if not entries:
         raise ValueError("give --image (one or more) or --manifest")
-    ids = [c.case for c in cases]
+    ids = [e["id"] for e in entries]
     if len(set(ids)) != len(ids):
         raise ValueError(
             "two images would give the same case name: " + ", ".join(sorted({i for i in ids if ids.count(i) > 1}))
@@ -225,22 +260,57 @@ def _explain(args: argparse.Namespace) -> None:
     formats = [f.strip() for f in (args.export or "").split(",") if f.strip()]
     if formats:  # checked before any work
         from .export import OverlayStyle, check_export_arguments
+        from .io.reader import is_dicom_path
 
         check_export_arguments(formats, args.out, OverlayStyle(), None, 0.5, None)
-    model, spec = _model_and_spec(args)
-    explainer = make_explainer(args.method, model, steps=args.steps, **_parse_json(args.method_args, "--method-args"))
-    explain_studies(
-        cases,
-        explainer,
+        not_dicom = [e for e in entries if not is_dicom_path(e["image"])]
+        if not_dicom:
+            raise ValueError(f"--export: {not_dicom[0]['image']} is not DICOM; DICOM export needs DICOM sources")
+    check_output_folder(args.out, [StudyCase(Path(e["image"]), e["id"]) for e in entries])
+    options = _engine_options(args)
+    recipe, model, spec = _model_and_spec(args)
+    explain = ExplainRecipe(
+        recipe,
         spec,
-        args.out,
-        formats,
-        method=args.method,
-        log=lambda s: print(s, flush=True),
-        overwrite=args.overwrite,
-        slices=_slices(args),
+        args.method,
+        args.steps,
+        _parse_json(args.method_args, "--method-args"),
+        tuple(formats),
+        _slices(args),
     )
-    print(f"maps and explanations.csv in {Path(args.out)}")
+    result = explain_cohort(entries, explain, args.out, model=model, **options)
+    print(
+        f"{len(result.done)} cases explained, {len(result.skipped)} already complete; "
+        f"maps (one folder per case) and explanations.csv in {Path(args.out)}"
+    )
+
+
+def _add_engine_options(parser: argparse.ArgumentParser) -> None:
+    """The cohort options shared by ``explain`` and ``evaluate``."""
+    parser.add_argument(
+        "--engine",
+        default="local",
+        choices=("local", "ray"),
+        help="local (default: this process) or ray (a pool of workers; pip install -e '.[ray]')",
+    )
+    parser.add_argument("--workers", type=int, default=None, help="--engine ray: number of workers (default 2)")
+    parser.add_argument(
+        "--gpus-per-worker",
+        type=float,
+        default=0.0,
+        help="--engine ray: GPUs per worker, fractions share a GPU (default 0: CPU)",
+    )
+    parser.add_argument(
+        "--address",
+        default=None,
+        help="--engine ray: an existing cluster, auto or ray://host:10001 (default: a local cluster on this machine)",
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=1,
+        help="cases explained together in one batch (same input shape; split and retried if out of memory)",
+    )
 
 
 def _pacs_explain(args: argparse.Namespace) -> None:
@@ -407,9 +477,17 @@ def _add_explain_command(sub) -> None:
     ex.add_argument("--method-args", default=None, help="JSON keyword arguments of the explainer")
     ex.add_argument("--class-idx", type=int, default=None, help="class to explain (default: the predicted one)")
     _add_model_options(ex)
-    ex.add_argument("--out", required=True, help="output folder: <case>_saliency.nii.gz and explanations.csv")
+    ex.add_argument(
+        "--out",
+        required=True,
+        help="output folder: <case>/<case>_saliency.nii.gz and record.json per case, explanations.csv; "
+        "a re-run resumes (skips the cases complete for the same configuration)",
+    )
     ex.add_argument("--export", default=None, help="also export DICOM sources: comma-separated sc,pm,seg,nifti,png")
-    ex.add_argument("--overwrite", action="store_true", help="replace the maps (and exports) a previous run wrote")
+    ex.add_argument(
+        "--overwrite", action="store_true", help="redo the cases a previous run completed with another configuration"
+    )
+    _add_engine_options(ex)
     ex.set_defaults(func=_explain)
 
 
@@ -428,13 +506,19 @@ def _add_evaluate_command(sub) -> None:
     )
     ev.add_argument("--out", required=True, help="output folder: report.html, per_case.csv, summary.csv/json, figures")
     ev.add_argument("--no-faithfulness", action="store_true", help="skip deletion/insertion")
-    ev.add_argument("--overwrite", action="store_true", help="replace the report a previous run wrote into --out")
+    ev.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="redo the cases a previous run completed with another configuration (or replace a report)",
+    )
+    _add_engine_options(ev)
     ev.add_argument(
         "--maps",
         action="append",
         metavar="NAME=DIR",
         help="also score maps made elsewhere "
-        "(repeatable): DIR holds <case id>.nii.gz or <case id>_saliency.nii.gz on the image grid, or "
+        "(repeatable): DIR holds <case id>.nii.gz, <case id>_saliency.nii.gz or <case id>/<case id>_saliency.nii.gz "
+        "(an explain --out) on the image grid, or "
         "<case id>.npy in MONAI/NIfTI order (column, row[, slice]); values in [0, 1]",
     )
     _add_model_options(ev)
@@ -612,7 +696,8 @@ BAD_INPUT = (
 )
 
 
-def _check_device(name: str) -> None:
+def _check_device(name: str, here: bool = True) -> None:
+    """``name`` is cpu or cuda[:N]; with ``here``, a CUDA device must exist on this machine."""
     import torch
 
     try:
@@ -621,6 +706,8 @@ def _check_device(name: str) -> None:
         raise ValueError(f"--device: expected cpu or cuda (cuda:N), got {name!r}") from None
     if device.type not in ("cpu", "cuda"):
         raise ValueError(f"--device: expected cpu or cuda (cuda:N), got {name!r}")
+    if not here:  # --engine ray: the workers' machines have the GPUs, not necessarily this one
+        return
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device: {name} asked for, but no CUDA device is available here")
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
@@ -640,20 +727,22 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", message=".*nvImageCodec.*")
 
     torch.set_num_threads(max(1, min(int(os.environ.get("MEDHDM_THREADS", "2")), os.cpu_count() or 1)))
-    from .study import StudyError
-
     try:
         if getattr(args, "device", None) is not None:
-            _check_device(args.device)
+            _check_device(args.device, here=getattr(args, "engine", "local") != "ray")
         args.func(args)
     except Exception as err:  # noqa: BLE001 (every error ends as one line and an exit status)
         if args.debug:
             import traceback
 
             traceback.print_exc()
-        cause = err.error if isinstance(err, StudyError) else err
-        bad_input = isinstance(cause, BAD_INPUT)
-        text = str(err) if bad_input else f"{type(cause).__name__}: {err}"
+        from .cohort.run import CohortFailed
+
+        if isinstance(err, CohortFailed):  # the message names the first failure and its error type
+            bad_input, text = err.bad_input, str(err)
+        else:
+            bad_input = isinstance(err, BAD_INPUT)
+            text = str(err) if bad_input else f"{type(err).__name__}: {err}"
         text = " ".join(text.split())  # one line
         print(f"medhdm {args.command}: error: {text}", file=sys.stderr)
         return 2 if bad_input else 1

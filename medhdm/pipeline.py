@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import copy
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -53,7 +54,7 @@ from .explain.scoring import ClassScorer
 from .io.axes import monai_to_dicom_volume, reversed_spatial_indices
 from .io.dicom import DicomSource, read_dicom
 from .io.reader import is_dicom_path
-from .transforms import Explaind, LoadStudy
+from .transforms import LoadStudy
 
 __all__ = [
     "ExplainedImage",
@@ -62,6 +63,7 @@ __all__ = [
     "classifier_transforms",
     "classify_image",
     "explain_image",
+    "explain_images",
     "load_image",
     "map_to_classifier_grid",
     "slice_transforms",
@@ -320,24 +322,34 @@ def explain_image(
     ``"all"``, ``"top:K"``, ``"I,J,..."``) explains a 3D series with a 2D classifier slice by
     slice (see the module docstring), ``batch_size`` slices at a time.
     """
+    return explain_images([source], explainer, spec, [class_idx], keep_dicom, slices, batch_size)[0]
+
+
+@dataclass
+class _Prepared:
+    """A loaded image and its classifier input (the transformed dict), before explaining."""
+
+    image: MetaTensor
+    path: str | os.PathLike | None
+    data: dict
+    transforms: Compose
+    class_idx: int | None
+
+
+def _load(source: str | os.PathLike | MetaTensor, keep_dicom: bool) -> tuple[MetaTensor, str | os.PathLike | None]:
+    """``source`` loaded (unless it already is) and its path (None for a loaded image)."""
     if isinstance(source, MetaTensor):
         if keep_dicom:
             raise ValueError("keep_dicom: needs the image's path, not an image already loaded")
         image, path = source, None
     else:
         image, path = load_image(source), source
+    return image, path
+
+
+def _classifier_input(image: MetaTensor, path, spec: InputSpec, class_idx: int | None) -> _Prepared:
+    """The classifier's input of a loaded image, refused if it does not fit or is constant after scaling."""
     name = str(path if path is not None else image.meta.get("filename_or_obj", "image"))
-    if slices is not None:
-        if isinstance(slices, str):
-            slices = SliceSelection.parse(slices)
-        if image.ndim != 4 or len(spec.spatial_size) != 2:
-            raise ValueError(
-                f"{name}: slices: for a 2D classifier on a 3D series; got a {image.ndim - 1}D image and "
-                f"a classifier of input size {spec.spatial_size}"
-            )
-        result = _explain_by_slice(image, explainer, spec, class_idx, slices, batch_size)
-        result.dicom = read_dicom(path) if keep_dicom and is_dicom_path(path) else None
-        return result
     _check_fits(image, spec, name)
     transforms = classifier_transforms(image.ndim - 1, spec)
     data = transforms({"image": image.clone()})
@@ -348,23 +360,83 @@ def explain_image(
             f"({'range ' + str(spec.intensity_range) if spec.intensity_range else 'percentiles'}): "
             "nothing to explain; check --intensity-range"
         )
-    data = Explaind("image", explainer, output_key="saliency", class_idx=class_idx, keep_explanation=True)(data)
-    result = data["saliency_explanation"]
-    inverted = Invertd(keys="saliency", transform=transforms, orig_keys="image", nearest_interp=False)(data)
-    saliency = np.clip(inverted["saliency"].numpy()[0], 0.0, 1.0)
-    if saliency.shape != tuple(image.shape[1:]):
-        raise RuntimeError(f"inversion gave shape {saliency.shape}, expected the source's {tuple(image.shape[1:])}")
-    dicom = read_dicom(path) if keep_dicom and is_dicom_path(path) else None
+    return _Prepared(image, path, data, transforms, class_idx)
+
+
+def explain_images(
+    sources: Sequence[str | os.PathLike | MetaTensor],
+    explainer: Explainer,
+    spec: InputSpec,
+    class_idx: Sequence[int | None] | None = None,
+    keep_dicom: bool = False,
+    slices: SliceSelection | str | None = None,
+    batch_size: int = 16,
+) -> list[ExplainedImage]:
+    """:func:`explain_image` of several images, those of one classifier input shape explained in one batch.
+
+    The images are loaded and preprocessed one by one; their classifier inputs ``(C, *S')``
+    that share a shape (and an explicit or predicted class) go through ``explainer`` as one
+    batch ``(B, C, *S')``, so a method's passes serve the whole batch; each map is then
+    inverted onto its own source grid. A batch equals its images one by one (the explainers'
+    contract). With ``slices`` each series is explained alone (its slices are the batch).
+    ``class_idx``: one per source (None: predicted). An error in any image raises.
+    """
+    classes = list(class_idx) if class_idx is not None else [None] * len(sources)
+    if len(classes) != len(sources):
+        raise ValueError(f"class_idx: expected one per image ({len(sources)}), got {len(classes)}")
+    if slices is not None:
+        if isinstance(slices, str):
+            slices = SliceSelection.parse(slices)
+        results = []
+        for source, cls in zip(sources, classes):
+            image, path = _load(source, keep_dicom)
+            name = str(path if path is not None else image.meta.get("filename_or_obj", "image"))
+            if image.ndim != 4 or len(spec.spatial_size) != 2:
+                raise ValueError(
+                    f"{name}: slices: for a 2D classifier on a 3D series; got a {image.ndim - 1}D image and "
+                    f"a classifier of input size {spec.spatial_size}"
+                )
+            result = _explain_by_slice(image, explainer, spec, cls, slices, batch_size)
+            result.dicom = read_dicom(path) if keep_dicom and is_dicom_path(path) else None
+            results.append(result)
+        return results
+    prepared = [_classifier_input(*_load(s, keep_dicom), spec, c) for s, c in zip(sources, classes)]
+    groups: dict[tuple, list[int]] = {}
+    for i, item in enumerate(prepared):
+        key = (tuple(item.data["image"].shape), item.class_idx is None)
+        groups.setdefault(key, []).append(i)
+    explained: dict[int, tuple] = {}
+    device = model_device(explainer.model)
+    for members in groups.values():
+        x = torch.stack([prepared[i].data["image"].as_tensor().detach() for i in members])
+        x = x.to(device=device, dtype=torch.float32)
+        targets = None if prepared[members[0]].class_idx is None else [prepared[i].class_idx for i in members]
+        result = explainer.explain(x, targets)
+        for j, i in enumerate(members):
+            explained[i] = (result, j, x[j : j + 1])
+    return [_finish(prepared[i], *explained[i], keep_dicom) for i in range(len(prepared))]
+
+
+def _finish(item: _Prepared, result, j: int, model_input: torch.Tensor, keep_dicom: bool) -> ExplainedImage:
+    """The ``j``-th map of ``result`` inverted onto ``item``'s source grid, as an :class:`ExplainedImage`."""
+    image, data = item.image, dict(item.data)
+    saliency = result.saliency[j].detach()
+    data["saliency"] = MetaTensor(saliency.to(data["image"].device), meta=copy.deepcopy(dict(data["image"].meta)))
+    inverted = Invertd(keys="saliency", transform=item.transforms, orig_keys="image", nearest_interp=False)(data)
+    source_map = np.clip(inverted["saliency"].numpy()[0], 0.0, 1.0)
+    if source_map.shape != tuple(image.shape[1:]):
+        raise RuntimeError(f"inversion gave shape {source_map.shape}, expected the source's {tuple(image.shape[1:])}")
+    path = item.path
     return ExplainedImage(
-        saliency=saliency,
+        saliency=source_map,
         affine=np.asarray(image.affine, dtype=np.float64),
-        class_idx=int(result.class_idx[0]),
-        score=float(result.score[0]),
-        dicom=dicom,
+        class_idx=int(result.class_idx[j]),
+        score=float(result.score[j]),
+        dicom=read_dicom(path) if keep_dicom and is_dicom_path(path) else None,
         meta=dict(image.meta),
         image=image[0].numpy(),
-        model_input=data["image"].as_tensor()[None].to(device=result.saliency.device, dtype=torch.float32),
-        model_saliency=result.saliency.detach(),
+        model_input=model_input,
+        model_saliency=saliency[None],
     )
 
 

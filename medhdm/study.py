@@ -1,55 +1,50 @@
 """Explain a study end to end: load -> preprocess -> explain -> invert -> write the map, its row, and exports.
 
-The one path every runner takes: ``medhdm explain``, the tutorials, and the coming
-archive (PACS) and cohort runners call :func:`explain_study` per case (or
-:func:`explain_studies` for a list of cases with its ``explanations.csv``); the steps
-themselves live below (:func:`medhdm.pipeline.explain_image`, :mod:`medhdm.export`).
+The one path every runner takes: ``medhdm explain``, the tutorials, the archive (PACS)
+runners and the cohort engines (:mod:`medhdm.cohort`, local or Ray, which add resuming,
+failures and ``explanations.csv``) call :func:`explain_study` per case, or
+:func:`explain_study_batch` for cases explained in one batch; the steps themselves live
+below (:func:`medhdm.pipeline.explain_images`, :mod:`medhdm.export`).
 
-Outputs in ``out_dir`` per case: ``<case>_saliency.nii.gz`` (the map on the source grid,
-with the source affine), and with ``export_formats`` the DICOM objects of
-:func:`medhdm.export.export` in ``<case>_dicom/``. A 2D classifier over a series
+Outputs per case in its own folder ``out_dir/<case>/``: ``<case>_saliency.nii.gz`` (the
+map on the source grid, with the source affine), and with ``export_formats`` the DICOM
+objects of :func:`medhdm.export.export` in ``<case>_dicom/``. A 2D classifier over a series
 (``slices``) also writes ``<case>_slices.csv`` (slice, class probability, explained or not);
 the case's row then holds the study-level decision (``score``, the ``slice_reduce`` over
 slices) and the explained slices.
 
 Safety: every output path lies inside ``out_dir`` (a case name that would lead out of
 it is refused), ``out_dir`` may not lie inside a source series folder nor be a source
-file, each file is written atomically, and :func:`explain_studies` rewrites
-``explanations.csv`` after each case, so a run that fails (or is killed) at case ``k``
-leaves cases ``1..k-1`` complete and listed, and says which case failed.
+file, and each file is written atomically.
 """
 
 from __future__ import annotations
 
 import csv
 import os
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from .explain.base import Explainer
-from .io.atomic import LockedFolder, atomic_write, remove_stale_temporaries
+from .io.atomic import atomic_write
 from .io.nifti import write_nifti
-from .io.reader import is_dicom_path
-from .pipeline import InputSpec, SliceSelection, explain_image
+from .pipeline import ExplainedImage, InputSpec, SliceSelection, explain_images
 
-__all__ = ["StudyCase", "StudyError", "check_output_folder", "explain_studies", "explain_study"]
+__all__ = [
+    "CSV_COLUMNS",
+    "StudyCase",
+    "case_folder",
+    "check_output_folder",
+    "explain_study",
+    "explain_study_batch",
+    "write_explanations_csv",
+]
 
 #: the columns of ``explanations.csv``, one row per explained case
 CSV_COLUMNS = ("case", "image", "class_idx", "score", "map", "export", "slice_reduce", "slices", "slice_scores")
-
-
-class StudyError(RuntimeError):
-    """A case of :func:`explain_studies` failed: ``index`` (1-based) and ``case`` say which, ``done`` how many
-    cases before it were written, ``error`` why."""
-
-    def __init__(self, index: int, case: StudyCase, done: int, error: BaseException) -> None:
-        self.index, self.case, self.done, self.error = index, case, done, error
-        kept = f"cases 1-{done} are complete and listed in explanations.csv" if done else "no case was written"
-        super().__init__(f"case {index} ({case.case}, {case.image}) failed: {error}; {kept}")
 
 
 def check_output_folder(out_dir: str | os.PathLike, cases: Sequence[StudyCase]) -> Path:
@@ -82,6 +77,11 @@ class StudyCase:
     class_idx: int | None = None
 
 
+def case_folder(out_dir: str | os.PathLike, case: str) -> Path:
+    """``out_dir / case``: the folder of one case's outputs, after checking the name stays inside ``out_dir``."""
+    return _inside(Path(out_dir), case, "")
+
+
 def explain_study(
     case: StudyCase,
     explainer: Explainer,
@@ -93,25 +93,63 @@ def explain_study(
     slices: SliceSelection | str | None = None,
     uid_source: Callable[[str], str] | None = None,
 ) -> dict:
-    """Explain one study, write its outputs into ``out_dir``; return its ``explanations.csv`` row (``score``: float).
+    """Explain one study, write its outputs into ``out_dir/<case>/``; return its ``explanations.csv`` row.
 
     Args:
         case: the study.
         explainer: any medhdm explainer.
         spec: the classifier's input (:class:`~medhdm.pipeline.InputSpec`).
-        out_dir: an existing folder.
+        out_dir: an existing folder; the case's folder is made in it.
         export_formats: DICOM source only: formats of :func:`medhdm.export.export` (``sc``, ``pm``, ...).
         method: the method's name in the exported series descriptions (default: the explainer's).
-        overwrite: replace an export that ``<case>_dicom/`` already holds (otherwise refused).
+        overwrite: replace an export that ``<case>/<case>_dicom/`` already holds (otherwise refused).
         slices: a 2D classifier over a 3D series: the slices to explain (:class:`~medhdm.pipeline.SliceSelection`).
         uid_source: the exported objects' Series/SOP Instance UIDs from keys (deterministic UIDs,
             :class:`medhdm.pacs.uids.DerivedUIDs`); default: new random UIDs.
     """
+    return explain_study_batch([case], explainer, spec, out_dir, export_formats, method, overwrite, slices)[0]
+
+
+def explain_study_batch(
+    cases: Sequence[StudyCase],
+    explainer: Explainer,
+    spec: InputSpec,
+    out_dir: str | os.PathLike,
+    export_formats: Sequence[str] = (),
+    method: str | None = None,
+    overwrite: bool = False,
+    slices: SliceSelection | str | None = None,
+) -> list[dict]:
+    """:func:`explain_study` of several studies, explained together (:func:`~medhdm.pipeline.explain_images`:
+    one batch per classifier input shape), each written as :func:`explain_study` does. An error in any raises."""
     out = Path(out_dir)
-    map_path = _inside(out, case.case, "_saliency.nii.gz")
-    result = explain_image(
-        case.image, explainer, spec, class_idx=case.class_idx, keep_dicom=bool(export_formats), slices=slices
+    folders = [case_folder(out, c.case) for c in cases]  # every name checked before any work
+    results = explain_images(
+        [c.image for c in cases],
+        explainer,
+        spec,
+        [c.class_idx for c in cases],
+        keep_dicom=bool(export_formats),
+        slices=slices,
     )
+    return [
+        _write_study(case, result, folder, explainer, export_formats, method, overwrite)
+        for case, result, folder in zip(cases, results, folders)
+    ]
+
+
+def _write_study(
+    case: StudyCase,
+    result: ExplainedImage,
+    folder: Path,
+    explainer: Explainer,
+    export_formats: Sequence[str],
+    method: str | None,
+    overwrite: bool,
+) -> dict:
+    """Write one explained study's map (and slices table, exports) into ``folder``; return its row."""
+    folder.mkdir(exist_ok=True)
+    map_path = _inside(folder, case.case, "_saliency.nii.gz")
     volume = result.saliency if result.saliency.ndim == 3 else result.saliency[..., None]
     write_nifti(map_path, volume.astype(np.float32), result.affine)
     exported = ""
@@ -120,7 +158,7 @@ def explain_study(
             raise ValueError(f"--export: {case.image} is not DICOM; DICOM export needs a DICOM source")
         from .export import export
 
-        export_dir = _inside(out, case.case, "_dicom")
+        export_dir = _inside(folder, case.case, "_dicom")
         export(
             result.dicom,
             result.saliency_in_dicom_order(),
@@ -144,7 +182,7 @@ def explain_study(
         "slice_scores": "",
     }
     if result.slice_scores is not None:
-        slices_path = _inside(out, case.case, "_slices.csv")
+        slices_path = _inside(folder, case.case, "_slices.csv")
         explained = set(result.explained_slices)
 
         def write_slices(tmp: str) -> None:
@@ -162,69 +200,13 @@ def explain_study(
     return row
 
 
-def explain_studies(
-    cases: Sequence[StudyCase],
-    explainer: Explainer,
-    spec: InputSpec,
-    out_dir: str | os.PathLike,
-    export_formats: Sequence[str] = (),
-    method: str | None = None,
-    log: Callable[[str], None] | None = print,
-    overwrite: bool = False,
-    slices: SliceSelection | str | None = None,
-) -> list[dict]:
-    """:func:`explain_study` for every case, with ``explanations.csv`` (one row per case done) in ``out_dir``.
-
-    ``out_dir`` is created (and removed again if the first case fails and nothing was written)
-    and locked for the run (a second run into it fails at once); temporary files that a
-    killed run left in it are removed first. Maps (and exports) already there are replaced
-    only with ``overwrite``; otherwise the run is refused before any work.
-
-    Raises:
-        StudyError: a case failed (its ``error`` says why); the cases before it are complete.
-    """
-    if not cases:
-        raise ValueError("cases: nothing to explain")
-    out = check_output_folder(out_dir, cases)
-    if export_formats:
-        not_dicom = [c for c in cases if not is_dicom_path(c.image)]
-        if not_dicom:
-            raise ValueError(f"--export: {not_dicom[0].image} is not DICOM; DICOM export needs DICOM sources")
-    rows: list[dict] = []
-    with LockedFolder(out, what="--out"):
-        remove_stale_temporaries(out)
-        existing = [out / f"{c.case}_saliency.nii.gz" for c in cases if (out / f"{c.case}_saliency.nii.gz").exists()]
-        if existing and not overwrite:
-            raise FileExistsError(
-                f"--out: {existing[0]} exists ({len(existing)} of the maps do); pass --overwrite "
-                "to replace them, or choose another folder"
-            )
-        for i, case in enumerate(cases, start=1):
-            start = time.perf_counter()
-            try:
-                row = explain_study(case, explainer, spec, out, export_formats, method, overwrite, slices)
-            except Exception as err:
-                raise StudyError(i, case, len(rows), err) from err
-            rows.append(row)
-            _write_csv(out / "explanations.csv", rows)
-            if log:
-                by_slice = (
-                    f" ({row['slice_reduce']} over slices; explained slices {row['slices']})" if row["slices"] else ""
-                )
-                log(
-                    f"[{i}/{len(cases)}] {case.case}: class {row['class_idx']} (p={row['score']:.3f}){by_slice}, "
-                    f"{time.perf_counter() - start:.1f} s -> {row['map']}"
-                )
-    return rows
-
-
-def _write_csv(path: Path, rows: Sequence[dict]) -> None:
-    """``explanations.csv`` of ``rows``, written atomically (scores with 4 decimals)."""
+def write_explanations_csv(path: str | os.PathLike, rows: Sequence[dict]) -> None:
+    """``explanations.csv`` of ``rows`` (:data:`CSV_COLUMNS`), written atomically (scores with 4 decimals)."""
 
     def write(tmp: str) -> None:
         with open(tmp, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=list(CSV_COLUMNS))
             writer.writeheader()
-            writer.writerows({**row, "score": f"{row['score']:.4f}"} for row in rows)
+            writer.writerows({**row, "score": f"{float(row['score']):.4f}"} for row in rows)
 
-    atomic_write(path, write)
+    atomic_write(Path(path), write)

@@ -596,7 +596,8 @@ def test_bad_input_is_one_clear_error(corpus, name, tmp_path, capsys, monkeypatc
 
 
 def test_a_bad_case_among_good_ones_keeps_the_good_ones(corpus, tmp_path, capsys):
-    """The first case is written (map and CSV row), the second is named in the one-line error."""
+    """The first case is written (map and CSV row), the second is listed in failures.csv and named in the
+    one-line error; the exit status is 2 (bad input)."""
     bad = corpus.bad / "empty.dcm"
     out = tmp_path / "out"
     rc = main(
@@ -614,18 +615,21 @@ def test_a_bad_case_among_good_ones_keeps_the_good_ones(corpus, tmp_path, capsys
         ]
     )
     err = capsys.readouterr().err
-    assert rc == 2 and "case 2" in err and "empty.dcm" in err and "cases 1-1 are complete" in err, err
+    assert rc == 2 and "1 of 2 cases failed" in err and "case 2" in err and "empty.dcm" in err, err
+    assert len(err.strip().splitlines()) == 1, err
     rows = (out / "explanations.csv").read_text().strip().splitlines()
     assert len(rows) == 2 and rows[1].startswith("image,")  # header and the first case
-    assert nib.load(out / "image_saliency.nii.gz").shape[:2] == (96, 96)
-    assert sorted(p.name for p in out.iterdir()) == ["explanations.csv", "image_saliency.nii.gz"]
+    assert nib.load(out / "image" / "image_saliency.nii.gz").shape[:2] == (96, 96)
+    assert sorted(p.name for p in out.iterdir()) == ["explanations.csv", "failures.csv", "image"]
+    failures = (out / "failures.csv").read_text().strip().splitlines()
+    assert failures[0] == "case,image,error_type,error" and failures[1].startswith("empty,") and len(failures) == 2
 
 
-def test_a_failed_first_case_leaves_no_output_folder(corpus, tmp_path, capsys):
+def test_a_failed_only_case_leaves_only_its_failure(corpus, tmp_path, capsys):
     out = tmp_path / "new" / "out"
     rc = main(["explain", "--method", "gxi", "--image", str(corpus.bad / "empty.dcm"), "--out", str(out)])
     assert rc == 2, capsys.readouterr().err
-    assert not (tmp_path / "new").exists()
+    assert sorted(p.name for p in out.iterdir()) == ["failures.csv"]
 
 
 def test_debug_prints_the_traceback(corpus, tmp_path, capsys):
@@ -652,11 +656,12 @@ def test_a_failure_of_the_run_exits_1(tmp_path, capsys, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("CUDA out of memory (simulated)")
 
-    monkeypatch.setattr(medhdm.study, "explain_image", broken)
+    monkeypatch.setattr(medhdm.study, "explain_images", broken)
     image = write_lesionbench(tmp_path / "lb", 1, 2).parent / "case000" / "image.dcm"
     rc = main(["explain", "--method", "gxi", "--image", str(image), "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err
-    assert rc == 1 and "RuntimeError: case 1" in err and "out of memory" in err and len(err.strip().splitlines()) == 1
+    assert rc == 1 and "case 1" in err and "RuntimeError: CUDA out of memory" in err, err
+    assert len(err.strip().splitlines()) == 1, err
 
 
 def test_source_files_are_never_written(corpus):
@@ -664,8 +669,9 @@ def test_source_files_are_never_written(corpus):
     assert _hashes(corpus.root / "src") == corpus.hashes
 
 
-def test_existing_outputs_are_replaced_only_with_overwrite(corpus, tmp_path, capsys):
-    """explain: maps a previous run wrote are kept (exit 2, nothing touched) unless --overwrite."""
+def test_a_rerun_resumes_and_another_configuration_needs_overwrite(corpus, tmp_path, capsys):
+    """explain: the same command again skips the complete case (nothing rewritten, exit 0); another
+    configuration over it is refused (exit 2, nothing touched) unless --overwrite, which redoes it."""
     out = tmp_path / "out"
     argv = [
         "explain",
@@ -679,11 +685,17 @@ def test_existing_outputs_are_replaced_only_with_overwrite(corpus, tmp_path, cap
     ]
     assert main(argv) == 0, capsys.readouterr().err
     before = _hashes(out)
-    assert main(argv) == 2
-    err = capsys.readouterr().err
-    assert "image_saliency.nii.gz exists" in err and "--overwrite" in err, err
+    assert main(argv) == 0
+    assert "1 of 1 cases are complete" in capsys.readouterr().out
     assert _hashes(out) == before
-    assert main([*argv, "--overwrite"]) == 0, capsys.readouterr().err
+    other = [*argv[:2], "gradcam", *argv[3:]]
+    assert main(other) == 2
+    err = capsys.readouterr().err
+    assert "another configuration" in err and "record.json" in err and "--overwrite" in err, err
+    assert _hashes(out) == before
+    assert main([*other, "--overwrite"]) == 0, capsys.readouterr().err
+    assert _hashes(out) != before
+    assert json.loads((out / "image" / "record.json").read_text())["configuration"]["method"] == "GradCAM"
 
 
 if __name__ == "__main__":  # python tests/test_bad_inputs.py: the corpus as a Markdown table

@@ -87,12 +87,12 @@ def test_explain_over_a_manifest_predicts_the_labels(bench2d, tmp_path, capsys):
     )
     assert rc == 0, capsys.readouterr().err
     out = capsys.readouterr().out
-    assert "[8/8] case007" in out
+    assert "[8/8] case007: done" in out
     with open(tmp_path / "maps" / "explanations.csv") as f:
         rows = list(csv.DictReader(f))
     labels = {e["id"]: e["label"] for e in load_manifest(bench2d)}
     assert all(int(r["class_idx"]) == labels[r["case"]] for r in rows)  # the shipped model gets all 8 right
-    assert len(list((tmp_path / "maps").glob("case*_saliency.nii.gz"))) == 8
+    assert len(list((tmp_path / "maps").glob("case*/case*_saliency.nii.gz"))) == 8
 
 
 def test_manifest_outside_the_case_folder_tree_is_refused(tmp_path):

@@ -1,5 +1,6 @@
-"""A multi-case ``medhdm explain`` killed (SIGKILL, SIGINT) while it writes: every case listed in
-``explanations.csv`` is complete, no file is half-written, and the next run cleans up and finishes."""
+"""A multi-case ``medhdm explain`` killed (SIGKILL, SIGINT) while it writes: every case with a record
+is complete, no file is half-written, and the same command again cleans up and finishes the rest
+without redoing the finished cases."""
 
 from __future__ import annotations
 
@@ -51,7 +52,12 @@ def _env() -> dict[str, str]:
 
 def _maps(out: Path) -> list[Path]:
     """The published maps (not the temporaries of :func:`medhdm.io.atomic.atomic_write`, which start with a dot)."""
-    return sorted(p for p in out.glob("*_saliency.nii.gz") if not p.name.startswith(".")) if out.exists() else []
+    return sorted(p for p in out.glob("*/*_saliency.nii.gz") if not p.name.startswith(".")) if out.exists() else []
+
+
+def _records(out: Path) -> dict[str, int]:
+    """The cases with a record (complete) and the records' modification times (ns)."""
+    return {p.parent.name: p.stat().st_mtime_ns for p in out.glob("*/record.json")} if out.exists() else {}
 
 
 def _check_consistent(out: Path) -> int:
@@ -83,16 +89,18 @@ def test_killed_explain_leaves_complete_cases_and_the_next_run_finishes(images, 
         assert not list(out.glob(".tmp-*")), "an interrupted run removes its own temporaries"
     listed = _check_consistent(out)
     assert listed <= N_CASES
-    # the same command again (replacing what the killed run finished): it cleans up and finishes every case
-    refused = subprocess.run(_command(images, out), env=_env(), capture_output=True, text=True, timeout=300)
-    if _maps(out):
-        assert refused.returncode == 2 and "--overwrite" in refused.stderr, refused.stderr
-    again = subprocess.run(
-        _command(images, out, "--overwrite"), env=_env(), capture_output=True, text=True, timeout=300
-    )
+    finished = _records(out)
+    for case in finished:  # a case with a record is complete: its map loads whole
+        assert (out / case / f"{case}_saliency.nii.gz").is_file()
+    # the same command again: it cleans up, skips the finished cases and finishes the others
+    again = subprocess.run(_command(images, out), env=_env(), capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr
+    if finished:
+        assert f"{len(finished)} of {N_CASES} cases are complete" in again.stdout, again.stdout
     assert _check_consistent(out) == N_CASES
-    assert not list(out.glob(".tmp-*"))
+    after = _records(out)
+    assert len(after) == N_CASES and all(after[c] == t for c, t in finished.items()), (finished, after)
+    assert not list(out.glob(".tmp-*")) and not list(out.glob("*/.tmp-*"))
 
 
 def test_a_second_run_into_a_folder_being_written_fails_clearly(images, tmp_path):

@@ -87,8 +87,8 @@ def test_cli_explain_dicom_file_map_sits_on_the_source_in_simpleitk(tmp_path, ca
     path = get_testdata_file("CT_small.dcm")
     rc = main(["explain", "--image", path, "--method", "gxi", "--out", str(tmp_path / "out"), "--export", "sc"])
     assert rc == 0, capsys.readouterr().err
-    assert "[1/1] CT_small: class" in capsys.readouterr().out
-    saliency = sitk.ReadImage(str(tmp_path / "out" / "CT_small_saliency.nii.gz"))
+    assert "[1/1] CT_small: done" in capsys.readouterr().out
+    saliency = sitk.ReadImage(str(tmp_path / "out" / "CT_small" / "CT_small_saliency.nii.gz"))
     source = sitk.ReadImage(path)
     size, origin, spacing, direction = _sitk_geometry(saliency)
     s_size, s_origin, s_spacing, s_direction = _sitk_geometry(source)
@@ -96,7 +96,7 @@ def test_cli_explain_dicom_file_map_sits_on_the_source_in_simpleitk(tmp_path, ca
     np.testing.assert_allclose(origin, s_origin, atol=1e-4)
     np.testing.assert_allclose(spacing[:2], s_spacing[:2], atol=1e-6)
     np.testing.assert_allclose(direction, s_direction, atol=1e-6)
-    sc = pydicom.dcmread(tmp_path / "out" / "CT_small_dicom" / "SC_0001.dcm")
+    sc = pydicom.dcmread(tmp_path / "out" / "CT_small" / "CT_small_dicom" / "SC_0001.dcm")
     assert sc.SourceImageSequence[0].ReferencedSOPInstanceUID == pydicom.dcmread(path).SOPInstanceUID
     rows = (tmp_path / "out" / "explanations.csv").read_text().splitlines()
     assert rows[0].startswith("case,image,class_idx,score,map") and len(rows) == 2
@@ -129,7 +129,7 @@ def test_cli_explain_series_with_a_class_path_model(tmp_path, capsys):
         ]
     )
     assert rc == 0, capsys.readouterr().err
-    saliency = sitk.ReadImage(str(tmp_path / "out" / "series_saliency.nii.gz"))
+    saliency = sitk.ReadImage(str(tmp_path / "out" / "series" / "series_saliency.nii.gz"))
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(tmp_path / "series")))
     source = reader.Execute()
@@ -139,7 +139,7 @@ def test_cli_explain_series_with_a_class_path_model(tmp_path, capsys):
     np.testing.assert_allclose(origin, s_origin, atol=1e-4)
     np.testing.assert_allclose(spacing, s_spacing, atol=1e-4)
     np.testing.assert_allclose(direction, s_direction, atol=1e-6)
-    assert len(list((tmp_path / "out" / "series_dicom").glob("SC_*.dcm"))) == 6
+    assert len(list((tmp_path / "out" / "series" / "series_dicom").glob("SC_*.dcm"))) == 6
     # The map is not empty and lies within [0, 1].
     array = sitk.GetArrayFromImage(saliency)
     assert array.min() >= 0 and array.max() <= 1 and array.max() > 0.5
@@ -178,11 +178,11 @@ def test_cli_explain_nifti_with_torchscript_and_bundle_models(tmp_path, capsys):
             ]
         )
         assert rc == 0, capsys.readouterr().err
-        result = nib.load(tmp_path / out / "case1_saliency.nii.gz")
+        result = nib.load(tmp_path / out / "case1" / "case1_saliency.nii.gz")
         assert result.shape == volume.shape
         np.testing.assert_allclose(result.affine, affine, atol=1e-5)
-    ts = np.asarray(nib.load(tmp_path / "ts" / "case1_saliency.nii.gz").dataobj)
-    bd = np.asarray(nib.load(tmp_path / "bundle" / "case1_saliency.nii.gz").dataobj)
+    ts = np.asarray(nib.load(tmp_path / "ts" / "case1" / "case1_saliency.nii.gz").dataobj)
+    bd = np.asarray(nib.load(tmp_path / "bundle" / "case1" / "case1_saliency.nii.gz").dataobj)
     np.testing.assert_allclose(ts, bd, atol=1e-4)  # the same network, loaded two ways
 
 

@@ -5,17 +5,30 @@
 - :mod:`~medhdm.evaluation.tables`: the table formatter.
 """
 
-from .run import FAITHFULNESS_KEYS, compare_methods, evaluate_manifest, score_row
+from .run import (
+    FAITHFULNESS_KEYS,
+    add_case,
+    case_figure,
+    compare_methods,
+    evaluate_cases,
+    evaluate_manifest,
+    new_figures,
+    score_row,
+)
 from .statistics import bootstrap_ci, compare_with_first, paired_comparison, summarise
 from .tables import format_table
 
 __all__ = [
     "FAITHFULNESS_KEYS",
+    "add_case",
     "bootstrap_ci",
+    "case_figure",
     "compare_methods",
     "compare_with_first",
+    "evaluate_cases",
     "evaluate_manifest",
     "format_table",
+    "new_figures",
     "paired_comparison",
     "score_row",
     "summarise",

@@ -36,12 +36,21 @@ from ..pipeline import (
     InputSpec,
     SliceSelection,
     classify_image,
-    explain_image,
+    explain_images,
     load_image,
     map_to_classifier_grid,
 )
 
-__all__ = ["FAITHFULNESS_KEYS", "compare_methods", "evaluate_manifest", "score_row"]
+__all__ = [
+    "FAITHFULNESS_KEYS",
+    "add_case",
+    "case_figure",
+    "compare_methods",
+    "evaluate_cases",
+    "evaluate_manifest",
+    "new_figures",
+    "score_row",
+]
 
 FAITHFULNESS_KEYS = ("deletion_auc", "insertion_auc")
 
@@ -71,22 +80,26 @@ def _faithfulness(
     }
 
 
-def _add_faithfulness(row: dict, curves: dict[str, np.ndarray], figures: dict, name: str) -> None:
-    for mode, curve in curves.items():
-        row[f"{mode}_auc"] = float(np.trapezoid(curve, np.linspace(0, 1, len(curve))))
-        figures["curves"][name][mode].append(curve)
-
-
-def _method_map(explainer: Explainer, image, spec: InputSpec, entry: dict, slices):
-    """An explainer's map of one case: map, class, probability, explained slices, faithfulness view, reference."""
-    result = explain_image(image, explainer, spec, class_idx=entry.get("class_idx"), slices=slices)
-    view = (explainer.model, result.model_input, result.model_saliency)
+def _method_maps(explainer: Explainer, images: Sequence, spec: InputSpec, entries: Sequence[dict], slices) -> list:
+    """An explainer's maps of a batch of cases (:func:`explain_images`): per case the map, class, probability,
+    explained slices, faithfulness view and reference."""
+    results = explain_images(images, explainer, spec, [e.get("class_idx") for e in entries], slices=slices)
     reference = getattr(explainer, "reference", "blur")
-    return result.saliency, result.class_idx, result.score, result.explained_slices, view, reference
+    return [
+        (
+            r.saliency,
+            r.class_idx,
+            r.score,
+            r.explained_slices,
+            (explainer.model, r.model_input, r.model_saliency),
+            reference,
+        )
+        for r in results
+    ]
 
 
 def _external_map(folder, image, spec: InputSpec, entry: dict, slices, model: nn.Module | None):
-    """A map made elsewhere, read from ``folder``, as :func:`_method_map` returns an explainer's (no model: no view)."""
+    """A map made elsewhere, read from ``folder``, as :func:`_method_maps` gives an explainer's (no model: no view)."""
     affine = np.asarray(image.affine, dtype=np.float64)
     saliency = load_case_map(folder, entry["id"], tuple(image.shape[1:]), affine)
     if model is None:
@@ -95,6 +108,70 @@ def _external_map(folder, image, spec: InputSpec, entry: dict, slices, model: nn
     on_grid = map_to_classifier_grid(saliency, image, spec, by_slice=slices is not None)
     on_grid = on_grid[list(chosen)] if chosen is not None else on_grid
     return saliency, cls, prob, chosen, (model, x, on_grid.to(x.device)), "blur"
+
+
+def evaluate_cases(
+    entries: Sequence[dict],
+    methods: Mapping[str, Explainer],
+    spec: InputSpec,
+    faithfulness: bool = True,
+    n_steps: int = 64,
+    slices: SliceSelection | None = None,
+    maps: Mapping[str, str | os.PathLike] | None = None,
+    model: nn.Module | None = None,
+) -> list[dict]:
+    """Explain and score a batch of cases with every method (each method's maps of the batch in one call).
+
+    The arguments are :func:`evaluate_manifest`'s (``model`` already resolved, ``faithfulness``
+    only with a model). Returns per case ``{"id", "rows", "maps", "curves"}``: its rows (one per
+    method, in ``methods`` then ``maps`` order; ``seconds`` is the method's time for the batch
+    divided by its size), its maps on the source grid and its deletion/insertion curves per method.
+    An error in any case raises.
+    """
+    maps = dict(maps or {})
+    images = [load_image(e["image"]) for e in entries]  # read once, explained by every method
+    per_method: dict[str, tuple[list, float]] = {}
+    for name in [*methods, *maps]:
+        start = time.perf_counter()
+        if name in methods:
+            made = _method_maps(methods[name], images, spec, entries, slices)
+        else:
+            made = [_external_map(maps[name], im, spec, e, slices, model) for im, e in zip(images, entries)]
+        per_method[name] = (made, (time.perf_counter() - start) / len(entries))
+    out = []
+    for k, (entry, image) in enumerate(zip(entries, images)):
+        affine = np.asarray(image.affine, dtype=np.float64)
+        lesion = load_annotation(entry["lesion"], ImageGrid.from_meta(tuple(image.shape[1:]), affine, image.meta))
+        case = {"id": entry["id"], "rows": [], "maps": {}, "curves": {}}
+        for name, (made, seconds) in per_method.items():
+            saliency, cls, prob, chosen, view, reference = made[k]
+            row = {
+                "case": entry["id"],
+                "method": name,
+                "label": entry.get("label", ""),
+                "class_idx": cls,
+                "score": round(prob, 4),
+                **score_row(saliency, lesion, spacing=_spacing(affine, lesion.ndim)),
+            }
+            if slices is not None:
+                row["slices"] = " ".join(str(k) for k in chosen) if chosen is not None else ""
+            if faithfulness:
+                case["curves"][name] = _faithfulness(*view, cls, reference, n_steps)
+                for mode, curve in case["curves"][name].items():
+                    row[f"{mode}_auc"] = float(np.trapezoid(curve, np.linspace(0, 1, len(curve))))
+            row["seconds"] = round(seconds, 3)
+            case["rows"].append(row)
+            case["maps"][name] = saliency
+        out.append(case)
+    return out
+
+
+def case_figure(entry: dict, maps: Mapping[str, np.ndarray]) -> dict:
+    """The report's material of one case: its image and lesion (read again from the manifest entry) and ``maps``."""
+    image = load_image(entry["image"])
+    affine = np.asarray(image.affine, dtype=np.float64)
+    lesion = load_annotation(entry["lesion"], ImageGrid.from_meta(tuple(image.shape[1:]), affine, image.meta))
+    return {"id": entry["id"], "maps": dict(maps), "image": image[0].numpy(), "lesion_array": lesion}
 
 
 def evaluate_manifest(
@@ -129,6 +206,7 @@ def evaluate_manifest(
     Returns:
         the rows (one per case and method) and the material for the figures: per case the
         image, lesion and maps on the source grid, and per method the mean curves.
+        :mod:`medhdm.cohort` runs the same per case (:func:`evaluate_cases`) on Ray, resumably.
     """
     _check_run(entries, methods, maps or {})
     maps = dict(maps or {})
@@ -139,44 +217,32 @@ def evaluate_manifest(
     faithfulness = faithfulness and model is not None
     rows: list[dict] = []
     names = [*methods, *maps]
-    figures: dict = {"cases": [], "curves": {name: {"deletion": [], "insertion": []} for name in names}}
+    figures = new_figures(names)
     total = len(entries) * len(names)
     for entry in entries:
-        image = load_image(entry["image"])  # read once, explained by every method
-        affine = np.asarray(image.affine, dtype=np.float64)
-        lesion = load_annotation(entry["lesion"], ImageGrid.from_meta(tuple(image.shape[1:]), affine, image.meta))
-        case_fig = {"id": entry["id"], "maps": {}, "image": image[0].numpy(), "lesion_array": lesion}
-        for name in names:
-            start = time.perf_counter()
-            if name in methods:
-                saliency, cls, prob, chosen, view, reference = _method_map(methods[name], image, spec, entry, slices)
-            else:
-                saliency, cls, prob, chosen, view, reference = _external_map(
-                    maps[name], image, spec, entry, slices, model
-                )
-            seconds = time.perf_counter() - start
-            row = {
-                "case": entry["id"],
-                "method": name,
-                "label": entry.get("label", ""),
-                "class_idx": cls,
-                "score": round(prob, 4),
-                **score_row(saliency, lesion, spacing=_spacing(affine, lesion.ndim)),
-            }
-            if slices is not None:
-                row["slices"] = " ".join(str(k) for k in chosen) if chosen is not None else ""
-            if faithfulness:
-                _add_faithfulness(row, _faithfulness(*view, cls, reference, n_steps), figures, name)
-            row["seconds"] = round(seconds, 3)
-            rows.append(row)
-            case_fig["maps"][name] = saliency
-            if log:
+        (case,) = evaluate_cases([entry], methods, spec, faithfulness, n_steps, slices, maps, model)
+        add_case(rows, figures, case, case_figure(entry, case["maps"]))
+        if log:
+            for k, row in enumerate(case["rows"], start=len(rows) - len(case["rows"]) + 1):
                 log(
-                    f"[{len(rows)}/{total}] {entry['id']} {name}: pointing {row['pointing_game']:.0f}, "
-                    f"AUROC {row['auroc']:.3f}, {seconds:.1f} s"
+                    f"[{k}/{total}] {entry['id']} {row['method']}: pointing "
+                    f"{row['pointing_game']:.0f}, AUROC {row['auroc']:.3f}, {row['seconds']:.1f} s"
                 )
-        figures["cases"].append(case_fig)
     return rows, figures
+
+
+def new_figures(names: Sequence[str]) -> dict:
+    """The empty material for the report's figures of methods ``names``."""
+    return {"cases": [], "curves": {name: {"deletion": [], "insertion": []} for name in names}}
+
+
+def add_case(rows: list[dict], figures: dict, case: dict, figure: dict) -> None:
+    """Append one evaluated case (:func:`evaluate_cases`' record; ``curves`` as arrays or lists) to the run."""
+    rows.extend(case["rows"])
+    for name, curves in case["curves"].items():
+        for mode, curve in curves.items():
+            figures["curves"][name][mode].append(np.asarray(curve, dtype=np.float64))
+    figures["cases"].append(figure)
 
 
 def _check_run(entries: Sequence[dict], methods: Mapping[str, Explainer], maps: Mapping[str, object]) -> None:

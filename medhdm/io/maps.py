@@ -9,8 +9,9 @@ elsewhere for one case of an evaluation (:func:`load_case_map`).
   :func:`medhdm.export.export_nifti` writes it (axes column, row, slice; the source's
   RAS affine). Another affine is an error that asks for resampling first.
 
-:func:`load_case_map` finds ``<case id>.nii.gz`` (or ``.nii``), ``<case id>_saliency.nii.gz``
-(as ``medhdm explain`` writes it) or ``<case id>.npy`` in a folder. Both are in **MONAI/NIfTI
+:func:`load_case_map` finds ``<case id>.nii.gz`` (or ``.nii``), ``<case id>_saliency.nii.gz``,
+``<case id>/<case id>_saliency.nii.gz`` (as ``medhdm explain`` writes it, so its ``--out`` can be
+given) or ``<case id>.npy`` in a folder. Both are in **MONAI/NIfTI
 order** ``(W, H)`` / ``(W, H, D)`` (column, row, slice: the order of the NIfTI data, of
 ``nibabel``'s ``get_fdata()`` and of arrays from ``monai.transforms.LoadImage``), on the
 case's image grid; a NIfTI file's affine must be the image's. Values must be finite and in
@@ -30,7 +31,14 @@ from .dicom import DicomSource
 __all__ = ["find_case_map", "load_case_map", "load_map"]
 
 #: the file names :func:`find_case_map` tries, in this order (``{id}`` the case id)
-CASE_MAP_NAMES = ("{id}.nii.gz", "{id}_saliency.nii.gz", "{id}.nii", "{id}_saliency.nii", "{id}.npy")
+CASE_MAP_NAMES = (
+    "{id}.nii.gz",
+    "{id}_saliency.nii.gz",
+    "{id}/{id}_saliency.nii.gz",
+    "{id}.nii",
+    "{id}_saliency.nii",
+    "{id}.npy",
+)
 _RANGE_TOL = 1e-6
 
 _AFFINE_TOL_MM = 1e-2

@@ -1,0 +1,30 @@
+"""The local engine: one process, the model and explainer(s) loaded once, batches one after another."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from .tasks import CaseRunner, process_batch
+
+__all__ = ["LocalEngine"]
+
+
+class LocalEngine:
+    """Runs batches in this process with ``runner`` (torch threads as the caller set them)."""
+
+    name = "local"
+
+    def __init__(self, runner: CaseRunner) -> None:
+        self.runner = runner
+
+    def start(self) -> None:
+        """Nothing to start."""
+
+    def map(self, batches: Iterable[list[dict]], out: Path) -> Iterator[list[dict]]:
+        """The outcomes of each batch (:func:`~medhdm.cohort.tasks.process_batch`), in order."""
+        for batch in batches:
+            yield process_batch(self.runner, batch, out)
+
+    def close(self) -> None:
+        """Nothing to stop."""

@@ -1,0 +1,163 @@
+"""The Ray engine: a pool of actors, each loading the model and explainer(s) once, fed batches of cases.
+
+``ray`` is imported only here, when ``--engine ray`` is asked for. With no address Ray
+starts a local cluster on this machine (``ray.init(num_cpus=<cores>)``, no dashboard);
+``address="auto"`` or ``"ray://host:10001"`` joins an existing cluster (medhdm must be
+installed on its nodes and ``--out`` and the images must be on a file system they share).
+
+Each actor sets its torch threads to its share of the cores (the cluster's CPUs divided
+by the number of workers, at least 1, at most one node's CPUs; ``MEDHDM_THREADS``, when set
+in the driver's environment, caps it: on cores shared with other work, two threads per
+process stall at every operator, so a shared machine wants 1) and reserves that many
+CPUs and ``gpus_per_worker`` GPUs (fractions let several actors share one GPU). Each actor
+has one batch in flight; when an actor dies (killed, node lost), its batch is sent again
+to a new actor, which skips the cases the dead one completed (their records exist), so
+every case is done exactly once.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+
+__all__ = ["RayEngine", "import_ray"]
+
+
+def import_ray():
+    """The ``ray`` module, or a clear error naming the extra to install."""
+    try:
+        import ray
+    except ImportError:
+        raise ValueError("--engine ray: Ray is not installed; pip install -e '.[ray]' (or pip install ray)") from None
+    return ray
+
+
+class _CohortActor:
+    """One Ray worker: builds the runner once (model, explainers), then runs batch after batch."""
+
+    def __init__(self, recipe, key: str, threads: int) -> None:
+        import torch
+
+        torch.set_num_threads(threads)
+        self.runner = recipe.build()
+        if self.runner.key != key:
+            raise ValueError(
+                "a Ray worker's configuration differs from the driver's (another medhdm version or other "
+                "model weights on that node?)"
+            )
+
+    def run(self, batch: list[dict], out: str) -> list[dict]:
+        from .tasks import process_batch
+
+        return process_batch(self.runner, batch, Path(out))
+
+    def threads(self) -> int:
+        import torch
+
+        return torch.get_num_threads()
+
+
+class RayEngine:
+    """Batches over a pool of ``workers`` Ray actors (see the module docstring).
+
+    Args:
+        recipe: an :class:`~medhdm.cohort.tasks.ExplainRecipe` or :class:`~medhdm.cohort.tasks.EvaluateRecipe`.
+        key: the driver's configuration hash (each actor checks that its own equals it).
+        workers: number of actors.
+        gpus_per_worker: GPUs reserved per actor (0: CPU only; 0.5: two actors per GPU).
+        address: None (a local cluster), ``"auto"`` or ``"ray://host:port"``.
+        log: where to report restarted actors.
+    """
+
+    name = "ray"
+
+    def __init__(
+        self,
+        recipe,
+        key: str,
+        workers: int = 2,
+        gpus_per_worker: float = 0.0,
+        address: str | None = None,
+        log: Callable[[str], None] | None = None,
+    ) -> None:
+        if workers < 1:
+            raise ValueError(f"--workers: expected at least 1, got {workers}")
+        if gpus_per_worker < 0:
+            raise ValueError(f"--gpus-per-worker: expected 0 or more, got {gpus_per_worker}")
+        self.recipe, self.key, self.workers = recipe, key, workers
+        self.gpus_per_worker, self.address, self.log = gpus_per_worker, address, log
+        self.ray = import_ray()
+        self.started = False
+        self.actors: list = []
+        self.replaced = 0
+        self.threads = 1
+
+    def start(self) -> None:
+        """Join or start the cluster and start the actors (nothing when they already run)."""
+        if self.actors:
+            return
+        ray = self.ray
+        if not ray.is_initialized():
+            if self.address:
+                ray.init(address=self.address, log_to_driver=False)
+            else:
+                ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, log_to_driver=False)
+                self.started = True
+        total = int(ray.cluster_resources().get("CPU", 1))
+        per_node = max((int(n["Resources"].get("CPU", 0)) for n in ray.nodes() if n.get("Alive")), default=1)
+        self.threads = max(1, min(total // self.workers, per_node))
+        if os.environ.get("MEDHDM_THREADS"):
+            self.threads = max(1, min(self.threads, int(os.environ["MEDHDM_THREADS"])))
+        self.actor_class = ray.remote(_CohortActor)
+        self.actors = [self._new_actor() for _ in range(self.workers)]
+
+    def ready(self) -> list[int]:
+        """Wait until every actor has built its runner; their torch thread counts."""
+        return self.ray.get([actor.threads.remote() for actor in self.actors])
+
+    def _new_actor(self):
+        return self.actor_class.options(num_cpus=self.threads, num_gpus=self.gpus_per_worker, max_restarts=0).remote(
+            self.recipe, self.key, self.threads
+        )
+
+    def map(self, batches: Iterable[list[dict]], out: Path) -> Iterator[list[dict]]:
+        """The outcomes of each batch as it finishes; the batch of an actor that died is run again."""
+        ray = self.ray
+        queue = deque(batches)
+        idle = list(range(len(self.actors)))
+        pending: dict = {}
+        while queue or pending:
+            while queue and idle:
+                i = idle.pop()
+                batch = queue.popleft()
+                pending[self.actors[i].run.remote(batch, str(out))] = (i, batch)
+            (ref,), _ = ray.wait(list(pending), num_returns=1)
+            i, batch = pending.pop(ref)
+            try:
+                outcomes = ray.get(ref)
+            except ray.exceptions.RayActorError as err:
+                self.replaced += 1
+                if self.replaced > 3 * self.workers:
+                    raise RuntimeError(f"Ray workers keep dying ({self.replaced} replaced); last: {err}") from None
+                if self.log:
+                    self.log(f"a Ray worker died ({type(err).__name__}); its batch of {len(batch)} goes to a new one")
+                self.actors[i] = self._new_actor()
+                queue.appendleft(batch)
+                idle.append(i)
+                continue
+            idle.append(i)
+            yield outcomes
+
+    def close(self) -> None:
+        """Stop the actors, and the local cluster if this engine started it."""
+        for actor in self.actors:
+            try:
+                self.ray.kill(actor)
+            except Exception:  # noqa: BLE001,S110 (already dead)
+                pass
+        self.actors = []
+        if self.started:
+            self.ray.shutdown()
+            self.started = False

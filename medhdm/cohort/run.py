@@ -1,0 +1,178 @@
+"""The cohort driver: lock ``--out``, find the cases already complete, run the rest on an engine,
+record failures, and rebuild the run's summary from the per-case records.
+
+Rules (the same for every engine):
+
+- ``--out`` is locked for the run (:class:`~medhdm.io.atomic.LockedFolder`) and the temporaries
+  a killed run left are removed first;
+- a case complete for this configuration (:mod:`.records`) is skipped; the others are done;
+- cases complete for *another* configuration refuse the run before any work, unless
+  ``overwrite`` (then they are redone);
+- a case that fails is listed in ``failures.csv`` (case, image, error type, error) and the
+  run goes on; :class:`CohortFailed` is raised at the end (after the summary is written);
+- the summary (``explanations.csv``, or ``evaluate``'s report) lists the complete cases in
+  manifest order, rebuilt from their records, so it is the same whatever the engine, the
+  batch size or the order in which the cases finished.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..io.atomic import LockedFolder, atomic_write, remove_stale_temporaries
+from ..study import case_folder
+from .batching import chunks
+from .progress import Progress
+from .records import RECORD_NAME, case_state, read_record
+
+__all__ = ["CohortFailed", "CohortResult", "run_cohort"]
+
+FAILURE_COLUMNS = ("case", "image", "error_type", "error")
+
+
+@dataclass
+class CohortResult:
+    """What a run did: per case id its record (complete cases), the outcomes of this run and the failures."""
+
+    records: dict[str, dict] = field(default_factory=dict)
+    done: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failures: list[dict] = field(default_factory=list)
+
+
+class CohortFailed(RuntimeError):
+    """Some cases failed (listed in ``failures.csv``); the others are complete. ``bad_input``: every
+    failure was bad input (a file that cannot be read, a case that does not fit the classifier)."""
+
+    def __init__(self, failures: list[dict], total: int, out: Path) -> None:
+        self.failures, self.total, self.out = failures, total, out
+        self.bad_input = all(f.get("bad_input") for f in failures)
+        first = failures[0]
+        kind = "" if first.get("bad_input") else f"{first['error_type']}: "
+        super().__init__(
+            f"{len(failures)} of {total} cases failed (listed in {out / 'failures.csv'}), the others are complete; "
+            f"case {first['index']} ({first['case']}, {first['image']}) failed: {kind}{first['error']}"
+        )
+
+
+def _check_ids(entries: Sequence[dict]) -> None:
+    ids = [e["id"] for e in entries]
+    twice = sorted({i for i in ids if ids.count(i) > 1})
+    if twice:
+        raise ValueError(f"two cases have the same id: {', '.join(twice)}")
+
+
+def run_cohort(
+    entries: Sequence[dict],
+    key: str,
+    engine,
+    out: str | os.PathLike,
+    summarise: Callable[[Path, list[dict], dict[str, dict]], None],
+    batch_size: int = 1,
+    overwrite: bool = False,
+    refuse: Callable[[Path, dict[str, str]], None] | None = None,
+    on_batch: Callable[[list[dict]], None] | None = None,
+    log: Callable[[str], None] | None = None,
+    progress: bool = True,
+) -> CohortResult:
+    """Run ``entries`` (``{"id", "image", ...}``) on ``engine`` into ``out`` (see the module docstring).
+
+    Args:
+        key: the configuration hash of the runner(s) (:attr:`~medhdm.cohort.tasks.CaseRunner.key`).
+        engine: a :class:`~medhdm.cohort.local.LocalEngine` or :class:`~medhdm.cohort.ray_engine.RayEngine`.
+        summarise: writes the run's summary from the complete cases' entries and records (inside the lock).
+        batch_size: cases per batch sent to a worker.
+        overwrite: redo the cases complete for another configuration (otherwise the run is refused).
+        refuse: an extra check before any work, given ``out`` and each case's state.
+        on_batch: called with each batch's outcomes as it finishes (tests use it to kill a worker).
+
+    Raises:
+        FileExistsError: cases complete for another configuration, without ``overwrite``.
+        CohortFailed: after the run, when some cases failed.
+    """
+    if not entries:
+        raise ValueError("cases: nothing to run")
+    _check_ids(entries)
+    out = Path(out)
+    # absolute paths: a Ray worker does not share the driver's working folder
+    entries = [{**e, **{k: os.path.abspath(e[k]) for k in ("image", "lesion") if k in e}} for e in entries]
+    where = Path(os.path.abspath(out))
+    result = CohortResult()
+    with LockedFolder(out, what="--out"):
+        remove_stale_temporaries(out)
+        states = {}
+        for entry in entries:
+            folder = case_folder(out, entry["id"])
+            if folder.is_dir():
+                remove_stale_temporaries(folder)
+            states[entry["id"]] = case_state(folder, entry["image"], key)
+        other = [i for i, s in states.items() if s == "other"]
+        if other and not overwrite:
+            raise FileExistsError(
+                f"--out: {out / other[0] / RECORD_NAME} was written with another configuration ({len(other)} of the "
+                "cases were); pass --overwrite to redo them, or choose another folder"
+            )
+        if refuse:
+            refuse(out, states)
+        todo = [e for e in entries if states[e["id"]] != "complete"]
+        result.skipped = [e["id"] for e in entries if states[e["id"]] == "complete"]
+        if log and result.skipped:
+            log(f"{len(result.skipped)} of {len(entries)} cases are complete for this configuration; skipped")
+        index = {e["id"]: k for k, e in enumerate(entries, start=1)}
+        by_id = {e["id"]: e for e in entries}
+        bar = Progress(len(entries), len(result.skipped)) if progress else None
+        try:
+            if todo:
+                engine.start()
+                for outcomes in engine.map(chunks(todo, batch_size), where):
+                    for o in outcomes:
+                        if o["status"] == "failed":
+                            image = str(by_id[o["case"]]["image"])
+                            result.failures.append({**o, "index": index[o["case"]], "image": image})
+                        else:
+                            result.done.append(o["case"])
+                    if bar:
+                        bar.update(len(outcomes), sum(o["status"] == "failed" for o in outcomes))
+                    if log and (bar is None or bar.bar.disable):  # not a terminal: one line per case
+                        finished = len(result.skipped) + len(result.done) + len(result.failures)
+                        for k, o in enumerate(outcomes, start=finished - len(outcomes) + 1):
+                            what = f"failed: {o['error']}" if o["status"] == "failed" else f"{o['seconds']:.1f} s"
+                            log(f"[{k}/{len(entries)}] {o['case']}: {o['status']}, {what}")
+                    if on_batch:
+                        on_batch(outcomes)
+        finally:
+            engine.close()
+            if bar:
+                bar.close()
+        result.failures.sort(key=lambda f: f["index"])
+        _write_failures(out, result.failures)
+        for entry in entries:
+            record = read_record(case_folder(out, entry["id"]))
+            if record is not None and case_state(case_folder(out, entry["id"]), entry["image"], key) == "complete":
+                result.records[entry["id"]] = record
+        complete = [e for e in entries if e["id"] in result.records]
+        if complete:
+            summarise(out, complete, result.records)
+    if result.failures:
+        raise CohortFailed(result.failures, len(entries), out)
+    return result
+
+
+def _write_failures(out: Path, failures: list[dict]) -> None:
+    """``failures.csv`` of this run's failures, or no such file when none failed."""
+    path = out / "failures.csv"
+    if not failures:
+        path.unlink(missing_ok=True)
+        return
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(FAILURE_COLUMNS), extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(failures)
+
+    atomic_write(path, write)

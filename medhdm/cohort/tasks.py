@@ -1,0 +1,246 @@
+"""What a worker does with a batch of cases: the recipes (picklable, so a Ray actor can build
+them) and the runners they build, which load the model and the explainer(s) once and then
+explain (``medhdm explain``) or evaluate (``medhdm evaluate``) batch after batch.
+
+A runner's :attr:`~CaseRunner.configuration` is :func:`medhdm.models.identity.run_configuration`
+plus what else changes the outputs; its hash decides which cases are complete (:mod:`.records`).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..io.atomic import atomic_write, remove_stale_temporaries
+from ..models.identity import configuration_hash, run_configuration
+from ..pipeline import InputSpec, SliceSelection
+from ..study import StudyCase, case_folder, explain_study_batch
+from .batching import run_split
+from .records import case_state, remove_record, write_record
+
+__all__ = ["BAD_INPUT", "CaseRunner", "EvaluateRecipe", "ExplainRecipe", "ModelRecipe", "process_batch"]
+
+#: errors that mean a case's input is bad (the CLI's exit status 2); others are failures of the run (1)
+BAD_INPUT = (
+    ValueError,
+    TypeError,
+    FileNotFoundError,
+    NotADirectoryError,
+    IsADirectoryError,
+    PermissionError,
+    FileExistsError,
+)
+
+
+@dataclass(frozen=True)
+class ModelRecipe:
+    """How to load the classifier (:func:`medhdm.models.load_model`'s arguments)."""
+
+    model: str = "default"
+    weights: str | None = None
+    model_args: dict = field(default_factory=dict)
+    device: str = "cpu"
+
+    def load(self, device: str | None = None):
+        from ..models import load_model
+
+        return load_model(self.model, weights=self.weights, model_args=self.model_args, device=device or self.device)
+
+
+def _spec_record(spec: InputSpec, slices: SliceSelection | None) -> dict:
+    return {
+        "spatial_size": list(spec.spatial_size),
+        "layout": spec.layout,
+        "axcodes": spec.axcodes,
+        "percentiles": list(spec.percentiles),
+        "intensity_range": list(spec.intensity_range) if spec.intensity_range else None,
+        "slices": None if slices is None else {"text": repr(slices)},
+    }
+
+
+class CaseRunner:
+    """A worker's model and explainer(s), loaded once; :meth:`run_cases` writes each case's outputs and record."""
+
+    configuration: dict
+    key: str
+
+    def run_cases(self, entries: list[dict], out: Path) -> list[dict]:  # pragma: no cover (interface)
+        raise NotImplementedError
+
+    def _record(self, entry: dict, files: list[str], seconds: float, result: dict) -> dict:
+        return {
+            "case": entry["id"],
+            "image": str(entry["image"]),
+            "configuration_hash": self.key,
+            "configuration": self.configuration,
+            "files": files,
+            "seconds": round(seconds, 3),
+            "result": result,
+        }
+
+
+@dataclass(frozen=True)
+class ExplainRecipe:
+    """``medhdm explain``: one method over the cases (exports optional)."""
+
+    model: ModelRecipe
+    spec: InputSpec
+    method: str = "hdm"
+    steps: int | None = None
+    method_args: dict = field(default_factory=dict)
+    export: tuple[str, ...] = ()
+    slices: SliceSelection | None = None
+
+    def build(self, device: str | None = None, model=None) -> ExplainRunner:
+        """The runner (``model``: the classifier already loaded by this recipe, to skip loading it again)."""
+        return ExplainRunner(self, device, model)
+
+
+class ExplainRunner(CaseRunner):
+    """Explains cases with :func:`medhdm.study.explain_study_batch` (the one explain path)."""
+
+    def __init__(self, recipe: ExplainRecipe, device: str | None = None, model=None) -> None:
+        from ..explain.registry import make_explainer
+
+        self.recipe = recipe
+        self.model = model if model is not None else recipe.model.load(device)
+        self.explainer = make_explainer(recipe.method, self.model, steps=recipe.steps, **recipe.method_args)
+        extra = {"task": "explain", "input": _spec_record(recipe.spec, recipe.slices), "export": list(recipe.export)}
+        self.configuration = run_configuration(self.model, self.explainer, recipe.model.model, extra)
+        self.key = configuration_hash(self.configuration)
+
+    def run_cases(self, entries: list[dict], out: Path) -> list[dict]:
+        cases = [StudyCase(Path(e["image"]), e["id"], e.get("class_idx")) for e in entries]
+        start = time.perf_counter()
+        rows = explain_study_batch(
+            cases,
+            self.explainer,
+            self.recipe.spec,
+            out,
+            self.recipe.export,
+            self.recipe.method,
+            True,
+            self.recipe.slices,
+        )
+        seconds = (time.perf_counter() - start) / len(entries)
+        records = []
+        for entry, row in zip(entries, rows):
+            folder = case_folder(out, entry["id"])
+            files = [Path(row[k]).name for k in ("map", "export", "slice_scores") if row[k]]
+            records.append(self._record(entry, files, seconds, {"row": row}))
+            write_record(folder, records[-1])
+        return records
+
+
+@dataclass(frozen=True)
+class EvaluateRecipe:
+    """``medhdm evaluate``: several methods (and maps made elsewhere) scored per case."""
+
+    model: ModelRecipe
+    spec: InputSpec
+    methods: tuple[str, ...] = ("hdm", "gxi", "gradcam", "occlusion")
+    steps: int | None = None
+    maps: tuple[tuple[str, str], ...] = ()
+    faithfulness: bool = True
+    n_steps: int = 64
+    slices: SliceSelection | None = None
+
+    def build(self, device: str | None = None, model=None) -> EvaluateRunner:
+        """The runner (``model``: the classifier already loaded by this recipe, to skip loading it again)."""
+        return EvaluateRunner(self, device, model)
+
+
+class EvaluateRunner(CaseRunner):
+    """Evaluates cases with :func:`medhdm.evaluation.evaluate_cases`; each case keeps its rows, curves and maps."""
+
+    def __init__(self, recipe: EvaluateRecipe, device: str | None = None, model=None) -> None:
+        from ..explain.registry import is_mask_method, make_explainer
+
+        self.recipe = recipe
+        self.model = model if model is not None else recipe.model.load(device)
+        self.methods = {
+            name: make_explainer(name, self.model, steps=recipe.steps if is_mask_method(name) else None)
+            for name in recipe.methods
+        }
+        first = next(iter(self.methods.values()), None)
+        extra = {
+            "task": "evaluate",
+            "input": _spec_record(recipe.spec, recipe.slices),
+            "methods": {n: {"method": e.name, "settings": e.settings()} for n, e in self.methods.items()},
+            "maps": {name: str(Path(folder).resolve()) for name, folder in recipe.maps},
+            "faithfulness": recipe.faithfulness,
+            "n_steps": recipe.n_steps,
+        }
+        if first is None:
+            from .. import __version__
+            from ..models.identity import model_identity
+
+            self.configuration = {"medhdm_version": __version__, "model": model_identity(self.model), "extra": extra}
+        else:
+            self.configuration = run_configuration(self.model, first, recipe.model.model, extra)
+        self.key = configuration_hash(self.configuration)
+
+    def run_cases(self, entries: list[dict], out: Path) -> list[dict]:
+        from ..evaluation import evaluate_cases
+
+        r = self.recipe
+        start = time.perf_counter()
+        cases = evaluate_cases(
+            entries, self.methods, r.spec, r.faithfulness, r.n_steps, r.slices, dict(r.maps), self.model
+        )
+        seconds = (time.perf_counter() - start) / len(entries)
+        records = []
+        for entry, case in zip(entries, cases):
+            folder = case_folder(out, entry["id"])
+            folder.mkdir(exist_ok=True)
+
+            def write_maps(tmp: str, maps=case["maps"]) -> None:
+                with open(tmp, "wb") as f:
+                    np.savez_compressed(f, **{name: np.asarray(m, dtype=np.float32) for name, m in maps.items()})
+
+            atomic_write(folder / "maps.npz", write_maps)
+            curves = {n: {m: np.asarray(c).tolist() for m, c in by.items()} for n, by in case["curves"].items()}
+            records.append(self._record(entry, ["maps.npz"], seconds, {"rows": case["rows"], "curves": curves}))
+            write_record(folder, records[-1])
+        return records
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split()) or type(err).__name__
+
+
+def process_batch(runner: CaseRunner, entries: list[dict], out: str | Path) -> list[dict]:
+    """Run a batch on a worker: skip the cases already complete, redo the others (failing batches split).
+
+    Returns one outcome per case: ``{"case", "status": "done"|"skipped"|"failed", "seconds"}``
+    and, for a failure, ``error``, ``error_type`` and ``bad_input``.
+    """
+    out = Path(out)
+    outcomes, todo = [], []
+    for entry in entries:
+        folder = case_folder(out, entry["id"])
+        if case_state(folder, entry["image"], runner.key) == "complete":  # e.g. done by a worker that died
+            outcomes.append({"case": entry["id"], "status": "skipped", "seconds": 0.0})
+            continue
+        if folder.is_dir():
+            remove_record(folder)  # redone: incomplete until its new record is written
+            remove_stale_temporaries(folder)
+        todo.append(entry)
+    for entry, record, err in run_split(lambda batch: runner.run_cases(batch, out), todo):
+        if err is None:
+            outcomes.append({"case": entry["id"], "status": "done", "seconds": record["seconds"]})
+        else:
+            outcomes.append(
+                {
+                    "case": entry["id"],
+                    "status": "failed",
+                    "seconds": 0.0,
+                    "error": _one_line(err),
+                    "error_type": type(err).__name__,
+                    "bad_input": isinstance(err, BAD_INPUT),
+                }
+            )
+    return outcomes

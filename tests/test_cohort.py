@@ -1,0 +1,136 @@
+"""The cohort driver on the local engine: batches equal one case at a time, an out-of-memory batch is
+split and completes, a corrupt case is listed in failures.csv while the others are done, and a
+re-run resumes. (The Ray engine: tests/test_cohort_ray.py.)"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from medhdm.cli import main
+from medhdm.cohort import CohortFailed, ExplainRecipe, LocalEngine, ModelRecipe, explain_cohort
+from medhdm.data.bench_files import LESIONBENCH_INTENSITY_RANGE, write_lesionbench
+from medhdm.io.manifest import load_manifest
+from medhdm.pipeline import InputSpec
+
+N_CASES = 6
+SPEC = InputSpec((96, 96), intensity_range=LESIONBENCH_INTENSITY_RANGE)
+
+
+@pytest.fixture(scope="module")
+def manifest(tmp_path_factory) -> Path:
+    return write_lesionbench(tmp_path_factory.mktemp("cohort") / "lb", n_cases=N_CASES, spatial_dims=2)
+
+
+def _entries(manifest: Path) -> list[dict]:
+    return [{"id": e["id"], "image": str(e["image"])} for e in load_manifest(manifest)]
+
+
+def _maps(out: Path, ids) -> dict[str, np.ndarray]:
+    return {i: np.asarray(nib.load(out / i / f"{i}_saliency.nii.gz").dataobj) for i in ids}
+
+
+def test_batches_of_cases_equal_one_case_at_a_time_and_a_rerun_skips_them(manifest, tmp_path):
+    """Gradient x Input on 6 cases: batch size 4 (batches of 4 and 2) gives the maps of batch size 1.
+
+    CPU kernels differ with the batch size at float precision: equal within 1e-5 here (the
+    explainers' contract, tests/test_explain_contract.py, allows 1e-3 for optimised masks)."""
+    recipe = ExplainRecipe(ModelRecipe(), SPEC, "gxi")
+    entries = _entries(manifest)
+    one = explain_cohort(entries, recipe, tmp_path / "one", batch_size=1, progress=False)
+    four = explain_cohort(entries, recipe, tmp_path / "four", batch_size=4, progress=False)
+    assert one.done == four.done == [e["id"] for e in entries]
+    ids = one.done
+    a, b = _maps(tmp_path / "one", ids), _maps(tmp_path / "four", ids)
+    for i in ids:
+        np.testing.assert_allclose(a[i], b[i], atol=1e-5, rtol=0)
+    assert max(float(a[i].max()) for i in ids) > 0.5  # real maps, not empty ones
+    mtimes = {i: (tmp_path / "four" / i / "record.json").stat().st_mtime_ns for i in ids}
+    again = explain_cohort(entries, recipe, tmp_path / "four", batch_size=4, progress=False)
+    assert again.done == [] and again.skipped == ids
+    assert mtimes == {i: (tmp_path / "four" / i / "record.json").stat().st_mtime_ns for i in ids}
+
+
+def test_a_batch_out_of_memory_is_split_and_completes(manifest, tmp_path):
+    """The explainer raises CUDA's out-of-memory error for batches of more than 1: 4 -> 2 + 2 -> 1 each."""
+    recipe = ExplainRecipe(ModelRecipe(), SPEC, "gxi")
+    runner = recipe.build()
+    explain = runner.explainer.explain
+    sizes = []
+
+    def limited(x, class_idx=None):
+        sizes.append(x.shape[0])
+        if x.shape[0] > 1:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated for a batch of more than 1)")
+        return explain(x, class_idx)
+
+    runner.explainer.explain = limited
+    entries = _entries(manifest)[:4]
+    result = explain_cohort(entries, recipe, tmp_path / "split", batch_size=4, engine_object=LocalEngine(runner))
+    assert result.done == [e["id"] for e in entries] and not result.failures
+    assert sizes == [4, 2, 1, 1, 2, 1, 1]
+    reference = explain_cohort(entries, recipe, tmp_path / "ref", batch_size=1, progress=False)
+    ids = reference.done
+    split, ref = _maps(tmp_path / "split", ids), _maps(tmp_path / "ref", ids)
+    for i in ids:  # the split ran every case alone, as the reference did
+        np.testing.assert_array_equal(split[i], ref[i])
+    assert not (tmp_path / "split" / "failures.csv").exists()
+
+
+def test_a_corrupt_case_is_listed_in_failures_and_the_others_are_done(manifest, tmp_path, capsys):
+    """One DICOM file of the manifest is cut short: its case is in failures.csv with the error, the
+    others (in its batch too) are complete and in explanations.csv, and the exit status is non-zero."""
+    data = json.loads(manifest.read_text())
+    broken = tmp_path / "broken.dcm"
+    broken.write_bytes((manifest.parent / data["testing"][2]["image"]).read_bytes()[:600])
+    data["testing"][2]["image"] = str(broken)
+    bad_manifest = manifest.parent / "with_a_corrupt_case.json"
+    bad_manifest.write_text(json.dumps(data))
+    out = tmp_path / "out"
+    argv = ["explain", "--manifest", str(bad_manifest), "--method", "gxi", "--intensity-range=-1000,0"]
+    rc = main([*argv, "--batch-size", "2", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert rc != 0 and f"1 of {N_CASES} cases failed" in err and "case002" in err, err
+    with open(out / "failures.csv") as f:
+        failures = list(csv.DictReader(f))
+    assert [f["case"] for f in failures] == ["case002"] and failures[0]["image"] == str(broken)
+    assert failures[0]["error"] and failures[0]["error_type"]
+    with open(out / "explanations.csv") as f:
+        listed = [r["case"] for r in csv.DictReader(f)]
+    assert listed == [f"case{i:03d}" for i in range(N_CASES) if i != 2]
+    assert all((out / c / "record.json").is_file() for c in listed) and not (out / "case002" / "record.json").exists()
+    # the file repaired, the same command finishes the failed case only and removes failures.csv
+    broken.write_bytes((manifest.parent / "case002" / "image.dcm").read_bytes())
+    before = {c: (out / c / "record.json").stat().st_mtime_ns for c in listed}
+    assert main([*argv, "--batch-size", "2", "--out", str(out)]) == 0, capsys.readouterr().err
+    assert before == {c: (out / c / "record.json").stat().st_mtime_ns for c in listed}
+    assert (out / "case002" / "record.json").is_file() and not (out / "failures.csv").exists()
+
+
+def test_cohort_failed_names_the_first_failure():
+    failures = [{"case": "b", "image": "b.dcm", "index": 2, "error": "bad", "error_type": "ValueError", "bad_input": 1}]
+    err = CohortFailed(failures, 3, Path("out"))
+    assert err.bad_input and "1 of 3 cases failed" in str(err) and "case 2 (b, b.dcm) failed: bad" in str(err)
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--workers", "3"], "only with --engine ray"),
+        (["--batch-size", "0"], "--batch-size: expected at least 1"),
+        (["--engine", "ray", "--workers", "0"], "--workers: expected at least 1"),
+        (["--engine", "ray", "--device", "cuda"], "give --gpus-per-worker"),
+    ],
+)
+def test_bad_cohort_options_are_refused_before_any_work(manifest, tmp_path, capsys, extra, message):
+    out = tmp_path / "out"
+    rc = main(["explain", "--manifest", str(manifest), "--method", "gxi", "--out", str(out), *extra])
+    err = capsys.readouterr().err
+    assert rc == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    assert not out.exists()
