@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import csv
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -107,7 +107,9 @@ def explain_study(
         uid_source: the exported objects' Series/SOP Instance UIDs from keys (deterministic UIDs,
             :class:`medhdm.pacs.uids.DerivedUIDs`); default: new random UIDs.
     """
-    return explain_study_batch([case], explainer, spec, out_dir, export_formats, method, overwrite, slices)[0]
+    return explain_study_batch(
+        [case], explainer, spec, out_dir, export_formats, method, overwrite, slices, uid_sources=[uid_source]
+    )[0]
 
 
 def explain_study_batch(
@@ -119,9 +121,14 @@ def explain_study_batch(
     method: str | None = None,
     overwrite: bool = False,
     slices: SliceSelection | str | None = None,
+    uid_sources: Sequence[Callable[[str], str] | None] | None = None,
 ) -> list[dict]:
     """:func:`explain_study` of several studies, explained together (:func:`~medhdm.pipeline.explain_images`:
-    one batch per classifier input shape), each written as :func:`explain_study` does. An error in any raises."""
+    one batch per classifier input shape), each written as :func:`explain_study` does. An error in any raises.
+    ``uid_sources``: one ``uid_source`` of :func:`explain_study` per case (default: random UIDs for all)."""
+    uid_sources = list(uid_sources) if uid_sources is not None else [None] * len(cases)
+    if len(uid_sources) != len(cases):
+        raise ValueError(f"uid_sources: expected one per case ({len(cases)}), got {len(uid_sources)}")
     out = Path(out_dir)
     folders = [case_folder(out, c.case) for c in cases]  # every name checked before any work
     results = explain_images(
@@ -133,8 +140,8 @@ def explain_study_batch(
         slices=slices,
     )
     return [
-        _write_study(case, result, folder, explainer, export_formats, method, overwrite)
-        for case, result, folder in zip(cases, results, folders)
+        _write_study(case, result, folder, explainer, export_formats, method, overwrite, uids)
+        for case, result, folder, uids in zip(cases, results, folders, uid_sources)
     ]
 
 
@@ -146,6 +153,7 @@ def _write_study(
     export_formats: Sequence[str],
     method: str | None,
     overwrite: bool,
+    uid_source: Callable[[str], str] | None = None,
 ) -> dict:
     """Write one explained study's map (and slices table, exports) into ``folder``; return its row."""
     folder.mkdir(exist_ok=True)
