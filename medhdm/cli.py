@@ -334,7 +334,7 @@ def _pacs_explain(args: argparse.Namespace) -> None:
         if args.token_file or args.basic_auth_file:
             raise ValueError("--token-file/--basic-auth-file: only with --dicomweb")
         archive = parse_destination(args.dimse, retry=retry, calling_aet=args.calling_aet, log=log)
-    model, spec = _model_and_spec(args)
+    _, model, spec = _model_and_spec(args)
     explainer = make_explainer(args.method, model, steps=args.steps, **_parse_json(args.method_args, "--method-args"))
     studies = list(dict.fromkeys(args.study or []))
     if query:
@@ -390,7 +390,7 @@ def _pacs_serve(args: argparse.Namespace) -> None:
     log = logging.getLogger("medhdm.pacs.serve")
     credentials = credentials_from_env(args.token_file, args.basic_auth_file)
     destination = parse_destination(args.destination, credentials, calling_aet=args.aet, log=log.warning)
-    model, spec = _model_and_spec(args)
+    _, model, spec = _model_and_spec(args)
     explainer = make_explainer(args.method, model, steps=args.steps, **_parse_json(args.method_args, "--method-args"))
     log.info(
         "medhdm pacs serve: model %s, method %s, results %s to %s; a study is explained %g s after its last instance",

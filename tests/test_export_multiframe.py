@@ -263,14 +263,14 @@ def test_cli_export_and_explain_with_an_enhanced_source(enhanced, tmp_path, caps
         ]
     )
     assert rc == 0, capsys.readouterr().err
-    folder = tmp_path / "explained" / "enhanced_dicom"
+    folder = tmp_path / "explained" / "enhanced" / "enhanced_dicom"
     depth = len(enhanced["series"].datasets)
     assert len(sorted(folder.glob("SC_*.dcm"))) == depth
     for name in ("PM.dcm", "SEG.dcm", "SC_0001.dcm"):
         errors, report = dciodvfy_errors(folder / name)
         assert errors == [], f"{name}:\n{report}"
     # The map NIfTI sits on the source volume's grid; the PM holds it, frame by frame, on the source's frames.
-    nifti = nib.load(tmp_path / "explained" / "enhanced_saliency.nii.gz")
+    nifti = nib.load(tmp_path / "explained" / "enhanced" / "enhanced_saliency.nii.gz")
     np.testing.assert_allclose(nifti.affine, enhanced["series"].affine_ras, atol=1e-4)
     volume = np.asarray(nifti.dataobj).transpose(2, 1, 0)
     pm = pydicom.dcmread(folder / "PM.dcm")
