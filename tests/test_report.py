@@ -35,7 +35,7 @@ def test_evaluate_writes_a_readable_report(manifest, tmp_path, capsys):
     )
     assert rc == 0, capsys.readouterr().err
     printed = capsys.readouterr().out
-    assert "[6/6]" in printed and "report:" in printed  # progress, then where the report is
+    assert "[3/3]" in printed and "report:" in printed  # progress per case, then where the report is
     with open(out / "per_case.csv") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 6 and {r["method"] for r in rows} == {"gxi", "occlusion"}
