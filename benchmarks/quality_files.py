@@ -94,7 +94,7 @@ def main() -> None:
         f"model {model.medhdm_card['name']}, {time.perf_counter() - start:.0f} s"
     )
     print(format_table(summary, METRICS, ci=[m for m in METRICS if m != "seconds"], digits=2))
-    suffix = "" if not args.methods else "_" + args.methods.replace(",", "_")
+    suffix = "" if not args.methods else "_" + args.methods.replace(",", "_").replace(" ", "").replace("=", "")
     write_json(
         RESULTS / f"quality_files_{args.dims}d{suffix}.json",
         {"cases": args.cases, "seed": args.seed, "summary": summary, "rows": rows},
