@@ -104,18 +104,7 @@ def run_cohort(
     result = CohortResult()
     with LockedFolder(out, what="--out"):
         remove_stale_temporaries(out)
-        states = {}
-        for entry in entries:
-            folder = case_folder(out, entry["id"])
-            if folder.is_dir():
-                remove_stale_temporaries(folder)
-            states[entry["id"]] = case_state(folder, entry["image"], key)
-        other = [i for i, s in states.items() if s == "other"]
-        if other and not overwrite:
-            raise FileExistsError(
-                f"--out: {out / other[0] / RECORD_NAME} was written with another configuration ({len(other)} of the "
-                "cases were); pass --overwrite to redo them, or choose another folder"
-            )
+        states = _case_states(out, entries, key, overwrite)
         if refuse:
             refuse(out, states)
         todo = [e for e in entries if states[e["id"]] != "complete"]
@@ -150,16 +139,45 @@ def run_cohort(
                 bar.close()
         result.failures.sort(key=lambda f: f["index"])
         _write_failures(out, result.failures)
-        for entry in entries:
-            record = read_record(case_folder(out, entry["id"]))
-            if record is not None and case_state(case_folder(out, entry["id"]), entry["image"], key) == "complete":
-                result.records[entry["id"]] = record
+        result.records = _complete_records(out, entries, key)
         complete = [e for e in entries if e["id"] in result.records]
         if complete:
             summarise(out, complete, result.records)
     if result.failures:
         raise CohortFailed(result.failures, len(entries), out)
     return result
+
+
+def _case_states(out: Path, entries: Sequence[dict], key: str, overwrite: bool) -> dict[str, str]:
+    """Each case's state in ``out`` (:func:`case_state`), after removing its folder's stale temporaries.
+
+    Raises:
+        FileExistsError: cases complete for another configuration, without ``overwrite``.
+    """
+    states = {}
+    for entry in entries:
+        folder = case_folder(out, entry["id"])
+        if folder.is_dir():
+            remove_stale_temporaries(folder)
+        states[entry["id"]] = case_state(folder, entry["image"], key)
+    other = [i for i, s in states.items() if s == "other"]
+    if other and not overwrite:
+        raise FileExistsError(
+            f"--out: {out / other[0] / RECORD_NAME} was written with another configuration ({len(other)} of the "
+            "cases were); pass --overwrite to redo them, or choose another folder"
+        )
+    return states
+
+
+def _complete_records(out: Path, entries: Sequence[dict], key: str) -> dict[str, dict]:
+    """The records of the cases that are complete for configuration ``key``, by case id."""
+    records = {}
+    for entry in entries:
+        folder = case_folder(out, entry["id"])
+        record = read_record(folder)
+        if record is not None and case_state(folder, entry["image"], key) == "complete":
+            records[entry["id"]] = record
+    return records
 
 
 def _write_failures(out: Path, failures: list[dict]) -> None:
