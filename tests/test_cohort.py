@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import threading
 from pathlib import Path
 
 import nibabel as nib
@@ -134,3 +135,12 @@ def test_bad_cohort_options_are_refused_before_any_work(manifest, tmp_path, caps
     err = capsys.readouterr().err
     assert rc == 2 and message in err and len(err.strip().splitlines()) == 1, err
     assert not out.exists()
+
+
+def test_a_run_leaves_no_thread_behind(manifest, tmp_path):
+    """The progress bar starts no monitor thread: a thread left in the caller's process is inherited, possibly
+    holding a lock, by every process the caller forks later (a forked export child hung at exit that way)."""
+    before = {t.ident for t in threading.enumerate()}
+    explain_cohort(_entries(manifest)[:2], ExplainRecipe(ModelRecipe(), SPEC, "gxi"), tmp_path / "out", progress=True)
+    left = [t.name for t in threading.enumerate() if t.ident not in before]
+    assert left == []

@@ -17,7 +17,12 @@ class Progress:
     def __init__(self, total: int, done: int = 0, desc: str = "cases") -> None:
         from tqdm import tqdm
 
-        self.bar = tqdm(
+        class Bar(tqdm):
+            # no monitor thread: a thread left running in the caller's process is inherited, mid-lock, by
+            # any process it forks later (a forked export child then hung at exit; seen in the test suite)
+            monitor_interval = 0
+
+        self.bar = Bar(
             total=total,
             initial=done,
             desc=desc,
