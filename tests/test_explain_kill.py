@@ -74,10 +74,22 @@ def _check_consistent(out: Path) -> int:
     return len(listed)
 
 
+def _default_sigint() -> None:
+    """Ctrl-C as a terminal delivers it: a test runner started in the background (``nohup ... &``) ignores SIGINT,
+    and its children would inherit that and run on."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.parametrize(("sig", "after_maps"), [(signal.SIGKILL, 1), (signal.SIGKILL, 2), (signal.SIGINT, 1)])
 def test_killed_explain_leaves_complete_cases_and_the_next_run_finishes(images, tmp_path, sig, after_maps):
     out = tmp_path / "out"
-    proc = subprocess.Popen(_command(images, out), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        _command(images, out),
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        preexec_fn=_default_sigint,
+    )
     deadline = time.monotonic() + 240
     while len(_maps(out)) < after_maps and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
