@@ -13,6 +13,8 @@ import os
 import sys
 from pathlib import Path
 
+from .io.errors import BAD_INPUT
+
 __all__ = ["main"]
 
 
@@ -682,18 +684,6 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         add(sub)
     return parser
-
-
-#: errors that mean the input (files, arguments) is bad: exit status 2
-BAD_INPUT = (
-    ValueError,
-    TypeError,
-    FileNotFoundError,
-    NotADirectoryError,
-    IsADirectoryError,
-    PermissionError,
-    FileExistsError,
-)
 
 
 def _check_device(name: str, here: bool = True) -> None:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import os
-import shutil
 import subprocess
 
 import nibabel as nib
@@ -14,6 +12,8 @@ import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
+from validators import dciodvfy_errors
+from validators import tool as _tool
 
 from medhdm.cli import main
 from medhdm.data.dicom_series import write_series
@@ -28,23 +28,6 @@ from medhdm.export.deidentify import pseudonym, remap_uid
 from medhdm.io import read_dicom
 from medhdm.io.dicom import DicomSource
 from medhdm.testing import ct_volume
-
-REQUIRE_VALIDATORS = os.environ.get("MEDHDM_REQUIRE_VALIDATORS") == "1"
-
-
-def _tool(name: str) -> str:
-    path = shutil.which(name)
-    if path is None:
-        if REQUIRE_VALIDATORS:
-            pytest.fail(f"{name} is required (MEDHDM_REQUIRE_VALIDATORS=1) but not installed")
-        pytest.skip(f"{name} not installed (apt-get install dicom3tools dcmtk)")
-    return path
-
-
-def dciodvfy_errors(path) -> tuple[list[str], str]:
-    run = subprocess.run([_tool("dciodvfy"), str(path)], capture_output=True, text=True, check=False)
-    report = run.stdout + run.stderr
-    return [line for line in report.splitlines() if line.startswith("Error")], report
 
 
 def gaussian_map(shape, centre, sigma) -> np.ndarray:

@@ -10,9 +10,6 @@ image was made from, not from the code under test.
 from __future__ import annotations
 
 import copy
-import os
-import shutil
-import subprocess
 from dataclasses import replace
 
 import highdicom as hd
@@ -22,29 +19,13 @@ import pydicom
 import pytest
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
 from scipy import ndimage
+from validators import dciodvfy_errors
 
 from medhdm.cli import main
 from medhdm.data.bench_files import write_lesionbench
 from medhdm.export import OverlayStyle, export
 from medhdm.export.deidentify import remap_uid
 from medhdm.io import read_dicom
-
-REQUIRE_VALIDATORS = os.environ.get("MEDHDM_REQUIRE_VALIDATORS") == "1"
-
-
-def _tool(name: str) -> str:
-    path = shutil.which(name)
-    if path is None:
-        if REQUIRE_VALIDATORS:
-            pytest.fail(f"{name} is required (MEDHDM_REQUIRE_VALIDATORS=1) but not installed")
-        pytest.skip(f"{name} not installed (apt-get install dicom3tools)")
-    return path
-
-
-def dciodvfy_errors(path) -> tuple[list[str], str]:
-    run = subprocess.run([_tool("dciodvfy"), str(path)], capture_output=True, text=True, check=False)
-    report = run.stdout + run.stderr
-    return [line for line in report.splitlines() if line.startswith("Error")], report
 
 
 def _floats(values) -> np.ndarray:

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ..io.atomic import atomic_write, remove_stale_temporaries
+from ..io.errors import BAD_INPUT
 from ..models.identity import configuration_hash, run_configuration
 from ..pipeline import InputSpec, SliceSelection
 from ..study import StudyCase, case_folder, explain_study_batch
@@ -22,17 +23,6 @@ from .batching import run_split
 from .records import case_state, remove_record, write_record
 
 __all__ = ["BAD_INPUT", "CaseRunner", "EvaluateRecipe", "ExplainRecipe", "ModelRecipe", "process_batch"]
-
-#: errors that mean a case's input is bad (the CLI's exit status 2); others are failures of the run (1)
-BAD_INPUT = (
-    ValueError,
-    TypeError,
-    FileNotFoundError,
-    NotADirectoryError,
-    IsADirectoryError,
-    PermissionError,
-    FileExistsError,
-)
 
 
 @dataclass(frozen=True)

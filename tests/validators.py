@@ -1,0 +1,31 @@
+"""The DICOM validators for export tests: ``dciodvfy`` (dicom3tools) and ``dcmdump`` (dcmtk).
+
+Missing, a test skips with the reason; with ``MEDHDM_REQUIRE_VALIDATORS=1`` (CI) it fails instead.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+
+import pytest
+
+REQUIRE_VALIDATORS = os.environ.get("MEDHDM_REQUIRE_VALIDATORS") == "1"
+
+
+def tool(name: str) -> str:
+    """The path of the validator ``name``, or skip (fail under ``MEDHDM_REQUIRE_VALIDATORS=1``)."""
+    path = shutil.which(name)
+    if path is None:
+        if REQUIRE_VALIDATORS:
+            pytest.fail(f"{name} is required (MEDHDM_REQUIRE_VALIDATORS=1) but not installed")
+        pytest.skip(f"{name} not installed (apt-get install dicom3tools dcmtk)")
+    return path
+
+
+def dciodvfy_errors(path) -> tuple[list[str], str]:
+    """dciodvfy's ``Error`` lines for ``path``, and its whole report."""
+    run = subprocess.run([tool("dciodvfy"), str(path)], capture_output=True, text=True, check=False)
+    report = run.stdout + run.stderr
+    return [line for line in report.splitlines() if line.startswith("Error")], report
