@@ -61,8 +61,8 @@ def child(args: argparse.Namespace) -> dict:
     torch.manual_seed(0)
     shape = SHAPES[args.dims]
     model = DenseNet121(spatial_dims=len(shape), in_channels=1, out_channels=2).to(device).eval()
-    x = torch.nn.functional.avg_pool2d if len(shape) == 2 else torch.nn.functional.avg_pool3d
-    image = x(torch.rand((1, 1, *shape)), 9, stride=1, padding=4).to(device)  # smooth noise
+    pool = torch.nn.functional.avg_pool2d if len(shape) == 2 else torch.nn.functional.avg_pool3d
+    image = pool(torch.rand((1, 1, *shape)), 9, stride=1, padding=4).to(device)  # smooth noise
     steps = None if args.steps == "default" else int(args.steps)
     max_batch = None if args.max_batch == "none" else int(args.max_batch)
     explainer = make_explainer(args.method, model, steps=steps, amp=args.amp, max_batch=max_batch)

@@ -15,6 +15,8 @@ from typing import TypeVar
 
 import torch
 
+from ..explain.base import is_out_of_memory
+
 __all__ = ["chunks", "is_out_of_memory", "run_split"]
 
 T = TypeVar("T")
@@ -26,13 +28,6 @@ def chunks(items: Sequence[T], size: int) -> list[list[T]]:
     if size < 1:
         raise ValueError(f"--batch-size: expected at least 1, got {size}")
     return [list(items[i : i + size]) for i in range(0, len(items), size)]
-
-
-def is_out_of_memory(err: BaseException) -> bool:
-    """Whether ``err`` says that memory ran out (CUDA or a CPU allocator)."""
-    return isinstance(err, (torch.cuda.OutOfMemoryError, MemoryError)) or (
-        isinstance(err, RuntimeError) and "out of memory" in str(err).lower()
-    )
 
 
 def run_split(

@@ -68,7 +68,7 @@ def explain_cohort(
     if engine_object is None:
         engine_object, key = make_engine(recipe, engine, workers, gpus_per_worker, address, log, model)
     else:
-        key = engine_object.key if hasattr(engine_object, "key") else engine_object.runner.key
+        key = engine_object.key
 
     def summarise(out: Path, complete: list[dict], records: dict[str, dict]) -> None:
         write_explanations_csv(out / "explanations.csv", [records[e["id"]]["result"]["row"] for e in complete])
@@ -101,7 +101,7 @@ def evaluate_cohort(
     if engine_object is None:
         engine_object, key = make_engine(recipe, engine, workers, gpus_per_worker, address, log, model)
     else:
-        key = engine_object.key if hasattr(engine_object, "key") else engine_object.runner.key
+        key = engine_object.key
     rows: list[dict] = []
 
     def refuse(out: Path, states: dict[str, str]) -> None:

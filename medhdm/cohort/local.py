@@ -18,6 +18,11 @@ class LocalEngine:
     def __init__(self, runner: CaseRunner) -> None:
         self.runner = runner
 
+    @property
+    def key(self) -> str:
+        """The configuration hash of the runner (a Ray engine has one too)."""
+        return self.runner.key
+
     def start(self) -> None:
         """Nothing to start."""
 

@@ -35,7 +35,7 @@ _NOT_SETTINGS = ("model", "max_batch")
 
 
 class _OutOfMemory(RuntimeError):
-    """An out-of-memory error during a call, with the largest batch the call had sent to the model."""
+    """An out-of-memory error during a call, with the most images the call had sent to the model at once."""
 
     def __init__(self, message: str, largest_batch: int) -> None:
         super().__init__(message)
@@ -46,7 +46,7 @@ def is_out_of_memory(err: BaseException) -> bool:
     """Whether ``err`` is an allocator's out-of-memory error (CUDA's, or the CPU allocator's)."""
     if isinstance(err, torch.cuda.OutOfMemoryError | MemoryError):
         return True
-    text = str(err)
+    text = str(err).lower()
     return isinstance(err, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
 
 
@@ -188,30 +188,28 @@ class Explainer:
         while True:
             try:
                 return self._explain_once(x, class_idx, max_batch)
-            except Exception as err:  # noqa: BLE001 - only out-of-memory errors are retried
-                if not is_out_of_memory(err):
-                    raise
-                largest = err.largest_batch if isinstance(err, _OutOfMemory) else max_batch or x.shape[0]
-                if largest <= 1:
+            except _OutOfMemory as err:
+                if err.largest_batch <= 1:
                     raise MemoryError(
                         f"{self.name}: out of memory with one image per model call (input {tuple(x.shape)}); "
                         "explain fewer or smaller images, or use a device with more memory"
                     ) from err
-                max_batch = max(1, largest // 2)
+                max_batch = err.largest_batch // 2
                 if x.device.type == "cuda":
                     torch.cuda.empty_cache()
 
     def _explain_once(self, x: torch.Tensor, class_idx, max_batch: int | None) -> Explanation:
-        """:meth:`explain` with at most ``max_batch`` images per model call."""
+        """:meth:`explain` with at most ``max_batch`` images per model call; an out-of-memory error is raised
+        as :class:`_OutOfMemory` with the largest model call made."""
         devices = [x.device] if x.device.type == "cuda" else []
         with frozen_eval(self.model), torch.random.fork_rng(devices=devices):
             torch.manual_seed(self.seed)
             scorer = ClassScorer(self.model, amp=self.amp, max_batch=max_batch)
             try:
                 return self._run(x, class_idx, scorer)
-            except Exception as err:  # noqa: BLE001 - re-raised, with the batch size that ran out of memory
-                if is_out_of_memory(err) and not isinstance(err, _OutOfMemory):
-                    raise _OutOfMemory(str(err), scorer.largest_batch if max_batch is None else max_batch) from err
+            except Exception as err:  # noqa: BLE001 - re-raised as it was unless it is an out-of-memory error
+                if is_out_of_memory(err):
+                    raise _OutOfMemory(str(err), scorer.largest_batch) from err
                 raise
 
     def _run(self, x: torch.Tensor, class_idx, scorer: ClassScorer) -> Explanation:

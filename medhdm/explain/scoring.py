@@ -77,7 +77,7 @@ class ClassScorer:
         single_logit: whether the model has a single sigmoid logit.
         passes: number of forward passes run so far (a chunked batch counts once).
         images: number of images pushed through the model so far.
-        largest_batch: the largest batch sent to :meth:`logits` so far.
+        largest_batch: the most images the model has been called on at once so far (after the chunking).
     """
 
     def __init__(self, model: nn.Module, amp: bool = False, max_batch: int | None = None) -> None:
@@ -105,7 +105,6 @@ class ClassScorer:
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """Two-or-more-class logits ``(N, K)`` in float32 for the images ``x`` ``(N, C, *S)``."""
-        self.largest_batch = max(self.largest_batch, int(x.shape[0]))
         with self._autocast(x):
             out = self._forward(x)
         self.passes += 1
@@ -117,6 +116,7 @@ class ClassScorer:
 
     def _forward(self, x: torch.Tensor):
         """The model's output for ``x``, in chunks of at most ``max_batch`` images (see the class docstring)."""
+        self.largest_batch = max(self.largest_batch, min(int(x.shape[0]), self.max_batch or int(x.shape[0])))
         if self.max_batch is None or x.shape[0] <= self.max_batch:
             return self.model(x)
         chunks = x.split(self.max_batch)

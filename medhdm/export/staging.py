@@ -41,7 +41,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
-from ..io.atomic import LockedFolder, OutputBusyError
+from ..io.atomic import LockedFolder, OutputBusyError, fsync
 
 __all__ = [
     "CURRENT",
@@ -88,22 +88,6 @@ def _checkpoint(step: str) -> None:
     """Called after each publication step (``"staged <k>"``, ``"manifest"``, ``"set"``,
     ``"links"``, ``"swapped"``, ``"done"``); does nothing. Tests replace it in a child
     process to interrupt a run at a chosen moment."""
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _sha256(path: Path) -> str:
@@ -224,7 +208,7 @@ class ExportFolder:
                     sets.rmdir()
                 except OSError:
                     pass
-        _fsync_dir(self.out)
+        fsync(self.out)
 
     # -- publication ------------------------------------------------------------------
     def _check_targets(self, names: Sequence[str], protected: Sequence[Path | None]) -> Path | None:
@@ -259,7 +243,7 @@ class ExportFolder:
             if not staged.is_file():
                 raise ValueError(f"{name}: the writer produced no file")
             os.chmod(staged, 0o644)
-            _fsync_file(staged)
+            fsync(staged)
             files[name] = {"sha256": _sha256(staged), "bytes": staged.stat().st_size}
             _checkpoint(f"staged {k}")
         manifest = {
@@ -271,9 +255,9 @@ class ExportFolder:
         tmp = staging / f".{MANIFEST}.tmp"
         tmp.write_text(json.dumps(manifest, indent=1) + "\n")
         os.chmod(tmp, 0o644)
-        _fsync_file(tmp)
+        fsync(tmp)
         os.replace(tmp, staging / MANIFEST)  # written last: it marks the set complete
-        _fsync_dir(staging)
+        fsync(staging)
         _checkpoint("manifest")
         return staging
 
@@ -300,7 +284,7 @@ class ExportFolder:
         set_dir = sets / staging.name[len(STAGING_PREFIX) :]
         os.rename(staging, set_dir)  # a complete set appears at once
         self._staging = None
-        _fsync_dir(sets)
+        fsync(sets)
         _checkpoint("set")
         for name in [*names, MANIFEST]:
             target = out / name
@@ -308,19 +292,19 @@ class ExportFolder:
                 tmp_link = out / f"{_TMP_LINK}{secrets.token_hex(6)}"
                 os.symlink(f"{CURRENT}/{name}", tmp_link)
                 os.replace(tmp_link, target)
-        _fsync_dir(out)
+        fsync(out)
         _checkpoint("links")
         tmp_current = out / f"{CURRENT}.tmp-{secrets.token_hex(6)}"
         os.symlink(f"{SETS}/{set_dir.name}", tmp_current)
         os.replace(tmp_current, out / CURRENT)  # the commit point
-        _fsync_dir(out)
+        fsync(out)
         _checkpoint("swapped")
         for name in old_names - set(names) - {MANIFEST}:
             if self._is_our_link(out / name):
                 (out / name).unlink()
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
-        _fsync_dir(out)
+        fsync(out)
         _checkpoint("done")
         return [out / name for name in names]
 

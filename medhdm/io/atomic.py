@@ -11,7 +11,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["TMP_PREFIX", "LockedFolder", "OutputBusyError", "atomic_write", "remove_stale_temporaries"]
+__all__ = ["TMP_PREFIX", "LockedFolder", "OutputBusyError", "atomic_write", "fsync", "remove_stale_temporaries"]
 
 #: the prefix of :func:`atomic_write`'s temporary files (left behind only by a killed process)
 TMP_PREFIX = ".tmp-"
@@ -108,6 +108,15 @@ def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
     return removed
 
 
+def fsync(path: str | os.PathLike) -> None:
+    """Flush ``path`` to disk: a file's bytes, or a folder's entries (a new, renamed or removed name in it)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def atomic_write(path: str | os.PathLike, data: bytes | Callable[[str], None]) -> None:
     """Write ``path`` atomically: either all of it appears or nothing does.
 
@@ -126,11 +135,7 @@ def atomic_write(path: str | os.PathLike, data: bytes | Callable[[str], None]) -
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
         os.chmod(tmp, 0o644)
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)  # the bytes are on disk before the name points at them
-        finally:
-            os.close(fd)
+        fsync(tmp)  # the bytes are on disk before the name points at them
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -33,7 +33,7 @@ from pathlib import Path
 
 from pydicom.uid import UID
 
-from ..io.atomic import TMP_PREFIX, atomic_write, remove_stale_temporaries
+from ..io.atomic import TMP_PREFIX, atomic_write, fsync, remove_stale_temporaries
 
 __all__ = ["Journal", "Spool", "check_uid", "fingerprint"]
 
@@ -57,19 +57,11 @@ def fingerprint(names: Iterable[str]) -> str:
     return digest[:16]
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _mkdir_durable(path: Path) -> None:
     """Create ``path`` (one level) if missing, and make its entry in the parent durable."""
     if not path.is_dir():
         path.mkdir(exist_ok=True)
-        _fsync_dir(path.parent)
+        fsync(path.parent)
 
 
 def _instances(folder: Path) -> list[Path]:
@@ -108,7 +100,7 @@ class Journal:
             finally:
                 os.close(fd)
             if created:
-                _fsync_dir(self.path.parent)
+                fsync(self.path.parent)
             if self._finished is not None:
                 self._note(record)
         return record
@@ -215,7 +207,7 @@ class Spool:
             _mkdir_durable(folder)
             path = folder / f"{sop_uid}{SUFFIX}"
             atomic_write(path, data)
-            _fsync_dir(folder)
+            fsync(folder)
             self._last_arrival[study_uid] = time.monotonic()
         return path
 
@@ -249,11 +241,11 @@ class Spool:
             _mkdir_durable(target)
             for path in _instances(source):
                 os.replace(path, target / path.name)
-            _fsync_dir(target)
+            fsync(target)
             # (no temporaries here: store() writes under the same lock; a killed run's were removed at start)
             if source.is_dir() and not any(source.iterdir()):
                 source.rmdir()
-                _fsync_dir(self.incoming)
+                fsync(self.incoming)
             self._last_arrival.pop(study_uid, None)
         return len(_instances(target))
 
@@ -300,6 +292,6 @@ class Spool:
             n += 1
             target = self.quarantine / f"{study_uid}.{n}"
         os.replace(source, target)
-        _fsync_dir(self.quarantine)
-        _fsync_dir(self.studies)
+        fsync(self.quarantine)
+        fsync(self.studies)
         return target
