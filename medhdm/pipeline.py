@@ -60,6 +60,7 @@ __all__ = [
     "ExplainedImage",
     "InputSpec",
     "SliceSelection",
+    "classifier_spacing",
     "classifier_transforms",
     "classify_image",
     "explain_image",
@@ -195,6 +196,10 @@ class ExplainedImage:
         explained_slices: the slices explained (ascending); the map is 0 on the others.
             ``model_input`` and ``model_saliency`` then hold these slices ``(k, C, H', W')``.
         slice_reduce: ``"max"`` or ``"mean"``, how ``score`` was made from the slices.
+        model_spacing: the classifier input's voxel spacing in mm, in its axis order
+            (:func:`classifier_spacing`; per slice ``(H', W')`` with ``slices``).
+        spacing: the spacing the explainer read its sizes in mm from (HDM: ``model_spacing``);
+            None for a method that works in voxels.
     """
 
     saliency: np.ndarray
@@ -209,6 +214,8 @@ class ExplainedImage:
     slice_scores: np.ndarray | None = None
     explained_slices: tuple[int, ...] | None = None
     slice_reduce: str | None = None
+    model_spacing: tuple[float, ...] | None = None
+    spacing: tuple[float, ...] | None = None
 
     def saliency_in_dicom_order(self) -> np.ndarray:
         """The map as ``(D, H, W)`` in the DICOM source's slice order (for :mod:`medhdm.export`)."""
@@ -304,6 +311,30 @@ def map_to_classifier_grid(
     return spatial({"map": item})["map"].as_tensor()[None]
 
 
+def classifier_spacing(image: MetaTensor, spec: InputSpec, by_slice: bool = False) -> tuple[float, ...]:
+    """The voxel spacing in mm of the classifier's input made from ``image`` ``(1, *S)``, in its axis order.
+
+    The source spacing (the lengths of the affine's columns, MONAI order) brought into the
+    layout's axis order, times the source size over the classifier's size on each axis (the resize
+    keeps the field of view). Computed here rather than read from the transformed image's affine:
+    MONAI's ``Transposed`` leaves the affine in the source's axis order, so the ``Resized`` after it
+    scales the wrong columns. ``by_slice``: a series for a 2D classifier, the spacing of one slice ``(H', W')``.
+    """
+    dims = image.ndim - 1
+    affine = np.asarray(image.affine, dtype=np.float64)
+    spacing = np.linalg.norm(affine[:-1, :dims], axis=0)
+    shape = np.asarray(image.shape[1:], dtype=np.float64)
+    if spec.layout == "monai" and not by_slice:
+        oriented = classifier_transforms(dims, spec).transforms[0]({"image": image.clone()})["image"]
+        spacing = np.linalg.norm(np.asarray(oriented.affine, dtype=np.float64)[:-1, :dims], axis=0)
+        shape = np.asarray(oriented.shape[1:], dtype=np.float64)
+    else:
+        spacing, shape = spacing[::-1], shape[::-1]  # DICOM order (slice, row, column)
+    if by_slice:
+        spacing, shape = spacing[1:], shape[1:]
+    return tuple(float(v) for v in spacing * shape / np.asarray(spec.spatial_size, dtype=np.float64))
+
+
 def explain_image(
     source: str | os.PathLike | MetaTensor,
     explainer: Explainer,
@@ -334,6 +365,7 @@ class _Prepared:
     data: dict
     transforms: Compose
     class_idx: int | None
+    spacing: tuple[float, ...]  # of the classifier input, mm
 
 
 def _load(source: str | os.PathLike | MetaTensor, keep_dicom: bool) -> tuple[MetaTensor, str | os.PathLike | None]:
@@ -360,7 +392,7 @@ def _classifier_input(image: MetaTensor, path, spec: InputSpec, class_idx: int |
             f"({'range ' + str(spec.intensity_range) if spec.intensity_range else 'percentiles'}): "
             "nothing to explain; check --intensity-range"
         )
-    return _Prepared(image, path, data, transforms, class_idx)
+    return _Prepared(image, path, data, transforms, class_idx, classifier_spacing(image, spec))
 
 
 def explain_images(
@@ -375,8 +407,9 @@ def explain_images(
     """:func:`explain_image` of several images, those of one classifier input shape explained in one batch.
 
     The images are loaded and preprocessed one by one; their classifier inputs ``(C, *S')``
-    that share a shape (and an explicit or predicted class) go through ``explainer`` as one
-    batch ``(B, C, *S')``, so a method's passes serve the whole batch; each map is then
+    that share a shape (and an explicit or predicted class, and a spacing: :func:`classifier_spacing`,
+    passed to the explainer) go through ``explainer`` as one batch ``(B, C, *S')``, so a
+    method's passes serve the whole batch; each map is then
     inverted onto its own source grid. A batch equals its images one by one (the explainers'
     contract). With ``slices`` each series is explained alone (its slices are the batch).
     ``class_idx``: one per source (None: predicted). An error in any image raises.
@@ -403,7 +436,7 @@ def explain_images(
     prepared = [_classifier_input(*_load(s, keep_dicom), spec, c) for s, c in zip(sources, classes)]
     groups: dict[tuple, list[int]] = {}
     for i, item in enumerate(prepared):
-        key = (tuple(item.data["image"].shape), item.class_idx is None)
+        key = (tuple(item.data["image"].shape), item.class_idx is None, tuple(round(v, 9) for v in item.spacing))
         groups.setdefault(key, []).append(i)
     explained: dict[int, tuple] = {}
     device = model_device(explainer.model)
@@ -411,7 +444,7 @@ def explain_images(
         x = torch.stack([prepared[i].data["image"].as_tensor().detach() for i in members])
         x = x.to(device=device, dtype=torch.float32)
         targets = None if prepared[members[0]].class_idx is None else [prepared[i].class_idx for i in members]
-        result = explainer.explain(x, targets)
+        result = explainer.explain(x, targets, spacing=[prepared[i].spacing for i in members])
         for j, i in enumerate(members):
             explained[i] = (result, j, x[j : j + 1])
     return [_finish(prepared[i], *explained[i], keep_dicom) for i in range(len(prepared))]
@@ -437,6 +470,8 @@ def _finish(item: _Prepared, result, j: int, model_input: torch.Tensor, keep_dic
         image=image[0].numpy(),
         model_input=model_input,
         model_saliency=saliency[None],
+        model_spacing=item.spacing,
+        spacing=None if result.spacing is None else tuple(float(v) for v in result.spacing[j]),
     )
 
 
@@ -457,12 +492,12 @@ def _explain_by_slice(
     probs, cls, study_score = _study_decision(explainer.model, x, class_idx, selection.reduce, batch_size)
     chosen = selection.choose(probs[:, cls])
     index = torch.tensor(chosen, dtype=torch.long, device=x.device)
-    maps = torch.cat(
-        [
-            explainer.explain(x[index[lo : lo + batch_size]], cls).saliency.detach()
-            for lo in range(0, len(chosen), batch_size)
-        ]
-    )  # (k, 1, H', W')
+    spacing = classifier_spacing(image, spec, by_slice=True)
+    results = [
+        explainer.explain(x[index[lo : lo + batch_size]], cls, spacing=spacing)
+        for lo in range(0, len(chosen), batch_size)
+    ]
+    maps = torch.cat([r.saliency.detach() for r in results])  # (k, 1, H', W')
     volume = torch.zeros_like(x[:, 0])
     volume[index] = maps[:, 0].to(volume.dtype)
     data["saliency"] = MetaTensor(volume[None].cpu(), meta=copy.deepcopy(dict(data["image"].meta)))
@@ -483,6 +518,8 @@ def _explain_by_slice(
         slice_scores=probs[:, cls].astype(np.float64),
         explained_slices=chosen,
         slice_reduce=selection.reduce,
+        model_spacing=spacing,
+        spacing=None if results[0].spacing is None else spacing,
     )
 
 

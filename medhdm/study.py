@@ -44,7 +44,18 @@ __all__ = [
 ]
 
 #: the columns of ``explanations.csv``, one row per explained case
-CSV_COLUMNS = ("case", "image", "class_idx", "score", "map", "export", "slice_reduce", "slices", "slice_scores")
+CSV_COLUMNS = (
+    "case",
+    "image",
+    "class_idx",
+    "score",
+    "map",
+    "export",
+    "slice_reduce",
+    "slices",
+    "slice_scores",
+    "spacing",
+)
 
 
 def check_output_folder(out_dir: str | os.PathLike, cases: Sequence[StudyCase]) -> Path:
@@ -188,6 +199,8 @@ def _write_study(
         "slice_reduce": "",
         "slices": "",
         "slice_scores": "",
+        # the classifier input's voxel size (mm) the explainer sized its grids and Gaussians by; "" in voxels
+        "spacing": "" if result.spacing is None else " ".join(f"{v:.6g}" for v in result.spacing),
     }
     if result.slice_scores is not None:
         slices_path = _inside(folder, case.case, "_slices.csv")

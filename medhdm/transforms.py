@@ -47,6 +47,7 @@ from monai.transforms import EnsureChannelFirst, LoadImage, MapTransform, Transf
 
 from .explain.base import Explainer
 from .explain.checks import model_device
+from .explain.units import input_spacing
 from .io.reader import DicomSeriesReader, is_dicom_path
 
 __all__ = ["Explaind", "LoadStudy", "LoadStudyd"]
@@ -132,6 +133,11 @@ class Explaind(MapTransform):
             one-element tensor), e.g. the label.
         keep_explanation: also store the explainer's full record (on the classifier's grid)
             under ``<output_key>_explanation``.
+        spacing_key: read the image's voxel spacing in mm (one value per spatial axis, in the
+            array's axis order) from this key. Without it the spacing is a ``MetaTensor`` image's
+            (its affine, see :func:`medhdm.explain.units.input_spacing`; after a ``Transposed`` the
+            affine is in the old axis order, so give the key then). The spacing used is stored under
+            ``<output_key>_spacing`` (None when the method works in voxels).
         allow_missing_keys: skip keys that are absent.
     """
 
@@ -143,6 +149,7 @@ class Explaind(MapTransform):
         class_idx: int | None = None,
         class_idx_key: str | None = None,
         keep_explanation: bool = False,
+        spacing_key: str | None = None,
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
@@ -161,6 +168,15 @@ class Explaind(MapTransform):
         self.class_idx = class_idx
         self.class_idx_key = class_idx_key
         self.keep_explanation = bool(keep_explanation)
+        self.spacing_key = spacing_key
+
+    def _spacing(self, data: Mapping[Hashable, object], image: torch.Tensor):
+        """The image's spacing: ``data[spacing_key]``, else a ``MetaTensor``'s (its affine), else None."""
+        if self.spacing_key is None:
+            return input_spacing(image, spatial_dims=image.ndim - 1) if isinstance(image, MetaTensor) else None
+        if self.spacing_key not in data:
+            raise KeyError(f"spacing_key: {self.spacing_key!r} is not in the data (keys: {list(data)})")
+        return data[self.spacing_key]
 
     def _target(self, data: Mapping[Hashable, object]) -> int | None:
         if self.class_idx_key is None:
@@ -184,8 +200,11 @@ class Explaind(MapTransform):
                     f"{key}: expected a channel-first image tensor (C, H, W) or (C, D, H, W), "
                     f"got {type(image).__name__} of shape {tuple(getattr(image, 'shape', ()))}"
                 )
+            spacing = self._spacing(d, image)
             x = torch.as_tensor(image).detach()[None].to(device=model_device(self.explainer.model), dtype=torch.float32)
-            result = self.explainer.explain(x, self._target(d))
+            if isinstance(x, MetaTensor):
+                x = x.as_tensor()  # the spacing is read above, from the image's own affine
+            result = self.explainer.explain(x, self._target(d), spacing=spacing)
             saliency = result.saliency[0].detach().to(image.device)
             if isinstance(image, MetaTensor):
                 meta = copy.deepcopy(dict(image.meta))  # holds the affine
@@ -193,6 +212,7 @@ class Explaind(MapTransform):
             d[out_key] = saliency
             d[f"{out_key}_class"] = int(result.class_idx[0])
             d[f"{out_key}_score"] = float(result.score[0])
+            d[f"{out_key}_spacing"] = None if result.spacing is None else tuple(float(v) for v in result.spacing[0])
             if self.keep_explanation:
                 d[f"{out_key}_explanation"] = result
         return d

@@ -20,14 +20,16 @@ import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from torch import nn
 
 from .checks import check_images, check_model, frozen_eval, resolve_class_idx
 from .reference import ReferenceSpec, make_reference
 from .scoring import ClassScorer
+from .units import check_spacing, input_spacing
 
-__all__ = ["Explainer", "Explanation", "StageRecord", "is_out_of_memory"]
+__all__ = ["Explainer", "Explanation", "StageRecord", "is_out_of_memory", "merge_explanations"]
 
 
 #: attributes that do not change a map (the model is identified apart; the memory guard only splits batches)
@@ -114,6 +116,9 @@ class Explanation:
         images_evaluated: images (composites) pushed through the model in total.
         max_batch: the memory guard's limit this call ran with (None: no limit; smaller than
             the explainer's ``max_batch`` after an out-of-memory retry).
+        spacing: the voxel spacing in mm that the method read its physical sizes from, per image
+            and spatial axis ``(B, d)`` (float64, CPU); None when it worked in voxels (no spacing
+            known, or a method without physical units: every method but HDM).
     """
 
     saliency: torch.Tensor
@@ -127,6 +132,7 @@ class Explanation:
     backward_passes: int = 0
     images_evaluated: int = 0
     max_batch: int | None = None
+    spacing: torch.Tensor | None = None
 
 
 class Explainer:
@@ -177,17 +183,38 @@ class Explainer:
         settings = {k: _plain(v) for k, v in sorted(vars(self).items()) if k not in _NOT_SETTINGS}
         return {"method": self.name, **settings}
 
-    def __call__(self, x: torch.Tensor, class_idx: int | Sequence[int] | torch.Tensor | None = None) -> torch.Tensor:
-        """The saliency map ``(B, 1, *S)`` in ``[0, 1]`` for images ``x`` ``(B, C, *S)``."""
-        return self.explain(x, class_idx).saliency
+    #: whether the method reads sizes in mm when the input's spacing is known (see :mod:`~medhdm.explain.units`)
+    reads_spacing = False
 
-    def explain(self, x: torch.Tensor, class_idx: int | Sequence[int] | torch.Tensor | None = None) -> Explanation:
-        """Explain ``x`` ``(B, C, *S)`` for ``class_idx`` (None: the predicted class) and return the full record."""
+    def __call__(
+        self, x: torch.Tensor, class_idx: int | Sequence[int] | torch.Tensor | None = None, spacing=None
+    ) -> torch.Tensor:
+        """The saliency map ``(B, 1, *S)`` in ``[0, 1]`` for images ``x`` ``(B, C, *S)`` (see :meth:`explain`)."""
+        return self.explain(x, class_idx, spacing).saliency
+
+    def explain(
+        self, x: torch.Tensor, class_idx: int | Sequence[int] | torch.Tensor | None = None, spacing=None
+    ) -> Explanation:
+        """Explain ``x`` ``(B, C, *S)`` for ``class_idx`` (None: the predicted class) and return the full record.
+
+        ``spacing``: the voxel size in mm per spatial axis, ``d`` values for the batch or ``(B, d)``
+        one row per image; None reads it from a MONAI ``MetaTensor`` ``x`` (its affine), else it is
+        unknown. Methods with physical units (:attr:`reads_spacing`: HDM) then size their grids and
+        Gaussians in mm (:mod:`~medhdm.explain.units`); the others ignore it. Images of different
+        spacing are explained in groups of equal spacing, each group as one batch.
+        """
+        spacing = input_spacing(x, spacing) if self.reads_spacing else spacing
         x = check_images(x)
+        if spacing is not None:
+            spacing = check_spacing(spacing, x.shape[0], x.ndim - 2)  # a bad spacing fails for every method
+            if not self.reads_spacing:
+                spacing = None
+            elif not (spacing == spacing[0]).all():
+                return self._explain_by_spacing(x, class_idx, spacing)
         max_batch = self.max_batch
         while True:
             try:
-                return self._explain_once(x, class_idx, max_batch)
+                return self._explain_once(x, class_idx, max_batch, spacing)
             except _OutOfMemory as err:
                 if err.largest_batch <= 1:
                     raise MemoryError(
@@ -198,7 +225,23 @@ class Explainer:
                 if x.device.type == "cuda":
                     torch.cuda.empty_cache()
 
-    def _explain_once(self, x: torch.Tensor, class_idx, max_batch: int | None) -> Explanation:
+    def _explain_by_spacing(self, x: torch.Tensor, class_idx, spacing: np.ndarray) -> Explanation:
+        """:meth:`explain` of images of several spacings ``(B, d)``: one call per spacing, merged in input order."""
+        b = x.shape[0]
+        rows, group = np.unique(spacing, axis=0, return_inverse=True)
+        if not (class_idx is None or isinstance(class_idx, int)):
+            class_idx = torch.as_tensor(class_idx if isinstance(class_idx, torch.Tensor) else list(class_idx))
+            if class_idx.numel() != b:
+                raise ValueError(f"class_idx: expected one class index per image ({b}), got {class_idx.numel()}")
+            class_idx = class_idx.reshape(-1)
+        parts = []
+        for g, row in enumerate(rows):
+            idx = torch.from_numpy(np.flatnonzero(group.reshape(-1) == g))
+            targets = class_idx if class_idx is None or isinstance(class_idx, int) else class_idx[idx]
+            parts.append((idx, self.explain(x[idx.to(x.device)], targets, row)))
+        return merge_explanations(parts, b)
+
+    def _explain_once(self, x: torch.Tensor, class_idx, max_batch: int | None, spacing=None) -> Explanation:
         """:meth:`explain` with at most ``max_batch`` images per model call; an out-of-memory error is raised
         as :class:`_OutOfMemory` with the largest model call made."""
         devices = [x.device] if x.device.type == "cuda" else []
@@ -206,14 +249,15 @@ class Explainer:
             torch.manual_seed(self.seed)
             scorer = ClassScorer(self.model, amp=self.amp, max_batch=max_batch)
             try:
-                return self._run(x, class_idx, scorer)
+                return self._run(x, class_idx, scorer, spacing)
             except Exception as err:  # noqa: BLE001 - re-raised as it was unless it is an out-of-memory error
                 if is_out_of_memory(err):
                     raise _OutOfMemory(str(err), scorer.largest_batch) from err
                 raise
 
-    def _run(self, x: torch.Tensor, class_idx, scorer: ClassScorer) -> Explanation:
-        """Score ``x``, resolve the targets, build the reference, and run the method."""
+    def _run(self, x: torch.Tensor, class_idx, scorer: ClassScorer, spacing: np.ndarray | None = None) -> Explanation:
+        """Score ``x``, resolve the targets, build the reference, and run the method (with ``spacing``
+        ``(B, d)`` for a method that :attr:`reads_spacing`)."""
         with torch.no_grad():
             try:
                 logits = scorer.logits(x)
@@ -229,13 +273,22 @@ class Explainer:
                     f"({x.shape[1]} channel(s), spatial size {tuple(x.shape[2:])}): {err}"
                 ) from err
         targets = resolve_class_idx(class_idx, logits)
-        reference = make_reference(x, self.reference) if self.uses_reference else None
-        result = self._explain(x, targets, scorer, logits, reference)
+        if spacing is None:
+            reference = make_reference(x, self.reference) if self.uses_reference else None
+            result = self._explain(x, targets, scorer, logits, reference)
+        else:
+            reference = self._make_reference(x, spacing) if self.uses_reference else None
+            result = self._explain(x, targets, scorer, logits, reference, spacing=spacing)
+            result.spacing = torch.from_numpy(spacing)
         result.forward_passes = scorer.passes
         result.images_evaluated = scorer.images
         result.max_batch = scorer.max_batch
         result.saliency = result.saliency.to(device=x.device, dtype=torch.float32).clamp_(0, 1)
         return result
+
+    def _make_reference(self, x: torch.Tensor, spacing: np.ndarray) -> torch.Tensor:
+        """The reference of images ``x`` ``(B, C, *S)`` of known ``spacing`` (methods with physical units)."""
+        return make_reference(x, self.reference)
 
     def _explain(
         self,
@@ -273,3 +326,74 @@ class Explainer:
             return torch.full(class_idx.shape, float("nan"), device=class_idx.device)
         with torch.no_grad():
             return scorer.prob(scorer.logits(reference), class_idx)
+
+
+def _scatter(parts: list[tuple[torch.Tensor, torch.Tensor | None]], batch: int, fill: float = 0.0):
+    """Per-image tensors of several groups ``(n_g, ...)`` put back at their images' places ``(B, ...)``."""
+    present = [(idx, v) for idx, v in parts if v is not None]
+    if not present:
+        return None
+    first = present[0][1]
+    out = torch.full((batch, *first.shape[1:]), fill, dtype=first.dtype, device=first.device)
+    for idx, value in present:
+        out[idx.to(out.device)] = value.to(out.device)
+    return out
+
+
+def _stage_filler(last: StageRecord) -> StageRecord:
+    """A stage that did not run for a group whose last stage was ``last``: no map, its region kept, no scores."""
+    nan = torch.full_like(last.score_before, float("nan"))
+    return StageRecord(
+        map=torch.zeros_like(last.map),
+        removed=last.removed,
+        score_before=nan,
+        score_after=nan,
+        log_odds_before=nan,
+        log_odds_after=nan,
+        alpha=torch.zeros_like(last.alpha),
+        active=torch.zeros_like(last.active),
+        sensitivity=None if last.sensitivity is None else torch.zeros_like(last.sensitivity),
+    )
+
+
+def merge_explanations(parts: Sequence[tuple[torch.Tensor, Explanation]], batch: int) -> Explanation:
+    """One :class:`Explanation` of ``batch`` images from explanations of groups of them.
+
+    Args:
+        parts: per group, the indices of its images in the batch ``(n_g,)`` and its explanation.
+        batch: ``B``.
+    Returns:
+        the per-image fields in batch order; stages a group did not reach as stopped stages (zero
+        maps, NaN scores, ``alpha`` 0, its last region kept); masks a group does not have (another
+        grid) as zeros; pass counts summed; ``max_batch`` the smallest limit a group ran with.
+    """
+    first = parts[0][1]
+
+    def field_of(get, fill: float = 0.0):
+        return _scatter([(idx, get(e)) for idx, e in parts], batch, fill)
+
+    levels = max(len(e.stages) for _, e in parts)
+    stages = []
+    for level in range(levels):
+        records = [(idx, e.stages[level] if level < len(e.stages) else _stage_filler(e.stages[-1])) for idx, e in parts]
+        values = {
+            f.name: _scatter([(i, getattr(r, f.name)) for i, r in records], batch)
+            for f in dataclasses.fields(StageRecord)
+        }
+        stages.append(StageRecord(**values))
+    keys = list(dict.fromkeys(k for _, e in parts for k in e.masks))
+    limits = [e.max_batch for _, e in parts if e.max_batch is not None]
+    return Explanation(
+        saliency=field_of(lambda e: e.saliency),
+        class_idx=field_of(lambda e: e.class_idx),
+        score=field_of(lambda e: e.score),
+        reference_score=field_of(lambda e: e.reference_score, float("nan")),
+        method=first.method,
+        stages=stages,
+        masks={k: field_of(lambda e, k=k: e.masks.get(k)) for k in keys},
+        forward_passes=sum(e.forward_passes for _, e in parts),
+        backward_passes=sum(e.backward_passes for _, e in parts),
+        images_evaluated=sum(e.images_evaluated for _, e in parts),
+        max_batch=min(limits) if limits else None,
+        spacing=field_of(lambda e: e.spacing, float("nan")),
+    )

@@ -73,9 +73,11 @@ positive response; the default reads about 0.1 in 2D and 3D, as the masks alone 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -83,8 +85,9 @@ from .base import Explanation, StageRecord
 from .maps import normalise
 from .mask_explainer import MaskExplainer
 from .masks import GridSpec, MaskObjective, grid_key, grid_shapes, optimise_masks
-from .reference import ReferenceSpec, composite, gaussian_blur
+from .reference import ReferenceSpec, blur_reference, composite, gaussian_blur, make_reference
 from .scoring import ClassScorer
+from .units import PhysicalSettings, Units, check_units, resolve_units
 
 __all__ = ["HDM", "fusion_weights"]
 
@@ -102,6 +105,7 @@ class _Run:
     drops: list[torch.Tensor] = field(default_factory=list)  # (B,): o(x_l) - o(x_{l+1}), >= 0
     masks: dict[str, torch.Tensor] = field(default_factory=dict)
     backward: int = 0
+    spacing: tuple[float, ...] | None = None  # mm per spatial axis when known (HDM's sizes then in mm)
 
 
 _FUSIONS = ("either", "sufficiency", "drop", "equal", "learned")
@@ -209,8 +213,10 @@ class HDM(MaskExplainer):
         seed: int = 0,
         amp: bool = False,
         max_batch: int | None = None,
+        units: Units = "shipped",
     ) -> None:
         super().__init__(model, reference=reference, seed=seed, amp=amp, max_batch=max_batch)
+        self.units = check_units(units)
         if isinstance(max_stages, bool) or not isinstance(max_stages, int) or max_stages < 1:
             raise ValueError(f"max_stages: expected an int >= 1, got {max_stages!r}")
         if not 0 <= tau < 1:
@@ -259,17 +265,26 @@ class HDM(MaskExplainer):
         x: torch.Tensor,
         reference: torch.Tensor,
         class_idx: torch.Tensor,
+        spacing: Sequence[float] | None = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor], int]:
-        """Run one DM module on ``x`` ``(n, C, *S)``.
+        """Run one DM module on ``x`` ``(n, C, *S)`` (of ``spacing`` mm per axis: grids and area in mm).
 
         Returns:
             the normalised map ``(n, 1, *S)``, the per-grid masks ``(n, 1, *S)`` keyed
             ``"benchmark/<grid>"`` and ``"auxiliary/<grid>"``, and the backward passes run.
         """
         spatial = x.shape[2:]
-        bench_grids = grid_shapes(spatial, self.benchmark_grids)
-        aux_grids = grid_shapes(spatial, self.auxiliary_grids)
         objective = self.volume_benchmark_objective if len(spatial) == 3 else self.benchmark_objective
+        units = self.physical_settings(len(spatial)) if spacing is not None else None
+        if units is None:
+            bench_grids = grid_shapes(spatial, self.benchmark_grids)
+            aux_grids = grid_shapes(spatial, self.auxiliary_grids)
+        else:
+            bench_grids = grid_shapes(spatial, units.grid_shapes("benchmark", spatial, spacing), relative=False)
+            aux_grids = grid_shapes(spatial, units.grid_shapes("auxiliary", spatial, spacing), relative=False)
+            area = units.area_share(spatial, spacing)
+            if objective.area is not None and area is not None:
+                objective = dataclasses.replace(objective, area=area)
         bench = optimise_masks(scorer, x, reference, class_idx, bench_grids, objective)
         bbar = bench.masks.mean(dim=1, keepdim=True)
         aux = optimise_masks(scorer, x, reference, class_idx, aux_grids, self.auxiliary_objective, base=bbar)
@@ -279,14 +294,15 @@ class HDM(MaskExplainer):
         return stage_map, masks, bench.steps + aux.steps
 
     # -- the hierarchy -----------------------------------------------------------------
-    def _explain(self, x, class_idx, scorer: ClassScorer, logits, reference) -> Explanation:
+    def _explain(self, x, class_idx, scorer: ClassScorer, logits, reference, spacing=None) -> Explanation:
         """HDM's three steps: the stages (:meth:`_run_stages`), the fusion (:meth:`_fuse`)
-        and the pixel refinement (:meth:`_refine`)."""
+        and the pixel refinement (:meth:`_refine`); ``spacing`` ``(B, d)`` mm, one row for all images."""
         with torch.no_grad():
             o_x = scorer.log_odds(logits, class_idx)
             ref_logits = scorer.logits(reference)
             o_r = scorer.log_odds(ref_logits, class_idx)
-        run = self._run_stages(scorer, x, reference, class_idx, o_x, o_r)
+        spacing = None if spacing is None else tuple(float(v) for v in np.asarray(spacing)[0])
+        run = self._run_stages(scorer, x, reference, class_idx, o_x, o_r, spacing)
         saliency = self._fuse(scorer, x, reference, class_idx, run)
         saliency = self._refine(saliency, run)
         return Explanation(
@@ -300,13 +316,14 @@ class HDM(MaskExplainer):
             backward_passes=run.backward,
         )
 
-    def _run_stages(self, scorer, x, reference, class_idx, o_x, o_r) -> _Run:
+    def _run_stages(self, scorer, x, reference, class_idx, o_x, o_r, spacing=None) -> _Run:
         """Stage 1 on ``x``, then each further stage on ``x`` with the regions found so far removed,
         until ``max_stages`` or until no image has evidence left above the early-stop floor."""
         run = _Run(
             removed=torch.zeros_like(x[:, :1]),
             o_in=o_x.clone(),
             active=torch.ones(x.shape[0], dtype=torch.bool, device=x.device),
+            spacing=spacing,
         )
         floor = o_r + self.tau * (o_x - o_r)
         for level in range(1, self.max_stages + 1):
@@ -323,7 +340,7 @@ class HDM(MaskExplainer):
         removed, its evidence measured; updates ``run`` and returns ``o(x_{l+1})`` of those images."""
         x_in = composite(x[idx], 1 - run.removed[idx], reference[idx])
         sensitivity = self._sensitivity(scorer, x_in, reference[idx], class_idx[idx], run)
-        stage_map, stage_masks, steps = self.dynamic_mask(scorer, x_in, reference[idx], class_idx[idx])
+        stage_map, stage_masks, steps = self.dynamic_mask(scorer, x_in, reference[idx], class_idx[idx], run.spacing)
         run.backward += steps
         contribution = stage_map * (1 - run.removed[idx])
         region = stage_map if self.threshold is None else (stage_map >= self.threshold).to(stage_map.dtype)
@@ -375,18 +392,48 @@ class HDM(MaskExplainer):
         if self.refine is None:
             return None
         run.backward += 1
-        sigma = self._sigma(x_in)
+        sigma = self._sigma(x_in, run.spacing)
         if self.refine_by == "positive_gradient":
             signal = scorer.gradient(x_in, class_idx, measure="log_odds", signed=True)
-            return normalise((gaussian_blur(signal, _SIGNAL_SMOOTHING * sigma) if sigma else signal).clamp_min(0))
+            wide = self._sigma(x_in, run.spacing, _SIGNAL_SMOOTHING)
+            return normalise((gaussian_blur(signal, wide) if sigma else signal).clamp_min(0))
         if self.refine_by == "gradient":
             signal = scorer.gradient(x_in, class_idx, measure="log_odds")
         else:
             signal = scorer.sensitivity(x_in, reference, class_idx, measure="log_odds").abs()
         return normalise(gaussian_blur(signal, sigma) if sigma else signal)
 
-    def _sigma(self, x: torch.Tensor) -> float:
-        return self.smooth * max(x.shape[2:]) if self.smooth else 0.0
+    def _sigma(self, x: torch.Tensor, spacing=None, factor: float = 1.0) -> float | tuple[float, ...]:
+        """The fused map's Gaussian in voxels (times ``factor``): ``smooth * max(S)``, or from mm with ``spacing``."""
+        units = self.physical_settings(x.ndim - 2) if spacing is not None else None
+        if units is not None:
+            return units.sigma(spacing, factor)
+        return factor * (self.smooth * max(x.shape[2:])) if self.smooth else 0.0
+
+    @property
+    def reads_spacing(self) -> bool:
+        """Whether a known spacing puts the sizes in mm (``units`` is not None)."""
+        return self.units is not None
+
+    def physical_settings(self, spatial_dims: int) -> PhysicalSettings | None:
+        """The sizes in mm used on ``spatial_dims``-D inputs of known spacing (None: ``units=None``)."""
+        objective = self.volume_benchmark_objective if spatial_dims == 3 else self.benchmark_objective
+        return resolve_units(
+            self.units,
+            spatial_dims,
+            benchmark_grids=self.benchmark_grids,
+            auxiliary_grids=self.auxiliary_grids,
+            smooth=self.smooth,
+            area=objective.area,
+        )
+
+    def _make_reference(self, x: torch.Tensor, spacing) -> torch.Tensor:
+        """The blur reference with its sigma in mm (:attr:`PhysicalSettings.blur_mm`); other references as given."""
+        units = self.physical_settings(x.ndim - 2)
+        sigma = units.blur_sigma(tuple(np.asarray(spacing)[0])) if units is not None else None
+        if not (isinstance(self.reference, str) and self.reference == "blur") or sigma is None:
+            return make_reference(x, self.reference)
+        return make_reference(x, lambda images: blur_reference(images, sigma))
 
     def _fuse(self, scorer, x, reference, class_idx, run: _Run) -> torch.Tensor:
         """``norm(G_sigma * sum_l alpha_l M_l (1 - R_{l-1}))``; sets each stage's ``alpha``."""
@@ -401,7 +448,7 @@ class HDM(MaskExplainer):
         for level, stage in enumerate(run.stages):
             stage.alpha = alpha[:, level]
         fused = (alpha.view(b, -1, *([1] * (x.ndim - 2))) * stacked).sum(dim=1, keepdim=True)
-        sigma = self._sigma(x)
+        sigma = self._sigma(x, run.spacing)
         return normalise(gaussian_blur(fused, sigma) if sigma else fused)
 
     def _refine(self, saliency: torch.Tensor, run: _Run) -> torch.Tensor:
