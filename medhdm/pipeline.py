@@ -17,6 +17,11 @@ Preprocessing (:func:`classifier_transforms`):
 - intensities scaled from the ``percentiles`` to [0, 1] (clipped), or from a fixed
   ``intensity_range`` (CT numbers, for example), then resized to the classifier's ``spatial_size``.
 
+The classifier input's voxel spacing (:func:`classifier_spacing`: the source's, times the source
+size over the classifier's) goes to the explainer with the input (:func:`explain_at`), so that HDM
+sizes its grids and Gaussians in millimetres (:mod:`medhdm.explain.units`); the explained image
+records it (``ExplainedImage.spacing``).
+
 A 2D classifier on a 3D series (``slices=``, :class:`SliceSelection`; layout ``"dicom"``):
 the series goes through the same steps as one volume (axes reversed to (slice, row, column),
 intensities scaled over the whole series, each slice resized to the classifier's input, the
@@ -63,6 +68,7 @@ __all__ = [
     "classifier_spacing",
     "classifier_transforms",
     "classify_image",
+    "explain_at",
     "explain_image",
     "explain_images",
     "load_image",
@@ -335,6 +341,14 @@ def classifier_spacing(image: MetaTensor, spec: InputSpec, by_slice: bool = Fals
     return tuple(float(v) for v in spacing * shape / np.asarray(spec.spatial_size, dtype=np.float64))
 
 
+def explain_at(explainer: Explainer, x: torch.Tensor, class_idx, spacing):
+    """``explainer.explain(x, class_idx)``, with ``spacing`` (mm per axis, or one row per image) for a method
+    that sizes in mm (:attr:`~medhdm.explain.base.Explainer.reads_spacing`); the others get the call as before."""
+    if getattr(explainer, "reads_spacing", False):
+        return explainer.explain(x, class_idx, spacing=spacing)
+    return explainer.explain(x, class_idx)
+
+
 def explain_image(
     source: str | os.PathLike | MetaTensor,
     explainer: Explainer,
@@ -444,7 +458,7 @@ def explain_images(
         x = torch.stack([prepared[i].data["image"].as_tensor().detach() for i in members])
         x = x.to(device=device, dtype=torch.float32)
         targets = None if prepared[members[0]].class_idx is None else [prepared[i].class_idx for i in members]
-        result = explainer.explain(x, targets, spacing=[prepared[i].spacing for i in members])
+        result = explain_at(explainer, x, targets, [prepared[i].spacing for i in members])
         for j, i in enumerate(members):
             explained[i] = (result, j, x[j : j + 1])
     return [_finish(prepared[i], *explained[i], keep_dicom) for i in range(len(prepared))]
@@ -494,8 +508,7 @@ def _explain_by_slice(
     index = torch.tensor(chosen, dtype=torch.long, device=x.device)
     spacing = classifier_spacing(image, spec, by_slice=True)
     results = [
-        explainer.explain(x[index[lo : lo + batch_size]], cls, spacing=spacing)
-        for lo in range(0, len(chosen), batch_size)
+        explain_at(explainer, x[index[lo : lo + batch_size]], cls, spacing) for lo in range(0, len(chosen), batch_size)
     ]
     maps = torch.cat([r.saliency.detach() for r in results])  # (k, 1, H', W')
     volume = torch.zeros_like(x[:, 0])

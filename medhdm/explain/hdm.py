@@ -69,6 +69,21 @@ network's gradient magnitude follows edges too). Smoothing the *signed* gradient
 that edge pattern, whose sign alternates, and keeps a trained lesion detector's coherent
 positive response; the default reads about 0.1 in 2D and 3D, as the masks alone do
 (benchmarks/README.md).
+
+**Physical units** (``units``; :mod:`medhdm.explain.units`). The sizes above are written in
+voxels and shares of the image. When the input's spacing is known (``explain(x, spacing=...)``,
+a MONAI ``MetaTensor``'s affine, or the file pipeline, which passes the classifier input's),
+HDM reads them in millimetres instead, so that the same anatomy gets the same grids and
+Gaussians at 96 and at 192 voxels across: the grid cells, the fused map's and the
+refinement's Gaussians, the benchmark masks' area budget and the blur reference's sigma
+(which decides what "removed" means, so it scales with them). The millimetre defaults are the
+voxel defaults at the shipped models' grid (250 mm across; :data:`~medhdm.explain.units.SHIPPED_GRIDS`),
+where they give the same maps: in 2D (96 x 96 at 2.604 mm) benchmark cells of 41.7 and 20.8 mm,
+auxiliary cells of 10.4 and 5.2 mm, a fused-map sigma of 7.8 mm (refinement 11.7 mm), an area
+budget of 1250 mm^2 and a blur sigma of 12.5 mm; in 3D (24 x 48 x 48 at 3 x 5.2 x 5.2 mm) cells of
+(48, 83, 83) and (24, 42, 42) mm, then (12, 21, 21) and (6, 10, 10) mm, a sigma of (4.5, 7.8, 7.8) mm
+and a blur sigma of (7.2, 12.5, 12.5) mm. Anisotropic spacing gives anisotropic grids and Gaussians.
+Without a spacing, or with ``units=None``, the sizes are voxels as before.
 """
 
 from __future__ import annotations
@@ -147,9 +162,10 @@ class HDM(MaskExplainer):
     Args:
         model: a classifier ``(B, C, *S) -> (B, K)``.
         benchmark_grids: DM phase-1 grids, as divisors of the input size (default ``S/16, S/8``;
-            the papers' three, e.g. ``(32, 16, 8)``, cost a third more passes per phase).
+            the papers' three, e.g. ``(32, 16, 8)``, cost a third more passes per phase); with a
+            known spacing, cells of that many voxels of the native grid (``units``).
         auxiliary_grids: DM phase-2 grids, as divisors of the input size (default ``S/4, S/2``;
-            until 2026-11-27 ``(8, 4, 2)``).
+            until 2026-11-27 ``(8, 4, 2)``); in mm like ``benchmark_grids``.
         benchmark_objective, auxiliary_objective: loss weights and optimiser settings of
             each phase (see :class:`~medhdm.explain.masks.MaskObjective`). Default: 20 Adam
             steps, lr 0.3 annealed to 0.03 on a half cosine (until 2026-11-27: 100 steps at a
@@ -186,7 +202,16 @@ class HDM(MaskExplainer):
             peak to the region's centre of mass and gives each region one peak. The pixel
             refinement's signals are smoothed with the same Gaussian (``"positive_gradient"``:
             1.5 times wider).
-        reference, seed, amp, max_batch: see :class:`~medhdm.explain.base.Explainer`.
+        units: how a known spacing turns the sizes into mm (see the module docstring):
+            ``"shipped"`` (default) reads ``benchmark_grids``, ``auxiliary_grids``, ``smooth``, the
+            benchmark objective's ``area`` and the blur reference's ``max(S) / 20`` as meant on the
+            shipped models' grid (:data:`~medhdm.explain.units.SHIPPED_GRIDS`); a
+            :class:`~medhdm.explain.units.NativeGrid` reads them on another (the grid a model of
+            your own was trained on); :class:`~medhdm.explain.units.PhysicalSettings` gives the sizes
+            in mm directly; a dict ``{2: ..., 3: ...}`` one of those per dimension; ``None`` keeps
+            voxels whatever the spacing. :meth:`physical_settings` shows the sizes in mm.
+        reference, seed, amp, max_batch: see :class:`~medhdm.explain.base.Explainer`; with a known
+            spacing and ``units``, the ``"blur"`` reference's sigma is in mm too.
     """
 
     name = "HDM"
