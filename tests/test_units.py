@@ -64,6 +64,8 @@ def test_mm_defaults_equal_the_voxel_defaults_at_the_shipped_grid():
 
 
 def test_mm_settings_equal_the_voxel_settings_at_a_3d_native_grid():
+    x, model = _case((24, 48, 48), [(slice(8, 12), slice(10, 18), slice(30, 38))])
+    _same(_hdm(model).explain(x, 1, spacing=SHIPPED_GRIDS[3].spacing), _hdm(model).explain(x, 1))  # 3 x 5.2 x 5.2 mm
     x, model = _case((8, 16, 16), [(slice(2, 5), slice(3, 7), slice(9, 13))])
     grid = NativeGrid(spacing=(3.0, 0.7, 0.7), size=(8, 16, 16))
     settings = {"benchmark_grids": (4,), "auxiliary_grids": (2,)}
