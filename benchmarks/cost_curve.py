@@ -6,14 +6,16 @@ For each seed's held-out 96 x 96 cases (1-3 lesions, shipped 2D DenseNet, class 
 HDM with ``steps`` optimiser steps per mask phase (20 is the default), RISE with 250, 500
 and 1000 masks (1000 is the default), and the one-budget baselines (Gradient x Input,
 Occlusion, Grad-CAM, MDM and NeuroMask at their defaults). Quality: pointing game,
-pixel AUROC, lesions hit in 2-3-lesion cases, and faithfulness on the model's grid:
-the deletion curve sampled at log-spaced shares of the voxels
-(:func:`medhdm.metrics.faithfulness.log_fractions`, 0.1 % to 100 %) read as the share of
-voxels whose deletion removes half of the evidence (``deletion_half``, lower is better)
-and the area under that curve over the log-spaced grid (``deletion_auc_log``, lower is
-better). Cost: images through the model per explanation (counted by a hook on the model,
-so MONAI's internal batches count), and seconds per image (on the
-given number of torch threads; only ratios inside one run compare).
+pixel AUROC, lesions hit in 2-3-lesion cases, and faithfulness on the model's grid as
+``medhdm evaluate`` reports it (:func:`medhdm.metrics.faithfulness.faithfulness_scores`):
+the deletion and insertion curves sampled at log-spaced shares of the voxels
+(:func:`medhdm.metrics.curves.log_fractions`, 0.01 % to 100 %) read as the share of
+voxels whose deletion removes (insertion restores) half of the log-odds evidence
+(``deletion_half``, ``insertion_half``, lower is better) and the area under the curves
+over log10(share), scaled to [0, 1] (``deletion_auc_log`` lower is better,
+``insertion_auc_log`` higher is better). Cost: images through the model per explanation
+(counted by a hook on the model, so MONAI's internal batches count), and seconds per image
+(on the given number of torch threads; only ratios inside one run compare).
 Prints one table per seed, writes ``benchmarks/results/cost_curve.json`` and the plot
 ``benchmarks/results/cost_curve.png`` (quality against images, log scale).
 """
@@ -24,16 +26,16 @@ import argparse
 import time
 import warnings
 
-import numpy as np
 import torch
 from common import RESULTS, held_out_cases, write_json
 
 from medhdm import HDM, MDM, RISE, GradCAM, GradientInput, NeuroMask, Occlusion
 from medhdm.evaluation import compare_methods, format_table, summarise
-from medhdm.metrics.faithfulness import deletion_curve, half_evidence_fraction, log_fractions
+from medhdm.metrics.faithfulness import faithfulness_scores
 from medhdm.models import load_default_classifier
 
-QUALITY = ("pointing_game", "auroc", "lesion_hit_rate_multi", "deletion_half", "deletion_auc_log")
+FAITHFULNESS = ("deletion_half", "insertion_half", "deletion_auc_log", "insertion_auc_log")
+QUALITY = ("pointing_game", "auroc", "lesion_hit_rate_multi", *FAITHFULNESS)
 
 
 def methods_at_budgets(model, steps: list[int]) -> dict:
@@ -53,17 +55,14 @@ def methods_at_budgets(model, steps: list[int]) -> dict:
 
 
 def add_faithfulness(rows: list[dict], maps: dict, model, x: torch.Tensor) -> None:
-    """``deletion_half`` and ``deletion_auc_log`` per row, from the deletion curve on log-spaced shares."""
-    grid = log_fractions()
-    reference = "blur"  # every method's maps deleted towards the same blurred image (HDM's default reference)
+    """The :data:`FAITHFULNESS` columns per row (``x`` ``(N, C, H, W)``, ``maps[name]`` ``(N, 1, H, W)``), from the
+    deletion and insertion curves on log-spaced shares, as ``medhdm evaluate`` computes them."""
     for name, saliency in maps.items():
-        half = half_evidence_fraction(model, x, saliency, 1, "deletion", reference=reference, fractions=grid)
-        curves = deletion_curve(model, x, saliency, 1, mode="deletion", reference=reference, fractions=grid)
-        log_share = np.log10(grid[1:])  # the area over log10(share), 0.1 % to 100 %, scaled to [0, 1]
-        auc = [float(np.trapezoid(c[1:], log_share) / np.ptp(log_share)) for c in curves]
+        # every method's maps deleted towards the same blurred image (HDM's default reference)
+        scores, _ = faithfulness_scores(model, x, saliency, 1, reference="blur")
         for row in rows:
             if row["method"] == name:
-                row["deletion_half"], row["deletion_auc_log"] = float(half[row["case"]]), auc[row["case"]]
+                row.update({key: scores[key][row["case"]] for key in FAITHFULNESS})
 
 
 def plot(summaries: dict, path) -> None:
@@ -139,7 +138,8 @@ def main() -> None:
         out["seeds"][str(seed)] = {"summary": summary_rows, "rows": rows}
         print(f"\nseed {seed}: {args.cases} cases, {args.threads} torch thread(s); mean [95% bootstrap CI]\n")
         columns = [*QUALITY, "images", "seconds"]
-        digits = {"auroc": 3, "images": 0, "seconds": 3, "deletion_half": 4, "deletion_auc_log": 3}
+        digits = {"auroc": 3, "images": 0, "seconds": 3, "deletion_half": 4, "insertion_half": 4}
+        digits.update({"deletion_auc_log": 3, "insertion_auc_log": 3})
         print(format_table(summary_rows, columns, ci=list(QUALITY), digits={k: digits.get(k, 2) for k in columns}))
     write_json(RESULTS / "cost_curve.json", out)
     plot(summaries, RESULTS / "cost_curve.png")

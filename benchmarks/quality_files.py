@@ -7,9 +7,11 @@
 
 Writes lesion cases (1-3 lesions each, seeded) as DICOM studies with NIfTI masks, explains
 each with every method through MONAI loading, the invertible preprocessing and the map
-back on the source grid, scores against the lesions and the model (deletion/insertion,
-64 steps), and prints per method the mean and bootstrap 95% CI of each metric and the
-seconds per case. Writes ``benchmarks/results/quality_files_<dims>d.json``.
+back on the source grid, scores against the lesions and the model (as ``medhdm evaluate``:
+half-evidence shares and deletion/insertion AUC over log-spaced shares from 0.01 %;
+``--curve-steps 64`` for the equal-step AUC of the tables measured before issue 16, item 6), and prints per
+method the mean and bootstrap 95% CI of each metric and the seconds per case. Writes
+``benchmarks/results/quality_files_<dims>d.json``.
 """
 
 from __future__ import annotations
@@ -36,8 +38,8 @@ METRICS = (
     "auroc",
     "auprc",
     "lesion_hit_rate",
-    "deletion_auc",
-    "insertion_auc",
+    "deletion_half",
+    "insertion_half",
     "seconds",
 )
 
@@ -67,6 +69,9 @@ def main() -> None:
     )
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--hdm-steps", default="", help="also HDM at these optimiser steps per phase, e.g. 5,10")
+    parser.add_argument(
+        "--curve-steps", type=int, default=None, help="equal shares of the curves (default: log-spaced shares)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")
@@ -87,13 +92,16 @@ def main() -> None:
         entries = load_manifest(manifest)
         for entry in entries:
             entry["class_idx"] = 1
-        rows, _ = evaluate_manifest(entries, methods, spec, log=None)
-    summary = summarise(rows, METRICS)
+        rows, _ = evaluate_manifest(entries, methods, spec, curve_steps=args.curve_steps, log=None)
+    auc = ["deletion_auc_log", "insertion_auc_log"] if args.curve_steps is None else ["deletion_auc", "insertion_auc"]
+    metrics = [*METRICS[:-1], *auc, "seconds"]
+    summary = summarise(rows, metrics)
     print(
         f"{args.cases} LesionBench {args.dims}D cases (seed {args.seed}, 1-3 lesions), "
         f"model {model.medhdm_card['name']}, {time.perf_counter() - start:.0f} s"
     )
-    print(format_table(summary, METRICS, ci=[m for m in METRICS if m != "seconds"], digits=2))
+    digits = {m: 4 if m.endswith("_half") else 2 for m in metrics}
+    print(format_table(summary, metrics, ci=[m for m in metrics if m != "seconds"], digits=digits))
     suffix = "" if not args.methods else "_" + args.methods.replace(",", "_").replace(" ", "").replace("=", "")
     write_json(
         RESULTS / f"quality_files_{args.dims}d{suffix}.json",

@@ -187,7 +187,7 @@ def _slices(args: argparse.Namespace):
 
 def _evaluate(args: argparse.Namespace) -> None:
     from .cohort import EvaluateRecipe, evaluate_cohort
-    from .evaluation import format_table, summarise
+    from .evaluation import FAITHFULNESS_KEYS, format_table, summarise
     from .explain.registry import method_key
     from .io.manifest import load_manifest
     from .study import StudyCase, check_output_folder
@@ -215,6 +215,8 @@ def _evaluate(args: argparse.Namespace) -> None:
     missing = [e["id"] for e in entries if "lesion" not in e]
     if missing:
         raise ValueError(f"{args.manifest}: cases without a 'lesion' annotation cannot be scored: {', '.join(missing)}")
+    if args.curve_steps is not None and args.curve_steps < 1:
+        raise ValueError(f"--curve-steps: expected an integer >= 1, got {args.curve_steps}")
     check_output_folder(args.out, [StudyCase(Path(e["image"]), e["id"]) for e in entries])
     options = _engine_options(args)
     recipe, model, spec = _model_and_spec(args)
@@ -225,12 +227,15 @@ def _evaluate(args: argparse.Namespace) -> None:
         args.steps,
         tuple(maps.items()),
         faithfulness=not args.no_faithfulness,
+        curve_steps=args.curve_steps,
         slices=_slices(args),
     )
     _, rows = evaluate_cohort(
         entries, evaluation, args.out, title=f"medhdm evaluation: {Path(args.manifest).name}", model=model, **options
     )
-    print(format_table(summarise(rows, ["pointing_game", "auroc", "lesion_hit_rate"])))
+    faithful = [k for k in FAITHFULNESS_KEYS if rows and k in rows[0]]
+    digits = {"deletion_half": 4, "insertion_half": 4}
+    print(format_table(summarise(rows, ["pointing_game", "auroc", "lesion_hit_rate", *faithful]), digits=digits))
     print(f"report: {Path(args.out) / 'report.html'}")
 
 
@@ -508,6 +513,16 @@ def _add_evaluate_command(sub) -> None:
     )
     ev.add_argument("--out", required=True, help="output folder: report.html, per_case.csv, summary.csv/json, figures")
     ev.add_argument("--no-faithfulness", action="store_true", help="skip deletion/insertion")
+    ev.add_argument(
+        "--curve-steps",
+        type=int,
+        default=None,
+        metavar="N",
+        help="sample the deletion/insertion curves at N equal shares of the voxels and report the classic "
+        "deletion_auc/insertion_auc over the share 0..1 (64: the columns before issue 16, item 6); default: 0 and 41 "
+        "log-spaced shares from 0.01 %%, reported as deletion_auc_log/insertion_auc_log (area over "
+        "log10(share), scaled to [0, 1]); deletion_half/insertion_half in both cases",
+    )
     ev.add_argument(
         "--overwrite",
         action="store_true",

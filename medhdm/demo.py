@@ -28,18 +28,28 @@ from .models import DEFAULT_3D, load_default_classifier
 from .pipeline import InputSpec
 from .report import write_report
 
-__all__ = ["run_demo"]
+__all__ = ["demo_plans", "run_demo"]
 
 DEMO_SEED = 31337
-_TABLE_METRICS = ("pointing_game", "energy_in_lesion", "auroc", "lesion_hit_rate", "deletion_auc", "insertion_auc")
+_TABLE_METRICS = (
+    "pointing_game",
+    "energy_in_lesion",
+    "auroc",
+    "lesion_hit_rate",
+    "deletion_half",
+    "insertion_half",
+    "deletion_auc_log",
+    "insertion_auc_log",
+)
 
 
 def _table(rows: list[dict], title: str) -> list[str]:
     metrics = [*_TABLE_METRICS, "seconds"]
-    return [title, format_table(summarise(rows, metrics), metrics, digits={"seconds": 2})]
+    digits = {"seconds": 2, "deletion_half": 4, "insertion_half": 4}
+    return [title, format_table(summarise(rows, metrics), metrics, digits=digits)]
 
 
-def _plans(model2d, model3d) -> dict[int, tuple]:
+def demo_plans(model2d, model3d) -> dict[int, tuple]:
     """Per dimension: the model and the methods the demo compares."""
     return {
         2: (
@@ -109,7 +119,7 @@ def run_demo(out_dir: Path, n_cases: int = 6, n_cases_3d: int = 2, log: Callable
     log(
         f"data: {n_cases} 2D and {n_cases_3d} 3D LesionBench studies (DICOM + NIfTI lesion masks) in {out_dir / 'data'}"
     )
-    plans = _plans(model2d, model3d)
+    plans = demo_plans(model2d, model3d)
     results: dict[int, list[dict]] = {}
     lines: list[str] = []
     first_case = None
@@ -137,7 +147,9 @@ def run_demo(out_dir: Path, n_cases: int = 6, n_cases_3d: int = 2, log: Callable
     log("")
     log("pointing_game: map maximum inside a lesion; energy_in_lesion: share of the map inside lesions;")
     log("auroc: map as a voxel classifier of the lesion mask; lesion_hit_rate: share of lesions holding one of")
-    log("the map's top peaks; deletion_auc (lower is better) / insertion_auc (higher is better): faithfulness;")
-    log("seconds: per case on this machine.")
+    log("the map's top peaks. Faithfulness (voxels removed from / inserted into the image, most salient first):")
+    log("deletion_half / insertion_half: share of voxels that takes away / restores half of the log-odds evidence")
+    log("(lower is better); deletion_auc_log (lower is better) / insertion_auc_log (higher is better): area under")
+    log("the probability curve over log10(share) from 0.01 % to 100 %, scaled to [0, 1]; seconds: per case here.")
     log(f"done in {time.perf_counter() - start:.0f} s; everything is in {out_dir}")
     return results

@@ -79,7 +79,7 @@ def test_ray_maps_equal_the_local_engine(ray, manifest, tmp_path):
 
 def test_ray_evaluate_summary_is_identical_to_the_local_engine(ray, manifest, tmp_path):
     entries = load_manifest(manifest)[:6]
-    recipe = EvaluateRecipe(ModelRecipe(), SPEC, ("gxi", "gradcam"), n_steps=16)
+    recipe = EvaluateRecipe(ModelRecipe(), SPEC, ("gxi", "gradcam"), curve_steps=16)
     _, local_rows = evaluate_cohort(entries, recipe, tmp_path / "local", progress=False)
     _, ray_rows = evaluate_cohort(entries, recipe, tmp_path / "ray", engine="ray", workers=2, progress=False)
     assert (tmp_path / "local" / "summary.csv").read_bytes() == (tmp_path / "ray" / "summary.csv").read_bytes()

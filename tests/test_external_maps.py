@@ -48,7 +48,7 @@ def bench(tmp_path_factory):
 @pytest.fixture(scope="module")
 def in_memory(bench):
     model = load_model("default")
-    rows, figures = evaluate_manifest(load_manifest(bench), {"IG": CaptumIG(model)}, SPEC, n_steps=16, log=None)
+    rows, figures = evaluate_manifest(load_manifest(bench), {"IG": CaptumIG(model)}, SPEC, log=None)
     return model, rows, figures
 
 
@@ -72,14 +72,14 @@ def test_captum_maps_from_files_score_as_in_memory(bench, in_memory, tmp_path):
         entries,
         {},
         SPEC,
-        n_steps=16,
         log=None,
         model=model,
         maps={"IG nifti": tmp_path / "nii", "IG npy": tmp_path / "npy"},
     )
     assert len(scored) == 6
     metrics = [k for k in rows[0] if k not in ("case", "method", "label", "seconds")]
-    assert {"auroc", "pointing_game", "deletion_auc", "insertion_auc", "class_idx", "score"} <= set(metrics)
+    faithfulness = {"deletion_half", "insertion_half", "deletion_auc_log", "insertion_auc_log"}
+    assert {"auroc", "pointing_game", "class_idx", "score"} | faithfulness <= set(metrics)
     for name in ("IG nifti", "IG npy"):
         from_files = [r for r in scored if r["method"] == name]
         assert [r["case"] for r in from_files] == [r["case"] for r in rows]

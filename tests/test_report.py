@@ -39,11 +39,18 @@ def test_evaluate_writes_a_readable_report(manifest, tmp_path, capsys):
     with open(out / "per_case.csv") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 6 and {r["method"] for r in rows} == {"gxi", "occlusion"}
-    for key in ("pointing_game", "auroc", "auprc", "dice_top", "lesion_hit_rate", "deletion_auc", "insertion_auc"):
+    faithfulness = ("deletion_half", "insertion_half", "deletion_auc_log", "insertion_auc_log")
+    for key in ("pointing_game", "auroc", "auprc", "dice_top", "lesion_hit_rate", *faithfulness):
         assert key in rows[0]
+    assert "deletion_auc" not in rows[0]  # the equal-step AUC only with --curve-steps
+    assert all(0 < float(r["deletion_half"]) < 0.5 and 0 < float(r["insertion_half"]) < 0.5 for r in rows)
     with open(out / "summary.csv") as f:
         summary = list(csv.DictReader(f))
-    assert {(s["method"], s["metric"]) for s in summary} >= {("gxi", "auroc"), ("occlusion", "deletion_auc")}
+    assert {(s["method"], s["metric"]) for s in summary} >= {("gxi", "auroc"), ("occlusion", "deletion_auc_log")}
+    for s in summary:  # the half-evidence shares get a bootstrap CI like every other metric
+        if s["metric"] in ("deletion_half", "insertion_half"):
+            assert float(s["ci_low"]) <= float(s["mean"]) <= float(s["ci_high"]) and s["n"] == "3"
+    assert "| deletion_half | insertion_half | deletion_auc_log | insertion_auc_log |" in printed  # printed too
     data = json.loads((out / "summary.json").read_text())
     assert data["paired_vs_first"][0]["a"] == "occlusion" and data["paired_vs_first"][0]["b"] == "gxi"
     page = (out / "report.html").read_text()
@@ -68,6 +75,38 @@ def test_evaluate_writes_a_readable_report(manifest, tmp_path, capsys):
         frames = json.loads(re.search(r'class="frames">(.*?)</script>', section, re.S).group(1))
         assert set(frames) == {"image", "gxi", "occlusion"} and all(len(v) == 1 for v in frames.values())
         assert frames["gxi"][0] != frames["occlusion"][0] != frames["image"][0]
+
+
+def test_evaluate_curve_steps_gives_the_equal_step_auc(manifest, tmp_path, capsys):
+    """``--curve-steps 64``: the classic columns, equal to deletion_auc / insertion_auc on the model's view."""
+    import torch
+
+    from medhdm.data.bench_files import LESIONBENCH_INTENSITY_RANGE
+    from medhdm.explain import GradientInput
+    from medhdm.io.manifest import load_manifest
+    from medhdm.metrics import deletion_auc, insertion_auc
+    from medhdm.models import load_default_classifier
+    from medhdm.pipeline import InputSpec, explain_image
+
+    torch.set_num_threads(1)
+    out = tmp_path / "report"
+    argv = ["evaluate", "--manifest", str(manifest), "--methods", "gxi", "--intensity-range=-1000,0", "--out"]
+    assert main([*argv, str(out), "--curve-steps", "64"]) == 0, capsys.readouterr().err
+    with open(out / "per_case.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert {"deletion_auc", "insertion_auc", "deletion_half", "insertion_half"} <= set(rows[0])
+    assert "deletion_auc_log" not in rows[0] and "insertion_auc_log" not in rows[0]
+    model = load_default_classifier()
+    entry = load_manifest(manifest)[0]
+    cls = int(rows[0]["class_idx"])
+    spec = InputSpec((96, 96), intensity_range=LESIONBENCH_INTENSITY_RANGE)
+    view = explain_image(entry["image"], GradientInput(model), spec, cls)
+    expected = deletion_auc(model, view.model_input, view.model_saliency, cls, n_steps=64)[0]
+    assert float(rows[0]["deletion_auc"]) == pytest.approx(expected, abs=1e-6)
+    expected = insertion_auc(model, view.model_input, view.model_saliency, cls, n_steps=64)[0]
+    assert float(rows[0]["insertion_auc"]) == pytest.approx(expected, abs=1e-6)
+    assert main([*argv, str(tmp_path / "bad"), "--curve-steps", "0"]) == 2
+    assert "--curve-steps: expected an integer >= 1" in capsys.readouterr().err
 
 
 def test_evaluate_refuses_cases_without_lesion_annotations(tmp_path, capsys):

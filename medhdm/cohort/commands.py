@@ -96,6 +96,7 @@ def evaluate_cohort(
     """Evaluate ``entries`` (manifest entries with lesions) per case into ``out/<id>/``, then the report
     (``report.html``, ``per_case.csv``, ``summary.csv/json``) over the complete cases; returns the rows too."""
     from ..evaluation import add_case, case_figure, new_figures
+    from ..metrics.curves import curve_fractions
     from ..report import write_report
 
     if engine_object is None:
@@ -113,7 +114,7 @@ def evaluate_cohort(
 
     def summarise(out: Path, complete: list[dict], records: dict[str, dict]) -> None:
         names = [*recipe.methods, *(name for name, _ in recipe.maps)]
-        figures = new_figures(names)
+        figures = new_figures(names, curve_fractions(recipe.curve_steps))
         for entry in complete:
             record = records[entry["id"]]["result"]
             with np.load(case_folder(out, entry["id"]) / "maps.npz") as saved:

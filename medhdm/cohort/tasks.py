@@ -135,7 +135,7 @@ class EvaluateRecipe:
     steps: int | None = None
     maps: tuple[tuple[str, str], ...] = ()
     faithfulness: bool = True
-    n_steps: int = 64
+    curve_steps: int | None = None  # None: log-spaced deletion/insertion curves; n: n equal shares
     slices: SliceSelection | None = None
 
     def build(self, device: str | None = None, model=None) -> EvaluateRunner:
@@ -162,7 +162,7 @@ class EvaluateRunner(CaseRunner):
             "methods": {n: {"method": e.name, "settings": e.settings()} for n, e in self.methods.items()},
             "maps": {name: str(Path(folder).resolve()) for name, folder in recipe.maps},
             "faithfulness": recipe.faithfulness,
-            "n_steps": recipe.n_steps,
+            "curve_steps": "log" if recipe.curve_steps is None else recipe.curve_steps,
         }
         if first is None:
             from .. import __version__
@@ -179,7 +179,7 @@ class EvaluateRunner(CaseRunner):
         r = self.recipe
         start = time.perf_counter()
         cases = evaluate_cases(
-            entries, self.methods, r.spec, r.faithfulness, r.n_steps, r.slices, dict(r.maps), self.model
+            entries, self.methods, r.spec, r.faithfulness, r.curve_steps, r.slices, dict(r.maps), self.model
         )
         seconds = (time.perf_counter() - start) / len(entries)
         records = []

@@ -8,8 +8,9 @@ computed), which :func:`~medhdm.evaluation.statistics.summarise` aggregates:
 - :func:`evaluate_manifest`: the cases of a data manifest (DICOM or NIfTI files with
   lesion annotations), through :func:`medhdm.pipeline.explain_image`, scored on the
   source grid (spacing from the image) and, optionally, for faithfulness to the model on
-  the classifier's grid (deletion/insertion with the explainer's own reference); maps made
-  elsewhere (one folder per method) are scored beside the methods by the same code;
+  the classifier's grid (deletion/insertion with the explainer's own reference, read by
+  :func:`medhdm.metrics.faithfulness.faithfulness_scores`; see :data:`FAITHFULNESS_KEYS`);
+  maps made elsewhere (one folder per method) are scored beside the methods by the same code;
 - :func:`compare_methods`: images and lesion label maps already in memory as tensors,
   batch by batch, each method timed on the same machine in the same run.
 
@@ -30,7 +31,8 @@ from torch import nn
 from ..explain.base import Explainer
 from ..io.annotations import ImageGrid, load_annotation
 from ..io.maps import load_case_map
-from ..metrics.faithfulness import deletion_curve
+from ..metrics.curves import curve_fractions
+from ..metrics.faithfulness import faithfulness_scores
 from ..metrics.localisation import score
 from ..pipeline import (
     InputSpec,
@@ -52,7 +54,22 @@ __all__ = [
     "score_row",
 ]
 
-FAITHFULNESS_KEYS = ("deletion_auc", "insertion_auc")
+#: The faithfulness columns a row may hold, each per case on the classifier's grid (the mean over
+#: the explained slices for a 2D classifier on a series). ``deletion_half`` / ``insertion_half``: the
+#: share of voxels (most salient first) whose deletion removes / whose insertion restores half of the
+#: log-odds evidence (lower is better). With the default log-spaced curves (``curve_steps=None``:
+#: 0 and 41 shares from 0.01 % to 100 %): ``deletion_auc_log`` (lower is better) and
+#: ``insertion_auc_log`` (higher is better), the area over log10(share) scaled to [0, 1]. With
+#: ``curve_steps=n`` equal shares instead: ``deletion_auc`` / ``insertion_auc``, the classic area over
+#: the share 0..1 (the only two columns before issue 16, item 6, with 64 steps).
+FAITHFULNESS_KEYS = (
+    "deletion_half",
+    "insertion_half",
+    "deletion_auc_log",
+    "insertion_auc_log",
+    "deletion_auc",
+    "insertion_auc",
+)
 
 
 def score_row(saliency, lesion, spacing: Sequence[float] | None = None) -> dict:
@@ -69,15 +86,17 @@ def _spacing(affine: np.ndarray, ndim: int) -> tuple[float, ...]:
 
 
 def _faithfulness(
-    model, model_input: torch.Tensor, model_saliency: torch.Tensor, class_idx: int, reference, n_steps: int
-) -> dict[str, np.ndarray]:
-    """Deletion and insertion curves on the classifier's grid (mean over the batch: a series' explained slices)."""
-    return {
-        mode: deletion_curve(
-            model, model_input, model_saliency, class_idx, mode=mode, n_steps=n_steps, reference=reference
-        ).mean(axis=0)
-        for mode in ("deletion", "insertion")
-    }
+    model, model_input: torch.Tensor, model_saliency: torch.Tensor, class_idx: int, reference, curve_steps: int | None
+) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """The faithfulness columns and the deletion/insertion probability curves ``(F,)`` on the classifier's
+    grid, for ``model_input`` ``(N, C, *S)`` (a series' ``N`` explained slices, or one image): means over
+    the ``N`` (a half fraction NaN where a slice has no evidence above its reference is left out)."""
+    scores, curves = faithfulness_scores(model, model_input, model_saliency, class_idx, curve_steps, reference)
+    means = {}
+    for key, values in scores.items():
+        finite = [v for v in values if not np.isnan(v)]
+        means[key] = float(np.mean(finite)) if finite else float("nan")
+    return means, {mode: curve.mean(axis=0) for mode, curve in curves.items()}
 
 
 def _method_maps(explainer: Explainer, images: Sequence, spec: InputSpec, entries: Sequence[dict], slices) -> list:
@@ -115,7 +134,7 @@ def evaluate_cases(
     methods: Mapping[str, Explainer],
     spec: InputSpec,
     faithfulness: bool = True,
-    n_steps: int = 64,
+    curve_steps: int | None = None,
     slices: SliceSelection | None = None,
     maps: Mapping[str, str | os.PathLike] | None = None,
     model: nn.Module | None = None,
@@ -125,8 +144,8 @@ def evaluate_cases(
     The arguments are :func:`evaluate_manifest`'s (``model`` already resolved, ``faithfulness``
     only with a model). Returns per case ``{"id", "rows", "maps", "curves"}``: its rows (one per
     method, in ``methods`` then ``maps`` order; ``seconds`` is the method's time for the batch
-    divided by its size), its maps on the source grid and its deletion/insertion curves per method.
-    An error in any case raises.
+    divided by its size), its maps on the source grid and its deletion/insertion curves per method
+    (sampled at ``curve_fractions(curve_steps)``). An error in any case raises.
     """
     maps = dict(maps or {})
     images = [load_image(e["image"]) for e in entries]  # read once, explained by every method
@@ -156,9 +175,8 @@ def evaluate_cases(
             if slices is not None:
                 row["slices"] = " ".join(str(k) for k in chosen) if chosen is not None else ""
             if faithfulness:
-                case["curves"][name] = _faithfulness(*view, cls, reference, n_steps)
-                for mode, curve in case["curves"][name].items():
-                    row[f"{mode}_auc"] = float(np.trapezoid(curve, np.linspace(0, 1, len(curve))))
+                scores, case["curves"][name] = _faithfulness(*view, cls, reference, curve_steps)
+                row.update(scores)
             row["seconds"] = round(seconds, 3)
             case["rows"].append(row)
             case["maps"][name] = saliency
@@ -179,7 +197,7 @@ def evaluate_manifest(
     methods: Mapping[str, Explainer],
     spec: InputSpec,
     faithfulness: bool = True,
-    n_steps: int = 64,
+    curve_steps: int | None = None,
     log: Callable[[str], None] | None = print,
     slices: SliceSelection | str | None = None,
     maps: Mapping[str, str | os.PathLike] | None = None,
@@ -191,8 +209,13 @@ def evaluate_manifest(
         entries: manifest entries (``load_manifest``), each with ``image`` and ``lesion``.
         methods: display name -> explainer.
         spec: the classifier's :class:`~medhdm.pipeline.InputSpec`.
-        faithfulness: also compute deletion/insertion AUC (``n_steps`` shares), on the
-            classifier's grid; needs a model (the explainers', or ``model``).
+        faithfulness: also score the maps against the model on the classifier's grid
+            (:data:`FAITHFULNESS_KEYS`); needs a model (the explainers', or ``model``).
+        curve_steps: where the deletion/insertion curves are sampled: ``None`` (default) 0 and
+            41 log-spaced shares from 0.01 %, giving ``deletion_auc_log`` / ``insertion_auc_log``;
+            an int ``n``: ``n`` equal shares, giving the classic ``deletion_auc`` /
+            ``insertion_auc`` (``64``: the columns before issue 16, item 6). Both give
+            ``deletion_half`` / ``insertion_half``.
         slices: a 2D classifier over 3D series: the slices to explain
             (:class:`~medhdm.pipeline.SliceSelection`); ``score`` is then the study-level
             decision, faithfulness the mean over the explained slices, and rows gain ``slices``.
@@ -217,10 +240,10 @@ def evaluate_manifest(
     faithfulness = faithfulness and model is not None
     rows: list[dict] = []
     names = [*methods, *maps]
-    figures = new_figures(names)
+    figures = new_figures(names, curve_fractions(curve_steps))
     total = len(entries) * len(names)
     for entry in entries:
-        (case,) = evaluate_cases([entry], methods, spec, faithfulness, n_steps, slices, maps, model)
+        (case,) = evaluate_cases([entry], methods, spec, faithfulness, curve_steps, slices, maps, model)
         add_case(rows, figures, case, case_figure(entry, case["maps"]))
         if log:
             for k, row in enumerate(case["rows"], start=len(rows) - len(case["rows"]) + 1):
@@ -231,9 +254,15 @@ def evaluate_manifest(
     return rows, figures
 
 
-def new_figures(names: Sequence[str]) -> dict:
-    """The empty material for the report's figures of methods ``names``."""
-    return {"cases": [], "curves": {name: {"deletion": [], "insertion": []} for name in names}}
+def new_figures(names: Sequence[str], fractions: Sequence[float] | None = None) -> dict:
+    """The empty material for the report's figures of methods ``names``; ``fractions`` ``(F,)``: the shares
+    the curves are sampled at (:func:`~medhdm.metrics.curves.curve_fractions`, default the log-spaced ones)."""
+    grid = curve_fractions(None) if fractions is None else np.asarray(fractions, dtype=np.float64)
+    return {
+        "cases": [],
+        "fractions": grid.tolist(),
+        "curves": {name: {"deletion": [], "insertion": []} for name in names},
+    }
 
 
 def add_case(rows: list[dict], figures: dict, case: dict, figure: dict) -> None:

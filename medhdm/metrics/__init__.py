@@ -1,9 +1,11 @@
 """Scores of saliency maps: against lesion annotations (localisation) and against the model (faithfulness)."""
 
+from .curves import area_linear, area_log_share, curve_fractions, half_point, log_fractions
 from .faithfulness import (
     average_drop,
     deletion_auc,
     deletion_curve,
+    faithfulness_scores,
     half_evidence_fraction,
     increase_in_confidence,
     insertion_auc,
@@ -26,18 +28,24 @@ from .localisation import (
 
 __all__ = [
     "LOCALISATION_KEYS",
+    "area_linear",
+    "area_log_share",
     "auprc",
     "auroc",
     "average_drop",
+    "curve_fractions",
     "deletion_auc",
     "deletion_curve",
     "dice_top",
     "energy_in_lesion",
+    "faithfulness_scores",
     "half_evidence_fraction",
+    "half_point",
     "increase_in_confidence",
     "insertion_auc",
     "iou_top",
     "lesion_hit_rate",
+    "log_fractions",
     "pointing_game",
     "rank_accuracy",
     "sanity_check",

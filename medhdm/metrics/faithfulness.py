@@ -8,19 +8,25 @@ so a method is scored against the same notion of "absent" it was built with. Sco
 are class probabilities (softmax; a single-logit model is read as a sigmoid), as in
 the papers.
 
-- :func:`deletion_auc` / :func:`insertion_auc` (Petsiuk et al., 2018, RISE): voxels are
-  removed from (inserted into) the image in order of decreasing saliency, in
-  ``n_steps`` equal shares (default 64: with small lesions, a few per cent of the voxels,
-  coarser steps saturate after the first share and stop telling methods apart); the
-  probability after each share is recorded, and the area under that curve over the
-  removed fraction 0..1 (trapezoid rule) is returned. Lower
-  deletion and higher insertion are better. All ``n_steps + 1`` perturbed images of a
-  case are scored in batches of ``batch_size``.
-- :func:`half_evidence_fraction`: the share of voxels, in order of decreasing saliency,
-  that must be removed (inserted) to take away (restore) half of the evidence, in
-  log-odds between the image and the reference, read off a curve sampled where it
-  changes (:func:`log_fractions`: 0 and log-spaced shares from 0.1 %; ``deletion_curve``
-  takes the same ``fractions``). Equal shares spend most samples on the flat tail.
+- :func:`deletion_curve` (Petsiuk et al., 2018, RISE): voxels are removed from (inserted
+  into) the image in order of decreasing saliency and the class probability recorded after
+  each share. Where to sample: on lesion images the curves change in the first per cent of
+  the voxels (a lesion is a few per cent of the image) and are flat after it, so
+  :func:`faithfulness_scores` (what ``medhdm evaluate`` reports) samples them by default at
+  0 and log-spaced shares from 0.01 % (:func:`~medhdm.metrics.curves.log_fractions`) and
+  reads them as ``deletion_auc_log`` / ``insertion_auc_log``, the area over ``log10(share)``
+  scaled to [0, 1] (:func:`~medhdm.metrics.curves.area_log_share`). With ``steps=n`` it
+  samples ``n`` equal shares and reports the classic ``deletion_auc`` / ``insertion_auc``
+  over the share 0..1, as :func:`deletion_auc` / :func:`insertion_auc` do (default 64
+  steps; insertion then reads 0.98-0.99 for every method on the demo's 2D cases: its curves
+  are near the full score after the first step, 1/64 of the voxels). Lower deletion and higher insertion are
+  better. The perturbed images of a case are scored in batches of ``batch_size``.
+- :func:`half_evidence_fraction` (``deletion_half`` / ``insertion_half`` in
+  :func:`faithfulness_scores`): the share of voxels, in order of decreasing saliency, that
+  must be removed (inserted) to take away (restore) half of the evidence, in log-odds
+  between the image and the reference (:func:`~medhdm.metrics.curves.half_point`), lower
+  is better for both. Log-odds, because probabilities saturate: removing one lesion of three
+  leaves ``p`` at 0.999.
 - :func:`average_drop` / :func:`increase_in_confidence` (Chattopadhyay et al., 2018,
   Grad-CAM++): the model sees the map-weighted image ``r + S (x - r)`` (with ``r = 0``
   this is the papers' ``S * x``); average drop is ``max(0, p - p_S) / p`` in per cent,
@@ -46,11 +52,21 @@ from torch import nn
 from ..explain.checks import frozen_eval, resolve_class_idx
 from ..explain.reference import ReferenceSpec, make_reference
 from ..explain.scoring import ClassScorer
+from .curves import (
+    area_linear,
+    area_log_share,
+    auc_key,
+    check_fractions,
+    curve_fractions,
+    half_point,
+    log_fractions,
+)
 
 __all__ = [
     "average_drop",
     "deletion_auc",
     "deletion_curve",
+    "faithfulness_scores",
     "half_evidence_fraction",
     "increase_in_confidence",
     "insertion_auc",
@@ -75,23 +91,21 @@ def _maps(saliency, x: torch.Tensor) -> torch.Tensor:
     return s
 
 
-def _scores(scorer: ClassScorer, images: torch.Tensor, cls: int, batch_size: int, read: str = "prob") -> torch.Tensor:
-    out = []
+def _scores(scorer: ClassScorer, images: torch.Tensor, cls: int, batch_size: int) -> dict[str, torch.Tensor]:
+    """The class probability and log-odds of ``images`` ``(N, C, *S)``, each ``(N,)``, in batches."""
+    prob, log_odds = [], []
     for lo in range(0, images.shape[0], batch_size):
         chunk = images[lo : lo + batch_size]
         idx = torch.full((chunk.shape[0],), cls, dtype=torch.long, device=chunk.device)
-        out.append(getattr(scorer, read)(scorer.logits(chunk), idx))
-    return torch.cat(out)
+        logits = scorer.logits(chunk)
+        prob.append(scorer.prob(logits, idx))
+        log_odds.append(scorer.log_odds(logits, idx))
+    return {"prob": torch.cat(prob), "log_odds": torch.cat(log_odds)}
 
 
-def log_fractions(smallest: float = 1e-3, n: int = 31) -> np.ndarray:
-    """``0`` then ``n`` log-spaced fractions from ``smallest`` to 1 (default 0.1 % to 100 %): where
-    deletion/insertion curves change on lesion images, the first per cent of the voxels."""
-    return np.concatenate([[0.0], np.geomspace(smallest, 1.0, n)])
-
-
-def _curves(model, x, saliency, class_idx, mode: str, fractions, reference, batch_size, read: str) -> np.ndarray:
-    """The score (``read``: ``"prob"`` or ``"log_odds"``) after changing each fraction of the top voxels, ``(B, F)``."""
+def _curves(model, x, saliency, class_idx, mode: str, fractions, reference, batch_size) -> dict[str, np.ndarray]:
+    """The class probability and log-odds after changing each fraction of the top voxels: ``{"prob",
+    "log_odds"}``, each ``(B, F)`` for ``x`` ``(B, C, *S)`` and ``F`` fractions (one model pass per image)."""
     if mode not in ("deletion", "insertion"):
         raise ValueError(f"mode: expected 'deletion' or 'insertion', got {mode!r}")
     maps = _maps(saliency, x)
@@ -101,7 +115,7 @@ def _curves(model, x, saliency, class_idx, mode: str, fractions, reference, batc
         ref = make_reference(x, reference)
         n_vox = int(np.prod(x.shape[2:]))
         cuts = torch.round(torch.as_tensor(np.asarray(fractions, dtype=np.float64) * n_vox)).long().to(x.device)
-        curves = []
+        curves: dict[str, list] = {"prob": [], "log_odds": []}
         for b in range(x.shape[0]):
             order = torch.argsort(maps[b, 0].flatten(), descending=True, stable=True)
             rank = torch.empty(n_vox, dtype=torch.long, device=x.device)
@@ -109,8 +123,9 @@ def _curves(model, x, saliency, class_idx, mode: str, fractions, reference, batc
             changed = (rank[None] < cuts[:, None]).reshape(len(cuts), 1, *x.shape[2:]).float()
             start, end = (x[b], ref[b]) if mode == "deletion" else (ref[b], x[b])
             images = start[None] * (1 - changed) + end[None] * changed
-            curves.append(_scores(scorer, images, int(cls[b]), batch_size, read).cpu().numpy())
-    return np.stack(curves)
+            for read, values in _scores(scorer, images, int(cls[b]), batch_size).items():
+                curves[read].append(values.cpu().numpy())
+    return {read: np.stack(values) for read, values in curves.items()}
 
 
 def deletion_curve(
@@ -133,7 +148,7 @@ def deletion_curve(
         if n_steps < 1:
             raise ValueError(f"n_steps: expected at least 1, got {n_steps}")
         fractions = np.linspace(0.0, 1.0, n_steps + 1)
-    return _curves(model, x, saliency, class_idx, mode, fractions, reference, batch_size, "prob")
+    return _curves(model, x, saliency, class_idx, mode, fractions, reference, batch_size)["prob"]
 
 
 def half_evidence_fraction(
@@ -153,53 +168,76 @@ def half_evidence_fraction(
     Evidence is measured in log-odds ``o`` of the class, from the reference's ``o(r)`` to the
     image's ``o(x)`` (probabilities saturate: removing one lesion of three leaves ``p`` at
     0.999). Deletion: the first fraction where ``o <= (o(x) + o(r)) / 2``; insertion: where
-    ``o >= (o(x) + o(r)) / 2``; interpolated linearly in log-fraction between the samples (in fraction on
-    the first segment, from 0)
-    (default :func:`log_fractions`, 0.1 % to 100 %). NaN where the image carries no evidence
-    above its reference (``o(x) <= o(r)``).
+    ``o >= (o(x) + o(r)) / 2``; interpolated linearly in log-fraction between the samples
+    ``fractions`` (default :func:`~medhdm.metrics.curves.log_fractions`, 0 and 0.01 % to 100 %;
+    linearly in fraction on the first segment, from 0), see
+    :func:`~medhdm.metrics.curves.half_point`. NaN where the image carries no evidence above
+    its reference (``o(x) <= o(r)``). ``x`` ``(B, C, *S)``, ``saliency`` ``(B, 1, *S)``.
     """
-    grid = log_fractions() if fractions is None else np.asarray(fractions, dtype=np.float64)
-    if grid[0] != 0 or grid[-1] != 1 or np.any(np.diff(grid) <= 0):
-        raise ValueError("fractions: expected increasing shares from 0 to 1")
-    curves = _curves(model, x, saliency, class_idx, mode, grid, reference, batch_size, "log_odds")
-    out = []
-    for curve in curves:
-        o_x, o_r = (curve[0], curve[-1]) if mode == "deletion" else (curve[-1], curve[0])
-        if not o_x > o_r:
-            out.append(float("nan"))
-            continue
-        target = 0.5 * (o_x - o_r)
-        gain = (o_x - curve) if mode == "deletion" else (curve - o_r)  # evidence removed / restored
-        i = int(np.argmax(gain >= target))
-        if i == 0:
-            out.append(0.0)
-            continue
-        lo, hi = grid[i - 1], grid[i]
-        g0, g1 = gain[i - 1], gain[i]
-        t = 0.0 if g1 == g0 else float(np.clip((target - g0) / (g1 - g0), 0, 1))
-        if lo == 0:  # the first segment, from no voxel changed: linear
-            out.append(float(t * hi))
-        else:
-            out.append(float(np.exp(np.log(lo) + t * (np.log(hi) - np.log(lo)))))
-    return out
+    grid = check_fractions(log_fractions() if fractions is None else fractions)
+    curves = _curves(model, x, saliency, class_idx, mode, grid, reference, batch_size)["log_odds"]
+    return [float(v) for v in half_point(curves, grid, mode)]
+
+
+def faithfulness_scores(
+    model: nn.Module,
+    x: torch.Tensor,
+    saliency,
+    class_idx: int | Sequence[int] | None = None,
+    steps: int | None = None,
+    reference: ReferenceSpec = "blur",
+    batch_size: int = 33,
+) -> tuple[dict[str, list[float]], dict[str, np.ndarray]]:
+    """Deletion and insertion read four ways from one set of curves: what ``medhdm evaluate`` reports.
+
+    Each curve is sampled at :func:`~medhdm.metrics.curves.curve_fractions` ``(steps)``: by default
+    (``steps=None``) 0 and 41 log-spaced shares from 0.01 % to 100 %, read as ``deletion_auc_log``
+    and ``insertion_auc_log`` (area over ``log10(share)``, scaled to [0, 1]); with ``steps=n``,
+    ``n`` equal shares read as ``deletion_auc`` and ``insertion_auc`` (area over the share 0..1,
+    equal to :func:`deletion_auc` / :func:`insertion_auc` with ``n_steps=n``). Both grids also
+    give ``deletion_half`` and ``insertion_half`` (:func:`half_evidence_fraction`, read off the
+    same samples: on the equal-step grid only as fine as ``1 / n``).
+
+    Args:
+        model, x, saliency, class_idx, reference, batch_size: as :func:`deletion_curve`;
+            ``x`` ``(B, C, *S)``, ``saliency`` ``(B, 1, *S)`` or ``(B, *S)``.
+        steps: ``None`` (log-spaced shares) or the number of equal shares.
+    Returns:
+        the scores, ``{column: one value per image}`` (the four columns above), and the
+        probability curves ``{"deletion", "insertion"}``, each ``(B, F)``, sampled at
+        ``curve_fractions(steps)``.
+    """
+    grid = curve_fractions(steps)
+    area = area_log_share if steps is None else area_linear
+    scores: dict[str, list[float]] = {}
+    curves: dict[str, np.ndarray] = {}
+    for mode in ("deletion", "insertion"):
+        read = _curves(model, x, saliency, class_idx, mode, grid, reference, batch_size)
+        curves[mode] = read["prob"]
+        scores[f"{mode}_half"] = [float(v) for v in half_point(read["log_odds"], grid, mode)]
+        scores[auc_key(mode, steps)] = [float(v) for v in area(read["prob"], grid)]
+    return scores, curves
 
 
 def _area(curve: np.ndarray) -> list[float]:
-    fractions = np.linspace(0.0, 1.0, curve.shape[1])
-    return [float(np.trapezoid(c, fractions)) for c in curve]
+    return [float(v) for v in area_linear(curve, np.linspace(0.0, 1.0, curve.shape[1]))]
 
 
 def deletion_auc(
     model, x, saliency, class_idx=None, n_steps: int = 64, reference: ReferenceSpec = "blur", batch_size: int = 33
 ) -> list[float]:
-    """Area under the deletion curve per image (lower is better), see the module docstring."""
+    """Area under the deletion curve over the share 0..1, ``n_steps`` equal shares, per image (lower is better).
+
+    The classic AUC; :func:`faithfulness_scores` gives the log-spaced one (see the module docstring)."""
     return _area(deletion_curve(model, x, saliency, class_idx, "deletion", n_steps, reference, batch_size))
 
 
 def insertion_auc(
     model, x, saliency, class_idx=None, n_steps: int = 64, reference: ReferenceSpec = "blur", batch_size: int = 33
 ) -> list[float]:
-    """Area under the insertion curve per image (higher is better), see the module docstring."""
+    """Area under the insertion curve over the share 0..1, ``n_steps`` equal shares, per image (higher is better).
+
+    The classic AUC; :func:`faithfulness_scores` gives the log-spaced one (see the module docstring)."""
     return _area(deletion_curve(model, x, saliency, class_idx, "insertion", n_steps, reference, batch_size))
 
 

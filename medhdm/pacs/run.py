@@ -286,7 +286,8 @@ def faithfulness_scores(
     slices: SliceSelection | str | None = None,
     n_steps: int = 32,
 ) -> dict[str, float]:
-    """Deletion and insertion AUC of the saved map for ``class_idx`` (the model's view, as ``medhdm evaluate``).
+    """Deletion and insertion AUC of the saved map for ``class_idx`` on the model's view, over ``n_steps``
+    equal shares (the classic AUC, as ``medhdm evaluate --curve-steps N``; the SR's codes hold these two).
 
     The map (NIfTI on the source grid) is brought to the classifier's grid by the image's
     own layout and resize steps (:func:`~medhdm.pipeline.map_to_classifier_grid`); with

@@ -76,6 +76,11 @@ def overlay_grid_png(figures: dict, methods: Sequence[str]) -> bytes:
 
 
 def curves_png(figures: dict) -> bytes | None:
+    """The mean deletion and insertion curves per method over a log axis of the share of voxels changed.
+
+    ``figures["curves"][method][mode]``: the cases' curves ``(F,)``, sampled at ``figures["fractions"]``
+    ``(F,)`` (0 first; equal shares where the figures have none); drawn from the first non-zero share
+    (share 0, the unchanged image or the reference, has no place on a log axis)."""
     import matplotlib.pyplot as plt
 
     curves = figures["curves"]
@@ -86,8 +91,10 @@ def curves_png(figures: dict) -> bytes | None:
         for name, by_mode in curves.items():
             if by_mode[mode]:
                 mean = np.mean(by_mode[mode], axis=0)
-                ax.plot(np.linspace(0, 1, len(mean)), mean, label=name)
-        ax.set_xlabel(f"fraction of voxels {'removed' if mode == 'deletion' else 'inserted'} (most salient first)")
+                fractions = np.asarray(figures.get("fractions") or np.linspace(0, 1, len(mean)), dtype=np.float64)
+                ax.plot(fractions[1:], mean[1:], label=name)
+        ax.set_xscale("log")
+        ax.set_xlabel(f"share of voxels {'removed' if mode == 'deletion' else 'inserted'} (most salient first)")
         ax.set_ylabel("class probability")
         ax.set_title(f"{mode} ({'lower' if mode == 'deletion' else 'higher'} is better)")
     axes[1].legend(fontsize=8)

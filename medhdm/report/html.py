@@ -3,8 +3,8 @@
 :func:`write_report` takes the rows of an evaluation run (:mod:`medhdm.evaluation.run`) and
 writes ``per_case.csv``, ``summary.csv``, ``summary.json`` (mean, median, bootstrap 95% CI
 per method and metric; paired comparisons of every method with the first one), figures
-(overlay grid case x method with the lesion outline, mean deletion/insertion curves, box
-plots per metric) and one self-contained ``report.html`` with the figures embedded.
+(overlay grid case x method with the lesion outline, mean deletion/insertion curves over a
+log axis of the share of voxels, box plots per metric) and one self-contained ``report.html`` with the figures embedded.
 Rendering only: the numbers come from :mod:`medhdm.evaluation`.
 
 ``report.html`` opens from disk, without a server or the network: every image is a data
@@ -46,8 +46,11 @@ def _csv_bytes(rows: Sequence[dict]) -> bytes:
 
 
 def _fmt(v) -> str:
+    """A float with 3 decimals (3 significant digits below 0.1: half-evidence shares are small), else the text."""
     if isinstance(v, float):
-        return "" if math.isnan(v) else f"{v:.3f}"
+        if math.isnan(v):
+            return ""
+        return f"{v:.3g}" if 0 < abs(v) < 0.1 else f"{v:.3f}"
     return html.escape(str(v))
 
 
@@ -121,12 +124,17 @@ Files: <a href="per_case.csv">per_case.csv</a>, <a href="summary.csv">summary.cs
 <h2 id="summary">Summary (mean [bootstrap 95% CI] over cases)</h2>
 <p>pointing_game: map maximum inside a lesion; energy_in_lesion: share of the map inside lesions; rank_accuracy,
 dice_top, iou_top: the map's top voxels (as many as lesion voxels) against the lesions; auroc, auprc: the map as a
-voxel classifier of the lesion mask; lesion_hit_rate: share of lesions holding one of the map's top peaks;
-deletion_auc (lower is better), insertion_auc (higher is better): faithfulness to the model.</p>
+voxel classifier of the lesion mask; lesion_hit_rate: share of lesions holding one of the map's top peaks.
+Faithfulness to the model, on its grid, voxels removed (inserted) towards (from) the explainer's reference, most
+salient first: deletion_half, insertion_half: share of voxels whose deletion takes away / whose insertion
+restores half of the log-odds evidence (lower is better); deletion_auc_log (lower is better), insertion_auc_log
+(higher is better): area under the probability curve sampled at log-spaced shares from 0.01 %, over log10(share),
+scaled to [0, 1]; deletion_auc, insertion_auc (with <code>--curve-steps N</code>): the same over N equal shares
+and the share 0..1.</p>
 {table}
 <h3>Cases (pointing game / AUROC per method; open a case)</h3>
 {case_table}
-<h2>Deletion and insertion curves (mean over cases)</h2>
+<h2>Deletion and insertion curves (mean over cases, log share axis)</h2>
 {embed("curves.png", "deletion and insertion curves") or "<p>Not computed.</p>"}
 <h2>Metrics per method</h2>
 {embed("boxplots.png", "box plots of every metric per method")}
