@@ -42,7 +42,19 @@ def hdm_until_2026_11_27(model) -> HDM:
         auxiliary_objective=MaskObjective(steps=100, lambda_area=1.0, lambda_tv=1.0, lambda_del=1.0),
         refine=0.2,
         refine_by="gradient_input",
+        threshold=0.3,
     )
+
+
+def hdm_until_2026_11_28(model) -> HDM:
+    """HDM's defaults of 2026-11-27: 20 steps per phase, binarised regions (threshold 0.3), the
+    3D benchmark masks' mean-area penalty, the refinement signal smoothed with the edge replicated."""
+    return HDM(
+        model,
+        volume_benchmark_objective=MaskObjective(steps=20, lr=0.3, final_lr=0.03, lambda_area=1.0, lambda_del=1.0),
+        threshold=0.3,
+        signal_padding="replicate",
+    ).set_steps(20)
 
 
 def hdm_variants(model) -> dict:

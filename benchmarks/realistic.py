@@ -7,11 +7,11 @@ Random weights (cost does not depend on them), one image per explanation. Each
 (network, method, steps, max_batch) runs in a fresh child process so that its peak
 memory is its own: on CUDA ``torch.cuda.max_memory_allocated``, on the CPU the
 child's peak resident set (``ru_maxrss``) minus its resident set after loading the
-model. HDM at its default 20 steps per phase is too slow on a CPU for DenseNet121 in
-3D, so mask methods run at the given small step counts and the script projects the
-default from them: images through the model and seconds are linear in the steps
+model. HDM at its default steps per phase (5 since 2026-11-28; 20 before) is slow on a CPU
+for DenseNet121 in 3D, so mask methods can run at given small step counts and the script
+projects the default from them: images through the model and seconds are linear in the steps
 per phase when the stages taken are the same (the script says when they are not),
-``cost(20) = cost(s1) + (20 - s1) * (cost(s2) - cost(s1)) / (s2 - s1)``. With
+``cost(n) = cost(s1) + (n - s1) * (cost(s2) - cost(s1)) / (s2 - s1)`` for the default ``n``. With
 ``--steps default`` the defaults are measured directly (do that on a GPU).
 Also printed: the bare loop of the same model calls (forward+backward where the method
 needed gradients, forward only where not): the method's floor, and its ratio to it.
@@ -32,7 +32,10 @@ import warnings
 import torch
 from common import RESULTS, write_json
 
+from medhdm import HDM
+
 SHAPES = {"2d": (224, 224), "3d": (96, 96, 96)}
+DEFAULT_STEPS = HDM(torch.nn.Identity()).auxiliary_objective.steps  # HDM's optimiser steps per mask phase
 
 
 def _rss_kb() -> int:
@@ -113,7 +116,7 @@ def _run_child(argv: list[str]) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def _project(a: dict, b: dict, s1: int, s2: int, key: str, target: int = 20) -> float:
+def _project(a: dict, b: dict, s1: int, s2: int, key: str, target: int = DEFAULT_STEPS) -> float:
     return a[key] + (target - s1) * (b[key] - a[key]) / (s2 - s1)
 
 
@@ -160,7 +163,8 @@ def main() -> None:
                     "seconds": _project(a, b, s1, s2, "seconds"),
                     "floor_seconds": _project(a, b, s1, s2, "floor_seconds"),
                     "peak_memory_mb": max(a["peak_memory_mb"], b["peak_memory_mb"]),
-                    "note": f"projected to 20 steps from {s1} and {s2}" + ("" if same else " (stages differ)"),
+                    "note": f"projected to {DEFAULT_STEPS} steps from {s1} and {s2}"
+                    + ("" if same else " (stages differ)"),
                 }
             else:
                 row = {**next(iter(runs.values())), "note": "measured"}

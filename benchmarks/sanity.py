@@ -23,7 +23,7 @@ import warnings
 import numpy as np
 import torch
 from common import RESULTS, default_methods, held_out_cases, write_json
-from quality_2d import hdm_until_2026_11_27
+from quality_2d import hdm_until_2026_11_27, hdm_until_2026_11_28
 
 from medhdm import HDM
 from medhdm.metrics import sanity_check, seed_agreement
@@ -39,6 +39,7 @@ def factories(dims: int, model) -> dict:
     builders = {
         "HDM": builders.pop("HDM"),
         "HDM masks only (refine None)": lambda m: HDM(m, refine=None),
+        "HDM (defaults of 2026-11-27)": hdm_until_2026_11_28,
         "HDM (defaults until 2026-11-27)": hdm_until_2026_11_27,
         **builders,
     }

@@ -149,7 +149,7 @@ def test_hdm_uses_the_volume_objective_for_3d_inputs_only():
     # a benchmark objective given alone serves both; the defaults differ by dimension
     assert HDM(tiny_densenet(), benchmark_objective=bench2d).volume_benchmark_objective is bench2d
     default = HDM(tiny_densenet())
-    assert default.benchmark_objective.area == 0.02 and default.volume_benchmark_objective.area is None
+    assert default.benchmark_objective.area == 0.02 and default.volume_benchmark_objective.area == 0.05
     # make_explainer's steps reach every phase, the volume one included
     hdm3d = make_explainer("hdm", tiny_densenet(3), steps=4, max_stages=1)
     assert hdm3d.explain(torch.rand(1, 1, 8, 16, 16)).backward_passes == 4 + 4 + 1

@@ -177,9 +177,10 @@ def test_hdm_pixel_refinement_orders_voxels_by_each_stage_sensitivity(refine_by,
     scorer, target = ClassScorer(model), torch.tensor([1])
     detail = torch.stack([s.sensitivity for s in refined.stages]).amax(0)
     if refine_by == "positive_gradient":
-        # Stage 1's signal: the positive part of the signed d o / dx, smoothed at 1.5 x the map's sigma.
+        # Stage 1's signal: the positive part of the signed d o / dx, smoothed at 1.5 x the map's
+        # sigma with 0 outside the image.
         grad = scorer.gradient(x, target, measure="log_odds", signed=True)
-        expected = normalise(gaussian_blur(grad, 1.5 * 32 / 32).clamp_min(0))
+        expected = normalise(gaussian_blur(grad, 1.5 * 32 / 32, padding="zeros").clamp_min(0))
         fused = normalise(masks_only.saliency + detail)
     else:
         # |d o / dx * (x - r)| of the input, smoothed like the map (sigma 1 px).

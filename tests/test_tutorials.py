@@ -21,7 +21,7 @@ def test_tutorial_runs(path, tmp_path, monkeypatch):
             pytest.fail(f"{why}; required (MEDHDM_REQUIRE_VALIDATORS=1)")
         if why:
             pytest.skip(why)
-    monkeypatch.setenv("MEDHDM_TUTORIAL_STEPS", "10")
+    monkeypatch.setenv("MEDHDM_TUTORIAL_STEPS", "3")
     monkeypatch.setenv("MEDHDM_TUTORIAL_OUT", str(tmp_path))
     monkeypatch.chdir(tmp_path)
     runpy.run_path(str(path), run_name="__main__")

@@ -27,7 +27,7 @@ from medhdm.data import make_case
 from medhdm.metrics import score
 from medhdm.models import load_default_classifier
 
-steps = int(os.environ.get("MEDHDM_TUTORIAL_STEPS", "20"))
+steps = int(os.environ.get("MEDHDM_TUTORIAL_STEPS", "5"))
 model = load_default_classifier()
 case = make_case(np.random.default_rng(7), (96, 96), n_lesions=3)
 x = torch.from_numpy(case.image)[None]  # (1, 1, 96, 96)
@@ -39,12 +39,14 @@ print("p(lesion) =", torch.softmax(model(x), 1)[0, 1].item())
 # `explain` returns the full record; calling the explainer returns only the map.
 
 # %%
-# HDM's defaults, with the step count spelled out: 20 Adam steps per mask phase, lr 0.3
+# HDM's defaults, with the step count spelled out: 5 Adam steps per mask phase, lr 0.3
 # annealed to 0.03; benchmark masks (grids S/16, S/8) with a 2 % area budget and the deletion
 # term, auxiliary masks (S/4, S/2) with the mean-area penalty and smoothness; up to 4 stages,
-# each weighted by the larger of the evidence (log-odds) its region carries alone and the
-# evidence its removal took; the fused map smoothed by a Gaussian of 1/32 of the image size,
-# then refined at pixel level: fused map + the positive part of each stage input's smoothed gradient.
+# each explaining the image with the soft regions of the stages before removed and weighted by
+# the larger of the evidence (log-odds) its region carries alone and the evidence its removal
+# took; the fused map smoothed by a Gaussian of 1/32 of the image size,
+# then refined at pixel level: fused map + the positive part of each stage input's smoothed gradient
+# (smoothed with 0 outside the image).
 fast = {"steps": steps, "lr": 0.3, "final_lr": 0.03}
 hdm = HDM(
     model,
@@ -54,6 +56,8 @@ hdm = HDM(
     smooth=1 / 32,
     refine=1.0,
     refine_by="positive_gradient",
+    signal_padding="zeros",
+    threshold=None,
 )
 result = hdm.explain(x, class_idx=1)
 for level, stage in enumerate(result.stages, start=1):

@@ -36,7 +36,7 @@ from medhdm.models import load_model
 from medhdm.pipeline import InputSpec, explain_image, load_image
 
 out = Path(os.environ.get("MEDHDM_TUTORIAL_OUT", "."))
-steps = int(os.environ.get("MEDHDM_TUTORIAL_STEPS", "100"))
+steps = int(os.environ.get("MEDHDM_TUTORIAL_STEPS", "5"))
 manifest = write_lesionbench(out / "lesionbench2d", n_cases=2, spatial_dims=2)
 case = load_manifest(manifest)[0]
 print(case)

@@ -31,7 +31,7 @@ from medhdm.pipeline import InputSpec
 from medhdm.report import write_report
 
 out = Path(os.environ.get("MEDHDM_TUTORIAL_OUT", "."))
-steps = int(os.environ.get("MEDHDM_TUTORIAL_STEPS", "100"))
+steps = int(os.environ.get("MEDHDM_TUTORIAL_STEPS", "5"))
 cases = load_manifest(write_lesionbench(out / "lesionbench2d", n_cases=4, spatial_dims=2))
 model = load_model("default")
 methods = {

@@ -44,7 +44,7 @@ from medhdm.pipeline import InputSpec, classifier_transforms
 from medhdm.transforms import Explaind, LoadStudyd
 
 out = Path(os.environ.get("MEDHDM_TUTORIAL_OUT", "."))
-steps = int(os.environ.get("MEDHDM_TUTORIAL_STEPS", "100"))
+steps = int(os.environ.get("MEDHDM_TUTORIAL_STEPS", "5"))
 cases = load_manifest(write_lesionbench(out / "lesionbench2d", n_cases=4, spatial_dims=2))
 model = load_model("default")
 

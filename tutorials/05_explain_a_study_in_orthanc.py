@@ -48,7 +48,7 @@ from medhdm.pacs.sr import read_structured_report
 from medhdm.pipeline import InputSpec
 
 out = Path(os.environ.get("MEDHDM_TUTORIAL_OUT", "."))
-steps = int(os.environ.get("MEDHDM_TUTORIAL_STEPS", "60"))
+steps = int(os.environ.get("MEDHDM_TUTORIAL_STEPS", "5"))
 bench = Path(tempfile.mkdtemp(prefix="lesionbench-"))
 write_lesionbench(bench, n_cases=2, spatial_dims=3, seed=7)
 case = bench / "case001"  # a case with lesions; lesion_seg.dcm is its annotation

@@ -22,12 +22,15 @@ __all__ = ["ReferenceSpec", "blur_reference", "composite", "gaussian_blur", "mak
 ReferenceSpec = str | float | torch.Tensor | Callable[[torch.Tensor], torch.Tensor]
 
 
-def gaussian_blur(x: torch.Tensor, sigma: float | tuple[float, ...]) -> torch.Tensor:
-    """Gaussian blur of ``x`` ``(B, C, *S)`` per channel, edges replicated.
+def gaussian_blur(x: torch.Tensor, sigma: float | tuple[float, ...], padding: str = "replicate") -> torch.Tensor:
+    """Gaussian blur of ``x`` ``(B, C, *S)`` per channel, edges replicated (or zeros outside).
 
     Args:
         x: images or maps ``(B, C, *S)``.
         sigma: standard deviation in voxels, one value or one per spatial axis.
+        padding: ``"replicate"`` (default: an image continues as its edge) or ``"zeros"`` (a
+            signal that is 0 outside the field of view; a replicated edge voxel would weigh
+            half the kernel).
     Returns:
         the blurred tensor, shape and dtype of ``x``.
     """
@@ -45,7 +48,9 @@ def gaussian_blur(x: torch.Tensor, sigma: float | tuple[float, ...]) -> torch.Te
             k = k[cut:-cut]
             k = k / k.sum()
         clipped.append(k)
-    return separable_filtering(x, clipped, mode="replicate")
+    if padding not in ("replicate", "zeros"):
+        raise ValueError(f"padding: expected 'replicate' or 'zeros', got {padding!r}")
+    return separable_filtering(x, clipped, mode=padding)
 
 
 def blur_reference(x: torch.Tensor, sigma: float | tuple[float, ...] | None = None) -> torch.Tensor:
