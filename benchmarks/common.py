@@ -7,16 +7,12 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from medhdm import HDM, MDM, RISE, GradCAM, GradCAMpp, GradientInput, NeuroMask, Occlusion  # noqa: E402
-from medhdm.data import (
-    make_case,  # noqa: E402
-    stack_cases,  # noqa: E402
-)
+from medhdm.evaluation import compare_methods  # noqa: E402
 from medhdm.io.atomic import atomic_write  # noqa: E402
+from medhdm.testing import lesion_cases  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 BENCH_SEED = 4242  # disjoint from the training (1000) and held-out (2000) seeds of the shipped model
@@ -24,9 +20,22 @@ BENCH_SEED = 4242  # disjoint from the training (1000) and held-out (2000) seeds
 
 def held_out_cases(n: int, size=(96, 96), seed: int = BENCH_SEED):
     """``n`` cases with 1, 2 and 3 lesions in turn (images, lesion labels, n_lesions)."""
-    rng = np.random.default_rng(seed)
-    cases = [make_case(rng, size, 1 + i % 3) for i in range(n)]
-    return stack_cases(cases)
+    return lesion_cases(n, tuple(size), seed)
+
+
+def compare_counting_images(name: str, explainer, x, lesions, batch_size: int, maps: dict | None = None) -> list[dict]:
+    """:func:`medhdm.evaluation.compare_methods` of one method on ``x`` for class 1, each row with ``images``:
+    the images the model saw per explanation, counted by a hook on the model (so MONAI's internal
+    batches, as occlusion's, count too)."""
+    counted: list[int] = []
+    hook = explainer.model.register_forward_pre_hook(lambda _m, args: counted.append(args[0].shape[0]))
+    try:
+        rows = compare_methods({name: explainer}, x, lesions, class_idx=1, batch_size=batch_size, maps=maps)
+    finally:
+        hook.remove()
+    for row in rows:
+        row["images"] = sum(counted) / x.shape[0]
+    return rows
 
 
 def default_methods(model) -> dict:

@@ -27,10 +27,10 @@ import time
 import warnings
 
 import torch
-from common import RESULTS, held_out_cases, write_json
+from common import RESULTS, compare_counting_images, held_out_cases, write_json
 
 from medhdm import HDM, MDM, RISE, GradCAM, GradientInput, NeuroMask, Occlusion
-from medhdm.evaluation import compare_methods, format_table, summarise
+from medhdm.evaluation import format_table, summarise
 from medhdm.metrics.faithfulness import faithfulness_scores
 from medhdm.models import load_default_classifier
 
@@ -117,17 +117,7 @@ def main() -> None:
         x, lesions, _ = held_out_cases(args.cases, seed=seed)
         methods, maps, rows = methods_at_budgets(model, steps), {}, []
         for name, explainer in methods.items():
-            counted = []  # every image the model sees (MONAI's occlusion batches past the scorer's count)
-            hook = model.register_forward_pre_hook(lambda _m, a, counted=counted: counted.append(a[0].shape[0]))
-            try:
-                method_rows = compare_methods(
-                    {name: explainer}, x, lesions, class_idx=1, batch_size=args.batch_size, maps=maps
-                )
-            finally:
-                hook.remove()
-            for row in method_rows:
-                row["images"] = sum(counted) / args.cases
-            rows += method_rows
+            rows += compare_counting_images(name, explainer, x, lesions, args.batch_size, maps)
             print(f"  seed {seed}: {name} done ({time.perf_counter() - start:.0f} s)", flush=True)
         add_faithfulness(rows, maps, model, x)
         summary_rows = summarise(rows, [*QUALITY, "images", "seconds"])

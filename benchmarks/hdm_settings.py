@@ -23,11 +23,11 @@ import time
 import warnings
 
 import torch
-from common import RESULTS, held_out_cases, write_json
+from common import RESULTS, compare_counting_images, held_out_cases, write_json
 from quality_2d import hdm_until_2026_11_28
 
 from medhdm import HDM, GradientInput, MaskObjective
-from medhdm.evaluation import compare_methods, format_table, summarise
+from medhdm.evaluation import format_table, summarise
 from medhdm.models import DEFAULT_3D, load_default_classifier
 
 QUALITY = ("pointing_game", "auroc", "lesion_hit_rate_multi")
@@ -57,15 +57,9 @@ def run(model, dims: int, seed: int, cases: int) -> list[dict]:
     x, lesions, _ = held_out_cases(cases, size=size, seed=seed)
     rows = []
     for name, explainer in settings(model).items():
-        counted: list[int] = []
-        hook = model.register_forward_pre_hook(lambda _m, a, counted=counted: counted.append(a[0].shape[0]))
-        try:
-            method_rows = compare_methods({name: explainer}, x, lesions, class_idx=1, batch_size=cases)
-        finally:
-            hook.remove()
-        for row in method_rows:
-            row.update(images=sum(counted) / cases, seed=seed, dims=dims)
-        rows += method_rows
+        for row in compare_counting_images(name, explainer, x, lesions, batch_size=cases):
+            row.update(seed=seed, dims=dims)
+            rows.append(row)
     return rows
 
 

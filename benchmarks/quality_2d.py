@@ -51,7 +51,7 @@ def hdm_until_2026_11_28(model) -> HDM:
     3D benchmark masks' mean-area penalty, the refinement signal smoothed with the edge replicated."""
     return HDM(
         model,
-        volume_benchmark_objective=MaskObjective(steps=20, lr=0.3, final_lr=0.03, lambda_area=1.0, lambda_del=1.0),
+        volume_benchmark_objective=MaskObjective(lr=0.3, final_lr=0.03, lambda_area=1.0, lambda_del=1.0),
         threshold=0.3,
         signal_padding="replicate",
     ).set_steps(20)

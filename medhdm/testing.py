@@ -13,7 +13,7 @@ from pydicom.data import get_testdata_file
 from pydicom.pixels import apply_modality_lut
 from torch import nn
 
-__all__ = ["BlobDetector", "ct_volume", "plant", "train_blob_densenet"]
+__all__ = ["BlobDetector", "ct_volume", "lesion_cases", "plant", "train_blob_densenet"]
 
 
 class BlobDetector(nn.Module):
@@ -71,6 +71,18 @@ def plant(
         x[(0, 0, *box)] = value
         labels[(0, 0, *box)] = i
     return x, labels
+
+
+def lesion_cases(
+    n: int, size: tuple[int, ...] = (96, 96), seed: int = 4242
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``n`` synthetic lesion cases of ``size`` with 1, 2 and 3 lesions in turn, drawn from ``seed``:
+    images ``(n, 1, *size)``, lesion label maps ``(n, 1, *size)`` and labels ``(n,)`` (see
+    :func:`medhdm.data.stack_cases`). The first ``k`` of ``n`` cases do not depend on ``n``."""
+    from .data import make_case, stack_cases
+
+    rng = np.random.default_rng(seed)
+    return stack_cases([make_case(rng, size, 1 + i % 3) for i in range(n)])
 
 
 def ct_volume(depth: int = 5) -> tuple[pydicom.Dataset, np.ndarray]:

@@ -2,22 +2,15 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 from monai.networks.layers import gaussian_1d
 
 from medhdm import HDM
-from medhdm.data import make_case, stack_cases
 from medhdm.explain.reference import gaussian_blur
 from medhdm.explain.scoring import ClassScorer
 from medhdm.models import DEFAULT_3D, load_default_classifier
-
-
-def lesion_images(n: int, size: tuple[int, ...], seed: int) -> torch.Tensor:
-    rng = np.random.default_rng(seed)
-    x, _, _ = stack_cases([make_case(rng, size, 1 + i % 3) for i in range(n)])
-    return x
+from medhdm.testing import lesion_cases
 
 
 def test_zero_padded_smoothing_by_hand():
@@ -41,9 +34,8 @@ def test_the_refinement_signal_is_not_drawn_to_the_edge_of_the_image():
     # peak of the positive part sits on the edge, outside every lesion. With 0 outside (HDM's
     # refinement) the peak is in a lesion.
     model = load_default_classifier()
-    rng = np.random.default_rng(9999)
-    cases = [make_case(rng, (96, 96), 1 + i % 3) for i in range(21)]
-    x, lesions, _ = stack_cases([cases[16], cases[20]])
+    x, lesions, _ = lesion_cases(21, (96, 96), seed=9999)
+    x, lesions = x[[16, 20]], lesions[[16, 20]]
     grad = ClassScorer(model).gradient(x, torch.ones(2, dtype=torch.long), measure="log_odds", signed=True)
     for padding, on_edge in (("replicate", True), ("zeros", False)):
         signal = gaussian_blur(grad, 1.5 * 3, padding=padding).clamp_min(0)
@@ -57,7 +49,7 @@ def test_soft_regions_keep_the_3d_map_continuous_in_its_input():
     # A binarised removed region jumps when a voxel crosses the threshold, and every later
     # stage follows; the soft region (the default) moves with its map.
     model = load_default_classifier(DEFAULT_3D)
-    x = lesion_images(2, tuple(model.medhdm_card["recipe"]["spatial_size"]), seed=555)
+    x = lesion_cases(2, tuple(model.medhdm_card["recipe"]["spatial_size"]), seed=555)[0]
     torch.manual_seed(0)
     nudged = x + 1e-6 * torch.randn_like(x)
 

@@ -10,23 +10,16 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import torch
 
 from medhdm import HDM, RISE, GradientInput
-from medhdm.data import make_case, stack_cases
 from medhdm.metrics import sanity_check, seed_agreement
 from medhdm.models import DEFAULT_3D, load_default_classifier
-
-
-def lesion_images(n: int, size: tuple[int, ...], seed: int = 31) -> torch.Tensor:
-    rng = np.random.default_rng(seed)
-    x, _, _ = stack_cases([make_case(rng, size, 1 + i % 3) for i in range(n)])
-    return x
+from medhdm.testing import lesion_cases
 
 
 def test_hdm_default_map_depends_on_the_2d_model():
     model = load_default_classifier()
-    x = lesion_images(3, (96, 96))
+    x = lesion_cases(3, (96, 96), seed=31)[0]
     correlations = sanity_check(lambda m: HDM(m), model, x, class_idx=1)
     assert not any(math.isnan(c) for c in correlations)
     assert float(np.mean(correlations)) < 0.2, correlations
@@ -34,7 +27,7 @@ def test_hdm_default_map_depends_on_the_2d_model():
 
 def test_hdm_default_map_depends_on_the_3d_model():
     model = load_default_classifier(DEFAULT_3D)
-    x = lesion_images(2, tuple(model.medhdm_card["recipe"]["spatial_size"]))
+    x = lesion_cases(2, tuple(model.medhdm_card["recipe"]["spatial_size"]), seed=31)[0]
     correlations = sanity_check(lambda m: HDM(m), model, x, class_idx=1)
     assert not any(math.isnan(c) for c in correlations)
     assert float(np.mean(correlations)) < 0.2, correlations
@@ -44,13 +37,13 @@ def test_the_image_factor_of_gradient_x_input_fails_where_hdm_passes():
     # Gradient x Input's (x - r) factor is the image's edges whatever the weights: the check
     # must catch it on the same images, or passing it would mean nothing.
     model = load_default_classifier()
-    x = lesion_images(3, (96, 96))
+    x = lesion_cases(3, (96, 96), seed=31)[0]
     assert float(np.mean(sanity_check(lambda m: GradientInput(m), model, x, class_idx=1))) > 0.3
 
 
 def test_random_methods_are_not_correlated_through_their_shared_draws():
     model = load_default_classifier()
-    x = lesion_images(2, (96, 96))
+    x = lesion_cases(2, (96, 96), seed=31)[0]
 
     def make(m):
         return RISE(m, n_masks=200)
