@@ -207,6 +207,38 @@ def test_service_interrupted_mid_study_leaves_it_to_redo(tmp_path):
     assert calls == [[]] and spool.pending_studies() == []  # redone from an empty work folder
 
 
+def test_a_stop_signal_in_the_idle_wait_takes_no_lock_and_ends_the_loop(tmp_path):
+    """The handler runs between two bytecodes of the main thread, which may be inside
+    ``stop_event.wait()`` holding the event's lock; a handler calling ``Event.set()`` then never
+    returned (a SIGTERM hung ``medhdm pacs serve`` in CI). Here a thread holds that lock while it runs
+    the handler, as the main thread would."""
+    from medhdm.pacs.serve import ServeSettings, Service, ServiceStopped
+
+    spool = Spool(tmp_path / "spool")
+    settings = ServeSettings(spool=spool.root, calling_aets=("SCANNER",), stable_seconds=0.0, poll_seconds=0.05)
+    service = Service(spool, lambda uid, study, work: None, settings)
+
+    def handler_inside_the_wait() -> None:
+        with service.stop_event._cond:  # what Event.wait() holds around its Condition.wait()
+            service.on_signal(signal.SIGTERM)
+
+    worker = threading.Thread(target=handler_inside_the_wait, daemon=True)
+    worker.start()
+    worker.join(timeout=5)
+    assert not worker.is_alive(), "the signal handler blocked on the stop event's lock"
+    assert service.stopping and service.stop_signal == signal.SIGTERM
+    loop = threading.Thread(target=service.run, daemon=True)
+    loop.start()
+    loop.join(timeout=5)
+    assert not loop.is_alive(), "the loop did not end after the signal"
+
+    spool.store("1.2.3", "1.2.3.1", b"a")  # a signal while a study is explained interrupts it
+    busy = Service(spool, lambda uid, study, work: busy.on_signal(signal.SIGINT), settings)
+    with pytest.raises(ServiceStopped):
+        busy.step()
+    assert busy.stop_signal == signal.SIGINT and spool.journal.since_finished("1.2.3") == ["started", "interrupted"]
+
+
 # --- as a subprocess, against a real Orthanc -------------------------------------------------------
 
 
@@ -249,6 +281,7 @@ class Service:
         self.lines: list[str] = []
         self._queue: queue.Queue[str | None] = queue.Queue()
         env = {**os.environ, "MEDHDM_THREADS": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+        env["PYTHONFAULTHANDLER"] = "1"  # SIGABRT (see stop) prints every thread's stack to the log
         self.proc = subprocess.Popen(self.argv, env=env, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -277,15 +310,25 @@ class Service:
         pytest.fail(f"no log line with {text!r} within {timeout} s; log:\n" + "\n".join(self.lines))
 
     def stop(self, sig: int = signal.SIGTERM) -> int:
+        """Send ``sig`` and wait for the exit; a service that does not exit fails with its threads' stacks."""
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
-        rc = self.proc.wait(timeout=60)
+        try:
+            rc = self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.proc.send_signal(signal.SIGABRT)  # faulthandler dumps the stacks, then the process dies
+            self.proc.wait(timeout=30)
+            self._drain()
+            pytest.fail(f"the service did not exit within 60 s of {signal.Signals(sig).name}; log:\n{self.log}")
+        self._drain()
+        return rc
+
+    def _drain(self) -> None:
         self._reader.join(timeout=10)
         while not self._queue.empty():
             line = self._queue.get()
             if line is not None:
                 self.lines.append(line)
-        return rc
 
     @property
     def log(self) -> str:

@@ -135,6 +135,7 @@ class Service:
         self.is_transient = is_transient
         self.redact = redact
         self.stop_event = threading.Event()
+        self.stop_signal: int | None = None  # the signal that asked for a stop (see on_signal)
         self.busy: str | None = None  # the study in progress
         self._retry_at: dict[str, float] = {}
 
@@ -183,7 +184,7 @@ class Service:
         start = time.perf_counter()
         try:
             self.busy = uid  # from here on, SIGTERM / SIGINT interrupt the study (ServiceStopped)
-            if self.stop_event.is_set():  # a stop asked for while nothing was busy
+            if self.stopping:  # a stop asked for while nothing was busy
                 raise ServiceStopped(uid)
             self.spool.journal.append("started", uid, fingerprint=mark, instances=len(names), attempt=attempt)
             logger.info("study %s: explaining %d instance(s) (attempt %d)", uid, len(names), attempt)
@@ -235,15 +236,32 @@ class Service:
         logger.error("study %s: failed (%s); set aside in %s", uid, reason, where)
 
     def run(self) -> None:
-        """Loop until :meth:`stop` (or a signal, see :func:`run_service`)."""
+        """Loop until :meth:`stop` or :meth:`on_signal` (see :func:`run_service`)."""
         self.recover()
-        while not self.stop_event.is_set():
+        while not self.stopping:
             if not self.step():
-                self.stop_event.wait(self.settings.poll_seconds)
+                self.stop_event.wait(self.settings.poll_seconds)  # a signal's stop is seen within this wait
 
     def stop(self) -> None:
-        """Ask the loop to end after the current step."""
+        """Ask the loop to end after the current step (from another thread; a signal calls :meth:`on_signal`)."""
         self.stop_event.set()
+
+    @property
+    def stopping(self) -> bool:
+        """Whether a stop was asked for, by :meth:`stop` or by a signal."""
+        return self.stop_signal is not None or self.stop_event.is_set()
+
+    def on_signal(self, signum: int, frame: object = None) -> None:
+        """The SIGTERM / SIGINT handler: note the stop; interrupt the study in progress (:class:`ServiceStopped`).
+
+        It takes no lock and does not log. Python runs a handler between two bytecodes of the main
+        thread, which may be inside ``stop_event.wait()`` holding the event's lock: ``Event.set()``
+        there never returns (a stop signal then hung the service). The loop sees ``stop_signal`` after
+        the current step or within ``poll_seconds`` of an idle wait.
+        """
+        self.stop_signal = signum
+        if self.busy is not None:
+            raise ServiceStopped(self.busy)
 
 
 def _count(value: object) -> int:
@@ -289,13 +307,7 @@ def run_service(settings: ServeSettings, process: ProcessStudy, redactor: Redact
             logger.info("removed %d partial file(s) left by an earlier run", removed)
         service = Service(spool, process, settings, redact=redactor.redact if redactor is not None else str)
 
-        def on_signal(signum: int, frame: object) -> None:
-            logger.info("stopping (%s)", signal.Signals(signum).name)
-            service.stop()
-            if service.busy is not None:
-                raise ServiceStopped(service.busy)
-
-        previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        previous = {s: signal.signal(s, service.on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
         try:
             with StorageSCP(
                 spool,
@@ -308,11 +320,19 @@ def run_service(settings: ServeSettings, process: ProcessStudy, redactor: Redact
                 try:
                     service.run()
                 except ServiceStopped as stopped:
+                    _log_stop(service)
                     logger.info("study %s: interrupted; it is redone at the next start", stopped.args[0])
+                else:
+                    _log_stop(service)
         finally:
             for s, handler in previous.items():
                 signal.signal(s, handler)
     logger.info("stopped")
+
+
+def _log_stop(service: Service) -> None:
+    if service.stop_signal is not None:
+        logger.info("stopping (%s)", signal.Signals(service.stop_signal).name)
 
 
 def explain_and_push(
