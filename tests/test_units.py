@@ -148,6 +148,35 @@ def test_bad_units_are_clear_errors():
         HDM(model, units=NativeGrid((1.0, 1.0, 1.0), (8, 8, 8))).explain(x, 1, spacing=(1.0, 1.0))
 
 
+def test_units_written_as_json_as_the_cli_and_settings_records_give_them():
+    """``--method-args '{"units": ...}'`` and an explainer's settings() record give the same HDM as the dataclasses."""
+    import json
+
+    from medhdm.explain.registry import make_explainer
+
+    x, model = _case()
+    grid = NativeGrid(spacing=(0.5, 0.8), size=(32, 32))
+    mm = PhysicalSettings(benchmark_cells_mm=(8.0, (4.0, 6.0)), auxiliary_cells_mm=(2.0,), smooth_mm=(1.0, 1.5))
+    for units in (grid, mm, {2: grid, 3: SHIPPED_GRIDS[3]}):
+        record = json.loads(json.dumps(HDM(model, units=units).settings()))["units"]  # as a JSON file holds it
+        assert HDM(model, units=record).units == units
+    cli = make_explainer("hdm", model, units=json.loads('{"spacing": [0.5, 0.8], "size": [32, 32]}'))
+    assert cli.units == grid
+    _same(
+        make_explainer("hdm", model, steps=2, max_stages=2, units={"spacing": [0.5, 0.8], "size": [32, 32]}).explain(
+            x, 1, spacing=(1.0, 1.0)
+        ),
+        _hdm(model, units=grid).explain(x, 1, spacing=(1.0, 1.0)),
+    )
+    assert HDM(model, units={"2": {"spacing": [1, 1], "size": [32, 32]}}).units == {2: NativeGrid((1.0, 1.0), (32, 32))}
+    with pytest.raises(ValueError, match=r"units: NativeGrid.size: expected positive ints"):
+        HDM(model, units={"spacing": [1.0, 1.0], "size": [0, 32]})
+    with pytest.raises(ValueError, match=r"units: .*benchmark_cells_mm: expected one positive size"):
+        HDM(model, units={"benchmark_cells_mm": [-1.0], "auxiliary_cells_mm": [2.0]})
+    with pytest.raises(ValueError, match="units: expected 'shipped', None"):
+        HDM(model, units={"spacing": [1.0, 1.0]})  # a grid without its size
+
+
 def test_explicit_mm_settings():
     x, model = _case()
     units = PhysicalSettings(benchmark_cells_mm=(8.0,), auxiliary_cells_mm=(2.0,), smooth_mm=1.0, blur_mm=2.0)

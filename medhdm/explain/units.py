@@ -39,6 +39,7 @@ __all__ = [
     "check_spacing",
     "input_spacing",
     "resolve_units",
+    "units_from_json",
 ]
 
 #: the blur reference's sigma as a share of the image's largest side (``max(S) / 20`` voxels)
@@ -183,8 +184,43 @@ class PhysicalSettings:
 Units = str | NativeGrid | PhysicalSettings | Mapping[int, NativeGrid | PhysicalSettings] | None
 
 
+def _tuples(value: object) -> object:
+    """JSON lists as tuples, at every depth."""
+    return tuple(_tuples(v) for v in value) if isinstance(value, list | tuple) else value
+
+
+def _from_json(units: object) -> object:
+    """One grid or settings written as JSON (as :meth:`~medhdm.explain.base.Explainer.settings` writes
+    them): ``{"spacing": [...], "size": [...]}`` is a :class:`NativeGrid`, a dict with
+    ``benchmark_cells_mm`` a :class:`PhysicalSettings`; anything else is returned as it is."""
+    if not isinstance(units, Mapping):
+        return units
+    keys = set(units)
+    try:
+        if keys == {"spacing", "size"}:
+            return NativeGrid(spacing=_tuples(units["spacing"]), size=_tuples(units["size"]))
+        fields = set(PhysicalSettings.__dataclass_fields__)
+        if "benchmark_cells_mm" in keys and keys <= fields:
+            return PhysicalSettings(**{k: _tuples(v) for k, v in units.items()})
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"units: {err}") from None
+    return units
+
+
+def units_from_json(units: object) -> Units:
+    """``units`` as JSON gives them (``--method-args``, a settings record): ``"shipped"``, ``null``, a
+    native grid ``{"spacing": [mm, ...], "size": [voxels, ...]}``, millimetre settings
+    ``{"benchmark_cells_mm": [...], "auxiliary_cells_mm": [...], "smooth_mm": ..., "area_mm": ..., "blur_mm": ...}``,
+    or one of those per dimension ``{"2": ..., "3": ...}``; the dataclasses themselves pass unchanged."""
+    if isinstance(units, Mapping) and units and all(str(k) in ("2", "3") for k in units):
+        return {int(k): _from_json(v) for k, v in units.items()}
+    return _from_json(units)
+
+
 def check_units(units: Units) -> Units:
-    """``units`` checked: ``"shipped"``, None, a :class:`NativeGrid`, :class:`PhysicalSettings`, or a dict by dims."""
+    """``units`` checked: ``"shipped"``, None, a :class:`NativeGrid`, :class:`PhysicalSettings`, or a dict by dims
+    (each also as JSON, see :func:`units_from_json`)."""
+    units = units_from_json(units)
     kinds = (NativeGrid, PhysicalSettings)
     ok = units is None or units == "shipped" or isinstance(units, kinds)
     if isinstance(units, Mapping):
