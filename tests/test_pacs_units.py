@@ -9,6 +9,7 @@ import subprocess
 import pydicom
 import pytest
 from pacs_helpers import REQUIRE_VALIDATORS, bench_study
+from pydicom.uid import generate_uid
 
 from medhdm.cli import main
 from medhdm.data.bench_files import LESIONBENCH_INTENSITY_RANGE
@@ -21,7 +22,7 @@ from medhdm.pacs.dicomweb import DicomwebArchive
 from medhdm.pacs.dimse import DimseArchive
 from medhdm.pacs.run import pacs_configuration, parse_query
 from medhdm.pacs.secrets import SecretError
-from medhdm.pacs.sr import read_structured_report
+from medhdm.pacs.sr import read_structured_report, write_structured_report
 from medhdm.pipeline import InputSpec
 
 
@@ -99,12 +100,29 @@ def test_structured_report_is_valid_and_reads_back(study2d, model2d, tmp_path):
     assert values["probability"] == pytest.approx(result["score"])
     # the study's folder holds its lesion SEG: the SR carries the scores against it
     localisation = {"pointing_game", "auroc", "lesion_hit_rate", "energy_in_lesion"}
-    assert set(values["scores"]) == localisation | {"deletion_auc", "insertion_auc"}
+    faithfulness = {"deletion_auc", "insertion_auc", "deletion_auc_log", "insertion_auc_log"}
+    faithfulness |= {"deletion_half", "insertion_half"}  # as medhdm evaluate reads them, on log-spaced shares
+    assert set(values["scores"]) == localisation | faithfulness
     assert values["scores"] == pytest.approx(result["scores"])
     assert 0 <= values["scores"]["auroc"] <= 1 and values["scores"]["pointing_game"] in (0.0, 1.0)
-    assert 0 <= values["scores"]["deletion_auc"] <= 1 and 0 <= values["scores"]["insertion_auc"] <= 1
+    assert all(0 <= values["scores"][name] <= 1 for name in faithfulness)
+    assert values["scores"]["deletion_half"] < 1 and values["scores"]["insertion_half"] < 1
     assert values["segment"] == seg_uid
     assert values["sources"] == [_uids(study2d["files"][0])[1]]
+    # a share that is not defined (no evidence above the reference: NaN) is left out of the SR
+    undefined = write_structured_report(
+        tmp_path / "undefined.dcm",
+        [study2d["files"][0]],
+        config=config,
+        class_idx=result["class_idx"],
+        probability=result["score"],
+        uids=lambda _key: generate_uid(),
+        scores={**result["scores"], "deletion_half": float("nan")},
+    )
+    kept = read_structured_report(undefined)["scores"]
+    assert "deletion_half" not in kept and kept == pytest.approx(
+        {k: v for k, v in values["scores"].items() if k != "deletion_half"}
+    )
     tool = shutil.which("dciodvfy")
     if tool is None:
         if REQUIRE_VALIDATORS:

@@ -286,17 +286,21 @@ def faithfulness_scores(
     slices: SliceSelection | str | None = None,
     n_steps: int = 32,
 ) -> dict[str, float]:
-    """Deletion and insertion AUC of the saved map for ``class_idx`` on the model's view, over ``n_steps``
-    equal shares (the classic AUC, as ``medhdm evaluate --curve-steps N``; the SR's codes hold these two).
+    """Deletion and insertion of the saved map for ``class_idx`` on the model's view, read as ``medhdm
+    evaluate`` reads them: ``deletion_half`` / ``insertion_half`` and ``deletion_auc_log`` /
+    ``insertion_auc_log`` on 41 log-spaced shares from 0.01 % (:func:`medhdm.metrics.faithfulness_scores`),
+    and the classic ``deletion_auc`` / ``insertion_auc`` over ``n_steps`` equal shares (the SR's
+    codes before 2026-11-27; as ``medhdm evaluate --curve-steps N``).
 
     The map (NIfTI on the source grid) is brought to the classifier's grid by the image's
     own layout and resize steps (:func:`~medhdm.pipeline.map_to_classifier_grid`); with
-    ``slices``, the mean over the explained slices.
+    ``slices``, the mean over the explained slices (NaN shares, where a slice has no evidence above
+    the reference, left out; NaN when none has).
     """
     import nibabel as nib
     import numpy as np
 
-    from ..metrics.faithfulness import deletion_curve
+    from ..metrics.faithfulness import faithfulness_scores as curve_scores
     from ..pipeline import classify_image, load_image, map_to_classifier_grid
 
     image = load_image(source)
@@ -305,10 +309,13 @@ def faithfulness_scores(
     on_grid = map_to_classifier_grid(saliency, image, spec, by_slice=slices is not None)
     on_grid = (on_grid[list(chosen)] if chosen is not None else on_grid).to(x.device)
     reference = getattr(explainer, "reference", "blur")
-    out = {}
-    for mode in ("deletion", "insertion"):
-        curve = deletion_curve(explainer.model, x, on_grid, cls, mode=mode, n_steps=n_steps, reference=reference)
-        out[f"{mode}_auc"] = float(np.trapezoid(curve.mean(axis=0), np.linspace(0, 1, curve.shape[1])))
+    out: dict[str, float] = {}
+    for steps in (None, n_steps):
+        scores, _ = curve_scores(explainer.model, x, on_grid, cls, steps=steps, reference=reference)
+        for name, values in scores.items():
+            if steps is None or name.endswith("_auc"):
+                finite = [v for v in values if np.isfinite(v)]
+                out[name] = float(np.mean(finite)) if finite else float("nan")
     return out
 
 

@@ -25,6 +25,7 @@ The evidence (Current Requested Procedure Evidence) lists the source images and 
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -41,7 +42,8 @@ __all__ = ["SCORE_CODES", "read_structured_report", "write_structured_report"]
 
 _SCHEME = "99MEDHDM"
 EXPLAINED_CLASS = Code("explained-class", _SCHEME, "Explained class")
-#: the scores an SR may carry, by their medhdm name
+#: the scores an SR may carry, by their medhdm name (code values of at most 16 characters: a longer one is
+#: written as LongCodeValue, which highdicom's reader of the referenced segment does not accept)
 SCORE_CODES = {
     "pointing_game": Code("pointing-game", _SCHEME, "Pointing game hit"),
     "auroc": Code("saliency-auroc", _SCHEME, "Saliency AUROC against the lesion"),
@@ -49,6 +51,10 @@ SCORE_CODES = {
     "energy_in_lesion": Code("energy-in-lesion", _SCHEME, "Saliency energy in the lesion"),
     "deletion_auc": Code("deletion-auc", _SCHEME, "Deletion AUC"),
     "insertion_auc": Code("insertion-auc", _SCHEME, "Insertion AUC"),
+    "deletion_auc_log": Code("deletion-auclog", _SCHEME, "Deletion AUC over log share"),
+    "insertion_auc_log": Code("insertion-auclog", _SCHEME, "Insertion AUC over log share"),
+    "deletion_half": Code("deletion-half", _SCHEME, "Share deleted to remove half the evidence"),
+    "insertion_half": Code("insertion-half", _SCHEME, "Share inserted to restore half the evidence"),
 }
 _UNITLESS = Code("1", "UCUM", "no units")
 _IMAGING = Code("363679005", "SCT", "Imaging")
@@ -144,9 +150,10 @@ def write_structured_report(
         name=f"medhdm {method}"[:64], version=__version__, parameters=_parameters(config)
     )
     measurements = [hd.sr.Measurement(name=codes.DCM.Probability, value=float(probability), unit=_UNITLESS)]
-    measurements += [
+    measurements += [  # a share that is not defined (no evidence above the reference: NaN) is left out
         hd.sr.Measurement(name=SCORE_CODES[name], value=float(value), unit=_UNITLESS)
         for name, value in sorted((scores or {}).items())
+        if math.isfinite(float(value))
     ]
     evaluations = [hd.sr.QualitativeEvaluation(name=EXPLAINED_CLASS, value=_class_code(class_idx, class_name))]
     tracking = hd.sr.TrackingIdentifier(uid=uids("sr/tracking"), identifier=f"{method} saliency"[:64])
