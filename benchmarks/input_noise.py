@@ -55,9 +55,9 @@ def noisy(x: torch.Tensor, draw: int, sigma: float) -> torch.Tensor:
     return x + sigma * torch.randn(x.shape, generator=generator)
 
 
-def run_seed(model, data_seed: int, cases: int, settings: list[str], draws: int, sigma: float) -> list[dict]:
-    """Rows of every setting at every draw (``run`` holds the draw) on one held-out set."""
-    x, lesions, _ = held_out_cases(cases, seed=data_seed)
+def run_seed(model, x, lesions, data_seed: int, settings: list[str], draws: int, sigma: float) -> list[dict]:
+    """Rows of every setting at every draw (``run`` holds the draw) on the held-out set ``x`` of ``data_seed``."""
+    cases = x.shape[0]
     rows = []
     for setting in settings:
         for draw in range(draws):
@@ -128,10 +128,10 @@ def main() -> None:
     settings = args.settings.split(",")
     results = {"cases": args.cases, "threads": args.threads, "draws": args.draws, "sigma": args.sigma, "seeds": {}}
     for data_seed in (int(s) for s in args.seeds.split(",")):
-        x, _, _ = held_out_cases(args.cases, seed=data_seed)
+        x, lesions, _ = held_out_cases(args.cases, seed=data_seed)
         with torch.no_grad():
             p_lesion = torch.softmax(model(x), dim=1)[:, 1].numpy()
-        rows = run_seed(model, data_seed, args.cases, settings, args.draws, args.sigma)
+        rows = run_seed(model, x, lesions, data_seed, settings, args.draws, args.sigma)
         print(f"held-out seed {data_seed}, {args.cases} cases, {args.threads} torch thread(s)")
         summary = report(rows, p_lesion, settings)
         results["seeds"][str(data_seed)] = {**summary, "p_lesion": p_lesion.tolist(), "rows": rows}
