@@ -24,6 +24,7 @@ from pydicom.uid import generate_uid
 
 from medhdm.cli import main
 from medhdm.data.bench_files import write_lesionbench
+from medhdm.io import read_dicom
 
 
 def _series_files(folder: Path) -> list[Path]:
@@ -71,6 +72,7 @@ class Corpus:
         self.series = src / "lb3" / "case000" / "image"
         self.bad = src / "bad"
         self.bad.mkdir()
+        np.save(self.bad / "series_map.npy", np.full(read_dicom(self.series).shape, 0.5))
 
     # -- series folders -----------------------------------------------------------------
     def series_copy(self, name: str) -> tuple[Path, list[Path]]:
@@ -183,6 +185,41 @@ def _build(c: Corpus) -> dict[str, tuple[list[str], list[str]]]:
         return "irregular series"
 
     explain_series("series_irregular_step", [], irregular)
+
+    # slices of another patient, study or frame of reference: refused, never filed under the first patient
+    def other(**changes):
+        def change(f, fs):
+            _edit(fs[6], lambda ds: [setattr(ds, k, v) for k, v in changes.items()])
+            return fs[6].name
+
+        return change
+
+    explain_series(
+        "series_slice_of_another_patient", ["Patient ID"], other(PatientID="OTHER-7", PatientName="Other^Pat")
+    )
+    explain_series("series_slice_of_another_study", ["Study Instance UID"], other(StudyInstanceUID=generate_uid()))
+    explain_series(
+        "series_slice_of_another_frame_of_reference",
+        ["Frame of Reference UID"],
+        other(FrameOfReferenceUID=generate_uid()),
+    )
+    explain_series(
+        "series_with_subfolder",
+        ["subfolder inside the series folder"],
+        lambda f, fs: ((f / "more").mkdir(), shutil.copy(fs[0], f / "more" / "IM_more.dcm"), "more")[2],
+    )
+    folder, files = c.series_copy("series_two_patients_exported")
+    _edit(files[3], lambda ds: setattr(ds, "PatientID", "OTHER-8"))
+    cases["series_two_patients_exported"] = (
+        [*explain, "--model", "default3d", "--image", str(folder), "--export", "sc,pm,seg"],
+        ["Patient ID", files[3].name],
+    )
+    folder, files = c.series_copy("export_series_two_patients")
+    _edit(files[3], lambda ds: setattr(ds, "PatientID", "OTHER-9"))
+    cases["export_from_series_of_two_patients"] = (
+        ["export", "--image", str(folder), "--map", str(c.bad / "series_map.npy"), "--format", "sc,pm,seg"],
+        ["Patient ID", files[3].name],
+    )
     empty = c.bad / "empty_folder"
     empty.mkdir()
     cases["series_empty_folder"] = (
@@ -226,6 +263,23 @@ def _build(c: Corpus) -> dict[str, tuple[list[str], list[str]]]:
         "file_seg_as_image", ["DICOM SEG"], c.file("seg.dcm", (c.image2d.parent / "lesion_seg.dcm").read_bytes())
     )
     explain_file("file_without_pixel_data", ["no pixel data"], edited("nopix.dcm", lambda ds: delattr(ds, "PixelData")))
+    explain_file(
+        "file_without_study_uid",
+        ["Study Instance UID"],
+        edited("nostudy.dcm", lambda ds: delattr(ds, "StudyInstanceUID")),
+        "--export",
+        "sc",
+    )
+    explain_file(
+        "file_zero_orientation",
+        ["Image Orientation (Patient)", "degenerate"],
+        edited("iop0.dcm", lambda ds: setattr(ds, "ImageOrientationPatient", [0, 0, 0, 0, 0, 0])),
+    )
+    explain_file(
+        "file_zero_pixel_spacing",
+        ["PixelSpacing", "positive"],
+        edited("ps0.dcm", lambda ds: setattr(ds, "PixelSpacing", [0, 0])),
+    )
 
     def corrupt_jpeg(ds):  # a JPEG stream that is cut off after its first marker
         ds.file_meta.TransferSyntaxUID = pydicom.uid.JPEGBaseline8Bit
@@ -492,6 +546,15 @@ CASE_NAMES = [
     "series_sheared",
     "series_irregular_step",
     "series_empty_folder",
+    "series_slice_of_another_patient",
+    "series_slice_of_another_study",
+    "series_slice_of_another_frame_of_reference",
+    "series_with_subfolder",
+    "series_two_patients_exported",
+    "export_from_series_of_two_patients",
+    "file_without_study_uid",
+    "file_zero_orientation",
+    "file_zero_pixel_spacing",
     "file_empty",
     "file_random_bytes",
     "file_truncated",

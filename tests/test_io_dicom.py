@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pydicom
 import pytest
@@ -133,3 +135,72 @@ def test_multiframe_without_plane_geometry_is_refused():
     path = get_testdata_file("examples_ybr_color.dcm")  # ultrasound cine, 30 frames, no patient geometry
     with pytest.raises(ValueError, match="without per-frame plane geometry is not supported"):
         read_dicom(path)
+
+
+@pytest.mark.parametrize(
+    ("attribute", "value", "label"),
+    [
+        ("PatientID", "ANOTHER-PATIENT", "Patient ID"),
+        ("PatientName", "Another^Patient", "Patient's Name"),
+        ("StudyInstanceUID", None, "Study Instance UID"),
+        ("FrameOfReferenceUID", None, "Frame of Reference UID"),
+        ("Modality", "MR", "Modality"),
+    ],
+)
+def test_a_slice_that_disagrees_on_a_series_attribute_is_refused_naming_both_files(ct_series, attribute, value, label):
+    """One slice of another patient, study or frame of reference: refused, naming that file and the
+    first slice's file and the attribute, never the values (they may be names or IDs)."""
+    folder, paths, _ = ct_series
+    value = value or pydicom.uid.generate_uid()
+    _rewrite(paths[4], **{attribute: value})
+    with pytest.raises(ValueError, match=rf"series/IM\d+\.dcm and .*series/IM\d+\.dcm: {re.escape(label)}") as err:
+        read_dicom(folder)
+    assert paths[4].name in str(err.value)
+    assert str(value) not in str(err.value)
+
+
+def test_an_attribute_present_on_one_slice_only_is_a_mismatch(ct_series):
+    folder, paths, _ = ct_series
+    ds = pydicom.dcmread(paths[0])
+    assert "IssuerOfPatientID" not in ds
+    _rewrite(paths[2], IssuerOfPatientID="HOSPITAL-B")
+    with pytest.raises(ValueError, match="Issuer of Patient ID"):
+        read_dicom(folder)
+
+
+def test_a_subfolder_inside_a_series_folder_is_an_error(ct_series):
+    folder, paths, _ = ct_series
+    (folder / "extra").mkdir()
+    with pytest.raises(ValueError, match=r"extra: a subfolder inside the series folder"):
+        read_dicom(folder)
+    (folder / "extra").rmdir()
+    (folder / ".hidden").mkdir()  # hidden entries are ignored, as hidden files are
+    assert read_dicom(folder).shape[0] == len(paths)
+
+
+@pytest.mark.parametrize("attribute", ["StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"])
+def test_a_file_without_its_identifying_uids_is_refused(tmp_path, attribute):
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    delattr(ds, attribute)
+    ds.save_as(tmp_path / "x.dcm")
+    with pytest.raises(ValueError, match=r"x\.dcm: no .*Instance UID.*Type 1"):
+        read_dicom(tmp_path / "x.dcm")
+
+
+@pytest.mark.parametrize(
+    ("attribute", "value", "message"),
+    [
+        ("ImageOrientationPatient", [0, 0, 0, 0, 0, 0], "degenerate orientation"),
+        ("ImageOrientationPatient", [1, 0, 0, 1, 0, 0], "degenerate orientation"),
+        ("ImageOrientationPatient", [1, 0, 0, 0, 1], "has 5 values, expected 6"),
+        ("ImagePositionPatient", [0, 0], "has 2 values, expected 3"),
+        ("PixelSpacing", [0, 0], "must be two positive numbers"),
+        ("PixelSpacing", [0.7, -0.7], "must be two positive numbers"),
+    ],
+)
+def test_degenerate_geometry_is_refused_naming_the_file(tmp_path, attribute, value, message):
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    setattr(ds, attribute, value)
+    ds.save_as(tmp_path / "geometry.dcm")
+    with pytest.raises(ValueError, match=rf"geometry\.dcm: .*{message}"):
+        read_dicom(tmp_path / "geometry.dcm")

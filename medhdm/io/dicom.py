@@ -6,9 +6,12 @@ modality units (Rescale Slope/Intercept applied) and the geometry needed to put 
 back onto the source grid: the affine in RAS (NIfTI/nibabel convention) and the voxel
 spacing. It is what the exporters take.
 
-Everything that would give a silently wrong volume is an error naming the file:
-files from two series, a gap (missing slice), duplicate positions, mixed orientations
-or sizes, a file that is not DICOM, a file without pixel data.
+Everything that would give a silently wrong volume, or file a result under the wrong
+patient, is an error naming the file: files from two series, slices that disagree on an
+attribute every instance of a series shares (patient, study, series, frame of reference:
+:data:`SERIES_ATTRIBUTES`), a missing Study/Series/SOP Instance UID, a subfolder inside a
+series folder, a gap (missing slice), duplicate positions, mixed orientations or sizes, a
+degenerate orientation or pixel spacing, a file that is not DICOM, a file without pixel data.
 """
 
 from __future__ import annotations
@@ -24,12 +27,38 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_modality_lut
 
-__all__ = ["LPS_TO_RAS", "DicomSource", "read_dicom"]
+__all__ = ["LPS_TO_RAS", "SERIES_ATTRIBUTES", "DicomSource", "read_dicom"]
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 _ORIENTATION_TOL = 1e-4
 _SPACING_REL_TOL = 0.05
+
+#: Attributes every instance of one series shares (PS3.3 C.7.1.1 Patient, C.7.2.1 General
+#: Study, C.7.3.1 General Series, C.7.4.1 Frame of Reference): a slice that disagrees on
+#: one of them belongs to another patient, study, series or coordinate system, and the
+#: series is refused rather than explained and filed under the first slice's patient.
+SERIES_ATTRIBUTES = (
+    ("PatientID", "Patient ID (0010,0020)"),
+    ("IssuerOfPatientID", "Issuer of Patient ID (0010,0021)"),
+    ("PatientName", "Patient's Name (0010,0010)"),
+    ("PatientBirthDate", "Patient's Birth Date (0010,0030)"),
+    ("PatientSex", "Patient's Sex (0010,0040)"),
+    ("StudyInstanceUID", "Study Instance UID (0020,000D)"),
+    ("StudyID", "Study ID (0020,0010)"),
+    ("AccessionNumber", "Accession Number (0008,0050)"),
+    ("SeriesInstanceUID", "Series Instance UID (0020,000E)"),
+    ("SeriesNumber", "Series Number (0020,0011)"),
+    ("Modality", "Modality (0008,0060)"),
+    ("FrameOfReferenceUID", "Frame of Reference UID (0020,0052)"),
+)
+
+#: Type 1 identifiers that results are filed under (records, derived UIDs, exports).
+_REQUIRED_UIDS = (
+    ("StudyInstanceUID", "Study Instance UID (0020,000D)"),
+    ("SeriesInstanceUID", "Series Instance UID (0020,000E)"),
+    ("SOPInstanceUID", "SOP Instance UID (0008,0018)"),
+)
 
 
 @dataclass
@@ -83,20 +112,55 @@ def _unit(v: Sequence[float]) -> np.ndarray:
     return v / np.linalg.norm(v)
 
 
+def _numbers(ds: Dataset, key: str, count: int, where: str, label: str) -> list[float]:
+    """``count`` finite numbers of a decimal-string attribute, or an error naming the file."""
+    element = ds.data_element(key)
+    value = element.value
+    values = list(value) if element.VM > 1 or isinstance(value, (list, tuple)) else [value]
+    try:
+        numbers = [float(v) for v in values]
+    except (TypeError, ValueError):
+        raise ValueError(f"{where}: {label} {value!r} is not a list of numbers") from None
+    if len(numbers) != count:
+        raise ValueError(f"{where}: {label} has {len(numbers)} values, expected {count}")
+    if not np.isfinite(numbers).all():
+        raise ValueError(f"{where}: {label} {numbers} holds NaN or infinite values")
+    return numbers
+
+
 def _geometry(ds: Dataset, where: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Row direction, column direction and position of a slice (LPS), with defaults for SC-like images."""
+    """Row direction, column direction and position of a slice (LPS), with defaults for SC-like images.
+
+    Raises:
+        ValueError: naming the file, for an orientation whose direction cosines are not two
+            orthogonal unit vectors (all zero, say) or a position that is not three finite numbers.
+    """
     if "ImageOrientationPatient" in ds and "ImagePositionPatient" in ds:
-        iop = [float(v) for v in ds.ImageOrientationPatient]
-        if len(iop) != 6:
-            raise ValueError(f"{where}: Image Orientation (Patient) has {len(iop)} values, expected 6")
-        return _unit(iop[:3]), _unit(iop[3:]), np.asarray([float(v) for v in ds.ImagePositionPatient])
+        label = "Image Orientation (Patient) (0020,0037)"
+        iop = np.asarray(_numbers(ds, "ImageOrientationPatient", 6, where, label))
+        row, col = iop[:3], iop[3:]
+        norms = np.linalg.norm(row), np.linalg.norm(col)
+        if min(norms) < 0.5 or max(norms) > 1.5 or abs(float(row @ col)) > 0.01 * norms[0] * norms[1]:
+            raise ValueError(
+                f"{where}: {label} {iop.round(4).tolist()} is not two orthogonal unit direction cosines "
+                "(degenerate orientation)"
+            )
+        position = _numbers(ds, "ImagePositionPatient", 3, where, "Image Position (Patient) (0020,0032)")
+        return _unit(row), _unit(col), np.asarray(position)
     return np.array([1.0, 0.0, 0.0]), np.array([0.0, 1.0, 0.0]), np.zeros(3)
 
 
-def _pixel_spacing(ds: Dataset) -> tuple[float, float]:
+def _pixel_spacing(ds: Dataset, where: str = "dataset") -> tuple[float, float]:
+    """``(row, column)`` spacing in mm from the first of the spacing attributes present (1, 1 without one).
+
+    Raises:
+        ValueError: naming the file, for a spacing that is not two finite positive numbers.
+    """
     for key in ("PixelSpacing", "ImagerPixelSpacing", "NominalScannedPixelSpacing"):
         if key in ds and ds.data_element(key).value:
-            row, col = (float(v) for v in ds.data_element(key).value)
+            row, col = _numbers(ds, key, 2, where, key)
+            if not (row > 0 and col > 0):
+                raise ValueError(f"{where}: {key} {[row, col]} must be two positive numbers (mm)")
             return row, col
     return 1.0, 1.0
 
@@ -111,6 +175,7 @@ def _read_multiframe(path: Path, ds: Dataset) -> DicomSource:
             "without per-frame plane geometry is not supported"
         )
     _check_image(ds, str(path))
+    _check_identifiers(ds, str(path))
     try:
         volume = hd.Image.from_dataset(ds, copy=False).get_volume()
     except Exception as err:  # noqa: BLE001 (highdicom's reasons are many; report them with the file)
@@ -205,7 +270,15 @@ def _frames(ds: Dataset) -> int:
 
 
 def _files_in(folder: Path) -> list[Path]:
-    files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+    """The series folder's files (hidden names ignored); a subfolder is an error, not skipped."""
+    entries = sorted(p for p in folder.iterdir() if not p.name.startswith("."))
+    subfolders = [p for p in entries if p.is_dir()]
+    if subfolders:
+        raise ValueError(
+            f"{subfolders[0]}: a subfolder inside the series folder {folder} ({len(subfolders)} in all); "
+            "a series folder must hold the files of one series and nothing else"
+        )
+    files = [p for p in entries if p.is_file()]
     if not files:
         raise ValueError(f"{folder}: folder holds no files")
     return files
@@ -233,11 +306,12 @@ def read_dicom(source: str | os.PathLike | Dataset | Sequence[Dataset]) -> Dicom
     names = [str(p) if p is not None else f"dataset {i}" for i, p in enumerate(paths)]
     for ds, name in zip(datasets, names):
         _check_image(ds, name)
+        _check_identifiers(ds, name)
     _check_one_series(datasets, names)
     geometry = [_geometry(ds, name) for ds, name in zip(datasets, names)]
     _check_same_plane(datasets, names, geometry)
     row0, col0, _ = geometry[0]
-    spacing0 = _pixel_spacing(datasets[0])
+    spacing0 = _pixel_spacing(datasets[0], names[0])
 
     normal = np.cross(row0, col0)
     order = np.argsort([float(pos @ normal) for _, _, pos in geometry], kind="stable")
@@ -290,20 +364,48 @@ def _datasets_of(source) -> tuple[list[Dataset], list[Path | None]] | DicomSourc
     return datasets, [None] * len(datasets)
 
 
+def _check_identifiers(ds: Dataset, name: str) -> None:
+    """The Study, Series and SOP Instance UIDs (Type 1 in every image IOD) are present and non-empty."""
+    for key, label in _REQUIRED_UIDS:
+        if not str(ds.get(key, "") or "").strip():
+            raise ValueError(
+                f"{name}: no {label}, a Type 1 attribute of every DICOM image; results are filed "
+                "under it, so a file without it is refused"
+            )
+
+
+def _shared_value(ds: Dataset, key: str) -> str:
+    """An attribute's value as compared across slices (absent and empty are the same)."""
+    return str(ds.get(key, "") or "").strip()
+
+
 def _check_one_series(datasets: list[Dataset], names: list[str]) -> None:
+    """One series: every slice has the first slice's value of each of :data:`SERIES_ATTRIBUTES`.
+
+    The message names the two files and the attribute, never the values (they may be names or IDs).
+    """
     series: dict[str, list[str]] = {}
     for ds, name in zip(datasets, names):
         series.setdefault(str(ds.get("SeriesInstanceUID", "")), []).append(name)
     if len(series) > 1:
-        listing = "; ".join(f"{uid or '(none)'}: {len(v)} files, e.g. {v[0]}" for uid, v in series.items())
-        raise ValueError(f"expected one series, found {len(series)}: {listing}")
+        listing = "; ".join(f"{len(v)} files, e.g. {v[0]}" for v in series.values())
+        raise ValueError(f"expected one series, found {len(series)} Series Instance UIDs: {listing}")
+    first = datasets[0]
+    for key, label in SERIES_ATTRIBUTES:
+        expected = _shared_value(first, key)
+        for ds, name in zip(datasets[1:], names[1:]):
+            if _shared_value(ds, key) != expected:
+                raise ValueError(
+                    f"{name} and {names[0]}: {label} differs; every slice of a series must share it "
+                    "(slices of another patient, study or series in the series folder?)"
+                )
 
 
 def _check_same_plane(datasets: list[Dataset], names: list[str], geometry: list) -> None:
     """Every slice with the first one's orientation, size and pixel spacing."""
     row0, col0, _ = geometry[0]
     size0 = (int(datasets[0].Rows), int(datasets[0].Columns))
-    spacing0 = _pixel_spacing(datasets[0])
+    spacing0 = _pixel_spacing(datasets[0], names[0])
     for ds, name, (row, col, _) in zip(datasets, names, geometry):
         if np.abs(row - row0).max() > _ORIENTATION_TOL or np.abs(col - col0).max() > _ORIENTATION_TOL:
             raise ValueError(
@@ -312,8 +414,8 @@ def _check_same_plane(datasets: list[Dataset], names: list[str], geometry: list)
             )
         if (int(ds.Rows), int(ds.Columns)) != size0:
             raise ValueError(f"{name}: size {ds.Rows}x{ds.Columns} differs from {names[0]}'s {size0[0]}x{size0[1]}")
-        if not np.allclose(_pixel_spacing(ds), spacing0, rtol=1e-4):
-            raise ValueError(f"{name}: pixel spacing {_pixel_spacing(ds)} differs from {names[0]}'s {spacing0}")
+        if not np.allclose(_pixel_spacing(ds, name), spacing0, rtol=1e-4):
+            raise ValueError(f"{name}: pixel spacing {_pixel_spacing(ds, name)} differs from {names[0]}'s {spacing0}")
 
 
 def _slice_spacing(positions: np.ndarray, normal: np.ndarray, names: list[str]) -> float:
