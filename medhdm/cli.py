@@ -60,6 +60,39 @@ def _deidentify_salt(args: argparse.Namespace) -> str | None:
     return None
 
 
+def _deidentification(args: argparse.Namespace):
+    """The :class:`~medhdm.export.Deidentification` that the de-identification options ask for, or ``None``."""
+    salt = _deidentify_salt(args)
+    if salt is None:
+        return None
+    from .export import Deidentification
+
+    return Deidentification(salt, retain_dates=args.retain_dates)
+
+
+def _add_deidentify_options(parser: argparse.ArgumentParser, what: str = "the DICOM outputs") -> None:
+    """``--deidentify``, its secret (``--deidentify-salt-file``, ``--deidentify-salt``) and ``--retain-dates``."""
+    parser.add_argument(
+        "--deidentify",
+        action="store_true",
+        help=f"de-identify {what} (PS3.15 Basic "
+        "Profile) with the secret in MEDHDM_DEIDENTIFY_SALT or --deidentify-salt-file",
+    )
+    parser.add_argument(
+        "--deidentify-salt-file", default=None, help="file holding the de-identification secret (implies --deidentify)"
+    )
+    parser.add_argument(
+        "--deidentify-salt",
+        default=None,
+        help="the secret itself (visible in the process list; prefer MEDHDM_DEIDENTIFY_SALT or --deidentify-salt-file)",
+    )
+    parser.add_argument(
+        "--retain-dates",
+        action="store_true",
+        help="with --deidentify: keep dates and times (Retain Longitudinal Temporal Information option)",
+    )
+
+
 def _export(args: argparse.Namespace) -> None:
     from .export import OverlayStyle, check_export_arguments, export, map_on_source_grid
     from .io.dicom import read_dicom
@@ -68,7 +101,8 @@ def _export(args: argparse.Namespace) -> None:
     # every argument checked before any file is read
     formats = [f.strip() for f in args.format.split(",") if f.strip()]
     style = OverlayStyle(cmap=args.cmap, threshold=args.threshold, alpha=args.alpha, legend=not args.no_legend)
-    salt = _deidentify_salt(args)
+    deidentify = _deidentification(args)
+    salt = deidentify.salt if deidentify is not None else None
     check_export_arguments(formats, args.out, style, args.window_preset, args.seg_threshold, salt)
     source = read_dicom(args.image)
     saliency = map_on_source_grid(load_map(args.map, source), source, name=str(args.map))
@@ -265,11 +299,14 @@ def _explain(args: argparse.Namespace) -> None:
             "two images would give the same case name: " + ", ".join(sorted({i for i in ids if ids.count(i) > 1}))
         )
     formats = [f.strip() for f in (args.export or "").split(",") if f.strip()]
+    if not formats and (args.deidentify or args.deidentify_salt or args.deidentify_salt_file):
+        raise ValueError("--deidentify: only with --export (it de-identifies the exported DICOM objects)")
+    deidentify = _deidentification(args)
     if formats:  # checked before any work
         from .export import OverlayStyle, check_export_arguments
         from .io.reader import is_dicom_path
 
-        check_export_arguments(formats, args.out, OverlayStyle(), None, 0.5, None)
+        check_export_arguments(formats, args.out, OverlayStyle(), None, 0.5, deidentify and deidentify.salt)
         not_dicom = [e for e in entries if not is_dicom_path(e["image"])]
         if not_dicom:
             raise ValueError(f"--export: {not_dicom[0]['image']} is not DICOM; DICOM export needs DICOM sources")
@@ -284,6 +321,7 @@ def _explain(args: argparse.Namespace) -> None:
         _parse_json(args.method_args, "--method-args"),
         tuple(formats),
         _slices(args),
+        deidentify,
     )
     result = explain_cohort(entries, explain, args.out, model=model, **options)
     print(
@@ -324,11 +362,15 @@ def _pacs_explain(args: argparse.Namespace) -> None:
     from .explain.registry import make_explainer
     from .pacs.archive import ArchiveError, RetryPolicy
     from .pacs.destinations import parse_destination
-    from .pacs.run import explain_archive_studies, parse_formats, parse_query
+    from .pacs.run import check_deidentified_formats, explain_archive_studies, parse_formats, parse_query
     from .pacs.secrets import credentials_from_env
 
     # every argument checked before any work
+    deidentify = _deidentification(args)
     formats = parse_formats(args.push) if args.push != "none" else ("sc", "pm", "seg", "sr")
+    if deidentify is not None and args.push == "none":
+        formats = ("sc", "pm", "seg")  # written, not pushed
+    check_deidentified_formats(formats, deidentify)
     query = parse_query(args.query or [])
     if not args.study and not query:
         raise ValueError("give --study UID (one or more) or --query KEY=VALUE (one or more)")
@@ -360,6 +402,7 @@ def _pacs_explain(args: argparse.Namespace) -> None:
         log=log,
         slices=_slices(args),
         class_idx=args.class_idx,
+        deidentify=deidentify,
     )
     counts = {s: sum(o.status == s for o in outcomes) for s in ("done", "skipped", "failed")}
     print(f"{len(outcomes)} studies: {counts['done']} done, {counts['skipped']} skipped, {counts['failed']} failed")
@@ -375,12 +418,14 @@ def _pacs_serve(args: argparse.Namespace) -> None:
 
     from .explain.registry import make_explainer
     from .pacs.destinations import parse_destination
-    from .pacs.run import parse_formats
+    from .pacs.run import check_deidentified_formats, parse_formats
     from .pacs.secrets import credentials_from_env
     from .pacs.serve import ServeSettings, explain_and_push, run_service, setup_logging
 
     # every argument checked before the model loads or the port opens
     formats = parse_formats(args.push)
+    deidentify = _deidentification(args)
+    check_deidentified_formats(formats, deidentify)
     settings = ServeSettings(
         spool=Path(args.spool),
         aet=args.aet,
@@ -415,6 +460,7 @@ def _pacs_serve(args: argparse.Namespace) -> None:
         destination=destination,
         slices=_slices(args),
         class_idx=args.class_idx,
+        deidentify=deidentify,
     )
     run_service(settings, process, redactor)
 
@@ -491,6 +537,7 @@ def _add_explain_command(sub) -> None:
         "a re-run resumes (skips the cases complete for the same configuration)",
     )
     ex.add_argument("--export", default=None, help="also export DICOM sources: comma-separated sc,pm,seg,nifti,png")
+    _add_deidentify_options(ex, "the exported DICOM objects")
     ex.add_argument(
         "--overwrite", action="store_true", help="redo the cases a previous run completed with another configuration"
     )
@@ -576,25 +623,7 @@ def _add_export_command(sub) -> None:
     exp.add_argument("--no-legend", action="store_true", help="do not burn in the colour bar and label")
     exp.add_argument("--window-preset", default=None, help="CT window preset: soft_tissue, lung, bone, brain")
     exp.add_argument("--seg-threshold", type=float, default=0.5, help="SEG holds map >= this (0.5)")
-    exp.add_argument(
-        "--deidentify",
-        action="store_true",
-        help="de-identify the DICOM outputs (PS3.15 Basic "
-        "Profile) with the secret in MEDHDM_DEIDENTIFY_SALT or --deidentify-salt-file",
-    )
-    exp.add_argument(
-        "--deidentify-salt-file", default=None, help="file holding the de-identification secret (implies --deidentify)"
-    )
-    exp.add_argument(
-        "--deidentify-salt",
-        default=None,
-        help="the secret itself (visible in the process list; prefer MEDHDM_DEIDENTIFY_SALT or --deidentify-salt-file)",
-    )
-    exp.add_argument(
-        "--retain-dates",
-        action="store_true",
-        help="with --deidentify: keep dates and times (Retain Longitudinal Temporal Information option)",
-    )
+    _add_deidentify_options(exp)
     exp.add_argument("--overwrite", action="store_true", help="replace an export that --out already holds")
     exp.add_argument("--allow-inside-source", action="store_true", help="allow --out inside the source folder")
     exp.set_defaults(func=_export)
@@ -624,6 +653,7 @@ def _add_pacs_serve_command(pacs_sub) -> None:
         "--basic-auth-file", default=None, help="file with user:password (or MEDHDM_PACS_USER/MEDHDM_PACS_PASSWORD)"
     )
     serve.add_argument("--push", default="sc,pm,seg,sr", help="results to push: subset of sc,pm,seg,sr (default all)")
+    _add_deidentify_options(serve, "the results (not the SR: with it, --push some of sc,pm,seg)")
     serve.add_argument(
         "--stable-seconds",
         type=float,
@@ -668,6 +698,7 @@ def _add_pacs_command(sub) -> None:
         help="select studies (repeatable): Modality, StudyDate (20240101-20241231), AccessionNumber, PatientID",
     )
     ex.add_argument("--push", default="sc,pm,seg,sr", help="what to push back: some of sc,pm,seg,sr, or none")
+    _add_deidentify_options(ex, "the derived objects (not the SR: with it, --push some of sc,pm,seg)")
     ex.add_argument("--work", default="medhdm-pacs", help="local folder: cache, maps, derived objects")
     ex.add_argument("--token-file", default=None, help="file holding a bearer token (DICOMweb)")
     ex.add_argument("--basic-auth-file", default=None, help="file holding user:password (DICOMweb)")

@@ -25,6 +25,7 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -32,6 +33,9 @@ from .explain.base import Explainer
 from .io.atomic import atomic_write
 from .io.nifti import write_nifti
 from .pipeline import ExplainedImage, InputSpec, SliceSelection, explain_images
+
+if TYPE_CHECKING:  # highdicom and the exporters load only when a study is exported
+    from .export import Deidentification
 
 __all__ = [
     "CSV_COLUMNS",
@@ -103,6 +107,7 @@ def explain_study(
     overwrite: bool = False,
     slices: SliceSelection | str | None = None,
     uid_source: Callable[[str], str] | None = None,
+    deidentify: Deidentification | None = None,
 ) -> dict:
     """Explain one study, write its outputs into ``out_dir/<case>/``; return its ``explanations.csv`` row.
 
@@ -117,9 +122,19 @@ def explain_study(
         slices: a 2D classifier over a 3D series: the slices to explain (:class:`~medhdm.pipeline.SliceSelection`).
         uid_source: the exported objects' Series/SOP Instance UIDs from keys (deterministic UIDs,
             :class:`medhdm.pacs.uids.DerivedUIDs`); default: new random UIDs.
+        deidentify: de-identify the exported DICOM objects (:class:`medhdm.export.Deidentification`).
     """
     return explain_study_batch(
-        [case], explainer, spec, out_dir, export_formats, method, overwrite, slices, uid_sources=[uid_source]
+        [case],
+        explainer,
+        spec,
+        out_dir,
+        export_formats,
+        method,
+        overwrite,
+        slices,
+        uid_sources=[uid_source],
+        deidentify=deidentify,
     )[0]
 
 
@@ -133,10 +148,12 @@ def explain_study_batch(
     overwrite: bool = False,
     slices: SliceSelection | str | None = None,
     uid_sources: Sequence[Callable[[str], str] | None] | None = None,
+    deidentify: Deidentification | None = None,
 ) -> list[dict]:
     """:func:`explain_study` of several studies, explained together (:func:`~medhdm.pipeline.explain_images`:
     one batch per classifier input shape), each written as :func:`explain_study` does. An error in any raises.
-    ``uid_sources``: one ``uid_source`` of :func:`explain_study` per case (default: random UIDs for all)."""
+    ``uid_sources``: one ``uid_source`` of :func:`explain_study` per case (default: random UIDs for all);
+    ``deidentify`` as for :func:`explain_study`."""
     uid_sources = list(uid_sources) if uid_sources is not None else [None] * len(cases)
     if len(uid_sources) != len(cases):
         raise ValueError(f"uid_sources: expected one per case ({len(cases)}), got {len(uid_sources)}")
@@ -151,7 +168,7 @@ def explain_study_batch(
         slices=slices,
     )
     return [
-        _write_study(case, result, folder, explainer, export_formats, method, overwrite, uids)
+        _write_study(case, result, folder, explainer, export_formats, method, overwrite, uids, deidentify)
         for case, result, folder, uids in zip(cases, results, folders, uid_sources)
     ]
 
@@ -165,6 +182,7 @@ def _write_study(
     method: str | None,
     overwrite: bool,
     uid_source: Callable[[str], str] | None = None,
+    deidentify: Deidentification | None = None,
 ) -> dict:
     """Write one explained study's map (and slices table, exports) into ``folder``; return its row."""
     folder.mkdir(exist_ok=True)
@@ -187,6 +205,8 @@ def _write_study(
             class_label=result.class_idx,
             overwrite=overwrite,
             uid_source=uid_source,
+            deidentify_salt=deidentify.salt if deidentify is not None else None,
+            retain_dates=deidentify.retain_dates if deidentify is not None else False,
         )
         exported = str(export_dir)
     row = {

@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -21,6 +22,9 @@ from ..pipeline import InputSpec, SliceSelection
 from ..study import StudyCase, case_folder, explain_study_batch
 from .batching import run_split
 from .records import case_state, remove_record, write_record
+
+if TYPE_CHECKING:
+    from ..export import Deidentification
 
 __all__ = ["BAD_INPUT", "CaseRunner", "EvaluateRecipe", "ExplainRecipe", "ModelRecipe", "process_batch"]
 
@@ -83,6 +87,7 @@ class ExplainRecipe:
     method_args: dict = field(default_factory=dict)
     export: tuple[str, ...] = ()
     slices: SliceSelection | None = None
+    deidentify: Deidentification | None = None  # de-identify the exports (the secret stays out of the records)
 
     def build(self, device: str | None = None, model=None) -> ExplainRunner:
         """The runner (``model``: the classifier already loaded by this recipe, to skip loading it again)."""
@@ -99,6 +104,8 @@ class ExplainRunner(CaseRunner):
         self.model = model if model is not None else recipe.model.load(device)
         self.explainer = make_explainer(recipe.method, self.model, steps=recipe.steps, **recipe.method_args)
         extra = {"task": "explain", "input": _spec_record(recipe.spec, recipe.slices), "export": list(recipe.export)}
+        if recipe.deidentify is not None:
+            extra["deidentify"] = recipe.deidentify.record()
         self.configuration = run_configuration(self.model, self.explainer, recipe.model.model, extra)
         self.key = configuration_hash(self.configuration)
 
@@ -114,6 +121,7 @@ class ExplainRunner(CaseRunner):
             self.recipe.method,
             True,
             self.recipe.slices,
+            deidentify=self.recipe.deidentify,
         )
         seconds = (time.perf_counter() - start) / len(entries)
         records = []

@@ -2,6 +2,7 @@
 
 from .api import (
     FORMATS,
+    Deidentification,
     check_export_arguments,
     export,
     export_nifti,
@@ -17,6 +18,7 @@ from .staging import OutputBusyError, OutputExistsError
 
 __all__ = [
     "FORMATS",
+    "Deidentification",
     "check_export_arguments",
     "OutputBusyError",
     "OutputExistsError",

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -24,12 +25,14 @@ from ..io.dicom import DicomSource, read_dicom
 from ..io.nifti import nifti_writer
 from . import dicom, multiframe
 from .deidentify import deidentify as _deidentify
+from .deidentify import remap_uid
 from .dicom import DerivationInfo, render_source_overlays
 from .overlay import CT_PRESETS, OverlayStyle, window_for
 from .staging import ExportFolder, check_output_folder
 
 __all__ = [
     "FORMATS",
+    "Deidentification",
     "check_export_arguments",
     "export",
     "export_nifti",
@@ -41,6 +44,39 @@ __all__ = [
 ]
 
 FORMATS = ("sc", "pm", "seg", "nifti", "png")
+
+
+@dataclass(frozen=True)
+class Deidentification:
+    """De-identify the DICOM objects an export writes (:mod:`medhdm.export.deidentify`).
+
+    The option object that ``medhdm explain --export``, ``pacs explain`` and ``pacs serve``
+    pass down to :func:`export` (as ``deidentify_salt`` and ``retain_dates``). The secret
+    never appears in its ``repr`` nor in :meth:`record`, so it reaches no log, record or
+    configuration hash.
+
+    Attributes:
+        salt: the secret of the salted pseudonyms and UIDs (same salt: same pseudonyms).
+        retain_dates: the Retain Longitudinal Temporal Information (Full Dates) option.
+    """
+
+    salt: str = field(repr=False)
+    retain_dates: bool = False
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.salt, str) or not self.salt.strip():
+            raise ValueError("deidentify salt: a non-empty secret is needed")
+
+    def record(self) -> dict:
+        """What de-identification changes in the outputs, for a run's configuration (never the secret)."""
+        return {
+            "profile": "PS3.15 E.1 Basic Application Level Confidentiality Profile",
+            "retain_dates": self.retain_dates,
+        }
+
+    def uid(self, uid: str) -> str:
+        """The UID that ``uid`` becomes in the de-identified objects."""
+        return remap_uid(uid, self.salt)
 
 
 def _as_source(source: str | os.PathLike | DicomSource | Dataset | Sequence[Dataset]) -> DicomSource:

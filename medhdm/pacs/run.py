@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pydicom
 
@@ -33,6 +34,9 @@ from ..study import StudyCase, explain_study
 from .archive import Archive, ArchiveError, InstanceRef, is_derived_by_medhdm
 from .cache import StudyCache
 from .uids import DerivedUIDs
+
+if TYPE_CHECKING:
+    from ..export import Deidentification
 
 __all__ = [
     "FORMATS",
@@ -109,6 +113,22 @@ def parse_formats(text: str | Sequence[str]) -> tuple[str, ...]:
     return tuple(items)
 
 
+def check_deidentified_formats(formats: Sequence[str], deidentify: Deidentification | None) -> None:
+    """De-identified results are SC, PM and SEG only: the Basic Profile removes an SR's Content Sequence.
+
+    PS3.15 Table E.1-1 lists Content Sequence (0040,A730) as ``X`` (remove) in the Basic
+    Profile; the Clean Structured Content option that would keep it cleaned is not implemented.
+
+    Raises:
+        ValueError: naming ``--push`` and ``--deidentify``, when ``sr`` is asked for with de-identification.
+    """
+    if deidentify is not None and "sr" in formats:
+        raise ValueError(
+            "--push: the SR cannot be de-identified (the Basic Profile removes its Content Sequence, PS3.15 "
+            "Table E.1-1); with --deidentify push some of sc,pm,seg"
+        )
+
+
 #: study-level query keys users may give, and the attribute each searches
 QUERY_KEYS = {
     "Modality": "ModalitiesInStudy",
@@ -143,11 +163,13 @@ def pacs_configuration(
     slices: SliceSelection | str | None = None,
     class_idx: int | None = None,
     seg_threshold: float = 0.5,
+    deidentify: Deidentification | None = None,
 ) -> dict:
     """The run configuration (:func:`~medhdm.models.identity.run_configuration`) whose hash seeds the derived UIDs.
 
     It holds what changes the derived objects (model, weights, method and settings, the
-    classifier's input, slices, class, SEG threshold, medhdm's version), not which formats are pushed.
+    classifier's input, slices, class, SEG threshold, de-identification (never its secret),
+    medhdm's version), not which formats are pushed.
     """
     extra = {
         "spec": {
@@ -160,6 +182,8 @@ def pacs_configuration(
         "class_idx": class_idx,
         "seg_threshold": seg_threshold,
     }
+    if deidentify is not None:
+        extra["deidentify"] = deidentify.record()
     return run_configuration(explainer.model, explainer, model_name=model_name, extra=extra)
 
 
@@ -331,6 +355,7 @@ def _explain_series(
     formats: Sequence[str],
     slices: SliceSelection | str | None,
     class_idx: int | None,
+    deidentify: Deidentification | None = None,
 ) -> tuple[list[Path], dict]:
     """Explain one source series through :func:`~medhdm.study.explain_study`, export it, write its SR.
 
@@ -349,6 +374,7 @@ def _explain_series(
         overwrite=True,
         slices=slices,
         uid_source=uids,
+        deidentify=deidentify,
     )
     export_dir = Path(row["export"]) if exports else work / f"{series_uid}_dicom"
     derived = sorted(export_dir.glob("*.dcm")) if exports else []
@@ -388,6 +414,7 @@ def explain_local_study(
     slices: SliceSelection | str | None = None,
     class_idx: int | None = None,
     seg_threshold: float = 0.5,
+    deidentify: Deidentification | None = None,
 ) -> StudyOutcome:
     """Explain every source series of the study in ``study_dir`` and push the derived objects to ``destination``.
 
@@ -400,16 +427,19 @@ def explain_local_study(
         destination: where to push (``None``: only write the files).
         log: progress lines (``None``: silent).
         slices, class_idx, seg_threshold: as for ``medhdm explain``.
+        deidentify: de-identify the derived objects (:class:`medhdm.export.Deidentification`; not
+            with ``sr``); they then go to the de-identified study (its UIDs remapped by the secret).
 
     Returns:
         the outcome; ``"skipped"`` when the destination already holds every derived instance.
         Errors are raised (the caller decides whether a study's failure ends the run).
     """
     formats = parse_formats(formats)
+    check_deidentified_formats(formats, deidentify)
     outcome = StudyOutcome(study_uid="")
     study_uid, series, annotations = _local_series(Path(study_dir))
     outcome.study_uid = study_uid
-    config = pacs_configuration(explainer, spec, model_name, slices, class_idx, seg_threshold)
+    config = pacs_configuration(explainer, spec, model_name, slices, class_idx, seg_threshold, deidentify)
     key = configuration_hash(config)
     work = Path(work_dir)
     work.mkdir(parents=True, exist_ok=True)
@@ -421,14 +451,14 @@ def explain_local_study(
         expected = [uid for group in uids.expected(formats).values() for uid in group]
         if destination is not None:
             start = time.perf_counter()
-            held = destination.present(study_uid, expected)
+            held = _present(destination, study_uid, expected, deidentify)
             outcome.seconds["push"] += time.perf_counter() - start
             if len(held) == len(expected):
                 skipped += 1
                 continue
         start = time.perf_counter()
         derived, result = _explain_series(
-            work, series_uid, items, annotations, uids, explainer, spec, config, formats, slices, class_idx
+            work, series_uid, items, annotations, uids, explainer, spec, config, formats, slices, class_idx, deidentify
         )
         outcome.seconds["explain"] += time.perf_counter() - start
         outcome.derived += derived
@@ -461,17 +491,20 @@ def explain_archive_studies(
     slices: SliceSelection | str | None = None,
     class_idx: int | None = None,
     seg_threshold: float = 0.5,
+    deidentify: Deidentification | None = None,
 ) -> list[StudyOutcome]:
     """Retrieve, explain and push back each study of ``archive``; one progress line per study.
 
     A study that fails is reported (``status="failed"``) and the next one goes on. The
-    derived objects go to ``destination`` (default: ``archive`` itself, into the source study).
+    derived objects go to ``destination`` (default: ``archive`` itself, into the source study;
+    with ``deidentify``, into the de-identified study, as :func:`explain_local_study` says).
     """
     formats = parse_formats(formats)
+    check_deidentified_formats(formats, deidentify)
     work = Path(work_dir)
     cache = cache or StudyCache(work / "cache")
     target = (destination or archive) if push else None
-    config = pacs_configuration(explainer, spec, model_name, slices, class_idx, seg_threshold)
+    config = pacs_configuration(explainer, spec, model_name, slices, class_idx, seg_threshold, deidentify)
     key = configuration_hash(config)
     outcomes = []
     for i, study_uid in enumerate(study_uids, start=1):
@@ -482,7 +515,7 @@ def explain_archive_studies(
             series = _source_series(refs)
             if not series:
                 raise ArchiveError(f"{archive.describe()}: study {study_uid}: no source image series found")
-            if target is not None and _all_present(target, study_uid, series, key, formats):
+            if target is not None and _all_present(target, study_uid, series, key, formats, deidentify):
                 outcome.status = "skipped"
                 outcome.seconds["retrieve"] = time.perf_counter() - start
             else:
@@ -506,6 +539,7 @@ def explain_archive_studies(
                     slices=slices,
                     class_idx=class_idx,
                     seg_threshold=seg_threshold,
+                    deidentify=deidentify,
                 )
                 outcome.seconds["retrieve"] = retrieve
         except Exception as err:  # noqa: BLE001 (a study's failure is reported; the run goes on)
@@ -516,10 +550,25 @@ def explain_archive_studies(
     return outcomes
 
 
-def _all_present(target: Archive, study_uid: str, series: dict, key: str, formats: Sequence[str]) -> bool:
+def _present(target: Archive, study_uid: str, expected: Sequence[str], deidentify: Deidentification | None) -> set[str]:
+    """Which of the derived instances ``expected`` the target holds: in the source study, or, de-identified,
+    under the UIDs the de-identification gives the study and the instances."""
+    if deidentify is None:
+        return target.present(study_uid, expected)
+    return target.present(deidentify.uid(study_uid), [deidentify.uid(uid) for uid in expected])
+
+
+def _all_present(
+    target: Archive,
+    study_uid: str,
+    series: dict,
+    key: str,
+    formats: Sequence[str],
+    deidentify: Deidentification | None = None,
+) -> bool:
     """The target already holds every derived instance of every source series (so nothing needs retrieving)."""
     expected = []
     for series_uid, refs in series.items():
         uids = DerivedUIDs(key, study_uid, series_uid, [r.sop_uid for r in refs], {r.sop_uid: r.frames for r in refs})
         expected += [uid for group in uids.expected(formats).values() for uid in group]
-    return len(target.present(study_uid, expected)) == len(expected)
+    return len(_present(target, study_uid, expected, deidentify)) == len(expected)

@@ -344,9 +344,11 @@ def explain_and_push(
     destination,
     slices=None,
     class_idx: int | None = None,
+    deidentify=None,
 ) -> ProcessStudy:
     """The service's :data:`ProcessStudy`: :func:`medhdm.pacs.run.explain_local_study` into the work folder,
-    pushing to ``destination`` (``slices``, ``class_idx`` as for ``medhdm explain``)."""
+    pushing to ``destination`` (``slices``, ``class_idx`` as for ``medhdm explain``; ``deidentify``: a
+    :class:`medhdm.export.Deidentification` for de-identified results)."""
     from .run import explain_local_study
 
     study_log = logging.getLogger("medhdm.pacs.run")
@@ -363,6 +365,7 @@ def explain_and_push(
             log=study_log.info,
             slices=slices,
             class_idx=class_idx,
+            deidentify=deidentify,
         )
 
     return process
