@@ -72,6 +72,7 @@ __all__ = [
     "explain_image",
     "explain_images",
     "load_image",
+    "input_record",
     "map_to_classifier_grid",
     "slice_transforms",
 ]
@@ -95,6 +96,16 @@ class InputSpec:
     axcodes: str = "RAS"
     percentiles: tuple[float, float] = (1.0, 99.5)
     intensity_range: tuple[float, float] | None = None
+
+    def record(self) -> dict:
+        """Every field, as JSON: the classifier input's part of a run configuration (:func:`input_record`)."""
+        return {
+            "spatial_size": list(self.spatial_size),
+            "layout": self.layout,
+            "axcodes": self.axcodes,
+            "percentiles": list(self.percentiles),
+            "intensity_range": list(self.intensity_range) if self.intensity_range else None,
+        }
 
     @classmethod
     def for_model(cls, model: nn.Module, spatial_size: tuple[int, ...] | None = None) -> InputSpec:
@@ -154,6 +165,10 @@ class SliceSelection:
         if self.reduce not in ("max", "mean"):
             raise ValueError(f"slice_reduce: expected 'max' or 'mean', got {self.reduce!r}")
 
+    def record(self) -> dict:
+        """Every field, as JSON (:func:`input_record`)."""
+        return {"mode": self.mode, "k": self.k, "indices": list(self.indices), "reduce": self.reduce}
+
     @classmethod
     def parse(cls, text: str, reduce: str = "max") -> SliceSelection:
         """From ``"all"``, ``"top:K"`` or ``"I,J,..."`` (as ``--slices`` takes it)."""
@@ -180,6 +195,14 @@ class SliceSelection:
         if max(self.indices) >= n:
             raise ValueError(f"slices: index {max(self.indices)} is outside the series' {n} slices (0..{n - 1})")
         return self.indices
+
+
+def input_record(spec: InputSpec, slices: SliceSelection | str | None = None) -> dict:
+    """What decides the classifier's input, for every run configuration whose hash names results
+    (the cohort records, the archive's derived UIDs): ``spec`` and the slice selection, every field."""
+    if isinstance(slices, str):
+        slices = SliceSelection.parse(slices)
+    return {**spec.record(), "slices": None if slices is None else slices.record()}
 
 
 @dataclass

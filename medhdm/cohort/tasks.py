@@ -18,7 +18,7 @@ import numpy as np
 from ..io.atomic import atomic_write, remove_stale_temporaries
 from ..io.errors import BAD_INPUT
 from ..models.identity import configuration_hash, run_configuration
-from ..pipeline import InputSpec, SliceSelection
+from ..pipeline import InputSpec, SliceSelection, input_record
 from ..study import StudyCase, case_folder, explain_study_batch
 from .batching import run_split
 from .records import case_state, remove_record, write_record
@@ -42,17 +42,6 @@ class ModelRecipe:
         from ..models import load_model
 
         return load_model(self.model, weights=self.weights, model_args=self.model_args, device=device or self.device)
-
-
-def _spec_record(spec: InputSpec, slices: SliceSelection | None) -> dict:
-    return {
-        "spatial_size": list(spec.spatial_size),
-        "layout": spec.layout,
-        "axcodes": spec.axcodes,
-        "percentiles": list(spec.percentiles),
-        "intensity_range": list(spec.intensity_range) if spec.intensity_range else None,
-        "slices": None if slices is None else {"text": repr(slices)},
-    }
 
 
 class CaseRunner:
@@ -103,7 +92,7 @@ class ExplainRunner(CaseRunner):
         self.recipe = recipe
         self.model = model if model is not None else recipe.model.load(device)
         self.explainer = make_explainer(recipe.method, self.model, steps=recipe.steps, **recipe.method_args)
-        extra = {"task": "explain", "input": _spec_record(recipe.spec, recipe.slices), "export": list(recipe.export)}
+        extra = {"task": "explain", "input": input_record(recipe.spec, recipe.slices), "export": list(recipe.export)}
         if recipe.deidentify is not None:
             extra["deidentify"] = recipe.deidentify.record()
         self.configuration = run_configuration(self.model, self.explainer, recipe.model.model, extra)
@@ -166,7 +155,7 @@ class EvaluateRunner(CaseRunner):
         first = next(iter(self.methods.values()), None)
         extra = {
             "task": "evaluate",
-            "input": _spec_record(recipe.spec, recipe.slices),
+            "input": input_record(recipe.spec, recipe.slices),
             "methods": {n: {"method": e.name, "settings": e.settings()} for n, e in self.methods.items()},
             "maps": {name: str(Path(folder).resolve()) for name, folder in recipe.maps},
             "faithfulness": recipe.faithfulness,

@@ -29,7 +29,7 @@ import pydicom
 
 from ..explain.base import Explainer
 from ..models.identity import configuration_hash, run_configuration
-from ..pipeline import InputSpec, SliceSelection
+from ..pipeline import InputSpec, SliceSelection, input_record
 from ..study import StudyCase, explain_study
 from .archive import Archive, ArchiveError, InstanceRef, is_derived_by_medhdm
 from .cache import StudyCache
@@ -172,13 +172,7 @@ def pacs_configuration(
     medhdm's version), not which formats are pushed.
     """
     extra = {
-        "spec": {
-            "spatial_size": list(spec.spatial_size),
-            "layout": spec.layout,
-            "axcodes": spec.axcodes,
-            "intensity_range": list(spec.intensity_range) if spec.intensity_range else None,
-        },
-        "slices": str(slices) if slices is not None else None,
+        "input": input_record(spec, slices),
         "class_idx": class_idx,
         "seg_threshold": seg_threshold,
     }
