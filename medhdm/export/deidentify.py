@@ -1,27 +1,31 @@
 """De-identification of the objects medhdm writes by DICOM PS3.15 Annex E's Basic
 Application Level Confidentiality Profile, optionally with the Retain Longitudinal
-Temporal Information (Full Dates) Option.
+Temporal Information with Full Dates Option.
 
-The profile's attribute table (PS3.15 Table E.1-1, "Basic Prof." column) is data here:
-:data:`PROFILE` maps each attribute's tag to its action,
+The profile's attribute table, PS3.15 Table E.1-1, is data here: :data:`TABLE` holds its
+655 rows as ``ps315_table_e1_1.csv`` (beside this module) gives them, with the "Basic Prof."
+column of PS3.15 2026c and the "Rtn. Long. Full Dates Opt." column of PS3.15 2025b, generated
+by :mod:`medhdm.export.generate_ps315_table` from the machine-readable copies in two PyPI
+packages (:data:`TABLE_HEADER` names them, their licences and checksums). The Basic Profile's
+actions are applied as
 
-- ``X`` remove, ``Z`` empty (or a dummy value), ``D`` a dummy value, ``U`` a UID
-  replaced consistently, ``K`` keep, and the table's compounds ``X/Z``, ``X/D``,
-  ``Z/D``, ``X/Z/D``, ``X/Z/U*``: the first that the written object's IOD allows. They
-  resolve to ``X`` unless the attribute is required at the top level of SC, Parametric
-  Map or SEG (:data:`_REQUIRED`), and ``X/Z/U*`` (references to other instances) keeps
-  the sequence with its UIDs replaced. One plain ``X`` is applied as ``Z`` for the same
-  reason: Acquisition Context Sequence, Type 2 in the Parametric Map IOD, is kept with no
-  items.
+- ``X`` removed; ``Z`` emptied (a sequence: no items; the Patient ID and clinical trial
+  subject IDs: a salted pseudonym); ``D`` a dummy value of the VR (a pseudonym for those
+  IDs, a remapped UID for a UI; a sequence is emptied); ``U`` the UID replaced consistently;
+- the compounds ``X/Z``, ``X/D``, ``Z/D``, ``X/Z/D``, ``X/Z/U*`` ("the first that the IOD
+  allows"): their first alternative (``X``; ``Z`` for ``Z/D``), unless the attribute is
+  required at the top level of SC, Parametric Map or SEG (:data:`_REQUIRED`: a Type 1
+  attribute gets ``D``, a Type 2 one ``Z``, and the references of ``X/Z/U*`` are kept with
+  their UIDs replaced, ``U*``);
+- with ``retain_dates``, the option's ``K``: the rows it keeps (dates, times, date-times,
+  Timezone Offset From UTC; not Patient's Birth Date and Time) are kept as they are.
 
-The table lists the rows that any object medhdm writes can carry (the patient, study,
-series, equipment, clinical trial, acquisition context and reference modules that
-highdicom copies from the source, and the derived objects' own attributes) and the
-other identifying rows of the common patient/visit/procedure modules; it is not a copy
-of all ~600 rows of E.1-1. To keep that from leaking, de-identification is stricter than
-the profile in one respect: an attribute that is neither in :data:`PROFILE` nor in
-:data:`RETAINED` (structural, non-identifying attributes of the three IODs) is removed,
-and so are all private attributes. Every sequence is walked, at every depth.
+The table has no row that medhdm does not handle, and nothing outside it leaks: an
+attribute that is neither in the table nor in :data:`RETAINED` (structural, non-identifying
+attributes of the written IODs) is removed, and so are all private attributes (the table's
+row "Private Attributes", X). Every sequence is walked, at every depth. A Type 1C attribute
+whose condition is the presence of an attribute the profile removes (:data:`PRESENT_ONLY_WITH`)
+is removed as well, so the object still conforms to its IOD.
 
 Instance UIDs are replaced by a salted hash (:func:`remap_uid`), the Patient ID and the
 clinical trial subject IDs by salted pseudonyms (:func:`pseudonym`): objects (or a
@@ -29,266 +33,144 @@ source study) de-identified with the same salt still reference each other. Each 
 is checked against the table after processing (:func:`violations`), and only then
 marked Patient Identity Removed ``YES`` with a De-identification Method Code Sequence
 (113100, and 113106 with ``retain_dates``).
-
-pydicom 3.0 and highdicom 0.28 ship the CID 7050 codes (``codes.DCM.BasicApplication
-ConfidentialityProfile`` and the option codes, used here) but no attribute table or
-de-identifier.
 """
 
 from __future__ import annotations
 
 import copy
+import csv
 import hashlib
+import re
 import uuid
+from dataclasses import dataclass
+from importlib import resources
 
-from pydicom.datadict import dictionary_VR, tag_for_keyword
+from pydicom.datadict import keyword_for_tag, tag_for_keyword
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.sr.codedict import codes
-from pydicom.tag import Tag
 from pydicom.uid import UID
 
-__all__ = ["PROFILE", "RETAINED", "deidentify", "pseudonym", "remap_uid", "resolve_action", "violations"]
+__all__ = [
+    "PRESENT_ONLY_WITH",
+    "PROFILE",
+    "RETAINED",
+    "RETAINED_WITH_DATES",
+    "TABLE",
+    "TABLE_HEADER",
+    "TableRow",
+    "deidentify",
+    "load_table",
+    "pseudonym",
+    "remap_uid",
+    "resolve_action",
+    "table_row",
+    "violations",
+]
 
-# PS3.15 Table E.1-1, Basic Profile column: keyword, action. Tags come from pydicom's dictionary.
-_TABLE = """
-AccessionNumber Z
-AcquisitionComments X
-AcquisitionContextSequence X
-AcquisitionDate X/Z
-AcquisitionDateTime X/Z/D
-AcquisitionDeviceProcessingDescription X/D
-AcquisitionProtocolDescription X
-AcquisitionTime X/Z
-AdditionalPatientHistory X
-AdmissionID X
-AdmittingDiagnosesCodeSequence X
-AdmittingDiagnosesDescription X
-Allergies X
-AuthorObserverSequence X
-BodyPartExamined X
-BranchOfService X
-CassetteID X
-ClinicalTrialCoordinatingCenterName Z
-ClinicalTrialProtocolEthicsCommitteeApprovalNumber X
-ClinicalTrialProtocolEthicsCommitteeName D
-ClinicalTrialProtocolID D
-ClinicalTrialProtocolName Z
-ClinicalTrialSeriesDescription X
-ClinicalTrialSeriesID X
-ClinicalTrialSiteID Z
-ClinicalTrialSiteName Z
-ClinicalTrialSponsorName D
-ClinicalTrialSubjectID D
-ClinicalTrialSubjectReadingID D
-ClinicalTrialTimePointDescription X
-ClinicalTrialTimePointID Z
-CommentsOnThePerformedProcedureStep X
-ConcatenationUID U
-ConsultingPhysicianIdentificationSequence X
-ConsultingPhysicianName Z
-ContentCreatorIdentificationCodeSequence X
-ContentCreatorName Z
-ContentDate Z/D
-ContentSequence X
-ContentTime Z/D
-ContrastBolusAgent Z/D
-ContributionDateTime X/D
-ContributionDescription X
-CountryOfResidence X
-CurrentPatientLocation X
-CustodialOrganizationSequence X
-DateOfLastCalibration X
-DateOfSecondaryCapture X
-DateTimeOfLastCalibration X
-DerivationDescription X
-DetectorID X/D
-DeviceSerialNumber X/Z/D
-DeviceUID U
-DigitalSignaturesSequence X
-DimensionOrganizationUID U
-EthnicGroup X
-FailedSOPInstanceUIDList U
-FillerOrderNumberImagingServiceRequest Z
-FrameAcquisitionDateTime X/D
-FrameOfReferenceUID U
-FrameReferenceDateTime X/D
-GantryID X
-GeneratorID X
-IdentifyingComments X
-ImageComments X
-ImagePresentationComments X
-ImagingServiceRequestComments X
-InstanceCoercionDateTime X
-InstanceCreationDate X/D
-InstanceCreationTime X/Z/D
-InstanceCreatorUID U
-InstitutionAddress X
-InstitutionCodeSequence X/Z/D
-InstitutionName X/Z/D
-InstitutionalDepartmentName X
-InstitutionalDepartmentTypeCodeSequence X
-InsurancePlanIdentification X
-IrradiationEventUID U
-IssuerOfAdmissionID X
-IssuerOfPatientID X
-LargePaletteColorLookupTableUID U
-LastMenstrualDate X
-MACParametersSequence X
-MediaStorageSOPInstanceUID U
-MedicalAlerts X
-MedicalRecordLocator X
-MilitaryRank X
-NameOfPhysiciansReadingStudy X
-Occupation X
-OperatorIdentificationSequence X/D
-OperatorsName X/Z/D
-OriginalAttributesSequence X
-OtherPatientIDs X
-OtherPatientIDsSequence X
-OtherPatientNames X
-OverlayDate X
-OverlayTime X
-PaletteColorLookupTableUID U
-PatientAddress X
-PatientAge X
-PatientBirthDate Z
-PatientBirthName X
-PatientBirthTime X
-PatientComments X
-PatientID Z
-PatientInstitutionResidence X
-PatientInsurancePlanCodeSequence X
-PatientMotherBirthName X
-PatientName Z
-PatientPrimaryLanguageCodeSequence X
-PatientPrimaryLanguageModifierCodeSequence X
-PatientReligiousPreference X
-PatientSex Z
-PatientSexNeutered X/Z
-PatientSize X
-PatientState X
-PatientTelecomInformation X
-PatientTelephoneNumbers X
-PatientWeight X
-PerformedLocation X
-PerformedProcedureStepDescription X
-PerformedProcedureStepEndDate X
-PerformedProcedureStepEndTime X
-PerformedProcedureStepID X
-PerformedProcedureStepStartDate X
-PerformedProcedureStepStartTime X
-PerformedStationAETitle X
-PerformedStationName X
-PerformingPhysicianIdentificationSequence X
-PerformingPhysicianName X
-PhysiciansOfRecord X
-PhysiciansOfRecordIdentificationSequence X
-PhysiciansReadingStudyIdentificationSequence X
-PlacerOrderNumberImagingServiceRequest Z
-PlateID X
-PregnancyStatus X
-ProtocolName X/D
-ReasonForStudy X
-ReferencedDigitalSignatureSequence X
-ReferencedFrameOfReferenceUID U
-ReferencedImageSequence X/Z/U*
-ReferencedPatientPhotoSequence X
-ReferencedPatientSequence X
-ReferencedPerformedProcedureStepSequence X/Z/D
-ReferencedSOPInstanceMACSequence X
-ReferencedSOPInstanceUID U
-ReferencedStudySequence X/Z
-ReferringPhysicianAddress X
-ReferringPhysicianIdentificationSequence X
-ReferringPhysicianName Z
-ReferringPhysicianTelephoneNumbers X
-RegionOfResidence X
-RelatedFrameOfReferenceUID U
-RequestAttributesSequence X
-RequestedContrastAgent X
-RequestedProcedureComments X
-RequestedProcedureDescription X/Z
-RequestedProcedureID X
-RequestingPhysician X
-RequestingService X
-ResponsibleOrganization X
-ResponsiblePerson X
-SOPInstanceUID U
-ScheduledStudyLocation X
-ScheduledStudyLocationAETitle X
-SeriesDate X/D
-SeriesDescription X
-SeriesInstanceUID U
-SeriesTime X/D
-SmokingStatus X
-SourceImageSequence X/Z/U*
-StationName X/Z/D
-StorageMediaFileSetUID U
-StudyComments X
-StudyDate Z
-StudyDescription X
-StudyID Z
-StudyIDIssuer X
-StudyInstanceUID U
-StudyTime Z
-SynchronizationFrameOfReferenceUID U
-TemplateExtensionCreatorUID U
-TemplateExtensionOrganizationUID U
-TimeOfLastCalibration X
-TimeOfSecondaryCapture X
-TimezoneOffsetFromUTC X
-TrackingUID U
-TransactionUID U
-UID U
-VerifyingObserverIdentificationCodeSequence Z
-VerifyingObserverName D
-VerifyingObserverSequence D
-VerifyingOrganization X
-VisitComments X
-"""
+TABLE_FILE = "ps315_table_e1_1.csv"
 
-ACTIONS = ("X", "Z", "D", "U", "K", "X/Z", "X/D", "Z/D", "X/Z/D", "X/Z/U*")
+#: The Basic Profile column's action codes: single, and the table's compounds.
+ACTIONS = ("X", "Z", "D", "U", "Z/D", "X/Z", "X/D", "X/Z/D", "X/Z/U*")
 
 
-def _parse_table(text: str) -> dict[int, tuple[str, str]]:
-    table = {}
-    for line in text.strip().splitlines():
-        keyword, action = line.split()
-        tag = tag_for_keyword(keyword)
-        if tag is None or action not in ACTIONS:
-            raise RuntimeError(f"deidentify profile table: bad row {line!r}")
-        table[int(tag)] = (keyword, action)
-    return table
+@dataclass(frozen=True)
+class TableRow:
+    """One row of PS3.15 Table E.1-1 as :data:`TABLE` holds it."""
+
+    tag: str  #: the standard's notation: ``(0008,0050)``, or ``(60xx,3000)`` for a repeating group
+    name: str  #: the attribute's name in the table
+    vr: str  #: its value representation ("" where neither pydicom nor the source knows it)
+    basic: str  #: the Basic Profile action, one of :data:`ACTIONS`
+    retain_full_dates: str  #: ``"K"`` where the Retain Longitudinal Temporal Information Full Dates Option keeps it
 
 
-#: tag -> (keyword, action): PS3.15 Table E.1-1, Basic Application Level Confidentiality Profile.
-PROFILE: dict[int, tuple[str, str]] = _parse_table(_TABLE)
+def load_table(text: str | None = None) -> tuple[tuple[str, ...], tuple[TableRow, ...]]:
+    """The header lines (source, edition, licence, checksums) and the rows of ``ps315_table_e1_1.csv``.
 
-# With the Retain Longitudinal Temporal Information Full Dates Option, these are kept (K):
-# the dates, times and date-times of the table, except those that describe the patient.
-_NOT_LONGITUDINAL = {"PatientBirthDate", "PatientBirthTime", "LastMenstrualDate"}
-RETAINED_WITH_DATES: frozenset[int] = frozenset(
-    tag
-    for tag, (keyword, _) in PROFILE.items()
-    if dictionary_VR(tag) in ("DA", "TM", "DT") and keyword not in _NOT_LONGITUDINAL
-)
+    Args:
+        text: the file's text; default the copy shipped beside this module.
 
-# Attributes that the SC, Parametric Map and SEG IODs require at the top level (Type 1 -> D,
-# Type 2 -> Z), where the table gives a compound action.
+    Raises:
+        RuntimeError: a row with an unknown action or a malformed tag.
+    """
+    if text is None:
+        text = resources.files(__package__).joinpath(TABLE_FILE).read_text(encoding="utf-8")
+    lines = text.splitlines(keepends=True)
+    header = tuple(line.rstrip("\n") for line in lines if line.startswith("#"))
+    rows = []
+    for row in csv.DictReader(line for line in lines if not line.startswith("#")):
+        item = TableRow(row["tag"], row["name"], row["vr"], row["basic"], row["retain_full_dates"])
+        if (
+            item.basic not in ACTIONS
+            or item.retain_full_dates not in ("", "K")
+            or not re.fullmatch(r"\([0-9A-Fx]{4},[0-9A-Fx]{4}\)", item.tag)
+        ):
+            raise RuntimeError(f"{TABLE_FILE}: bad row {row}")
+        rows.append(item)
+    return header, tuple(rows)
+
+
+#: PS3.15 Table E.1-1 (source and edition in :data:`TABLE_HEADER`), one :class:`TableRow` per row.
+TABLE_HEADER, TABLE = load_table()
+
+
+def _tag_and_mask(pattern: str) -> tuple[int, int]:
+    """``(60xx,3000)`` -> (0x60003000, 0xFF00FFFF): an ``x`` digit matches any digit."""
+    digits = pattern[1:5] + pattern[6:10]
+    value = int(digits.replace("x", "0"), 16)
+    mask = int("".join("0" if d == "x" else "F" for d in digits), 16)
+    return value, mask
+
+
+def _profile() -> tuple[dict[int, tuple[str, str]], tuple[tuple[int, int, str, str], ...], frozenset[int]]:
+    exact: dict[int, tuple[str, str]] = {}
+    repeating = []
+    dates = set()
+    for row in TABLE:
+        value, mask = _tag_and_mask(row.tag)
+        if mask != 0xFFFFFFFF:
+            repeating.append((value, mask, row.name, row.basic))
+            continue
+        exact[value] = (keyword_for_tag(value) or "", row.basic)
+        if row.retain_full_dates == "K":
+            dates.add(value)
+    return exact, tuple(repeating), frozenset(dates)
+
+
+#: tag -> (keyword, Basic Profile action) for every row of :data:`TABLE` with a single tag
+#: (keyword "" for a tag newer than pydicom's dictionary).
+PROFILE: dict[int, tuple[str, str]]
+# (value, mask, name, action): the rows of repeating groups, (50xx,xxxx) Curve Data, (60xx,3000), (60xx,4000)
+_REPEATING: tuple[tuple[int, int, str, str], ...]
+#: The tags the Retain Longitudinal Temporal Information Full Dates Option keeps (K in its column).
+RETAINED_WITH_DATES: frozenset[int]
+PROFILE, _REPEATING, RETAINED_WITH_DATES = _profile()
+
+# Attributes that the SC, Parametric Map and SEG IODs require at the top level, where the table
+# gives a compound action: the alternative the IOD needs (Type 1 -> D, Type 2 -> Z; references
+# that are kept -> U*, the sequence with its UIDs replaced).
 _REQUIRED = {
-    "ContentDate": "D",
-    "ContentTime": "D",  # Type 1 in PM/SEG (Multi-frame Functional Groups)
-    "DeviceSerialNumber": "D",  # Type 1 in Enhanced General Equipment (PM, SEG)
-    "ReferencedImageSequence": "U*",
-    "SourceImageSequence": "U*",
-    # X in the table, but Type 2 in the Parametric Map IOD: present with no items, as the
-    # profile's conformance rule asks (an attribute the IOD requires is emptied, not removed).
-    "AcquisitionContextSequence": "Z",
+    "ContentDate": "D",  # Z/D; Type 1 in PM/SEG (Multi-frame Functional Groups)
+    "ContentTime": "D",  # Z/D
+    "DeviceSerialNumber": "D",  # X/Z/D; Type 1 in Enhanced General Equipment (PM, SEG)
+    "ReferencedImageSequence": "U*",  # X/Z/U*
+    "SourceImageSequence": "U*",  # X/Z/U*
+    "AcquisitionContextSequence": "Z",  # X/Z; Type 2 in the Parametric Map IOD: present with no items
+}
+
+#: Type 1C attributes (PS3.3) whose condition is that another attribute is present, and that may
+#: not be present otherwise: keyword -> that other attribute. Where the profile removes the other
+#: attribute (X), the condition no longer holds and the object would not conform to its IOD with
+#: the dependent one kept as a dummy, so it is removed too (the profile's rule that the
+#: de-identified object stays valid, PS3.15 E.1). Clinical Trial Subject Module (C.7.1.3): the
+#: Ethics Committee Name (D) is required if, and only if, the Approval Number (X) is present.
+PRESENT_ONLY_WITH: dict[str, str] = {
+    "ClinicalTrialProtocolEthicsCommitteeName": "ClinicalTrialProtocolEthicsCommitteeApprovalNumber",
 }
 
 #: Keywords kept as they are (K): structural, coded or medhdm-made attributes of the SC, PM and
-#: SEG IODs and their sequences that identify no one. Anything else outside PROFILE is removed.
+#: SEG IODs and their sequences that identify no one. Anything else outside TABLE is removed.
 RETAINED: frozenset[str] = frozenset(
     [
         "AlgorithmFamilyCodeSequence",
@@ -409,6 +291,7 @@ RETAINED: frozenset[str] = frozenset(
         "WindowCenter",
         "WindowCenterWidthExplanation",
         "WindowWidth",
+        "ContextGroupExtensionFlag",
         "ContextIdentifier",
         "ContextUID",
         "MappingResource",
@@ -435,10 +318,15 @@ _DUMMY = {
     "LT": "ANONYMIZED",
     "ST": "ANONYMIZED",
     "UT": "ANONYMIZED",
+    "UC": "ANONYMIZED",
     "CS": "ANONYMIZED",
+    "AE": "ANONYMOUS",
+    "UR": "urn:oid:2.25.0",
     "AS": "000Y",
     "DS": "0",
     "IS": "0",
+    "OB": b"\x00\x00",
+    "UN": b"\x00\x00",
 }
 _PSEUDONYMISED = {"PatientID", "ClinicalTrialSubjectID", "ClinicalTrialSubjectReadingID"}
 
@@ -462,12 +350,30 @@ def _is_well_known(uid: str) -> bool:
     return UID(uid).name != str(uid)
 
 
+def table_row(tag: int) -> tuple[str, str] | None:
+    """(keyword, Basic Profile action) of ``tag``'s row in :data:`TABLE` (a repeating group's row
+    gives its name as keyword); ``None`` if the table has no row for it."""
+    tag = int(tag)
+    if tag in PROFILE:
+        return PROFILE[tag]
+    for value, mask, name, action in _REPEATING:
+        if tag & mask == value:
+            return name, action
+    return None
+
+
 def resolve_action(tag: int, depth: int, retain_dates: bool = False) -> str | None:
     """The action for ``tag`` at nesting ``depth`` (0: top level): one of X, Z, D, U, U*
-    (keep the sequence, replace the UIDs in it), K; ``None`` if the table has no row."""
-    if int(tag) not in PROFILE:
+    (keep the sequence, replace the UIDs in it), K; ``None`` if the table has no row.
+
+    ``retain_dates``: the option's K first. Then the table's action; a compound (the first of
+    its alternatives that the IOD allows) resolves to the alternative the IOD needs where
+    :data:`_REQUIRED` names one, otherwise to its first: X, and Z for Z/D.
+    """
+    row = table_row(tag)
+    if row is None:
         return None
-    keyword, action = PROFILE[int(tag)]
+    keyword, action = row
     if retain_dates and int(tag) in RETAINED_WITH_DATES:
         return "K"
     if depth == 0 and keyword in _REQUIRED:
@@ -476,15 +382,26 @@ def resolve_action(tag: int, depth: int, retain_dates: bool = False) -> str | No
         return action
     if action == "X/Z/U*" and keyword in _REQUIRED:
         return "U*"
-    return "X"
+    return action.split("/")[0]
 
 
 def _dummy(elem, salt: str, original):
+    """A D action's replacement: a dummy value of the element's VR (a pseudonym for the IDs of
+    :data:`_PSEUDONYMISED`, a remapped UID for a UI); a sequence is emptied."""
     if elem.VR == "SQ":
         return DicomSequence([])
     if elem.keyword in _PSEUDONYMISED:
         return pseudonym(str(original), salt) if original not in (None, "") else ""
+    if elem.VR == "UI":
+        values = list(original) if elem.VM > 1 else [original]
+        mapped = [remap_uid(str(v), salt) for v in values]
+        return mapped if elem.VM > 1 else mapped[0]
     return _DUMMY.get(elem.VR, None)
+
+
+def _unsatisfied(ds: Dataset) -> list[str]:
+    """Keywords of :data:`PRESENT_ONLY_WITH` present in ``ds`` without the attribute their condition needs."""
+    return [keyword for keyword, needed in PRESENT_ONLY_WITH.items() if keyword in ds and needed not in ds]
 
 
 def _walk(ds: Dataset, salt: str, retain_dates: bool, depth: int) -> None:
@@ -521,20 +438,25 @@ def _walk(ds: Dataset, salt: str, retain_dates: bool, depth: int) -> None:
             if not all(_is_well_known(v) for v in values):  # an instance UID the table misses: replaced
                 mapped = [v if _is_well_known(v) else remap_uid(v, salt) for v in values]
                 elem.value = mapped if elem.VM > 1 else mapped[0]
+    for keyword in _unsatisfied(ds):  # a Type 1C whose condition the profile's removals made false
+        del ds[keyword]
 
 
 def violations(ds: Dataset, original: Dataset | None = None, retain_dates: bool = False) -> list[str]:
     """Every element of ``ds`` (recursively, into every sequence item) that breaks the profile.
 
-    An element must have a row in :data:`PROFILE` or be in :data:`RETAINED`; with its row's
+    An element must have a row in :data:`TABLE` or be in :data:`RETAINED`; with its row's
     action: X absent, Z empty or a replacement, D a dummy (not the original value), U a
-    UID other than the original's. ``original`` (the dataset before de-identification)
+    UID other than the original's; and no attribute of :data:`PRESENT_ONLY_WITH` may be present
+    without the one its condition needs. ``original`` (the dataset before de-identification)
     gives the values that must not survive; without it only presence is checked.
     """
     found = []
     originals = _values_by_tag(original) if original is not None else {}
 
     def walk(item: Dataset, depth: int, where: str) -> None:
+        for keyword in _unsatisfied(item):
+            found.append(f"{where}{keyword}: present without {PRESENT_ONLY_WITH[keyword]}, which its condition needs")
         for elem in item:
             name = f"{where}{elem.keyword or elem.tag}"
             if elem.tag.is_private:
@@ -633,5 +555,8 @@ def deidentify(ds: Dataset, salt: str, retain_dates: bool = False) -> Dataset:
     return ds
 
 
-# The table's rows are unique tags, and its compounds resolve to a single action.
-assert all(Tag(t) for t in PROFILE)
+# Each override of _REQUIRED is one of its row's alternatives (U* standing for X/Z/U*'s U*).
+assert all(
+    PROFILE[tag_for_keyword(k)][1] == "X/Z/U*" if a == "U*" else a in PROFILE[tag_for_keyword(k)][1].split("/")
+    for k, a in _REQUIRED.items()
+), "deidentify: an IOD override that its table row does not allow"
