@@ -114,18 +114,19 @@ def parse_formats(text: str | Sequence[str]) -> tuple[str, ...]:
 
 
 def check_deidentified_formats(formats: Sequence[str], deidentify: Deidentification | None) -> None:
-    """De-identified results are SC, PM and SEG only: the Basic Profile removes an SR's Content Sequence.
+    """De-identified results are SC, PM and SEG only: the Basic Profile does not keep an SR's content.
 
-    PS3.15 Table E.1-1 lists Content Sequence (0040,A730) as ``X`` (remove) in the Basic
-    Profile; the Clean Structured Content option that would keep it cleaned is not implemented.
+    PS3.15 Table E.1-1 gives Content Sequence (0040,A730) a dummy value (``D``) in the Basic
+    Profile, which leaves the report without its findings; the Clean Structured Content
+    option that would keep it cleaned is not implemented.
 
     Raises:
         ValueError: naming ``--push`` and ``--deidentify``, when ``sr`` is asked for with de-identification.
     """
     if deidentify is not None and "sr" in formats:
         raise ValueError(
-            "--push: the SR cannot be de-identified (the Basic Profile removes its Content Sequence, PS3.15 "
-            "Table E.1-1); with --deidentify push some of sc,pm,seg"
+            "--push: the SR cannot be de-identified (the Basic Profile does not keep its Content Sequence, "
+            "PS3.15 Table E.1-1); with --deidentify push some of sc,pm,seg"
         )
 
 
