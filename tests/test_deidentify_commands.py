@@ -105,7 +105,7 @@ def test_explain_deidentify_arguments_are_checked_before_any_work(case2d, tmp_pa
 
 @pytest.mark.parametrize("command", [["pacs", "explain", "--dicomweb", "http://127.0.0.1:9"], ["pacs", "serve"]])
 def test_the_sr_cannot_be_pushed_deidentified(tmp_path, monkeypatch, capsys, command):
-    """The Basic Profile removes an SR's Content Sequence: refused before the model loads or a port opens."""
+    """The Basic Profile does not keep an SR's Content Sequence: refused before the model loads or a port opens."""
     monkeypatch.setenv("MEDHDM_DEIDENTIFY_SALT", SALT)
     extra = (
         ["--study", "1.2.3"]
