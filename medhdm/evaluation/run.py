@@ -61,7 +61,7 @@ __all__ = [
 #: 0 and 41 shares from 0.01 % to 100 %): ``deletion_auc_log`` (lower is better) and
 #: ``insertion_auc_log`` (higher is better), the area over log10(share) scaled to [0, 1]. With
 #: ``curve_steps=n`` equal shares instead: ``deletion_auc`` / ``insertion_auc``, the classic area over
-#: the share 0..1 (the only two columns before issue 16, item 6, with 64 steps).
+#: the share 0..1.
 FAITHFULNESS_KEYS = (
     "deletion_half",
     "insertion_half",
@@ -214,7 +214,7 @@ def evaluate_manifest(
         curve_steps: where the deletion/insertion curves are sampled: ``None`` (default) 0 and
             41 log-spaced shares from 0.01 %, giving ``deletion_auc_log`` / ``insertion_auc_log``;
             an int ``n``: ``n`` equal shares, giving the classic ``deletion_auc`` /
-            ``insertion_auc`` (``64``: the columns before issue 16, item 6). Both give
+            ``insertion_auc``. Both give
             ``deletion_half`` / ``insertion_half``.
         slices: a 2D classifier over 3D series: the slices to explain
             (:class:`~medhdm.pipeline.SliceSelection`); ``score`` is then the study-level

@@ -15,9 +15,9 @@ The module's map is ``M = norm(mean_j mhat_j)``.
 and deleted, ``K`` grids), so a stage costs ``steps x 2 K`` images per phase. The
 defaults (5 steps per phase on a cosine learning-rate schedule, two grids per phase,
 up to 4 stages that stop early, soft regions) send about 65 images through the model per
-96 x 96 explanation; 20 steps (the defaults of 2026-11-27) about 400, and the settings until
-2026-11-27 (100 steps at a constant rate, three grids, 3 stages) about 2,700, for masks that
-localised no better (benchmarks/README.md, ``cost_curve.py``).
+96 x 96 explanation; 20 steps per phase send about 400, and 100 steps at a constant rate on
+three grids about 2,700, for masks that localise no better (benchmarks/README.md,
+``cost_curve.py``).
 
 **Stages.** DM modules are chained. Stage 1 explains ``x`` and finds evidence
 that *suffices* for the decision (for a classifier that pools by maximum, one
@@ -57,18 +57,18 @@ forward/backward pass per stage; on the stage's input, so a second lesion that a
 max-pooling classifier ignores while the first is present shows in stage 2's), keeps
 the positive part of its smoothed *signed* value, ``d_l = norm(max(0, G_{1.5 sigma} * g_l))``
 (where brightening the voxels' neighbourhood raises the evidence; the smoothing takes the
-gradient as 0 outside the field of view: with the image's replicated edge, until 2026-11-28,
-one edge voxel's gradient weighed half the kernel, its noise did not cancel, and the rim
-outranked lesions near the edge), and adds it to the
+gradient as 0 outside the field of view: with the image's edge replicated instead, one edge
+voxel's gradient weighs half the kernel, its noise does not cancel, and the rim outranks
+lesions near the edge), and adds it to the
 fused masks: ``norm(S + w * max_l d_l)`` (``refine_by="positive_gradient"``, weight
 ``w = refine``, default 1).
 
 Why this form: the map must depend on the model (the model-randomisation check,
-:func:`medhdm.metrics.sanity_check`). The refinement used until 2026-11-27,
+:func:`medhdm.metrics.sanity_check`). The product form
 ``norm((S + e) * max_l norm(G_sigma * |g_l * (x_l - r)|))`` (``refine_by="gradient_input"``,
-``refine=0.2``), read 0.57 (2D) and 0.42 (3D) there: its ``(x - r)`` factor is the image's
+``refine=0.2``) reads 0.57 (2D) and 0.42 (3D) there: its ``(x - r)`` factor is the image's
 edges against its blurred reference, whatever the weights. The gradient's magnitude
-alone (``refine_by="gradient"``, same product) still read about 0.2 / 0.3 (a random
+alone (``refine_by="gradient"``, same product) still reads about 0.2 / 0.3 (a random
 network's gradient magnitude follows edges too). Smoothing the *signed* gradient cancels
 that edge pattern, whose sign alternates, and keeps a trained lesion detector's coherent
 positive response; the default reads about 0.1 in 2D and 3D, as the masks alone do
@@ -130,7 +130,7 @@ class _Run:
 
 _FUSIONS = ("either", "sufficiency", "drop", "equal", "learned")
 _REFINE_BY = ("positive_gradient", "gradient", "gradient_input")
-_FAST = {"steps": 5, "lr": 0.3, "final_lr": 0.03}  # every mask phase (20 steps until 2026-11-28)
+_FAST = {"steps": 5, "lr": 0.3, "final_lr": 0.03}  # every mask phase
 _SIGNAL_SMOOTHING = 1.5  # the positive gradient is smoothed at 1.5 x the fused map's sigma
 
 
@@ -169,13 +169,12 @@ class HDM(MaskExplainer):
         benchmark_grids: DM phase-1 grids, as divisors of the input size (default ``S/16, S/8``;
             the papers' three, e.g. ``(32, 16, 8)``, cost a third more passes per phase); with a
             known spacing, cells of that many voxels of the native grid (``units``).
-        auxiliary_grids: DM phase-2 grids, as divisors of the input size (default ``S/4, S/2``;
-            until 2026-11-27 ``(8, 4, 2)``); in mm like ``benchmark_grids``.
+        auxiliary_grids: DM phase-2 grids, as divisors of the input size (default ``S/4, S/2``);
+            in mm like ``benchmark_grids``.
         benchmark_objective, auxiliary_objective: loss weights and optimiser settings of
             each phase (see :class:`~medhdm.explain.masks.MaskObjective`). Default: 5 Adam
-            steps, lr 0.3 annealed to 0.03 on a half cosine (20 steps until 2026-11-28, 100 steps at a
-            constant lr 0.1 until 2026-11-27, ``MaskObjective(steps=100, lr=0.1, ...)``; ``set_steps(n)``
-            changes every phase), and the deletion term
+            steps, lr 0.3 annealed to 0.03 on a half cosine (``set_steps(n)`` changes every
+            phase), and the deletion term
             (``lambda_del=1``) in both phases; the
             benchmark masks hold a fixed area budget of 2 % of the image
             (``area=0.02, lambda_area=30``), the auxiliary masks the papers' mean-area
@@ -184,15 +183,14 @@ class HDM(MaskExplainer):
             ``MaskObjective(lambda_area=2, lambda_del=0)``.
         volume_benchmark_objective: the benchmark masks' settings for 3D inputs. Default:
             ``benchmark_objective`` when that is given, else an area budget of 5 % of the volume
-            (``area=0.05, lambda_area=30, lambda_del=1``). Until 2026-11-28 the mean-area penalty
-            (``lambda_area=1, lambda_del=1``), which at 20 steps with binarised regions localised
-            better than a budget; at 5 steps with soft regions the 5 % budget raised 3D pixel AUROC
-            from 0.94-0.96 to 0.96-0.98 on four sets (``hdm_settings.py``).
-        max_stages: at most this many DM stages (default 4; method.md's 3 until 2026-11-27: a
-            fourth stage costs few passes, most images stop earlier, and covers more lesions).
+            (``area=0.05, lambda_area=30, lambda_del=1``): at 5 steps with soft regions it gives a
+            3D pixel AUROC of 0.96-0.98 on four sets, against 0.94-0.96 with the mean-area penalty
+            (``lambda_area=1, lambda_del=1``; ``hdm_settings.py``).
+        max_stages: at most this many DM stages (default 4; method.md says 3: a fourth stage
+            costs few passes, most images stop earlier, and covers more lesions).
         tau: early-stop fraction of the log-odds evidence ``o(x) - o(r)`` (default 0.1).
         threshold: ``None`` (default) removes a stage's soft map, ``R_l = max(R_{l-1}, M_l)``;
-            a value binarises the map at it (0.3 until 2026-11-28). A binarised region jumps when
+            a value binarises the map at it (for example 0.3). A binarised region jumps when
             a voxel crosses the threshold: under input noise of 1e-6 the 3D map's largest change
             per volume had a median of 0.025 binarised and 0.0008 soft (``stability.py``).
         fusion: ``"either"`` (default), ``"sufficiency"``, ``"drop"``, ``"equal"`` or ``"learned"``
@@ -200,14 +198,14 @@ class HDM(MaskExplainer):
         fusion_steps: Adam steps of the learned fusion.
         refine: the weight of the pixel refinement (see the module docstring; default 1);
             ``None`` returns the fused masks alone. With ``refine_by="gradient_input"`` or
-            ``"gradient"`` it is the floor ``e`` of the product form (the form until
-            2026-11-27 is ``refine=0.2, refine_by="gradient_input"``).
+            ``"gradient"`` it is the floor ``e`` of the product form (see the module docstring;
+            ``refine=0.2, refine_by="gradient_input"`` gives it).
         refine_by: the refinement's pixel signal: ``"positive_gradient"`` (default; passes the
             model-randomisation check), ``"gradient"`` or ``"gradient_input"`` (both fail it).
         signal_padding: how the ``"positive_gradient"`` signal is smoothed at the image's edge:
             ``"zeros"`` (default; no gradient outside the field of view) or ``"replicate"`` (the
-            edge voxel repeated, until 2026-11-28; one noisy edge voxel then weighs half the
-            kernel, and on the held-out seed 9999 the peak sat on the edge in 2 of 24 cases).
+            edge voxel repeated; one noisy edge voxel then weighs half the kernel, and on the
+            held-out seed 9999 the peak sits on the edge in 2 of 24 cases).
         smooth: the fused map is smoothed with a Gaussian of standard deviation
             ``smooth * max(S)`` voxels on every axis before it is normalised (default
             1/32: 3 pixels on a 96 x 96 image); ``None`` or 0 keeps it as fused. A stage's
@@ -277,9 +275,9 @@ class HDM(MaskExplainer):
         # papers' preservation-only loss HDM's pointing game was 0.58 on the shipped model,
         # with the deletion term 0.83, with the deletion term and the benchmark masks' fixed
         # 2 % area budget 0.92 (lesions hit in 2-3-lesion cases 0.42 -> 0.57 -> 0.69).
-        # Since 2026-11-27: 20 steps per phase on a cosine schedule from lr 0.3 to 0.03, two grids
-        # per phase (about 1/8 of the images of 100 steps at lr 0.1 on three grids, with masks
-        # that localise as well; benchmarks/README.md). Pass MaskObjective(steps=100) for the old schedule.
+        # 5 steps per phase on a cosine schedule from lr 0.3 to 0.03, two grids per phase: masks
+        # that localise as well as 100 steps at lr 0.1 on three grids, for about 1/40 of the images
+        # (benchmarks/README.md, cost_curve.py).
         self.benchmark_objective = benchmark_objective or MaskObjective(
             **_FAST, area=0.02, lambda_area=30.0, lambda_del=1.0
         )
