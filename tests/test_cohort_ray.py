@@ -281,20 +281,21 @@ def test_a_killed_driver_takes_the_local_cluster_it_started_with_it(ray_module, 
         shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
-def test_a_ray_client_address_that_cannot_be_used_is_one_clear_line(ray_module, manifest, tmp_path, capsys):
-    """``--address ray://127.0.0.1:1`` (nothing listens there): exit 2, one line naming ``--address`` and the
-    address; without the Ray client installed, what to install; with it, that no cluster answers there."""
+@pytest.mark.parametrize("address", ["ray://127.0.0.1:1", "127.0.0.1:1"])
+def test_an_address_where_no_cluster_answers_is_one_clear_line(ray_module, manifest, tmp_path, capsys, address):
+    """``--address ray://127.0.0.1:1`` or ``127.0.0.1:1`` (nothing listens there): exit 2 at once, one line
+    naming ``--address``, the address and that no cluster answers; for ``ray://`` without the Ray client
+    installed, also what to install."""
     from medhdm.cli import main
 
-    address = "ray://127.0.0.1:1"
     argv = ["explain", "--manifest", str(manifest), "--method", "gxi", "--intensity-range=-1000,0"]
+    started = time.monotonic()
     code = main([*argv, "--engine", "ray", "--address", address, "--out", str(tmp_path / "out")])
     err = capsys.readouterr().err
     assert code == 2, err
+    assert time.monotonic() - started < 60  # Ray itself retries a silent GCS address for minutes
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
-    assert f"--address {address}:" in err, err
-    if importlib.util.find_spec("grpc") is None:
-        assert 'pip install "ray[client]"' in err and "not installed" in err, err
-    else:
-        assert "no Ray cluster answers there" in err, err
+    assert f"--address {address}: no Ray cluster answers there (127.0.0.1:1: " in err, err
+    if address.startswith("ray://") and importlib.util.find_spec("grpc") is None:
+        assert 'a ray:// address needs the Ray client, which is not installed here (pip install "ray[client]"' in err
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import socket
 import subprocess
 import sys
 from collections import deque
@@ -44,17 +45,41 @@ def import_ray():
     return ray
 
 
-def check_address(address: str | None) -> None:
-    """Refuse a ``ray://`` address when the Ray client is not installed (before any model is loaded).
+def _host_port(address: str) -> tuple[str, int] | None:
+    """``(host, port)`` of ``host:port`` or ``ray://host:port`` (IPv6 in brackets); ``None`` for other forms."""
+    rest = address.removeprefix("ray://")
+    host, _, port = rest.rpartition(":")
+    if not host or not port.isdigit() or "/" in rest:
+        return None
+    return host.strip("[]"), int(port)
+
+
+def check_address(address: str | None, timeout: float = 5.0) -> None:
+    """Refuse an address where nothing answers, and a ``ray://`` address when the Ray client is not
+    installed (called before any model is loaded).
+
+    A ``host:port`` or ``ray://host:port`` address is tried with one TCP connection (``timeout``
+    seconds); other forms (``auto``, ``ray://host``) are left to Ray.
 
     Raises:
-        ValueError: naming ``--address``, the address and the package to install.
+        ValueError: one line naming ``--address``, the address and the problem (and the package to install).
     """
-    if address and address.startswith("ray://") and importlib.util.find_spec("grpc") is None:
-        raise ValueError(
-            f"--address {address}: a ray:// address needs the Ray client, which is not installed here "
-            '(pip install "ray[client]"); on a node of the cluster, --address auto needs no client'
+    if not address:
+        return
+    problems = []
+    target = _host_port(address)
+    if target is not None:
+        try:
+            socket.create_connection(target, timeout=timeout).close()
+        except OSError as err:
+            problems.append(f"no Ray cluster answers there ({target[0]}:{target[1]}: {err.strerror or err})")
+    if address.startswith("ray://") and importlib.util.find_spec("grpc") is None:
+        problems.append(
+            'a ray:// address needs the Ray client, which is not installed here (pip install "ray[client]"; '
+            "on a node of the cluster, --address auto needs no client)"
         )
+    if problems:
+        raise ValueError(f"--address {address}: " + "; and ".join(problems))
 
 
 def _start_watchdog(roots: set[int]) -> subprocess.Popen | None:
