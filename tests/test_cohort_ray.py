@@ -1,5 +1,6 @@
 """The Ray engine on a local Ray cluster (one per module, 2 CPUs): the same maps as the local engine,
-``evaluate``'s summary identical, a killed actor and a killed driver, every case done exactly once.
+``evaluate``'s summary identical, a killed actor and a killed driver, every case done exactly once;
+a driver that started its own local cluster takes it along when killed; a bad ``--address``.
 
 Skipped without Ray, except in CI (``MEDHDM_REQUIRE_VALIDATORS=1``), where Ray must be installed.
 """
@@ -7,11 +8,14 @@ Skipped without Ray, except in CI (``MEDHDM_REQUIRE_VALIDATORS=1``), where Ray m
 from __future__ import annotations
 
 import csv
+import importlib.util
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -41,6 +45,18 @@ def ray():
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def ray_module():
+    """The ``ray`` module, without starting a cluster in this process."""
+    try:
+        import ray
+    except ImportError:
+        if REQUIRE_VALIDATORS:
+            pytest.fail("ray is required (MEDHDM_REQUIRE_VALIDATORS=1) but not installed")
+        pytest.skip("ray not installed (pip install -e '.[ray]')")
+    return ray
 
 
 @pytest.fixture(scope="module")
@@ -153,3 +169,133 @@ def test_a_killed_driver_is_resumed_by_the_same_command(ray, manifest, tmp_path)
     assert all(after[c] == t for c, t in finished.items()), "a case finished before the kill was redone"
     with open(out / "explanations.csv") as f:
         assert len(list(csv.DictReader(f))) == N_CASES
+
+
+def _processes() -> dict[int, tuple[int, int, str]]:
+    """Every live process (zombies left out): ``{pid: (parent pid, start time, command line)}``."""
+    table = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{name}/stat").read_bytes()
+            cmdline = Path(f"/proc/{name}/cmdline").read_bytes()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(b")") + 2 :].split()
+        if fields[0] not in (b"Z", b"X"):
+            table[int(name)] = (
+                int(fields[1]),
+                int(fields[19]),
+                cmdline.replace(b"\0", b" ").decode(errors="replace").strip(),
+            )
+    return table
+
+
+def _record_descendants(root: int, known: dict[int, tuple[int, str]]) -> None:
+    """Add every live descendant of ``root`` to ``known`` (``{pid: (start time, command line)}``); a known
+    process's command line is updated (a Ray worker renames itself when it becomes an actor)."""
+    table = _processes()
+    for pid, (start, _) in list(known.items()):
+        if pid in table and table[pid][1] == start:
+            known[pid] = (start, table[pid][2])
+    grown = True
+    while grown:
+        grown = False
+        for pid, (parent, start, cmdline) in table.items():
+            if pid not in known and (parent == root or parent in known):
+                known[pid] = (start, cmdline)
+                grown = True
+
+
+def _still_running(known: dict[int, tuple[int, str]]) -> dict[int, str]:
+    table = _processes()
+    return {pid: cmd for pid, (start, cmd) in known.items() if pid in table and table[pid][1] == start}
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads the process table in /proc (Linux)")
+def test_a_killed_driver_takes_the_local_cluster_it_started_with_it(ray_module, manifest, tmp_path):
+    """``medhdm explain --engine ray`` with no address starts a local cluster; SIGKILLed once its worker is up,
+    every process of that cluster (raylet, GCS, the dashboard and runtime-env agents, the worker) is gone within
+    30 s. The processes are told apart from other Ray clusters on this machine by being the driver's descendants
+    (recorded while it runs), and the driver's Ray folder is a fresh one (``RAY_TMPDIR``)."""
+    ray_tmp = Path(tempfile.mkdtemp(prefix="mhray", dir="/tmp"))  # short: Ray's socket paths must stay short
+    argv = [
+        sys.executable,
+        "-m",
+        "medhdm.cli",
+        "explain",
+        "--manifest",
+        str(manifest),
+        "--method",
+        "hdm",
+        "--steps",
+        "100",  # seconds per case: the worker is seen at work
+        "--intensity-range=-1000,0",
+        "--engine",
+        "ray",
+        "--workers",
+        "1",
+        "--out",
+        str(tmp_path / "out"),
+    ]
+    env = {
+        **os.environ,
+        "MEDHDM_THREADS": "1",
+        "RAY_TMPDIR": str(ray_tmp),
+        "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
+    }
+    env.pop("RAY_ADDRESS", None)
+    log = tmp_path / "driver.log"
+    known: dict[int, tuple[int, str]] = {}
+    with open(log, "w") as f:
+        driver = subprocess.Popen(argv, env=env, stdout=f, stderr=subprocess.STDOUT)
+    try:
+        wanted = ("ray::DashboardAgent", "ray::RuntimeEnvAgent", "ray::_CohortActor")
+        deadline = time.monotonic() + 240
+        while driver.poll() is None and time.monotonic() < deadline:
+            _record_descendants(driver.pid, known)
+            if all(any(cmd.startswith(w) for _, cmd in known.values()) for w in wanted):
+                break
+            time.sleep(0.1)
+        assert driver.poll() is None, f"the driver ended before its worker was up: {log.read_text()[-2000:]}"
+        commands = [cmd for _, cmd in known.values()]
+        assert all(any(cmd.startswith(w) for cmd in commands) for w in wanted), commands
+        assert any("raylet" in cmd for cmd in commands) and any("gcs_server" in cmd for cmd in commands), commands
+        driver.send_signal(signal.SIGKILL)
+        driver.wait(timeout=30)
+        deadline = time.monotonic() + 30
+        while _still_running(known) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        left = _still_running(known)
+        assert not left, f"the killed driver's Ray processes still run after 30 s: {sorted(left.values())}"
+    finally:  # never leave the processes this test started behind, whatever failed
+        if driver.poll() is None:
+            driver.kill()
+            driver.wait()
+        for pid in _still_running(known):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+@pytest.mark.parametrize("address", ["ray://127.0.0.1:1", "127.0.0.1:1"])
+def test_an_address_where_no_cluster_answers_is_one_clear_line(ray_module, manifest, tmp_path, capsys, address):
+    """``--address ray://127.0.0.1:1`` or ``127.0.0.1:1`` (nothing listens there): exit 2 at once, one line
+    naming ``--address``, the address and that no cluster answers; for ``ray://`` without the Ray client
+    installed, also what to install."""
+    from medhdm.cli import main
+
+    argv = ["explain", "--manifest", str(manifest), "--method", "gxi", "--intensity-range=-1000,0"]
+    started = time.monotonic()
+    code = main([*argv, "--engine", "ray", "--address", address, "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert time.monotonic() - started < 60  # Ray itself retries a silent GCS address for minutes
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert f"--address {address}: no Ray cluster answers there (127.0.0.1:1: " in err, err
+    if address.startswith("ray://") and importlib.util.find_spec("grpc") is None:
+        assert 'a ray:// address needs the Ray client, which is not installed here (pip install "ray[client]"' in err
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())

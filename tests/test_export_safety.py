@@ -1,9 +1,11 @@
-"""Export is all or nothing: interrupted (SIGKILL, SIGINT) at every step and between file
-writes, run twice at once into one folder, and refused cleanly on bad input.
+"""Export is all or nothing: interrupted (SIGKILL, SIGINT) at every publication step, between
+file writes and at the first names that become visible, run twice at once into one folder,
+and refused cleanly on bad input.
 
 Every interrupted or concurrent run is classified from what a reader of ``--out`` sees
-(the files there, links followed): the complete old set (or nothing, for a new folder),
-the complete new set, or a mixed/partial set, which must never happen.
+(the files there, links followed): nothing, the complete old or new set, a part of one of
+them without ``medhdm-export.json`` (a kill while the names change, completed by the next
+run), or a mixed set, which must never happen; and no link in ``--out`` may ever dangle.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import hashlib
 import json
 import multiprocessing
 import os
+import shutil
 import signal
 import sys
 import time
@@ -28,6 +31,7 @@ from medhdm.export.staging import (
     MANIFEST,
     SETS,
     STAGING_PREFIX,
+    ExportFolder,
     OutputExistsError,
 )
 from medhdm.io import read_dicom
@@ -36,7 +40,7 @@ from medhdm.testing import ct_volume
 FORK = multiprocessing.get_context("fork")
 OLD_FORMATS = ["sc", "pm"]
 NEW_FORMATS = ["sc", "seg", "nifti", "png"]  # 3 SC + SEG + NIfTI + 3 PNG = 8 files, 4 names new
-STEPS = ["staged 1", "staged 5", "staged 8", "manifest", "set", "links", "swapped", "done"]
+SIGINT_STEPS = ["staged 1", "manifest", "set", "unlinked 1", "swapped", "linked 1", "done"]
 COUNTS: dict[str, int] = {}
 
 
@@ -75,31 +79,62 @@ def visible(out: Path) -> dict[str, str]:
     return {p.name: _sha(p) for p in out.iterdir() if not p.name.startswith(".") and p.is_file()}
 
 
+def dangling(out: Path) -> list[str]:
+    """The links in ``out`` (hidden ones included) that point at nothing."""
+    if not out.is_dir():
+        return []
+    return sorted(p.name for p in out.iterdir() if p.is_symlink() and not p.exists())
+
+
+def sets_shown(out: Path) -> set[Path]:
+    """The folders the visible names resolve into (one at most, or the names mix two sets)."""
+    if not out.is_dir():
+        return set()
+    return {p.resolve().parent for p in out.iterdir() if not p.name.startswith(".") and p.is_file()}
+
+
 def classify(out: Path, old: dict[str, str], new_names: set[str]) -> str:
-    """``"old"`` (the complete old set, or nothing for a new folder), ``"new"`` or ``"mixed"``.
+    """What ``out`` shows: ``"nothing"``, ``"old"`` (the complete old set), ``"new"`` (the complete
+    new set), ``"old-part"`` / ``"new-part"`` (a part of one of them, without the manifest) or ``"mixed"``.
 
     Each run's DICOM files differ from every other run's (new UIDs), so a file of another
     run than the manifest's shows as a hash that does not match the manifest.
     """
     seen = visible(out)
+    if not seen:
+        return "nothing"
     if seen == old:
         return "old"
-    if set(seen) == new_names | {MANIFEST}:  # one set's names; each file as that set's manifest has it
-        files = json.loads((out / MANIFEST).read_text())["files"]
-        if set(files) == new_names and all(files[n]["sha256"] == seen[n] for n in files):
+    if len(sets_shown(out)) != 1:
+        return "mixed"
+    current = out / CURRENT / MANIFEST
+    files = json.loads(current.read_text())["files"] if current.is_file() else {}
+    if set(files) == new_names and all(files[n]["sha256"] == seen[n] for n in seen if n != MANIFEST):
+        if set(seen) == new_names | {MANIFEST}:  # the set's names; each file as that set's manifest has it
             return "new"
+        if MANIFEST not in seen:
+            return "new-part"
+    if old and MANIFEST not in seen and all(old.get(n) == h for n, h in seen.items()):
+        return "old-part"
     return "mixed"
 
 
 def leftovers_are_only_ours(out: Path) -> None:
-    """Besides the visible set: only medhdm's own bookkeeping, no stray files of any other kind."""
+    """Besides the visible set: only medhdm's own bookkeeping, no stray files of any other kind, no dangling link."""
     if not out.exists():
         return
+    assert dangling(out) == []
     for p in out.iterdir():
         if p.name.startswith("."):
-            assert p.name in (CURRENT, SETS) or p.name.startswith(STAGING_PREFIX), p
-        elif not p.is_file():  # a dangling link of the set that is not current
+            assert p.name in (CURRENT, SETS) or p.name.startswith((STAGING_PREFIX, f"{CURRENT}.tmp-")), p
+        else:
             assert p.is_symlink() and os.readlink(p) == f"{CURRENT}/{p.name}", p
+
+
+def recovered(out: Path) -> None:
+    """What the next run into ``out`` does first, under the lock: finish what an interrupted run left."""
+    with ExportFolder(out, overwrite=True):
+        pass
 
 
 def new_names(study) -> set[str]:
@@ -147,20 +182,63 @@ def _count(key: str) -> None:
     COUNTS[key] = COUNTS.get(key, 0) + 1
 
 
+def _steps(study, tmp_path: Path, existing: bool) -> list[str]:
+    """Every checkpoint an uninterrupted run passes (into a new folder, or over an old export of other names)."""
+    steps: list[str] = []
+    out = tmp_path / "steps" / ("over" if existing else "new")
+    if existing:
+        export(study["source"], study["old"], out, OLD_FORMATS, method="OLD")
+    original = staging_module._checkpoint
+    staging_module._checkpoint = steps.append
+    try:
+        export(study["source"], study["new"], out, NEW_FORMATS, overwrite=existing, method="NEW")
+    finally:
+        staging_module._checkpoint = original
+    return steps
+
+
+def _expected(steps: list[str], existing: bool, complete: bool) -> list[str]:
+    """What ``out`` shows after a kill at each step; ``complete``: after the run's or the next run's recovery."""
+    swap, full = steps.index("swapped"), steps.index("done") - 1  # the last link added is the manifest's
+    before = "old" if existing else "nothing"
+    states = []
+    for i, step in enumerate(steps):
+        if complete:
+            states.append(before if i < swap else "new")
+        elif i < swap:
+            states.append("old-part" if step.startswith("unlinked") else before)
+        elif i < full:
+            states.append("new-part" if existing or i > swap else "nothing")
+        else:
+            states.append("new")
+    return states
+
+
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["SIGKILL", "SIGINT"])
 @pytest.mark.parametrize("existing", [False, True], ids=["new-folder", "over-old-export"])
 def test_interrupted_export_leaves_the_old_or_the_new_set(study, tmp_path, sig, existing):
+    """Stopped at every checkpoint of publication (SIGINT: at some): no link ever dangles, the visible
+    names belong to one set, and after the next run's recovery the folder shows the complete old or new set."""
     area = tmp_path / "area"
     out = area / "out"
     area.mkdir()
+    template = tmp_path / "template"
     old: dict[str, str] = {}
-    if existing:
-        export(study["source"], study["old"], out, OLD_FORMATS, method="OLD")
-        old = visible(out)
+    if existing:  # an export of other names (sc,pm), copied afresh before each interrupted run
+        export(study["source"], study["old"], template, OLD_FORMATS, method="OLD")
+        old = visible(template)
         assert len(old) == 3 + 1 + 1  # 3 SC, PM, manifest
     names = new_names(study)
-    results = []
-    for step in STEPS:
+    steps = _steps(study, tmp_path, existing)
+    assert [s for s in steps if s.startswith("unlinked")] == (["unlinked 1", "unlinked 2"] if existing else [])
+    assert steps[-1] == "done" and steps[-2] == f"linked {len(names) + 1 - (3 if existing else 0)}"
+    chosen = steps if sig == signal.SIGKILL else [s for s in steps if s in SIGINT_STEPS]
+    results, complete = [], []
+    for step in chosen:
+        if out.exists():
+            shutil.rmtree(out)
+        if existing:
+            shutil.copytree(template, out, symlinks=True)
         ready = tmp_path / f"ready-{step.replace(' ', '')}"
         proc = FORK.Process(target=_run_export, args=(study, out, NEW_FORMATS, existing, step, ready))
         proc.start()
@@ -172,26 +250,34 @@ def test_interrupted_export_leaves_the_old_or_the_new_set(study, tmp_path, sig, 
             proc.join()
             pytest.fail(f"the export child ignored {sig.name} at step {step!r}")
         assert proc.exitcode == (-9 if sig == signal.SIGKILL else 1)
+        assert dangling(out) == [], step
+        assert len(sets_shown(out)) <= 1, step
         state = classify(out, old, names)
-        results.append((step, state))
+        results.append(state)
         _count(f"{sig.name} runs")
         _count(f"{sig.name} {state}")
         leftovers_are_only_ours(out)
         assert sorted(p.name for p in area.iterdir()) in ([], ["out"])  # nothing outside --out
         if sig == signal.SIGINT and not out.exists():  # it created the folder and removed it again, empty
-            assert state == "old" and not existing
+            assert state == "nothing" and not existing
         elif sig == signal.SIGINT:  # the run cleaned up after itself: no staging, no stray set, no dangling link
             assert not [p for p in out.iterdir() if p.name.startswith(STAGING_PREFIX)]
             assert all(p.is_file() for p in out.iterdir() if not p.name.startswith("."))
-            assert len(list((out / SETS).iterdir()) if (out / SETS).exists() else []) == (state != "old" or existing)
-        if state == "new":  # the next interrupted run starts from this one's set
-            old = visible(out)
-            existing = True
-        # The next run of the same kind cleans what this one left, and nothing else.
-    assert [s for _, s in results if s == "mixed"] == [], results
-    # Interrupted before the swap: the old set; at or after it: the new one (the swap is the commit).
-    assert [s for _, s in results] == ["old"] * STEPS.index("swapped") + ["new", "new"], results
-    # A final, uninterrupted run cleans every leftover and publishes one complete set.
+            assert len(list((out / SETS).iterdir()) if (out / SETS).exists() else []) == (state != "nothing")
+        recovered(out)  # the next run's first move, under the lock
+        assert dangling(out) == [], step
+        complete.append(classify(out, old, names))
+        leftovers_are_only_ours(out)
+        assert not [p for p in out.iterdir() if p.name.startswith(STAGING_PREFIX)]
+        assert len(list((out / SETS).iterdir()) if (out / SETS).exists() else []) == (complete[-1] != "nothing")
+    assert "mixed" not in results, list(zip(chosen, results))
+    # Killed before the swap: the old set (a part of it while its names go); at or after it: the new one (a part of
+    # it while its names come), the manifest the last name to appear. The next run completes the set.
+    at_kill = dict(zip(steps, _expected(steps, existing, complete=sig == signal.SIGINT)))  # SIGINT: it recovers
+    assert results == [at_kill[s] for s in chosen], list(zip(chosen, results))
+    after = dict(zip(steps, _expected(steps, existing, complete=True)))
+    assert complete == [after[s] for s in chosen], list(zip(chosen, complete))
+    # A final, uninterrupted run publishes one complete set.
     export(study["source"], study["new"], out, NEW_FORMATS, overwrite=True)
     assert classify(out, old, names) == "new"
     assert not [p for p in out.iterdir() if p.name.startswith(STAGING_PREFIX)]
@@ -236,10 +322,114 @@ def test_kills_between_file_writes_without_a_checkpoint(study, tmp_path):
         _count("SIGKILL runs")
         _count(f"SIGKILL {state}")
         leftovers_are_only_ours(out)
-        if state == "new":
-            old = visible(out)
+        recovered(out)
+        assert classify(out, old, names) in ("old", "new")
+        old = visible(out)
     assert "mixed" not in states, states
     assert sorted(p.name for p in area.iterdir()) == ["out"]
+
+
+def _kill_when(out: Path, proc, ready, delay: float) -> list[str]:
+    """SIGKILL ``proc`` ``delay`` seconds after ``ready(visible names)`` first holds (polled as fast as
+    possible); the visible names at that moment ([] if the run ended first)."""
+    deadline = time.monotonic() + 60
+    seen: list[str] = []
+    while proc.is_alive() and time.monotonic() < deadline:
+        try:
+            seen = [n for n in os.listdir(out) if not n.startswith(".")]
+        except FileNotFoundError:
+            seen = []
+        if ready(seen):
+            if delay:
+                time.sleep(delay)
+            break
+    try:
+        os.kill(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:  # it ended (and was reaped) first
+        pass
+    proc.join(30)
+    return seen if proc.exitcode == -signal.SIGKILL else []
+
+
+def _export_argv(study, tmp_path: Path, out: Path, formats: list[str], *extra: str) -> list[str]:
+    np.save(tmp_path / "new.npy", study["new"])
+    argv = ["export", "--image", str(study["folder"]), "--map", str(tmp_path / "new.npy"), "--out", str(out)]
+    return [*argv, "--format", ",".join(formats), "--method", "NEW", *extra]
+
+
+def _check_after_kill(out: Path, old: dict[str, str], names: set[str], allowed: set[str]) -> str:
+    assert dangling(out) == [], sorted(os.listdir(out))
+    assert len(sets_shown(out)) <= 1  # the visible names resolve into one set
+    state = classify(out, old, names)
+    assert state in allowed, (state, sorted(os.listdir(out)))
+    leftovers_are_only_ours(out)
+    _count("SIGKILL runs")
+    _count(f"SIGKILL {state}")
+    return state
+
+
+def test_first_export_killed_as_its_names_appear_leaves_no_dangling_link(study, tmp_path, capsys):
+    """``medhdm export`` into an empty folder, SIGKILLed as soon as its first (then its k-th) visible name
+    appears, or a moment later: never a dangling link, the visible names one set's; the same command run again
+    leaves the complete set (it publishes its own, or finds the killed run's set committed and completes it)."""
+    from medhdm.cli import main
+
+    names = new_names(study)
+    argv = _export_argv(study, tmp_path, tmp_path / "warm", NEW_FORMATS)
+    assert main(argv) == 0  # the parent imports what an export needs once; the forked children inherit it
+    timings = [(1, 0.0)] * 6 + [(1, d) for d in (1e-4, 3e-4, 1e-3, 3e-3)] + [(k, 0.0) for k in range(2, len(names) + 1)]
+    killed = 0
+    for i, (k, delay) in enumerate(timings):
+        out = tmp_path / f"out{i}"
+        out.mkdir()  # empty
+        argv = _export_argv(study, tmp_path, out, NEW_FORMATS)
+        proc = FORK.Process(target=_cli_child, args=(argv, tmp_path / "child.log"))
+        proc.start()
+        seen = _kill_when(out, proc, lambda names_seen, k=k: len(names_seen) >= k, delay)
+        killed += bool(seen)
+        _check_after_kill(out, {}, names, {"nothing", "new-part", "new"})
+        capsys.readouterr()
+        code = main(argv)  # the same command again
+        err = capsys.readouterr().err
+        assert code == 0 or (code == 2 and "already holds a medhdm export" in err), err
+        assert classify(out, {}, names) == "new"
+        leftovers_are_only_ours(out)
+    assert killed >= len(timings) // 2, f"only {killed} of {len(timings)} runs were killed with names visible"
+
+
+def test_overwrite_with_other_names_killed_as_the_names_change_leaves_no_dangling_link(study, tmp_path, capsys):
+    """``medhdm export --overwrite`` of an export of other names (sc,pm -> sc,seg,nifti,png), SIGKILLed when the
+    visible names first change (then at the k-th change), or a moment later: never a dangling link, never two sets;
+    the command run again leaves the complete new set."""
+    from medhdm.cli import main
+
+    names = new_names(study)
+    template = tmp_path / "template"
+    export(study["source"], study["old"], template, OLD_FORMATS, method="OLD")
+    old = visible(template)
+    timings = [(1, 0.0)] * 4 + [(1, d) for d in (1e-4, 3e-4, 1e-3, 3e-3)] + [(k, 0.0) for k in (2, 3, 4, 6)]
+    changed = 0
+    for i, (k, delay) in enumerate(timings):
+        out = tmp_path / f"out{i}"
+        shutil.copytree(template, out, symlinks=True)
+        argv = _export_argv(study, tmp_path, out, NEW_FORMATS, "--overwrite")
+        proc = FORK.Process(target=_cli_child, args=(argv, tmp_path / "child.log"))
+        proc.start()
+        listings: list[list[str]] = [sorted(old)]
+
+        def ready(seen: list[str], k=k, listings=listings) -> bool:
+            if sorted(seen) != listings[-1]:
+                listings.append(sorted(seen))
+            return len(listings) > k
+
+        seen = _kill_when(out, proc, ready, delay)
+        changed += bool(seen)
+        _check_after_kill(out, old, names, {"old", "old-part", "new-part", "new"})
+        capsys.readouterr()
+        assert main(argv) == 0, capsys.readouterr().err
+        assert classify(out, old, names) == "new"
+        leftovers_are_only_ours(out)
+    assert changed >= len(timings) // 2, f"only {changed} of {len(timings)} runs were killed as the names changed"
 
 
 def _cli_child(argv, log):

@@ -36,9 +36,10 @@ def make_engine(
         runner = recipe.build(model=model)
         return LocalEngine(runner), runner.key
     if engine == "ray":
-        from .ray_engine import RayEngine, import_ray
+        from .ray_engine import RayEngine, check_address, import_ray
 
-        import_ray()  # a clear error before the model is loaded
+        import_ray()  # clear errors before the model is loaded
+        check_address(address)
         key = recipe.build(device="cpu", model=model).key  # the weights hash does not depend on the device
         return RayEngine(recipe, key, workers, gpus_per_worker, address, log), key
     raise ValueError(f"--engine: expected local or ray, got {engine!r}")

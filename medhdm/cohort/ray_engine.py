@@ -1,9 +1,14 @@
 """The Ray engine: a pool of actors, each loading the model and explainer(s) once, fed batches of cases.
 
 ``ray`` is imported only here, when ``--engine ray`` is asked for. With no address Ray
-starts a local cluster on this machine (``ray.init(num_cpus=<cores>)``, no dashboard);
-``address="auto"`` or ``"ray://host:10001"`` joins an existing cluster (medhdm must be
-installed on its nodes and ``--out`` and the images must be on a file system they share).
+starts a local cluster on this machine (``ray.init(num_cpus=<cores>)``, no dashboard),
+which dies with the driver: on Linux a watchdog process (:mod:`medhdm.cohort.ray_watchdog`)
+kills every process of that cluster (agents and workers included) as soon as the driver
+is gone, even killed with SIGKILL. ``address="auto"`` or ``"ray://host:10001"`` joins an
+existing cluster (medhdm must be installed on its nodes and ``--out`` and the images must
+be on a file system they share); a ``ray://`` address needs the Ray client
+(``pip install "ray[client]"``), and an address where no cluster answers is a
+``ValueError`` naming it.
 
 Each actor sets its torch threads to its share of the cores (the cluster's CPUs divided
 by the number of workers, at least 1, at most one node's CPUs; ``MEDHDM_THREADS``, when set
@@ -17,12 +22,18 @@ every case is done exactly once.
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import socket
+import subprocess
+import sys
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
-__all__ = ["RayEngine", "import_ray"]
+from .ray_watchdog import children
+
+__all__ = ["RayEngine", "check_address", "import_ray"]
 
 
 def import_ray():
@@ -32,6 +43,61 @@ def import_ray():
     except ImportError:
         raise ValueError("--engine ray: Ray is not installed; pip install -e '.[ray]' (or pip install ray)") from None
     return ray
+
+
+def _host_port(address: str) -> tuple[str, int] | None:
+    """``(host, port)`` of ``host:port`` or ``ray://host:port`` (IPv6 in brackets); ``None`` for other forms."""
+    rest = address.removeprefix("ray://")
+    host, _, port = rest.rpartition(":")
+    if not host or not port.isdigit() or "/" in rest:
+        return None
+    return host.strip("[]"), int(port)
+
+
+def check_address(address: str | None, timeout: float = 5.0) -> None:
+    """Refuse an address where nothing answers, and a ``ray://`` address when the Ray client is not
+    installed (called before any model is loaded).
+
+    A ``host:port`` or ``ray://host:port`` address is tried with one TCP connection (``timeout``
+    seconds); other forms (``auto``, ``ray://host``) are left to Ray.
+
+    Raises:
+        ValueError: one line naming ``--address``, the address and the problem (and the package to install).
+    """
+    if not address:
+        return
+    problems = []
+    target = _host_port(address)
+    if target is not None:
+        try:
+            socket.create_connection(target, timeout=timeout).close()
+        except OSError as err:
+            problems.append(f"no Ray cluster answers there ({target[0]}:{target[1]}: {err.strerror or err})")
+    if address.startswith("ray://") and importlib.util.find_spec("grpc") is None:
+        problems.append(
+            'a ray:// address needs the Ray client, which is not installed here (pip install "ray[client]"; '
+            "on a node of the cluster, --address auto needs no client)"
+        )
+    if problems:
+        raise ValueError(f"--address {address}: " + "; and ".join(problems))
+
+
+def _start_watchdog(roots: set[int]) -> subprocess.Popen | None:
+    """A :mod:`~medhdm.cohort.ray_watchdog` process watching ``roots``; ``None`` without ``/proc``.
+
+    Its stdin is a pipe whose write end only this process holds (it is not inherited across
+    exec): when this process ends, however it ends, the watchdog reads end of file.
+    """
+    if not roots or not os.path.isdir("/proc"):
+        return None
+    script = Path(__file__).with_name("ray_watchdog.py")
+    return subprocess.Popen(
+        [sys.executable, "-I", str(script), *map(str, sorted(roots))],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,  # a Ctrl-C at the terminal reaches the driver, not the watchdog
+    )
 
 
 class _CohortActor:
@@ -93,6 +159,7 @@ class RayEngine:
         self.actors: list = []
         self.replaced = 0
         self.threads = 1
+        self.watchdog: subprocess.Popen | None = None
 
     def start(self) -> None:
         """Join or start the cluster and start the actors (nothing when they already run)."""
@@ -101,10 +168,16 @@ class RayEngine:
         ray = self.ray
         if not ray.is_initialized():
             if self.address:
-                ray.init(address=self.address, log_to_driver=False)
+                check_address(self.address)
+                try:
+                    ray.init(address=self.address, log_to_driver=False)
+                except ConnectionError as err:
+                    raise ValueError(f"--address {self.address}: no Ray cluster answers there ({err})") from None
             else:
+                before = children(os.getpid()) if os.path.isdir("/proc") else None
                 ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, log_to_driver=False)
                 self.started = True
+                self.watchdog = _start_watchdog(children(os.getpid()) - before if before is not None else set())
         total = int(ray.cluster_resources().get("CPU", 1))
         per_node = max((int(n["Resources"].get("CPU", 0)) for n in ray.nodes() if n.get("Alive")), default=1)
         self.threads = max(1, min(total // self.workers, per_node))
@@ -151,7 +224,7 @@ class RayEngine:
             yield outcomes
 
     def close(self) -> None:
-        """Stop the actors, and the local cluster if this engine started it."""
+        """Stop the actors, and the local cluster (and its watchdog) if this engine started it."""
         for actor in self.actors:
             try:
                 self.ray.kill(actor)
@@ -161,3 +234,11 @@ class RayEngine:
         if self.started:
             self.ray.shutdown()
             self.started = False
+        if self.watchdog is not None:  # it kills what the shutdown left, and ends
+            self.watchdog.stdin.close()
+            try:
+                self.watchdog.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.watchdog.kill()
+                self.watchdog.wait()
+            self.watchdog = None

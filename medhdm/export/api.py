@@ -245,8 +245,9 @@ def export(
 
     The files are published all or nothing (:mod:`medhdm.export.staging`): the folder is
     locked while this runs (a second run fails with
-    :class:`~medhdm.export.staging.OutputBusyError`), and an interrupted run leaves the
-    complete old set or the complete new one.
+    :class:`~medhdm.export.staging.OutputBusyError`), and an interrupted run leaves no
+    dangling link and never files of two sets: the complete old or new set, or (killed while
+    names are added or removed) a part of one without the manifest, which the next run completes.
 
     Returns:
         the written paths by format.

@@ -12,22 +12,36 @@ A run takes an exclusive ``flock`` on ``OUT`` itself (so there is no lock file t
 behind or delete); a second run into the same folder fails at once with
 :class:`OutputBusyError`. Under the lock it
 
-1. removes what an interrupted run of its own kind left (``.medhdm-staging-*`` folders,
-   sets that are not current, links that point at a file the current set does not have;
-   nothing else is ever deleted),
+1. recovers what an interrupted run left (:meth:`ExportFolder.recover`): removes
+   ``.medhdm-staging-*`` folders, sets that are not current and links that point at no
+   file, then adds the links the current set is missing (``medhdm-export.json`` last);
+   nothing else is ever deleted or created,
 2. refuses a folder that already holds an export unless ``overwrite``, and any file of
    the new set's names that is not one of these links, always,
 3. writes every file into ``OUT/.medhdm-staging-<pid>-<random>/``, then the manifest
    (names, sizes, SHA-256) last, and fsyncs them,
 4. renames the staging folder into ``.medhdm-sets/`` (one rename of a directory: a set
-   there is always complete), adds links for names the old set did not have,
-5. swaps ``.medhdm-current`` to the new set with one atomic rename of a symlink: the
-   commit point. Before it every link shows the old set (new names dangle, so they are
-   no files); after it every link shows the new set,
-6. removes the old set and its links of names the new set does not have.
+   there is always complete),
+5. when the new set's names differ from the old set's: removes the link
+   ``medhdm-export.json``, then the links of names the new set does not have (they still
+   show the old set until they go),
+6. swaps ``.medhdm-current`` to the new set with one atomic rename of a symlink: the
+   commit point. Every link that exists shows the old set before it and the new set after it,
+7. adds the links of names the old set did not have (into the new, complete set), then
+   ``medhdm-export.json`` last,
+8. removes the old set.
 
-So a run killed at any moment leaves the complete old set (or nothing) or the complete
-new set, plus at most leftovers of the kinds in 1, which the next run removes.
+A link is made only while the set it points into is current and complete, and removed
+while that set is still current, so no link in ``OUT`` ever dangles, not even for an instant; and
+every link goes through ``.medhdm-current``, so the files visible at any moment belong to
+one set, never to two. A run killed at any moment leaves, besides leftovers of the kinds
+in 1:
+
+- the complete old set (or nothing), or the complete new set: whenever
+  ``OUT/medhdm-export.json`` is visible, the visible names are exactly the ones it lists;
+- or, killed in steps 5 to 7 of a run whose names differ from the old set's, a part of
+  the old or of the new set without ``medhdm-export.json``, which the next run into the
+  folder completes (step 1) before anything else.
 """
 
 from __future__ import annotations
@@ -60,7 +74,6 @@ CURRENT = ".medhdm-current"
 SETS = ".medhdm-sets"
 STAGING_PREFIX = ".medhdm-staging-"
 MANIFEST = "medhdm-export.json"
-_TMP_LINK = ".medhdm-link-"
 _MANIFEST_FORMAT = "medhdm-export/1"
 
 
@@ -86,8 +99,8 @@ def check_output_folder(out_dir: Path, source_paths: Sequence[Path | None], allo
 
 def _checkpoint(step: str) -> None:
     """Called after each publication step (``"staged <k>"``, ``"manifest"``, ``"set"``,
-    ``"links"``, ``"swapped"``, ``"done"``); does nothing. Tests replace it in a child
-    process to interrupt a run at a chosen moment."""
+    ``"unlinked <k>"``, ``"swapped"``, ``"linked <k>"``, ``"done"``); does nothing. Tests
+    replace it in a child process to interrupt a run at a chosen moment."""
 
 
 def _sha256(path: Path) -> str:
@@ -160,8 +173,8 @@ class ExportFolder:
             if failed and self._fd is not None:
                 try:
                     self.recover()
-                except OSError:
-                    pass
+                except (OSError, ValueError):
+                    pass  # the run's own error is the one to report; the next run recovers again
         finally:
             self._lock.release(failed)
             self._fd = None
@@ -181,8 +194,25 @@ class ExportFolder:
     def _is_our_link(self, path: Path) -> bool:
         return path.is_symlink() and os.readlink(path) == f"{CURRENT}/{path.name}"
 
+    def _link(self, name: str) -> None:
+        """Add the link ``OUT/name -> .medhdm-current/name`` (kept if it is already there)."""
+        target = self.out / name
+        try:
+            os.symlink(f"{CURRENT}/{name}", target)
+        except FileExistsError:
+            if not self._is_our_link(target):
+                raise OutputExistsError(
+                    f"out: {target} appeared during the run and is not part of a medhdm export; remove it and run again"
+                ) from None
+
     def recover(self) -> None:
-        """Remove what interrupted runs of this kind left; nothing else (needs the lock)."""
+        """Finish what an interrupted run of this kind left (needs the lock).
+
+        Removes ``.medhdm-staging-*`` folders, temporary switches, sets that are not current
+        and links that point at no file; then adds the links of the current set's files that
+        are missing, ``medhdm-export.json`` last (and only once every name of the set is a
+        link). Nothing else is removed, and no existing name is replaced.
+        """
         assert self._fd is not None, "recover() needs the folder's lock"
         current = self.current_set()
         if (self.out / CURRENT).is_symlink() and current is None:
@@ -191,7 +221,7 @@ class ExportFolder:
             path = Path(entry.path)
             if entry.name.startswith(STAGING_PREFIX) and entry.is_dir(follow_symlinks=False):
                 shutil.rmtree(path, ignore_errors=True)
-            elif (entry.name.startswith(_TMP_LINK) or entry.name.startswith(f"{CURRENT}.tmp-")) and entry.is_symlink():
+            elif entry.name.startswith(f"{CURRENT}.tmp-") and entry.is_symlink():
                 path.unlink()
             elif self._is_our_link(path) and not path.exists():
                 path.unlink()  # a link to a file the current set does not have
@@ -209,6 +239,17 @@ class ExportFolder:
                 except OSError:
                     pass
         fsync(self.out)
+        if current is not None:
+            names = sorted(read_manifest(current)["files"])
+            for name in names:
+                _check_name(name)
+            for name in names:
+                if not (self.out / name).is_symlink() and not (self.out / name).exists():
+                    self._link(name)
+            fsync(self.out)
+            if all(self._is_our_link(self.out / name) for name in names) and not (self.out / MANIFEST).exists():
+                self._link(MANIFEST)
+                fsync(self.out)
 
     # -- publication ------------------------------------------------------------------
     def _check_targets(self, names: Sequence[str], protected: Sequence[Path | None]) -> Path | None:
@@ -286,25 +327,31 @@ class ExportFolder:
         self._staging = None
         fsync(sets)
         _checkpoint("set")
-        for name in [*names, MANIFEST]:
-            target = out / name
-            if not self._is_our_link(target):  # new names: dangling until the swap
-                tmp_link = out / f"{_TMP_LINK}{secrets.token_hex(6)}"
-                os.symlink(f"{CURRENT}/{name}", tmp_link)
-                os.replace(tmp_link, target)
-        fsync(out)
-        _checkpoint("links")
+        if old is not None and old_names != set(names):
+            # the visible names are about to differ from the manifest's: it goes first; then the
+            # names the new set lacks, while they still show the old set (after the swap they would dangle)
+            for k, name in enumerate([MANIFEST, *sorted(old_names - set(names))], start=1):
+                if self._is_our_link(out / name):
+                    (out / name).unlink()
+                _checkpoint(f"unlinked {k}")
+            fsync(out)
         tmp_current = out / f"{CURRENT}.tmp-{secrets.token_hex(6)}"
         os.symlink(f"{SETS}/{set_dir.name}", tmp_current)
         os.replace(tmp_current, out / CURRENT)  # the commit point
         fsync(out)
         _checkpoint("swapped")
-        for name in old_names - set(names) - {MANIFEST}:
-            if self._is_our_link(out / name):
-                (out / name).unlink()
+        # names the old set lacked, now that they point into the complete current set; the manifest last
+        added = [name for name in names if not self._is_our_link(out / name)]
+        if not self._is_our_link(out / MANIFEST):
+            added.append(MANIFEST)
+        for k, name in enumerate(added, start=1):
+            if name == MANIFEST:
+                fsync(out)  # every other link is on disk before the manifest shows
+            self._link(name)
+            _checkpoint(f"linked {k}")
+        fsync(out)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
-        fsync(out)
         _checkpoint("done")
         return [out / name for name in names]
 
