@@ -362,7 +362,13 @@ def _pacs_explain(args: argparse.Namespace) -> None:
     from .explain.registry import make_explainer
     from .pacs.archive import ArchiveError, RetryPolicy
     from .pacs.destinations import parse_destination
-    from .pacs.run import check_deidentified_formats, explain_archive_studies, parse_formats, parse_query
+    from .pacs.run import (
+        check_deidentified_formats,
+        explain_archive_studies,
+        parse_formats,
+        parse_query,
+        parse_study_uids,
+    )
     from .pacs.secrets import credentials_from_env
 
     # every argument checked before any work
@@ -372,6 +378,7 @@ def _pacs_explain(args: argparse.Namespace) -> None:
         formats = ("sc", "pm", "seg")  # written, not pushed
     check_deidentified_formats(formats, deidentify)
     query = parse_query(args.query or [])
+    study_uids = parse_study_uids(args.study or [])  # each becomes a folder name
     if not args.study and not query:
         raise ValueError("give --study UID (one or more) or --query KEY=VALUE (one or more)")
     retry = RetryPolicy(attempts=args.retries, delay=args.retry_delay)
@@ -385,7 +392,7 @@ def _pacs_explain(args: argparse.Namespace) -> None:
         archive = parse_destination(args.dimse, retry=retry, calling_aet=args.calling_aet, log=log)
     _, model, spec = _model_and_spec(args)
     explainer = make_explainer(args.method, model, steps=args.steps, **_parse_json(args.method_args, "--method-args"))
-    studies = list(dict.fromkeys(args.study or []))
+    studies = list(study_uids)
     if query:
         found = archive.search_studies(query)
         print(f"{archive.describe()}: {len(found)} studies match the query", flush=True)
@@ -757,6 +764,10 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
+    from .pacs.redact import install_redaction
+
+    # every log record and warning, medhdm's or a library's, through the redactor of patient names and IDs
+    redactor = install_redaction()
     # MONAI announces on every DICOM load that the optional GPU decoder (nvImageCodec) is absent;
     # pydicom's decoders are used instead, which is what medhdm expects. Keep the CLI's output readable.
     logging.getLogger("monai.data.nvimgcodec_pydicom_plugin").setLevel(logging.ERROR)
@@ -771,7 +782,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             import traceback
 
-            traceback.print_exc()
+            print(redactor.redact(traceback.format_exc()), file=sys.stderr, end="")
         from .cohort.run import CohortFailed
 
         if isinstance(err, CohortFailed):  # the message names the first failure and its error type
@@ -779,7 +790,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             bad_input = isinstance(err, BAD_INPUT)
             text = str(err) if bad_input else f"{type(err).__name__}: {err}"
-        text = " ".join(text.split())  # one line
+        text = redactor.redact(" ".join(text.split()))  # one line, without patient names or IDs
         print(f"medhdm {args.command}: error: {text}", file=sys.stderr)
         return 2 if bad_input else 1
     except KeyboardInterrupt:

@@ -102,3 +102,92 @@ def enhanced_study(root: Path, seed: int = 13) -> dict:
     path = root / "enhanced.dcm"
     mf.save_as(path)
     return {"files": [path], "study_uid": str(mf.StudyInstanceUID), "frames": len(series.datasets)}
+
+
+#: the one-component ReferringPhysicianName planted by :func:`plant_names` (highdicom warns quoting it)
+ONE_COMPONENT_NAME = "Zqreferrersolo"
+
+
+def plant_names(source: Path, out: Path) -> list[str]:
+    """``source`` written to ``out`` with a distinctive name in every attribute of VR PN of the data
+    dictionary (``Zqf<n><keyword>^Zqg<n><keyword>``; ReferringPhysicianName of one component:
+    :data:`ONE_COMPONENT_NAME`), one in a sequence item, and distinctive IDs (PatientID,
+    OtherPatientIDs, AccessionNumber, OtherPatientIDsSequence). Returns every planted string
+    (name components and IDs), each of which must appear in no log line or output stream."""
+    from pydicom.datadict import DicomDictionary
+
+    ds = pydicom.dcmread(source)
+    planted = []
+    keywords = [keyword for vr, _, _, _, keyword in DicomDictionary.values() if vr == "PN" and keyword]
+    for i, keyword in enumerate(keywords):
+        if keyword == "ReferringPhysicianName":
+            setattr(ds, keyword, ONE_COMPONENT_NAME)
+            planted.append(ONE_COMPONENT_NAME)
+        else:
+            family, given = f"Zqf{i:03d}{keyword[:24]}", f"Zqg{i:03d}{keyword[:24]}"  # components of <= 64 chars
+            setattr(ds, keyword, f"{family}^{given}")
+            planted += [family, given]
+    item = pydicom.Dataset()
+    item.PatientID, item.TypeOfPatientID = "ZqSeqPatientId", "TEXT"
+    ds.OtherPatientIDsSequence = [item]
+    ds.PatientID, ds.OtherPatientIDs, ds.AccessionNumber = "ZqPatientId4711", ["ZqOtherId1", "ZqOtherId2"], "ZqAcc0815"
+    planted += ["ZqSeqPatientId", "ZqPatientId4711", "ZqOtherId1", "ZqOtherId2", "ZqAcc0815"]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(out, enforce_file_format=True)
+    return planted
+
+
+def leaked(planted: list[str], **texts: str) -> dict[str, list[str]]:
+    """Which planted strings each named text holds (``{}`` when none leaked)."""
+    found = {name: [p for p in planted if p in text] for name, text in texts.items()}
+    return {name: hits for name, hits in found.items() if hits}
+
+
+class LoopbackArchive:
+    """A real DICOM node (pynetdicom) on 127.0.0.1: Storage SCP (keeps what it is sent), C-FIND and C-GET SCP.
+
+    Args:
+        find: the C-FIND handler (pynetdicom's: yields ``(status, identifier)``); default: no match.
+        get: the C-GET handler; default: none offered.
+        aet: its AE title.
+    """
+
+    def __init__(self, find=None, get=None, aet: str = "ARCHIVE") -> None:
+        from pynetdicom import AE, AllStoragePresentationContexts, evt
+        from pynetdicom.sop_class import (
+            StudyRootQueryRetrieveInformationModelFind,
+            StudyRootQueryRetrieveInformationModelGet,
+        )
+
+        self.aet = aet
+        self.stored: list[pydicom.Dataset] = []
+        self._ae = AE(ae_title=aet)
+        self._ae.supported_contexts = AllStoragePresentationContexts
+        self._ae.add_supported_context(StudyRootQueryRetrieveInformationModelFind)
+        self._ae.add_supported_context(StudyRootQueryRetrieveInformationModelGet)
+        self._handlers = [(evt.EVT_C_STORE, self._on_store), (evt.EVT_C_FIND, find or self._no_match)]
+        if get is not None:
+            self._handlers.append((evt.EVT_C_GET, get))
+        self._server = None
+        self.port = 0
+
+    @staticmethod
+    def _no_match(event):
+        yield from ()
+
+    def _on_store(self, event) -> int:
+        self.stored.append(event.dataset)
+        return 0x0000
+
+    def __enter__(self) -> LoopbackArchive:
+        self._server = self._ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=self._handlers)
+        self.port = self._server.server_address[1]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.shutdown()
+
+    @property
+    def address(self) -> str:
+        """``AET@127.0.0.1:PORT`` as ``--dimse`` / ``--destination`` take it."""
+        return f"{self.aet}@127.0.0.1:{self.port}"

@@ -1,14 +1,16 @@
 """``medhdm pacs serve``: the Storage SCP, the spool and the service, with real components.
 
-In-process (fast): the SCP (pynetdicom) rejects calling AE titles that are not configured,
-refuses instances it cannot file (no or bad Study Instance UID) and goes on; the spool and
-journal decide what is pending; the log filter keeps patient names and IDs out.
+In-process (fast): the SCP (pynetdicom) rejects calling AE titles that are not configured and
+called AE titles other than its own, refuses instances it cannot file (no or bad Study Instance
+UID) and goes on; the spool and journal decide what is pending; the log filter keeps patient
+names and IDs out.
 
 As a subprocess against a real Orthanc (slower, skipped without Orthanc unless
 ``MEDHDM_REQUIRE_VALIDATORS=1``): a LesionBench study sent with C-STORE comes back as derived
 series in the same study in Orthanc; a corrupt study is set aside and the next good one is
 still explained; the service killed (SIGKILL) in the middle of a study and restarted loses
-and duplicates nothing.
+and duplicates nothing. Against a pynetdicom archive: names planted in every PN attribute reach
+neither the log file nor stderr / stdout.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from pacs_helpers import CLIENT_AET, require_orthanc
+from pacs_helpers import CLIENT_AET, LoopbackArchive, leaked, plant_names, require_orthanc
 from pydicom.data import get_testdata_file
 from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
@@ -80,6 +82,20 @@ def test_scp_stores_an_instance_by_study_and_rejects_other_calling_aets(scp, ct,
     assert rejected.is_rejected and not rejected.is_established
     assert any("INTRUDER" in r.getMessage() and "rejected" in r.getMessage() for r in caplog.records)
     assert [p.name for p in scp.spool.incoming.iterdir()] == [ct.StudyInstanceUID]  # nothing more stored
+
+
+def test_scp_answers_only_to_its_own_called_ae_title(scp, ct, caplog):
+    caplog.set_level(logging.INFO, logger="pynetdicom")
+    rejected, _ = _send(scp.port, [ct], called="WRONG")
+    assert rejected.is_rejected and not rejected.is_established
+    answer = rejected.acceptor.primitive  # the A-ASSOCIATE-RJ
+    assert (answer.result_str, answer.source_str) == ("Rejected Permanent", "Service User")
+    assert answer.reason_str == "Called AE title not recognised"
+    assert any("WRONG" in r.getMessage() and "called AE title not recognised" in r.getMessage() for r in caplog.records)
+    assert not scp.spool.incoming.exists() or not any(scp.spool.incoming.iterdir())  # nothing stored
+
+    accepted, statuses = _send(scp.port, [ct], called="MEDHDM")
+    assert statuses == [0x0000] and accepted.is_released
 
 
 def test_scp_refuses_an_instance_it_cannot_file_and_goes_on(scp, ct):
@@ -255,7 +271,7 @@ def bench(tmp_path_factory) -> list[Path]:
 class Service:
     """``python -m medhdm pacs serve`` as a subprocess; its log lines arrive in a queue."""
 
-    def __init__(self, spool: Path, destination: str, stable: float = 2.0) -> None:
+    def __init__(self, spool: Path, destination: str, stable: float = 2.0, extra: tuple[str, ...] = ()) -> None:
         self.argv = [
             sys.executable,
             "-m",
@@ -277,6 +293,7 @@ class Service:
             "--intensity-range=-1000,0",
             "--aet",
             CLIENT_AET,
+            *extra,
         ]
         self.lines: list[str] = []
         self._queue: queue.Queue[str | None] = queue.Queue()
@@ -333,6 +350,11 @@ class Service:
     @property
     def log(self) -> str:
         return "\n".join(self.lines)
+
+    @property
+    def stdout(self) -> str:
+        """Everything the service wrote to stdout (once it has exited)."""
+        return self.proc.stdout.read() if self.proc.poll() is not None else ""
 
 
 def _instances_in(pacs, study_uid: str) -> int:
@@ -443,3 +465,27 @@ def test_serve_killed_in_the_middle_of_a_study_loses_and_duplicates_nothing(benc
         assert counts == [after_first] * 3 and pacs.instances_count() == 3 * after_first, counts
     done = [r["study"] for r in _journal(spool) if r["event"] == "done"]
     assert sorted(done) == sorted([first.StudyInstanceUID, second.StudyInstanceUID, third.StudyInstanceUID])
+
+
+def test_serve_keeps_planted_names_out_of_its_log_file_and_streams(bench, tmp_path):
+    """A name in every PN attribute (ReferringPhysicianName of one component: highdicom warns quoting it)
+    and planted IDs, received over DIMSE, explained and pushed (to a pynetdicom archive): not one of them
+    in stderr, stdout, ``--log-file`` or the journal."""
+    source = tmp_path / "planted.dcm"
+    planted = plant_names(bench[0], source)
+    ds = pydicom.dcmread(source)
+    log_file = tmp_path / "serve.log"
+    with LoopbackArchive() as archive:
+        service = Service(tmp_path / "spool", archive.address, stable=0.5, extra=("--log-file", str(log_file)))
+        try:
+            _, statuses = _send(service.port, [ds])
+            assert statuses == [0x0000]
+            service.wait_for(f"study {ds.StudyInstanceUID}: done")
+        finally:
+            rc = service.stop()
+        assert rc == 0, service.log
+        assert len(archive.stored) >= 4  # SC, PM, SEG, SR pushed
+    log = log_file.read_text()
+    journal = (tmp_path / "spool" / "journal.jsonl").read_text()
+    assert leaked(planted, stderr=service.log, stdout=service.stdout, log_file=log, journal=journal) == {}
+    assert f'The string "{REDACTED}" is unlikely to represent' in log  # highdicom's warning, without the name

@@ -17,14 +17,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from ..io.atomic import atomic_write
+from .uids import check_uid
 
 __all__ = ["StudyCache"]
-
-
-def _plain_uid(uid: str, what: str) -> str:
-    if not uid or any(c not in "0123456789." for c in uid) or len(uid) > 64:
-        raise ValueError(f"{what}: {uid!r} is not a DICOM UID")
-    return uid
 
 
 class StudyCache:
@@ -34,15 +29,20 @@ class StudyCache:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
 
+    def study_folder(self, study_uid: str) -> Path:
+        """``<root>/<Study UID>`` (``ValueError`` for a UID that is not one: it never becomes a path)."""
+        return self.root / check_uid(study_uid, "Study Instance UID")
+
     def series_folder(self, study_uid: str, series_uid: str) -> Path:
-        return self.root / _plain_uid(study_uid, "Study UID") / _plain_uid(series_uid, "Series UID")
+        return self.study_folder(study_uid) / check_uid(series_uid, "Series Instance UID")
 
     def _marker(self, study_uid: str, series_uid: str) -> Path:
-        return self.root / study_uid / f"{series_uid}.complete.json"
+        return self.study_folder(study_uid) / f"{check_uid(series_uid, 'Series Instance UID')}.complete.json"
 
     def complete(self, study_uid: str, series_uid: str, sop_uids: Sequence[str]) -> bool:
         """The series is cached with (at least) every one of ``sop_uids``."""
         marker = self._marker(study_uid, series_uid)
+        sop_uids = [check_uid(uid, "SOP Instance UID") for uid in sop_uids]
         try:
             held = set(json.loads(marker.read_text())["sop_uids"])
         except (OSError, ValueError, KeyError, TypeError):
@@ -60,7 +60,7 @@ class StudyCache:
         """The cached series folder, retrieved with ``retrieve(folder)`` unless complete; ``(folder, fetched)``.
 
         Raises:
-            ValueError: the retrieved files lack some of ``sop_uids``.
+            ValueError: the retrieved files lack some of ``sop_uids``, or a UID is not a valid DICOM UID.
         """
         folder = self.series_folder(study_uid, series_uid)
         if self.complete(study_uid, series_uid, sop_uids):

@@ -3,12 +3,18 @@
 The archive must know our AE title (``calling_aet``) for C-FIND and C-GET (Orthanc:
 ``DicomModalities``). C-GET needs no port of ours: the archive sends the instances back
 over the same association, which proposes the storage SOP classes with the SCP role.
-A connection that cannot be made or is lost is transient (retried); an association
-the archive rejects (unknown AE title, ...) is not.
+A connection that cannot be made or is lost, and an association aborted before the answer
+came, are transient (retried); an association the archive rejects (unknown AE title, ...) and
+a query or retrieval it refuses with a failure status are not: they end in an
+:class:`~medhdm.pacs.archive.ArchiveError` that names the archive and the status.
+
+pynetdicom answers an aborted or timed-out operation with an empty status data set (no
+``Status``): :func:`_status_code` tells it from a real answer.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,12 +26,44 @@ from pynetdicom.sop_class import (
     StudyRootQueryRetrieveInformationModelFind,
     StudyRootQueryRetrieveInformationModelGet,
 )
+from pynetdicom.status import (
+    QR_FIND_SERVICE_CLASS_STATUS,
+    QR_GET_SERVICE_CLASS_STATUS,
+    STORAGE_SERVICE_CLASS_STATUS,
+)
 
 from .archive import Archive, ArchiveError, InstanceRef, RetryPolicy, TransientError
+from .uids import check_uid
 
 __all__ = ["DimseArchive"]
 
 _SUCCESS_OR_WARNING = {0x0000, 0x0001, 0xB000, 0xB006, 0xB007, 0x0107, 0x0116}
+
+
+def _status_code(status: Dataset | None) -> int | None:
+    """The status of a DIMSE answer; ``None`` when there was none (an empty data set: aborted, timed out, lost)."""
+    if status is None or "Status" not in status:
+        return None
+    return int(status.Status)
+
+
+def _describe_status(code: int, table: dict) -> str:
+    """``0xA700 (Refused: Out of Resources)``, with the meaning PS3.4 gives the code for the service."""
+    meaning = table.get(code, ("", ""))[1]
+    return f"0x{code:04X}" + (f" ({meaning})" if meaning else "")
+
+
+def _no_answer(assoc, what: str) -> TransientError:
+    """Why an operation got no answer: the association was aborted, or the connection was lost or timed out.
+
+    pynetdicom's association thread notes an abort shortly after the empty answer: it is given a second.
+    """
+    deadline = time.monotonic() + 1.0
+    while not assoc.is_aborted and assoc.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    if assoc.is_aborted:
+        return TransientError(f"{what}: the association was aborted (by the archive or the network) before it answered")
+    return TransientError(f"{what}: no answer (connection lost or timed out)")
 
 
 def _text(ds: Dataset, keyword: str) -> str:
@@ -78,8 +116,12 @@ class DimseArchive(Archive):
         if assoc.is_established:
             return assoc
         if assoc.is_rejected:
+            answer = assoc.acceptor.primitive
+            reason = getattr(answer, "reason_str", "") if answer is not None else ""
             raise ArchiveError(
-                f"{self.describe()}: {what}: association rejected (is {self.calling_aet} a known calling AE title?)"
+                f"{self.describe()}: {what}: the archive rejected the association"
+                + (f" ({reason})" if reason else "")
+                + f"; is {self.calling_aet} a calling AE title it knows, and {self.aet} its AE title?"
             )
         raise TransientError(f"{what}: cannot connect (no association)")
 
@@ -90,14 +132,19 @@ class DimseArchive(Archive):
         answers = []
         try:
             for status, found in assoc.send_c_find(identifier, StudyRootQueryRetrieveInformationModelFind):
-                if status is None:
-                    raise TransientError(f"{what}: no answer (connection lost or timed out)")
-                if status.Status in (0xFF00, 0xFF01) and found is not None:
+                code = _status_code(status)
+                if code is None:
+                    raise _no_answer(assoc, what)
+                if code in (0xFF00, 0xFF01) and found is not None:
                     answers.append(found)
-                elif status.Status != 0x0000:
-                    raise ArchiveError(f"{self.describe()}: {what}: C-FIND failed with status 0x{status.Status:04X}")
+                elif code != 0x0000:
+                    raise ArchiveError(
+                        f"{self.describe()}: {what}: the archive refused the query "
+                        f"(status {_describe_status(code, QR_FIND_SERVICE_CLASS_STATUS)})"
+                    )
         finally:
-            assoc.release()
+            if assoc.is_established:
+                assoc.release()
         return answers
 
     # ---- one attempt of each operation -------------------------------------------------------------------------
@@ -156,7 +203,11 @@ class DimseArchive(Archive):
         def on_store(event) -> int:
             ds = event.dataset
             ds.file_meta = event.file_meta
-            path = folder / f"{ds.SOPInstanceUID}.dcm"
+            try:
+                sop_uid = check_uid(ds.get("SOPInstanceUID"), "SOP Instance UID")  # it names the file
+            except ValueError:
+                return 0xC210  # cannot understand: not filed
+            path = folder / f"{sop_uid}.dcm"
             ds.save_as(path, enforce_file_format=True)
             received.append(path)
             return 0x0000
@@ -169,12 +220,17 @@ class DimseArchive(Archive):
         assoc = self._associate(ae, what, ext_neg=roles, evt_handlers=[(evt.EVT_C_STORE, on_store)])
         try:
             for status, _ in assoc.send_c_get(identifier, StudyRootQueryRetrieveInformationModelGet):
-                if status is None:
-                    raise TransientError(f"{what}: no answer (connection lost or timed out)")
-                if status.Status not in (0x0000, 0xFF00, 0xFF01, 0xB000):
-                    raise ArchiveError(f"{self.describe()}: {what}: C-GET failed with status 0x{status.Status:04X}")
+                code = _status_code(status)
+                if code is None:
+                    raise _no_answer(assoc, what)
+                if code not in (0x0000, 0xFF00, 0xFF01, 0xB000):
+                    raise ArchiveError(
+                        f"{self.describe()}: {what}: the archive refused the retrieval "
+                        f"(status {_describe_status(code, QR_GET_SERVICE_CLASS_STATUS)})"
+                    )
         finally:
-            assoc.release()
+            if assoc.is_established:
+                assoc.release()
         return received
 
     def _store(self, study_uid: str, items: list[tuple[Path, pydicom.Dataset]]) -> dict[str, str]:
@@ -188,10 +244,11 @@ class DimseArchive(Archive):
             for path, header in items:
                 uid = str(header.SOPInstanceUID)
                 status = assoc.send_c_store(pydicom.dcmread(path)) if assoc.is_established else None
-                if status is None or "Status" not in status:
-                    failed[uid] = "no answer (connection lost or timed out)"
-                elif status.Status not in _SUCCESS_OR_WARNING:
-                    failed[uid] = f"refused, status 0x{status.Status:04X}"
+                code = _status_code(status)
+                if code is None:
+                    failed[uid] = str(_no_answer(assoc, "C-STORE"))
+                elif code not in _SUCCESS_OR_WARNING:
+                    failed[uid] = f"refused, status {_describe_status(code, STORAGE_SERVICE_CLASS_STATUS)}"
         finally:
             if assoc.is_established:
                 assoc.release()

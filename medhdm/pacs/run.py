@@ -33,7 +33,8 @@ from ..pipeline import InputSpec, SliceSelection, input_record
 from ..study import StudyCase, explain_study
 from .archive import Archive, ArchiveError, InstanceRef, is_derived_by_medhdm
 from .cache import StudyCache
-from .uids import DerivedUIDs
+from .redact import process_redactor
+from .uids import DerivedUIDs, check_uid
 
 if TYPE_CHECKING:
     from ..export import Deidentification
@@ -48,6 +49,7 @@ __all__ = [
     "pacs_configuration",
     "parse_formats",
     "parse_query",
+    "parse_study_uids",
 ]
 
 #: what ``--push`` may name: the exports of :mod:`medhdm.export` and the structured report
@@ -157,6 +159,11 @@ def parse_query(items: Sequence[str]) -> dict[str, str]:
     return query
 
 
+def parse_study_uids(items: Sequence[str]) -> list[str]:
+    """``--study`` values checked as DICOM UIDs (each becomes a folder name), duplicates dropped."""
+    return list(dict.fromkeys(check_uid(item, "--study", quote=True) for item in items))
+
+
 def pacs_configuration(
     explainer: Explainer,
     spec: InputSpec,
@@ -231,6 +238,11 @@ def _local_series(study_dir: Path) -> tuple[str, dict[str, list[tuple[Path, pydi
             sop_class, study_uid = str(ds.SOPClassUID), str(ds.StudyInstanceUID)
         except Exception:  # noqa: BLE001, S112 (not DICOM: markers, notes; not part of the study)
             continue
+        for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"):  # each names a file or folder
+            try:
+                check_uid(ds.get(keyword), keyword)
+            except ValueError as err:
+                raise ValueError(f"{path}: {err}") from None
         studies.add(study_uid)
         if _is_annotation(sop_class, str(ds.get("SeriesDescription", ""))):
             annotations.append(path)
@@ -490,7 +502,8 @@ def explain_archive_studies(
 ) -> list[StudyOutcome]:
     """Retrieve, explain and push back each study of ``archive``; one progress line per study.
 
-    A study that fails is reported (``status="failed"``) and the next one goes on. The
+    A study that fails is reported (``status="failed"``) and the next one goes on (a Study
+    Instance UID that is not a valid UID fails before it becomes a folder name). The
     derived objects go to ``destination`` (default: ``archive`` itself, into the source study;
     with ``deidentify``, into the de-identified study, as :func:`explain_local_study` says).
     """
@@ -505,6 +518,7 @@ def explain_archive_studies(
     for i, study_uid in enumerate(study_uids, start=1):
         outcome = StudyOutcome(study_uid=study_uid)
         try:
+            check_uid(study_uid, "Study Instance UID")  # it becomes a folder (an archive's answer may be anything)
             start = time.perf_counter()
             refs = archive.instances(study_uid)
             series = _source_series(refs)
@@ -523,7 +537,7 @@ def explain_archive_studies(
                     )
                 retrieve = time.perf_counter() - start
                 outcome = explain_local_study(
-                    cache.root / study_uid,
+                    cache.study_folder(study_uid),
                     explainer,
                     spec,
                     work / study_uid,
@@ -538,7 +552,7 @@ def explain_archive_studies(
                 )
                 outcome.seconds["retrieve"] = retrieve
         except Exception as err:  # noqa: BLE001 (a study's failure is reported; the run goes on)
-            outcome.status, outcome.error = "failed", " ".join(str(err).split())
+            outcome.status, outcome.error = "failed", process_redactor().redact(" ".join(str(err).split()))
         outcomes.append(outcome)
         if log:
             log(f"[{i}/{len(study_uids)}] {outcome.line()}")

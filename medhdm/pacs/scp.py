@@ -2,15 +2,18 @@
 
 Rules:
 
-- Only the configured calling AE titles may associate (pynetdicom's ``require_calling_aet``);
-  any other is rejected at association time ("calling AE title not recognised") and logged.
+- Only the configured calling AE titles may associate (pynetdicom's ``require_calling_aet``),
+  and only to this SCP's own AE title as the called AE title (``require_called_aet``); any other
+  association is rejected (A-ASSOCIATE-RJ "calling AE title not recognised" or "called AE title
+  not recognised") and logged.
 - An instance is answered *Success* only after :meth:`medhdm.pacs.spool.Spool.store` wrote it
   (fsync of the file and its folder), so an acknowledged instance is never lost.
 - An instance that cannot be decoded, or lacks valid Study/SOP Instance UIDs, is answered with a
   failure status (``0xC210`` cannot understand) and not stored; a disk that refuses the write
   gives ``0xA700`` (out of resources). The SCP goes on either way.
 - Logs carry AE titles, addresses and UIDs only, never patient names or IDs; the names and IDs
-  of received instances are handed to a :class:`medhdm.pacs.redact.Redactor`, which removes
+  (every element of VR PN, and the IDs) of received instances are handed to a
+  :class:`medhdm.pacs.redact.Redactor` as they arrive, which removes
   them from any log line that might quote them (an error message, a library's warning).
 
 Verification (C-ECHO) is answered too, so ``echoscu`` can check that the service is up.
@@ -25,7 +28,7 @@ from collections.abc import Sequence
 from pynetdicom import AE, AllStoragePresentationContexts, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
-from .redact import Redactor
+from .redact import Redactor, identifying_texts
 from .spool import Spool, check_uid
 
 __all__ = ["STATUS_CANNOT_UNDERSTAND", "STATUS_OUT_OF_RESOURCES", "StorageSCP"]
@@ -37,21 +40,6 @@ STATUS_OUT_OF_RESOURCES = 0xA700
 STATUS_CANNOT_UNDERSTAND = 0xC210
 
 
-def _raw_texts(dataset, keywords: Sequence[str]) -> list[str]:
-    """The values of ``keywords`` as stored (before pydicom converts and validates them), decoded leniently."""
-    texts = []
-    for keyword in keywords:
-        if keyword not in dataset:
-            continue
-        value = dataset.get_item(keyword).value
-        if isinstance(value, bytes):
-            texts += [value.decode(codec, errors="replace").strip(" \x00") for codec in ("utf-8", "latin-1")]
-            texts += [part for text in texts[-2:] for part in text.split("\\")]  # multiple values
-        elif value is not None:
-            texts.append(str(value))
-    return texts
-
-
 class StorageSCP:
     """The service's Storage SCP: a pynetdicom server in background threads, writing into a :class:`Spool`.
 
@@ -59,7 +47,7 @@ class StorageSCP:
 
     Args:
         spool: where instances go.
-        aet: this SCP's AE title (the called AE title).
+        aet: this SCP's AE title: the only called AE title it answers to.
         calling_aets: the calling AE titles allowed to send (at least one).
         host: the address to listen on (default loopback only).
         port: the TCP port; 0 picks a free one (:attr:`port` tells which after :meth:`start`).
@@ -102,6 +90,7 @@ class StorageSCP:
         ae.supported_contexts = AllStoragePresentationContexts
         ae.add_supported_context(Verification)
         ae.require_calling_aet = self.calling_aets
+        ae.require_called_aet = True  # an association addressed to another AE title is not for us
         ae.maximum_associations = 16
         handlers = [
             (evt.EVT_C_STORE, self._on_store),
@@ -116,7 +105,7 @@ class StorageSCP:
             raise ValueError(f"--port: cannot listen on {self.host}:{self.port} ({err.strerror or err})") from None
         self.port = self._server.server_address[1]
         logger.info(
-            "storage SCP %s listening on %s:%d; calling AE titles allowed: %s",
+            "storage SCP %s (the called AE title it answers to) listening on %s:%d; calling AE titles allowed: %s",
             self.aet,
             self.host,
             self.port,
@@ -151,7 +140,7 @@ class StorageSCP:
             sop = check_uid(sop, "SOP Instance UID")
             dataset = event.dataset
             if self.redactor is not None:  # first, as raw bytes: a warning on a bad value would quote it
-                self.redactor.add(*_raw_texts(dataset, ("PatientName", "PatientID", "OtherPatientIDs")))
+                self.redactor.add(*identifying_texts(dataset))
             study = check_uid(dataset.get("StudyInstanceUID"), "Study Instance UID")
         except Exception as err:  # noqa: BLE001 (any decoding error: answered, logged, the SCP goes on)
             reason = str(err) if isinstance(err, ValueError) and "UID" in str(err) else type(err).__name__
@@ -174,9 +163,16 @@ class StorageSCP:
         return 0x0000
 
     def _on_rejected(self, event) -> None:
+        requested = event.assoc.requestor.primitive
+        called = str(getattr(requested, "called_ae_title", "") or "").strip()
         title = str(event.assoc.requestor.ae_title).strip()
-        why = "calling AE title not in the allowed list" if title not in self.calling_aets else "too many associations"
-        logger.warning("association from %s to %s rejected: %s", self._peer(event), self.aet, why)
+        if title not in self.calling_aets:
+            why = "calling AE title not in the allowed list"
+        elif called != self.aet.strip():
+            why = f"called AE title not recognised (this SCP is {self.aet})"
+        else:
+            why = "too many associations"
+        logger.warning("association from %s to %s rejected: %s", self._peer(event), called or self.aet, why)
 
     def _on_closed(self, event) -> None:
         with self._counts_lock:

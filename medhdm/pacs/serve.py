@@ -47,6 +47,7 @@ from typing import Any
 
 from ..io.atomic import LockedFolder
 from .redact import Redactor
+from .redact import setup_logging as _setup_logging
 from .scp import StorageSCP
 from .spool import Spool, fingerprint
 
@@ -276,23 +277,9 @@ def _count(value: object) -> int:
 
 
 def setup_logging(level: int = logging.INFO, log_file: str | Path | None = None) -> Redactor:
-    """Log to stderr (and ``log_file``) through a :class:`Redactor`; return it for the SCP to feed."""
-    redactor = Redactor()
-    formatter = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
-    handlers: list[logging.Handler] = [logging.StreamHandler()]
-    if log_file is not None:
-        handlers.append(logging.FileHandler(log_file))
-    root = logging.getLogger()
-    for handler in handlers:
-        handler.setFormatter(formatter)
-        handler.addFilter(redactor)
-        root.addHandler(handler)
-    root.setLevel(level)
-    if level > logging.DEBUG:  # the libraries' progress lines (one per copied module, request) only with --debug
-        for name in ("pynetdicom", "highdicom", "dicomweb_client"):
-            logging.getLogger(name).setLevel(logging.WARNING)
-    logging.captureWarnings(True)  # a library's warning may quote a value: it goes through the redactor
-    return redactor
+    """The service's logging: :func:`medhdm.pacs.redact.setup_logging` at ``level`` (and into ``log_file``),
+    each line with its time; returns the process's redactor for the SCP to feed."""
+    return _setup_logging(level, log_file, timestamps=True)
 
 
 def run_service(settings: ServeSettings, process: ProcessStudy, redactor: Redactor | None = None) -> None:

@@ -31,24 +31,12 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
-from pydicom.uid import UID
-
 from ..io.atomic import TMP_PREFIX, atomic_write, fsync, remove_stale_temporaries
+from .uids import check_uid
 
 __all__ = ["Journal", "Spool", "check_uid", "fingerprint"]
 
 SUFFIX = ".dcm"
-
-
-def check_uid(value: object, what: str) -> str:
-    """``value`` as a str if it is a valid DICOM UID (digits and dots, at most 64 characters), else ``ValueError``.
-
-    Valid UIDs are safe file names: they cannot hold a separator nor be ``.`` or ``..``.
-    """
-    text = str(value or "").strip()
-    if not text or not UID(text).is_valid:
-        raise ValueError(f"{what}: not a valid DICOM UID ({len(text)} characters)")
-    return text
 
 
 def fingerprint(names: Iterable[str]) -> str:

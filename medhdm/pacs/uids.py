@@ -19,15 +19,37 @@ medhdm version gives new series.
 from __future__ import annotations
 
 import hashlib
+import re
 import uuid
 from collections.abc import Mapping, Sequence
 
 from pydicom.uid import UID
 
-__all__ = ["DerivedUIDs", "derived_uid"]
+__all__ = ["UID_FORM", "DerivedUIDs", "check_uid", "derived_uid"]
 
 #: the namespace of medhdm's name-based UUIDs (itself the version-5 UUID of the name "medhdm" in the URL namespace)
 NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://github.com/medhdm/medhdm/derived-uids")
+
+
+# PS3.5 9.1 also forbids leading zeros in a component; archives hold such UIDs, and they are safe names
+_VALID_UID = re.compile(r"[0-9]+(\.[0-9]+)*")
+
+#: what a DICOM UID looks like (PS3.5 9.1), for messages
+UID_FORM = "numbers separated by dots, at most 64 characters (e.g. 1.2.840.113619.2.55.3)"
+
+
+def check_uid(value: object, what: str, *, quote: bool = False) -> str:
+    """``value`` as a str if it is a DICOM UID (:data:`UID_FORM`), else a ``ValueError`` naming ``what`` and the form.
+
+    A valid UID is a safe file or folder name (it holds no separator and cannot be ``.`` or ``..``),
+    so every UID that becomes part of a path goes through this first. The message quotes the value
+    only with ``quote`` (a value the user gave); a received one is described by its length.
+    """
+    text = str(value if value is not None else "")
+    if len(text) <= 64 and _VALID_UID.fullmatch(text):  # pydicom's UID() would warn, quoting the value
+        return text
+    shown = repr(text if len(text) <= 80 else text[:77] + "...") if quote else f"a value of {len(text)} characters"
+    raise ValueError(f"{what}: {shown} is not a DICOM UID; expected {UID_FORM}")
 
 
 def derived_uid(*parts: str) -> UID:
