@@ -18,9 +18,21 @@ from .io.errors import BAD_INPUT
 __all__ = ["main"]
 
 
+def _check_out_folder(path: str, option: str = "--out") -> None:
+    """``path`` can be (or become) a folder: refused if it, or a folder above it, exists and is not a folder."""
+    out = Path(path)
+    for folder in (out, *out.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                what = "" if folder == out else f" (a folder above {out})"
+                raise ValueError(f"{option}: {folder}{what} exists and is not a folder")
+            return
+
+
 def _demo(args: argparse.Namespace) -> None:
     from .demo import run_demo
 
+    _check_out_folder(args.out)
     if args.cases < 1:
         raise ValueError(f"--cases: expected at least 1, got {args.cases}")
     if args.cases_3d < 0:
@@ -96,7 +108,7 @@ def _add_deidentify_options(parser: argparse.ArgumentParser, what: str = "the DI
 def _export(args: argparse.Namespace) -> None:
     from .export import OverlayStyle, check_export_arguments, export, map_on_source_grid
     from .io.dicom import read_dicom
-    from .io.maps import load_map
+    from .io.maps import load_lesion, load_map
 
     # every argument checked before any file is read
     formats = [f.strip() for f in args.format.split(",") if f.strip()]
@@ -106,7 +118,7 @@ def _export(args: argparse.Namespace) -> None:
     check_export_arguments(formats, args.out, style, args.window_preset, args.seg_threshold, salt)
     source = read_dicom(args.image)
     saliency = map_on_source_grid(load_map(args.map, source), source, name=str(args.map))
-    lesion = load_map(args.lesion, source) if args.lesion else None
+    lesion = load_lesion(args.lesion, source) if args.lesion else None
     written = export(
         source,
         saliency,
@@ -128,18 +140,35 @@ def _export(args: argparse.Namespace) -> None:
         print(f"{fmt}: {where}")
 
 
+_JSON_TYPES = {dict: "an object", list: "an array", str: "a string", int: "a number", float: "a number"}
+
+
 def _parse_json(text: str | None, name: str) -> dict:
+    """The JSON object given to the option ``name`` (``{}`` when the option is absent)."""
     import json
 
-    if not text:
+    if text is None:
         return {}
+    if not text.strip():
+        raise ValueError(f"{name}: empty; give a JSON object such as '{{\"seed\": 1}}', or leave the option out")
     try:
         value = json.loads(text)
     except json.JSONDecodeError as err:
         raise ValueError(f"{name}: not valid JSON ({err})") from None
+    except RecursionError:
+        raise ValueError(f"{name}: JSON nested too deeply") from None
     if not isinstance(value, dict):
-        raise ValueError(f"{name}: expected a JSON object, got {type(value).__name__}")  # noqa: TRY004 (bad input)
+        kind = "null" if value is None else "true/false" if isinstance(value, bool) else _JSON_TYPES[type(value)]
+        raise ValueError(f"{name}: expected a JSON object {{...}}, got {kind}")  # noqa: TRY004 (bad input)
     return value
+
+
+def _method_arguments(args: argparse.Namespace) -> tuple[int | None, dict]:
+    """``--steps`` and ``--method-args`` checked against the method: its steps and keyword arguments."""
+    from .explain.registry import method_arguments
+
+    arguments = _parse_json(args.method_args, "--method-args")
+    return method_arguments(args.method, args.steps, arguments, "--method-args", "--steps")
 
 
 def _bench_data(args: argparse.Namespace) -> None:
@@ -147,6 +176,9 @@ def _bench_data(args: argparse.Namespace) -> None:
 
     if args.cases < 1:
         raise ValueError(f"--cases: expected at least 1, got {args.cases}")
+    _check_out_folder(args.out)
+    if args.manifest and Path(args.manifest).is_dir():
+        raise ValueError(f"--manifest: {args.manifest} is a folder; give the manifest file's path (a .json file)")
     path = write_lesionbench(
         args.out,
         n_cases=args.cases,
@@ -163,6 +195,9 @@ def _model_and_spec(args: argparse.Namespace):
     from .cohort import ModelRecipe
     from .pipeline import InputSpec
 
+    class_idx = getattr(args, "class_idx", None)
+    if class_idx is not None and class_idx < 0:
+        raise ValueError(f"--class-idx: expected a class index >= 0, got {class_idx}")
     recipe = ModelRecipe(args.model, args.weights, _parse_json(args.model_args, "--model-args"), args.device)
     # with --engine ray the workers load it on --device; here it only gives the input size and configuration
     model = recipe.load("cpu" if getattr(args, "engine", "local") == "ray" else None)
@@ -217,9 +252,20 @@ def _slices(args: argparse.Namespace):
     """The --slices / --slice-reduce options as a SliceSelection (None without --slices)."""
     from .pipeline import SliceSelection
 
-    if not args.slices:
+    if args.slices is None:
         return None
-    return SliceSelection.parse(args.slices, reduce=args.slice_reduce)
+    text = args.slices.strip()
+    if not text or ("," in text and not all(v.strip() for v in text.split(","))):
+        raise ValueError(f"--slices: expected 'all', 'top:K' or slice indices like 3,4,5, got {args.slices!r}")
+    return SliceSelection.parse(text, reduce=args.slice_reduce)
+
+
+def _check_case_folders(out: str, ids: list[str]) -> None:
+    """Each case's folder ``out/<id>`` is a folder or does not exist yet."""
+    for name in ids:
+        folder = Path(out) / name
+        if folder.exists() and not folder.is_dir():
+            raise ValueError(f"--out: {folder} exists and is not a folder (the outputs of case {name} go there)")
 
 
 def _evaluate(args: argparse.Namespace) -> None:
@@ -231,6 +277,9 @@ def _evaluate(args: argparse.Namespace) -> None:
 
     entries = load_manifest(args.manifest)
     names = [m.strip() for m in args.methods.split(",") if m.strip()]
+    twice = sorted({m for m in names if names.count(m) > 1})
+    if twice:
+        raise ValueError(f"--methods: {', '.join(twice)} given twice")
     maps = {}
     for item in args.maps or []:
         name, sep, folder = item.partition("=")
@@ -255,6 +304,7 @@ def _evaluate(args: argparse.Namespace) -> None:
     if args.curve_steps is not None and args.curve_steps < 1:
         raise ValueError(f"--curve-steps: expected an integer >= 1, got {args.curve_steps}")
     check_output_folder(args.out, [StudyCase(Path(e["image"]), e["id"]) for e in entries])
+    _check_case_folders(args.out, [e["id"] for e in entries])
     options = _engine_options(args)
     recipe, model, spec = _model_and_spec(args)
     evaluation = EvaluateRecipe(
@@ -313,14 +363,16 @@ def _explain(args: argparse.Namespace) -> None:
         if not_dicom:
             raise ValueError(f"--export: {not_dicom[0]['image']} is not DICOM; DICOM export needs DICOM sources")
     check_output_folder(args.out, [StudyCase(Path(e["image"]), e["id"]) for e in entries])
+    _check_case_folders(args.out, ids)
+    steps, method_args = _method_arguments(args)
     options = _engine_options(args)
     recipe, model, spec = _model_and_spec(args)
     explain = ExplainRecipe(
         recipe,
         spec,
         args.method,
-        steps=args.steps,
-        method_args=_parse_json(args.method_args, "--method-args"),
+        steps=steps,
+        method_args=method_args,
         export=tuple(formats),
         slices=_slices(args),
         deidentify=deidentify,
@@ -393,7 +445,8 @@ def _pacs_explain(args: argparse.Namespace) -> None:
             raise ValueError("--token-file/--basic-auth-file: only with --dicomweb")
         archive = parse_destination(args.dimse, retry=retry, calling_aet=args.calling_aet, log=log)
     _, model, spec = _model_and_spec(args)
-    explainer = make_explainer(args.method, model, steps=args.steps, **_parse_json(args.method_args, "--method-args"))
+    steps, method_args = _method_arguments(args)
+    explainer = make_explainer(args.method, model, steps=steps, **method_args)
     studies = list(study_uids)
     if query:
         found = archive.search_studies(query)
@@ -452,7 +505,8 @@ def _pacs_serve(args: argparse.Namespace) -> None:
     credentials = credentials_from_env(args.token_file, args.basic_auth_file)
     destination = parse_destination(args.destination, credentials, calling_aet=args.aet, log=log.warning)
     _, model, spec = _model_and_spec(args)
-    explainer = make_explainer(args.method, model, steps=args.steps, **_parse_json(args.method_args, "--method-args"))
+    steps, method_args = _method_arguments(args)
+    explainer = make_explainer(args.method, model, steps=steps, **method_args)
     log.info(
         "medhdm pacs serve: model %s, method %s, results %s to %s; a study is explained %g s after its last instance",
         args.model,
@@ -529,8 +583,11 @@ def _add_demo_command(sub) -> None:
 def _add_explain_command(sub) -> None:
     """``medhdm explain``."""
     ex = sub.add_parser("explain", help="explain studies (DICOM file/series folder, NIfTI) with a classifier")
-    ex.add_argument("--image", action="append", help="DICOM file, DICOM series folder or NIfTI file (repeatable)")
-    ex.add_argument("--manifest", default=None, help="a data manifest (data_manifests/README.md); its images")
+    images = ex.add_mutually_exclusive_group()
+    images.add_argument("--image", action="append", help="DICOM file, DICOM series folder or NIfTI file (repeatable)")
+    images.add_argument(
+        "--manifest", default=None, help="a data manifest (data_manifests/README.md); its images (not with --image)"
+    )
     ex.add_argument(
         "--method",
         default="hdm",

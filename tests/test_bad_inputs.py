@@ -11,6 +11,7 @@ import gzip
 import hashlib
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -352,7 +353,45 @@ def _build(c: Corpus) -> dict[str, tuple[list[str], list[str]]]:
     argument("arg_method_args_not_json", ["--method-args"], "--method", "gxi", "--method-args", "{bad")
     argument("arg_method_args_list", ["--method-args"], "--method", "gxi", "--method-args", "[1]")
     argument("arg_method_unknown", ["banana"], "--method", "banana")
-    argument("arg_method_keyword_unknown", ["method arguments"], "--method", "gxi", "--method-args", '{"nonsense": 1}')
+    argument(
+        "arg_method_keyword_unknown",
+        ["--method-args", "gxi takes no 'nonsense'", "n_samples"],
+        "--method",
+        "gxi",
+        "--method-args",
+        '{"nonsense": 1}',
+    )
+    argument("arg_method_args_empty", ["--method-args", "empty"], "--method", "gxi", "--method-args", "")
+    argument("arg_method_args_null", ["--method-args", "got null"], "--method", "gxi", "--method-args", "null")
+    argument(
+        "arg_method_args_steps_and_steps",
+        ["--method-args", "'steps' is 3", "--steps is 4"],
+        "--method",
+        "hdm",
+        "--steps",
+        "4",
+        "--method-args",
+        '{"steps": 3}',
+    )
+    argument(
+        "arg_method_args_steps_for_gxi",
+        ["--method-args", "gxi takes no 'steps'", "n_samples"],
+        "--method",
+        "gxi",
+        "--method-args",
+        '{"steps": 3}',
+    )
+    argument(
+        "arg_method_args_steps_text",
+        ["--method-args", "'steps'", "'3'"],
+        "--method",
+        "hdm",
+        "--method-args",
+        '{"steps": "3"}',
+    )
+    argument("arg_class_idx_negative", ["--class-idx", "-1"], "--method", "gxi", "--class-idx", "-1")
+    argument("arg_slices_empty_index", ["--slices", "'1,,2'"], "--method", "gxi", "--slices", "1,,2", image=c.series)
+    argument("arg_slices_empty", ["--slices", "got ''"], "--method", "gxi", "--slices", "", image=c.series)
     argument("arg_steps_zero", ["steps"], "--method", "hdm", "--steps", "0")
     argument("arg_steps_for_gxi", ["not an optimised-mask method"], "--method", "gxi", "--steps", "5")
     argument("arg_model_missing", ["nothing.pt"], "--method", "gxi", "--model", str(c.bad / "nothing.pt"))
@@ -509,6 +548,111 @@ def _build(c: Corpus) -> dict[str, tuple[list[str], list[str]]]:
         ["export", "--image", str(c.image2d), "--map", str(c.bad / "nothing.npy")],
         ["nothing.npy"],
     )
+    good_map = c.bad / "good_map.npy"
+    np.save(good_map, source_map)
+    raw_map = good_map.read_bytes()
+    c.file("truncated_map.npy", raw_map[:500])
+    c.file("padded_map.npy", raw_map + b"\0\0")
+    for name, file, texts in [
+        ("export_map_truncated", "truncated_map.npy", ["holds 372 bytes", "73728", "truncated"]),
+        ("export_map_with_bytes_after_it", "padded_map.npy", ["holds 73730 bytes", "extra bytes"]),
+    ]:
+        cases[name] = (
+            ["export", "--image", str(c.image2d), "--map", str(c.bad / file), "--format", "sc"],
+            [*texts, file],
+        )
+
+    # lesion masks: export --lesion (source order) and evaluate's manifest 'lesion' (a NIfTI label map)
+    def export_lesion(name, path, texts):
+        cases[name] = (
+            ["export", "--image", str(c.image2d), "--map", str(good_map), "--lesion", str(path), "--format", "png"],
+            [*texts, path.name],
+        )
+
+    mask = np.zeros((96, 96))
+    mask[40:50, 40:50] = 1
+    mask[0, 0] = np.nan
+    np.save(c.bad / "lesion_nan.npy", mask)
+    export_lesion("export_lesion_with_nan", c.bad / "lesion_nan.npy", ["lesion mask holds 1 NaN/infinite values"])
+    lesion = nib.load(c.image2d.parent / "lesion.nii.gz")
+    labels = np.asarray(lesion.dataobj).astype(np.float32)
+
+    def lesion_file(name, value):
+        data = labels.copy()
+        data[0, 0] = value
+        return _nifti(c.bad / name, data, lesion.affine)
+
+    export_lesion(
+        "export_lesion_nifti_with_nan", lesion_file("lesion_nan.nii.gz", np.nan), ["lesion mask holds 1 NaN/infinite"]
+    )
+    export_lesion(
+        "export_lesion_negative", lesion_file("lesion_negative.nii.gz", -1), ["lesion mask holds 1 negative values"]
+    )
+
+    def evaluate_lesion(name, path, texts, methods="gxi"):
+        manifest_path = c.bad / f"{name}.json"
+        manifest_path.write_text(json.dumps({"testing": [{"id": "e", "image": str(c.image2d), "lesion": str(path)}]}))
+        argv = ["evaluate", "--methods", methods, "--no-faithfulness", "--intensity-range=-1000,0"]
+        cases[name] = ([*argv, "--manifest", str(manifest_path)], [*texts, path.name])
+
+    evaluate_lesion("evaluate_lesion_with_nan", c.bad / "lesion_nan.nii.gz", ["label map holds 1 NaN/infinite values"])
+    evaluate_lesion(
+        "evaluate_lesion_with_inf", lesion_file("lesion_inf.nii.gz", np.inf), ["label map holds 1 NaN/infinite values"]
+    )
+    evaluate_lesion("evaluate_lesion_negative", c.bad / "lesion_negative.nii.gz", ["label map holds 1 negative values"])
+    evaluate_lesion(
+        "evaluate_lesion_text_named_nii_gz",
+        c.file("lesion_text.nii.gz", b"not an image\n"),
+        ["unreadable NIfTI file"],
+    )
+    evaluate_lesion("evaluate_lesion_is_a_folder", empty, ["a folder", "annotation file"])
+    evaluate_lesion("evaluate_methods_twice", c.image2d.parent / "lesion.nii.gz", [], "gxi,gxi")
+    cases["evaluate_methods_twice"] = (cases["evaluate_methods_twice"][0], ["--methods", "gxi given twice"])
+
+    # sources whose Patient Orientation cannot be used (no Image Orientation (Patient) to derive it from)
+    def oriented(name, value):
+        def change(ds):
+            del ds.ImageOrientationPatient
+            ds.PatientOrientation = value
+
+        return edited(name, change)
+
+    for name, file, value in [
+        ("export_source_patient_orientation_garbage", "orientation_garbage.dcm", ["XX", "Y"]),
+        ("export_source_patient_orientation_one_value", "orientation_one.dcm", "A"),
+    ]:
+        cases[name] = (
+            ["export", "--image", str(oriented(file, value)), "--map", str(good_map), "--format", "sc"],
+            ["Patient Orientation", "letters A, P, R, L, H, F", file],
+        )
+
+    # manifests whose cases would share an output folder, or that are not files
+    manifest(
+        "manifest_same_image_twice", {"testing": [{"image": image}, {"image": image}]}, ["'image'", "distinct ids"]
+    )
+    cases["manifest_is_a_folder"] = (
+        ["explain", "--method", "gxi", "--manifest", str(empty)],
+        ["a folder", "manifest file", "empty_folder"],
+    )
+
+    # an --out that exists as a file, or below one
+    out_file = c.bad / "out_file.txt"
+    cases["bench_data_out_is_a_file"] = (
+        ["bench-data", "--out", str(out_file), "--cases", "1"],
+        ["--out", "out_file.txt exists and is not a folder"],
+    )
+    cases["bench_data_out_below_a_file"] = (
+        ["bench-data", "--out", str(out_file / "cases"), "--cases", "1"],
+        ["--out", "out_file.txt (a folder above", "exists and is not a folder"],
+    )
+    cases["bench_data_manifest_is_a_folder"] = (
+        ["bench-data", "--out", "OUT", "--cases", "1", "--manifest", str(empty)],
+        ["--manifest", "empty_folder is a folder"],
+    )
+    cases["demo_out_is_a_file"] = (
+        ["demo", "--out", str(out_file), "--cases", "1"],
+        ["--out", "out_file.txt exists and is not a folder"],
+    )
     return cases
 
 
@@ -586,6 +730,14 @@ CASE_NAMES = [
     "arg_method_args_list",
     "arg_method_unknown",
     "arg_method_keyword_unknown",
+    "arg_method_args_empty",
+    "arg_method_args_null",
+    "arg_method_args_steps_and_steps",
+    "arg_method_args_steps_for_gxi",
+    "arg_method_args_steps_text",
+    "arg_class_idx_negative",
+    "arg_slices_empty_index",
+    "arg_slices_empty",
     "arg_steps_zero",
     "arg_steps_for_gxi",
     "arg_model_missing",
@@ -620,6 +772,25 @@ CASE_NAMES = [
     "export_map_out_of_range",
     "export_from_series_with_missing_slice",
     "export_map_missing",
+    "export_map_truncated",
+    "export_map_with_bytes_after_it",
+    "export_lesion_with_nan",
+    "export_lesion_nifti_with_nan",
+    "export_lesion_negative",
+    "evaluate_lesion_with_nan",
+    "evaluate_lesion_with_inf",
+    "evaluate_lesion_negative",
+    "evaluate_lesion_text_named_nii_gz",
+    "evaluate_lesion_is_a_folder",
+    "evaluate_methods_twice",
+    "export_source_patient_orientation_garbage",
+    "export_source_patient_orientation_one_value",
+    "manifest_same_image_twice",
+    "manifest_is_a_folder",
+    "bench_data_out_is_a_file",
+    "bench_data_out_below_a_file",
+    "bench_data_manifest_is_a_folder",
+    "demo_out_is_a_file",
 ]
 
 
@@ -761,10 +932,196 @@ def test_a_rerun_resumes_and_another_configuration_needs_overwrite(corpus, tmp_p
     assert json.loads((out / "image" / "record.json").read_text())["configuration"]["method"] == "GradCAM"
 
 
+def test_image_and_manifest_together_are_refused_by_the_parser(corpus, tmp_path, capsys):
+    """``explain --image X --manifest M`` is an argparse error (exit 2) naming both options; nothing explained."""
+    manifest = tmp_path / "m.json"
+    manifest.write_text(json.dumps({"testing": [{"id": "m", "image": str(corpus.image2d)}]}))
+    out = tmp_path / "out"
+    argv = [
+        "explain",
+        "--method",
+        "gxi",
+        "--image",
+        str(corpus.image2d),
+        "--manifest",
+        str(manifest),
+        "--out",
+        str(out),
+    ]
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2, err
+    assert "argument --manifest: not allowed with argument --image" in err.strip().splitlines()[-1], err
+    assert not out.exists()
+
+
+def test_method_args_steps_sets_the_steps_of_every_phase(corpus, tmp_path, capsys):
+    """``--method-args '{"steps": 3}'`` is HDM's steps (as ``--steps 3``): 3 in every phase of the record's settings."""
+    out = tmp_path / "out"
+    argv = [
+        "explain",
+        "--method",
+        "hdm",
+        "--intensity-range=-1000,0",
+        "--image",
+        str(corpus.image2d),
+        "--out",
+        str(out),
+    ]
+    assert main([*argv, "--method-args", '{"steps": 3, "max_stages": 1}']) == 0, capsys.readouterr().err
+    settings = json.loads((out / "image" / "record.json").read_text())["configuration"]["settings"]
+    phases = ("benchmark_objective", "volume_benchmark_objective", "auxiliary_objective")
+    assert [settings[k]["steps"] for k in phases] == [3, 3, 3] and settings["max_stages"] == 1, settings
+
+
+_UNDER_MEMORY_LIMIT = """
+import resource, sys
+import numpy, torch
+from medhdm.cli import main
+from medhdm.io.maps import load_case_map
+
+size = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmSize:"))
+limit = size * 1024 + (3 << 29)  # what this process holds now and 1.5 GiB more
+resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+if sys.argv[1] == "case_map":
+    try:
+        load_case_map(sys.argv[2], "case", (96, 96), numpy.eye(4))
+    except ValueError as err:
+        print(f"ValueError: {err}", file=sys.stderr)
+        sys.exit(2)
+    sys.exit(0)
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize("shape", [(20000, 20000), (99999, 99999)])
+def test_a_npy_header_claiming_a_huge_array_is_refused_before_reading_it(corpus, tmp_path, shape):
+    """A 200-byte .npy whose header claims ``shape`` float64 (3.2 GB, 80 GB) is refused from its header, naming the
+    file and both shapes, by ``export --map`` and by an evaluation's map folder (``load_case_map``), in a process that
+    may not take 1.5 GiB more address space than it holds after its imports."""
+    import subprocess
+    import sys
+
+    from numpy.lib import format as npy
+
+    folder = tmp_path / "maps"
+    folder.mkdir()
+    huge = folder / "case.npy"
+    with huge.open("wb") as fh:
+        npy.write_array_header_1_0(fh, {"descr": "<f8", "fortran_order": False, "shape": shape})
+        fh.write(b"\0" * 64)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    runs = {
+        "export": [
+            *("export", "--image", str(corpus.image2d), "--map", str(huge)),
+            *("--format", "png", "--out", str(tmp_path / "out")),
+        ],
+        "case_map": ["case_map", str(folder)],
+    }
+    for name, argv in runs.items():
+        run = subprocess.run(
+            [sys.executable, "-c", _UNDER_MEMORY_LIMIT, *argv], capture_output=True, text=True, env=env, timeout=300
+        )
+        assert run.returncode == 2, (name, run.stderr)
+        lines = run.stderr.strip().splitlines()
+        assert len(lines) == 1 and "Traceback" not in run.stderr, (name, run.stderr)
+        for text in ("case.npy", str(shape), "(96, 96)"):
+            assert text in lines[0], (name, text, lines[0])
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("command", ["explain", "evaluate"])
+def test_a_case_folder_that_exists_as_a_file_is_refused_before_any_work(corpus, tmp_path, capsys, command):
+    """``--out`` holds a file with a case's name: one clear error naming it, before any case is explained."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "image").write_text("not a folder")
+    manifest = tmp_path / "m.json"
+    lesion = corpus.image2d.parent / "lesion.nii.gz"
+    manifest.write_text(json.dumps({"testing": [{"id": "image", "image": str(corpus.image2d), "lesion": str(lesion)}]}))
+    argv = {
+        "explain": ["explain", "--method", "gxi", "--image", str(corpus.image2d)],
+        "evaluate": ["evaluate", "--methods", "gxi", "--no-faithfulness", "--manifest", str(manifest)],
+    }[command]
+    assert main([*argv, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1, err
+    assert f"--out: {out / 'image'} exists and is not a folder" in err and "case image" in err, err
+    assert sorted(p.name for p in out.iterdir()) == ["image"]
+
+
+def _source_without_orientation(corpus, folder: Path, name: str, change) -> Path:
+    folder.mkdir(exist_ok=True)
+    path = folder / f"{name}.dcm"
+    shutil.copy(corpus.image2d, path)
+    _edit(path, change)
+    return path
+
+
+def _oblique(ds):
+    c, s = np.cos(0.5), np.sin(0.5)
+    ds.ImageOrientationPatient = [c, s, 0.0, -s, c, 0.0]
+
+
+def _unknown(value):
+    def change(ds):
+        del ds.ImageOrientationPatient
+        ds.PatientOrientation = value
+
+    return change
+
+
+@pytest.mark.parametrize(
+    ("name", "change", "expected"),
+    [
+        ("oblique", _oblique, ["LP", "PR"]),
+        ("orientation_empty", _unknown(""), None),
+        ("orientation_two_empty_values", _unknown(["", ""]), None),
+        ("orientation_given", _unknown(["A", "FR"]), ["A", "FR"]),
+    ],
+)
+def test_sc_export_writes_the_patient_orientation_dciodvfy_accepts(corpus, tmp_path, capsys, name, change, expected):
+    """An oblique source gets its two- or three-letter Patient Orientation (highdicom takes single letters only); a
+    source without Image Orientation (Patient) keeps its own, or an empty one (Type 2C: unknown) when it has none."""
+    from validators import dciodvfy_errors
+
+    source = _source_without_orientation(corpus, tmp_path / "src", name, change)
+    out = tmp_path / "out"
+    argv = ["export", "--image", str(source), "--map", str(corpus.bad / "good_map.npy"), "--format", "sc"]
+    assert main([*argv, "--out", str(out)]) == 0, capsys.readouterr().err
+    sc = out / "SC_0001.dcm"
+    ds = pydicom.dcmread(sc)
+    assert "PatientOrientation" in ds
+    assert (list(ds.PatientOrientation) if ds.PatientOrientation else None) == expected
+    errors, report = dciodvfy_errors(sc)
+    assert errors == [], report
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (np.nan, "label map holds 1 NaN/infinite values"),
+        (-np.inf, "label map holds 1 NaN/infinite values"),
+        (-2, "label map holds 1 negative values (min -2)"),
+        (0.5, "label map has non-integer values"),
+    ],
+)
+def test_load_annotation_refuses_values_that_are_not_labels(corpus, tmp_path, value, message):
+    from medhdm.io.annotations import ImageGrid, load_annotation
+    from medhdm.io.dicom import read_dicom
+
+    lesion = nib.load(corpus.image2d.parent / "lesion.nii.gz")
+    data = np.asarray(lesion.dataobj).astype(np.float32)
+    data[5, 5] = value
+    path = _nifti(tmp_path / "labels.nii.gz", data, lesion.affine)
+    with pytest.raises(ValueError, match=re.escape(f"labels.nii.gz: {message}")):
+        load_annotation(path, ImageGrid.from_dicom(read_dicom(corpus.image2d)))
+
+
 if __name__ == "__main__":  # python tests/test_bad_inputs.py: the corpus as a Markdown table
     import contextlib
     import io
-    import re
     import tempfile
 
     root = Path(tempfile.mkdtemp())

@@ -8,6 +8,7 @@ in a new series, and reference the exact source instances they were derived from
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -73,23 +74,52 @@ class DerivationInfo:
         return int(source.get("SeriesNumber", 0) or 0) + 1000
 
 
-def patient_orientation(ds: Dataset) -> tuple[str, str]:
-    """Patient Orientation (0020,0020) letters of the row and column directions (LPS)."""
-    if "ImageOrientationPatient" not in ds:
-        if "PatientOrientation" in ds and len(ds.PatientOrientation) == 2:
-            return str(ds.PatientOrientation[0]), str(ds.PatientOrientation[1])
-        raise ValueError("source has neither Image Orientation (Patient) nor Patient Orientation")
-    iop = np.asarray([float(v) for v in ds.ImageOrientationPatient])
+_ORIENTATION_LETTERS = re.compile(r"[APRLHF]{1,3}")
 
-    def letters(v: np.ndarray) -> str:
-        out = ""
-        for axis in np.argsort(-np.abs(v)):
-            if abs(v[axis]) < 0.25 or len(out) == 3:
-                break
-            out += ("L", "P", "H")[axis] if v[axis] > 0 else ("R", "A", "F")[axis]
-        return out
 
-    return letters(iop[:3]), letters(iop[3:])
+def patient_orientation(ds: Dataset, where: str = "source") -> tuple[str, str] | None:
+    """Patient Orientation (0020,0020) of the row and column directions: one to three LPS letters each.
+
+    From Image Orientation (Patient) when the dataset has it (the main letter first, then up to
+    two for an oblique direction, e.g. ``("LP", "PL")``); else the dataset's own Patient
+    Orientation. ``None`` when neither says anything (no attribute, or an empty one).
+
+    Raises:
+        ValueError: naming ``where``: an Image Orientation (Patient) that is not two non-zero
+            vectors, or a Patient Orientation that is not two values of the letters A, P, R, L, H, F.
+    """
+    if "ImageOrientationPatient" in ds:
+        value = ds.ImageOrientationPatient
+        try:
+            iop = np.asarray([float(v) for v in value], dtype=np.float64).reshape(2, 3)
+        except (TypeError, ValueError):
+            iop = None
+        norms = None if iop is None else np.linalg.norm(iop, axis=1)
+        if iop is None or not np.isfinite(iop).all() or np.any(norms < 1e-6):
+            raise ValueError(f"{where}: Image Orientation (Patient) {value} is not two direction vectors")
+        rows, cols = iop / norms[:, None]
+
+        def letters(v: np.ndarray) -> str:
+            out = ""
+            for axis in np.argsort(-np.abs(v), kind="stable"):
+                if abs(v[axis]) < 0.25 or len(out) == 3:
+                    break
+                out += ("L", "P", "H")[axis] if v[axis] > 0 else ("R", "A", "F")[axis]
+            return out
+
+        return letters(rows), letters(cols)
+    element = ds.get("PatientOrientation")
+    if element is None:
+        return None
+    values = [str(v).strip() for v in ([element] if isinstance(element, str) else element)]
+    if not any(values):
+        return None
+    if len(values) != 2 or not all(_ORIENTATION_LETTERS.fullmatch(v) for v in values):
+        given = "\\".join(values)
+        raise ValueError(
+            f"{where}: Patient Orientation '{given}' is not two values of the letters A, P, R, L, H, F (such as L\\P)"
+        )
+    return values[0], values[1]
 
 
 def _reference(ds: Dataset, purpose: bool) -> Dataset:
@@ -162,8 +192,8 @@ def build_secondary_captures(
     row_sp, col_sp = source.spacing[1], source.spacing[2]
     out = []
     for k, (src, rgb) in enumerate(zip(source.datasets, overlays)):
-        # a source without patient geometry (OT, some US and NM images) gets an SC without it too
-        oriented = "ImageOrientationPatient" in src or "PatientOrientation" in src
+        path = source.paths[min(k, len(source.paths) - 1)] if source.paths else None
+        orientation = patient_orientation(src, str(path) if path is not None else "source")
         sc = hd.sc.SCImage.from_ref_dataset(
             ref_dataset=src,
             pixel_array=rgb,
@@ -176,11 +206,12 @@ def build_secondary_captures(
             instance_number=k + 1,
             manufacturer=_MANUFACTURER,
             pixel_spacing=(row_sp, col_sp),
-            patient_orientation=patient_orientation(src) if oriented else ("L", "P"),
+            patient_orientation=("L", "P"),  # replaced below: highdicom takes one letter per direction only
             transfer_syntax_uid=ExplicitVRLittleEndian,
         )
-        if not oriented:  # unknown: Patient Orientation is Type 2C, present and empty (highdicom asks for a value)
-            sc.PatientOrientation = None
+        # Type 2C: the source's orientation, or present and empty when it is unknown (a source without
+        # patient geometry: OT, some US and NM images)
+        sc.PatientOrientation = list(orientation) if orientation else None
         sc.SeriesDescription = f"medhdm {info.describe()}"[:64]
         sc.ImageType = ["DERIVED", "SECONDARY"]
         sc.BurnedInAnnotation = "YES"

@@ -5,7 +5,8 @@ order (``(W, H)`` or ``(W, H, D)`` for DICOM images; the file's order for NIfTI)
 background. Geometry is checked, never assumed:
 
 - NIfTI: same shape and affine -> used as is; another grid in the same space ->
-  nearest-neighbour resampling with a warning; no overlap with the image -> error.
+  nearest-neighbour resampling with a warning; no overlap with the image -> error. The
+  values must be labels (:func:`check_label_values`): finite, whole numbers, not negative.
 - DICOM SEG (read with highdicom): its Frame of Reference must be the image's and it must
   reference the image's SOP instances; frames are matched to slices by SOP Instance UID.
 - RTSTRUCT: the ROI's Frame of Reference must be the image's; every contour must lie on
@@ -31,7 +32,7 @@ from scipy import ndimage
 from .axes import dicom_to_monai
 from .dicom import LPS_TO_RAS, DicomSource
 
-__all__ = ["ImageGrid", "load_annotation"]
+__all__ = ["ImageGrid", "check_label_values", "load_annotation"]
 
 _AFFINE_TOL = 1e-3
 
@@ -79,17 +80,49 @@ class ImageGrid:
         return cls.from_meta(image.shape[1:], image.affine, image.meta)
 
 
+def check_label_values(data: np.ndarray, where: str) -> np.ndarray:
+    """``data`` as int32 labels (0 = background), refused unless every value is a finite whole number >= 0.
+
+    Args:
+        data: a label map (any real dtype).
+        where: names the map at the start of messages, e.g. ``"lesion.nii.gz: label map"`` (then
+            ``"lesion.nii.gz: label map holds 3 NaN/infinite values; ..."``).
+
+    Raises:
+        ValueError: NaN or infinite values, values that are not whole numbers, negative values,
+            or labels beyond int32.
+    """
+    data = np.asarray(data)
+    if data.dtype.kind not in "fiub":
+        raise ValueError(f"{where} has values of dtype {data.dtype}; expected 0 (background) and lesion labels")
+    if data.dtype.kind == "f":
+        bad = int((~np.isfinite(data)).sum())
+        if bad:
+            raise ValueError(f"{where} holds {bad} NaN/infinite values; expected 0 (background) and lesion labels")
+        if not np.allclose(data, np.round(data)):
+            raise ValueError(f"{where} has non-integer values; expected 0 (background) and lesion labels")
+        data = np.round(data)
+    if data.size and data.min() < 0:
+        raise ValueError(
+            f"{where} holds {int((data < 0).sum())} negative values (min {data.min():g}); "
+            "expected 0 (background) and positive lesion labels"
+        )
+    if data.size and data.max() > np.iinfo(np.int32).max:
+        raise ValueError(f"{where} holds the label {data.max():g}, which is beyond the int32 range")
+    return data.astype(np.int32)
+
+
 def _nifti_on_grid(path: Path, grid: ImageGrid) -> np.ndarray:
     import nibabel as nib
 
-    image = nib.load(path)
-    data = np.asarray(image.dataobj)
+    try:
+        image = nib.load(path)
+        data = np.asarray(image.dataobj)
+    except Exception as err:  # noqa: BLE001 (any decoding failure is reported the same way)
+        raise ValueError(f"{path}: unreadable NIfTI file ({type(err).__name__}: {err})") from None
     while data.ndim > len(grid.shape) and data.shape[-1] == 1:
         data = data[..., 0]
-    if not np.issubdtype(data.dtype, np.integer):
-        if not np.allclose(data, np.round(data)):
-            raise ValueError(f"{path}: label map has non-integer values; expected 0 (background) and lesion labels")
-        data = np.round(data).astype(np.int32)
+    data = check_label_values(data, f"{path}: label map")
     if data.shape == grid.shape and np.abs(image.affine - grid.affine).max() <= _AFFINE_TOL:
         return data.astype(np.int32)
     if data.ndim != len(grid.shape):
@@ -208,9 +241,13 @@ def load_annotation(
 
     Raises:
         FileNotFoundError: no such file.
-        ValueError: unknown format, or geometry that does not fit the image (see the module docstring).
+        IsADirectoryError: ``path`` is a folder.
+        ValueError: an unreadable file, unknown format, values that are not labels, or geometry that
+            does not fit the image (see the module docstring).
     """
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path}: a folder; expected an annotation file (NIfTI, DICOM SEG or RTSTRUCT)")
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such annotation file")
     if path.name.lower().endswith((".nii", ".nii.gz")):

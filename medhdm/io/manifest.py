@@ -64,6 +64,8 @@ def _entry_name(i: int, entry: object) -> str:
 def validate_manifest(path: str | os.PathLike, data_list_key: str = "testing") -> list[str]:
     """Every problem of the manifest at ``path`` (an empty list when it is fine)."""
     path = Path(path)
+    if path.is_dir():
+        return [f"{path}: a folder, not a manifest file"]
     if not path.is_file():
         return [f"{path}: no such manifest file"]
     try:
@@ -90,6 +92,7 @@ def validate_manifest(path: str | os.PathLike, data_list_key: str = "testing") -
         return problems
     base = path.parent
     ids: dict[str, int] = {}
+    names: dict[str, int] = {}  # the case name (output folder) of each entry: its id, or its image's name
     for i, entry in enumerate(entries):
         name = _entry_name(i, entry)
         if not isinstance(entry, dict):
@@ -123,6 +126,18 @@ def validate_manifest(path: str | os.PathLike, data_list_key: str = "testing") -
             if entry["id"] in ids:
                 problems.append(f"{name}: id {entry['id']!r} repeats entry {ids[entry['id']]}")
             ids.setdefault(entry["id"], i)
+        if isinstance(entry.get("id"), str):
+            case = entry["id"]
+        elif "id" not in entry and isinstance(entry.get("image"), str) and entry["image"]:
+            case = case_id(entry["image"])
+        else:
+            continue
+        if case in names and not (case in ids and ids[case] != i and "id" in entry):
+            problems.append(
+                f"{name}: its case name {case!r} is entry {names[case]}'s too (a case without 'id' is named "
+                "after its image); give the entries distinct ids"
+            )
+        names.setdefault(case, i)
     return problems
 
 
@@ -130,9 +145,15 @@ def load_manifest(path: str | os.PathLike, data_list_key: str = "testing") -> li
     """The manifest's cases with absolute paths and an ``id`` each.
 
     Raises:
+        FileNotFoundError: no such file.
+        IsADirectoryError: ``path`` is a folder.
         ManifestError: listing every problem :func:`validate_manifest` found.
     """
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path}: a folder; expected a manifest file (JSON)")
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such manifest file")
     problems = validate_manifest(path, data_list_key)
     if problems:
         raise ManifestError(path, problems)

@@ -16,6 +16,14 @@ order** ``(W, H)`` / ``(W, H, D)`` (column, row, slice: the order of the NIfTI d
 ``nibabel``'s ``get_fdata()`` and of arrays from ``monai.transforms.LoadImage``), on the
 case's image grid; a NIfTI file's affine must be the image's. Values must be finite and in
 [0, 1], as medhdm's maps are (signed attributions: normalise first, e.g. ``|a| / max |a|``).
+
+A file's header is read and checked before its data: a ``.npy`` header's dtype (real numbers),
+its shape against the grid the map must have (the same sizes, singleton axes aside) and the
+file's size against the header (a truncated or padded file is refused), a NIfTI header's shape
+likewise; only then is the array read, so a header that claims a huge array costs nothing.
+
+:func:`load_lesion` reads a lesion mask for ``medhdm export --lesion`` the same way and checks
+its values as :func:`medhdm.io.annotations.load_annotation` checks a NIfTI label map.
 """
 
 from __future__ import annotations
@@ -25,10 +33,11 @@ from pathlib import Path
 
 import numpy as np
 
+from .annotations import check_label_values
 from .axes import monai_to_dicom
 from .dicom import DicomSource
 
-__all__ = ["find_case_map", "load_case_map", "load_map"]
+__all__ = ["find_case_map", "load_case_map", "load_lesion", "load_map"]
 
 #: the file names :func:`find_case_map` tries, in this order (``{id}`` the case id)
 CASE_MAP_NAMES = (
@@ -44,6 +53,75 @@ _RANGE_TOL = 1e-6
 _AFFINE_TOL_MM = 1e-2
 
 
+def _sizes(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """``shape`` without its singleton axes (the sizes two layouts of one grid share)."""
+    return tuple(int(s) for s in shape if s != 1)
+
+
+def _load_npy(path: Path, where: str, fits, grid: str) -> np.ndarray:
+    """The array in the ``.npy`` file ``path``, read only after its header passed the checks.
+
+    Args:
+        path: the file.
+        where: how messages name it.
+        fits: ``fits(shape)`` says whether the header's shape can be the grid's.
+        grid: the grid as messages name it (``"the source grid (96, 96) ..."``).
+
+    Raises:
+        ValueError: an unreadable header, a dtype other than real numbers, a shape that is not the
+            grid's, or a file whose size is not the one its header gives (truncated or padded).
+    """
+    from numpy.lib import format as npy
+
+    try:
+        with open(path, "rb") as fh:
+            version = npy.read_magic(fh)
+            if version == (1, 0):
+                shape, _, dtype = npy.read_array_header_1_0(fh)
+            elif version == (2, 0):
+                shape, _, dtype = npy.read_array_header_2_0(fh)
+            else:
+                raise ValueError(f".npy format version {version[0]}.{version[1]}, expected 1.0 or 2.0")
+            offset = fh.tell()
+    except Exception as err:  # noqa: BLE001 (any decoding failure is reported the same way)
+        raise ValueError(f"{where}: unreadable .npy file ({err})") from None
+    if dtype.kind not in "fiub" or dtype.fields is not None or dtype.subdtype is not None:
+        raise ValueError(f"{where}: a map of dtype {dtype}; expected real numbers (float, int or bool)")
+    if not fits(shape):
+        raise ValueError(f"{where}: the .npy header's shape {shape} does not match {grid}")
+    needed = int(np.prod(shape, dtype=object)) * dtype.itemsize
+    held = path.stat().st_size - offset
+    if held != needed:
+        raise ValueError(
+            f"{where}: the file holds {held} bytes of array data where its header ({shape}, {dtype}) gives "
+            f"{needed}: {'truncated' if held < needed else 'extra bytes after the array'}"
+        )
+    try:
+        return np.load(path, allow_pickle=False)
+    except Exception as err:  # noqa: BLE001 (any decoding failure is reported the same way)
+        raise ValueError(f"{where}: unreadable .npy file ({err})") from None
+
+
+def _nifti_header(path: Path, where: str):
+    """The NIfTI image in ``path`` (header read, data not yet), its data dtype checked."""
+    import nibabel as nib
+
+    try:
+        image = nib.load(path)
+    except Exception as err:  # noqa: BLE001 (any decoding failure is reported the same way)
+        raise ValueError(f"{where}: unreadable NIfTI file ({err})") from None
+    if image.get_data_dtype().kind not in "fiub":
+        raise ValueError(f"{where}: a map of dtype {image.get_data_dtype()}; expected real numbers")
+    return image
+
+
+def _nifti_data(image, where: str) -> np.ndarray:
+    try:
+        return np.asarray(image.dataobj, dtype=np.float64)
+    except Exception as err:  # noqa: BLE001 (any decoding failure is reported the same way)
+        raise ValueError(f"{where}: unreadable NIfTI file ({err})") from None
+
+
 def load_map(path: str | os.PathLike, source: DicomSource) -> np.ndarray:
     """Load the map in ``path`` as an array in ``source`` order (not yet range-checked)."""
     path = Path(path)
@@ -51,35 +129,22 @@ def load_map(path: str | os.PathLike, source: DicomSource) -> np.ndarray:
         raise FileNotFoundError(f"{path}: no such map file")
     name = path.name.lower()
     if name.endswith(".npy"):
-        try:
-            data = np.load(path, allow_pickle=False)
-        except Exception as err:  # noqa: BLE001 (any decoding failure is reported the same way)
-            raise ValueError(f"{path}: unreadable .npy file ({err})") from None
-        if not (
-            np.issubdtype(data.dtype, np.floating) or np.issubdtype(data.dtype, np.integer) or data.dtype == np.bool_
-        ):
-            raise ValueError(f"{path}: a map of dtype {data.dtype}; expected real numbers (float, int or bool)")
-        return data
+        grid = f"the source grid {source.shape} ({'series D, H, W' if source.is_series else 'image H, W'})"
+        return _load_npy(path, str(path), lambda shape: _sizes(shape) == _sizes(source.pixels.shape), grid)
     if name.endswith((".nii", ".nii.gz")):
-        import nibabel as nib
-
-        try:
-            image = nib.load(path)
-            if image.get_data_dtype().kind not in "fiub":
-                raise ValueError(f"a map of dtype {image.get_data_dtype()}; expected real numbers")
-            data = np.asarray(image.dataobj, dtype=np.float64)
-        except Exception as err:  # noqa: BLE001 (any decoding failure is reported the same way)
-            raise ValueError(f"{path}: unreadable NIfTI file ({err})") from None
-        while data.ndim > 3 and data.shape[-1] == 1:
-            data = data[..., 0]
-        if data.ndim == 2:
-            data = data[..., None]
+        image = _nifti_header(path, str(path))
+        shape = tuple(image.shape)
+        while len(shape) > 3 and shape[-1] == 1:
+            shape = shape[:-1]
+        if len(shape) == 2:
+            shape = (*shape, 1)
         expected = source.pixels.shape[::-1]
-        if data.shape != expected:
+        if shape != expected:
             raise ValueError(
-                f"{path}: NIfTI shape {data.shape} is not the source grid (columns, rows, slices) "
+                f"{path}: NIfTI shape {shape} is not the source grid (columns, rows, slices) "
                 f"{expected}; resample the map onto the source first"
             )
+        data = _nifti_data(image, str(path)).reshape(shape)
         if np.abs(image.affine - source.affine_ras).max() > _AFFINE_TOL_MM:
             raise ValueError(
                 f"{path}: NIfTI affine differs from the source's by up to "
@@ -88,6 +153,19 @@ def load_map(path: str | os.PathLike, source: DicomSource) -> np.ndarray:
             )
         return monai_to_dicom(data)
     raise ValueError(f"{path}: unknown map format; expected .npy, .nii or .nii.gz")
+
+
+def load_lesion(path: str | os.PathLike, source: DicomSource) -> np.ndarray:
+    """The lesion mask in ``path`` (``.npy`` or NIfTI, read as :func:`load_map` reads a map) in ``source`` order.
+
+    Returns:
+        int32 labels, 0 for background.
+
+    Raises:
+        ValueError: naming the file: NaN or infinite values, non-integer or negative labels (see
+            :func:`medhdm.io.annotations.check_label_values`), or what :func:`load_map` refuses.
+    """
+    return check_label_values(load_map(path, source), f"{path}: lesion mask")
 
 
 def find_case_map(directory: str | os.PathLike, case_id: str) -> Path:
@@ -121,19 +199,14 @@ def load_case_map(directory: str | os.PathLike, case_id: str, shape: tuple[int, 
     path = find_case_map(directory, case_id)
     where = f"case {case_id}: {path}"
     shape = tuple(int(s) for s in shape)
+    grid = f"the image grid {shape} (MONAI/NIfTI order: column, row[, slice])"
     if path.name.lower().endswith(".npy"):
-        try:
-            data = np.asarray(np.load(path, allow_pickle=False), dtype=np.float64)
-        except Exception as err:  # noqa: BLE001 (any decoding failure is reported the same way)
-            raise ValueError(f"{where}: unreadable .npy file ({err})") from None
+        data = np.asarray(_load_npy(path, where, lambda s: _sizes(s) == _sizes(shape), grid), dtype=np.float64)
     else:
-        import nibabel as nib
-
-        try:
-            image = nib.load(path)
-            data = np.asarray(image.dataobj, dtype=np.float64)
-        except Exception as err:  # noqa: BLE001 (any decoding failure is reported the same way)
-            raise ValueError(f"{where}: unreadable NIfTI file ({err})") from None
+        image = _nifti_header(path, where)
+        if _sizes(image.shape) != _sizes(shape):
+            raise ValueError(f"{where}: map shape {tuple(image.shape)} does not match {grid}")
+        data = _nifti_data(image, where)
         size = len(shape)
         expected = np.asarray(affine, dtype=np.float64)
         # a 2D image's grid: compare the in-plane part (NIfTI stores a third axis anyway)
