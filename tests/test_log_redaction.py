@@ -20,7 +20,7 @@ import pydicom
 import pytest
 from pacs_helpers import leaked, plant_names
 
-from medhdm.pacs.redact import REDACTED, Redactor
+from medhdm.io.redact import REDACTED, Redactor
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -98,7 +98,7 @@ def test_export_and_explain_keep_names_in_the_objects_not_in_the_streams(planted
 
 def test_library_warnings_and_records_are_redacted_in_process(planted):
     """What every command installs: a warning from any module and any logger's record, whatever its handlers."""
-    from medhdm.pacs.redact import install_redaction
+    from medhdm.io.redact import install_redaction
 
     source, _, strings = planted
     install_redaction()
@@ -137,7 +137,7 @@ def test_library_warnings_and_records_are_redacted_in_process(planted):
 
 
 def test_identifying_texts_reads_names_and_ids_at_any_depth_without_converting(planted):
-    from medhdm.pacs.redact import identifying_texts, process_redactor
+    from medhdm.io.redact import identifying_texts, process_redactor
 
     source, _, strings = planted
     ds = pydicom.dcmread(source)

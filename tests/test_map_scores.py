@@ -14,10 +14,10 @@ from pacs_helpers import bench_study
 from medhdm.data.bench_files import LESIONBENCH_INTENSITY_RANGE, write_lesionbench
 from medhdm.evaluation import evaluate_manifest
 from medhdm.explain.registry import make_explainer
+from medhdm.export import read_structured_report
 from medhdm.io.manifest import load_manifest
 from medhdm.models import load_model
-from medhdm.pacs import explain_local_study
-from medhdm.pacs.sr import read_structured_report
+from medhdm.pacs import PacsOptions, explain_local_study
 from medhdm.pipeline import InputSpec, load_image
 
 #: a 2D study: the map of the one image, scored against the study's lesion SEG
@@ -103,7 +103,7 @@ def spec(model2d):
 
 def _explain_local(study: dict, explainer, spec, work, **options):
     """``pacs``'s explanation of a study on disk (the one call that follows the API)."""
-    return explain_local_study(study["image"].parent, explainer, spec, work, model_name="default", log=None, **options)
+    return explain_local_study(study["image"].parent, explainer, spec, work, PacsOptions("default", **options))
 
 
 @pytest.mark.parametrize("dims", [2, 3])
