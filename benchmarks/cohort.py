@@ -40,7 +40,7 @@ from medhdm.pipeline import InputSpec
 def _run(entries: list[dict], recipe: ExplainRecipe, engine, batch_size: int, out: Path, startup: float) -> dict:
     """One run into ``out`` on a started engine: its wall time and cases per minute."""
     start = time.perf_counter()
-    result = explain_cohort(entries, recipe, out, batch_size=batch_size, progress=False, engine_object=engine)
+    result = explain_cohort(entries, recipe, out, engine=engine, batch_size=batch_size, progress=False)
     wall = time.perf_counter() - start
     n = len(result.done)
     return {
@@ -99,7 +99,7 @@ def main() -> None:
                         engine, used = LocalEngine(runner), [torch.get_num_threads()]
                     else:
                         key = recipe.build(device="cpu").key
-                        engine = RayEngine(recipe, key, workers, args.gpus_per_worker)
+                        engine = RayEngine(recipe, key, workers=workers, gpus_per_worker=args.gpus_per_worker)
                         engine.start()
                         used = engine.ready()  # every actor has loaded the model: startup ends here
                     startup = time.perf_counter() - begin

@@ -220,8 +220,11 @@ def _model_and_spec(args: argparse.Namespace):
     return recipe, model, spec
 
 
-def _engine_options(args: argparse.Namespace) -> dict:
-    """The cohort options (--engine, --workers, --gpus-per-worker, --address, --batch-size) as keyword arguments."""
+def _engine_options(args: argparse.Namespace):
+    """The cohort options (--engine, --workers, --gpus-per-worker, --address, --batch-size, --overwrite)
+    as a :class:`medhdm.cohort.CohortOptions`."""
+    from .cohort import CohortOptions
+
     if args.engine == "local" and (args.address or args.workers is not None or args.gpus_per_worker):
         raise ValueError("--workers, --gpus-per-worker and --address: only with --engine ray")
     if args.batch_size < 1:
@@ -232,15 +235,15 @@ def _engine_options(args: argparse.Namespace) -> dict:
         raise ValueError(f"--gpus-per-worker: expected 0 or more, got {args.gpus_per_worker}")
     if args.engine == "ray" and args.device.startswith("cuda") and not args.gpus_per_worker:
         raise ValueError(f"--device {args.device} with --engine ray: give --gpus-per-worker (1, or 0.5 to share a GPU)")
-    return {
-        "engine": args.engine,
-        "batch_size": args.batch_size,
-        "workers": args.workers or 2,
-        "gpus_per_worker": args.gpus_per_worker,
-        "address": args.address,
-        "overwrite": args.overwrite,
-        "log": lambda line: print(line, flush=True),
-    }
+    return CohortOptions(
+        engine=args.engine,
+        batch_size=args.batch_size,
+        workers=args.workers or 2,
+        gpus_per_worker=args.gpus_per_worker,
+        address=args.address,
+        overwrite=args.overwrite,
+        log=lambda line: print(line, flush=True),
+    )
 
 
 def _slices(args: argparse.Namespace):
@@ -291,15 +294,14 @@ def _evaluate(args: argparse.Namespace) -> None:
         recipe,
         spec,
         tuple(names),
-        args.steps,
-        tuple(maps.items()),
+        steps=args.steps,
+        maps=tuple(maps.items()),
         faithfulness=not args.no_faithfulness,
         curve_steps=args.curve_steps,
         slices=_slices(args),
     )
-    _, rows = evaluate_cohort(
-        entries, evaluation, args.out, title=f"medhdm evaluation: {Path(args.manifest).name}", model=model, **options
-    )
+    title = f"medhdm evaluation: {Path(args.manifest).name}"
+    _, rows = evaluate_cohort(entries, evaluation, args.out, title=title, options=options, model=model)
     faithful = [k for k in FAITHFULNESS_KEYS if rows and k in rows[0]]
     digits = {"deletion_half": 4, "insertion_half": 4}
     print(format_table(summarise(rows, ["pointing_game", "auroc", "lesion_hit_rate", *faithful]), digits=digits))
@@ -350,13 +352,13 @@ def _explain(args: argparse.Namespace) -> None:
         recipe,
         spec,
         args.method,
-        args.steps,
-        _parse_json(args.method_args, "--method-args"),
-        tuple(formats),
-        _slices(args),
-        deidentify,
+        steps=args.steps,
+        method_args=_parse_json(args.method_args, "--method-args"),
+        export=tuple(formats),
+        slices=_slices(args),
+        deidentify=deidentify,
     )
-    result = explain_cohort(entries, explain, args.out, model=model, **options)
+    result = explain_cohort(entries, explain, args.out, options=options, model=model)
     print(
         f"{len(result.done)} cases explained, {len(result.skipped)} already complete; "
         f"maps (one folder per case) and explanations.csv in {Path(args.out)}"

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import re
 import threading
 from pathlib import Path
 
@@ -14,10 +16,24 @@ import numpy as np
 import pytest
 import torch
 
+import medhdm
 from medhdm.cli import main
-from medhdm.cohort import CohortFailed, ExplainRecipe, LocalEngine, ModelRecipe, explain_cohort
+from medhdm.cohort import (
+    CaseOutcome,
+    CohortFailed,
+    CohortOptions,
+    Engine,
+    EvaluateRecipe,
+    ExplainRecipe,
+    LocalEngine,
+    ModelRecipe,
+    evaluate_cohort,
+    explain_cohort,
+    make_engine,
+)
 from medhdm.data.bench_files import LESIONBENCH_INTENSITY_RANGE, write_lesionbench
 from medhdm.io.manifest import load_manifest
+from medhdm.models.identity import configuration_hash
 from medhdm.pipeline import InputSpec
 
 N_CASES = 6
@@ -73,7 +89,7 @@ def test_a_batch_out_of_memory_is_split_and_completes(manifest, tmp_path):
 
     runner.explainer.explain = limited
     entries = _entries(manifest)[:4]
-    result = explain_cohort(entries, recipe, tmp_path / "split", batch_size=4, engine_object=LocalEngine(runner))
+    result = explain_cohort(entries, recipe, tmp_path / "split", engine=LocalEngine(runner), batch_size=4)
     assert result.done == [e["id"] for e in entries] and not result.failures
     assert sizes == [4, 2, 1, 1, 2, 1, 1]
     reference = explain_cohort(entries, recipe, tmp_path / "ref", batch_size=1, progress=False)
@@ -115,7 +131,11 @@ def test_a_corrupt_case_is_listed_in_failures_and_the_others_are_done(manifest, 
 
 
 def test_cohort_failed_names_the_first_failure():
-    failures = [{"case": "b", "image": "b.dcm", "index": 2, "error": "bad", "error_type": "ValueError", "bad_input": 1}]
+    failures = [
+        CaseOutcome(
+            case="b", image="b.dcm", status="failed", index=2, error="bad", error_type="ValueError", bad_input=True
+        )
+    ]
     err = CohortFailed(failures, 3, Path("out"))
     assert err.bad_input and "1 of 3 cases failed" in str(err) and "case 2 (b, b.dcm) failed: bad" in str(err)
 
@@ -144,3 +164,78 @@ def test_a_run_leaves_no_thread_behind(manifest, tmp_path):
     explain_cohort(_entries(manifest)[:2], ExplainRecipe(ModelRecipe(), SPEC, "gxi"), tmp_path / "out", progress=True)
     left = [t.name for t in threading.enumerate() if t.ident not in before]
     assert left == []
+
+
+# The configuration hashes of the records below, with medhdm_version "0.1.0": a change of either is a
+# change of what every earlier run wrote, and those runs would no longer resume (their cases redone).
+PINNED_EXPLAIN_HASH = "7386c525576dc5a427b81370ec34e0da55bc144c2b0bccd192ff80b3a1ed9158"
+PINNED_EVALUATE_HASH = "40fe74309542b21ecb78beae10e86389d94b5ee71c9c633965e6e255d3458584"
+RECORD_KEYS = ["case", "image", "configuration_hash", "configuration", "files", "seconds", "result"]
+
+
+def _pinned_hash(record: dict) -> str:
+    assert record["configuration"]["medhdm_version"] == medhdm.__version__
+    assert record["configuration_hash"] == configuration_hash(record["configuration"])
+    return configuration_hash({**record["configuration"], "medhdm_version": "0.1.0"})
+
+
+def test_records_keep_their_layout_and_configuration_hash(manifest, tmp_path):
+    """The record.json of an explained and of an evaluated case: its keys, its result's keys and its
+    configuration hash are those earlier runs wrote, so that they resume (their cases are not redone)."""
+    entry = load_manifest(manifest)[0]
+    explain_cohort([entry], ExplainRecipe(ModelRecipe(), SPEC, "gxi"), tmp_path / "explain", progress=False)
+    record = json.loads((tmp_path / "explain" / entry["id"] / "record.json").read_text())
+    assert list(record) == RECORD_KEYS and list(record["result"]) == ["row"]
+    assert record["files"] == [f"{entry['id']}_saliency.nii.gz"] and record["image"] == str(entry["image"])
+    assert list(record["result"]["row"]) == [
+        *("case", "image", "class_idx", "score", "map", "export"),
+        *("slice_reduce", "slices", "slice_scores", "spacing"),
+    ]
+    assert _pinned_hash(record) == PINNED_EXPLAIN_HASH
+
+    recipe = EvaluateRecipe(ModelRecipe(), SPEC, ("gxi",), curve_steps=4)
+    evaluate_cohort([entry], recipe, tmp_path / "evaluate", progress=False)
+    record = json.loads((tmp_path / "evaluate" / entry["id"] / "record.json").read_text())
+    assert list(record) == RECORD_KEYS and list(record["result"]) == ["rows", "curves"]
+    assert record["files"] == ["maps.npz"] and list(record["result"]["curves"]) == ["gxi"]
+    assert _pinned_hash(record) == PINNED_EVALUATE_HASH
+
+
+@pytest.mark.parametrize(
+    ("settings", "error", "message"),
+    [
+        ({"batch_size": 0}, ValueError, "--batch-size: expected at least 1, got 0"),
+        ({"workers": 0}, ValueError, "--workers: expected at least 1, got 0"),
+        ({"gpus_per_worker": -1}, ValueError, "--gpus-per-worker: expected 0 or more, got -1"),
+        ({"engine": "dask"}, ValueError, "--engine: expected local or ray, got 'dask'"),
+        ({"engine": object()}, TypeError, "engine: expected 'local', 'ray' or an Engine, got object"),
+        ({"batchsize": 2}, TypeError, "batchsize: not fields of CohortOptions"),
+    ],
+)
+def test_bad_cohort_settings_are_refused_before_anything_is_written(manifest, tmp_path, settings, error, message):
+    """Through the API as through the CLI: a bad setting is one clear error, and --out is not created."""
+    out = tmp_path / "out"
+    with pytest.raises(error, match=re.escape(message)):
+        explain_cohort(_entries(manifest)[:1], ExplainRecipe(ModelRecipe(), SPEC, "gxi"), out, **settings)
+    assert not out.exists()
+
+
+def test_cohort_calls_take_options_and_keywords_and_report_case_outcomes(manifest, tmp_path):
+    """``options`` and keyword settings combine (the settings win); the options cannot be passed by
+    position; the local engine is an ``Engine``, and a built one is used as it is; ``on_batch`` gets
+    each batch's :class:`CaseOutcome`\\ s."""
+    recipe = ExplainRecipe(ModelRecipe(), SPEC, "gxi")
+    entries = _entries(manifest)[:3]
+    with pytest.raises(TypeError):
+        explain_cohort(entries, recipe, tmp_path / "positional", "local")
+    assert not (tmp_path / "positional").exists()
+    engine = LocalEngine(recipe.build())
+    assert isinstance(engine, Engine) and make_engine(recipe, CohortOptions(engine=engine)) is engine
+    seen: list[list[CaseOutcome]] = []
+    options = CohortOptions(engine=engine, batch_size=1, progress=False)
+    result = explain_cohort(entries, recipe, tmp_path / "out", options=options, batch_size=2, on_batch=seen.append)
+    assert result.done == [e["id"] for e in entries]
+    assert [[o.case for o in batch] for batch in seen] == [[entries[0]["id"], entries[1]["id"]], [entries[2]["id"]]]
+    first = seen[0][0]
+    assert first.image == os.path.abspath(entries[0]["image"]) and first.status == "done" and not first.failed
+    assert first.seconds > 0 and (first.error, first.error_type, first.bad_input) == ("", "", False)

@@ -23,8 +23,17 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from medhdm.cohort import EvaluateRecipe, ExplainRecipe, ModelRecipe, evaluate_cohort, explain_cohort
-from medhdm.cohort.commands import make_engine
+from medhdm.cohort import (
+    CaseOutcome,
+    CohortOptions,
+    Engine,
+    EvaluateRecipe,
+    ExplainRecipe,
+    ModelRecipe,
+    evaluate_cohort,
+    explain_cohort,
+    make_engine,
+)
 from medhdm.data.bench_files import LESIONBENCH_INTENSITY_RANGE, write_lesionbench
 from medhdm.io.manifest import load_manifest
 from medhdm.pipeline import InputSpec
@@ -107,21 +116,22 @@ def test_ray_evaluate_summary_is_identical_to_the_local_engine(ray, manifest, tm
 
 def test_a_killed_actor_is_replaced_and_every_case_is_done_once(ray, manifest, tmp_path):
     recipe = ExplainRecipe(ModelRecipe(), SPEC, "gxi")
-    engine, _ = make_engine(recipe, "ray", workers=2)
-    outcomes: list[dict] = []
+    engine = make_engine(recipe, CohortOptions(engine="ray", workers=2))
+    assert isinstance(engine, Engine)
+    outcomes: list[CaseOutcome] = []
 
-    def kill_once(batch: list[dict]) -> None:
+    def kill_once(batch: list[CaseOutcome]) -> None:
         if not outcomes:  # after the first batch: one actor dies, with or without a batch in flight
             ray.kill(engine.actors[0], no_restart=True)
         outcomes.extend(batch)
 
     result = explain_cohort(
-        _entries(manifest), recipe, tmp_path / "out", batch_size=1, on_batch=kill_once, engine_object=engine
+        _entries(manifest), recipe, tmp_path / "out", engine=engine, batch_size=1, on_batch=kill_once
     )
     ids = [e["id"] for e in _entries(manifest)]
     assert engine.replaced >= 1
-    assert sorted(o["case"] for o in outcomes) == ids  # each case reported once: done, or skipped when
-    assert all(o["status"] in ("done", "skipped") for o in outcomes)  # the dead actor had finished it
+    assert sorted(o.case for o in outcomes) == ids  # each case reported once: done, or skipped when
+    assert all(o.status in ("done", "skipped") for o in outcomes)  # the dead actor had finished it
     assert sorted(result.done + result.skipped) == ids and not result.failures
     with open(tmp_path / "out" / "explanations.csv") as f:
         assert [r["case"] for r in csv.DictReader(f)] == ids

@@ -1,6 +1,7 @@
 """Running a cohort: ``medhdm explain --manifest`` and ``medhdm evaluate`` over many cases, on
 this machine (``--engine local``, the default) or on Ray (``--engine ray``), resumable.
 
+- :mod:`.engine`: the options of a run, the :class:`Engine` protocol and a case's outcome;
 - :mod:`.run`: the driver (lock, which cases are complete, failures, the summary);
 - :mod:`.records`: the per-case record that makes a case complete for a configuration;
 - :mod:`.tasks`: what a worker does (recipes -> runners that load the model once);
@@ -11,7 +12,8 @@ this machine (``--engine local``, the default) or on Ray (``--engine ray``), res
 """
 
 from .batching import chunks, is_out_of_memory, run_split
-from .commands import evaluate_cohort, explain_cohort
+from .commands import evaluate_cohort, explain_cohort, make_engine
+from .engine import CaseOutcome, CohortOptions, Engine
 from .local import LocalEngine
 from .records import case_state, read_record
 from .run import CohortFailed, CohortResult, run_cohort
@@ -19,8 +21,11 @@ from .tasks import BAD_INPUT, EvaluateRecipe, ExplainRecipe, ModelRecipe, proces
 
 __all__ = [
     "BAD_INPUT",
+    "CaseOutcome",
+    "CohortOptions",
     "CohortFailed",
     "CohortResult",
+    "Engine",
     "EvaluateRecipe",
     "ExplainRecipe",
     "LocalEngine",
@@ -30,6 +35,7 @@ __all__ = [
     "evaluate_cohort",
     "explain_cohort",
     "is_out_of_memory",
+    "make_engine",
     "process_batch",
     "read_record",
     "run_cohort",

@@ -3,13 +3,15 @@ rebuilt from the per-case records (``explanations.csv``; ``evaluate``'s report a
 
 from __future__ import annotations
 
+import dataclasses
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from ..study import case_folder, write_explanations_csv
+from .engine import CohortOptions, Engine
 from .local import LocalEngine
 from .run import CohortResult, run_cohort
 from .tasks import EvaluateRecipe, ExplainRecipe
@@ -17,98 +19,98 @@ from .tasks import EvaluateRecipe, ExplainRecipe
 __all__ = ["evaluate_cohort", "explain_cohort", "make_engine"]
 
 
-def make_engine(
-    recipe: ExplainRecipe | EvaluateRecipe,
-    engine: str = "local",
-    workers: int = 2,
-    gpus_per_worker: float = 0.0,
-    address: str | None = None,
-    log: Callable[[str], None] | None = None,
-    model=None,
-):
-    """The engine named ``engine`` (``local`` or ``ray``) for ``recipe``, and the configuration hash.
+def make_engine(recipe: ExplainRecipe | EvaluateRecipe, options: CohortOptions | None = None, *, model=None) -> Engine:
+    """The engine ``options.engine`` names (``local`` or ``ray``) for ``recipe``, or the one it holds.
 
     The local engine builds the runner (model, explainers) here, once; the Ray engine builds it
-    here on the CPU for the configuration only (the weights hash does not depend on the device)
-    and once in each actor. ``model``: the classifier already loaded from ``recipe.model`` (local engine).
+    here on the CPU for the configuration hash only (the weights hash does not depend on the device)
+    and once in each actor. ``model``: the classifier already loaded from ``recipe.model``.
     """
-    if engine == "local":
-        runner = recipe.build(model=model)
-        return LocalEngine(runner), runner.key
-    if engine == "ray":
-        from .ray_engine import RayEngine, check_address, import_ray
+    options = options if options is not None else CohortOptions()
+    if not isinstance(options.engine, str):
+        return options.engine
+    if options.engine == "local":
+        return LocalEngine(recipe.build(model=model))
+    from .ray_engine import RayEngine, check_address, import_ray
 
-        import_ray()  # clear errors before the model is loaded
-        check_address(address)
-        key = recipe.build(device="cpu", model=model).key  # the weights hash does not depend on the device
-        return RayEngine(recipe, key, workers, gpus_per_worker, address, log), key
-    raise ValueError(f"--engine: expected local or ray, got {engine!r}")
+    import_ray()  # clear errors before the model is loaded
+    check_address(options.address)
+    key = recipe.build(device="cpu", model=model).key  # the weights hash does not depend on the device
+    return RayEngine(
+        recipe,
+        key,
+        workers=options.workers,
+        gpus_per_worker=options.gpus_per_worker,
+        address=options.address,
+        log=options.log,
+    )
+
+
+def _options(options: CohortOptions | None, settings: dict) -> CohortOptions:
+    """``options`` (default: :class:`CohortOptions`'s defaults) with the fields named in ``settings`` replaced."""
+    if options is None:
+        options = CohortOptions()
+    elif not isinstance(options, CohortOptions):
+        raise TypeError(f"options: expected a CohortOptions, got {type(options).__name__}")
+    unknown = sorted(set(settings) - {f.name for f in dataclasses.fields(CohortOptions)})
+    if unknown:
+        raise TypeError(f"unexpected keyword argument(s) {', '.join(unknown)}: not fields of CohortOptions")
+    return dataclasses.replace(options, **settings) if settings else options
 
 
 def explain_cohort(
     entries: Sequence[dict],
     recipe: ExplainRecipe,
     out: str | os.PathLike,
-    engine: str = "local",
-    batch_size: int = 1,
-    overwrite: bool = False,
-    workers: int = 2,
-    gpus_per_worker: float = 0.0,
-    address: str | None = None,
-    log: Callable[[str], None] | None = None,
-    on_batch: Callable[[list[dict]], None] | None = None,
-    progress: bool = True,
-    engine_object=None,
+    *,
+    options: CohortOptions | None = None,
     model=None,
+    **settings,
 ) -> CohortResult:
     """Explain ``entries`` (``{"id", "image", "class_idx"?}``) into ``out/<id>/``, with ``out/explanations.csv``.
 
-    ``engine_object``: an engine built by :func:`make_engine` (tests hold it to kill a worker);
-    ``model``: the classifier already loaded from ``recipe.model`` (the local engine uses it).
+    Args:
+        options: how the run goes (:class:`~medhdm.cohort.engine.CohortOptions`: the engine, the batch
+            size, ``overwrite``, ...); by default the local engine, one case per batch.
+        model: the classifier already loaded from ``recipe.model`` (to skip loading it again).
+        **settings: fields of :class:`~medhdm.cohort.engine.CohortOptions` replacing those of
+            ``options``, e.g. ``engine="ray", workers=4, batch_size=8``.
+
+    Raises:
+        CohortFailed: after the run, when some cases failed (:func:`~medhdm.cohort.run.run_cohort`).
     """
-    if engine_object is None:
-        engine_object, key = make_engine(recipe, engine, workers, gpus_per_worker, address, log, model)
-    else:
-        key = engine_object.key
+    options = _options(options, settings)
 
     def summarise(out: Path, complete: list[dict], records: dict[str, dict]) -> None:
         write_explanations_csv(out / "explanations.csv", [records[e["id"]]["result"]["row"] for e in complete])
 
-    return run_cohort(entries, key, engine_object, out, summarise, batch_size, overwrite, None, on_batch, log, progress)
+    engine = make_engine(recipe, options, model=model)
+    return run_cohort(entries, engine=engine, out=out, summarise=summarise, options=options)
 
 
 def evaluate_cohort(
     entries: Sequence[dict],
     recipe: EvaluateRecipe,
     out: str | os.PathLike,
+    *,
     title: str = "medhdm evaluation",
-    engine: str = "local",
-    batch_size: int = 1,
-    overwrite: bool = False,
-    workers: int = 2,
-    gpus_per_worker: float = 0.0,
-    address: str | None = None,
-    log: Callable[[str], None] | None = None,
-    on_batch: Callable[[list[dict]], None] | None = None,
-    progress: bool = True,
-    engine_object=None,
+    options: CohortOptions | None = None,
     model=None,
+    **settings,
 ) -> tuple[CohortResult, list[dict]]:
     """Evaluate ``entries`` (manifest entries with lesions) per case into ``out/<id>/``, then the report
-    (``report.html``, ``per_case.csv``, ``summary.csv/json``) over the complete cases; returns the rows too."""
+    (``report.html``, ``per_case.csv``, ``summary.csv/json``) titled ``title`` over the complete cases;
+    returns the rows too. ``options``, ``model`` and ``**settings`` as for :func:`explain_cohort`."""
     from ..evaluation import add_case, case_figure, new_figures
     from ..metrics.curves import curve_fractions
     from ..report import write_report
 
-    if engine_object is None:
-        engine_object, key = make_engine(recipe, engine, workers, gpus_per_worker, address, log, model)
-    else:
-        key = engine_object.key
+    options = _options(options, settings)
     rows: list[dict] = []
 
     def refuse(out: Path, states: dict[str, str]) -> None:
         report = out / "report.html"
-        if report.exists() and all(s == "missing" for s in states.values()) and not overwrite:
+        if report.exists() and all(s == "missing" for s in states.values()) and not options.overwrite:
             raise FileExistsError(
                 f"--out: {report} exists; pass --overwrite to replace the report, or choose another folder"
             )
@@ -123,7 +125,6 @@ def evaluate_cohort(
             add_case(rows, figures, record, case_figure(entry, maps))
         write_report(rows, figures, out, title=title)
 
-    result = run_cohort(
-        entries, key, engine_object, out, summarise, batch_size, overwrite, refuse, on_batch, log, progress
-    )
+    engine = make_engine(recipe, options, model=model)
+    result = run_cohort(entries, engine=engine, out=out, summarise=summarise, options=options, refuse=refuse)
     return result, rows

@@ -31,6 +31,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
+from .engine import CaseOutcome
 from .ray_watchdog import children
 
 __all__ = ["RayEngine", "check_address", "import_ray"]
@@ -117,7 +118,7 @@ class _CohortActor:
                 "model weights on that node?)"
             )
 
-    def run(self, batch: list[dict], out: str) -> list[dict]:
+    def run(self, batch: list[dict], out: str) -> list[CaseOutcome]:
         from .tasks import process_batch
 
         return process_batch(self.runner, batch, Path(out))
@@ -129,7 +130,8 @@ class _CohortActor:
 
 
 class RayEngine:
-    """Batches over a pool of ``workers`` Ray actors (see the module docstring).
+    """Batches over a pool of ``workers`` Ray actors (see the module docstring); an
+    :class:`~medhdm.cohort.engine.Engine`.
 
     Args:
         recipe: an :class:`~medhdm.cohort.tasks.ExplainRecipe` or :class:`~medhdm.cohort.tasks.EvaluateRecipe`.
@@ -146,6 +148,7 @@ class RayEngine:
         self,
         recipe,
         key: str,
+        *,
         workers: int = 2,
         gpus_per_worker: float = 0.0,
         address: str | None = None,
@@ -198,7 +201,7 @@ class RayEngine:
             self.recipe, self.key, self.threads
         )
 
-    def map(self, batches: Iterable[list[dict]], out: Path) -> Iterator[list[dict]]:
+    def map(self, batches: Iterable[list[dict]], out: Path) -> Iterator[list[CaseOutcome]]:
         """The outcomes of each batch as it finishes; the batch of an actor that died is run again."""
         ray = self.ray
         queue = deque(batches)

@@ -18,6 +18,7 @@ Rules (the same for every engine):
 from __future__ import annotations
 
 import csv
+import dataclasses
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ from pathlib import Path
 from ..io.atomic import LockedFolder, atomic_write, remove_stale_temporaries
 from ..study import case_folder
 from .batching import chunks
+from .engine import CaseOutcome, CohortOptions, Engine
 from .progress import Progress
 from .records import RECORD_NAME, case_state, read_record
 
@@ -36,26 +38,27 @@ FAILURE_COLUMNS = ("case", "image", "error_type", "error")
 
 @dataclass
 class CohortResult:
-    """What a run did: per case id its record (complete cases), the outcomes of this run and the failures."""
+    """What a run did: per case id its record (complete cases), the cases done and skipped by this run,
+    and its failures (in manifest order)."""
 
     records: dict[str, dict] = field(default_factory=dict)
     done: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
-    failures: list[dict] = field(default_factory=list)
+    failures: list[CaseOutcome] = field(default_factory=list)
 
 
 class CohortFailed(RuntimeError):
     """Some cases failed (listed in ``failures.csv``); the others are complete. ``bad_input``: every
     failure was bad input (a file that cannot be read, a case that does not fit the classifier)."""
 
-    def __init__(self, failures: list[dict], total: int, out: Path) -> None:
+    def __init__(self, failures: list[CaseOutcome], total: int, out: Path) -> None:
         self.failures, self.total, self.out = failures, total, out
-        self.bad_input = all(f.get("bad_input") for f in failures)
+        self.bad_input = all(f.bad_input for f in failures)
         first = failures[0]
-        kind = "" if first.get("bad_input") else f"{first['error_type']}: "
+        kind = "" if first.bad_input else f"{first.error_type}: "
         super().__init__(
             f"{len(failures)} of {total} cases failed (listed in {out / 'failures.csv'}), the others are complete; "
-            f"case {first['index']} ({first['case']}, {first['image']}) failed: {kind}{first['error']}"
+            f"case {first.index} ({first.case}, {first.image}) failed: {kind}{first.error}"
         )
 
 
@@ -68,84 +71,99 @@ def _check_ids(entries: Sequence[dict]) -> None:
 
 def run_cohort(
     entries: Sequence[dict],
-    key: str,
-    engine,
+    *,
+    engine: Engine,
     out: str | os.PathLike,
     summarise: Callable[[Path, list[dict], dict[str, dict]], None],
-    batch_size: int = 1,
-    overwrite: bool = False,
+    options: CohortOptions | None = None,
     refuse: Callable[[Path, dict[str, str]], None] | None = None,
-    on_batch: Callable[[list[dict]], None] | None = None,
-    log: Callable[[str], None] | None = None,
-    progress: bool = True,
 ) -> CohortResult:
     """Run ``entries`` (``{"id", "image", ...}``) on ``engine`` into ``out`` (see the module docstring).
 
     Args:
-        key: the configuration hash of the runner(s) (:attr:`~medhdm.cohort.tasks.CaseRunner.key`).
-        engine: a :class:`~medhdm.cohort.local.LocalEngine` or :class:`~medhdm.cohort.ray_engine.RayEngine`.
+        engine: the :class:`~medhdm.cohort.engine.Engine` that does the cases; its ``key`` (the
+            configuration hash) decides which cases are complete.
         summarise: writes the run's summary from the complete cases' entries and records (inside the lock).
-        batch_size: cases per batch sent to a worker.
-        overwrite: redo the cases complete for another configuration (otherwise the run is refused).
+        options: the batch size, ``overwrite`` (redo the cases complete for another configuration,
+            otherwise the run is refused), ``on_batch``, ``log`` and ``progress``
+            (:class:`~medhdm.cohort.engine.CohortOptions`; its engine fields are not read here).
         refuse: an extra check before any work, given ``out`` and each case's state.
-        on_batch: called with each batch's outcomes as it finishes (tests use it to kill a worker).
 
     Raises:
         FileExistsError: cases complete for another configuration, without ``overwrite``.
         CohortFailed: after the run, when some cases failed.
     """
+    options = options if options is not None else CohortOptions()
     if not entries:
         raise ValueError("cases: nothing to run")
     _check_ids(entries)
     out = Path(out)
     # absolute paths: a Ray worker does not share the driver's working folder
     entries = [{**e, **{k: os.path.abspath(e[k]) for k in ("image", "lesion") if k in e}} for e in entries]
-    where = Path(os.path.abspath(out))
     result = CohortResult()
     with LockedFolder(out, what="--out"):
         remove_stale_temporaries(out)
-        states = _case_states(out, entries, key, overwrite)
+        states = _case_states(out, entries, engine.key, options.overwrite)
         if refuse:
             refuse(out, states)
         todo = [e for e in entries if states[e["id"]] != "complete"]
         result.skipped = [e["id"] for e in entries if states[e["id"]] == "complete"]
-        if log and result.skipped:
-            log(f"{len(result.skipped)} of {len(entries)} cases are complete for this configuration; skipped")
-        index = {e["id"]: k for k, e in enumerate(entries, start=1)}
-        by_id = {e["id"]: e for e in entries}
-        bar = Progress(len(entries), len(result.skipped)) if progress else None
-        try:
-            if todo:
-                engine.start()
-                for outcomes in engine.map(chunks(todo, batch_size), where):
-                    for o in outcomes:
-                        if o["status"] == "failed":
-                            image = str(by_id[o["case"]]["image"])
-                            result.failures.append({**o, "index": index[o["case"]], "image": image})
-                        else:
-                            result.done.append(o["case"])
-                    if bar:
-                        bar.update(len(outcomes), sum(o["status"] == "failed" for o in outcomes))
-                    if log and (bar is None or bar.bar.disable):  # not a terminal: one line per case
-                        finished = len(result.skipped) + len(result.done) + len(result.failures)
-                        for k, o in enumerate(outcomes, start=finished - len(outcomes) + 1):
-                            what = f"failed: {o['error']}" if o["status"] == "failed" else f"{o['seconds']:.1f} s"
-                            log(f"[{k}/{len(entries)}] {o['case']}: {o['status']}, {what}")
-                    if on_batch:
-                        on_batch(outcomes)
-        finally:
-            engine.close()
-            if bar:
-                bar.close()
-        result.failures.sort(key=lambda f: f["index"])
+        if options.log and result.skipped:
+            options.log(f"{len(result.skipped)} of {len(entries)} cases are complete for this configuration; skipped")
+        _run_cases(entries, todo, engine, Path(os.path.abspath(out)), options, result)
+        result.failures.sort(key=lambda f: f.index)
         _write_failures(out, result.failures)
-        result.records = _complete_records(out, entries, key)
+        result.records = _complete_records(out, entries, engine.key)
         complete = [e for e in entries if e["id"] in result.records]
         if complete:
             summarise(out, complete, result.records)
     if result.failures:
         raise CohortFailed(result.failures, len(entries), out)
     return result
+
+
+def _run_cases(
+    entries: list[dict], todo: list[dict], engine: Engine, where: Path, options: CohortOptions, result: CohortResult
+) -> None:
+    """Run ``todo`` (of ``entries``) on ``engine`` into ``where``, adding each outcome to ``result``;
+    the engine is closed in the end, whatever happens (also when there is nothing to do)."""
+    index = {e["id"]: k for k, e in enumerate(entries, start=1)}
+    bar = Progress(len(entries), len(result.skipped)) if options.progress else None
+    try:
+        if todo:
+            engine.start()
+            for outcomes in engine.map(chunks(todo, options.batch_size), where):
+                _add_outcomes(result, outcomes, index, len(entries), bar, options)
+    finally:
+        engine.close()
+        if bar:
+            bar.close()
+
+
+def _add_outcomes(
+    result: CohortResult,
+    outcomes: list[CaseOutcome],
+    index: dict[str, int],
+    total: int,
+    bar: Progress | None,
+    options: CohortOptions,
+) -> None:
+    """Add a batch's ``outcomes`` to ``result`` (failures with their position ``index``), show them
+    (the bar, or one line per case in ``options.log`` when the bar is not shown), then ``options.on_batch``."""
+    for o in outcomes:
+        if o.failed:
+            result.failures.append(dataclasses.replace(o, index=index[o.case]))
+        else:
+            result.done.append(o.case)
+    if bar:
+        bar.update(len(outcomes), sum(o.failed for o in outcomes))
+    if options.log and (bar is None or bar.bar.disable):  # not a terminal: one line per case
+        finished = len(result.skipped) + len(result.done) + len(result.failures)
+        for k, o in enumerate(outcomes, start=finished - len(outcomes) + 1):
+            what = f"failed: {o.error}" if o.failed else f"{o.seconds:.1f} s"
+            options.log(f"[{k}/{total}] {o.case}: {o.status}, {what}")
+    if options.on_batch:
+        options.on_batch(outcomes)
 
 
 def _case_states(out: Path, entries: Sequence[dict], key: str, overwrite: bool) -> dict[str, str]:
@@ -180,7 +198,7 @@ def _complete_records(out: Path, entries: Sequence[dict], key: str) -> dict[str,
     return records
 
 
-def _write_failures(out: Path, failures: list[dict]) -> None:
+def _write_failures(out: Path, failures: list[CaseOutcome]) -> None:
     """``failures.csv`` of this run's failures, or no such file when none failed."""
     path = out / "failures.csv"
     if not failures:
@@ -191,6 +209,6 @@ def _write_failures(out: Path, failures: list[dict]) -> None:
         with open(tmp, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=list(FAILURE_COLUMNS), extrasaction="ignore")
             writer.writeheader()
-            writer.writerows(failures)
+            writer.writerows(dataclasses.asdict(f) for f in failures)
 
     atomic_write(path, write)

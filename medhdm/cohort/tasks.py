@@ -9,7 +9,7 @@ plus what else changes the outputs; its hash decides which cases are complete (:
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -21,6 +21,7 @@ from ..models.identity import configuration_hash, run_configuration
 from ..pipeline import InputSpec, SliceSelection, input_record
 from ..study import StudyCase, case_folder, explain_study_batch
 from .batching import run_split
+from .engine import CaseOutcome
 from .records import case_state, remove_record, write_record
 
 if TYPE_CHECKING:
@@ -45,10 +46,17 @@ class ModelRecipe:
 
 
 class CaseRunner:
-    """A worker's model and explainer(s), loaded once; :meth:`run_cases` writes each case's outputs and record."""
+    """A worker's model and explainer(s), loaded once; :meth:`run_cases` writes each case's outputs and record.
+
+    ``model``: the classifier already loaded from ``recipe.model`` (otherwise loaded here, on ``device``).
+    """
 
     configuration: dict
     key: str
+
+    def __init__(self, recipe: ExplainRecipe | EvaluateRecipe, device: str | None = None, model=None) -> None:
+        self.recipe = recipe
+        self.model = model if model is not None else recipe.model.load(device)
 
     def run_cases(self, entries: list[dict], out: Path) -> list[dict]:  # pragma: no cover (interface)
         raise NotImplementedError
@@ -67,11 +75,12 @@ class CaseRunner:
 
 @dataclass(frozen=True)
 class ExplainRecipe:
-    """``medhdm explain``: one method over the cases (exports optional)."""
+    """``medhdm explain``: one method over the cases (exports optional); the fields after ``method`` are keywords."""
 
     model: ModelRecipe
     spec: InputSpec
     method: str = "hdm"
+    _: KW_ONLY
     steps: int | None = None
     method_args: dict = field(default_factory=dict)
     export: tuple[str, ...] = ()
@@ -89,8 +98,7 @@ class ExplainRunner(CaseRunner):
     def __init__(self, recipe: ExplainRecipe, device: str | None = None, model=None) -> None:
         from ..explain.registry import make_explainer
 
-        self.recipe = recipe
-        self.model = model if model is not None else recipe.model.load(device)
+        super().__init__(recipe, device, model)
         self.explainer = make_explainer(recipe.method, self.model, steps=recipe.steps, **recipe.method_args)
         extra = {"task": "explain", "input": input_record(recipe.spec, recipe.slices), "export": list(recipe.export)}
         if recipe.deidentify is not None:
@@ -100,17 +108,18 @@ class ExplainRunner(CaseRunner):
 
     def run_cases(self, entries: list[dict], out: Path) -> list[dict]:
         cases = [StudyCase(Path(e["image"]), e["id"], e.get("class_idx")) for e in entries]
+        r = self.recipe
         start = time.perf_counter()
         rows = explain_study_batch(
             cases,
             self.explainer,
-            self.recipe.spec,
+            r.spec,
             out,
-            self.recipe.export,
-            self.recipe.method,
-            True,
-            self.recipe.slices,
-            deidentify=self.recipe.deidentify,
+            export_formats=r.export,
+            method=r.method,
+            overwrite=True,
+            slices=r.slices,
+            deidentify=r.deidentify,
         )
         seconds = (time.perf_counter() - start) / len(entries)
         records = []
@@ -124,11 +133,13 @@ class ExplainRunner(CaseRunner):
 
 @dataclass(frozen=True)
 class EvaluateRecipe:
-    """``medhdm evaluate``: several methods (and maps made elsewhere) scored per case."""
+    """``medhdm evaluate``: several methods (and maps made elsewhere) scored per case; the fields after
+    ``methods`` are keywords."""
 
     model: ModelRecipe
     spec: InputSpec
     methods: tuple[str, ...] = ("hdm", "gxi", "gradcam", "occlusion")
+    _: KW_ONLY
     steps: int | None = None
     maps: tuple[tuple[str, str], ...] = ()
     faithfulness: bool = True
@@ -146,8 +157,7 @@ class EvaluateRunner(CaseRunner):
     def __init__(self, recipe: EvaluateRecipe, device: str | None = None, model=None) -> None:
         from ..explain.registry import is_mask_method, make_explainer
 
-        self.recipe = recipe
-        self.model = model if model is not None else recipe.model.load(device)
+        super().__init__(recipe, device, model)
         self.methods = {
             name: make_explainer(name, self.model, steps=recipe.steps if is_mask_method(name) else None)
             for name in recipe.methods
@@ -176,7 +186,14 @@ class EvaluateRunner(CaseRunner):
         r = self.recipe
         start = time.perf_counter()
         cases = evaluate_cases(
-            entries, self.methods, r.spec, r.faithfulness, r.curve_steps, r.slices, dict(r.maps), self.model
+            entries,
+            self.methods,
+            r.spec,
+            faithfulness=r.faithfulness,
+            curve_steps=r.curve_steps,
+            slices=r.slices,
+            maps=dict(r.maps),
+            model=self.model,
         )
         seconds = (time.perf_counter() - start) / len(entries)
         records = []
@@ -199,18 +216,17 @@ def _one_line(err: BaseException) -> str:
     return " ".join(str(err).split()) or type(err).__name__
 
 
-def process_batch(runner: CaseRunner, entries: list[dict], out: str | Path) -> list[dict]:
+def process_batch(runner: CaseRunner, entries: list[dict], out: str | Path) -> list[CaseOutcome]:
     """Run a batch on a worker: skip the cases already complete, redo the others (failing batches split).
 
-    Returns one outcome per case: ``{"case", "status": "done"|"skipped"|"failed", "seconds"}``
-    and, for a failure, ``error``, ``error_type`` and ``bad_input``.
+    Returns one :class:`~medhdm.cohort.engine.CaseOutcome` per case: done, skipped or failed (with its error).
     """
     out = Path(out)
     outcomes, todo = [], []
     for entry in entries:
         folder = case_folder(out, entry["id"])
         if case_state(folder, entry["image"], runner.key) == "complete":  # e.g. done by a worker that died
-            outcomes.append({"case": entry["id"], "status": "skipped", "seconds": 0.0})
+            outcomes.append(CaseOutcome(case=entry["id"], image=str(entry["image"]), status="skipped"))
             continue
         if folder.is_dir():
             remove_record(folder)  # redone: incomplete until its new record is written
@@ -218,16 +234,18 @@ def process_batch(runner: CaseRunner, entries: list[dict], out: str | Path) -> l
         todo.append(entry)
     for entry, record, err in run_split(lambda batch: runner.run_cases(batch, out), todo):
         if err is None:
-            outcomes.append({"case": entry["id"], "status": "done", "seconds": record["seconds"]})
+            outcomes.append(
+                CaseOutcome(case=entry["id"], image=str(entry["image"]), status="done", seconds=record["seconds"])
+            )
         else:
             outcomes.append(
-                {
-                    "case": entry["id"],
-                    "status": "failed",
-                    "seconds": 0.0,
-                    "error": _one_line(err),
-                    "error_type": type(err).__name__,
-                    "bad_input": isinstance(err, BAD_INPUT),
-                }
+                CaseOutcome(
+                    case=entry["id"],
+                    image=str(entry["image"]),
+                    status="failed",
+                    error=_one_line(err),
+                    error_type=type(err).__name__,
+                    bad_input=isinstance(err, BAD_INPUT),
+                )
             )
     return outcomes
