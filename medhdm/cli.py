@@ -105,6 +105,37 @@ def _add_deidentify_options(parser: argparse.ArgumentParser, what: str = "the DI
     )
 
 
+def _report_content(args: argparse.Namespace, formats: list[str]):
+    """What ``export --format sr`` says: ``--class-label`` (the class index), ``--probability``, ``--scores``."""
+    import json
+
+    from .export import ReportContent
+
+    if "sr" not in formats:
+        given = [n for n, v in (("--probability", args.probability), ("--scores", args.scores)) if v is not None]
+        if given:
+            raise ValueError(f"{'/'.join(given)}: only with --format sr (they are what the SR reports)")
+        return None
+    if args.class_label is None or not str(args.class_label).strip().isdigit():
+        raise ValueError(
+            f"--class-label: the SR (--format sr) needs the explained class's index (0, 1, ...); got {args.class_label}"
+        )
+    scores = None
+    if args.scores is not None:
+        try:
+            scores = json.loads(Path(args.scores).read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise ValueError(f"--scores: cannot read {args.scores} as JSON ({err})") from None
+        if not isinstance(scores, dict):
+            raise ValueError(f"--scores: {args.scores} holds no JSON object of scores by name")
+    try:
+        return ReportContent(int(args.class_label), args.probability, scores=scores)
+    except (TypeError, ValueError) as err:  # "probability: ..." or "scores: ...": said with the option
+        name, _, problem = str(err).partition(": ")
+        flag = {"probability": "--probability", "scores": f"--scores {args.scores}"}.get(name, "--class-label")
+        raise ValueError(f"{flag}: {problem}") from None
+
+
 def _export(args: argparse.Namespace) -> None:
     from .export import OverlayStyle, check_export_arguments, export, map_on_source_grid
     from .io.dicom import read_dicom
@@ -116,6 +147,7 @@ def _export(args: argparse.Namespace) -> None:
     deidentify = _deidentification(args)
     salt = deidentify.salt if deidentify is not None else None
     check_export_arguments(formats, args.out, style, args.window_preset, args.seg_threshold, salt)
+    report = _report_content(args, formats)
     source = read_dicom(args.image)
     saliency = map_on_source_grid(load_map(args.map, source), source, name=str(args.map))
     lesion = load_lesion(args.lesion, source) if args.lesion else None
@@ -134,6 +166,7 @@ def _export(args: argparse.Namespace) -> None:
         allow_inside_source=args.allow_inside_source,
         overwrite=args.overwrite,
         retain_dates=args.retain_dates,
+        report=report,
     )
     for fmt, paths in written.items():
         where = paths[0] if len(paths) == 1 else f"{len(paths)} files in {Path(args.out)}"
@@ -416,14 +449,9 @@ def _pacs_explain(args: argparse.Namespace) -> None:
     from .explain.registry import make_explainer
     from .pacs.archive import ArchiveError, RetryPolicy
     from .pacs.destinations import parse_destination
-    from .pacs.run import (
-        check_deidentified_formats,
-        explain_archive_studies,
-        parse_formats,
-        parse_query,
-        parse_study_uids,
-    )
+    from .pacs.query import check_deidentified_formats, parse_formats, parse_query, parse_study_uids
     from .pacs.secrets import credentials_from_env
+    from .pacs.workflow import PacsOptions, explain_archive_studies
 
     # every argument checked before any work
     deidentify = _deidentification(args)
@@ -452,19 +480,9 @@ def _pacs_explain(args: argparse.Namespace) -> None:
         found = archive.search_studies(query)
         print(f"{archive.describe()}: {len(found)} studies match the query", flush=True)
         studies += [uid for uid in found if uid not in studies]
+    options = PacsOptions(args.model, formats, _slices(args), args.class_idx, deidentify=deidentify)
     outcomes = explain_archive_studies(
-        archive,
-        studies,
-        explainer,
-        spec,
-        Path(args.work),
-        model_name=args.model,
-        formats=formats,
-        push=args.push != "none",
-        log=log,
-        slices=_slices(args),
-        class_idx=args.class_idx,
-        deidentify=deidentify,
+        archive, studies, explainer, spec, Path(args.work), options, push=args.push != "none", log=log
     )
     counts = {s: sum(o.status == s for o in outcomes) for s in ("done", "skipped", "failed")}
     print(f"{len(outcomes)} studies: {counts['done']} done, {counts['skipped']} skipped, {counts['failed']} failed")
@@ -480,9 +498,10 @@ def _pacs_serve(args: argparse.Namespace) -> None:
 
     from .explain.registry import make_explainer
     from .pacs.destinations import parse_destination
-    from .pacs.run import check_deidentified_formats, parse_formats
+    from .pacs.query import check_deidentified_formats, parse_formats
     from .pacs.secrets import credentials_from_env
     from .pacs.serve import ServeSettings, explain_and_push, run_service, setup_logging
+    from .pacs.workflow import PacsOptions
 
     # every argument checked before the model loads or the port opens
     formats = parse_formats(args.push)
@@ -515,16 +534,8 @@ def _pacs_serve(args: argparse.Namespace) -> None:
         destination.describe(),
         settings.stable_seconds,
     )
-    process = explain_and_push(
-        explainer,
-        spec,
-        model_name=args.model,
-        formats=formats,
-        destination=destination,
-        slices=_slices(args),
-        class_idx=args.class_idx,
-        deidentify=deidentify,
-    )
+    options = PacsOptions(args.model, formats, _slices(args), args.class_idx, deidentify=deidentify)
+    process = explain_and_push(explainer, spec, options, destination)
     run_service(settings, process, redactor)
 
 
@@ -673,15 +684,29 @@ def _add_bench_data_command(sub) -> None:
 
 def _add_export_command(sub) -> None:
     """``medhdm export``."""
-    exp = sub.add_parser("export", help="write a saliency map into the source study (DICOM SC/PM/SEG, NIfTI, PNG)")
+    exp = sub.add_parser("export", help="write a saliency map into the source study (DICOM SC/PM/SEG/SR, NIfTI, PNG)")
     exp.add_argument(
         "--image", required=True, help="source DICOM file (single-frame or enhanced multi-frame) or series folder"
     )
     exp.add_argument("--map", required=True, help="map on the source grid: .npy (H, W) / (D, H, W), or NIfTI")
     exp.add_argument("--out", required=True, help="output folder (not inside the source folder)")
-    exp.add_argument("--format", default="sc,pm,seg,nifti,png", help="comma-separated: sc,pm,seg,nifti,png")
+    exp.add_argument("--format", default="sc,pm,seg,nifti,png", help="comma-separated: sc,pm,seg,sr,nifti,png")
     exp.add_argument("--method", default="HDM", help="method named in the series description (default HDM)")
-    exp.add_argument("--class-label", default=None, help="explained class, named in the series description")
+    exp.add_argument(
+        "--class-label",
+        default=None,
+        help="explained class, named in the series description; with sr its index (0, 1, ...), required",
+    )
+    exp.add_argument(
+        "--probability", type=float, default=None, help="sr: the class's probability (left out of the SR if not given)"
+    )
+    exp.add_argument(
+        "--scores",
+        default=None,
+        metavar="JSON",
+        help="sr: a JSON file of scores by name (pointing_game, auroc, deletion_auc_log, ...; "
+        "as medhdm evaluate names them); the SR names the method and medhdm's version, not the model",
+    )
     exp.add_argument("--lesion", default=None, help="lesion mask on the source grid (.npy or NIfTI), outlined")
     exp.add_argument("--cmap", default="inferno", help="matplotlib colormap (default inferno)")
     exp.add_argument("--threshold", type=float, default=0.25, help="overlay drawn where map >= this (0.25)")
@@ -823,7 +848,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from .pacs.redact import install_redaction
+    from .io.redact import install_redaction
 
     # every log record and warning, medhdm's or a library's, through the redactor of patient names and IDs
     redactor = install_redaction()

@@ -8,7 +8,10 @@ below (:func:`medhdm.pipeline.explain_images`, :mod:`medhdm.export`).
 
 Outputs per case in its own folder ``out_dir/<case>/``: ``<case>_saliency.nii.gz`` (the
 map on the source grid, with the source affine), and with ``export_formats`` the DICOM
-objects of :func:`medhdm.export.export` in ``<case>_dicom/``. A 2D classifier over a series
+objects of :func:`medhdm.export.export` in ``<case>_dicom/``, the structured report (``sr``)
+among them: the explained class and its probability, the run configuration and, against a
+lesion annotation (:class:`StudyReport`), the saved map's scores
+(:func:`medhdm.evaluation.score_saved_map`). A 2D classifier over a series
 (``slices``) also writes ``<case>_slices.csv`` (slice, class probability, explained or not);
 the case's row then holds the study-level decision (``score``, the ``slice_reduce`` over
 slices) and the explained slices.
@@ -23,7 +26,7 @@ from __future__ import annotations
 import csv
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -35,11 +38,12 @@ from .io.nifti import write_nifti
 from .pipeline import ExplainedImage, InputSpec, SliceSelection, explain_images
 
 if TYPE_CHECKING:  # highdicom and the exporters load only when a study is exported
-    from .export import Deidentification
+    from .export import Deidentification, ReportContent
 
 __all__ = [
     "CSV_COLUMNS",
     "StudyCase",
+    "StudyReport",
     "case_folder",
     "check_output_folder",
     "explain_study",
@@ -92,6 +96,28 @@ class StudyCase:
     class_idx: int | None = None
 
 
+@dataclass(frozen=True)
+class StudyReport:
+    """What the structured report (``"sr"`` among the export formats) says beyond the explanation itself.
+
+    The explained class and its probability come from the explanation, the class's name from the
+    model card of a shipped model (``model.medhdm_card["classes"]``).
+
+    Attributes:
+        config: the run configuration (:func:`medhdm.models.identity.run_configuration`): the SR's
+            algorithm parameters and model name (``None``: left out).
+        annotations: the study's lesion annotations (SEG, RTSTRUCT): the saved map is scored against the
+            first that lies on the source's grid and holds a lesion, for localisation and faithfulness
+            (:func:`medhdm.evaluation.score_saved_map`, curves on 41 log-spaced shares and on
+            ``curve_steps`` equal ones); none that fits: the SR holds no scores.
+        curve_steps: the equal shares of the classic deletion / insertion AUC.
+    """
+
+    config: dict | None = field(default=None, repr=False)
+    annotations: tuple[Path, ...] = ()
+    curve_steps: int = 32
+
+
 def case_folder(out_dir: str | os.PathLike, case: str) -> Path:
     """``out_dir / case``: the folder of one case's outputs, after checking the name stays inside ``out_dir``."""
     return _inside(Path(out_dir), case, "")
@@ -108,6 +134,7 @@ def explain_study(
     slices: SliceSelection | str | None = None,
     uid_source: Callable[[str], str] | None = None,
     deidentify: Deidentification | None = None,
+    report: StudyReport | None = None,
 ) -> dict:
     """Explain one study, write its outputs into ``out_dir/<case>/``; return its ``explanations.csv`` row.
 
@@ -116,13 +143,16 @@ def explain_study(
         explainer: any medhdm explainer.
         spec: the classifier's input (:class:`~medhdm.pipeline.InputSpec`).
         out_dir: an existing folder; the case's folder is made in it.
-        export_formats: DICOM source only: formats of :func:`medhdm.export.export` (``sc``, ``pm``, ...).
+        export_formats: DICOM source only: formats of :func:`medhdm.export.export` (``sc``, ``pm``, ``seg``,
+            ``sr``, ...), written as one set.
         method: the method's name in the exported series descriptions (default: the explainer's).
         overwrite: replace an export that ``<case>/<case>_dicom/`` already holds (otherwise refused).
         slices: a 2D classifier over a 3D series: the slices to explain (:class:`~medhdm.pipeline.SliceSelection`).
         uid_source: the exported objects' Series/SOP Instance UIDs from keys (deterministic UIDs,
             :class:`medhdm.pacs.uids.DerivedUIDs`); default: new random UIDs.
         deidentify: de-identify the exported DICOM objects (:class:`medhdm.export.Deidentification`).
+        report: what the SR (``"sr"``) says beyond the explanation (:class:`StudyReport`; default: no
+            configuration, no scores). With it, the row also holds ``scores``: the SR's scores, or ``None``.
     """
     return explain_study_batch(
         [case],
@@ -135,7 +165,22 @@ def explain_study(
         slices,
         uid_sources=[uid_source],
         deidentify=deidentify,
+        report=report,
     )[0]
+
+
+@dataclass(frozen=True)
+class _Outputs:
+    """What each case of one :func:`explain_study_batch` call writes besides its map (the call's options)."""
+
+    explainer: Explainer
+    spec: InputSpec
+    export_formats: tuple[str, ...]
+    method: str | None
+    overwrite: bool
+    slices: SliceSelection | str | None
+    deidentify: Deidentification | None
+    report: StudyReport | None
 
 
 def explain_study_batch(
@@ -149,11 +194,12 @@ def explain_study_batch(
     slices: SliceSelection | str | None = None,
     uid_sources: Sequence[Callable[[str], str] | None] | None = None,
     deidentify: Deidentification | None = None,
+    report: StudyReport | None = None,
 ) -> list[dict]:
     """:func:`explain_study` of several studies, explained together (:func:`~medhdm.pipeline.explain_images`:
     one batch per classifier input shape), each written as :func:`explain_study` does. An error in any raises.
     ``uid_sources``: one ``uid_source`` of :func:`explain_study` per case (default: random UIDs for all);
-    ``deidentify`` as for :func:`explain_study`."""
+    ``deidentify`` and ``report`` as for :func:`explain_study`."""
     uid_sources = list(uid_sources) if uid_sources is not None else [None] * len(cases)
     if len(uid_sources) != len(cases):
         raise ValueError(f"uid_sources: expected one per case ({len(cases)}), got {len(uid_sources)}")
@@ -167,48 +213,92 @@ def explain_study_batch(
         keep_dicom=bool(export_formats),
         slices=slices,
     )
+    outputs = _Outputs(explainer, spec, tuple(export_formats), method, overwrite, slices, deidentify, report)
     return [
-        _write_study(case, result, folder, explainer, export_formats, method, overwrite, uids, deidentify)
+        _write_study(case, result, folder, outputs, uids)
         for case, result, folder, uids in zip(cases, results, folders, uid_sources)
     ]
+
+
+def _class_name(explainer: Explainer, class_idx: int) -> str | None:
+    """The class's name from the model card of a shipped model (``model.medhdm_card["classes"]``), if any."""
+    classes = (getattr(explainer.model, "medhdm_card", None) or {}).get("classes") or []
+    return str(classes[class_idx]) if 0 <= class_idx < len(classes) else None
+
+
+def _report_content(
+    case: StudyCase, result: ExplainedImage, map_path: Path, outputs: _Outputs
+) -> tuple[ReportContent, dict[str, float] | None]:
+    """What the study's SR says: the explanation's class and probability, the configuration, and the saved
+    map's scores against the first lesion annotation that fits (``None``: none does)."""
+    from .evaluation import score_saved_map
+    from .export import ReportContent
+    from .export.sr import report_scores
+
+    report = outputs.report or StudyReport()
+    explainer, class_idx = outputs.explainer, int(result.class_idx)
+    scores = None
+    if report.annotations:
+        scores = score_saved_map(
+            case.image,
+            map_path,
+            report.annotations,
+            model=explainer.model,
+            spec=outputs.spec,
+            class_idx=class_idx,
+            slices=outputs.slices,
+            reference=getattr(explainer, "reference", "blur"),
+            curve_steps=(None, report.curve_steps),
+        )
+    scores = report_scores(scores)
+    content = ReportContent(class_idx, float(result.score), _class_name(explainer, class_idx), report.config, scores)
+    return content, scores
+
+
+def _export_study(
+    case: StudyCase, result: ExplainedImage, folder: Path, map_path: Path, outputs: _Outputs, uid_source
+) -> tuple[str, dict[str, float] | None]:
+    """Export one explained study into ``folder/<case>_dicom/`` (one set); its folder and the SR's scores."""
+    if result.dicom is None:
+        raise ValueError(f"--export: {case.image} is not DICOM; DICOM export needs a DICOM source")
+    from .export import export
+
+    content, scores = None, None
+    if "sr" in outputs.export_formats:
+        content, scores = _report_content(case, result, map_path, outputs)
+    export_dir = _inside(folder, case.case, "_dicom")
+    deidentify = outputs.deidentify
+    export(
+        result.dicom,
+        result.saliency_in_dicom_order(),
+        export_dir,
+        list(outputs.export_formats),
+        method=outputs.method or outputs.explainer.name,
+        class_label=result.class_idx,
+        overwrite=outputs.overwrite,
+        uid_source=uid_source,
+        deidentify_salt=deidentify.salt if deidentify is not None else None,
+        retain_dates=deidentify.retain_dates if deidentify is not None else False,
+        report=content,
+    )
+    return str(export_dir), scores
 
 
 def _write_study(
     case: StudyCase,
     result: ExplainedImage,
     folder: Path,
-    explainer: Explainer,
-    export_formats: Sequence[str],
-    method: str | None,
-    overwrite: bool,
+    outputs: _Outputs,
     uid_source: Callable[[str], str] | None = None,
-    deidentify: Deidentification | None = None,
 ) -> dict:
-    """Write one explained study's map (and slices table, exports) into ``folder``; return its row."""
+    """Write one explained study's map (and exports, slices table) into ``folder``; return its row."""
     folder.mkdir(exist_ok=True)
     map_path = _inside(folder, case.case, "_saliency.nii.gz")
     volume = result.saliency if result.saliency.ndim == 3 else result.saliency[..., None]
     write_nifti(map_path, volume.astype(np.float32), result.affine)
-    exported = ""
-    if export_formats:
-        if result.dicom is None:
-            raise ValueError(f"--export: {case.image} is not DICOM; DICOM export needs a DICOM source")
-        from .export import export
-
-        export_dir = _inside(folder, case.case, "_dicom")
-        export(
-            result.dicom,
-            result.saliency_in_dicom_order(),
-            export_dir,
-            list(export_formats),
-            method=method or explainer.name,
-            class_label=result.class_idx,
-            overwrite=overwrite,
-            uid_source=uid_source,
-            deidentify_salt=deidentify.salt if deidentify is not None else None,
-            retain_dates=deidentify.retain_dates if deidentify is not None else False,
-        )
-        exported = str(export_dir)
+    exported, scores = "", None
+    if outputs.export_formats:
+        exported, scores = _export_study(case, result, folder, map_path, outputs, uid_source)
     row = {
         "case": case.case,
         "image": str(case.image),
@@ -222,23 +312,30 @@ def _write_study(
         # the classifier input's voxel size (mm) the explainer sized its grids and Gaussians by; "" in voxels
         "spacing": "" if result.spacing is None else " ".join(f"{v:.6g}" for v in result.spacing),
     }
+    if outputs.report is not None:
+        row["scores"] = scores
     if result.slice_scores is not None:
-        slices_path = _inside(folder, case.case, "_slices.csv")
-        explained = set(result.explained_slices)
-
-        def write_slices(tmp: str) -> None:
-            with open(tmp, "w", newline="") as f:
-                writer = csv.writer(f)
-                writer.writerow(["slice", f"p_class{result.class_idx}", "explained"])
-                writer.writerows([k, f"{p:.4f}", int(k in explained)] for k, p in enumerate(result.slice_scores))
-
-        atomic_write(slices_path, write_slices)
-        row.update(
-            slice_reduce=result.slice_reduce,
-            slices=" ".join(str(k) for k in result.explained_slices),
-            slice_scores=str(slices_path),
-        )
+        row.update(_write_slices(case, result, folder))
     return row
+
+
+def _write_slices(case: StudyCase, result: ExplainedImage, folder: Path) -> dict:
+    """``<case>_slices.csv`` (slice, class probability, explained); the row's slice columns."""
+    slices_path = _inside(folder, case.case, "_slices.csv")
+    explained = set(result.explained_slices)
+
+    def write_slices(tmp: str) -> None:
+        with open(tmp, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["slice", f"p_class{result.class_idx}", "explained"])
+            writer.writerows([k, f"{p:.4f}", int(k in explained)] for k, p in enumerate(result.slice_scores))
+
+    atomic_write(slices_path, write_slices)
+    return {
+        "slice_reduce": result.slice_reduce,
+        "slices": " ".join(str(k) for k in result.explained_slices),
+        "slice_scores": str(slices_path),
+    }
 
 
 def write_explanations_csv(path: str | os.PathLike, rows: Sequence[dict]) -> None:

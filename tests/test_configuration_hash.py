@@ -12,7 +12,7 @@ from medhdm.cohort.tasks import EvaluateRecipe, ExplainRecipe, ModelRecipe
 from medhdm.explain.registry import make_explainer
 from medhdm.models import load_default_classifier
 from medhdm.models.identity import configuration_hash
-from medhdm.pacs.run import pacs_configuration
+from medhdm.pacs import PacsOptions, pacs_configuration
 from medhdm.pipeline import InputSpec, SliceSelection
 
 BASE_SPEC = InputSpec((96, 96))
@@ -46,7 +46,7 @@ def _hashes(model, spec: InputSpec, slices: SliceSelection | None) -> dict[str, 
     recipe = ModelRecipe("default")
     explain = ExplainRecipe(recipe, spec, "gradientinput", slices=slices).build(model=model)
     evaluate = EvaluateRecipe(recipe, spec, ("gradientinput",), slices=slices).build(model=model)
-    pacs = pacs_configuration(make_explainer("gradientinput", model), spec, "default", slices)
+    pacs = pacs_configuration(make_explainer("gradientinput", model), spec, PacsOptions("default", slices=slices))
     return {"explain": explain.key, "evaluate": evaluate.key, "pacs": configuration_hash(pacs)}
 
 

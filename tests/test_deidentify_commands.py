@@ -135,6 +135,7 @@ def test_pacs_explain_and_the_service_push_deidentified_results_into_the_deident
     from medhdm.models import load_default_classifier
     from medhdm.pacs.dicomweb import DicomwebArchive
     from medhdm.pacs.serve import explain_and_push
+    from medhdm.pacs.workflow import PacsOptions
     from medhdm.pipeline import InputSpec
 
     monkeypatch.setenv("MEDHDM_DEIDENTIFY_SALT", SALT)
@@ -163,14 +164,8 @@ def test_pacs_explain_and_the_service_push_deidentified_results_into_the_deident
         model = load_default_classifier()
         spec = InputSpec((96, 96), intensity_range=(-1000.0, 0.0))
         explainer = make_explainer("gradientinput", model)
-        process = explain_and_push(
-            explainer,
-            spec,
-            model_name="default",
-            formats=("sc", "seg"),
-            destination=DicomwebArchive(orthanc.dicomweb_url),
-            deidentify=other,
-        )
+        options = PacsOptions("default", formats=("sc", "seg"), deidentify=other)
+        process = explain_and_push(explainer, spec, options, DicomwebArchive(orthanc.dicomweb_url))
         outcome = process(study["study_uid"], study["image"].parent, tmp_path / "serve-work")
         assert outcome.pushed == len(study["files"]) + 1
         pushed = _study_files(orthanc, other.uid(study["study_uid"]))

@@ -8,10 +8,13 @@ with ``--log-file`` is tested in ``tests/test_pacs_serve.py``.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -20,7 +23,7 @@ import pydicom
 import pytest
 from pacs_helpers import leaked, plant_names
 
-from medhdm.pacs.redact import REDACTED, Redactor
+from medhdm.io.redact import REDACTED, Redactor
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -45,6 +48,7 @@ def planted(tmp_path_factory) -> tuple[Path, Path, list[str]]:
 def _run(*argv: str, **env: str) -> subprocess.CompletedProcess:
     environment = {**os.environ, "PYTHONPATH": str(ROOT), "MEDHDM_THREADS": "1", "OMP_NUM_THREADS": "1", **env}
     environment.pop("PYTHONWARNINGS", None)
+    environment.pop("RAY_ADDRESS", None)  # --engine ray: a local cluster of its own
     return subprocess.run(
         [sys.executable, "-m", "medhdm.cli", *argv], env=environment, capture_output=True, text=True, timeout=600
     )
@@ -98,7 +102,7 @@ def test_export_and_explain_keep_names_in_the_objects_not_in_the_streams(planted
 
 def test_library_warnings_and_records_are_redacted_in_process(planted):
     """What every command installs: a warning from any module and any logger's record, whatever its handlers."""
-    from medhdm.pacs.redact import install_redaction
+    from medhdm.io.redact import install_redaction
 
     source, _, strings = planted
     install_redaction()
@@ -137,7 +141,7 @@ def test_library_warnings_and_records_are_redacted_in_process(planted):
 
 
 def test_identifying_texts_reads_names_and_ids_at_any_depth_without_converting(planted):
-    from medhdm.pacs.redact import identifying_texts, process_redactor
+    from medhdm.io.redact import identifying_texts, process_redactor
 
     source, _, strings = planted
     ds = pydicom.dcmread(source)
@@ -147,3 +151,33 @@ def test_identifying_texts_reads_names_and_ids_at_any_depth_without_converting(p
     assert [redactor.redact(f"<{text}>") for text in strings] == [f"<{REDACTED}>"] * len(strings)
     assert "ZqSeqPatientId" in texts  # in a sequence item
     assert process_redactor() is process_redactor()
+
+
+def test_a_ray_workers_warnings_reach_rays_log_files_without_names(planted, tmp_path):
+    """``medhdm explain --engine ray``: the Ray worker reads the planted image and warns (highdicom, about the
+    one-component name) into Ray's own log files (``<RAY_TMPDIR>/session_*/logs``), which the worker writes
+    itself; no planted string is in any file under the run's fresh Ray folder, nor on the driver's streams."""
+    if importlib.util.find_spec("ray") is None:
+        if os.environ.get("MEDHDM_REQUIRE_VALIDATORS") == "1":
+            pytest.fail("ray is required (MEDHDM_REQUIRE_VALIDATORS=1) but not installed")
+        pytest.skip("ray not installed (pip install -e '.[ray]')")
+    source, _, strings = planted
+    ray_tmp = Path(tempfile.mkdtemp(prefix="mhray", dir="/tmp"))  # short: Ray's socket paths must stay short
+    try:
+        run = _run(
+            "explain", "--image", str(source), "--method", "gradientinput", "--intensity-range=-1000,0",
+            "--export", "sc,pm,seg", "--engine", "ray", "--workers", "1", "--out", str(tmp_path / "out"),
+            RAY_TMPDIR=str(ray_tmp),
+        )  # fmt: skip
+        assert run.returncode == 0, run.stderr
+        files = {
+            str(path.relative_to(ray_tmp)): path.read_bytes().decode("latin-1")
+            for path in ray_tmp.rglob("*")
+            if path.is_file() and not path.is_symlink()
+        }
+        logs = [text for name, text in files.items() if "/logs/" in name]
+        assert any("is unlikely to represent the intended person name" in text for text in logs), sorted(files)
+        assert leaked(strings, stdout=run.stdout, stderr=run.stderr, **files) == {}
+        assert any(HIGHDICOM_WARNING in text for text in logs)  # the worker's warning, without the name
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)

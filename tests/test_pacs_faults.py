@@ -265,7 +265,7 @@ def test_a_received_series_uid_that_is_not_a_uid_never_names_a_folder(tmp_path):
     """``pacs serve`` explains what the SCP received: a Series / SOP UID there becomes a folder or file name."""
     from pydicom.data import get_testdata_file
 
-    from medhdm.pacs.run import explain_local_study
+    from medhdm.pacs import PacsOptions, explain_local_study
 
     study = tmp_path / "spool" / "studies" / "1.2.3"
     study.mkdir(parents=True)
@@ -276,5 +276,5 @@ def test_a_received_series_uid_that_is_not_a_uid_never_names_a_folder(tmp_path):
     with pytest.raises(
         ValueError, match=r"1\.2\.3\.4\.dcm: SeriesInstanceUID: a value of 16 characters is not a DICOM"
     ):
-        explain_local_study(study, None, None, work, model_name="m", log=None)
+        explain_local_study(study, None, None, work, PacsOptions("m"))
     assert not work.exists() and not list(tmp_path.rglob("*escaped*"))

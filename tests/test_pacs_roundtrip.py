@@ -13,9 +13,9 @@ import pytest
 from pacs_helpers import CLIENT_AET, bench_study, derived_series, enhanced_study, png_pixels, start_orthanc
 
 from medhdm.cli import main
+from medhdm.export import read_structured_report
 from medhdm.io.dicom import read_dicom
 from medhdm.io.maps import load_map
-from medhdm.pacs.sr import read_structured_report
 
 
 @pytest.fixture(scope="module")

@@ -34,8 +34,8 @@ from pydicom.data import get_testdata_file
 from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
 
+from medhdm.io.redact import REDACTED, Redactor
 from medhdm.pacs.orthanc import LocalOrthanc
-from medhdm.pacs.redact import REDACTED, Redactor
 from medhdm.pacs.scp import STATUS_CANNOT_UNDERSTAND, StorageSCP
 from medhdm.pacs.spool import Spool, fingerprint
 

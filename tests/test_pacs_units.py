@@ -6,24 +6,34 @@ import re
 import shutil
 import subprocess
 
+import numpy as np
 import pydicom
 import pytest
 from pacs_helpers import REQUIRE_VALIDATORS, bench_study
-from pydicom.uid import generate_uid
 
 from medhdm.cli import main
 from medhdm.data.bench_files import LESIONBENCH_INTENSITY_RANGE
 from medhdm.explain.registry import make_explainer
+from medhdm.export import ReportContent, export, read_structured_report
 from medhdm.models import load_model
 from medhdm.models.identity import configuration_hash
-from medhdm.pacs import Credentials, DerivedUIDs, credentials_from_env, explain_local_study, parse_destination
+from medhdm.pacs import (
+    Credentials,
+    DerivedUIDs,
+    PacsOptions,
+    credentials_from_env,
+    explain_local_study,
+    pacs_configuration,
+    parse_destination,
+)
 from medhdm.pacs.cache import StudyCache
 from medhdm.pacs.dicomweb import DicomwebArchive
 from medhdm.pacs.dimse import DimseArchive
-from medhdm.pacs.run import pacs_configuration, parse_query
+from medhdm.pacs.query import parse_query
 from medhdm.pacs.secrets import SecretError
-from medhdm.pacs.sr import read_structured_report, write_structured_report
 from medhdm.pipeline import InputSpec
+
+OPTIONS = PacsOptions("default")
 
 
 def test_derived_uids_are_valid_deterministic_and_follow_their_inputs():
@@ -65,17 +75,13 @@ def _uids(path) -> tuple[str, str]:
 def test_local_study_twice_gives_the_same_uids_and_another_method_new_ones(study2d, model2d, tmp_path):
     spec = _spec(model2d)
     explainer = make_explainer("gradientinput", model2d)
-    first = explain_local_study(
-        study2d["image"].parent, explainer, spec, tmp_path / "a", model_name="default", log=None
-    )
-    again = explain_local_study(
-        study2d["image"].parent, explainer, spec, tmp_path / "b", model_name="default", log=None
-    )
+    first = explain_local_study(study2d["image"].parent, explainer, spec, tmp_path / "a", OPTIONS)
+    again = explain_local_study(study2d["image"].parent, explainer, spec, tmp_path / "b", OPTIONS)
     assert first.status == again.status == "done" and first.study_uid == study2d["study_uid"]
     assert sorted(_derived(first)) == ["PM.dcm", "SC_0001.dcm", "SEG.dcm", "SR.dcm"]
     assert _derived(first) == _derived(again)
     other = make_explainer("gradcam", model2d)
-    third = explain_local_study(study2d["image"].parent, other, spec, tmp_path / "c", model_name="default", log=None)
+    third = explain_local_study(study2d["image"].parent, other, spec, tmp_path / "c", OPTIONS)
     assert not {u for pair in _derived(third).values() for u in pair} & {
         u for pair in _derived(first).values() for u in pair
     }
@@ -84,10 +90,10 @@ def test_local_study_twice_gives_the_same_uids_and_another_method_new_ones(study
 def test_structured_report_is_valid_and_reads_back(study2d, model2d, tmp_path):
     spec = _spec(model2d)
     explainer = make_explainer("gradientinput", model2d)
-    outcome = explain_local_study(study2d["image"].parent, explainer, spec, tmp_path, model_name="default", log=None)
+    outcome = explain_local_study(study2d["image"].parent, explainer, spec, tmp_path, OPTIONS)
     sr_path = next(p for p in outcome.derived if p.name == "SR.dcm")
     seg_uid = _uids(next(p for p in outcome.derived if p.name == "SEG.dcm"))[1]
-    config = pacs_configuration(explainer, spec, "default")
+    config = pacs_configuration(explainer, spec, OPTIONS)
     values = read_structured_report(sr_path)
     assert values["algorithm"] == "medhdm GradientInput"
     assert values["parameters"]["model name"] == "default"
@@ -110,15 +116,11 @@ def test_structured_report_is_valid_and_reads_back(study2d, model2d, tmp_path):
     assert values["segment"] == seg_uid
     assert values["sources"] == [_uids(study2d["files"][0])[1]]
     # a share that is not defined (no evidence above the reference: NaN) is left out of the SR
-    undefined = write_structured_report(
-        tmp_path / "undefined.dcm",
-        [study2d["files"][0]],
-        config=config,
-        class_idx=result["class_idx"],
-        probability=result["score"],
-        uids=lambda _key: generate_uid(),
-        scores={**result["scores"], "deletion_half": float("nan")},
-    )
+    scores = {**result["scores"], "deletion_half": float("nan")}
+    content = ReportContent(result["class_idx"], result["score"], config=config, scores=scores)
+    source = pydicom.dcmread(study2d["files"][0])
+    flat = np.full((source.Rows, source.Columns), 0.5)
+    (undefined,) = export(study2d["files"][0], flat, tmp_path / "undefined", ["sr"], report=content)["sr"]
     kept = read_structured_report(undefined)["scores"]
     assert "deletion_half" not in kept and kept == pytest.approx(
         {k: v for k, v in values["scores"].items() if k != "deletion_half"}
@@ -219,6 +221,6 @@ def test_without_an_annotation_the_report_has_no_scores(study2d, model2d, tmp_pa
     alone.mkdir()
     shutil.copy(study2d["files"][0], alone / "image.dcm")
     explainer = make_explainer("gradientinput", model2d)
-    outcome = explain_local_study(alone, explainer, _spec(model2d), tmp_path / "w", model_name="default", log=None)
+    outcome = explain_local_study(alone, explainer, _spec(model2d), tmp_path / "w", OPTIONS)
     assert outcome.results[0]["scores"] is None
     assert read_structured_report(next(p for p in outcome.derived if p.name == "SR.dcm"))["scores"] == {}

@@ -41,10 +41,10 @@ import pydicom
 
 from medhdm.data.bench_files import LESIONBENCH_INTENSITY_RANGE, write_lesionbench
 from medhdm.explain import make_explainer
+from medhdm.export import read_structured_report
 from medhdm.models import load_model
-from medhdm.pacs import explain_archive_studies, parse_destination
+from medhdm.pacs import PacsOptions, explain_archive_studies, parse_destination
 from medhdm.pacs.orthanc import LocalOrthanc
-from medhdm.pacs.sr import read_structured_report
 from medhdm.pipeline import InputSpec
 
 out = Path(os.environ.get("MEDHDM_TUTORIAL_OUT", "."))
@@ -71,8 +71,9 @@ for series in orthanc.series_of(study_uid):
 # ## Retrieve, explain, push back
 # `explain_archive_studies` is what `medhdm pacs explain` runs: per study it lists the
 # instances (QIDO-RS), retrieves the CT series into a local cache (WADO-RS), explains it
-# through `medhdm.study.explain_study`, exports SC/PM/SEG with deterministic UIDs, writes
-# the SR, and stores everything into the study (STOW-RS).
+# through `medhdm.study.explain_study`, exports SC/PM/SEG and the SR (`medhdm.export`) with
+# deterministic UIDs, and stores everything into the study (STOW-RS). `PacsOptions` holds
+# what every study of a run shares: the model's name, the formats, slices, class, de-identification.
 
 # %%
 model = load_model("default3d")
@@ -80,7 +81,8 @@ spec = InputSpec(InputSpec.for_model(model).spatial_size, intensity_range=LESION
 explainer = make_explainer("hdm", model, steps=steps)
 archive = parse_destination(orthanc.dicomweb_url)
 work = out / "pacs-work"
-(outcome,) = explain_archive_studies(archive, [study_uid], explainer, spec, work, model_name="default3d")
+options = PacsOptions(model_name="default3d")
+(outcome,) = explain_archive_studies(archive, [study_uid], explainer, spec, work, options)
 print(outcome.status, outcome.seconds)
 for series in orthanc.series_of(study_uid):
     print(f"{series['number']:>5}  {series['modality']:<4} {series['instances']:>3}  {series['description']}")
@@ -93,7 +95,7 @@ for series in orthanc.series_of(study_uid):
 
 # %%
 before = orthanc.instances_count()
-(again,) = explain_archive_studies(archive, [study_uid], explainer, spec, work, model_name="default3d")
+(again,) = explain_archive_studies(archive, [study_uid], explainer, spec, work, options)
 print(again.status, "- instances before", before, "after", orthanc.instances_count())
 assert again.status == "skipped" and orthanc.instances_count() == before
 

@@ -107,6 +107,9 @@ class _CohortActor:
     def __init__(self, recipe, key: str, threads: int) -> None:
         import torch
 
+        from ..io.redact import install_redaction
+
+        install_redaction()  # this worker's warnings and log records reach Ray's log files without patient names
         torch.set_num_threads(threads)
         self.runner = recipe.build()
         if self.runner.key != key:

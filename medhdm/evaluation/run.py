@@ -1,15 +1,16 @@
 """One evaluation run: explain annotated cases with several methods and score every map the same way.
 
-Two entry points share the scoring of a row (:func:`score_row`) and the row shape (one
-per case and method: ``case``, ``method``, ``n_lesions``, the localisation metrics of
-:func:`medhdm.metrics.score`, ``seconds``, ``passes``, and the faithfulness metrics when
-computed), which :func:`~medhdm.evaluation.statistics.summarise` aggregates:
+Two entry points share the scoring of a row (:mod:`medhdm.evaluation.scoring`: :func:`score_row`,
+:func:`~.scoring.faithfulness_means`) and the row shape (one per case and method: ``case``,
+``method``, ``n_lesions``, the localisation metrics of :func:`medhdm.metrics.score`, ``seconds``,
+``passes``, and the faithfulness metrics when computed), which
+:func:`~medhdm.evaluation.statistics.summarise` aggregates:
 
 - :func:`evaluate_manifest`: the cases of a data manifest (DICOM or NIfTI files with
   lesion annotations), through :func:`medhdm.pipeline.explain_image`, scored on the
   source grid (spacing from the image) and, optionally, for faithfulness to the model on
   the classifier's grid (deletion/insertion with the explainer's own reference, read by
-  :func:`medhdm.metrics.faithfulness.faithfulness_scores`; see :data:`FAITHFULNESS_KEYS`);
+  :func:`medhdm.metrics.faithfulness.faithfulness_scores`; see :data:`~.scoring.FAITHFULNESS_KEYS`);
   maps made elsewhere (one folder per method) are scored beside the methods by the same code;
 - :func:`compare_methods`: images and lesion label maps already in memory as tensors,
   batch by batch, each method timed on the same machine in the same run.
@@ -32,76 +33,26 @@ from ..explain.base import Explainer
 from ..io.annotations import ImageGrid, load_annotation
 from ..io.maps import load_case_map
 from ..metrics.curves import curve_fractions
-from ..metrics.faithfulness import faithfulness_scores
-from ..metrics.localisation import score
-from ..pipeline import (
-    InputSpec,
-    SliceSelection,
-    classify_image,
-    explain_images,
-    load_image,
-    map_to_classifier_grid,
-)
+from ..pipeline import InputSpec, SliceSelection, explain_images, load_image
+from .scoring import ModelView, faithfulness_means, model_view, score_row
 
 __all__ = [
-    "FAITHFULNESS_KEYS",
     "add_case",
     "case_figure",
     "compare_methods",
     "evaluate_cases",
     "evaluate_manifest",
     "new_figures",
-    "score_row",
 ]
-
-#: The faithfulness columns a row may hold, each per case on the classifier's grid (the mean over
-#: the explained slices for a 2D classifier on a series). ``deletion_half`` / ``insertion_half``: the
-#: share of voxels (most salient first) whose deletion removes / whose insertion restores half of the
-#: log-odds evidence (lower is better). With the default log-spaced curves (``curve_steps=None``:
-#: 0 and 41 shares from 0.01 % to 100 %): ``deletion_auc_log`` (lower is better) and
-#: ``insertion_auc_log`` (higher is better), the area over log10(share) scaled to [0, 1]. With
-#: ``curve_steps=n`` equal shares instead: ``deletion_auc`` / ``insertion_auc``, the classic area over
-#: the share 0..1.
-FAITHFULNESS_KEYS = (
-    "deletion_half",
-    "insertion_half",
-    "deletion_auc_log",
-    "insertion_auc_log",
-    "deletion_auc",
-    "insertion_auc",
-)
-
-
-def score_row(saliency, lesion, spacing: Sequence[float] | None = None) -> dict:
-    """The scored part of a row: ``n_lesions`` and the localisation metrics of :func:`medhdm.metrics.score`.
-
-    ``saliency`` and ``lesion`` (a label map or mask, lesions > 0) are arrays or tensors on one grid.
-    """
-    labels = lesion.detach().cpu().numpy() if hasattr(lesion, "detach") else np.asarray(lesion)
-    return {"n_lesions": len(np.unique(labels[labels > 0])), **score(saliency, labels > 0, spacing=spacing)}
 
 
 def _spacing(affine: np.ndarray, ndim: int) -> tuple[float, ...]:
     return tuple(float(np.linalg.norm(affine[:3, i])) for i in range(ndim))
 
 
-def _faithfulness(
-    model, model_input: torch.Tensor, model_saliency: torch.Tensor, class_idx: int, reference, curve_steps: int | None
-) -> tuple[dict[str, float], dict[str, np.ndarray]]:
-    """The faithfulness columns and the deletion/insertion probability curves ``(F,)`` on the classifier's
-    grid, for ``model_input`` ``(N, C, *S)`` (a series' ``N`` explained slices, or one image): means over
-    the ``N`` (a half fraction NaN where a slice has no evidence above its reference is left out)."""
-    scores, curves = faithfulness_scores(model, model_input, model_saliency, class_idx, curve_steps, reference)
-    means = {}
-    for key, values in scores.items():
-        finite = [v for v in values if not np.isnan(v)]
-        means[key] = float(np.mean(finite)) if finite else float("nan")
-    return means, {mode: curve.mean(axis=0) for mode, curve in curves.items()}
-
-
 def _method_maps(explainer: Explainer, images: Sequence, spec: InputSpec, entries: Sequence[dict], slices) -> list:
     """An explainer's maps of a batch of cases (:func:`explain_images`): per case the map, class, probability,
-    explained slices, faithfulness view and reference."""
+    explained slices and the classifier's view of the map (its own, :class:`~.scoring.ModelView`)."""
     results = explain_images(images, explainer, spec, [e.get("class_idx") for e in entries], slices=slices)
     reference = getattr(explainer, "reference", "blur")
     return [
@@ -110,8 +61,7 @@ def _method_maps(explainer: Explainer, images: Sequence, spec: InputSpec, entrie
             r.class_idx,
             r.score,
             r.explained_slices,
-            (explainer.model, r.model_input, r.model_saliency),
-            reference,
+            ModelView(explainer.model, r.model_input, r.model_saliency, r.class_idx, reference),
         )
         for r in results
     ]
@@ -122,11 +72,9 @@ def _external_map(folder, image, spec: InputSpec, entry: dict, slices, model: nn
     affine = np.asarray(image.affine, dtype=np.float64)
     saliency = load_case_map(folder, entry["id"], tuple(image.shape[1:]), affine)
     if model is None:
-        return saliency, entry.get("class_idx", ""), float("nan"), None, None, "blur"
-    x, cls, prob, chosen = classify_image(image, model, spec, entry.get("class_idx"), slices)
-    on_grid = map_to_classifier_grid(saliency, image, spec, by_slice=slices is not None)
-    on_grid = on_grid[list(chosen)] if chosen is not None else on_grid
-    return saliency, cls, prob, chosen, (model, x, on_grid.to(x.device)), "blur"
+        return saliency, entry.get("class_idx", ""), float("nan"), None, None
+    view, probability, chosen = model_view(model, image, saliency, spec, entry.get("class_idx"), slices)
+    return saliency, view.class_idx, probability, chosen, view
 
 
 def evaluate_cases(
@@ -163,7 +111,7 @@ def evaluate_cases(
         lesion = load_annotation(entry["lesion"], ImageGrid.from_meta(tuple(image.shape[1:]), affine, image.meta))
         case = {"id": entry["id"], "rows": [], "maps": {}, "curves": {}}
         for name, (made, seconds) in per_method.items():
-            saliency, cls, prob, chosen, view, reference = made[k]
+            saliency, cls, prob, chosen, view = made[k]
             row = {
                 "case": entry["id"],
                 "method": name,
@@ -175,7 +123,7 @@ def evaluate_cases(
             if slices is not None:
                 row["slices"] = " ".join(str(k) for k in chosen) if chosen is not None else ""
             if faithfulness:
-                scores, case["curves"][name] = _faithfulness(*view, cls, reference, curve_steps)
+                scores, case["curves"][name] = faithfulness_means(view, curve_steps)
                 row.update(scores)
             row["seconds"] = round(seconds, 3)
             case["rows"].append(row)
@@ -210,7 +158,7 @@ def evaluate_manifest(
         methods: display name -> explainer.
         spec: the classifier's :class:`~medhdm.pipeline.InputSpec`.
         faithfulness: also score the maps against the model on the classifier's grid
-            (:data:`FAITHFULNESS_KEYS`); needs a model (the explainers', or ``model``).
+            (:data:`~.scoring.FAITHFULNESS_KEYS`); needs a model (the explainers', or ``model``).
         curve_steps: where the deletion/insertion curves are sampled: ``None`` (default) 0 and
             41 log-spaced shares from 0.01 %, giving ``deletion_auc_log`` / ``insertion_auc_log``;
             an int ``n``: ``n`` equal shares, giving the classic ``deletion_auc`` /

@@ -1,9 +1,15 @@
-"""Export saliency maps into the source study: DICOM SC / Parametric Map / SEG, NIfTI, PNG."""
+"""Export saliency maps into the source study: DICOM SC / Parametric Map / SEG / SR, NIfTI, PNG.
+
+One module per DICOM object (:mod:`.dicom` and :mod:`.multiframe`: SC, PM, SEG; :mod:`.sr`: the
+structured report); :func:`export` writes any of them as one all-or-nothing set (:mod:`.staging`).
+"""
 
 from .api import (
+    DICOM_FORMATS,
     FORMATS,
     Deidentification,
     check_export_arguments,
+    check_formats,
     export,
     export_nifti,
     export_parametric_map,
@@ -14,17 +20,21 @@ from .api import (
 )
 from .deidentify import deidentify
 from .overlay import OverlayStyle, Window, apply_window, render_overlay, window_for
+from .sr import ReportContent, read_structured_report
 from .staging import OutputBusyError, OutputExistsError
 
 __all__ = [
+    "DICOM_FORMATS",
     "FORMATS",
     "Deidentification",
-    "check_export_arguments",
     "OutputBusyError",
     "OutputExistsError",
     "OverlayStyle",
+    "ReportContent",
     "Window",
     "apply_window",
+    "check_export_arguments",
+    "check_formats",
     "deidentify",
     "export",
     "export_nifti",
@@ -33,6 +43,7 @@ __all__ = [
     "export_secondary_capture",
     "export_segmentation",
     "map_on_source_grid",
+    "read_structured_report",
     "render_overlay",
     "window_for",
 ]

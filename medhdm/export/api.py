@@ -1,5 +1,8 @@
 """Exporting a saliency map next to its source study: one function per format, and ``export``.
 
+The formats (:data:`FORMATS`): the DICOM objects (:data:`DICOM_FORMATS`: SC overlays, Parametric
+Map, SEG, and the structured report of :mod:`medhdm.export.sr`), a NIfTI map and PNG overlays.
+
 Every function checks the map against the source grid before anything is written,
 refuses an output folder inside the source's folder unless ``allow_inside_source``,
 never replaces a source file, and writes all of its files or none of them.
@@ -28,12 +31,15 @@ from .deidentify import deidentify as _deidentify
 from .deidentify import remap_uid
 from .dicom import DerivationInfo, render_source_overlays
 from .overlay import CT_PRESETS, OverlayStyle, window_for
+from .sr import ReportContent, build_structured_report
 from .staging import ExportFolder, check_output_folder
 
 __all__ = [
+    "DICOM_FORMATS",
     "FORMATS",
     "Deidentification",
     "check_export_arguments",
+    "check_formats",
     "export",
     "export_nifti",
     "export_parametric_map",
@@ -43,7 +49,40 @@ __all__ = [
     "map_on_source_grid",
 ]
 
-FORMATS = ("sc", "pm", "seg", "nifti", "png")
+#: what :func:`export` writes: ``sc`` (RGB Secondary Capture overlays), ``pm`` (Parametric Map), ``seg``
+#: (SEG of the thresholded map), ``sr`` (the structured report, :mod:`medhdm.export.sr`), ``nifti``, ``png``
+FORMATS = ("sc", "pm", "seg", "sr", "nifti", "png")
+#: the formats that are DICOM objects of the source study (what an archive can take)
+DICOM_FORMATS = ("sc", "pm", "seg", "sr")
+_PREFIXES = {"sc": "SC_", "pm": "PM", "seg": "SEG", "sr": "SR", "nifti": "saliency", "png": "overlay_"}
+
+
+def check_formats(
+    formats: str | Sequence[str], allowed: Sequence[str] = FORMATS, name: str = "formats", deidentified: bool = False
+) -> list[str]:
+    """``formats`` as a list, checked: some of ``allowed``, each once, and no SR when ``deidentified``.
+
+    The SR is not de-identified: the Basic Profile gives Content Sequence (0040,A730) a dummy
+    value (PS3.15 Table E.1-1, ``D``), which leaves the report without its findings; the Clean
+    Structured Content option that would keep it cleaned is not implemented.
+
+    Raises:
+        ValueError: starting with ``name``, for an unknown or repeated format, none at all, or the SR
+            with de-identification.
+    """
+    formats = [formats] if isinstance(formats, str) else list(formats)
+    unknown = [f for f in formats if f not in allowed]
+    if unknown or not formats:
+        raise ValueError(f"{name}: expected some of {', '.join(allowed)}, got {list(formats)}")
+    if len(set(formats)) != len(formats):
+        raise ValueError(f"{name}: {formats} names a format twice")
+    if deidentified and "sr" in formats:
+        others = ",".join(f for f in allowed if f in DICOM_FORMATS and f != "sr")
+        raise ValueError(
+            f"{name}: the SR cannot be de-identified (the Basic Profile does not keep its Content Sequence, "
+            f"PS3.15 Table E.1-1); with de-identification give some of {others}"
+        )
+    return formats
 
 
 @dataclass(frozen=True)
@@ -151,6 +190,7 @@ def _build(
     seg_threshold: float,
     deidentify_salt: str | None,
     retain_dates: bool = False,
+    report: ReportContent | None = None,
 ) -> list[tuple[str, object]]:
     window = window_for(multiframe.display_dataset(source), source.pixels, preset=window_preset)
     overlays = []
@@ -164,6 +204,8 @@ def _build(
         datasets += builders.build_parametric_map(source, saliency, info)
     if "seg" in formats:
         datasets += builders.build_segmentation(source, saliency, seg_threshold, info)
+    if "sr" in formats:
+        datasets.append(("SR.dcm", _structured_report(source, info, report, dict(datasets).get("SEG.dcm"))))
     if deidentify_salt is not None:
         datasets = [(name, _deidentify(ds, deidentify_salt, retain_dates=retain_dates)) for name, ds in datasets]
     for _, ds in datasets:
@@ -176,14 +218,19 @@ def _build(
     return writers
 
 
+def _structured_report(
+    source: DicomSource, info: DerivationInfo, report: ReportContent, seg: Dataset | None
+) -> Dataset:
+    """The SR of the export (:mod:`medhdm.export.sr`), numbered after the SC, PM and SEG series."""
+    series_number = info.base_series_number(source.first) + 3
+    return build_structured_report(
+        source.datasets, report, method=info.method, uid=info.uid, series_number=series_number, seg=seg
+    )
+
+
 def check_export_arguments(formats, out_dir, style, window_preset, seg_threshold, deidentify_salt) -> list[str]:
     """Every argument that can be checked without reading the source, checked before any work."""
-    formats = [formats] if isinstance(formats, str) else list(formats)
-    unknown = [f for f in formats if f not in FORMATS]
-    if unknown or not formats:
-        raise ValueError(f"formats: expected some of {', '.join(FORMATS)}, got {list(formats)}")
-    if len(set(formats)) != len(formats):
-        raise ValueError(f"formats: {formats} names a format twice")
+    formats = check_formats(formats, deidentified=deidentify_salt is not None)
     if style is not None and not isinstance(style, OverlayStyle):
         raise TypeError(f"style: expected an OverlayStyle, got {type(style).__name__}")
     if window_preset is not None and window_preset not in CT_PRESETS:
@@ -216,6 +263,7 @@ def export(
     overwrite: bool = False,
     retain_dates: bool = False,
     uid_source: Callable[[str], str] | None = None,
+    report: ReportContent | None = None,
 ) -> dict[str, list[Path]]:
     """Write ``saliency`` in the given formats next to (not into) the source study.
 
@@ -226,14 +274,15 @@ def export(
             ``allow_inside_source``.
         formats: any of ``"sc"`` (one RGB Secondary Capture per slice), ``"pm"`` (float
             Parametric Map), ``"seg"`` (binary SEG of ``saliency >= seg_threshold``),
-            ``"nifti"`` (``saliency.nii.gz`` with the source affine), ``"png"`` (one overlay per slice).
-            From an enhanced multi-frame source, the SCs, PM and SEG reference its frames
-            (:mod:`medhdm.export.multiframe`).
+            ``"sr"`` (``SR.dcm``, the structured report of ``report``, referencing the source images and the
+            SEG when there is one; not with de-identification), ``"nifti"`` (``saliency.nii.gz`` with the
+            source affine), ``"png"`` (one overlay per slice). From an enhanced multi-frame source, the SCs,
+            PM and SEG reference its frames (:mod:`medhdm.export.multiframe`).
         method, class_label: named in series descriptions, derivation text and legend.
         style: overlay colours, threshold and opacity (SC and PNG); default :class:`OverlayStyle`.
         lesion_mask: optional annotation on the source grid, outlined in SC and PNG.
         window_preset: a CT preset name instead of the source's window.
-        series_number: Series Number of the SC series (PM, SEG: +1, +2).
+        series_number: Series Number of the SC series (PM, SEG, SR: +1, +2, +3).
         deidentify_salt: if given, the DICOM objects are de-identified (see
             :mod:`medhdm.export.deidentify`) with this secret.
         allow_inside_source: allow an output folder inside the source's folder.
@@ -242,6 +291,8 @@ def export(
         retain_dates: with ``deidentify_salt``, the profile's Retain Longitudinal Temporal
             Information (Full Dates) option: dates and times are kept.
         uid_source: derived Series/SOP Instance UIDs from keys (:class:`~medhdm.export.dicom.DerivationInfo`).
+        report: what the SR says (:class:`~medhdm.export.sr.ReportContent`: the explained class, its
+            probability, the run configuration, scores); needed with ``"sr"``, ignored without.
 
     The files are published all or nothing (:mod:`medhdm.export.staging`): the folder is
     locked while this runs (a second run fails with
@@ -253,6 +304,8 @@ def export(
         the written paths by format.
     """
     formats = check_export_arguments(formats, out_dir, style, window_preset, seg_threshold, deidentify_salt)
+    if "sr" in formats and report is None:
+        raise ValueError("report: the SR (format 'sr') needs the explained class: give report=ReportContent(...)")
     style = style or OverlayStyle()
     src = _as_source(source)
     check_output_folder(Path(out_dir), src.paths, allow_inside_source)
@@ -261,20 +314,14 @@ def export(
     info = DerivationInfo(str(method), class_label, series_number, uid_source)
     with ExportFolder(out_dir, overwrite=overwrite) as folder:  # locked; an existing export refused here
         writers = _build(
-            src, sal, formats, info, style, lesion, window_preset, seg_threshold, deidentify_salt, retain_dates
+            src, sal, formats, info, style, lesion, window_preset, seg_threshold, deidentify_salt, retain_dates, report
         )
         paths = folder.publish(
             writers,
             protected=src.paths,
             note={"formats": formats, "method": str(method), "deidentified": deidentify_salt is not None},
         )
-    grouped: dict[str, list[Path]] = {f: [] for f in formats}
-    prefixes = {"sc": "SC_", "pm": "PM", "seg": "SEG", "nifti": "saliency", "png": "overlay_"}
-    for path in paths:
-        for fmt in formats:
-            if path.name.startswith(prefixes[fmt]):
-                grouped[fmt].append(path)
-    return grouped
+    return {fmt: [path for path in paths if path.name.startswith(_PREFIXES[fmt])] for fmt in formats}
 
 
 def export_secondary_capture(source, saliency, out_dir, **options) -> list[Path]:

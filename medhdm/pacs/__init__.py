@@ -1,19 +1,22 @@
 """From the archive and back: retrieve studies (DICOMweb, DIMSE), explain them, push SC/PM/SEG/SR into the study.
 
-Modules: :mod:`~medhdm.pacs.destinations` (``parse_destination``: a DICOMweb URL or
-``AET@HOST:PORT``), :mod:`~medhdm.pacs.dicomweb` and :mod:`~medhdm.pacs.dimse` (the two
-protocols), :mod:`~medhdm.pacs.archive` (retries, push reports), :mod:`~medhdm.pacs.cache`
-(retrieved studies), :mod:`~medhdm.pacs.uids` (deterministic derived UIDs),
-:mod:`~medhdm.pacs.sr` (the structured report), :mod:`~medhdm.pacs.secrets` (credentials),
-:mod:`~medhdm.pacs.run` (query -> retrieve -> explain -> export -> push), and
-:mod:`~medhdm.pacs.orthanc` (a private Orthanc for tests and tutorials).
+Modules, by job: :mod:`~medhdm.pacs.query` (what a run is asked for: studies, queries, formats),
+:mod:`~medhdm.pacs.destinations` (``parse_destination``: a DICOMweb URL or ``AET@HOST:PORT``),
+:mod:`~medhdm.pacs.dicomweb` and :mod:`~medhdm.pacs.dimse` (the two protocols),
+:mod:`~medhdm.pacs.archive` (retries, push reports), :mod:`~medhdm.pacs.discovery` (a study's
+source series and lesion annotations), :mod:`~medhdm.pacs.cache` (retrieved studies),
+:mod:`~medhdm.pacs.uids` (deterministic derived UIDs), :mod:`~medhdm.pacs.secrets` (credentials),
+:mod:`~medhdm.pacs.workflow` (query -> retrieve -> explain -> export -> push, through
+:func:`medhdm.study.explain_study`, whose export writes the SR, :mod:`medhdm.export.sr`),
+:mod:`~medhdm.pacs.serve` with :mod:`~medhdm.pacs.scp` and :mod:`~medhdm.pacs.spool` (the receiving
+service), and :mod:`~medhdm.pacs.orthanc` (a private Orthanc for tests and tutorials).
 """
 
 from .archive import Archive, ArchiveError, InstanceRef, PushError, PushReport, RetryPolicy
 from .destinations import Destination, parse_destination
-from .run import StudyOutcome, explain_archive_studies, explain_local_study, pacs_configuration
 from .secrets import Credentials, credentials_from_env
 from .uids import DerivedUIDs
+from .workflow import PacsOptions, StudyOutcome, explain_archive_studies, explain_local_study, pacs_configuration
 
 __all__ = [
     "Archive",
@@ -22,6 +25,7 @@ __all__ = [
     "DerivedUIDs",
     "Destination",
     "InstanceRef",
+    "PacsOptions",
     "PushError",
     "PushReport",
     "RetryPolicy",

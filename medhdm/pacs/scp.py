@@ -13,7 +13,7 @@ Rules:
   gives ``0xA700`` (out of resources). The SCP goes on either way.
 - Logs carry AE titles, addresses and UIDs only, never patient names or IDs; the names and IDs
   (every element of VR PN, and the IDs) of received instances are handed to a
-  :class:`medhdm.pacs.redact.Redactor` as they arrive, which removes
+  :class:`medhdm.io.redact.Redactor` as they arrive, which removes
   them from any log line that might quote them (an error message, a library's warning).
 
 Verification (C-ECHO) is answered too, so ``echoscu`` can check that the service is up.
@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from pynetdicom import AE, AllStoragePresentationContexts, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
-from .redact import Redactor, identifying_texts
+from ..io.redact import Redactor, identifying_texts
 from .spool import Spool, check_uid
 
 __all__ = ["STATUS_CANNOT_UNDERSTAND", "STATUS_OUT_OF_RESOURCES", "StorageSCP"]

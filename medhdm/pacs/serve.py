@@ -5,7 +5,7 @@ The service is three parts around one spool folder (:mod:`medhdm.pacs.spool`):
 1. a Storage SCP (:class:`medhdm.pacs.scp.StorageSCP`, background threads) that writes each
    received instance durably under ``incoming/<StudyUID>/`` before it answers success;
 2. a loop that claims a study once no new instance came for ``stable_seconds`` (moves it to
-   ``studies/``), and explains it with :func:`medhdm.pacs.run.explain_local_study`, which
+   ``studies/``), and explains it with :func:`medhdm.pacs.workflow.explain_local_study`, which
    exports the derived objects and pushes them to the configured destination;
 3. a journal (``journal.jsonl``) that records each study's ``started``, ``done`` and
    ``failed`` events with the fingerprint of the instances it covered.
@@ -22,7 +22,7 @@ function of the source and the run's configuration (:mod:`medhdm.pacs.uids`).
 Stopping: SIGTERM or SIGINT closes the SCP, interrupts the study in progress (redone at the
 next start) and returns.
 
-Logs carry UIDs, AE titles and addresses, never patient names or IDs (:mod:`medhdm.pacs.redact`).
+Logs carry UIDs, AE titles and addresses, never patient names or IDs (:mod:`medhdm.io.redact`).
 
 Run it (credentials of a DICOMweb destination as for ``medhdm pacs explain``: environment or file)::
 
@@ -40,14 +40,14 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..io.atomic import LockedFolder
-from .redact import Redactor
-from .redact import setup_logging as _setup_logging
+from ..io.redact import Redactor
+from ..io.redact import setup_logging as _setup_logging
 from .scp import StorageSCP
 from .spool import Spool, fingerprint
 
@@ -56,7 +56,7 @@ __all__ = ["ServeSettings", "Service", "ServiceStopped", "explain_and_push", "ru
 logger = logging.getLogger("medhdm.pacs.serve")
 
 #: (study UID, folder of its instances, empty work folder) -> the outcome (an object with ``status``,
-#: ``derived``, ``pushed``, ``error`` like :class:`medhdm.pacs.run.StudyOutcome`); raises on failure
+#: ``derived``, ``pushed``, ``error`` like :class:`medhdm.pacs.workflow.StudyOutcome`); raises on failure
 ProcessStudy = Callable[[str, Path, Path], Any]
 
 
@@ -119,7 +119,7 @@ class Service:
         settings: timings (``stable_seconds``, ``poll_seconds``, ``retry_seconds``, ``max_attempts``).
         is_transient: which failures are retried instead of set aside (default: push / connection errors).
         redact: applied to a failure's reason before it is journaled or written to ``reason.txt``
-            (:meth:`medhdm.pacs.redact.Redactor.redact`, so no patient name or ID lands there).
+            (:meth:`medhdm.io.redact.Redactor.redact`, so no patient name or ID lands there).
     """
 
     def __init__(
@@ -277,7 +277,7 @@ def _count(value: object) -> int:
 
 
 def setup_logging(level: int = logging.INFO, log_file: str | Path | None = None) -> Redactor:
-    """The service's logging: :func:`medhdm.pacs.redact.setup_logging` at ``level`` (and into ``log_file``),
+    """The service's logging: :func:`medhdm.io.redact.setup_logging` at ``level`` (and into ``log_file``),
     each line with its time; returns the process's redactor for the SCP to feed."""
     return _setup_logging(level, log_file, timestamps=True)
 
@@ -322,37 +322,13 @@ def _log_stop(service: Service) -> None:
         logger.info("stopping (%s)", signal.Signals(service.stop_signal).name)
 
 
-def explain_and_push(
-    explainer,
-    spec,
-    *,
-    model_name: str,
-    formats: Sequence[str],
-    destination,
-    slices=None,
-    class_idx: int | None = None,
-    deidentify=None,
-) -> ProcessStudy:
-    """The service's :data:`ProcessStudy`: :func:`medhdm.pacs.run.explain_local_study` into the work folder,
-    pushing to ``destination`` (``slices``, ``class_idx`` as for ``medhdm explain``; ``deidentify``: a
-    :class:`medhdm.export.Deidentification` for de-identified results)."""
-    from .run import explain_local_study
-
-    study_log = logging.getLogger("medhdm.pacs.run")
+def explain_and_push(explainer, spec, options, destination) -> ProcessStudy:
+    """The service's :data:`ProcessStudy`: :func:`medhdm.pacs.workflow.explain_local_study` into the work folder,
+    pushing to ``destination``; ``options``: the model's name, formats, slices, class and de-identification
+    (:class:`medhdm.pacs.workflow.PacsOptions`)."""
+    from .workflow import explain_local_study
 
     def process(uid: str, study_dir: Path, work_dir: Path):
-        return explain_local_study(
-            study_dir,
-            explainer,
-            spec,
-            work_dir,
-            model_name=model_name,
-            formats=tuple(formats),
-            destination=destination,
-            log=study_log.info,
-            slices=slices,
-            class_idx=class_idx,
-            deidentify=deidentify,
-        )
+        return explain_local_study(study_dir, explainer, spec, work_dir, options, destination=destination)
 
     return process

@@ -3,7 +3,7 @@
 Content tree (highdicom builds and validates it)::
 
     Imaging Measurement Report (TID 1500)
-      Observer: device "medhdm" (model name)
+      Observer: device "medhdm" (the model's name as the device's model name, when known)
       Procedure reported: Imaging
       Imaging Measurements
         Measurement Group (TID 1411 volumetric ROI; TID 1501 without a SEG)
@@ -11,24 +11,27 @@ Content tree (highdicom builds and validates it)::
           Referenced Segment: the saliency SEG, segment 1, with its source images   [with a SEG]
           Source images for the group: the explained images                        [without a SEG]
           Finding: Saliency (DCM 130404)
-          Algorithm Identification (TID 4019): "medhdm <method>", medhdm's version, parameters:
-              model name, model class, weights SHA-256, method settings (JSON), configuration SHA-256,
-              classifier input (JSON)
+          Algorithm Identification (TID 4019): "medhdm <method>", medhdm's version, and with a run
+              configuration its parameters: model name, model class, weights SHA-256, method settings
+              (JSON), configuration SHA-256, classifier input (JSON)
           Explained class (qualitative evaluation, 99MEDHDM code "class<k>")
-          Probability (DCM 122157) of the explained class, UCUM "1"
+          Probability (DCM 122157) of the explained class, UCUM "1"                 [when known]
           Localisation and faithfulness (deletion/insertion AUC) scores (99MEDHDM)  [when given]
 
 The evidence (Current Requested Procedure Evidence) lists the source images and the SEG.
-:func:`read_structured_report` reads the values back with highdicom.
+:func:`build_structured_report` makes the data set (:func:`medhdm.export.export` writes it as
+``SR.dcm`` beside the SC, PM and SEG, format ``"sr"``); :func:`read_structured_report` reads the
+values back with highdicom.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import numbers
 import os
-from collections.abc import Sequence
-from pathlib import Path
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 
 import highdicom as hd
 import pydicom
@@ -36,9 +39,8 @@ from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
 from .. import __version__
-from ..io.atomic import atomic_write
 
-__all__ = ["SCORE_CODES", "read_structured_report", "write_structured_report"]
+__all__ = ["SCORE_CODES", "ReportContent", "build_structured_report", "read_structured_report", "report_scores"]
 
 _SCHEME = "99MEDHDM"
 EXPLAINED_CLASS = Code("explained-class", _SCHEME, "Explained class")
@@ -58,6 +60,51 @@ SCORE_CODES = {
 }
 _UNITLESS = Code("1", "UCUM", "no units")
 _IMAGING = Code("363679005", "SCT", "Imaging")
+
+
+def report_scores(scores: Mapping[str, float] | None) -> dict[str, float] | None:
+    """The scores of ``scores`` (a scored map, :func:`medhdm.evaluation.score_saved_map`) that an SR carries:
+    those of :data:`SCORE_CODES` with a finite value (an undefined one, NaN, is left out); ``None`` stays ``None``."""
+    if scores is None:
+        return None
+    return {name: float(scores[name]) for name in SCORE_CODES if name in scores and math.isfinite(scores[name])}
+
+
+@dataclass(frozen=True)
+class ReportContent:
+    """What the SR says about the explanation, beyond the images and the SEG it references.
+
+    Attributes:
+        class_idx: the explained class (coded ``class<k>``, scheme 99MEDHDM).
+        probability: the model's probability of that class; ``None`` (not known): no Probability measurement.
+        class_name: the class's name (the code's meaning; default ``class <k>``).
+        config: the run configuration (:func:`medhdm.models.identity.run_configuration`): the
+            algorithm's parameters and the device's model name; ``None`` (not known): left out.
+        scores: localisation / faithfulness scores by name (:data:`SCORE_CODES`); a value that is not
+            finite is left out of the SR.
+
+    Raises:
+        ValueError: a class index below 0, a probability outside [0, 1], an unknown score name.
+        TypeError: a score that is not a number.
+    """
+
+    class_idx: int
+    probability: float | None = None
+    class_name: str | None = None
+    config: dict | None = field(default=None, repr=False)
+    scores: Mapping[str, float] | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.class_idx, bool) or not isinstance(self.class_idx, int) or self.class_idx < 0:
+            raise ValueError(f"class_idx: expected a class index (an integer, 0 or more), got {self.class_idx!r}")
+        if self.probability is not None and not 0.0 <= float(self.probability) <= 1.0:
+            raise ValueError(f"probability: expected a value in [0, 1], got {self.probability}")
+        unknown = sorted(set(self.scores or {}) - set(SCORE_CODES))
+        if unknown:
+            raise ValueError(f"scores: unknown names {unknown}; expected some of {sorted(SCORE_CODES)}")
+        for name, value in (self.scores or {}).items():
+            if isinstance(value, bool) or not isinstance(value, numbers.Real):
+                raise TypeError(f"scores: {name}: expected a number, got {value!r}")
 
 
 def _class_code(class_idx: int, name: str | None) -> Code:
@@ -100,82 +147,74 @@ def _measurement_group(sources: list[pydicom.Dataset], seg: pydicom.Dataset | No
     return group
 
 
-def _observer(uids, config: dict) -> hd.sr.ObserverContext:
-    """The device observer: medhdm, with the model's name as the device's model name."""
+def _observer(uid: Callable[[str], str], config: dict | None) -> hd.sr.ObserverContext:
+    """The device observer: medhdm, with the model's name (when the configuration is known) as the device's model."""
+    model = str(config["model"]["name"])[:64] if config is not None else None
     return hd.sr.ObserverContext(
         observer_type=codes.DCM.Device,
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
-            uid=uids("sr/device"),
-            name="medhdm",
-            manufacturer_name="medhdm",
-            model_name=str(config["model"]["name"])[:64],
+            uid=uid("sr/device"), name="medhdm", manufacturer_name="medhdm", model_name=model
         ),
     )
 
 
-def write_structured_report(
-    path: str | os.PathLike,
-    source_paths: Sequence[str | os.PathLike],
-    *,
-    config: dict,
-    class_idx: int,
-    probability: float,
-    uids,
-    seg_path: str | os.PathLike | None = None,
-    class_name: str | None = None,
-    scores: dict[str, float] | None = None,
-) -> Path:
-    """Write the SR of one explained series to ``path`` (atomically); returns ``path``.
-
-    Args:
-        path: the SR file.
-        source_paths: the explained source images (headers are read).
-        config: the run configuration (:func:`medhdm.pacs.run.pacs_configuration`).
-        class_idx, probability: the explained class and its probability.
-        uids: the series' :class:`~medhdm.pacs.uids.DerivedUIDs` (``"sr/series"``, ``"sr/instance"``, ...).
-        seg_path: the saliency SEG, referenced by the measurement group (``None``: none was made).
-        class_name: the class's name, if the model card gives one.
-        scores: localisation / faithfulness scores by name (:data:`SCORE_CODES`); ``None`` when the study
-            has no lesion annotation to score against (the SR then holds none).
-    """
-    sources = [pydicom.dcmread(p, stop_before_pixels=True) for p in source_paths]
-    sources.sort(key=lambda ds: int(ds.get("InstanceNumber", 0) or 0))
-    first = sources[0]
-    seg = pydicom.dcmread(seg_path, stop_before_pixels=True) if seg_path is not None else None
-    unknown = sorted(set(scores or {}) - set(SCORE_CODES))
-    if unknown:
-        raise ValueError(f"scores: unknown names {unknown}; expected some of {sorted(SCORE_CODES)}")
-    method = str(config["method"])
-    algorithm = hd.sr.AlgorithmIdentification(
-        name=f"medhdm {method}"[:64], version=__version__, parameters=_parameters(config)
-    )
-    measurements = [hd.sr.Measurement(name=codes.DCM.Probability, value=float(probability), unit=_UNITLESS)]
+def _group_items(content: ReportContent, method: str, uid: Callable[[str], str]) -> dict:
+    """What the measurement group holds besides its images: tracking, finding, algorithm, measurements, class."""
+    parameters = _parameters(content.config) if content.config is not None else None
+    algorithm = hd.sr.AlgorithmIdentification(name=f"medhdm {method}"[:64], version=__version__, parameters=parameters)
+    measurements = []
+    if content.probability is not None:
+        measurements.append(
+            hd.sr.Measurement(name=codes.DCM.Probability, value=float(content.probability), unit=_UNITLESS)
+        )
     measurements += [  # a share that is not defined (no evidence above the reference: NaN) is left out
         hd.sr.Measurement(name=SCORE_CODES[name], value=float(value), unit=_UNITLESS)
-        for name, value in sorted((scores or {}).items())
+        for name, value in sorted((content.scores or {}).items())
         if math.isfinite(float(value))
     ]
-    evaluations = [hd.sr.QualitativeEvaluation(name=EXPLAINED_CLASS, value=_class_code(class_idx, class_name))]
-    tracking = hd.sr.TrackingIdentifier(uid=uids("sr/tracking"), identifier=f"{method} saliency"[:64])
-    common = {
-        "tracking_identifier": tracking,
+    explained = _class_code(content.class_idx, content.class_name)
+    return {
+        "tracking_identifier": hd.sr.TrackingIdentifier(uid=uid("sr/tracking"), identifier=f"{method} saliency"[:64]),
         "finding_type": codes.DCM.Saliency,
         "algorithm_id": algorithm,
         "measurements": measurements,
-        "qualitative_evaluations": evaluations,
+        "qualitative_evaluations": [hd.sr.QualitativeEvaluation(name=EXPLAINED_CLASS, value=explained)],
     }
-    group = _measurement_group(sources, seg, common)
+
+
+def build_structured_report(
+    sources: Sequence[pydicom.Dataset],
+    content: ReportContent,
+    *,
+    method: str,
+    uid: Callable[[str], str],
+    series_number: int,
+    seg: pydicom.Dataset | None = None,
+) -> hd.sr.Comprehensive3DSR:
+    """The SR of one explained series (see the module docstring).
+
+    Args:
+        sources: the explained source images (their headers are enough), referenced in Instance Number order.
+        content: the explained class, its probability, the run configuration and the scores.
+        method: the explanation method, named in the algorithm, the tracking identifier and the series.
+        uid: the derived UIDs from keys ``"sr/series"``, ``"sr/instance"``, ``"sr/tracking"``, ``"sr/device"``
+            (:class:`~medhdm.export.dicom.DerivationInfo`: deterministic, or new random ones).
+        series_number: the SR's Series Number.
+        seg: the saliency SEG, referenced by the measurement group (``None``: none was made).
+    """
+    sources = sorted(sources, key=lambda ds: int(ds.get("InstanceNumber", 0) or 0))
+    group = _measurement_group(sources, seg, _group_items(content, method, uid))
     report = hd.sr.MeasurementReport(
-        observation_context=hd.sr.ObservationContext(observer_device_context=_observer(uids, config)),
+        observation_context=hd.sr.ObservationContext(observer_device_context=_observer(uid, content.config)),
         procedure_reported=_IMAGING,
         imaging_measurements=[group],
     )
     sr = hd.sr.Comprehensive3DSR(
-        evidence=sources + ([seg] if seg is not None else []),
+        evidence=[*sources, *([seg] if seg is not None else [])],
         content=report,
-        series_instance_uid=uids("sr/series"),
-        series_number=int(first.get("SeriesNumber", 0) or 0) + 1003,
-        sop_instance_uid=uids("sr/instance"),
+        series_instance_uid=uid("sr/series"),
+        series_number=series_number,
+        sop_instance_uid=uid("sr/instance"),
         instance_number=1,
         manufacturer="medhdm",
         is_complete=True,
@@ -184,13 +223,11 @@ def write_structured_report(
     )
     sr.SeriesDescription = f"medhdm {method} report"[:64]
     sr.SoftwareVersions = f"medhdm {__version__}"
-    out = Path(path)
-    atomic_write(out, lambda tmp: sr.save_as(tmp, enforce_file_format=True))
-    return out
+    return sr
 
 
 def read_structured_report(path: str | os.PathLike) -> dict:
-    """The values of an SR written by :func:`write_structured_report`, read back with highdicom.
+    """The values of an SR made by :func:`build_structured_report`, read back with highdicom.
 
     Returns:
         ``{"algorithm": name, "version", "parameters": {key: value}, "class_code", "class_meaning",

@@ -6,7 +6,9 @@ logger) goes through one :class:`Redactor` per process, which replaces every pat
 seen in the process with ``[redacted]``.
 
 :func:`install_redaction` is the one place where this is set up; the command line calls it for
-every command (and :func:`setup_logging`, which calls it, adds a service's handlers):
+every command (and :func:`setup_logging`, which calls it, adds a service's handlers), and each Ray
+worker of a cohort (:mod:`medhdm.cohort.ray_engine`) in its own process, whose stdout and stderr
+go to Ray's log files (``<Ray temp dir>/session_*/logs/``):
 
 - the values: every element of VR PN (Person Name: the patient's, the referring physician's, the
   operators', ... at any depth) and of :data:`IDENTIFIER_KEYWORDS`, of every data set pydicom
