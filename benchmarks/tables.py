@@ -1,0 +1,643 @@
+"""The READMEs' result tables, written from ``benchmarks/results/*.json``.
+
+    python benchmarks/tables.py            # rewrite every marked table of README.md and benchmarks/README.md
+    python benchmarks/tables.py --check    # exit 1 naming each marked table that differs from the results
+    python benchmarks/tables.py --check --diff   # and show how
+
+A table is marked in a README by a line ``<!-- table: NAME -->`` before it and a line
+``<!-- /table -->`` after it (HTML comments, invisible on GitHub); ``NAME`` is a key of
+:data:`TABLES`, whose function renders the table from the results files. Every figure goes
+through :func:`medhdm.evaluation.format_table`, the formatter the benchmark scripts print
+with; the column headers and row labels are set here, and each label says what its row is
+now: ``defaults`` for HDM's defaults, a dated setting by its date. A marker naming no table,
+a table marked twice, or a marker without its end is an error naming the README.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import functools
+import json
+import math
+import re
+import sys
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+
+from common import RESULTS
+
+from medhdm.evaluation import format_table, summarise
+from medhdm.io.atomic import atomic_write
+
+ROOT = RESULTS.parents[1]
+#: the files whose marked tables this script writes
+DOCUMENTS = (ROOT / "README.md", ROOT / "benchmarks" / "README.md")
+OPEN = re.compile(r"<!-- table: (.*?) -->")
+CLOSE = "<!-- /table -->"
+
+#: display names of the methods where a table shows the method alone
+METHOD_NAMES = {"GradientInput": "Gradient x Input", "GradCAM": "Grad-CAM", "GradCAM++": "Grad-CAM++"}
+
+
+# --- reading the results ----------------------------------------------------------------------------------------
+
+
+@functools.cache
+def load(name: str) -> dict:
+    """``benchmarks/results/<name>`` as JSON."""
+    return json.loads((RESULTS / name).read_text())
+
+
+def by_method(summary: Iterable[dict]) -> dict[str, dict[str, dict]]:
+    """A summary (records ``{"method", "metric", "mean", "ci_low", "ci_high"}``) as ``{method: {metric: record}}``."""
+    out: dict[str, dict[str, dict]] = {}
+    for record in summary:
+        out.setdefault(record["method"], {})[record["metric"]] = record
+    return out
+
+
+def as_record(value: Sequence[float] | float) -> dict:
+    """A ``(mean, ci_low, ci_high)`` triple or a plain value as a summary record."""
+    mean, low, high = value if isinstance(value, Sequence) else (value, math.nan, math.nan)
+    return {"mean": mean, "ci_low": low, "ci_high": high}
+
+
+# --- cells and tables --------------------------------------------------------------------------------------------
+
+
+def number(record: Mapping | float, digits: int = 2, ci: bool = False) -> str:
+    """One cell as :func:`~medhdm.evaluation.format_table` writes it: the mean (empty if NaN), with
+    ``[ci_low, ci_high]`` when ``ci``."""
+    record = record if isinstance(record, Mapping) else as_record(record)
+    summary = [{"method": "", "metric": "value", **{k: record[k] for k in ("mean", "ci_low", "ci_high")}}]
+    line = format_table(summary, ["value"], ci=ci, digits=digits).splitlines()[2]
+    return line[len("|  | ") : -len(" |")]
+
+
+def markdown(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
+    """A Markdown table."""
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    lines += ["|" + "|".join(f" {cell} " if cell else " " for cell in row) + "|" for row in rows]
+    return "\n".join(lines)
+
+
+def metric_cells(metrics: Mapping[str, dict], columns: Sequence[tuple[str, int, bool]]) -> list[str]:
+    """The cells of ``columns`` (metric, digits, with CI) from ``{metric: record}``."""
+    return [number(metrics[metric], digits, ci) for metric, digits, ci in columns]
+
+
+def rounded_to_hundreds(value: float) -> str:
+    """``2708.75`` as ``"2,700"``."""
+    return f"{int(round(value, -2)):,}"
+
+
+# --- README.md ----------------------------------------------------------------------------------------------------
+
+QUALITY = (("pointing_game", 2, True), ("auroc", 3, True), ("lesion_hit_rate_multi", 2, True))
+
+
+def results() -> str:
+    """README.md, "Results" (seed 4242): HDM's defaults from ``cost_curve.json`` (5 steps), its masks alone and the
+    defaults of 2026-11-27 from ``hdm_settings.json``, the rest from ``quality_2d.json``."""
+    cost = by_method(load("cost_curve.json")["seeds"]["4242"]["summary"])
+    settings = load("hdm_settings.json")["runs"]["2d/4242"]
+    hdm = by_method([*settings["summary"], *summarise(settings["rows"], ["seconds"])])
+    rows = []
+    for metrics, label in (
+        (cost["HDM steps=5"], "HDM (defaults; {images} images through the model per explanation)"),
+        (hdm["HDM, defaults, refine=None"], "HDM masks only (`refine=None`)"),
+        (hdm["HDM, defaults of 2026-11-27 (20 steps)"], "HDM, defaults of 2026-11-27 ({images} images)"),
+    ):
+        label = label.format(images=number(metrics["images"], 0))
+        rows.append([label, *metric_cells(metrics, QUALITY), number(metrics["seconds"], 3) + " (1 thread)"])
+    quality = load("quality_2d.json")["methods"]
+    old = load("speed_cpu.json")["methods"]["HDM"]  # the same defaults, a batch of 8 of these cases
+    old_images = rounded_to_hundreds(old["images_evaluated"] / load("speed_cpu.json")["batch"])
+    labels = {
+        "HDM (defaults until 2026-11-27, measured 2026-11-26)": (
+            f"HDM, defaults until 2026-11-27 (about {old_images} images per explanation; fails the sanity check)"
+        ),
+        **{name: METHOD_NAMES.get(name, name) for name in ("MDM", "NeuroMask", "GradientInput", "Occlusion", "RISE")},
+        "GradCAM": "Grad-CAM",
+    }
+    for name, label in labels.items():
+        entry = {key: as_record(value) for key, value in quality[name].items()}
+        rows.append([label, *metric_cells(entry, QUALITY), number(entry["seconds_per_image"], 3)])
+    header = ["method", "pointing game", "pixel AUROC", "lesions hit, 2-3-lesion cases", "s / image (2 CPU cores)"]
+    return markdown(header, rows)
+
+
+# --- benchmarks/README.md: in-memory cases ------------------------------------------------------------------------
+
+QUALITY_2D = (
+    ("pointing_game", 2, True),
+    ("energy_in_lesion", 2, True),
+    ("auroc", 3, True),
+    ("lesion_hit_rate", 2, True),
+    ("lesion_hit_rate_multi", 2, True),
+)
+QUALITY_2D_HEADER = [
+    "pointing game",
+    "energy in lesion",
+    "pixel AUROC",
+    "lesions hit (all)",
+    "lesions hit (2-3 lesions)",
+]
+BASELINES = ("MDM", "NeuroMask", "GradientInput", "Occlusion", "RISE", "GradCAM", "GradCAM++")
+
+
+def quality_2d() -> str:
+    """``quality_2d.json`` (seed 4242): HDM's defaults of 2026-11-27 and until 2026-11-27, and the baselines."""
+    quality = load("quality_2d.json")["methods"]
+    labels = {
+        "HDM": "HDM, defaults of 2026-11-27 (20 steps and two grids per phase, 4 stages, positive-gradient refinement)",
+        "HDM masks only (refine None)": "HDM masks only (`refine=None`), defaults of 2026-11-27",
+        "HDM (defaults until 2026-11-27, measured 2026-11-26)": (
+            "HDM (defaults 2026-11-26 to 2026-11-27: pixel refinement by abs(gradient x (x - r)), "
+            "fails the sanity check)"
+        ),
+        "HDM masks only (refine None), defaults until 2026-11-27, measured 2026-11-26": (
+            'HDM masks only (`refine=None`, grids and steps until 2026-11-27, smoothing 1/32, "either" fusion)'
+        ),
+        **{name: name for name in BASELINES},
+    }
+    notes = {"Occlusion": " (MONAI batches internally)"}
+    rows = []
+    for name, label in labels.items():
+        entry = quality[name]
+        passes = str(entry["forward_passes_per_call"])
+        if "images_per_explanation" in entry:
+            passes += f" ({number(entry['images_per_explanation'], 0)} images per explanation)"
+        cells = metric_cells({k: as_record(v) for k, v in entry.items()}, QUALITY_2D)
+        rows.append([label, *cells, passes + notes.get(name, "")])
+    return markdown(["method", *QUALITY_2D_HEADER, "forward passes"], rows)
+
+
+def quality_2d_seed9999() -> str:
+    """``quality_2d_seed9999.json``: the run of 2026-11-26 (HDM at its defaults until 2026-11-27)."""
+    quality = load("quality_2d_seed9999.json")["methods"]
+    labels = {
+        "HDM (defaults until 2026-11-27, measured 2026-11-26)": "HDM, defaults until 2026-11-27",
+        "HDM masks only (refine None), defaults until 2026-11-27, measured 2026-11-26": (
+            "HDM masks only (`refine=None`), defaults until 2026-11-27"
+        ),
+        **{name: name for name in BASELINES},
+    }
+    rows = [
+        [label, *metric_cells({k: as_record(v) for k, v in quality[name].items()}, QUALITY_2D)]
+        for name, label in labels.items()
+    ]
+    return markdown(["method (seed 9999, 24 cases)", *QUALITY_2D_HEADER], rows)
+
+
+#: the row of :func:`hdm_settings` that is HDM's defaults
+HDM_SETTINGS_DEFAULTS = "HDM, defaults (+ 3D area budget 5 %)"
+
+
+def hdm_settings(dims: int) -> str:
+    """``hdm_settings.json``: per setting and seed, pointing / AUROC / lesions hit in 2-3-lesion cases, and the
+    range of images per explanation over the seeds."""
+    runs = load("hdm_settings.json")["runs"]
+    seeds = [key.split("/")[1] for key in runs if key.startswith(f"{dims}d/")]
+    summaries = {seed: by_method(runs[f"{dims}d/{seed}"]["summary"]) for seed in seeds}
+    rows = []
+    for name in summaries[seeds[0]]:
+        label = f"**{name}**" if name == HDM_SETTINGS_DEFAULTS else name
+        cells = [" / ".join(number(summaries[s][name][m], d) for m, d, _ in QUALITY) for s in seeds]
+        images = sorted(summaries[s][name]["images"]["mean"] for s in seeds)
+        rows.append([label, *cells, f"{number(images[0], 0)}-{number(images[-1], 0)}"])
+    return markdown(["row", *(f"seed {s}" for s in seeds), "images"], rows)
+
+
+INPUT_NOISE = {
+    "defaults": "HDM defaults",
+    "until_2026_11_27": "HDM until 2026-11-27",
+    "GradientInput": "Gradient x Input",
+}
+
+
+def input_noise() -> str:
+    """``input_noise_9999.json`` and ``input_noise_4242.json``: per setting, the pointing game and lesions hit at
+    each draw, and the cases some draw misses (with p(lesion) where the model calls the case negative)."""
+
+    def per_draw(values: list[float]) -> str:
+        cells = [number(v) for v in values]
+        return f"{cells[0]} (all)" if len(set(cells)) == 1 else " ".join(cells)
+
+    rows = []
+    for seed in ("9999", "4242"):
+        result = load(f"input_noise_{seed}.json")["seeds"][seed]
+        for name, label in INPUT_NOISE.items():
+            setting = result["settings"][name]
+            missed: list[list[str]] = []  # [cases, how often missed] with consecutive equal counts joined
+            for case, draws in setting["missed"].items():
+                p = result["p_lesion"][int(case)]
+                how = f"{draws}/{len(setting['runs'])}" + (f", p {number(p)}" if p < 0.5 else "")
+                if missed and missed[-1][1] == how:
+                    missed[-1][0] += f", {case}"
+                else:
+                    missed.append([case, how])
+            missed_text = ", ".join(f"{cases} ({how})" for cases, how in missed) or "none"
+            by_run = setting["by_run"]
+            row = [seed, label, per_draw(by_run["pointing_game"]), per_draw(by_run["lesion_hit_rate_multi"])]
+            rows.append([*row, missed_text])
+    header = ["seed", "setting", "pointing per draw", "lesions hit (2-3-lesion cases) per draw", "cases missed (draws)"]
+    return markdown(header, rows)
+
+
+def sanity() -> str:
+    """``sanity.json``: Spearman between the maps of the trained and the randomised model, and two seeds' agreement."""
+    methods = load("sanity.json")["methods"]
+    labels = {
+        "HDM": "**HDM (defaults)**",
+        "HDM masks only (refine None)": "HDM masks only (`refine=None`)",
+        "HDM (defaults of 2026-11-27)": "HDM (defaults of 2026-11-27)",
+        "HDM (defaults until 2026-11-27)": "HDM (defaults until 2026-11-27)",
+        **{name: name for name in BASELINES},
+    }
+    constant = "NaN (the randomised model's map is constant)"
+    rows = []
+    for name, label in labels.items():
+        entry = methods[name]
+        cells = [
+            "-" if key not in entry else constant if math.isnan(entry[key]) else number(entry[key])
+            for key in ("sanity_2d", "sanity_3d", "seed_agreement_2d")
+        ]
+        rows.append([label, *cells])
+    return markdown(["method", "sanity 2D", "sanity 3D", "two seeds agree (2D)"], rows)
+
+
+def stability(name: str) -> Callable[[], str]:
+    """``<name>.json`` of ``stability.py``: the largest change of the map under 1e-6 input noise."""
+
+    def table() -> str:
+        rows = [
+            [r["method"], f"{r['dims']}D", number(r["max"], 4), number(r["median"], 4)]
+            for r in load(f"{name}.json")["rows"]
+        ]
+        return markdown(["setting", "dims", "largest change", "median of the per-image largest changes"], rows)
+
+    return table
+
+
+# --- benchmarks/README.md: LesionBench files ----------------------------------------------------------------------
+
+FILES = (
+    ("pointing_game", 2, True),
+    ("energy_in_lesion", 2, True),
+    ("auroc", 2, True),
+    ("lesion_hit_rate", 2, True),
+)
+
+
+FILES_2D = "quality_files_2d_HDM_GradientInput_Occlusion_RISE.json"
+FILES_3D = "quality_files_3d_HDM_GradientInput_Occlusion.json"
+FILES_2D_20_STEPS = "quality_files_2d_HDM_HDMsteps5_GradientInput_Occlusion_RISE.json"
+FILES_3D_20_STEPS = "quality_files_3d_HDM_HDMsteps5_GradientInput_Occlusion.json"
+#: the rows of :func:`files_defaults`: file, method (None: every method of the file in one row), label
+FILES_DEFAULTS = (
+    (FILES_2D, "HDM", "**HDM (defaults)**"),
+    (FILES_2D_20_STEPS, "HDM", "HDM, defaults of 2026-11-27"),
+    (FILES_2D, "GradientInput", "Gradient x Input"),
+    (FILES_2D, "Occlusion", "Occlusion"),
+    (FILES_2D, "RISE", "RISE"),
+    (FILES_3D, "HDM", "**HDM (defaults)**"),
+    ("quality_files_3d_HDMsteps3_HDMsteps10_HDMsteps20.json", None, "HDM, 3 / 10 / 20 steps"),
+    (FILES_3D_20_STEPS, "HDM", "HDM, defaults of 2026-11-27"),
+    (FILES_3D, "GradientInput", "Gradient x Input"),
+    (FILES_3D, "Occlusion", "Occlusion"),
+)
+
+
+def files_defaults() -> str:
+    """LesionBench files, 2D and 3D: HDM's defaults and the baselines (runs of ``quality_files.py`` with
+    ``--methods``), HDM at 3, 10 and 20 steps in 3D, and the defaults of 2026-11-27."""
+    rows = []
+    for file, name, label in FILES_DEFAULTS:
+        result = load(file)
+        summary = by_method(result["summary"])
+        if name is None:  # one row for several step counts: "a / b / c" per column, no CIs
+            cells = [" / ".join(number(summary[s][m], d) for s in summary) for m, d, _ in FILES]
+            cells.append(" / ".join(number(summary[s]["seconds"], 1) for s in summary))
+        else:
+            cells = [*metric_cells(summary[name], FILES), number(summary[name]["seconds"])]
+        rows.append([f"{file.split('_')[2].upper()} files ({result['cases']})", label, *cells])
+    header = ["set", "method", "pointing", "energy in lesion", "pixel AUROC", "lesions hit", "s / case"]
+    return markdown(header, rows)
+
+
+def quality_files(dims: int) -> str:
+    """The files' 64-step tables: ``quality_files_<dims>d.json`` (the run of the defaults until 2026-11-25 and the
+    baselines) and ``quality_files_<dims>d_HDM.json`` (a later HDM-only run), as ``quality_files.py`` prints them."""
+    label = {
+        2: (
+            "HDM (defaults 2026-11-26 to 2026-11-27, pixel refinement by abs(gradient x (x - r)); "
+            "`--methods HDM`, 314 s)"
+        ),
+        3: "HDM (defaults of 2026-11-27; `--methods HDM --threads 1`, 2026-11-27, heavily shared machine)",
+    }[dims]
+    first = {2: "HDM (defaults until 2026-11-25)", 3: "HDM (until 2026-11-26, earlier)"}[dims]
+    summary = [{**r, "method": label} for r in load(f"quality_files_{dims}d_HDM.json")["summary"]]
+    others = load(f"quality_files_{dims}d.json")["summary"]
+    summary += [{**r, "method": first if r["method"] == "HDM" else r["method"]} for r in others]
+    metrics = [
+        "pointing_game",
+        "energy_in_lesion",
+        "auroc",
+        "auprc",
+        "lesion_hit_rate",
+        "deletion_auc",
+        "insertion_auc",
+        "seconds",
+    ]
+    return format_table(summary, metrics, ci=metrics[:-1], digits=2)
+
+
+def files_budgets() -> str:
+    """``quality_files_<dims>d_HDM_HDMsteps5_...json``: HDM's defaults of 2026-11-27 at 20 and 5 steps, and the
+    baselines, on files (64-step deletion AUC)."""
+    rows = []
+    for dims, file in ((2, FILES_2D_20_STEPS), (3, FILES_3D_20_STEPS)):
+        result = load(file)
+        labels = {
+            "HDM": "HDM, defaults of 2026-11-27 (20 steps)",
+            "HDM steps=5": "HDM, defaults of 2026-11-27 at 5 steps",
+        }
+        for name, metrics in by_method(result["summary"]).items():
+            cells = [*metric_cells(metrics, FILES), number(metrics["deletion_auc"]), number(metrics["seconds"])]
+            rows.append([f"{dims}D files ({result['cases']})", labels.get(name, METHOD_NAMES.get(name, name)), *cells])
+    header = ["set", "method", "pointing", "energy in lesion", "pixel AUROC", "lesions hit", "deletion AUC", "s / case"]
+    return markdown(header, rows)
+
+
+# --- benchmarks/README.md: faithfulness, cost, resolution, speed, cohorts -------------------------------------------
+
+FAITHFULNESS = (
+    ("insertion_auc", "insertion_auc (64 steps)"),
+    ("deletion_auc", "deletion_auc (64 steps)"),
+    ("insertion_auc_log", "insertion_auc_log"),
+    ("deletion_auc_log", "deletion_auc_log"),
+    ("insertion_half", "insertion_half"),
+    ("deletion_half", "deletion_half"),
+)
+
+
+def faithfulness(dims: int) -> str:
+    """``faithfulness_grids_24x2d_8x3d.json``: every method's faithfulness columns, and the separation (the range of
+    the method means over their mean CI width), as ``faithfulness_grids.py`` prints them."""
+    result = load("faithfulness_grids_24x2d_8x3d.json")["dims"][str(dims)]
+    rows = []
+    for name, metrics in by_method(result["summary"]).items():
+        digits = [4 if key.endswith("_half") else 3 for key, _ in FAITHFULNESS]
+        rows.append([name, *(number(metrics[key], d, ci=True) for (key, _), d in zip(FAITHFULNESS, digits))])
+    spread = result["spread"]
+    rows.append(
+        ["separation", *(number(spread[key]["range"] / spread[key]["mean_ci_width"]) for key, _ in FAITHFULNESS)]
+    )
+    return markdown(["method", *(header for _, header in FAITHFULNESS)], rows)
+
+
+COST = (
+    ("pointing_game", 2, True),
+    ("auroc", 3, True),
+    ("lesion_hit_rate_multi", 2, True),
+    ("deletion_half", 4, False),
+    ("insertion_half", 4, False),
+    ("deletion_auc_log", 3, False),
+    ("insertion_auc_log", 3, False),
+    ("images", 0, False),
+)
+
+
+def cost_curve(seed: str) -> Callable[[], str]:
+    """``cost_curve.json``, one seed: quality, faithfulness and images per explanation at each budget."""
+
+    def table() -> str:
+        summary = by_method(load("cost_curve.json")["seeds"][seed]["summary"])
+        defaults = {"HDM steps=5": " (default)", "RISE masks=1000": " (default)"}
+        rows = [[name + defaults.get(name, ""), *metric_cells(metrics, COST)] for name, metrics in summary.items()]
+        header = [
+            "method",
+            "pointing",
+            "pixel AUROC",
+            "lesions hit (2-3 lesions)",
+            "deletion_half",
+            "insertion_half",
+            "deletion_auc_log",
+            "insertion_auc_log",
+            "images / explanation",
+        ]
+        return markdown(header, rows)
+
+    return table
+
+
+def resolution_classifiers() -> str:
+    """``resolution.json``: p(lesion) (accuracy) of both classifiers on the lesion and the healthy cases per size."""
+    check = {(r["size"], r["classifier"], r["cases"]): r for r in load("resolution.json")["model_check"]}
+    rows = []
+    for size in load("resolution.json")["sizes"]:
+        cells = []
+        for classifier in ("shipped DenseNet", "resize to 96, DenseNet"):
+            for cases in ("lesion", "healthy"):
+                r = check[(size, classifier, cases)]
+                cells.append(f"{number(r['p_mean'], 3)} ({number(r['accuracy'])})")
+        rows.append([str(size), *cells])
+    header = [
+        "pixels",
+        "shipped DenseNet: lesion cases, mean p (accuracy)",
+        "healthy (accuracy)",
+        "resize to 96 + DenseNet: lesion cases",
+        "healthy",
+    ]
+    return markdown(header, rows)
+
+
+def resolution() -> str:
+    """``resolution.json``: HDM in mm and in voxels and Gradient x Input at each size, with HDM's grids."""
+    result = load("resolution.json")
+    summary, settings = by_method(result["summary"]), result["hdm_settings"]
+    rows = []
+    for size in result["sizes"]:
+        for kind, label in (("HDM mm", "HDM in mm"), ("HDM voxels", "HDM in voxels"), ("GradientInput", None)):
+            name = f"{kind} @{size}"
+            grids = ""
+            if name in settings:
+                cells, sigma = settings[name].split(", sigma ")
+                grids = ", ".join(cells.split(",")).replace(" ,", ",") + f"; {sigma}"
+                if kind == "HDM mm":
+                    px = float(sigma.split()[0])
+                    grids += f" = {number(px * result['field_of_view_mm'] / size, 1)} mm"
+            metrics = summary[name]
+            cells = [*metric_cells(metrics, QUALITY), number(metrics["seconds"])]
+            rows.append([f"{label or METHOD_NAMES[kind]}, {size}", grids, *cells])
+    header = [
+        "method, pixels across",
+        "grids (cells across: benchmark / auxiliary), fused sigma",
+        "pointing game",
+        "pixel AUROC",
+        "lesions hit, 2-3-lesion cases",
+        "s / image",
+    ]
+    return markdown(header, rows)
+
+
+def realistic() -> str:
+    """``realistic_cpu_2d_3d.json``: DenseNet121 2D and 3D at HDM's defaults and Gradient x Input."""
+    networks = {"2d": "DenseNet121 2D 224 x 224", "3d": "DenseNet121 3D 96^3"}
+    methods = {"hdm": "**HDM (defaults)**", "gradientinput": "Gradient x Input"}
+    stages = {("3d", "hdm"): ": the random network's evidence is gone after it"}
+    rows = []
+    for r in load("realistic_cpu_2d_3d.json")["table"]:
+        images = str(r["images"])
+        if r["method"] == "hdm":
+            plural = "" if r["stages"] == 1 else "s"
+            images += f" ({r['stages']} stage{plural}{stages.get((r['dims'], r['method']), '')})"
+        cells = [images, number(r["seconds"]), number(r["floor_seconds"]), number(r["peak_memory_mb"], 0)]
+        rows.append([networks[r["dims"]], methods[r["method"]], *cells, r["max_batch"]])
+    header = ["network", "method", "images / explanation", "s / explanation", "bare loop s", "peak MB", "max_batch"]
+    return markdown(header, rows)
+
+
+def speed() -> str:
+    """``speed_cpu.json``: seconds per image, forward passes and images through the model per call of a batch."""
+    labels = {"HDM": "HDM (defaults until 2026-11-27)"}
+    rows = [
+        [
+            labels.get(name, name),
+            number(e["seconds_per_image"], 3),
+            str(e["forward_passes"]),
+            str(e["images_evaluated"]),
+        ]
+        for name, e in load("speed_cpu.json")["methods"].items()
+    ]
+    return markdown(["method", "s / image", "forward passes / call", "images through the model / call"], rows)
+
+
+def cohort() -> str:
+    """``cohort_cpu.json``: cases per minute of each engine, as ``cohort.py`` prints them."""
+    methods = {"hdm": "HDM", "gxi": "Gradient x Input"}
+    rows = [
+        [
+            f"{r['dims']}D",
+            methods[r["method"]],
+            r["engine"],
+            ", ".join(str(t) for t in r["threads_per_worker"]),
+            *(str(r[k]) for k in ("cases", "startup_s", "run_s", "s_per_case", "cases_per_min")),
+        ]
+        for r in load("cohort_cpu.json")["rows"]
+    ]
+    header = ["data", "method", "engine", "torch threads per worker", "cases", "startup s", "run s", "s/case"]
+    return markdown([*header, "cases/min"], rows)
+
+
+#: every table a README may mark, by name
+TABLES: dict[str, Callable[[], str]] = {
+    "results": results,
+    "quality_2d": quality_2d,
+    "quality_2d_seed9999": quality_2d_seed9999,
+    "hdm_settings_2d": functools.partial(hdm_settings, 2),
+    "hdm_settings_3d": functools.partial(hdm_settings, 3),
+    "files_defaults": files_defaults,
+    "input_noise": input_noise,
+    "sanity": sanity,
+    "stability": stability("stability"),
+    "stability_eps1e-05": stability("stability_eps1e-05"),
+    "quality_files_2d": functools.partial(quality_files, 2),
+    "quality_files_3d": functools.partial(quality_files, 3),
+    "faithfulness_2d": functools.partial(faithfulness, 2),
+    "faithfulness_3d": functools.partial(faithfulness, 3),
+    "cost_curve_4242": cost_curve("4242"),
+    "cost_curve_9999": cost_curve("9999"),
+    "files_budgets": files_budgets,
+    "resolution_classifiers": resolution_classifiers,
+    "resolution": resolution,
+    "realistic": realistic,
+    "speed": speed,
+    "cohort": cohort,
+}
+
+
+# --- the marked regions -----------------------------------------------------------------------------------------
+
+
+def rewrite(text: str, where: str, seen: dict[str, str] | None = None) -> tuple[str, list[str]]:
+    """``text`` with every marked table rendered again, and the names of the tables that changed.
+
+    ``where`` names the document in errors; ``seen`` (name -> document) catches a table marked twice
+    across documents. Raises ValueError for a marker naming no table, a table marked twice, or a
+    marker without its end.
+    """
+    seen = {} if seen is None else seen
+    lines = text.split("\n")
+    out, changed, i = [], [], 0
+    while i < len(lines):
+        line = lines[i]
+        out.append(line)
+        i += 1
+        match = OPEN.fullmatch(line.strip())
+        if match is None:
+            if line.strip() == CLOSE:
+                raise ValueError(f"{where}: line {i}: {CLOSE} without a table marker before it")
+            continue
+        name = match.group(1)
+        if name not in TABLES:
+            raise ValueError(f"{where}: line {i}: unknown table {name!r}; expected one of {sorted(TABLES)}")
+        if name in seen:
+            raise ValueError(f"{where}: line {i}: table {name!r} is marked twice (also in {seen[name]})")
+        seen[name] = where
+        try:
+            end = next(j for j in range(i, len(lines)) if lines[j].strip() == CLOSE or OPEN.fullmatch(lines[j].strip()))
+        except StopIteration:
+            raise ValueError(f"{where}: line {i}: table {name!r} has no {CLOSE}") from None
+        if lines[end].strip() != CLOSE:
+            raise ValueError(f"{where}: line {i}: table {name!r} has no {CLOSE} before the next table marker")
+        table = ["", *TABLES[name]().split("\n"), ""]  # blank lines: a comment line next to a table joins it
+        if lines[i:end] != table:
+            changed.append(name)
+        out += [*table, lines[end]]
+        i = end + 1
+    return "\n".join(out), changed
+
+
+def display(path: Path) -> str:
+    """``path`` relative to the repository where it lies in it."""
+    return str(path.resolve().relative_to(ROOT)) if path.resolve().is_relative_to(ROOT) else str(path)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Rewrite (or with ``--check`` compare) the marked tables; 0 done or all equal, 1 some differ, 2 an error."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("documents", nargs="*", type=Path, help="the files (default: README.md, benchmarks/README.md)")
+    parser.add_argument("--check", action="store_true", help="write nothing; exit 1 if a marked table differs")
+    parser.add_argument("--diff", action="store_true", help="with --check: show the differences")
+    args = parser.parse_args(argv)
+    seen: dict[str, str] = {}
+    rewritten = {}
+    try:
+        for path in args.documents or DOCUMENTS:
+            text = path.read_text()
+            rewritten[path] = (text, *rewrite(text, display(path), seen))
+    except (OSError, ValueError) as error:
+        print(f"tables.py: {error}", file=sys.stderr)
+        return 2
+    differ = 0
+    for path, (old, new, changed) in rewritten.items():
+        for table in changed:
+            differ += 1
+            print(
+                f"{display(path)}: table {table!r} "
+                + ("differs from benchmarks/results" if args.check else "rewritten")
+            )
+        if args.check and args.diff and changed:
+            name = display(path)
+            sys.stdout.writelines(difflib.unified_diff(old.splitlines(True), new.splitlines(True), name, name))
+        if not args.check and changed:
+            atomic_write(path, new.encode())
+    print(f"{len(seen)} marked tables, {differ} {'differ' if args.check else 'rewritten'}")
+    return 1 if args.check and differ else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
