@@ -70,12 +70,12 @@ def check_output_folder(out_dir: str | os.PathLike, cases: Sequence[StudyCase]) 
     """``out_dir`` resolved, refused if it is a file, a source file, or inside a source series folder."""
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
-        raise ValueError(f"--out: {out} is a file, not a folder")
+        raise ValueError(f"out_dir: {out} is a file, not a folder")
     resolved = out.resolve()
     for case in cases:
         source = Path(case.image).resolve()
         if resolved == source or (source.is_dir() and (resolved == source or source in resolved.parents)):
-            raise ValueError(f"--out: {out} lies inside the source {case.image}; write the outputs elsewhere")
+            raise ValueError(f"out_dir: {out} lies inside the source {case.image}; write the outputs elsewhere")
     return out
 
 
@@ -260,7 +260,7 @@ def _export_study(
 ) -> tuple[str, dict[str, float] | None]:
     """Export one explained study into ``folder/<case>_dicom/`` (one set); its folder and the SR's scores."""
     if result.dicom is None:
-        raise ValueError(f"--export: {case.image} is not DICOM; DICOM export needs a DICOM source")
+        raise ValueError(f"export_formats: {case.image} is not DICOM; DICOM export needs a DICOM source")
     from .export import export
 
     content, scores = None, None

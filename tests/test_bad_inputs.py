@@ -449,11 +449,11 @@ def _build(c: Corpus) -> dict[str, tuple[list[str], list[str]]]:
     cases["arg_no_image"] = (["explain", "--method", "gxi"], ["--image"])
     cases["arg_out_is_a_file"] = (
         ["explain", "--method", "gxi", "--image", str(c.image2d), "--out", str(c.file("out_file.txt", b"x"))],
-        ["out_file.txt", "is a file"],
+        ["--out: ", "out_file.txt", "is a file"],
     )
     cases["arg_out_is_the_series"] = (
         ["explain", "--method", "gxi", "--model", "default3d", "--image", str(c.series), "--out", str(c.series)],
-        ["inside the source"],
+        ["--out: ", "inside the source"],
     )
     cases["arg_out_inside_the_series"] = (
         [
@@ -467,7 +467,7 @@ def _build(c: Corpus) -> dict[str, tuple[list[str], list[str]]]:
             "--out",
             str(c.series / "maps"),
         ],
-        ["inside the source"],
+        ["--out: ", "inside the source"],
     )
 
     # manifests
@@ -510,13 +510,13 @@ def _build(c: Corpus) -> dict[str, tuple[list[str], list[str]]]:
             "--out",
             str(c.series / "report"),
         ],
-        ["inside the source"],
+        ["--out: ", "inside the source"],
     )
 
     # bench-data
     cases["bench_data_into_existing_dataset"] = (
         ["bench-data", "--out", str(c.root / "src" / "lb2"), "--cases", "1"],
-        ["exists", "--overwrite"],
+        ["--out: ", "exists", "--overwrite"],
     )
     cases["bench_data_no_cases"] = (["bench-data", "--out", "OUT", "--cases", "0"], ["--cases"])
 

@@ -26,7 +26,7 @@ R = TypeVar("R")
 def chunks(items: Sequence[T], size: int) -> list[list[T]]:
     """``items`` in consecutive batches of at most ``size`` (their order kept)."""
     if size < 1:
-        raise ValueError(f"--batch-size: expected at least 1, got {size}")
+        raise ValueError(f"size: expected at least 1, got {size}")
     return [list(items[i : i + size]) for i in range(0, len(items), size)]
 
 

@@ -112,7 +112,7 @@ def evaluate_cohort(
         report = out / "report.html"
         if report.exists() and all(s == "missing" for s in states.values()) and not options.overwrite:
             raise FileExistsError(
-                f"--out: {report} exists; pass --overwrite to replace the report, or choose another folder"
+                f"out: {report} exists; pass overwrite=True to replace the report, or choose another folder"
             )
 
     def summarise(out: Path, complete: list[dict], records: dict[str, dict]) -> None:

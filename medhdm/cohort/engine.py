@@ -106,12 +106,12 @@ class CohortOptions:
     def __post_init__(self) -> None:
         if isinstance(self.engine, str):
             if self.engine not in ENGINES:
-                raise ValueError(f"--engine: expected local or ray, got {self.engine!r}")
+                raise ValueError(f"engine: expected local or ray, got {self.engine!r}")
         elif not isinstance(self.engine, Engine):
             raise TypeError(f"engine: expected 'local', 'ray' or an Engine, got {type(self.engine).__name__}")
         if self.batch_size < 1:
-            raise ValueError(f"--batch-size: expected at least 1, got {self.batch_size}")
+            raise ValueError(f"batch_size: expected at least 1, got {self.batch_size}")
         if self.workers < 1:
-            raise ValueError(f"--workers: expected at least 1, got {self.workers}")
+            raise ValueError(f"workers: expected at least 1, got {self.workers}")
         if self.gpus_per_worker < 0:
-            raise ValueError(f"--gpus-per-worker: expected 0 or more, got {self.gpus_per_worker}")
+            raise ValueError(f"gpus_per_worker: expected 0 or more, got {self.gpus_per_worker}")

@@ -42,7 +42,7 @@ def import_ray():
     try:
         import ray
     except ImportError:
-        raise ValueError("--engine ray: Ray is not installed; pip install -e '.[ray]' (or pip install ray)") from None
+        raise ValueError("engine ray: Ray is not installed; pip install -e '.[ray]' (or pip install ray)") from None
     return ray
 
 
@@ -63,7 +63,7 @@ def check_address(address: str | None, timeout: float = 5.0) -> None:
     seconds); other forms (``auto``, ``ray://host``) are left to Ray.
 
     Raises:
-        ValueError: one line naming ``--address``, the address and the problem (and the package to install).
+        ValueError: one line naming ``address``, the address and the problem (and the package to install).
     """
     if not address:
         return
@@ -77,10 +77,10 @@ def check_address(address: str | None, timeout: float = 5.0) -> None:
     if address.startswith("ray://") and importlib.util.find_spec("grpc") is None:
         problems.append(
             'a ray:// address needs the Ray client, which is not installed here (pip install "ray[client]"; '
-            "on a node of the cluster, --address auto needs no client)"
+            "on a node of the cluster, the address auto needs no client)"
         )
     if problems:
-        raise ValueError(f"--address {address}: " + "; and ".join(problems))
+        raise ValueError(f"address {address}: " + "; and ".join(problems))
 
 
 def _start_watchdog(roots: set[int]) -> subprocess.Popen | None:
@@ -155,9 +155,9 @@ class RayEngine:
         log: Callable[[str], None] | None = None,
     ) -> None:
         if workers < 1:
-            raise ValueError(f"--workers: expected at least 1, got {workers}")
+            raise ValueError(f"workers: expected at least 1, got {workers}")
         if gpus_per_worker < 0:
-            raise ValueError(f"--gpus-per-worker: expected 0 or more, got {gpus_per_worker}")
+            raise ValueError(f"gpus_per_worker: expected 0 or more, got {gpus_per_worker}")
         self.recipe, self.key, self.workers = recipe, key, workers
         self.gpus_per_worker, self.address, self.log = gpus_per_worker, address, log
         self.ray = import_ray()
@@ -178,7 +178,7 @@ class RayEngine:
                 try:
                     ray.init(address=self.address, log_to_driver=False)
                 except ConnectionError as err:
-                    raise ValueError(f"--address {self.address}: no Ray cluster answers there ({err})") from None
+                    raise ValueError(f"address {self.address}: no Ray cluster answers there ({err})") from None
             else:
                 before = children(os.getpid()) if os.path.isdir("/proc") else None
                 ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, log_to_driver=False)

@@ -101,7 +101,7 @@ def run_cohort(
     # absolute paths: a Ray worker does not share the driver's working folder
     entries = [{**e, **{k: os.path.abspath(e[k]) for k in ("image", "lesion") if k in e}} for e in entries]
     result = CohortResult()
-    with LockedFolder(out, what="--out"):
+    with LockedFolder(out):
         remove_stale_temporaries(out)
         states = _case_states(out, entries, engine.key, options.overwrite)
         if refuse:
@@ -181,8 +181,8 @@ def _case_states(out: Path, entries: Sequence[dict], key: str, overwrite: bool) 
     other = [i for i, s in states.items() if s == "other"]
     if other and not overwrite:
         raise FileExistsError(
-            f"--out: {out / other[0] / RECORD_NAME} was written with another configuration ({len(other)} of the "
-            "cases were); pass --overwrite to redo them, or choose another folder"
+            f"out: {out / other[0] / RECORD_NAME} was written with another configuration ({len(other)} of the "
+            "cases were); pass overwrite=True to redo them, or choose another folder"
         )
     return states
 

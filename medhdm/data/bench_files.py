@@ -93,7 +93,8 @@ def write_lesionbench(
         existing = [p for p in (manifest_file, *(out / f"case{i:03d}" for i in range(n_cases))) if p.exists()]
         if existing:
             raise FileExistsError(
-                f"--out: {existing[0]} exists ({len(existing)} of the outputs do); give another folder or --overwrite"
+                f"out_dir: {existing[0]} exists ({len(existing)} of the outputs do); "
+                "give another folder or overwrite=True"
             )
     out.mkdir(parents=True, exist_ok=True)
     template = pydicom.dcmread(get_testdata_file("CT_small.dcm"))

@@ -93,7 +93,7 @@ def check_output_folder(out_dir: Path, source_paths: Sequence[Path | None], allo
         if not allow_inside_source and (out == folder or folder in out.parents):
             raise ValueError(
                 f"out: {out} is inside the source folder {folder}; choose another folder "
-                "or pass allow_inside_source=True (--allow-inside-source)"
+                "or pass allow_inside_source=True"
             )
 
 
@@ -158,7 +158,7 @@ class ExportFolder:
             if not self.overwrite and self.current_set() is not None:
                 raise OutputExistsError(
                     f"out: {self.out} already holds a medhdm export ({self.out / MANIFEST}); "
-                    "pass overwrite=True (--overwrite) to replace it, or choose another folder"
+                    "pass overwrite=True to replace it, or choose another folder"
                 )
         except BaseException:
             self._release(failed=True)
@@ -269,7 +269,7 @@ class ExportFolder:
                 )
         old = self.current_set()
         if old is not None and not self.overwrite:
-            raise OutputExistsError(f"out: {self.out} already holds a medhdm export; pass overwrite=True (--overwrite)")
+            raise OutputExistsError(f"out: {self.out} already holds a medhdm export; pass overwrite=True")
         return old
 
     def _stage(self, writers: Sequence[tuple[str, Callable[[str], None]]], note: dict | None) -> Path:
