@@ -44,19 +44,6 @@ N_CASES = 8
 
 
 @pytest.fixture(scope="module")
-def ray():
-    try:
-        import ray
-    except ImportError:
-        if REQUIRE_VALIDATORS:
-            pytest.fail("ray is required (MEDHDM_REQUIRE_VALIDATORS=1) but not installed")
-        pytest.skip("ray not installed (pip install -e '.[ray]')")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def ray_module():
     """The ``ray`` module, without starting a cluster in this process."""
     try:
@@ -66,6 +53,14 @@ def ray_module():
             pytest.fail("ray is required (MEDHDM_REQUIRE_VALIDATORS=1) but not installed")
         pytest.skip("ray not installed (pip install -e '.[ray]')")
     return ray
+
+
+@pytest.fixture(scope="module")
+def ray(ray_module):
+    """The ``ray`` module with a local cluster started in this process (for the module's tests)."""
+    ray_module.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray_module
+    ray_module.shutdown()
 
 
 @pytest.fixture(scope="module")

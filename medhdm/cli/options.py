@@ -364,23 +364,19 @@ def engine_options(args: argparse.Namespace):
 
     if args.engine == "local" and (args.address or args.workers is not None or args.gpus_per_worker):
         raise ValueError("--workers, --gpus-per-worker and --address: only with --engine ray")
-    if args.batch_size < 1:
-        raise ValueError(f"--batch-size: expected at least 1, got {args.batch_size}")
-    if args.workers is not None and args.workers < 1:
-        raise ValueError(f"--workers: expected at least 1, got {args.workers}")
-    if args.gpus_per_worker < 0:
-        raise ValueError(f"--gpus-per-worker: expected 0 or more, got {args.gpus_per_worker}")
-    if args.engine == "ray" and args.device.startswith("cuda") and not args.gpus_per_worker:
-        raise ValueError(f"--device {args.device} with --engine ray: give --gpus-per-worker (1, or 0.5 to share a GPU)")
-    return CohortOptions(
+    # the values are checked by CohortOptions (its messages name the parameters; main names the flags)
+    cohort = CohortOptions(
         engine=args.engine,
         batch_size=args.batch_size,
-        workers=args.workers or 2,
+        workers=2 if args.workers is None else args.workers,
         gpus_per_worker=args.gpus_per_worker,
         address=args.address,
         overwrite=args.overwrite,
         log=lambda line: print(line, flush=True),
     )
+    if args.engine == "ray" and args.device.startswith("cuda") and not args.gpus_per_worker:
+        raise ValueError(f"--device {args.device} with --engine ray: give --gpus-per-worker (1, or 0.5 to share a GPU)")
+    return cohort
 
 
 # -- export -----------------------------------------------------------------------------------------

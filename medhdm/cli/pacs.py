@@ -106,15 +106,15 @@ def _archive(args: argparse.Namespace, log):
 def run_explain(args: argparse.Namespace) -> None:
     """``medhdm pacs explain``."""
     from ..pacs.archive import ArchiveError
-    from ..pacs.query import check_deidentified_formats, parse_formats, parse_query, parse_study_uids
+    from ..pacs.query import parse_query, parse_study_uids
     from ..pacs.workflow import PacsOptions, explain_archive_studies
 
     # every argument checked before any work
     deidentify = options.deidentification(args)
-    formats = parse_formats(args.push) if args.push != "none" else ("sc", "pm", "seg", "sr")
-    if deidentify is not None and args.push == "none":
-        formats = ("sc", "pm", "seg")  # written, not pushed
-    check_deidentified_formats(formats, deidentify)
+    formats = args.push
+    if args.push == "none":  # written, not pushed
+        formats = ("sc", "pm", "seg") if deidentify is not None else ("sc", "pm", "seg", "sr")
+    study = PacsOptions(args.model, formats, options.slices(args), args.class_idx, deidentify=deidentify)
     query = parse_query(args.query or [])
     study_uids = parse_study_uids(args.study or [])  # each becomes a folder name
     if not args.study and not query:
@@ -129,9 +129,8 @@ def run_explain(args: argparse.Namespace) -> None:
         found = archive.search_studies(query)
         print(f"{archive.describe()}: {len(found)} studies match the query", flush=True)
         studies += [uid for uid in found if uid not in studies]
-    settings = PacsOptions(args.model, formats, options.slices(args), args.class_idx, deidentify=deidentify)
     outcomes = explain_archive_studies(
-        archive, studies, explainer, spec, Path(args.work), settings, push=args.push != "none", log=log
+        archive, studies, explainer, spec, Path(args.work), study, push=args.push != "none", log=log
     )
     counts = {s: sum(o.status == s for o in outcomes) for s in ("done", "skipped", "failed")}
     print(f"{len(outcomes)} studies: {counts['done']} done, {counts['skipped']} skipped, {counts['failed']} failed")
@@ -147,15 +146,13 @@ def run_serve(args: argparse.Namespace) -> None:
     import logging
 
     from ..pacs.destinations import parse_destination
-    from ..pacs.query import check_deidentified_formats, parse_formats
     from ..pacs.secrets import credentials_from_env
     from ..pacs.serve import ServeSettings, explain_and_push, run_service, setup_logging
     from ..pacs.workflow import PacsOptions
 
     # every argument checked before the model loads or the port opens
-    formats = parse_formats(args.push)
     deidentify = options.deidentification(args)
-    check_deidentified_formats(formats, deidentify)
+    study = PacsOptions(args.model, args.push, options.slices(args), args.class_idx, deidentify=deidentify)
     settings = ServeSettings(
         spool=Path(args.spool),
         aet=args.aet,
@@ -179,10 +176,9 @@ def run_serve(args: argparse.Namespace) -> None:
         "medhdm pacs serve: model %s, method %s, results %s to %s; a study is explained %g s after its last instance",
         args.model,
         args.method,
-        ",".join(formats),
+        ",".join(study.formats),
         destination.describe(),
         settings.stable_seconds,
     )
-    study_options = PacsOptions(args.model, formats, options.slices(args), args.class_idx, deidentify=deidentify)
-    process = explain_and_push(explainer, spec, study_options, destination)
+    process = explain_and_push(explainer, spec, study, destination)
     run_service(settings, process, redactor)

@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 from ..export import DICOM_FORMATS, check_formats
 from .uids import check_uid
 
-if TYPE_CHECKING:
-    from ..export import Deidentification
-
-__all__ = ["QUERY_KEYS", "check_deidentified_formats", "parse_formats", "parse_query", "parse_study_uids"]
+__all__ = ["QUERY_KEYS", "parse_formats", "parse_query", "parse_study_uids"]
 
 #: study-level query keys users may give, and the attribute each searches
 QUERY_KEYS = {
@@ -25,23 +21,15 @@ QUERY_KEYS = {
 }
 
 
-def parse_formats(text: str | Sequence[str]) -> tuple[str, ...]:
-    """``"sc,pm,seg,sr"`` (or a list): what to make and push, some of :data:`medhdm.export.DICOM_FORMATS`.
+def parse_formats(text: str | Sequence[str], deidentified: bool = False) -> tuple[str, ...]:
+    """``"sc,pm,seg,sr"`` (or a list): what to make and push, some of :data:`medhdm.export.DICOM_FORMATS`;
+    with ``deidentified``, not ``sr`` (:func:`medhdm.export.check_formats` says why).
 
     Raises:
-        ValueError: naming ``--push``: an unknown or repeated format, or none.
+        ValueError: naming ``--push``: an unknown or repeated format, none, or ``sr`` with de-identification.
     """
     items = [f.strip() for f in text.split(",")] if isinstance(text, str) else [str(f).strip() for f in text]
-    return tuple(check_formats([f for f in items if f], DICOM_FORMATS, "--push"))
-
-
-def check_deidentified_formats(formats: Sequence[str], deidentify: Deidentification | None) -> None:
-    """De-identified results are SC, PM and SEG only (:func:`medhdm.export.check_formats` says why).
-
-    Raises:
-        ValueError: naming ``--push``, when ``sr`` is asked for with de-identification.
-    """
-    check_formats(list(formats), DICOM_FORMATS, "--push", deidentified=deidentify is not None)
+    return tuple(check_formats([f for f in items if f], DICOM_FORMATS, "--push", deidentified=deidentified))
 
 
 def parse_query(items: Sequence[str]) -> dict[str, str]:

@@ -37,7 +37,7 @@ from ..study import StudyCase, StudyReport, explain_study
 from .archive import Archive, ArchiveError, InstanceRef
 from .cache import StudyCache
 from .discovery import annotation_series, find_local_study, series_folder, series_input, source_series
-from .query import check_deidentified_formats, parse_formats
+from .query import parse_formats
 from .uids import DerivedUIDs, check_uid
 
 if TYPE_CHECKING:
@@ -77,8 +77,7 @@ class PacsOptions:
     deidentify: Deidentification | None = None
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "formats", parse_formats(self.formats))
-        check_deidentified_formats(self.formats, self.deidentify)
+        object.__setattr__(self, "formats", parse_formats(self.formats, deidentified=self.deidentify is not None))
 
 
 @dataclass
