@@ -270,7 +270,7 @@ def _check_dimension(spatial_dims: int, spec: InputSpec, what: str | None = None
         return
     what = what or f"image: a {spatial_dims}D image"
     hint = (
-        "; explain a series slice by slice with slices= (--slices all|top:K|I,J,...)"
+        "; explain a series slice by slice with slices= ('all', 'top:K' or 'I,J,...')"
         if spatial_dims == 3 and len(spec.spatial_size) == 2
         else ""
     )
@@ -427,7 +427,7 @@ def _classifier_input(image: MetaTensor, path, spec: InputSpec, class_idx: int |
         raise ValueError(
             f"{name}: the image is constant after intensity scaling "
             f"({'range ' + str(spec.intensity_range) if spec.intensity_range else 'percentiles'}): "
-            "nothing to explain; check --intensity-range"
+            "nothing to explain; check intensity_range="
         )
     return _Prepared(image, path, data, transforms, class_idx, classifier_spacing(image, spec))
 

@@ -45,7 +45,6 @@ __all__ = [
     "StudyCase",
     "StudyReport",
     "case_folder",
-    "check_output_folder",
     "explain_study",
     "explain_study_batch",
     "write_explanations_csv",
@@ -64,19 +63,6 @@ CSV_COLUMNS = (
     "slice_scores",
     "spacing",
 )
-
-
-def check_output_folder(out_dir: str | os.PathLike, cases: Sequence[StudyCase]) -> Path:
-    """``out_dir`` resolved, refused if it is a file, a source file, or inside a source series folder."""
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"out_dir: {out} is a file, not a folder")
-    resolved = out.resolve()
-    for case in cases:
-        source = Path(case.image).resolve()
-        if resolved == source or (source.is_dir() and (resolved == source or source in resolved.parents)):
-            raise ValueError(f"out_dir: {out} lies inside the source {case.image}; write the outputs elsewhere")
-    return out
 
 
 def _inside(out: Path, case: str, suffix: str) -> Path:

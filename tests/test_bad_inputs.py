@@ -343,7 +343,13 @@ def _build(c: Corpus) -> dict[str, tuple[list[str], list[str]]]:
     def argument(name, texts, *args, image=None):
         cases[name] = (["explain", "--image", str(image or c.image2d), *args], texts)
 
-    argument("arg_intensity_range_empty", ["intensity_range"], "--method", "gxi", "--intensity-range=0,0")
+    argument(
+        "arg_intensity_range_empty",
+        ["--intensity-range: expected two finite values"],
+        "--method",
+        "gxi",
+        "--intensity-range=0,0",
+    )
     argument("arg_intensity_range_text", ["--intensity-range"], "--method", "gxi", "--intensity-range=abc")
     argument("arg_device_banana", ["--device"], "--method", "gxi", "--device", "banana")
     if not torch.cuda.is_available():
@@ -453,7 +459,7 @@ def _build(c: Corpus) -> dict[str, tuple[list[str], list[str]]]:
     )
     cases["arg_out_is_the_series"] = (
         ["explain", "--method", "gxi", "--model", "default3d", "--image", str(c.series), "--out", str(c.series)],
-        ["--out: ", "inside the source"],
+        ["--out: ", "is the source"],
     )
     cases["arg_out_inside_the_series"] = (
         [

@@ -15,7 +15,7 @@ from medhdm.cli import build_parser, main
 from medhdm.cli.main import name_flags
 from medhdm.data.bench_files import write_lesionbench
 from medhdm.explain.registry import METHODS
-from medhdm.study import check_output_folder
+from medhdm.io.outputs import check_output_folder
 
 METHOD_OPTIONS = ("--method", "--method-args", "--steps", "--class-idx")
 MODEL_OPTIONS = ("--model", "--weights", "--model-args", "--spatial-size", "--layout", "--axcodes")
@@ -111,6 +111,24 @@ def test_export_label_names_the_series_and_method_is_its_alias(case, tmp_path, c
         ("/data/out: no such file", {"--out"}, "/data/out: no such file"),
         ("image: the out: here", {"--out"}, "image: the out: here"),
         ("workers_x: 1", {"--workers"}, "workers_x: 1"),
+        (
+            "model: m.pt is not a TorchScript file; for a state dict give the network class path and weights=",
+            {"--model", "--weights"},
+            "--model: m.pt is not a TorchScript file; for a state dict give the network class path and --weights",
+        ),
+        ("image: 3D; explain it with slices= ('all')", {"--slices"}, "image: 3D; explain it with --slices ('all')"),
+        ("a: constant; check intensity_range=", {"--intensity-range"}, "a: constant; check --intensity-range"),
+        ("log_file: cannot append to /x", {"--log-file"}, "--log-file: cannot append to /x"),
+        (
+            "a.dcm: no geometry; export a Secondary Capture (format 'sc')",
+            {"--format"},
+            "a.dcm: no geometry; export a Secondary Capture (--format sc)",
+        ),
+        (
+            "a.dcm: no geometry; export a Secondary Capture (format 'sc')",
+            {"--export"},
+            "a.dcm: no geometry; export a Secondary Capture (format 'sc')",
+        ),
     ],
 )
 def test_name_flags_names_the_flags_of_the_command_only(text, flags, expected):
@@ -118,7 +136,7 @@ def test_name_flags_names_the_flags_of_the_command_only(text, flags, expected):
 
 
 def test_a_message_below_the_cli_names_the_parameter_and_the_cli_the_flag(case, tmp_path, capsys):
-    """``study.check_output_folder`` names ``out_dir``, ``write_lesionbench`` ``out_dir`` and ``overwrite=True``,
+    """``io.outputs.check_output_folder`` names ``out_dir``, ``write_lesionbench`` ``out_dir`` and ``overwrite=True``,
     the export staging ``out`` and ``overwrite=True``; the CLI prints ``--out`` and ``--overwrite`` in their place."""
     image, saliency = case
     with pytest.raises(ValueError, match=f"^out_dir: {re.escape(str(image))} is a file, not a folder"):

@@ -673,7 +673,11 @@ def _error_cases(tmp_path: Path, study) -> list[tuple[list[str], dict, str]]:
             f"--deidentify-salt-file: {empty_salt} is empty",
         ),
         (["--image", series, "--map", good, "--out", str(out), "--retain-dates"], {}, "--retain-dates: only with"),
-        (["--image", series, "--map", good, "--out", str(study["folder"] / "maps")], {}, "inside the source folder"),
+        (
+            ["--image", series, "--map", good, "--out", str(study["folder"] / "maps")],
+            {},
+            "inside the source series folder",
+        ),
     ]
 
 

@@ -120,3 +120,21 @@ def test_cli_export_format_sr_refuses_what_it_cannot_report(series, tmp_path, ca
     assert _export(tmp_path / "series", tmp_path, "out", *extra) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_explain_export_sr_carries_the_run_configuration(tmp_path, capsys):
+    """``medhdm explain --export sr`` writes the model, the method's settings and the configuration hash that
+    the case's run record holds (what ``medhdm export --format sr`` cannot know)."""
+    from medhdm.data.bench_files import write_lesionbench
+
+    write_lesionbench(tmp_path / "lb", n_cases=1, spatial_dims=2, lesion_weights=(0.0, 1.0, 0.0, 0.0))
+    image = tmp_path / "lb" / "case000" / "image.dcm"
+    argv = ["explain", "--image", str(image), "--method", "gxi", "--export", "seg,sr", "--out", str(tmp_path / "out")]
+    assert main(argv) == 0, capsys.readouterr().err
+    (sr_path,) = (tmp_path / "out").glob("*/*_dicom/SR.dcm")
+    errors, text = dciodvfy_errors(sr_path)
+    assert errors == [], text
+    record = json.loads(next((tmp_path / "out").glob("*/record.json")).read_text())
+    parameters = read_structured_report(sr_path)["parameters"]
+    assert parameters["configuration sha256"] == record["configuration_hash"], (parameters, record)
+    assert parameters["model name"] == "default" and json.loads(parameters["method settings"]), parameters

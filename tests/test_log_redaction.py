@@ -181,3 +181,13 @@ def test_a_ray_workers_warnings_reach_rays_log_files_without_names(planted, tmp_
         assert any(HIGHDICOM_WARNING in text for text in logs)  # the worker's warning, without the name
     finally:
         shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+def test_a_name_component_that_names_an_attribute_is_kept_in_messages_the_whole_name_is_not():
+    """``Anonymized^Patient`` (a placeholder name) must not erase "Patient ID" from error messages; the whole
+    name and a real component (``Doe^John``: "John") are still removed."""
+    redactor = Redactor()
+    redactor.add("Anonymized^Patient", "Doe^John")
+    text = "a.dcm: Patient ID differs from b.dcm; Image Orientation (Patient) is degenerate"
+    assert redactor.redact(text) == text
+    assert redactor.redact("name Anonymized^Patient, Doe John, John") == "name [redacted], [redacted], [redacted]"

@@ -95,7 +95,7 @@ def run(args: argparse.Namespace) -> None:
     from ..cohort import EvaluateRecipe, evaluate_cohort
     from ..evaluation import FAITHFULNESS_KEYS, format_table, summarise
     from ..io.manifest import load_manifest
-    from ..study import StudyCase, check_output_folder
+    from ..io.outputs import check_output_folder
 
     entries = load_manifest(args.manifest)
     names, maps = _methods_and_maps(args)
@@ -104,7 +104,7 @@ def run(args: argparse.Namespace) -> None:
         raise ValueError(f"{args.manifest}: cases without a 'lesion' annotation cannot be scored: {', '.join(missing)}")
     if args.curve_steps is not None and args.curve_steps < 1:
         raise ValueError(f"--curve-steps: expected an integer >= 1, got {args.curve_steps}")
-    check_output_folder(args.out, [StudyCase(Path(e["image"]), e["id"]) for e in entries])
+    check_output_folder(args.out, [e["image"] for e in entries])
     options.check_case_folders(args.out, [e["id"] for e in entries])
     cohort_options = options.engine_options(args)
     recipe, model, spec = options.model_and_spec(args)

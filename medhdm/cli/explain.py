@@ -82,11 +82,11 @@ def _export(args: argparse.Namespace, entries: list[dict]):
 
 def run(args: argparse.Namespace) -> None:
     from ..cohort import ExplainRecipe, explain_cohort
-    from ..study import StudyCase, check_output_folder
+    from ..io.outputs import check_output_folder
 
     entries = _entries(args)
     formats, deidentify = _export(args, entries)
-    check_output_folder(args.out, [StudyCase(Path(e["image"]), e["id"]) for e in entries])
+    check_output_folder(args.out, [e["image"] for e in entries])
     options.check_case_folders(args.out, [e["id"] for e in entries])
     steps, method_args = options.method_arguments(args)
     cohort_options = options.engine_options(args)

@@ -17,7 +17,7 @@ def add_command(sub) -> None:
         "--image", required=True, help="source DICOM file (single-frame or enhanced multi-frame) or series folder"
     )
     exp.add_argument("--map", required=True, help="map on the source grid: .npy (H, W) / (D, H, W), or NIfTI")
-    exp.add_argument("--out", required=True, help="output folder (not inside the source folder)")
+    exp.add_argument("--out", required=True, help="output folder (not the source, not inside a source series folder)")
     exp.add_argument(
         "--label",
         "--method",
@@ -46,7 +46,7 @@ def add_command(sub) -> None:
     options.add_export_options(exp)
     options.add_deidentify_options(exp)
     exp.add_argument("--overwrite", action="store_true", help="replace an export that --out already holds")
-    exp.add_argument("--allow-inside-source", action="store_true", help="allow --out inside the source folder")
+    exp.add_argument("--allow-inside-source", action="store_true", help="allow --out inside the source series folder")
     options.finish_command(exp, run)
 
 

@@ -34,10 +34,22 @@ PARAMETER_FLAGS = {
     "workers": "--workers",
     "gpus_per_worker": "--gpus-per-worker",
     "address": "--address",
+    "model": "--model",
+    "weights": "--weights",
+    "intensity_range": "--intensity-range",
+    "log_file": "--log-file",
 }
 
-#: the keyword arguments that messages below the CLI suggest (``pass overwrite=True``), and the flag of each
-KEYWORD_FLAGS = {"overwrite=True": "--overwrite", "allow_inside_source=True": "--allow-inside-source"}
+#: the keyword arguments that messages below the CLI suggest (``pass overwrite=True``), and what the CLI prints
+#: instead (a flag, maybe with its value), where the command has that flag
+KEYWORD_FLAGS = {
+    "overwrite=True": "--overwrite",
+    "allow_inside_source=True": "--allow-inside-source",
+    "weights=": "--weights",
+    "slices=": "--slices",
+    "intensity_range=": "--intensity-range",
+    "format 'sc'": "--format sc",
+}
 
 _PREFIX = re.compile(rf"(^|failed: )({'|'.join(sorted(PARAMETER_FLAGS, key=len, reverse=True))})(?=:| [^ ]+:)")
 _KEYWORD = re.compile("|".join(re.escape(k) for k in KEYWORD_FLAGS))
@@ -55,7 +67,7 @@ def name_flags(text: str, flags: frozenset[str] | set[str]) -> str:
 
     def keyword(match: re.Match) -> str:
         flag = KEYWORD_FLAGS[match[0]]
-        return flag if flag in flags else match[0]
+        return flag if flag.split()[0] in flags else match[0]
 
     return _KEYWORD.sub(keyword, _PREFIX.sub(prefix, text))
 

@@ -19,7 +19,7 @@ from ..io.atomic import atomic_write, remove_stale_temporaries
 from ..io.errors import BAD_INPUT
 from ..models.identity import configuration_hash, run_configuration
 from ..pipeline import InputSpec, SliceSelection, input_record
-from ..study import StudyCase, case_folder, explain_study_batch
+from ..study import StudyCase, StudyReport, case_folder, explain_study_batch
 from .batching import run_split
 from .engine import CaseOutcome
 from .records import case_state, remove_record, write_record
@@ -120,10 +120,12 @@ class ExplainRunner(CaseRunner):
             overwrite=True,
             slices=r.slices,
             deidentify=r.deidentify,
+            report=StudyReport(config=self.configuration),
         )
         seconds = (time.perf_counter() - start) / len(entries)
         records = []
         for entry, row in zip(entries, rows):
+            row.pop("scores", None)  # the SR's scores against annotations: explain has none
             folder = case_folder(out, entry["id"])
             files = [Path(row[k]).name for k in ("map", "export", "slice_scores") if row[k]]
             records.append(self._record(entry, files, seconds, {"row": row}))

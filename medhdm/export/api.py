@@ -4,7 +4,8 @@ The formats (:data:`FORMATS`): the DICOM objects (:data:`DICOM_FORMATS`: SC over
 Map, SEG, and the structured report of :mod:`medhdm.export.sr`), a NIfTI map and PNG overlays.
 
 Every function checks the map against the source grid before anything is written,
-refuses an output folder inside the source's folder unless ``allow_inside_source``,
+applies the output-folder rule of :mod:`medhdm.io.outputs` (beside a single file: allowed; inside a
+series folder: only with ``allow_inside_source``),
 never replaces a source file, and writes all of its files or none of them.
 
 Map layout: the source grid in :class:`~medhdm.io.dicom.DicomSource` order, ``(H, W)``
@@ -26,13 +27,14 @@ from pydicom.dataset import Dataset
 from ..io.axes import dicom_to_monai
 from ..io.dicom import DicomSource, read_dicom
 from ..io.nifti import nifti_writer
+from ..io.outputs import check_output_folder
 from . import dicom, multiframe
 from .deidentify import deidentify as _deidentify
 from .deidentify import remap_uid
 from .dicom import DerivationInfo, render_source_overlays
 from .overlay import CT_PRESETS, OverlayStyle, window_for
 from .sr import ReportContent, build_structured_report
-from .staging import ExportFolder, check_output_folder
+from .staging import ExportFolder
 
 __all__ = [
     "DICOM_FORMATS",
@@ -270,8 +272,8 @@ def export(
     Args:
         source: a DICOM file, a series folder, datasets, or a :class:`DicomSource`.
         saliency: the map on the source grid (see the module docstring), values in [0, 1].
-        out_dir: output folder; created if missing; not inside the source folder unless
-            ``allow_inside_source``.
+        out_dir: output folder; created if missing; not the source, and not inside a source series
+            folder unless ``allow_inside_source`` (:mod:`medhdm.io.outputs`).
         formats: any of ``"sc"`` (one RGB Secondary Capture per slice), ``"pm"`` (float
             Parametric Map), ``"seg"`` (binary SEG of ``saliency >= seg_threshold``),
             ``"sr"`` (``SR.dcm``, the structured report of ``report``, referencing the source images and the
@@ -285,7 +287,7 @@ def export(
         series_number: Series Number of the SC series (PM, SEG, SR: +1, +2, +3).
         deidentify_salt: if given, the DICOM objects are de-identified (see
             :mod:`medhdm.export.deidentify`) with this secret.
-        allow_inside_source: allow an output folder inside the source's folder.
+        allow_inside_source: allow an output folder inside the source series folder.
         overwrite: replace an export that ``out_dir`` already holds (otherwise that is an
             error, :class:`~medhdm.export.staging.OutputExistsError`).
         retain_dates: with ``deidentify_salt``, the profile's Retain Longitudinal Temporal
@@ -308,7 +310,7 @@ def export(
         raise ValueError("report: the SR (format 'sr') needs the explained class: give report=ReportContent(...)")
     style = style or OverlayStyle()
     src = _as_source(source)
-    check_output_folder(Path(out_dir), src.paths, allow_inside_source)
+    check_output_folder(out_dir, [src.series_folder] if src.series_folder else src.paths, allow_inside_source)
     sal = map_on_source_grid(saliency, src)
     lesion = _lesion_on_grid(lesion_mask, src)
     info = DerivationInfo(str(method), class_label, series_number, uid_source)

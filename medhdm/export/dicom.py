@@ -247,7 +247,7 @@ def _check_geometry(source: DicomSource) -> None:
         where = source.paths[0] if source.paths and source.paths[0] is not None else "source"
         raise ValueError(
             f"{where}: no patient geometry (Image Orientation/Position, Frame of Reference); "
-            "Parametric Map and SEG need it, export a Secondary Capture (--format sc) instead"
+            "Parametric Map and SEG need it, export a Secondary Capture (format 'sc') instead"
         )
 
 

@@ -65,7 +65,6 @@ __all__ = [
     "ExportFolder",
     "OutputBusyError",
     "OutputExistsError",
-    "check_output_folder",
     "read_manifest",
     "write_all",
 ]
@@ -79,22 +78,6 @@ _MANIFEST_FORMAT = "medhdm-export/1"
 
 class OutputExistsError(ValueError):
     """The output folder already holds outputs, and overwriting was not asked for."""
-
-
-def check_output_folder(out_dir: Path, source_paths: Sequence[Path | None], allow_inside_source: bool = False) -> None:
-    """Refuse an output folder inside (or equal to) a folder that holds source files.
-
-    Raises:
-        ValueError: naming the source folder, unless ``allow_inside_source``.
-    """
-    out = Path(out_dir).resolve()
-    folders = {Path(p).resolve().parent for p in source_paths if p is not None}
-    for folder in sorted(folders):
-        if not allow_inside_source and (out == folder or folder in out.parents):
-            raise ValueError(
-                f"out: {out} is inside the source folder {folder}; choose another folder "
-                "or pass allow_inside_source=True"
-            )
 
 
 def _checkpoint(step: str) -> None:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -73,6 +73,8 @@ class DicomSource:
         affine_ras: ``(4, 4)`` voxel index ``(column, row, slice)`` -> RAS millimetres,
             the convention of NIfTI files written from DICOM.
         spacing: ``(slice, row, column)`` spacing in mm (slice spacing 1.0 for one image).
+        series_folder: the folder the series was read from, whole (``None`` when read from one
+            file or from datasets); outputs may not go inside it (:mod:`medhdm.io.outputs`).
     """
 
     datasets: list[Dataset]
@@ -80,7 +82,7 @@ class DicomSource:
     pixels: np.ndarray
     affine_ras: np.ndarray
     spacing: tuple[float, float, float]
-    folders: list[Path] = field(default_factory=list)
+    series_folder: Path | None = None
     multiframe: bool = False
 
     @property
@@ -201,7 +203,6 @@ def _read_multiframe(path: Path, ds: Dataset) -> DicomSource:
         pixels=array,
         affine_ras=LPS_TO_RAS @ affine_lps,
         spacing=spacing,
-        folders=[path.resolve().parent],
         multiframe=True,
     )
 
@@ -300,8 +301,9 @@ def read_dicom(source: str | os.PathLike | Dataset | Sequence[Dataset]) -> Dicom
         ValueError: naming the file, for anything that would give a wrong volume.
     """
     loaded = _datasets_of(source)
+    folder = Path(source) if isinstance(source, (str, os.PathLike)) and Path(source).is_dir() else None
     if isinstance(loaded, DicomSource):
-        return loaded
+        return replace(loaded, series_folder=folder)
     datasets, paths = loaded
     names = [str(p) if p is not None else f"dataset {i}" for i, p in enumerate(paths)]
     for ds, name in zip(datasets, names):
@@ -331,14 +333,13 @@ def read_dicom(source: str | os.PathLike | Dataset | Sequence[Dataset]) -> Dicom
     affine_lps[:3, 1] = col0 * row_sp  # row index moves along the column direction
     affine_lps[:3, 2] = normal * slice_spacing
     affine_lps[:3, 3] = positions[0]
-    folders = sorted({p.resolve().parent for p in paths if p is not None})
     return DicomSource(
         datasets=datasets,
         paths=paths,
         pixels=pixels,
         affine_ras=LPS_TO_RAS @ affine_lps,
         spacing=(slice_spacing, row_sp, col_sp),
-        folders=folders,
+        series_folder=folder,
     )
 
 

@@ -93,5 +93,5 @@ class DicomSeriesReader(ImageReader):
         meta[MetaKeys.SPATIAL_SHAPE] = np.asarray(array.shape)
         meta[MetaKeys.SPACE] = SpaceKeys.RAS
         meta[MetaKeys.ORIGINAL_CHANNEL_DIM] = float("nan")
-        meta["filename_or_obj"] = str(img.folders[0] if img.is_series and img.folders else (img.paths[0] or ""))
+        meta["filename_or_obj"] = str(img.series_folder or (img.paths[0] or ""))
         return np.ascontiguousarray(array), meta

@@ -30,6 +30,7 @@ The command line passes its one error line (and ``--debug``'s traceback) through
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import sys
@@ -66,9 +67,11 @@ class Redactor(logging.Filter):
     """A log filter that removes the patient names and IDs it was told about from every record.
 
     A name ``Doe^John`` is also removed as ``Doe John`` and ``Doe, John`` (how it is often printed),
-    and each of its components of 3 characters or more on its own. Values shorter than 3
-    characters are not tracked (they would erase digits of UIDs). The most recent ``capacity``
-    values are kept.
+    and each of its components of 3 characters or more on its own, except a component that is a
+    word of the name of an attribute that messages name (:data:`_MESSAGE_ATTRIBUTES`;
+    ``Anonymized^Patient``: "Patient" alone would erase "Patient ID" from every message; the whole
+    name is still removed). Values shorter than 3 characters are not
+    tracked (they would erase digits of UIDs). The most recent ``capacity`` values are kept.
 
     Args:
         capacity: how many values to remember.
@@ -90,7 +93,8 @@ class Redactor(logging.Filter):
             if not text:
                 continue
             found |= {text, text.replace("^", " ").strip(), text.replace("^", ", ", 1).strip()}
-            found |= {part.strip() for part in re.split(r"[\^=]", text)}
+            parts = {part.strip() for part in re.split(r"[\^=]", text)}
+            found |= {part for part in parts if part.lower() not in _message_words()}
         found = {v for v in found if len(v) >= 3}
         with self._lock:
             if all(v in self._values for v in found):
@@ -167,6 +171,26 @@ def _texts(value: object) -> list[str]:
         text = text.strip(" \x00")
         texts += [text, *text.split("\\")]
     return [t for t in texts if t]
+
+
+#: the attributes that medhdm's messages about a file name (its identity, geometry and pixel checks)
+_MESSAGE_ATTRIBUTES = (
+    "PatientID", "PatientName", "IssuerOfPatientID", "PatientBirthDate", "PatientSex", "PatientOrientation",
+    "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID", "StudyID", "AccessionNumber",
+    "SeriesNumber", "Modality", "FrameOfReferenceUID", "ImageOrientationPatient", "ImagePositionPatient",
+    "PixelSpacing", "SliceThickness", "SpacingBetweenSlices", "PhotometricInterpretation", "SamplesPerPixel",
+    "BitsAllocated", "PixelData", "NumberOfFrames", "RescaleSlope", "RescaleIntercept", "TransferSyntaxUID",
+)  # fmt: skip
+
+
+@functools.cache
+def _message_words() -> frozenset[str]:
+    """The words (lower case) of the names of :data:`_MESSAGE_ATTRIBUTES` ("Image Orientation (Patient)")."""
+    from pydicom.datadict import dictionary_description
+
+    return frozenset(
+        word.lower() for k in _MESSAGE_ATTRIBUTES for word in re.findall(r"[A-Za-z]+", dictionary_description(k))
+    )
 
 
 def _identifier_tags() -> frozenset[int]:
@@ -331,7 +355,7 @@ def setup_logging(
         try:
             handlers.append(logging.FileHandler(log_file))
         except OSError as err:
-            raise ValueError(f"--log-file: cannot append to {log_file} ({err.strerror or err})") from None
+            raise ValueError(f"log_file: cannot append to {log_file} ({err.strerror or err})") from None
     root = logging.getLogger()
     for handler in _HANDLERS:
         root.removeHandler(handler)

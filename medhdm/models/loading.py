@@ -104,7 +104,7 @@ def load_model(
         except RuntimeError as err:
             raise ValueError(
                 f"model: {path} is not a TorchScript file ({str(err).splitlines()[0]}); "
-                "for a state dict give the network class path and --weights"
+                "for a state dict give the network class path and weights="
             ) from None
     elif ("." in spec or ":" in spec) and "/" not in spec:
         cls = _import_class(spec)  # a torch.nn.Module subclass, checked before it is called
