@@ -1,10 +1,13 @@
 """What the tests, benchmarks and tutorials share: models whose decision depends only on known
-regions, images with planted lesions, a small CT volume, and a small MONAI network trained on blobs.
+regions, images with planted lesions, a small CT volume (and its uncompressed DICOM originals at 16, 12
+and 8 bits stored), and a small MONAI network trained on blobs.
 
 Like ``captum.testing``: helpers for checking explainers, not part of the analysis API.
 """
 
 from __future__ import annotations
+
+import copy
 
 import numpy as np
 import pydicom
@@ -13,7 +16,15 @@ from pydicom.data import get_testdata_file
 from pydicom.pixels import apply_modality_lut
 from torch import nn
 
-__all__ = ["BlobDetector", "ct_volume", "lesion_cases", "plant", "train_blob_densenet"]
+__all__ = [
+    "BlobDetector",
+    "ct_originals",
+    "ct_volume",
+    "lesion_cases",
+    "plant",
+    "train_blob_densenet",
+    "with_bits_stored",
+]
 
 
 class BlobDetector(nn.Module):
@@ -90,6 +101,49 @@ def ct_volume(depth: int = 5) -> tuple[pydicom.Dataset, np.ndarray]:
     template = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
     hu = apply_modality_lut(template.pixel_array, template).astype(np.float64)
     return template, np.stack([np.roll(hu, 4 * k, axis=0) for k in range(depth)])
+
+
+def with_bits_stored(template: pydicom.Dataset, volume: np.ndarray, bits_stored: int):
+    """A copy of ``template`` and ``volume`` (modality units) to write with ``bits_stored`` bits per pixel.
+
+    16: as they are (CT_small's own format, signed); 12: unsigned, Rescale Intercept -1024 (the same CT
+    numbers, up to 3071); 8: unsigned, Rescale Slope 8, Intercept -1024 (CT numbers clipped to -1024 to
+    1016, stored in steps of 8). For :func:`medhdm.data.dicom_series.write_series` ``(..., bits_stored=)``.
+    """
+    template = copy.deepcopy(template)
+    volume = np.asarray(volume, dtype=np.float64)
+    if bits_stored != 16:
+        template.PixelRepresentation = 0
+        template.RescaleIntercept = -1024
+    if bits_stored == 8:
+        template.RescaleSlope = 8
+        volume = np.clip(volume, -1024, 1016)
+    return template, volume
+
+
+def ct_originals(folder, depth: int = 3, bits_stored: int = 16, upsample: int = 1):
+    """:func:`ct_volume` written uncompressed as a series of ``depth`` slices into ``folder``.
+
+    ``bits_stored``: see :func:`with_bits_stored`; ``upsample``: rows and columns ``upsample`` times as
+    many (linear interpolation, pixel spacing divided alike; 4 gives 512 x 512 slices). These are the
+    originals that :func:`medhdm.data.transfer_syntaxes.encode` compresses.
+
+    Returns:
+        the written paths, in slice order (``depth`` 1: a single 2D file).
+    """
+    from scipy import ndimage
+
+    from .data.dicom_series import write_series
+
+    template, volume = with_bits_stored(*ct_volume(depth), bits_stored)
+    spacing = None
+    if upsample != 1:
+        volume = ndimage.zoom(volume, (1, upsample, upsample), order=1)
+        spacing = tuple(float(v) / upsample for v in template.PixelSpacing)
+    seed = f"ct_originals/{depth}/{bits_stored}/{upsample}"
+    return write_series(
+        template, volume, folder, uid_seed=seed, bits_stored=bits_stored, file_order_seed=None, pixel_spacing=spacing
+    )
 
 
 def train_blob_densenet():

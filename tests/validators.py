@@ -1,4 +1,5 @@
-"""The DICOM validators for export tests: ``dciodvfy`` (dicom3tools) and ``dcmdump`` (dcmtk).
+"""The DICOM validators for export tests: ``dciodvfy`` (dicom3tools) and ``dcmdump`` (dcmtk), and the
+converters that make compressed test files (dcmtk, GDCM's ``gdcmconv``).
 
 Missing, a test skips with the reason; with ``MEDHDM_REQUIRE_VALIDATORS=1`` (CI) it fails instead.
 """
@@ -14,13 +15,13 @@ import pytest
 REQUIRE_VALIDATORS = os.environ.get("MEDHDM_REQUIRE_VALIDATORS") == "1"
 
 
-def tool(name: str) -> str:
-    """The path of the validator ``name``, or skip (fail under ``MEDHDM_REQUIRE_VALIDATORS=1``)."""
+def tool(name: str, package: str = "dicom3tools dcmtk") -> str:
+    """The path of the tool ``name`` (Debian ``package``), or skip (fail under ``MEDHDM_REQUIRE_VALIDATORS=1``)."""
     path = shutil.which(name)
     if path is None:
         if REQUIRE_VALIDATORS:
             pytest.fail(f"{name} is required (MEDHDM_REQUIRE_VALIDATORS=1) but not installed")
-        pytest.skip(f"{name} not installed (apt-get install dicom3tools dcmtk)")
+        pytest.skip(f"{name} not installed (apt-get install {package})")
     return path
 
 

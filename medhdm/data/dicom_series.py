@@ -19,6 +19,23 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 __all__ = ["write_series"]
 
 
+def _stored_values(volume: np.ndarray, template: Dataset, bits_stored: int) -> np.ndarray:
+    """``volume`` (modality units) as the stored integers of the template's rescale and pixel representation."""
+    if bits_stored not in (8, 12, 16):
+        raise ValueError(f"bits_stored: expected 8, 12 or 16, got {bits_stored}")
+    slope = float(template.get("RescaleSlope", 1.0))
+    intercept = float(template.get("RescaleIntercept", 0.0))
+    stored = np.round((volume - intercept) / slope)
+    signed = int(template.get("PixelRepresentation", 0)) == 1
+    low, high = (-(2 ** (bits_stored - 1)), 2 ** (bits_stored - 1) - 1) if signed else (0, 2**bits_stored - 1)
+    if stored.min() < low or stored.max() > high:
+        raise ValueError(
+            f"volume_modality: values outside what {bits_stored} {'signed' if signed else 'unsigned'} bits "
+            f"with the template's rescale can hold ({low * slope + intercept} to {high * slope + intercept})"
+        )
+    return stored.astype(f"{'i' if signed else 'u'}{1 if bits_stored == 8 else 2}")
+
+
 def write_series(
     template: Dataset,
     volume_modality: np.ndarray,
@@ -29,6 +46,7 @@ def write_series(
     pixel_spacing: tuple[float, float] | None = None,
     uid_seed: str | None = None,
     overrides: dict | None = None,
+    bits_stored: int = 16,
 ) -> list[Path]:
     """Write ``volume_modality`` (``(D, H, W)`` in modality units, e.g. HU) as one series.
 
@@ -40,6 +58,8 @@ def write_series(
         pixel_spacing: (row, column) spacing in mm; default the template's.
         uid_seed: derive every new UID from this string (reproducible files); default random.
         overrides: attributes set on every slice (``{"PatientID": ..., "StudyInstanceUID": ...}``).
+        bits_stored: 16, 12 (Bits Allocated 16) or 8 (Bits Allocated 8): the stored values must fit
+            in that many bits, signed or not as the template's Pixel Representation says.
 
     Returns:
         the written paths, in slice order.
@@ -47,17 +67,8 @@ def write_series(
     volume = np.asarray(volume_modality, dtype=np.float64)
     if volume.ndim != 3:
         raise ValueError(f"volume_modality: expected (D, H, W), got shape {volume.shape}")
-    slope = float(template.get("RescaleSlope", 1.0))
-    intercept = float(template.get("RescaleIntercept", 0.0))
-    stored = np.round((volume - intercept) / slope)
-    signed = int(template.get("PixelRepresentation", 0)) == 1
-    info = np.iinfo(np.int16 if signed else np.uint16)
-    if stored.min() < info.min or stored.max() > info.max:
-        raise ValueError(
-            f"volume_modality: values outside what the template's pixel format can hold "
-            f"({info.min * slope + intercept} to {info.max * slope + intercept})"
-        )
-    stored = stored.astype(np.int16 if signed else np.uint16)
+    stored = _stored_values(volume, template, bits_stored)
+    bits_allocated = stored.dtype.itemsize * 8
 
     iop = np.asarray([float(v) for v in template.ImageOrientationPatient])
     normal = np.cross(iop[:3], iop[3:])
@@ -90,7 +101,7 @@ def write_series(
         if pixel_spacing is not None:
             ds.PixelSpacing = [f"{float(v):.6g}" for v in pixel_spacing]
         ds.Rows, ds.Columns = int(volume.shape[1]), int(volume.shape[2])
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 16, 15
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit = bits_allocated, bits_stored, bits_stored - 1
         ds.PixelData = stored[k].tobytes()
         for keyword in ("SmallestImagePixelValue", "LargestImagePixelValue"):
             if keyword in ds:

@@ -141,6 +141,24 @@ def _copy_series_context(derived: Dataset, source: Dataset) -> None:
             setattr(derived, keyword, source.data_element(keyword).value)
 
 
+#: General Image attributes (PS3.3 C.7.6.1.1.5) saying that an image has been through lossy compression
+_LOSSY = ("LossyImageCompressionRatio", "LossyImageCompressionMethod")
+
+
+def _copy_lossy_compression(derived: Dataset, source: Dataset) -> None:
+    """Lossy Image Compression "01", with ratio and method, when the source says it was lossy compressed.
+
+    Once "01", the standard keeps it so on every image made from it: the overlay shows the decoded lossy
+    pixels. (highdicom does the same for the Parametric Map and the SEG.)
+    """
+    if str(source.get("LossyImageCompression", "")).strip() != "01":
+        return
+    derived.LossyImageCompression = "01"
+    for keyword in _LOSSY:
+        if keyword in source:
+            setattr(derived, keyword, source.data_element(keyword).value)
+
+
 def render_source_overlays(
     source: DicomSource,
     saliency: np.ndarray,
@@ -224,6 +242,7 @@ def build_secondary_captures(
         sc.ReferencedImageSequence = DicomSequence([_reference(src, purpose=False)])
         sc.SoftwareVersions = _SOFTWARE
         _copy_series_context(sc, src)
+        _copy_lossy_compression(sc, src)
         out.append((f"SC_{k + 1:04d}.dcm", sc))
     return out
 

@@ -11,7 +11,8 @@ patient, is an error naming the file: files from two series, slices that disagre
 attribute every instance of a series shares (patient, study, series, frame of reference:
 :data:`SERIES_ATTRIBUTES`), a missing Study/Series/SOP Instance UID, a subfolder inside a
 series folder, a gap (missing slice), duplicate positions, mixed orientations or sizes, a
-degenerate orientation or pixel spacing, a file that is not DICOM, a file without pixel data.
+degenerate orientation or pixel spacing, a file that is not DICOM, a file without pixel data,
+pixel data that cannot be decoded (:mod:`medhdm.io.decoding`: the file and its transfer syntax named).
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_modality_lut
+
+from .decoding import decode_pixels
 
 __all__ = ["LPS_TO_RAS", "SERIES_ATTRIBUTES", "DicomSource", "read_dicom"]
 
@@ -178,6 +181,7 @@ def _read_multiframe(path: Path, ds: Dataset) -> DicomSource:
         )
     _check_image(ds, str(path))
     _check_identifiers(ds, str(path))
+    decode_pixels(ds, str(path))  # decoded once, by medhdm's decoder; highdicom takes the array pydicom caches
     try:
         volume = hd.Image.from_dataset(ds, copy=False).get_volume()
     except Exception as err:  # noqa: BLE001 (highdicom's reasons are many; report them with the file)
@@ -248,14 +252,7 @@ def _check_image(ds: Dataset, name: str) -> None:
 
 def _pixels_of(ds: Dataset, name: str) -> np.ndarray:
     """The frame's pixels in modality units (Rescale Slope/Intercept applied), finite, ``(H, W)`` float32."""
-    try:
-        raw = ds.pixel_array
-    except Exception as err:  # noqa: BLE001 (decoders fail in many ways: report them with the file)
-        transfer = ds.file_meta.get("TransferSyntaxUID", "?") if hasattr(ds, "file_meta") else "?"
-        raise ValueError(
-            f"{name}: pixel data cannot be decoded (transfer syntax {transfer}: {type(err).__name__}: {err})"
-        ) from None
-    pixels = apply_modality_lut(raw, ds).astype(np.float32)
+    pixels = apply_modality_lut(decode_pixels(ds, name), ds).astype(np.float32)
     if pixels.ndim != 2:
         raise ValueError(f"{name}: expected one grayscale frame, got pixel data of shape {pixels.shape}")
     if not np.isfinite(pixels).all():
