@@ -532,6 +532,26 @@ def cohort() -> str:
     return markdown([*header, "cases/min"], rows)
 
 
+def decode_syntaxes() -> str:
+    """``decode_syntaxes.json``: per conversion, the decoder, the compression, the largest pixel and map
+    differences from the uncompressed original and the milliseconds to decode a 512 x 512 slice."""
+    data = load("decode_syntaxes.json")
+    rows = [
+        [
+            f"{r['transfer_syntax']} `{r['uid']}`",
+            f"`{r['tool']}`" + ("" if r["bits_stored"] == 16 else f" ({r['bits_stored']}-bit data)"),
+            r["decoder"],
+            f"{r['compression_ratio']:.1f}",
+            f"{r['max_pixel_difference']:g}",
+            ", ".join(f"{r['max_map_difference'][m]:.2g}" for m in ("gradcam", "hdm")),
+            f"{r['decode_ms_per_slice']:.1f}",
+        ]
+        for r in data["rows"]
+    ]
+    header = ["transfer syntax", "made by", "decoder", "ratio", "max pixel diff (HU)", "max map diff Grad-CAM, HDM"]
+    return markdown([*header, "decode ms / slice"], rows)
+
+
 #: every table a README may mark, by name
 TABLES: dict[str, Callable[[], str]] = {
     "results": results,
@@ -556,6 +576,7 @@ TABLES: dict[str, Callable[[], str]] = {
     "realistic": realistic,
     "speed": speed,
     "cohort": cohort,
+    "decode_syntaxes": decode_syntaxes,
 }
 
 

@@ -106,18 +106,17 @@ def ct_volume(depth: int = 5) -> tuple[pydicom.Dataset, np.ndarray]:
 def with_bits_stored(template: pydicom.Dataset, volume: np.ndarray, bits_stored: int):
     """A copy of ``template`` and ``volume`` (modality units) to write with ``bits_stored`` bits per pixel.
 
-    16: as they are (CT_small's own format, signed); 12: unsigned, Rescale Intercept -1024 (the same CT
-    numbers, up to 3071); 8: unsigned, Rescale Slope 8, Intercept -1024 (CT numbers clipped to -1024 to
-    1016, stored in steps of 8). For :func:`medhdm.data.dicom_series.write_series` ``(..., bits_stored=)``.
+    16: as they are (CT_small's own format, signed); 12: unsigned, Rescale Intercept -1024 (CT numbers
+    clipped to -1024 to 3071); 8: unsigned, Rescale Slope 8, Intercept -1024 (CT numbers clipped to -1024
+    to 1016, stored in steps of 8). For :func:`medhdm.data.dicom_series.write_series` ``(..., bits_stored=)``.
     """
     template = copy.deepcopy(template)
     volume = np.asarray(volume, dtype=np.float64)
     if bits_stored != 16:
         template.PixelRepresentation = 0
         template.RescaleIntercept = -1024
-    if bits_stored == 8:
-        template.RescaleSlope = 8
-        volume = np.clip(volume, -1024, 1016)
+        template.RescaleSlope = 8 if bits_stored == 8 else 1
+        volume = np.clip(volume, -1024, -1024 + float(template.RescaleSlope) * (2**bits_stored - 1))
     return template, volume
 
 

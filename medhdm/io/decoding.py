@@ -3,16 +3,12 @@
 pydicom decodes every syntax; for the compressed ones it hands the frames to a plugin. medhdm
 asks for one plugin per syntax, the one its own dependencies install (``pyproject.toml``):
 
-=====================================================  ==================  ==========================
-transfer syntax                                        plugin              package
-=====================================================  ==================  ==========================
-Implicit / Explicit VR Little Endian, Explicit VR      ``pydicom``         pydicom itself
-Big Endian, Deflated Explicit VR Little Endian
-RLE Lossless                                           ``pylibjpeg``       pylibjpeg-rle
-JPEG Baseline, Extended (12-bit), Lossless, Lossless   ``pylibjpeg``       pylibjpeg-libjpeg
-SV1, JPEG-LS lossless and near-lossless
-JPEG 2000 lossless and lossy, HTJ2K                    ``pylibjpeg``       pylibjpeg-openjpeg
-=====================================================  ==================  ==========================
+- Implicit and Explicit VR Little Endian, Explicit VR Big Endian, Deflated Explicit VR Little
+  Endian: pydicom itself (:data:`NATIVE`);
+- RLE Lossless: ``pylibjpeg`` with pylibjpeg-rle;
+- JPEG Baseline, Extended (12-bit), Lossless, Lossless SV1, JPEG-LS lossless and near-lossless:
+  ``pylibjpeg`` with pylibjpeg-libjpeg;
+- JPEG 2000 lossless and lossy (and HTJ2K): ``pylibjpeg`` with pylibjpeg-openjpeg.
 
 Pinning the plugin (:func:`decoder_for`) makes the decoded values the same on every install,
 whatever other plugins (GDCM, Pillow, pyjpegls) happen to be importable, and names the decoder
