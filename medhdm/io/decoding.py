@@ -6,8 +6,9 @@ asks for one plugin per syntax, the one its own dependencies install (``pyprojec
 - Implicit and Explicit VR Little Endian, Explicit VR Big Endian, Deflated Explicit VR Little
   Endian: pydicom itself (:data:`NATIVE`);
 - RLE Lossless: ``pylibjpeg`` with pylibjpeg-rle;
-- JPEG Baseline, Extended (12-bit), Lossless, Lossless SV1, JPEG-LS lossless and near-lossless:
-  ``pylibjpeg`` with pylibjpeg-libjpeg;
+- JPEG Baseline, Extended (12-bit), Lossless, Lossless SV1: ``pylibjpeg`` with pylibjpeg-libjpeg;
+- JPEG-LS lossless and near-lossless: ``pyjpegls`` (CharLS; about three times as fast as libjpeg's
+  JPEG-LS on 512 x 512 CT, ``benchmarks/decode_syntaxes.py``);
 - JPEG 2000 lossless and lossy (and HTJ2K): ``pylibjpeg`` with pylibjpeg-openjpeg.
 
 Pinning the plugin (:func:`decoder_for`) makes the decoded values the same on every install,
@@ -22,14 +23,15 @@ from __future__ import annotations
 import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.pixels.decoders.base import get_decoder
-from pydicom.uid import UID
+from pydicom.uid import UID, JPEGLSLossless, JPEGLSNearLossless
 
-__all__ = ["NATIVE", "decode_pixels", "decoder_for", "describe_transfer_syntax"]
+__all__ = ["NATIVE", "PLUGINS", "decode_pixels", "decoder_for", "describe_transfer_syntax"]
 
 #: the name :func:`decoder_for` gives pydicom's own decoding of the uncompressed (and deflated) syntaxes
 NATIVE = "pydicom"
-#: the plugin asked for with every compressed syntax that pydicom registers it for
-_PLUGIN = "pylibjpeg"
+#: the plugin of each compressed syntax that does not use ``pylibjpeg``
+PLUGINS = {JPEGLSLossless: "pyjpegls", JPEGLSNearLossless: "pyjpegls"}
+_DEFAULT_PLUGIN = "pylibjpeg"
 
 
 def describe_transfer_syntax(uid: str) -> str:
@@ -40,7 +42,7 @@ def describe_transfer_syntax(uid: str) -> str:
 
 
 def decoder_for(transfer_syntax: str, where: str = "dataset") -> str:
-    """The pydicom decoder plugin medhdm uses for ``transfer_syntax``: :data:`NATIVE` or ``"pylibjpeg"``.
+    """The pydicom decoder plugin medhdm uses for ``transfer_syntax``: :data:`NATIVE`, ``"pylibjpeg"``, ``"pyjpegls"``.
 
     Raises:
         ValueError: naming ``where`` and the syntax (name and UID): a syntax pydicom has no decoder for,
@@ -56,15 +58,16 @@ def decoder_for(transfer_syntax: str, where: str = "dataset") -> str:
         ) from None
     if decoder.is_native:
         return NATIVE
-    if _PLUGIN in decoder.available_plugins:
-        return _PLUGIN
-    missing = [m.split(" - requires ", 1)[-1] for m in decoder.missing_dependencies if m.startswith(f"{_PLUGIN} ")]
+    plugin = PLUGINS.get(decoder.UID, _DEFAULT_PLUGIN)
+    if plugin in decoder.available_plugins:
+        return plugin
+    missing = [m.split(" - requires ", 1)[-1] for m in decoder.missing_dependencies if m.startswith(f"{plugin} ")]
     if missing:
         raise ValueError(
-            f"{where}: pixel data in {syntax} needs pydicom's {_PLUGIN} decoder, which requires {missing[0]} "
+            f"{where}: pixel data in {syntax} needs pydicom's {plugin} decoder, which requires {missing[0]} "
             f"(a dependency of medhdm: reinstall medhdm, or pip install {_packages(missing[0])})"
         )
-    raise ValueError(f"{where}: pixel data in {syntax} cannot be decoded: no {_PLUGIN} decoder for it in pydicom")
+    raise ValueError(f"{where}: pixel data in {syntax} cannot be decoded: no {plugin} decoder for it in pydicom")
 
 
 def _packages(requirement: str) -> str:
