@@ -542,7 +542,7 @@ def decode_syntaxes() -> str:
             f"`{r['tool']}`" + ("" if r["bits_stored"] == 16 else f" ({r['bits_stored']}-bit data)"),
             r["decoder"],
             f"{r['compression_ratio']:.1f}",
-            f"{r['max_pixel_difference']:g}",
+            f"{r['max_pixel_difference']:.3g}",
             ", ".join(f"{r['max_map_difference'][m]:.2g}" for m in ("gradcam", "hdm")),
             f"{r['decode_ms_per_slice']:.1f}",
         ]
