@@ -34,6 +34,12 @@ PARAMETER_FLAGS = {
     "workers": "--workers",
     "gpus_per_worker": "--gpus-per-worker",
     "address": "--address",
+    "tls_cert": "--tls-cert",
+    "tls_key": "--tls-key",
+    "tls_ca": "--tls-ca",
+    "move_to": "--move-to",
+    "move_port": "--move-port",
+    "keep": "--keep",
 }
 
 #: the keyword arguments that messages below the CLI suggest (``pass overwrite=True``), and the flag of each

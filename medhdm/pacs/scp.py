@@ -16,28 +16,42 @@ Rules:
   :class:`medhdm.io.redact.Redactor` as they arrive, which removes
   them from any log line that might quote them (an error message, a library's warning).
 
+Transfer syntaxes: every storage SOP class is accepted in every transfer syntax pynetdicom knows
+(:data:`ACCEPTED_TRANSFER_SYNTAXES`: the uncompressed ones, Deflated, Explicit VR Big Endian, RLE,
+JPEG Baseline / Extended / Lossless, JPEG-LS, JPEG 2000, and the video and HTJ2K ones), the
+uncompressed ones preferred when a sender offers several in one presentation context. An instance
+is stored as it was received, in the syntax it came in; it is decoded only when the study is
+explained (by pydicom with the pylibjpeg plugins).
+
+With TLS (``ssl_context``), the SCP accepts TLS connections only; a client whose certificate
+does not verify (when the context asks for one) is refused at the handshake.
+
 Verification (C-ECHO) is answered too, so ``echoscu`` can check that the service is up.
 """
 
 from __future__ import annotations
 
 import logging
+import ssl
 import threading
 from collections.abc import Sequence
 
-from pynetdicom import AE, AllStoragePresentationContexts, evt
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from ..io.redact import Redactor, identifying_texts
 from .spool import Spool, check_uid
 
-__all__ = ["STATUS_CANNOT_UNDERSTAND", "STATUS_OUT_OF_RESOURCES", "StorageSCP"]
+__all__ = ["ACCEPTED_TRANSFER_SYNTAXES", "STATUS_CANNOT_UNDERSTAND", "STATUS_OUT_OF_RESOURCES", "StorageSCP"]
 
 logger = logging.getLogger("medhdm.pacs.scp")
 
 #: C-STORE failure statuses (PS3.4 Table B.2-1)
 STATUS_OUT_OF_RESOURCES = 0xA700
 STATUS_CANNOT_UNDERSTAND = 0xC210
+
+#: the transfer syntaxes the SCP accepts, in its order of preference (uncompressed first)
+ACCEPTED_TRANSFER_SYNTAXES = tuple(ALL_TRANSFER_SYNTAXES)
 
 
 class StorageSCP:
@@ -52,6 +66,7 @@ class StorageSCP:
         host: the address to listen on (default loopback only).
         port: the TCP port; 0 picks a free one (:attr:`port` tells which after :meth:`start`).
         redactor: receives the patient names and IDs of received instances (optional).
+        ssl_context: listen for TLS connections only, with this server context (optional).
     """
 
     def __init__(
@@ -63,6 +78,7 @@ class StorageSCP:
         host: str = "127.0.0.1",
         port: int = 11112,
         redactor: Redactor | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         titles = [t.strip() for t in calling_aets if t and t.strip()]
         if not titles:
@@ -78,6 +94,7 @@ class StorageSCP:
         self.host = host
         self.port = port
         self.redactor = redactor
+        self.ssl_context = ssl_context
         self._server = None
         self._counts: dict[int, dict[str, int]] = {}  # association id -> study UID -> instances stored
         self._counts_lock = threading.Lock()
@@ -87,7 +104,8 @@ class StorageSCP:
     def start(self) -> StorageSCP:
         """Start listening (background threads); :attr:`port` is then the port actually bound."""
         ae = AE(ae_title=self.aet)
-        ae.supported_contexts = AllStoragePresentationContexts
+        for context in AllStoragePresentationContexts:
+            ae.add_supported_context(context.abstract_syntax, list(ACCEPTED_TRANSFER_SYNTAXES))
         ae.add_supported_context(Verification)
         ae.require_calling_aet = self.calling_aets
         ae.require_called_aet = True  # an association addressed to another AE title is not for us
@@ -100,13 +118,16 @@ class StorageSCP:
             (evt.EVT_ABORTED, self._on_closed),
         ]
         try:
-            self._server = ae.start_server((self.host, self.port), block=False, evt_handlers=handlers)
+            self._server = ae.start_server(
+                (self.host, self.port), block=False, evt_handlers=handlers, ssl_context=self.ssl_context
+            )
         except OSError as err:
             raise ValueError(f"--port: cannot listen on {self.host}:{self.port} ({err.strerror or err})") from None
         self.port = self._server.server_address[1]
         logger.info(
-            "storage SCP %s (the called AE title it answers to) listening on %s:%d; calling AE titles allowed: %s",
+            "storage SCP %s (the called AE title it answers to)%s listening on %s:%d; calling AE titles allowed: %s",
             self.aet,
+            " over TLS" if self.ssl_context is not None else "",
             self.host,
             self.port,
             ", ".join(self.calling_aets),
