@@ -18,10 +18,12 @@ Rules:
 
 Transfer syntaxes: every storage SOP class is accepted in every transfer syntax pynetdicom knows
 (:data:`ACCEPTED_TRANSFER_SYNTAXES`: the uncompressed ones, Deflated, Explicit VR Big Endian, RLE,
-JPEG Baseline / Extended / Lossless, JPEG-LS, JPEG 2000, and the video and HTJ2K ones), the
-uncompressed ones preferred when a sender offers several in one presentation context. An instance
-is stored as it was received, in the syntax it came in; it is decoded only when the study is
-explained (by pydicom with the pylibjpeg plugins).
+JPEG Baseline / Extended / Lossless, JPEG-LS, JPEG 2000, and the video and HTJ2K ones). Where a
+sender offers several syntaxes in one presentation context, the SCP takes the sender's first
+choice (pynetdicom would take its own first: the supported contexts of each association are set
+in the order the sender proposed), so the sender sends its data as it holds them and converts
+nothing. An instance is stored as it was received, in the syntax it came in; it is decoded only
+when the study is explained (by pydicom with the pylibjpeg plugins).
 
 With TLS (``ssl_context``), the SCP accepts TLS connections only; a client whose certificate
 does not verify (when the context asks for one) is refused at the handshake.
@@ -36,7 +38,7 @@ import ssl
 import threading
 from collections.abc import Sequence
 
-from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, build_context, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from ..io.redact import Redactor, identifying_texts
@@ -111,6 +113,7 @@ class StorageSCP:
         ae.require_called_aet = True  # an association addressed to another AE title is not for us
         ae.maximum_associations = 16
         handlers = [
+            (evt.EVT_REQUESTED, self._follow_the_sender),
             (evt.EVT_C_STORE, self._on_store),
             (evt.EVT_C_ECHO, lambda event: 0x0000),
             (evt.EVT_REJECTED, self._on_rejected),
@@ -148,6 +151,20 @@ class StorageSCP:
         self.stop()
 
     # --- handlers ---------------------------------------------------------------------------------
+
+    @staticmethod
+    def _follow_the_sender(event) -> None:
+        """Before negotiation: this association's supported contexts list each SOP class's transfer syntaxes in
+        the order the sender proposed them (pynetdicom accepts the first of the acceptor's list it was offered)."""
+        storage = {cx.abstract_syntax for cx in AllStoragePresentationContexts}
+        order: dict[str, list[str]] = {}
+        for context in event.assoc.requestor.primitive.presentation_context_definition_list:
+            if context.abstract_syntax in storage:
+                wanted = order.setdefault(context.abstract_syntax, [])
+                accepted = [ts for ts in context.transfer_syntax if ts in ACCEPTED_TRANSFER_SYNTAXES]
+                wanted += [ts for ts in accepted if ts not in wanted]
+        contexts = [build_context(uid, syntaxes) for uid, syntaxes in order.items() if syntaxes]
+        event.assoc.acceptor.supported_contexts = [*contexts, build_context(Verification)]
 
     @staticmethod
     def _peer(event) -> str:
