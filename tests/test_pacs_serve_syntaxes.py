@@ -159,3 +159,58 @@ def test_keep_duration_deletes_only_studies_done_longer_ago(tmp_path, files):
     assert not (spool.studies / old).exists() and len(list((spool.studies / new).glob("*.dcm"))) == 1
     assert [r["event"] for r in spool.journal.records() if r["study"] == old][-1] == "removed"
     assert spool.pending_studies() == []  # removed is not "to do again"
+
+
+# --- as a subprocess, against a real Orthanc ----------------------------------------------------------
+
+
+def test_serve_explains_jpeg_lossless_and_jpeg2000_studies_and_keeps_nothing_when_done(tmp_path):
+    """storescu sends a JPEG Lossless SV1 study and a JPEG 2000 one (as dcmcjpeg and gdcmconv wrote them); each
+    ends as exactly SC, PM, SEG and SR (one instance each) in Orthanc, and no received instance stays in the spool."""
+    import subprocess
+
+    from pacs_helpers import derived_series
+    from syntax_fixtures import dcmtk
+    from test_pacs_serve import Service
+    from validators import tool
+
+    from medhdm.data.bench_files import write_lesionbench
+    from medhdm.pacs.orthanc import LocalOrthanc
+
+    require_orthanc()
+    manifest = write_lesionbench(tmp_path / "lb", n_cases=2, spatial_dims=2, seed=17)
+    sources = [manifest.parent / f"case{i:03d}" / "image.dcm" for i in range(2)]
+    sent = []
+    for source, command, syntax in (
+        (sources[0], [dcmtk("dcmcjpeg"), "+e1"], "1.2.840.10008.1.2.4.70"),
+        (sources[1], [tool("gdcmconv"), "--j2k"], "1.2.840.10008.1.2.4.90"),
+    ):
+        path = tmp_path / f"{source.parent.name}.dcm"
+        subprocess.run([*command, str(source), str(path)], check=True, capture_output=True)
+        assert pydicom.dcmread(path, stop_before_pixels=True).file_meta.TransferSyntaxUID == syntax
+        sent.append(path)
+    spool = tmp_path / "spool"
+    with LocalOrthanc(tmp_path / "orthanc") as pacs:
+        service = Service(spool, pacs.dicomweb_url, stable=0.5, extra=("--keep", "done"))
+        try:
+            for path, option in zip(sent, ("-xs", "-xv")):
+                run = storescu(service.port, [path], option, called="MEDHDM")
+                assert run.returncode == 0, run.stdout + run.stderr
+                study = pydicom.dcmread(path, stop_before_pixels=True).StudyInstanceUID
+                service.wait_for(f"study {study}: done")
+                service.wait_for(f"study {study}: 1 received instance(s) deleted")
+        finally:
+            assert service.stop() == 0, service.log
+        for path in sent:
+            study = pydicom.dcmread(path, stop_before_pixels=True).StudyInstanceUID
+            kinds = derived_series(pacs, study)
+            assert {kind: len(series["datasets"]) for kind, series in kinds.items()} == {
+                "sc": 1,
+                "pm": 1,
+                "seg": 1,
+                "sr": 1,
+            }, service.log
+        assert pacs.instances_count() == 8  # the results of two studies, nothing else
+    assert not list(spool.rglob("*.dcm")), list(spool.rglob("*.dcm"))
+    events = [r["event"] for r in Spool(spool).journal.records()]
+    assert events.count("done") == 2 and events.count("removed") == 2
