@@ -181,15 +181,16 @@ class DimseArchive(Archive):
         """
         try:
             with socket.create_connection((self.host, self.port), timeout=self.timeout) as raw:
-                with self._client_tls.wrap_socket(raw, server_hostname=self.host):
-                    return
+                with self._client_tls.wrap_socket(raw, server_hostname=self.host) as tls:
+                    tls.settimeout(1.0)  # TLS 1.3: a server that refuses our certificate says so after the handshake
+                    tls.recv(1)
         except ssl.SSLError as err:
             raise ArchiveError(
                 f"{self.describe()}: {what}: {describe_tls_failure(err)}; is --tls-ca the CA that signed the "
                 "archive's certificate, and does the archive trust our --tls-cert?"
             ) from None
         except OSError:
-            return  # not a TLS failure: the caller's transient error
+            return  # not a TLS failure (or none seen within a second): the caller's transient error
 
     def _find(self, identifier: Dataset, what: str) -> list[Dataset]:
         ae = self._ae()
