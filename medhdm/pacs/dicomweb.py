@@ -34,6 +34,21 @@ def _value(item: dict, tag: str) -> str:
     return str(values[0])
 
 
+class _TlsSession(requests.Session):
+    """A session that verifies servers against the given CA bundle even when ``REQUESTS_CA_BUNDLE`` or
+    ``CURL_CA_BUNDLE`` is set (requests lets those override a session's ``verify``)."""
+
+    def __init__(self, tls: TlsFiles) -> None:
+        super().__init__()
+        self.verify, self.cert = tls.verify, tls.client_cert
+
+    def merge_environment_settings(self, url, proxies, stream, verify, cert):
+        settings = super().merge_environment_settings(url, proxies, stream, verify, cert)
+        if verify is None:  # not given for this request: the session's, never the environment's
+            settings["verify"] = self.verify
+        return settings
+
+
 def _ssl_cause(error: BaseException) -> BaseException:
     """The :class:`ssl.SSLError` under a requests/urllib3 error (or the error itself)."""
     seen = error
@@ -80,11 +95,9 @@ class DicomwebArchive(Archive):
         self.credentials = credentials
         self.retry = retry or RetryPolicy()
         self.log = log
-        session = requests.Session()
+        session = _TlsSession(tls) if tls is not None else requests.Session()
         if credentials is not None:
             credentials.apply(session)
-        if tls is not None:
-            session.verify, session.cert = tls.verify, tls.client_cert
         self._client = DICOMwebClient(self.url, session=session, timeout=timeout)
         self._client.set_http_retry_params(retry=False)  # retries are ours (RetryPolicy), also for lost connections
 

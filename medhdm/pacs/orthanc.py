@@ -59,8 +59,9 @@ class LocalOrthanc:
     Args:
         folder: where the configuration, storage, index and log go (created).
         users: HTTP basic-auth users ``{name: password}``; ``None``: no authentication.
-        modalities: DICOM peers Orthanc may talk to, ``{name: [AET, host, port]}``
-            (C-GET, C-FIND and C-MOVE are allowed to these calling AE titles).
+        modalities: DICOM peers Orthanc may talk to, ``{name: [AET, host, port]}`` (C-GET, C-FIND and
+            C-MOVE are allowed to these calling AE titles), or ``{name: {"AET", "Host", "Port", ...}}``
+            with Orthanc's other settings of a modality (``AllowGet``, ``UseDicomTls``, ...).
         aet: Orthanc's own AE title.
         timeout: seconds to wait for the server to answer after start.
         http_port: a fixed HTTP port (default: a free one).
@@ -86,7 +87,7 @@ class LocalOrthanc:
         self.folder = Path(folder)
         self.extra_config = dict(extra_config or {})
         self.users = dict(users or {})
-        self.modalities = {k: list(v) for k, v in (modalities or {}).items()}
+        self.modalities = {k: dict(v) if isinstance(v, dict) else list(v) for k, v in (modalities or {}).items()}
         self.aet = aet
         self.timeout = timeout
         self._fixed_http_port = http_port

@@ -96,6 +96,12 @@ class TlsFiles:
 
 
 def describe_tls_failure(error: BaseException) -> str:
-    """One line for a failed handshake (``certificate verify failed: unable to get local issuer certificate``)."""
-    reason = getattr(error, "verify_message", None) or getattr(error, "reason", None) or str(error)
-    return f"TLS handshake failed ({reason})"
+    """One line for a failed handshake: ``TLS handshake failed (certificate verify failed: <why>)`` when we refused
+    the peer's certificate, ``TLS handshake failed (the peer refused: TLSV1_ALERT_UNKNOWN_CA)`` when it refused ours."""
+    verify = getattr(error, "verify_message", None)
+    if verify:
+        return f"TLS handshake failed (certificate verify failed: {verify})"
+    reason = getattr(error, "reason", None)
+    if reason and "ALERT" in str(reason):
+        return f"TLS handshake failed (the peer refused: {reason})"
+    return f"TLS handshake failed ({reason or error})"
