@@ -31,12 +31,20 @@ SYNTAXES = {
 }
 
 #: syntaxes whose pixel data decode to the source's exactly
-LOSSLESS = {"explicit-le", "implicit-le", "explicit-be", "deflated", "rle", "jpeg-lossless-sv1", "jpeg-ls-lossless",
-            "jpeg2000-lossless"}
+LOSSLESS = {
+    "explicit-le",
+    "implicit-le",
+    "explicit-be",
+    "deflated",
+    "rle",
+    "jpeg-lossless-sv1",
+    "jpeg-ls-lossless",
+    "jpeg2000-lossless",
+}
 
 
 def _with_depth(source: pydicom.Dataset, bits: int) -> pydicom.Dataset:
-    """``source`` (16-bit signed) with its pixels scaled into unsigned ``bits`` bits (8: baseline JPEG, 12: extended)."""
+    """``source`` (16-bit signed), its pixels scaled into unsigned ``bits`` bits (8: baseline JPEG, 12: extended)."""
     ds = source.copy()
     if bits == 16:
         return ds
@@ -71,7 +79,8 @@ def syntax_files(source: Path, out: Path, names=None) -> dict[str, dict]:
         path = original
         if command is not None:
             path = out / f"{name}.dcm"
-            run = subprocess.run([tool(command[0]), *command[1:], str(original), str(path)], capture_output=True, text=True)
+            program = dcmtk(command[0]) if command[0].startswith("dcm") else tool(command[0])
+            run = subprocess.run([program, *command[1:], str(original), str(path)], capture_output=True, text=True)
             assert run.returncode == 0, f"{command}: {run.stderr}"
             held = str(pydicom.dcmread(path, stop_before_pixels=True).file_meta.TransferSyntaxUID)
             assert held == syntax, f"{name}: {command} wrote {held}, expected {syntax}"

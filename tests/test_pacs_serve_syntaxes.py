@@ -89,7 +89,7 @@ def test_parse_keep():
 def _decode_all(uid, study_dir, work_dir):
     """Stands in for explaining: reads every received instance's pixels (what explaining needs first)."""
     for path in sorted(study_dir.glob("*.dcm")):
-        pydicom.dcmread(path).pixel_array
+        assert pydicom.dcmread(path).pixel_array.size
     return None
 
 
