@@ -86,10 +86,15 @@ def test_c_move_run_pushes_results_and_a_rerun_adds_nothing(mover, move_port, tm
     mover.upload([*study["files"], study["annotation"]])
     where = ["--dimse", f"{mover.aet}@127.0.0.1:{mover.dicom_port}", "--calling-aet", CLIENT_AET]
     # this archive moves only: C-GET fails (Orthanc aborts the association)
-    before = mover.instances_count()
-    assert _explain(where, study, tmp_path / "get", model="default3d") == 1
-    assert "1 of 1 studies failed" in capsys.readouterr().err
-    assert mover.instances_count() == before
+    from medhdm.pacs.archive import ArchiveError, RetryPolicy
+    from medhdm.pacs.dimse import DimseArchive
+
+    getter = DimseArchive(
+        mover.aet, "127.0.0.1", mover.dicom_port, calling_aet=CLIENT_AET, retry=RetryPolicy(attempts=1)
+    )
+    series_uid = getter.instances(study["study_uid"])[0].series_uid
+    with pytest.raises(ArchiveError, match="C-GET series"):
+        getter.retrieve_series(study["study_uid"], series_uid, tmp_path / "get")
     moving = [*where, "--move-to", CLIENT_AET, "--move-port", str(move_port), "--move-host", "127.0.0.1"]
     assert _explain(moving, study, tmp_path / "w1", model="default3d") == 0
     out = capsys.readouterr().out
@@ -250,3 +255,29 @@ def test_serve_over_tls_takes_trusted_senders_only_and_pushes_over_tls(secure, p
         assert service.stop() == 0, service.log
     kinds = derived_series(secure, ds.StudyInstanceUID)
     assert sorted(kinds) == ["pm", "sc", "seg", "sr"], service.log
+
+
+def test_c_move_keeps_the_transfer_syntax_the_archive_holds(mover, move_port, tmp_path):
+    """A JPEG Lossless and a JPEG 2000 instance, moved: received byte for byte in their own syntaxes."""
+    from pydicom.data import get_testdata_file
+    from syntax_fixtures import syntax_files
+
+    from medhdm.pacs.dimse import DimseArchive, MoveTarget
+
+    files = syntax_files(get_testdata_file("CT_small.dcm"), tmp_path / "syntaxes", ["jpeg-lossless-sv1", "jpeg2000"])
+    study = pydicom.uid.generate_uid()
+    sent = {}
+    for name, entry in files.items():
+        ds = pydicom.dcmread(entry["path"])
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = study, pydicom.uid.generate_uid()
+        ds.save_as(tmp_path / f"{name}.dcm", enforce_file_format=True)
+        sent[str(ds.SeriesInstanceUID)] = (ds, entry["syntax"])
+        mover.upload([tmp_path / f"{name}.dcm"])
+    archive = DimseArchive(
+        mover.aet, "127.0.0.1", mover.dicom_port, calling_aet=CLIENT_AET, move=MoveTarget(CLIENT_AET, move_port)
+    )
+    for series_uid, (ds, syntax) in sent.items():
+        (path,) = archive.retrieve_series(study, series_uid, tmp_path / "moved" / series_uid)
+        received = pydicom.dcmread(path)
+        assert received.file_meta.TransferSyntaxUID == syntax
+        assert received.PixelData == ds.PixelData
