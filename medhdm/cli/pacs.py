@@ -217,12 +217,14 @@ def run_serve(args: argparse.Namespace) -> None:
     _, model, spec = options.model_and_spec(args)
     explainer = options.make_method(args, model)
     log.info(
-        "medhdm pacs serve: model %s, method %s, results %s to %s; a study is explained %g s after its last instance",
+        "medhdm pacs serve: model %s, method %s, results %s to %s; a study is explained %g s after its last "
+        "instance; received instances kept: %s",
         args.model,
         args.method,
         ",".join(study.formats),
         destination.describe(),
         settings.stable_seconds,
+        {"done": "until the study is done", "forever": "forever"}.get(args.keep.strip().lower(), args.keep),
     )
     process = explain_and_push(explainer, spec, study, destination)
     run_service(settings, process, redactor)

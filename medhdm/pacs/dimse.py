@@ -47,6 +47,7 @@ from pynetdicom.status import (
 
 from ..io.atomic import atomic_write
 from .archive import Archive, ArchiveError, InstanceRef, RetryPolicy, TransientError
+from .scp import follow_the_sender
 from .tls import TlsFiles, describe_tls_failure
 from .uids import check_uid
 
@@ -325,7 +326,7 @@ class DimseArchive(Archive):
             return ae.start_server(
                 (self.move.host, self.move.port),
                 block=False,
-                evt_handlers=[(evt.EVT_C_STORE, on_store)],
+                evt_handlers=[(evt.EVT_REQUESTED, follow_the_sender), (evt.EVT_C_STORE, on_store)],
                 ssl_context=self._server_tls,
             )
         except OSError as err:

@@ -44,7 +44,13 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from ..io.redact import Redactor, identifying_texts
 from .spool import Spool, check_uid
 
-__all__ = ["ACCEPTED_TRANSFER_SYNTAXES", "STATUS_CANNOT_UNDERSTAND", "STATUS_OUT_OF_RESOURCES", "StorageSCP"]
+__all__ = [
+    "ACCEPTED_TRANSFER_SYNTAXES",
+    "STATUS_CANNOT_UNDERSTAND",
+    "STATUS_OUT_OF_RESOURCES",
+    "StorageSCP",
+    "follow_the_sender",
+]
 
 logger = logging.getLogger("medhdm.pacs.scp")
 
@@ -52,8 +58,24 @@ logger = logging.getLogger("medhdm.pacs.scp")
 STATUS_OUT_OF_RESOURCES = 0xA700
 STATUS_CANNOT_UNDERSTAND = 0xC210
 
-#: the transfer syntaxes the SCP accepts, in its order of preference (uncompressed first)
+#: the transfer syntaxes the SCP accepts (for each SOP class the sender's first choice is taken)
 ACCEPTED_TRANSFER_SYNTAXES = tuple(ALL_TRANSFER_SYNTAXES)
+
+_STORAGE = frozenset(cx.abstract_syntax for cx in AllStoragePresentationContexts)
+
+
+def follow_the_sender(event) -> None:
+    """An ``EVT_REQUESTED`` handler: this association's supported storage contexts list each SOP class's
+    transfer syntaxes (of :data:`ACCEPTED_TRANSFER_SYNTAXES`) in the order the sender proposed them, so the
+    sender's first choice is accepted (pynetdicom accepts the first of the acceptor's list it was offered)."""
+    order: dict[str, list[str]] = {}
+    for context in event.assoc.requestor.primitive.presentation_context_definition_list:
+        if context.abstract_syntax in _STORAGE:
+            wanted = order.setdefault(context.abstract_syntax, [])
+            accepted = [ts for ts in context.transfer_syntax if ts in ACCEPTED_TRANSFER_SYNTAXES]
+            wanted += [ts for ts in accepted if ts not in wanted]
+    contexts = [build_context(uid, syntaxes) for uid, syntaxes in order.items() if syntaxes]
+    event.assoc.acceptor.supported_contexts = [*contexts, build_context(Verification)]
 
 
 class StorageSCP:
@@ -113,7 +135,7 @@ class StorageSCP:
         ae.require_called_aet = True  # an association addressed to another AE title is not for us
         ae.maximum_associations = 16
         handlers = [
-            (evt.EVT_REQUESTED, self._follow_the_sender),
+            (evt.EVT_REQUESTED, follow_the_sender),
             (evt.EVT_C_STORE, self._on_store),
             (evt.EVT_C_ECHO, lambda event: 0x0000),
             (evt.EVT_REJECTED, self._on_rejected),
@@ -151,20 +173,6 @@ class StorageSCP:
         self.stop()
 
     # --- handlers ---------------------------------------------------------------------------------
-
-    @staticmethod
-    def _follow_the_sender(event) -> None:
-        """Before negotiation: this association's supported contexts list each SOP class's transfer syntaxes in
-        the order the sender proposed them (pynetdicom accepts the first of the acceptor's list it was offered)."""
-        storage = {cx.abstract_syntax for cx in AllStoragePresentationContexts}
-        order: dict[str, list[str]] = {}
-        for context in event.assoc.requestor.primitive.presentation_context_definition_list:
-            if context.abstract_syntax in storage:
-                wanted = order.setdefault(context.abstract_syntax, [])
-                accepted = [ts for ts in context.transfer_syntax if ts in ACCEPTED_TRANSFER_SYNTAXES]
-                wanted += [ts for ts in accepted if ts not in wanted]
-        contexts = [build_context(uid, syntaxes) for uid, syntaxes in order.items() if syntaxes]
-        event.assoc.acceptor.supported_contexts = [*contexts, build_context(Verification)]
 
     @staticmethod
     def _peer(event) -> str:
