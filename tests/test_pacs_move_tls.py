@@ -281,3 +281,41 @@ def test_c_move_keeps_the_transfer_syntax_the_archive_holds(mover, move_port, tm
         received = pydicom.dcmread(path)
         assert received.file_meta.TransferSyntaxUID == syntax
         assert received.PixelData == ds.PixelData
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["explain", "--dimse", "A@127.0.0.1:1", "--study", "1.2.3", "--tls-ca", "/nonexistent"], "--tls-ca: "),
+        (["explain", "--dimse", "A@127.0.0.1:1", "--study", "1.2.3", "--tls-cert", "{pem}"], "--tls-cert: "),
+        (
+            ["explain", "--dicomweb", "https://127.0.0.1:1/dicom-web", "--study", "1.2.3", "--tls-ca", "{pem}"],
+            "--tls-ca: ",
+        ),  # fmt: skip
+        (["explain", "--dicomweb", "http://127.0.0.1:1/dicom-web", "--study", "1.2.3", "--tls-ca", "{pem}"], "https"),
+        (
+            ["serve", "--spool", "{spool}", "--calling-aet", "X", "--destination", "A@127.0.0.1:1", "--keep", "3w"],
+            "--keep: expected done, forever or a duration",
+        ),  # fmt: skip
+        (
+            [
+                "serve",
+                "--spool",
+                "{spool}",
+                "--calling-aet",
+                "X",
+                "--destination",
+                "A@127.0.0.1:1",
+                "--tls-ca",
+                "{pem}",
+            ],
+            "--tls-cert: a TLS server needs its certificate and key",
+        ),  # fmt: skip
+    ],
+)
+def test_tls_and_keep_options_are_checked_before_any_work(argv, message, tmp_path, capsys):
+    pem = tmp_path / "not-a-certificate.pem"
+    pem.write_text("not a certificate\n")
+    argv = [a.format(pem=pem, spool=tmp_path / "spool") for a in argv]
+    assert main(["pacs", *argv]) == 2
+    assert message in capsys.readouterr().err

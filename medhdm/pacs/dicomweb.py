@@ -95,6 +95,8 @@ class DicomwebArchive(Archive):
         self.credentials = credentials
         self.retry = retry or RetryPolicy()
         self.log = log
+        if tls is not None:
+            tls.client_context()  # the files are read now: a bad one is refused before any request
         session = _TlsSession(tls) if tls is not None else requests.Session()
         if credentials is not None:
             credentials.apply(session)
