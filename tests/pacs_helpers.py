@@ -191,3 +191,97 @@ class LoopbackArchive:
     def address(self) -> str:
         """``AET@127.0.0.1:PORT`` as ``--dimse`` / ``--destination`` take it."""
         return f"{self.aet}@127.0.0.1:{self.port}"
+
+
+def make_certificates(folder: Path) -> dict[str, Path]:
+    """A test PKI made with the openssl CLI: ``ca`` signs ``server`` (for 127.0.0.1 and localhost) and ``client``;
+    ``wrong_ca`` signs ``stranger``. Returns the PEM paths: ``<name>`` (certificate) and ``<name>_key``."""
+    import subprocess
+
+    from validators import tool
+
+    openssl = tool("openssl")
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def run(*argv: str) -> None:
+        subprocess.run([openssl, *argv], check=True, capture_output=True, cwd=folder)
+
+    paths: dict[str, Path] = {}
+    for ca in ("ca", "wrong_ca"):
+        run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", f"/CN=medhdm test {ca}",
+            "-keyout", f"{ca}.key", "-out", f"{ca}.pem")  # fmt: skip
+        paths[ca], paths[f"{ca}_key"] = folder / f"{ca}.pem", folder / f"{ca}.key"
+    (folder / "san.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    for name, ca in (("server", "ca"), ("client", "ca"), ("stranger", "wrong_ca")):
+        run("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN=medhdm test {name}",
+            "-keyout", f"{name}.key", "-out", f"{name}.csr")  # fmt: skip
+        run("x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.pem", "-CAkey", f"{ca}.key", "-CAcreateserial",
+            "-days", "2", "-extfile", "san.ext", "-out", f"{name}.pem")  # fmt: skip
+        paths[name], paths[f"{name}_key"] = folder / f"{name}.pem", folder / f"{name}.key"
+    return paths
+
+
+class TlsTerminator:
+    """HTTPS on a free loopback port in front of a plain HTTP server (what nginx does before an archive):
+    each TLS connection, once its handshake succeeds, is piped to ``127.0.0.1:target_port``.
+
+    Orthanc's own HTTPS (``SslEnabled``) crashes in Debian 12's build (civetweb 1.15 calls a missing
+    OpenSSL 3 function after the handshake), so the HTTPS tests put this in front of it instead.
+    """
+
+    def __init__(self, target_port: int, cert: Path, key: Path) -> None:
+        import socket
+        import ssl
+        import threading
+
+        self.target_port = target_port
+        self._context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self._context.load_cert_chain(str(cert), str(key))
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self._threading = threading
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"https://127.0.0.1:{self.port}"
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                raw, _ = self._listener.accept()
+            except OSError:
+                return  # closed
+            self._threading.Thread(target=self._connection, args=(raw,), daemon=True).start()
+
+    def _connection(self, raw) -> None:
+        """One connection, in one thread (an SSL socket is not read and written from two threads at once)."""
+        import select
+        import socket
+        import ssl
+
+        try:
+            client = self._context.wrap_socket(raw, server_side=True)
+        except (ssl.SSLError, OSError):
+            raw.close()  # the client refused our certificate (or spoke plain text): nothing is forwarded
+            return
+        upstream = socket.create_connection(("127.0.0.1", self.target_port))
+        try:
+            while True:
+                ready = [client] if client.pending() else select.select([client, upstream], [], [], 120)[0]
+                if not ready:
+                    return
+                for source in ready:
+                    data = source.recv(65536)
+                    if not data:
+                        return
+                    (upstream if source is client else client).sendall(data)
+        except OSError:
+            return
+        finally:
+            client.close()
+            upstream.close()
+
+    def close(self) -> None:
+        self._listener.close()

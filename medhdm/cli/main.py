@@ -38,6 +38,12 @@ PARAMETER_FLAGS = {
     "weights": "--weights",
     "intensity_range": "--intensity-range",
     "log_file": "--log-file",
+    "tls_cert": "--tls-cert",
+    "tls_key": "--tls-key",
+    "tls_ca": "--tls-ca",
+    "move_to": "--move-to",
+    "move_port": "--move-port",
+    "keep": "--keep",
 }
 
 #: the keyword arguments that messages below the CLI suggest (``pass overwrite=True``), and what the CLI prints

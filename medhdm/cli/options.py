@@ -262,6 +262,29 @@ def add_credential_options(parser: argparse.ArgumentParser) -> None:
         parser.add_argument(flag, default=None, help=f"file holding {what} (or {variables})")
 
 
+def add_tls_options(parser: argparse.ArgumentParser, server: bool = False) -> None:
+    """``--tls-cert``, ``--tls-key``, ``--tls-ca``: TLS for DIMSE (and the CA bundle for an https:// DICOMweb URL)."""
+    group = parser.add_argument_group("TLS (DIMSE over TLS; HTTPS for DICOMweb)")
+    whose = "this service's" if server else "our client"
+    group.add_argument("--tls-cert", default=None, help=f"PEM file: {whose} certificate (DIMSE over TLS)")
+    group.add_argument("--tls-key", default=None, help="PEM file: its private key (default: in --tls-cert)")
+    peer = "calling nodes must present a certificate it signed" if server else "the archive's certificate is verified"
+    group.add_argument("--tls-ca", default=None, help=f"PEM file: CA bundle; {peer} against it")
+
+
+def tls_files(args: argparse.Namespace):
+    """The :class:`~medhdm.pacs.tls.TlsFiles` of the TLS options, or ``None`` when none is given."""
+    if not (args.tls_cert or args.tls_key or args.tls_ca):
+        return None
+    from ..pacs.tls import TlsFiles
+
+    return TlsFiles(
+        Path(args.tls_cert) if args.tls_cert else None,
+        Path(args.tls_key) if args.tls_key else None,
+        Path(args.tls_ca) if args.tls_ca else None,
+    )
+
+
 # -- de-identification ------------------------------------------------------------------------------
 
 

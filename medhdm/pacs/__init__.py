@@ -6,6 +6,7 @@ Modules, by job: :mod:`~medhdm.pacs.query` (what a run is asked for: studies, qu
 :mod:`~medhdm.pacs.archive` (retries, push reports), :mod:`~medhdm.pacs.discovery` (a study's
 source series and lesion annotations), :mod:`~medhdm.pacs.cache` (retrieved studies),
 :mod:`~medhdm.pacs.uids` (deterministic derived UIDs), :mod:`~medhdm.pacs.secrets` (credentials),
+:mod:`~medhdm.pacs.tls` (TLS certificates for DIMSE and HTTPS),
 :mod:`~medhdm.pacs.workflow` (query -> retrieve -> explain -> export -> push, through
 :func:`medhdm.study.explain_study`, whose export writes the SR, :mod:`medhdm.export.sr`),
 :mod:`~medhdm.pacs.serve` with :mod:`~medhdm.pacs.scp` and :mod:`~medhdm.pacs.spool` (the receiving
@@ -15,6 +16,7 @@ service), and :mod:`~medhdm.pacs.orthanc` (a private Orthanc for tests and tutor
 from .archive import Archive, ArchiveError, InstanceRef, PushError, PushReport, RetryPolicy
 from .destinations import Destination, parse_destination
 from .secrets import Credentials, credentials_from_env
+from .tls import TlsFiles
 from .uids import DerivedUIDs
 from .workflow import PacsOptions, StudyOutcome, explain_archive_studies, explain_local_study, pacs_configuration
 
@@ -30,6 +32,7 @@ __all__ = [
     "PushReport",
     "RetryPolicy",
     "StudyOutcome",
+    "TlsFiles",
     "credentials_from_env",
     "explain_archive_studies",
     "explain_local_study",

@@ -14,9 +14,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from .archive import Archive, ArchiveError, PushError, PushReport, RetryPolicy
 from .secrets import Credentials
+
+if TYPE_CHECKING:
+    from .dimse import MoveTarget
+    from .tls import TlsFiles
 
 __all__ = ["Destination", "PushError", "PushReport", "parse_destination", "parse_dimse_address"]
 
@@ -41,6 +46,8 @@ def parse_destination(
     retry: RetryPolicy | None = None,
     calling_aet: str = "MEDHDM",
     log: Callable[[str], None] | None = None,
+    tls: TlsFiles | None = None,
+    move: MoveTarget | None = None,
 ) -> Destination:
     """A :class:`~medhdm.pacs.dicomweb.DicomwebArchive` for an ``http(s)://`` URL, else a DIMSE archive.
 
@@ -50,18 +57,25 @@ def parse_destination(
         retry: attempts and backoff of transient failures.
         calling_aet: our AE title towards a DIMSE node.
         log: where retries are reported.
+        tls: TLS files: for DICOMweb, an ``https://`` URL is verified against ``tls.ca`` (a plain
+            ``http://`` URL with them is refused); for DIMSE, every association runs over TLS.
+        move: for DIMSE, retrieve by C-MOVE to this target (not for DICOMweb).
     """
     text = str(text).strip()
     if text.lower().startswith(("http://", "https://")):
         from .dicomweb import DicomwebArchive
 
-        return DicomwebArchive(text, credentials, retry=retry, log=log)
+        if move is not None:
+            raise ValueError(f"{text}: C-MOVE (move_to) is for a DIMSE node, not DICOMweb")
+        if tls is not None and not text.lower().startswith("https://"):
+            raise ValueError(f"{text}: TLS files were given for a plain http:// URL; use https://")
+        return DicomwebArchive(text, credentials, retry=retry, log=log, tls=tls)
     aet, host, port = parse_dimse_address(text)
     if credentials is not None:
         raise ValueError(f"{text}: DIMSE has no credentials; DICOMweb credentials were given ({credentials})")
     from .dimse import DimseArchive
 
-    return DimseArchive(aet, host, port, calling_aet=calling_aet, retry=retry, log=log)
+    return DimseArchive(aet, host, port, calling_aet=calling_aet, retry=retry, log=log, tls=tls, move=move)
 
 
 __all__ += ["ArchiveError"]

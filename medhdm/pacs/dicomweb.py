@@ -9,6 +9,7 @@ server refused; only those are sent again.
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -19,6 +20,7 @@ from dicomweb_client.api import DICOMwebClient
 
 from .archive import Archive, ArchiveError, InstanceRef, RetryPolicy, TransientError
 from .secrets import Credentials
+from .tls import TlsFiles, describe_tls_failure
 
 __all__ = ["DicomwebArchive"]
 
@@ -32,6 +34,32 @@ def _value(item: dict, tag: str) -> str:
     return str(values[0])
 
 
+class _TlsSession(requests.Session):
+    """A session that verifies servers against the given CA bundle even when ``REQUESTS_CA_BUNDLE`` or
+    ``CURL_CA_BUNDLE`` is set (requests lets those override a session's ``verify``)."""
+
+    def __init__(self, tls: TlsFiles) -> None:
+        super().__init__()
+        self.verify, self.cert = tls.verify, tls.client_cert
+
+    def merge_environment_settings(self, url, proxies, stream, verify, cert):
+        settings = super().merge_environment_settings(url, proxies, stream, verify, cert)
+        if verify is None:  # not given for this request: the session's, never the environment's
+            settings["verify"] = self.verify
+        return settings
+
+
+def _ssl_cause(error: BaseException) -> BaseException:
+    """The :class:`ssl.SSLError` under a requests/urllib3 error (or the error itself)."""
+    seen = error
+    while seen is not None:
+        if isinstance(seen, ssl.SSLError):
+            return seen
+        inner = seen.args[0] if seen.args and isinstance(seen.args[0], BaseException) else None
+        seen = getattr(seen, "reason", None) if isinstance(getattr(seen, "reason", None), BaseException) else inner
+    return error
+
+
 class DicomwebArchive(Archive):
     """A DICOMweb server at ``url`` (its root: ``http(s)://host[:port]/dicom-web``).
 
@@ -41,6 +69,8 @@ class DicomwebArchive(Archive):
         retry: attempts and backoff of transient failures.
         timeout: seconds per HTTP request.
         log: where retries are reported (``None``: silent).
+        tls: for an ``https://`` URL, the CA bundle the server's certificate is verified against
+            (and our client certificate, if the server asks for one); default: the system's CAs.
     """
 
     def __init__(
@@ -51,6 +81,7 @@ class DicomwebArchive(Archive):
         retry: RetryPolicy | None = None,
         timeout: float = 60.0,
         log: Callable[[str], None] | None = None,
+        tls: TlsFiles | None = None,
     ) -> None:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -64,7 +95,9 @@ class DicomwebArchive(Archive):
         self.credentials = credentials
         self.retry = retry or RetryPolicy()
         self.log = log
-        session = requests.Session()
+        if tls is not None:
+            tls.client_context()  # the files are read now: a bad one is refused before any request
+        session = _TlsSession(tls) if tls is not None else requests.Session()
         if credentials is not None:
             credentials.apply(session)
         self._client = DICOMwebClient(self.url, session=session, timeout=timeout)
@@ -78,6 +111,11 @@ class DicomwebArchive(Archive):
         """``call()`` with its failures turned into :class:`TransientError` / :class:`ArchiveError`."""
         try:
             return call()
+        except requests.exceptions.SSLError as err:  # a certificate that does not verify: not retried
+            raise ArchiveError(
+                f"{self.url}: {what}: {describe_tls_failure(_ssl_cause(err))}; is --tls-ca the CA that signed "
+                "the server's certificate?"
+            ) from None
         except (requests.ConnectionError, requests.Timeout) as err:
             reason = type(err).__name__ if isinstance(err, requests.Timeout) else "connection refused or lost"
             raise TransientError(f"{what}: cannot reach the server ({reason})") from None

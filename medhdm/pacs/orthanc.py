@@ -59,11 +59,15 @@ class LocalOrthanc:
     Args:
         folder: where the configuration, storage, index and log go (created).
         users: HTTP basic-auth users ``{name: password}``; ``None``: no authentication.
-        modalities: DICOM peers Orthanc may talk to, ``{name: [AET, host, port]}``
-            (C-GET, C-FIND and C-MOVE are allowed to these calling AE titles).
+        modalities: DICOM peers Orthanc may talk to, ``{name: [AET, host, port]}`` (C-GET, C-FIND and
+            C-MOVE are allowed to these calling AE titles), or ``{name: {"AET", "Host", "Port", ...}}``
+            with Orthanc's other settings of a modality (``AllowGet``, ``UseDicomTls``, ...).
         aet: Orthanc's own AE title.
         timeout: seconds to wait for the server to answer after start.
         http_port: a fixed HTTP port (default: a free one).
+        extra_config: configuration entries added to (or replacing) :meth:`config`'s, e.g. HTTPS
+            (``SslEnabled``, ``SslCertificate``) or DICOM TLS (``DicomTlsEnabled``, ...).
+        ca_bundle: the CA file our REST requests verify an HTTPS Orthanc against.
 
     Attributes (once started): ``http_url``, ``dicomweb_url``, ``http_port``, ``dicom_port``, ``aet``.
     """
@@ -77,10 +81,13 @@ class LocalOrthanc:
         aet: str = "ORTHANC",
         timeout: float = 60.0,
         http_port: int | None = None,
+        extra_config: dict | None = None,
+        ca_bundle: str | os.PathLike | None = None,
     ) -> None:
         self.folder = Path(folder)
+        self.extra_config = dict(extra_config or {})
         self.users = dict(users or {})
-        self.modalities = {k: list(v) for k, v in (modalities or {}).items()}
+        self.modalities = {k: dict(v) if isinstance(v, dict) else list(v) for k, v in (modalities or {}).items()}
         self.aet = aet
         self.timeout = timeout
         self._fixed_http_port = http_port
@@ -90,11 +97,14 @@ class LocalOrthanc:
         self._session = requests.Session()
         if self.users:
             self._session.auth = next(iter(self.users.items()))
+        if ca_bundle is not None:
+            self._session.verify = str(ca_bundle)
 
     # ---- life cycle -------------------------------------------------------------------------------------------
     @property
     def http_url(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
+        scheme = "https" if self.extra_config.get("SslEnabled") else "http"
+        return f"{scheme}://127.0.0.1:{self.http_port}"
 
     @property
     def dicomweb_url(self) -> str:
@@ -125,6 +135,7 @@ class LocalOrthanc:
             "HttpThreadsCount": 8,
             "ConcurrentJobs": 1,
             "StableAge": 1,
+            **self.extra_config,
         }
 
     def start(self) -> LocalOrthanc:

@@ -16,28 +16,66 @@ Rules:
   :class:`medhdm.io.redact.Redactor` as they arrive, which removes
   them from any log line that might quote them (an error message, a library's warning).
 
+Transfer syntaxes: every storage SOP class is accepted in every transfer syntax pynetdicom knows
+(:data:`ACCEPTED_TRANSFER_SYNTAXES`: the uncompressed ones, Deflated, Explicit VR Big Endian, RLE,
+JPEG Baseline / Extended / Lossless, JPEG-LS, JPEG 2000, and the video and HTJ2K ones). Where a
+sender offers several syntaxes in one presentation context, the SCP takes the sender's first
+choice (pynetdicom would take its own first: the supported contexts of each association are set
+in the order the sender proposed), so the sender sends its data as it holds them and converts
+nothing. An instance is stored as it was received, in the syntax it came in; it is decoded only
+when the study is explained (by pydicom with the pylibjpeg plugins).
+
+With TLS (``ssl_context``), the SCP accepts TLS connections only; a client whose certificate
+does not verify (when the context asks for one) is refused at the handshake.
+
 Verification (C-ECHO) is answered too, so ``echoscu`` can check that the service is up.
 """
 
 from __future__ import annotations
 
 import logging
+import ssl
 import threading
 from collections.abc import Sequence
 
-from pynetdicom import AE, AllStoragePresentationContexts, evt
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, build_context, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from ..io.redact import Redactor, identifying_texts
 from .spool import Spool, check_uid
 
-__all__ = ["STATUS_CANNOT_UNDERSTAND", "STATUS_OUT_OF_RESOURCES", "StorageSCP"]
+__all__ = [
+    "ACCEPTED_TRANSFER_SYNTAXES",
+    "STATUS_CANNOT_UNDERSTAND",
+    "STATUS_OUT_OF_RESOURCES",
+    "StorageSCP",
+    "follow_the_sender",
+]
 
 logger = logging.getLogger("medhdm.pacs.scp")
 
 #: C-STORE failure statuses (PS3.4 Table B.2-1)
 STATUS_OUT_OF_RESOURCES = 0xA700
 STATUS_CANNOT_UNDERSTAND = 0xC210
+
+#: the transfer syntaxes the SCP accepts (for each SOP class the sender's first choice is taken)
+ACCEPTED_TRANSFER_SYNTAXES = tuple(ALL_TRANSFER_SYNTAXES)
+
+_STORAGE = frozenset(cx.abstract_syntax for cx in AllStoragePresentationContexts)
+
+
+def follow_the_sender(event) -> None:
+    """An ``EVT_REQUESTED`` handler: this association's supported storage contexts list each SOP class's
+    transfer syntaxes (of :data:`ACCEPTED_TRANSFER_SYNTAXES`) in the order the sender proposed them, so the
+    sender's first choice is accepted (pynetdicom accepts the first of the acceptor's list it was offered)."""
+    order: dict[str, list[str]] = {}
+    for context in event.assoc.requestor.primitive.presentation_context_definition_list:
+        if context.abstract_syntax in _STORAGE:
+            wanted = order.setdefault(context.abstract_syntax, [])
+            accepted = [ts for ts in context.transfer_syntax if ts in ACCEPTED_TRANSFER_SYNTAXES]
+            wanted += [ts for ts in accepted if ts not in wanted]
+    contexts = [build_context(uid, syntaxes) for uid, syntaxes in order.items() if syntaxes]
+    event.assoc.acceptor.supported_contexts = [*contexts, build_context(Verification)]
 
 
 class StorageSCP:
@@ -52,6 +90,7 @@ class StorageSCP:
         host: the address to listen on (default loopback only).
         port: the TCP port; 0 picks a free one (:attr:`port` tells which after :meth:`start`).
         redactor: receives the patient names and IDs of received instances (optional).
+        ssl_context: listen for TLS connections only, with this server context (optional).
     """
 
     def __init__(
@@ -63,6 +102,7 @@ class StorageSCP:
         host: str = "127.0.0.1",
         port: int = 11112,
         redactor: Redactor | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         titles = [t.strip() for t in calling_aets if t and t.strip()]
         if not titles:
@@ -78,6 +118,7 @@ class StorageSCP:
         self.host = host
         self.port = port
         self.redactor = redactor
+        self.ssl_context = ssl_context
         self._server = None
         self._counts: dict[int, dict[str, int]] = {}  # association id -> study UID -> instances stored
         self._counts_lock = threading.Lock()
@@ -87,12 +128,14 @@ class StorageSCP:
     def start(self) -> StorageSCP:
         """Start listening (background threads); :attr:`port` is then the port actually bound."""
         ae = AE(ae_title=self.aet)
-        ae.supported_contexts = AllStoragePresentationContexts
+        for context in AllStoragePresentationContexts:
+            ae.add_supported_context(context.abstract_syntax, list(ACCEPTED_TRANSFER_SYNTAXES))
         ae.add_supported_context(Verification)
         ae.require_calling_aet = self.calling_aets
         ae.require_called_aet = True  # an association addressed to another AE title is not for us
         ae.maximum_associations = 16
         handlers = [
+            (evt.EVT_REQUESTED, follow_the_sender),
             (evt.EVT_C_STORE, self._on_store),
             (evt.EVT_C_ECHO, lambda event: 0x0000),
             (evt.EVT_REJECTED, self._on_rejected),
@@ -100,13 +143,16 @@ class StorageSCP:
             (evt.EVT_ABORTED, self._on_closed),
         ]
         try:
-            self._server = ae.start_server((self.host, self.port), block=False, evt_handlers=handlers)
+            self._server = ae.start_server(
+                (self.host, self.port), block=False, evt_handlers=handlers, ssl_context=self.ssl_context
+            )
         except OSError as err:
             raise ValueError(f"--port: cannot listen on {self.host}:{self.port} ({err.strerror or err})") from None
         self.port = self._server.server_address[1]
         logger.info(
-            "storage SCP %s (the called AE title it answers to) listening on %s:%d; calling AE titles allowed: %s",
+            "storage SCP %s (the called AE title it answers to)%s listening on %s:%d; calling AE titles allowed: %s",
             self.aet,
+            " over TLS" if self.ssl_context is not None else "",
             self.host,
             self.port,
             ", ".join(self.calling_aets),

@@ -22,6 +22,19 @@ function of the source and the run's configuration (:mod:`medhdm.pacs.uids`).
 Stopping: SIGTERM or SIGINT closes the SCP, interrupts the study in progress (redone at the
 next start) and returns.
 
+Retention (``keep_seconds``, ``--keep``): by default every received instance is kept. With
+``--keep done`` a study's received instances are deleted as soon as its results are pushed; with
+a duration (``--keep 7d``), that long after. The journal records each deletion (``removed``) and
+still holds every study's outcome, so the spool holds only the studies in progress, those that
+failed (``quarantine/``) and those within their retention time.
+
+Transfer syntaxes: the SCP accepts the compressed ones (JPEG, JPEG-LS, JPEG 2000, RLE, Deflated)
+besides the uncompressed ones, and stores each instance in the syntax it came in
+(:mod:`medhdm.pacs.scp`); the pixel data are decoded when the study is explained.
+
+TLS (``tls``): the SCP accepts TLS connections only (``--tls-cert``/``--tls-key``; with ``--tls-ca``,
+senders must present a certificate that CA signed).
+
 Logs carry UIDs, AE titles and addresses, never patient names or IDs (:mod:`medhdm.io.redact`).
 
 Run it (credentials of a DICOMweb destination as for ``medhdm pacs explain``: environment or file)::
@@ -50,6 +63,7 @@ from ..io.redact import Redactor
 from ..io.redact import setup_logging as _setup_logging
 from .scp import StorageSCP
 from .spool import Spool, fingerprint
+from .tls import TlsFiles
 
 __all__ = ["ServeSettings", "Service", "ServiceStopped", "explain_and_push", "run_service", "setup_logging"]
 
@@ -78,6 +92,10 @@ class ServeSettings:
         poll_seconds: how often the spool is looked at.
         retry_seconds: first delay before a failed push is tried again (doubling each time).
         max_attempts: attempts at a study whose push fails before it is set aside.
+        keep_seconds: how long a done study's received instances are kept (0: deleted once done;
+            ``None``: kept; :func:`medhdm.pacs.spool.parse_keep` reads ``--keep``).
+        tls: TLS files of the SCP (its certificate and key; the CA its senders' certificates are checked
+            against), or ``None`` for plain TCP.
     """
 
     spool: Path
@@ -89,8 +107,12 @@ class ServeSettings:
     poll_seconds: float = 0.5
     retry_seconds: float = 30.0
     max_attempts: int = 5
+    keep_seconds: float | None = None
+    tls: TlsFiles | None = None
 
     def __post_init__(self) -> None:
+        if self.keep_seconds is not None and self.keep_seconds < 0:
+            raise ValueError(f"keep: expected 0 or more seconds, got {self.keep_seconds}")
         if self.stable_seconds < 0:
             raise ValueError(f"--stable-seconds: expected 0 or more, got {self.stable_seconds}")
         if self.poll_seconds <= 0:
@@ -148,8 +170,25 @@ class Service:
                 logger.info("study %s: claimed by an earlier run but not finished; it is redone", uid)
         return pending
 
+    def prune(self) -> int:
+        """Delete the received instances of the done studies whose retention time is over; how many."""
+        keep = self.settings.keep_seconds
+        if keep is None:
+            return 0
+        removed = 0
+        for uid in self.spool.expired(keep):
+            n = self.spool.remove_done(uid)
+            if n:
+                logger.info("study %s: %d received instance(s) deleted (kept %g s after done)", uid, n, keep)
+            removed += n
+        return removed
+
     def step(self) -> bool:
-        """Claim the stable studies, then work on one pending study; True if anything was done."""
+        """Claim the stable studies, then work on one pending study; True if anything was done.
+
+        Done studies past their retention time lose their received instances first (:meth:`prune`).
+        """
+        self.prune()
         did = False
         for uid in self.spool.stable_studies(self.settings.stable_seconds):
             n = self.spool.claim(uid)
@@ -219,6 +258,7 @@ class Service:
         self.spool.clear_work(uid)
         self._retry_at.pop(uid, None)
         logger.info("study %s: %s in %.1f s; %d derived instance(s), %d pushed", uid, status, seconds, derived, pushed)
+        self.prune()
 
     def _failed(self, uid: str, mark: str, error: BaseException, attempt: int) -> None:
         reason = self.redact(_one_line(error))
@@ -303,6 +343,7 @@ def run_service(settings: ServeSettings, process: ProcessStudy, redactor: Redact
                 host=settings.host,
                 port=settings.port,
                 redactor=redactor,
+                ssl_context=settings.tls.server_context() if settings.tls is not None else None,
             ):
                 try:
                     service.run()

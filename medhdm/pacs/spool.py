@@ -6,7 +6,7 @@ Layout under the spool folder (every name below the folders is a UID, so paths c
     studies/<StudyUID>/<SOPInstanceUID>.dcm    claimed studies: every instance received for the study so far
     work/<StudyUID>/                           the derived objects of the attempt in progress
     quarantine/<StudyUID>[.N]/                 studies that failed, with reason.txt
-    journal.jsonl                              one JSON line per event: claimed, done, failed
+    journal.jsonl                              one JSON line per event: started, done, failed, removed, ...
 
 Durability: :meth:`Spool.store` writes a temporary file, fsyncs it, renames it into place and
 fsyncs the folder before it returns, so an instance the SCP acknowledges survives a crash or a
@@ -18,6 +18,12 @@ line for exactly its current set of instances (:func:`fingerprint`). A study cla
 finished when the service died is therefore redone at the next start, a finished one is not,
 and instances that arrive for a finished study make it pending again (explained with all its
 instances).
+
+Retention (:meth:`Spool.remove_done`, :meth:`Spool.expired`): the received instances of a study
+that is done may be deleted, at once or some time after; the journal keeps the record (a
+``removed`` line with the fingerprint and the number of instances). Quarantined studies are kept.
+Instances that arrive for a study after its instances were removed make it pending again, and
+it is explained with those instances only.
 """
 
 from __future__ import annotations
@@ -29,12 +35,13 @@ import shutil
 import threading
 import time
 from collections.abc import Iterable
+from datetime import datetime
 from pathlib import Path
 
 from ..io.atomic import TMP_PREFIX, atomic_write, fsync, remove_stale_temporaries
 from .uids import check_uid
 
-__all__ = ["Journal", "Spool", "check_uid", "fingerprint"]
+__all__ = ["Journal", "Spool", "check_uid", "fingerprint", "parse_keep"]
 
 SUFFIX = ".dcm"
 
@@ -43,6 +50,41 @@ def fingerprint(names: Iterable[str]) -> str:
     """A short hash of a set of instance names (SOP Instance UIDs): equal sets give equal fingerprints."""
     digest = hashlib.sha256("\n".join(sorted(set(names))).encode()).hexdigest()
     return digest[:16]
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_keep(text: str) -> float | None:
+    """How long received instances are kept once their study is done, in seconds.
+
+    ``"done"``: 0 (deleted once the results are pushed); ``"7d"``, ``"12h"``, ``"30m"``, ``"90s"``;
+    ``"forever"``: ``None`` (never deleted).
+
+    Raises:
+        ValueError: naming ``keep`` and the text.
+    """
+    value = str(text).strip().lower()
+    if value == "done":
+        return 0.0
+    if value == "forever":
+        return None
+    number, unit = value[:-1], value[-1:]
+    try:
+        amount = float(number)
+    except ValueError:
+        amount = -1.0
+    if unit not in _UNITS or not amount >= 0 or amount == float("inf"):
+        raise ValueError(f"keep: expected done, forever or a duration like 7d, 12h, 30m, 90s; got {text!r}")
+    return amount * _UNITS[unit]
+
+
+def _epoch(record: dict) -> float:
+    """The wall-clock time of a journal record (its ``time``), 0 when unreadable."""
+    try:
+        return datetime.strptime(str(record.get("time", "")), "%Y-%m-%dT%H:%M:%S%z").timestamp()
+    except ValueError:
+        return 0.0
 
 
 def _mkdir_durable(path: Path) -> None:
@@ -71,6 +113,7 @@ class Journal:
         self._lock = threading.Lock()
         self._finished: dict[str, str] | None = None  # read once, then kept up to date by append
         self._since: dict[str, list[str]] = {}  # study -> its events since it last finished (same)
+        self._done_at: dict[str, float] = {}  # study -> when it was last done (when its last finish was done)
 
     def append(self, event: str, study: str, **fields: object) -> dict:
         """Append ``{"time", "event", "study", **fields}`` and return it."""
@@ -98,12 +141,18 @@ class Journal:
         if record["event"] in ("done", "failed"):
             self._finished[record["study"]] = str(record.get("fingerprint", ""))
             self._since.pop(record["study"], None)
+            if record["event"] == "done":
+                self._done_at[record["study"]] = _epoch(record)
+            else:
+                self._done_at.pop(record["study"], None)
+        elif record["event"] == "removed":
+            self._done_at.pop(record["study"], None)
         else:
             self._since.setdefault(record["study"], []).append(record["event"])
 
     def _load(self) -> None:
         if self._finished is None:
-            self._finished, self._since = {}, {}
+            self._finished, self._since, self._done_at = {}, {}, {}
             for record in self.records():
                 self._note(record)
 
@@ -134,6 +183,13 @@ class Journal:
         with self._lock:
             self._load()
             return dict(self._finished)
+
+    def done_at(self) -> dict[str, float]:
+        """Study UID -> when (epoch seconds) it was done, for the studies whose last finish was ``done`` and
+        whose instances were not removed since."""
+        with self._lock:
+            self._load()
+            return dict(self._done_at)
 
     def since_finished(self, study: str) -> list[str]:
         """The study's events (``started``, ``retry``, ``interrupted``) since it last finished, oldest first."""
@@ -267,6 +323,26 @@ class Spool:
     def clear_work(self, study_uid: str) -> None:
         """Remove the study's work folder."""
         shutil.rmtree(self.work / study_uid, ignore_errors=True)
+
+    def remove_done(self, study_uid: str) -> int:
+        """Delete the received instances of a study that is done (its current instances; the journal says so)
+        and journal ``removed``; return how many were deleted (0: the study is not done, or pending again)."""
+        folder = self.studies / study_uid
+        with self._lock:
+            names = [p.stem for p in _instances(folder)]
+            mark = fingerprint(names)
+            if not names or self.journal.finished().get(study_uid) != mark or study_uid not in self.journal.done_at():
+                return 0
+            shutil.rmtree(folder)
+            fsync(self.studies)
+            self._fingerprints.pop(study_uid, None)
+        self.journal.append("removed", study_uid, fingerprint=mark, instances=len(names))
+        return len(names)
+
+    def expired(self, keep_seconds: float, now: float | None = None) -> list[str]:
+        """The done studies whose received instances are older than ``keep_seconds`` past their ``done``."""
+        now = time.time() if now is None else now
+        return [uid for uid, when in self.journal.done_at().items() if now - when >= keep_seconds]
 
     def set_aside(self, study_uid: str, reason: str) -> Path:
         """Move a claimed study into ``quarantine`` with ``reason.txt`` (and its work folder as ``work/``)."""
