@@ -45,6 +45,7 @@ from monai.data import MetaTensor
 from monai.transforms import (
     Compose,
     Invertd,
+    InvertibleTransform,
     Orientationd,
     Resized,
     ScaleIntensityRanged,
@@ -89,6 +90,10 @@ class InputSpec:
         percentiles: intensity percentiles mapped to 0 and 1 (clipped), when ``intensity_range`` is not given.
         intensity_range: fixed values mapped linearly to 0 and 1 (not clipped), e.g. CT numbers;
             :data:`medhdm.data.bench_files.LESIONBENCH_INTENSITY_RANGE` for LesionBench files.
+        bundle: a MONAI bundle folder whose own ``preprocessing`` replaces the steps above
+            (:func:`medhdm.models.bundle_preprocessing`; :meth:`from_bundle`); ``spatial_size`` then only
+            gives the dimension.
+        bundle_sha256: the bundle's :func:`~medhdm.models.bundle_digest`, recorded in :meth:`record`.
     """
 
     spatial_size: tuple[int, ...]
@@ -96,9 +101,15 @@ class InputSpec:
     axcodes: str = "RAS"
     percentiles: tuple[float, float] = (1.0, 99.5)
     intensity_range: tuple[float, float] | None = None
+    bundle: str | None = None
+    bundle_sha256: str | None = None
 
     def record(self) -> dict:
-        """Every field, as JSON: the classifier input's part of a run configuration (:func:`input_record`)."""
+        """Every field, as JSON: the classifier input's part of a run configuration (:func:`input_record`).
+
+        With a bundle, its digest (every configuration file and the checkpoint) stands for the preprocessing."""
+        if self.bundle is not None:
+            return {"spatial_size": list(self.spatial_size), "bundle_sha256": self.bundle_sha256}
         return {
             "spatial_size": list(self.spatial_size),
             "layout": self.layout,
@@ -106,6 +117,11 @@ class InputSpec:
             "percentiles": list(self.percentiles),
             "intensity_range": list(self.intensity_range) if self.intensity_range else None,
         }
+
+    @classmethod
+    def from_bundle(cls, bundle) -> InputSpec:
+        """The input of a loaded bundle (:class:`medhdm.models.Bundle`): its own preprocessing and digest."""
+        return cls(spatial_size=tuple(bundle.spatial_shape), bundle=str(bundle.path), bundle_sha256=bundle.digest)
 
     @classmethod
     def for_model(cls, model: nn.Module, spatial_size: tuple[int, ...] | None = None) -> InputSpec:
@@ -278,8 +294,15 @@ def _check_dimension(spatial_dims: int, spec: InputSpec, what: str | None = None
 
 
 def classifier_transforms(spatial_dims: int, spec: InputSpec, keys: str | list[str] = "image") -> Compose:
-    """The invertible preprocessing from a loaded ``(1, *S)`` image to the classifier's input."""
+    """The invertible preprocessing from a loaded ``(1, *S)`` image to the classifier's input (a bundle's own,
+    on key ``"image"`` only)."""
     _check_dimension(spatial_dims, spec)
+    if spec.bundle is not None:
+        from .models.bundle import bundle_preprocessing
+
+        if keys not in ("image", ["image"]):
+            raise ValueError(f"keys: a bundle's preprocessing works on 'image', got {keys!r}")
+        return bundle_preprocessing(spec.bundle)
     if spec.layout == "dicom":
         layout = [Transposed(keys, indices=reversed_spatial_indices(spatial_dims))]
     else:
@@ -312,6 +335,8 @@ def slice_transforms(spec: InputSpec, keys: str | list[str] = "image", intensity
     and each slice resized to the classifier's ``spatial_size`` (the slice count kept: a
     trilinear resize that keeps one axis is the bilinear resize of every slice).
     """
+    if spec.bundle is not None:
+        raise ValueError("slices: a bundle's preprocessing is for whole images; slice by slice needs --model")
     if len(spec.spatial_size) != 2:
         raise ValueError(f"slices: need a 2D classifier, got input size {spec.spatial_size}")
     if spec.layout != "dicom":
@@ -335,6 +360,10 @@ def map_to_classifier_grid(
     item = MetaTensor(torch.as_tensor(np.asarray(saliency, dtype=np.float32))[None], meta=meta)
     if by_slice:
         return slice_transforms(spec, "map", intensity=False)({"map": item})["map"].as_tensor()[0][:, None]
+    if spec.bundle is not None:  # its invertible (spatial) steps; the intensity steps are not invertible
+        steps = classifier_transforms(image.ndim - 1, spec).transforms
+        spatial = Compose([t for t in steps if isinstance(t, InvertibleTransform)])
+        return spatial({"image": item})["image"].as_tensor()[None]
     steps = classifier_transforms(image.ndim - 1, spec, "map").transforms
     spatial = Compose([t for t in steps if isinstance(t, (Transposed, Orientationd, Resized))])
     return spatial({"map": item})["map"].as_tensor()[None]
@@ -345,11 +374,16 @@ def classifier_spacing(image: MetaTensor, spec: InputSpec, by_slice: bool = Fals
 
     The source spacing (the lengths of the affine's columns, MONAI order) brought into the
     layout's axis order, times the source size over the classifier's size on each axis (the resize
-    keeps the field of view). Computed here rather than read from the transformed image's affine:
+    keeps the field of view). With a bundle: read from the affine of the image its preprocessing made, as
+    :class:`~medhdm.transforms.Explaind` reads it in a bundle's own run. Otherwise computed here rather than read
+    from the transformed image's affine:
     MONAI's ``Transposed`` leaves the affine in the source's axis order, so the ``Resized`` after it
     scales the wrong columns. ``by_slice``: a series for a 2D classifier, the spacing of one slice ``(H', W')``.
     """
     dims = image.ndim - 1
+    if spec.bundle is not None:  # MONAI's spatial transforms keep the affine right
+        done = classifier_transforms(dims, spec)({"image": image.clone()})["image"]
+        return tuple(float(v) for v in np.linalg.norm(np.asarray(done.affine, dtype=np.float64)[:-1, :dims], axis=0))
     affine = np.asarray(image.affine, dtype=np.float64)
     spacing = np.linalg.norm(affine[:-1, :dims], axis=0)
     shape = np.asarray(image.shape[1:], dtype=np.float64)
