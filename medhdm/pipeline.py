@@ -45,7 +45,6 @@ from monai.data import MetaTensor
 from monai.transforms import (
     Compose,
     Invertd,
-    InvertibleTransform,
     Orientationd,
     Resized,
     ScaleIntensityRanged,
@@ -296,13 +295,13 @@ def _check_dimension(spatial_dims: int, spec: InputSpec, what: str | None = None
 def classifier_transforms(spatial_dims: int, spec: InputSpec, keys: str | list[str] = "image") -> Compose:
     """The invertible preprocessing from a loaded ``(1, *S)`` image to the classifier's input (a bundle's own,
     on key ``"image"`` only)."""
-    _check_dimension(spatial_dims, spec)
-    if spec.bundle is not None:
+    if spec.bundle is not None:  # its own steps may change the dimension (SqueezeDimd): checked on the result
         from .models.bundle import bundle_preprocessing
 
         if keys not in ("image", ["image"]):
             raise ValueError(f"keys: a bundle's preprocessing works on 'image', got {keys!r}")
         return bundle_preprocessing(spec.bundle)
+    _check_dimension(spatial_dims, spec)
     if spec.layout == "dicom":
         layout = [Transposed(keys, indices=reversed_spatial_indices(spatial_dims))]
     else:
@@ -360,9 +359,9 @@ def map_to_classifier_grid(
     item = MetaTensor(torch.as_tensor(np.asarray(saliency, dtype=np.float32))[None], meta=meta)
     if by_slice:
         return slice_transforms(spec, "map", intensity=False)({"map": item})["map"].as_tensor()[0][:, None]
-    if spec.bundle is not None:  # its invertible (spatial) steps; the intensity steps are not invertible
+    if spec.bundle is not None:  # its steps less those of monai.transforms.intensity
         steps = classifier_transforms(image.ndim - 1, spec).transforms
-        spatial = Compose([t for t in steps if isinstance(t, InvertibleTransform)])
+        spatial = Compose([t for t in steps if not type(t).__module__.startswith("monai.transforms.intensity")])
         return spatial({"image": item})["image"].as_tensor()[None]
     steps = classifier_transforms(image.ndim - 1, spec, "map").transforms
     spatial = Compose([t for t in steps if isinstance(t, (Transposed, Orientationd, Resized))])
@@ -383,7 +382,8 @@ def classifier_spacing(image: MetaTensor, spec: InputSpec, by_slice: bool = Fals
     dims = image.ndim - 1
     if spec.bundle is not None:  # MONAI's spatial transforms keep the affine right
         done = classifier_transforms(dims, spec)({"image": image.clone()})["image"]
-        return tuple(float(v) for v in np.linalg.norm(np.asarray(done.affine, dtype=np.float64)[:-1, :dims], axis=0))
+        affine = np.asarray(done.affine, dtype=np.float64)
+        return tuple(float(v) for v in np.linalg.norm(affine[:-1, : done.ndim - 1], axis=0))
     affine = np.asarray(image.affine, dtype=np.float64)
     spacing = np.linalg.norm(affine[:-1, :dims], axis=0)
     shape = np.asarray(image.shape[1:], dtype=np.float64)
@@ -453,10 +453,16 @@ def _load(source: str | os.PathLike | MetaTensor, keep_dicom: bool) -> tuple[Met
 def _classifier_input(image: MetaTensor, path, spec: InputSpec, class_idx: int | None) -> _Prepared:
     """The classifier's input of a loaded image, refused if it does not fit or is constant after scaling."""
     name = str(path if path is not None else image.meta.get("filename_or_obj", "image"))
-    _check_fits(image, spec, name)
+    if spec.bundle is None:
+        _check_fits(image, spec, name)
     transforms = classifier_transforms(image.ndim - 1, spec)
     data = transforms({"image": image.clone()})
     scaled = data["image"].as_tensor()
+    if scaled.ndim - 1 != len(spec.spatial_size):
+        raise ValueError(
+            f"{name}: the bundle's preprocessing makes a {scaled.ndim - 1}D image of shape {tuple(scaled.shape[1:])} "
+            f"for a {len(spec.spatial_size)}D network"
+        )
     if float(scaled.max() - scaled.min()) <= 0:
         raise ValueError(
             f"{name}: the image is constant after intensity scaling "
@@ -528,6 +534,9 @@ def _finish(item: _Prepared, result, j: int, model_input: torch.Tensor, keep_dic
     data["saliency"] = MetaTensor(saliency.to(data["image"].device), meta=copy.deepcopy(dict(data["image"].meta)))
     inverted = Invertd(keys="saliency", transform=item.transforms, orig_keys="image", nearest_interp=False)(data)
     source_map = np.clip(inverted["saliency"].numpy()[0], 0.0, 1.0)
+    squeezed = tuple(s for s in image.shape[1:] if s != 1)
+    if source_map.shape != tuple(image.shape[1:]) and tuple(s for s in source_map.shape if s != 1) == squeezed:
+        source_map = source_map.reshape(image.shape[1:])  # a singleton axis dropped by a step (SqueezeDimd)
     if source_map.shape != tuple(image.shape[1:]):
         raise RuntimeError(f"inversion gave shape {source_map.shape}, expected the source's {tuple(image.shape[1:])}")
     path = item.path

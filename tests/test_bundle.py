@@ -154,6 +154,13 @@ def make_bundle(folder: Path, dims: int, inference: dict | None = None) -> Path:
     return folder
 
 
+@pytest.fixture(autouse=True)
+def one_thread(monkeypatch):
+    """Every run here on one thread (the CLI's MEDHDM_THREADS, the subprocess's OMP_NUM_THREADS): HDM's maps
+    change by about 3e-4 with torch's thread count (summation order), more than the 1e-5 compared here."""
+    monkeypatch.setenv("MEDHDM_THREADS", "1")
+
+
 @pytest.fixture(scope="module")
 def images(tmp_path_factory) -> dict[int, Path]:
     """One LesionBench case with a lesion per dimension as NIfTI (2D written as a 2D NIfTI, as MONAI loads it)."""
@@ -189,7 +196,8 @@ def _explicit(tmp_path: Path, image: Path, dims: int) -> np.ndarray:
     out = tmp_path / "explicit"
     model = "default" if dims == 2 else "default3d"
     window = f"--intensity-range={WINDOW[0]},{WINDOW[1]}"
-    assert main(["explain", "--image", str(explicit_image), "--model", model, "--axcodes", "SPL" if dims == 3 else "PLS", window,
+    axcodes = "SPL" if dims == 3 else "PLS"  # a 2D image takes the first two
+    assert main(["explain", "--image", str(explicit_image), "--model", model, "--axcodes", axcodes, window,
                  "--out", str(out)]) == 0  # fmt: skip
     map_file = next(out.glob("*/*_saliency.nii.gz"))
     saliency = LoadImage(image_only=True)(str(map_file))
@@ -290,3 +298,24 @@ def test_bundle_refuses_input_flags(tmp_path, capsys, images):
                  "--out", str(tmp_path / "out")])  # fmt: skip
     err = capsys.readouterr().err
     assert code == 2 and "--bundle" in err and "--intensity-range" in err
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["explain", "--image", "x.nii.gz", "--out", "o"],
+        ["evaluate", "--manifest", "m.json", "--out", "o"],
+        ["pacs", "explain", "--dicomweb", "http://127.0.0.1:1/dicom-web", "--study", "1.2.3"],
+        ["pacs", "serve", "--spool", "s", "--destination", "http://127.0.0.1:1/dicom-web"],
+    ],
+    ids=["explain", "evaluate", "pacs-explain", "pacs-serve"],
+)
+def test_every_model_command_takes_bundle(command, tmp_path):
+    from medhdm.cli import build_parser
+    from medhdm.cli.options import model_and_spec
+
+    bundle = make_bundle(tmp_path / "bundle", 2)
+    args = build_parser().parse_args([*command, "--bundle", str(bundle)])
+    _, model, spec = model_and_spec(args)
+    assert spec.bundle == str(bundle) and spec.bundle_sha256 == bundle_digest(bundle)
+    assert model.medhdm_card["classes"] == ["no lesion (bundle)", "lesion (bundle)"]

@@ -20,7 +20,8 @@ It adds medhdm's :class:`~medhdm.transforms.Explaind` (method ``explain_method``
 ``hdm``, keyword arguments ``explain_args``), ``Invertd`` through the bundle's
 ``preprocessing`` and ``SaveImaged`` to the evaluator's ``postprocessing`` (after the
 bundle's own), so each map is written on its source grid beside the predictions
-(``explain_output_dir``, default the bundle's ``output_dir``). It expects the Model Zoo's
+(``explain_output_dir``, default the bundle's ``output_dir``; with ``explain_data_root_dir``, in the
+image's folder relative to it, for datasets whose files share a name). It expects the Model Zoo's
 names: ``network``, ``preprocessing``, ``postprocessing``, ``evaluator``, ``output_dir``; its
 ``+imports`` adds to the bundle's ``imports`` instead of replacing them.
 """
