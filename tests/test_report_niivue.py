@@ -12,12 +12,11 @@ import subprocess
 import nibabel as nib
 import numpy as np
 import pytest
+from test_report_browser import _chromium
 
 from medhdm.cli import main
 from medhdm.data.bench_files import write_lesionbench
 from medhdm.report.niivue import NIIVUE_FILE, NIIVUE_VERSION
-
-from .test_report_browser import _chromium
 
 FLAGS = [
     "--headless",
