@@ -37,7 +37,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
-__all__ = ["EXPLAIN_CONFIG", "Bundle", "bundle_digest", "bundle_preprocessing", "load_bundle", "write_explain_config"]
+__all__ = [
+    "EXPLAIN_CONFIG",
+    "Bundle",
+    "bundle_digest",
+    "bundle_network",
+    "bundle_preprocessing",
+    "load_bundle",
+    "write_explain_config",
+]
 
 #: the bundle component: a config that ``python -m monai.bundle run`` merges after ``configs/inference.json``
 EXPLAIN_CONFIG = Path(__file__).parent / "configs" / "explain.json"
@@ -162,18 +170,26 @@ def load_bundle(path: str | os.PathLike, device: str | torch.device = "cpu") -> 
     (``network_def``, ``preprocessing``) or the file that is missing or does not fit.
     """
     folder = Path(path)
-    parser, config = _parser(folder)
+    _config_file(folder)
     class_names, shape = _metadata(folder)
+    model = bundle_network(folder, device)
+    bundle_preprocessing(folder)  # a preprocessing that cannot be built fails here, before any work
+    model.medhdm_card = {"classes": list(class_names), "bundle": str(folder)}  # type: ignore[attr-defined]
+    return Bundle(folder, model, class_names, shape, bundle_digest(folder))
+
+
+def bundle_network(path: str | os.PathLike, device: str | torch.device = "cpu") -> nn.Module:
+    """The bundle's network alone: ``network_def`` with ``models/model.pt``, in eval mode on ``device`` (what
+    ``--model DIR`` loads; the input then comes from the input options, not from the bundle)."""
+    folder = Path(path)
+    parser, config = _parser(folder)
     model = _parsed(parser, config, "network_def")
     if not isinstance(model, nn.Module):
         raise ValueError(  # noqa: TRY004 (a bad bundle, not a wrong Python type)
             f"bundle: {config}: 'network_def' gives a {type(model).__name__}, not a torch.nn.Module"
         )
     _load_checkpoint(model, folder, device)
-    bundle_preprocessing(folder)  # a preprocessing that cannot be built fails here, before any work
-    model = model.to(device).eval()
-    model.medhdm_card = {"classes": list(class_names), "bundle": str(folder)}  # type: ignore[attr-defined]
-    return Bundle(folder, model, class_names, shape, bundle_digest(folder))
+    return model.to(device).eval()
 
 
 def bundle_preprocessing(path: str | os.PathLike):

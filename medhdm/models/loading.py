@@ -6,7 +6,8 @@ Model specifications:
   (:func:`medhdm.models.load_default_classifier`);
 - a TorchScript file (``torch.jit.save``), any suffix;
 - a MONAI bundle folder (``configs/inference.json`` or ``.yaml`` with ``network_def``,
-  weights in ``models/model.pt``; :func:`medhdm.models.load_bundle`);
+  weights in ``models/model.pt``; the network alone, :func:`medhdm.models.bundle.bundle_network`; with its
+  preprocessing and class names, ``--bundle`` and :func:`medhdm.models.load_bundle`);
 - a network class path ``package.module.Class`` (or ``package.module:Class``), built with
   ``model_args`` (keyword arguments) and loaded from ``weights`` (a state-dict file).
 """
@@ -80,9 +81,9 @@ def load_model(
         return load_default_classifier(DEFAULT_3D if spec == "default3d" else DEFAULT_2D, device=device)
     path = Path(spec)
     if path.is_dir():
-        from .bundle import load_bundle
+        from .bundle import bundle_network
 
-        model = load_bundle(path, device).model
+        model = bundle_network(path, device)
     elif path.is_file():
         try:
             model = torch.jit.load(str(path), map_location=device)
