@@ -277,7 +277,7 @@ def test_bundle_whose_network_cannot_be_built_names_the_key(tmp_path, capsys, im
         load_bundle(bundle)
     code = main(["explain", "--image", str(images[3]), "--bundle", str(bundle), "--out", str(tmp_path / "out")])
     err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and len(err) == 1 and "network_def" in err[0], err
+    assert code == 2 and len(err) == 1 and "network_def" in err[0] and "--bundle:" in err[0], err
     assert not (tmp_path / "out").exists()
 
 

@@ -34,6 +34,7 @@ PARAMETER_FLAGS = {
     "workers": "--workers",
     "gpus_per_worker": "--gpus-per-worker",
     "address": "--address",
+    "bundle": "--bundle",
 }
 
 #: the keyword arguments that messages below the CLI suggest (``pass overwrite=True``), and the flag of each
