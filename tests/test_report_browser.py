@@ -20,7 +20,10 @@ from medhdm.report.niivue import NIIVUE_FILE
 FLAGS = [
     "--headless",
     "--no-sandbox",
-    "--disable-gpu",
+    # software WebGL, asked for explicitly (SwiftShader): a case's NiiVue viewer starts when the case is opened,
+    # and Chromium's implicit fallback to it writes a deprecation warning to the console
+    "--use-angle=swiftshader",
+    "--enable-unsafe-swiftshader",
     "--disable-background-networking",
     "--disable-component-update",
     "--disable-sync",
