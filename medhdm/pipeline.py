@@ -89,6 +89,10 @@ class InputSpec:
         percentiles: intensity percentiles mapped to 0 and 1 (clipped), when ``intensity_range`` is not given.
         intensity_range: fixed values mapped linearly to 0 and 1 (not clipped), e.g. CT numbers;
             :data:`medhdm.data.bench_files.LESIONBENCH_INTENSITY_RANGE` for LesionBench files.
+        bundle: a MONAI bundle folder whose own ``preprocessing`` replaces the steps above
+            (:func:`medhdm.models.bundle_preprocessing`; :meth:`from_bundle`); ``spatial_size`` then only
+            gives the dimension.
+        bundle_sha256: the bundle's :func:`~medhdm.models.bundle_digest`, recorded in :meth:`record`.
     """
 
     spatial_size: tuple[int, ...]
@@ -96,9 +100,15 @@ class InputSpec:
     axcodes: str = "RAS"
     percentiles: tuple[float, float] = (1.0, 99.5)
     intensity_range: tuple[float, float] | None = None
+    bundle: str | None = None
+    bundle_sha256: str | None = None
 
     def record(self) -> dict:
-        """Every field, as JSON: the classifier input's part of a run configuration (:func:`input_record`)."""
+        """Every field, as JSON: the classifier input's part of a run configuration (:func:`input_record`).
+
+        With a bundle, its digest (every configuration file and the checkpoint) stands for the preprocessing."""
+        if self.bundle is not None:
+            return {"spatial_size": list(self.spatial_size), "bundle_sha256": self.bundle_sha256}
         return {
             "spatial_size": list(self.spatial_size),
             "layout": self.layout,
@@ -106,6 +116,11 @@ class InputSpec:
             "percentiles": list(self.percentiles),
             "intensity_range": list(self.intensity_range) if self.intensity_range else None,
         }
+
+    @classmethod
+    def from_bundle(cls, bundle) -> InputSpec:
+        """The input of a loaded bundle (:class:`medhdm.models.Bundle`): its own preprocessing and digest."""
+        return cls(spatial_size=tuple(bundle.spatial_shape), bundle=str(bundle.path), bundle_sha256=bundle.digest)
 
     @classmethod
     def for_model(cls, model: nn.Module, spatial_size: tuple[int, ...] | None = None) -> InputSpec:
@@ -278,7 +293,14 @@ def _check_dimension(spatial_dims: int, spec: InputSpec, what: str | None = None
 
 
 def classifier_transforms(spatial_dims: int, spec: InputSpec, keys: str | list[str] = "image") -> Compose:
-    """The invertible preprocessing from a loaded ``(1, *S)`` image to the classifier's input."""
+    """The invertible preprocessing from a loaded ``(1, *S)`` image to the classifier's input (a bundle's own,
+    on key ``"image"`` only)."""
+    if spec.bundle is not None:  # its own steps may change the dimension (SqueezeDimd): checked on the result
+        from .models.bundle import bundle_preprocessing
+
+        if keys not in ("image", ["image"]):
+            raise ValueError(f"keys: a bundle's preprocessing works on 'image', got {keys!r}")
+        return bundle_preprocessing(spec.bundle)
     _check_dimension(spatial_dims, spec)
     if spec.layout == "dicom":
         layout = [Transposed(keys, indices=reversed_spatial_indices(spatial_dims))]
@@ -312,6 +334,8 @@ def slice_transforms(spec: InputSpec, keys: str | list[str] = "image", intensity
     and each slice resized to the classifier's ``spatial_size`` (the slice count kept: a
     trilinear resize that keeps one axis is the bilinear resize of every slice).
     """
+    if spec.bundle is not None:
+        raise ValueError("slices: a bundle's preprocessing is for whole images; slice by slice needs --model")
     if len(spec.spatial_size) != 2:
         raise ValueError(f"slices: need a 2D classifier, got input size {spec.spatial_size}")
     if spec.layout != "dicom":
@@ -335,6 +359,10 @@ def map_to_classifier_grid(
     item = MetaTensor(torch.as_tensor(np.asarray(saliency, dtype=np.float32))[None], meta=meta)
     if by_slice:
         return slice_transforms(spec, "map", intensity=False)({"map": item})["map"].as_tensor()[0][:, None]
+    if spec.bundle is not None:  # its steps less those of monai.transforms.intensity
+        steps = classifier_transforms(image.ndim - 1, spec).transforms
+        spatial = Compose([t for t in steps if not type(t).__module__.startswith("monai.transforms.intensity")])
+        return spatial({"image": item})["image"].as_tensor()[None]
     steps = classifier_transforms(image.ndim - 1, spec, "map").transforms
     spatial = Compose([t for t in steps if isinstance(t, (Transposed, Orientationd, Resized))])
     return spatial({"map": item})["map"].as_tensor()[None]
@@ -345,11 +373,17 @@ def classifier_spacing(image: MetaTensor, spec: InputSpec, by_slice: bool = Fals
 
     The source spacing (the lengths of the affine's columns, MONAI order) brought into the
     layout's axis order, times the source size over the classifier's size on each axis (the resize
-    keeps the field of view). Computed here rather than read from the transformed image's affine:
+    keeps the field of view). With a bundle: read from the affine of the image its preprocessing made, as
+    :class:`~medhdm.transforms.Explaind` reads it in a bundle's own run. Otherwise computed here rather than read
+    from the transformed image's affine:
     MONAI's ``Transposed`` leaves the affine in the source's axis order, so the ``Resized`` after it
     scales the wrong columns. ``by_slice``: a series for a 2D classifier, the spacing of one slice ``(H', W')``.
     """
     dims = image.ndim - 1
+    if spec.bundle is not None:  # MONAI's spatial transforms keep the affine right
+        done = classifier_transforms(dims, spec)({"image": image.clone()})["image"]
+        affine = np.asarray(done.affine, dtype=np.float64)
+        return tuple(float(v) for v in np.linalg.norm(affine[:-1, : done.ndim - 1], axis=0))
     affine = np.asarray(image.affine, dtype=np.float64)
     spacing = np.linalg.norm(affine[:-1, :dims], axis=0)
     shape = np.asarray(image.shape[1:], dtype=np.float64)
@@ -419,10 +453,16 @@ def _load(source: str | os.PathLike | MetaTensor, keep_dicom: bool) -> tuple[Met
 def _classifier_input(image: MetaTensor, path, spec: InputSpec, class_idx: int | None) -> _Prepared:
     """The classifier's input of a loaded image, refused if it does not fit or is constant after scaling."""
     name = str(path if path is not None else image.meta.get("filename_or_obj", "image"))
-    _check_fits(image, spec, name)
+    if spec.bundle is None:
+        _check_fits(image, spec, name)
     transforms = classifier_transforms(image.ndim - 1, spec)
     data = transforms({"image": image.clone()})
     scaled = data["image"].as_tensor()
+    if scaled.ndim - 1 != len(spec.spatial_size):
+        raise ValueError(
+            f"{name}: the bundle's preprocessing makes a {scaled.ndim - 1}D image of shape {tuple(scaled.shape[1:])} "
+            f"for a {len(spec.spatial_size)}D network"
+        )
     if float(scaled.max() - scaled.min()) <= 0:
         raise ValueError(
             f"{name}: the image is constant after intensity scaling "
@@ -494,6 +534,9 @@ def _finish(item: _Prepared, result, j: int, model_input: torch.Tensor, keep_dic
     data["saliency"] = MetaTensor(saliency.to(data["image"].device), meta=copy.deepcopy(dict(data["image"].meta)))
     inverted = Invertd(keys="saliency", transform=item.transforms, orig_keys="image", nearest_interp=False)(data)
     source_map = np.clip(inverted["saliency"].numpy()[0], 0.0, 1.0)
+    squeezed = tuple(s for s in image.shape[1:] if s != 1)
+    if source_map.shape != tuple(image.shape[1:]) and tuple(s for s in source_map.shape if s != 1) == squeezed:
+        source_map = source_map.reshape(image.shape[1:])  # a singleton axis dropped by a step (SqueezeDimd)
     if source_map.shape != tuple(image.shape[1:]):
         raise RuntimeError(f"inversion gave shape {source_map.shape}, expected the source's {tuple(image.shape[1:])}")
     path = item.path

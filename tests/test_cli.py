@@ -18,7 +18,7 @@ from medhdm.explain.registry import METHODS
 from medhdm.io.outputs import check_output_folder
 
 METHOD_OPTIONS = ("--method", "--method-args", "--steps", "--class-idx")
-MODEL_OPTIONS = ("--model", "--weights", "--model-args", "--spatial-size", "--layout", "--axcodes")
+MODEL_OPTIONS = ("--model", "--bundle", "--weights", "--model-args", "--spatial-size", "--layout", "--axcodes")
 MODEL_OPTIONS += ("--intensity-range", "--device", "--slices", "--slice-reduce")
 CREDENTIALS = ("--token-file", "--basic-auth-file")
 

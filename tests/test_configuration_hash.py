@@ -22,6 +22,9 @@ SPEC_VARIANTS = {
     "axcodes": {"axcodes": "LPS"},
     "percentiles": {"percentiles": (0.5, 99.0)},
     "intensity_range": {"intensity_range": (-1000.0, 0.0)},
+    # a bundle's preprocessing stands in its digest (its folder is not recorded: the same files elsewhere match)
+    "bundle": {"bundle": "bundle", "bundle_sha256": "0" * 64},
+    "bundle_sha256": ({"bundle": "bundle", "bundle_sha256": "0" * 64}, {"bundle": "bundle", "bundle_sha256": "1" * 64}),
 }
 BASE_SLICES = SliceSelection("top", k=2)
 SLICE_VARIANTS = {
@@ -52,7 +55,9 @@ def _hashes(model, spec: InputSpec, slices: SliceSelection | None) -> dict[str, 
 
 def _pairs():
     for field, change in SPEC_VARIANTS.items():
-        yield f"spec.{field}", (BASE_SPEC, BASE_SLICES), (dataclasses.replace(BASE_SPEC, **change), BASE_SLICES)
+        first, second = change if isinstance(change, tuple) else ({}, change)
+        specs = [dataclasses.replace(BASE_SPEC, **c) for c in (first, second)]
+        yield f"spec.{field}", (specs[0], BASE_SLICES), (specs[1], BASE_SLICES)
     for field, variant in SLICE_VARIANTS.items():
         first, second = variant if isinstance(variant, tuple) else (BASE_SLICES, variant)
         yield f"slices.{field}", (BASE_SPEC, first), (BASE_SPEC, second)

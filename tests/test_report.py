@@ -70,7 +70,7 @@ def test_evaluate_writes_a_readable_report(manifest, tmp_path, capsys):
     for case in ("case000", "case001", "case002"):
         assert f'href="#case-{case}"' in page
         section = re.search(f'<section class="case" id="case-{case}">.*?</section>', page, re.S).group(0)
-        assert '<select class="method">' in section and 'type="range"' not in section  # 2D: no slider
+        assert '<select class="method">' in section and 'class="slice"' not in section  # 2D: no slice slider
         assert re.search(r"<tr><th>gxi</th><td>\d</td>", section) and "<th>auroc</th>" in section
         frames = json.loads(re.search(r'class="frames">(.*?)</script>', section, re.S).group(1))
         assert set(frames) == {"image", "gxi", "occlusion"} and all(len(v) == 1 for v in frames.values())

@@ -44,6 +44,7 @@ PARAMETER_FLAGS = {
     "move_to": "--move-to",
     "move_port": "--move-port",
     "keep": "--keep",
+    "bundle": "--bundle",
 }
 
 #: the keyword arguments that messages below the CLI suggest (``pass overwrite=True``), and what the CLI prints

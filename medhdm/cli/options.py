@@ -1,6 +1,6 @@
 """The option groups that several commands share, each declared once beside the function that reads it.
 
-- model: ``--model --weights --model-args --spatial-size --layout --axcodes --intensity-range --device
+- model: ``--model --bundle --weights --model-args --spatial-size --layout --axcodes --intensity-range --device
   --slices --slice-reduce`` (:func:`add_model_options`; :func:`model_and_spec`, :func:`slices`,
   :func:`check_device`);
 - method: ``--method --method-args --steps --class-idx`` (:func:`add_method_options`;
@@ -118,6 +118,13 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
         "a MONAI bundle folder, or a network class path such as monai.networks.nets.DenseNet121 "
         "(with --weights)",
     )
+    parser.add_argument(
+        "--bundle",
+        default=None,
+        metavar="DIR",
+        help="a MONAI bundle folder: its network_def with models/model.pt, its own preprocessing and class names "
+        "(instead of --model and the input options)",
+    )
     parser.add_argument("--weights", default=None, help="state-dict file for a network class path")
     parser.add_argument("--model-args", default=None, help="JSON keyword arguments of the network class")
     parser.add_argument("--spatial-size", default=None, help="classifier input size, e.g. 96,96 (default: card)")
@@ -164,6 +171,8 @@ def model_and_spec(args: argparse.Namespace):
     from ..cohort import ModelRecipe
     from ..pipeline import InputSpec
 
+    if args.bundle is not None:
+        return _bundle_and_spec(args)
     recipe = ModelRecipe(args.model, args.weights, parse_json(args.model_args, "--model-args"), args.device)
     # with --engine ray the workers load it on --device; here it only gives the input size and configuration
     model = recipe.load("cpu" if getattr(args, "engine", "local") == "ray" else None)
@@ -178,6 +187,35 @@ def model_and_spec(args: argparse.Namespace):
     layout = "monai" if args.axcodes else args.layout
     spec = InputSpec(spatial_size, layout=layout, axcodes=args.axcodes or "RAS", intensity_range=intensity_range)
     return recipe, model, spec
+
+
+_INPUT_FLAGS = {
+    "model": "--model",
+    "weights": "--weights",
+    "model_args": "--model-args",
+    "spatial_size": "--spatial-size",
+    "axcodes": "--axcodes",
+    "intensity_range": "--intensity-range",
+    "slices": "--slices",
+}
+
+
+def _bundle_and_spec(args: argparse.Namespace):
+    """:func:`model_and_spec` for ``--bundle``: the bundle's network, preprocessing and class names."""
+    from ..cohort import ModelRecipe
+    from ..models import load_bundle
+    from ..pipeline import InputSpec
+
+    given = [flag for name, flag in _INPUT_FLAGS.items() if getattr(args, name, None) not in (None, "default")]
+    if args.layout != "dicom":
+        given.append("--layout")
+    if given:
+        raise ValueError(f"--bundle: the bundle gives the network and its input; leave out {', '.join(given)}")
+    if not Path(args.bundle).is_dir():
+        raise FileNotFoundError(f"--bundle: {args.bundle}: no such folder")
+    bundle = load_bundle(args.bundle, "cpu" if getattr(args, "engine", "local") == "ray" else args.device)
+    recipe = ModelRecipe(str(Path(args.bundle)), None, {}, args.device)
+    return recipe, bundle.model, InputSpec.from_bundle(bundle)
 
 
 def slices(args: argparse.Namespace):

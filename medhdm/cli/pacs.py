@@ -151,7 +151,7 @@ def run_explain(args: argparse.Namespace) -> None:
     formats = args.push
     if args.push == "none":  # written, not pushed
         formats = ("sc", "pm", "seg") if deidentify is not None else ("sc", "pm", "seg", "sr")
-    study = PacsOptions(args.model, formats, options.slices(args), args.class_idx, deidentify=deidentify)
+    study = PacsOptions(args.bundle or args.model, formats, options.slices(args), args.class_idx, deidentify=deidentify)
     query = parse_query(args.query or [])
     study_uids = parse_study_uids(args.study or [])  # each becomes a folder name
     if not args.study and not query:
@@ -190,7 +190,8 @@ def run_serve(args: argparse.Namespace) -> None:
 
     # every argument checked before the model loads or the port opens
     deidentify = options.deidentification(args)
-    study = PacsOptions(args.model, args.push, options.slices(args), args.class_idx, deidentify=deidentify)
+    model_name = args.bundle or args.model
+    study = PacsOptions(model_name, args.push, options.slices(args), args.class_idx, deidentify=deidentify)
     settings = ServeSettings(
         spool=Path(args.spool),
         aet=args.aet,
@@ -219,7 +220,7 @@ def run_serve(args: argparse.Namespace) -> None:
     log.info(
         "medhdm pacs serve: model %s, method %s, results %s to %s; a study is explained %g s after its last "
         "instance; received instances kept: %s",
-        args.model,
+        args.bundle or args.model,
         args.method,
         ",".join(study.formats),
         destination.describe(),

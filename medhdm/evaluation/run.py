@@ -133,11 +133,12 @@ def evaluate_cases(
 
 
 def case_figure(entry: dict, maps: Mapping[str, np.ndarray]) -> dict:
-    """The report's material of one case: its image and lesion (read again from the manifest entry) and ``maps``."""
+    """The report's material of one case: its image, affine and lesion (read again from the manifest entry) and
+    ``maps``."""
     image = load_image(entry["image"])
     affine = np.asarray(image.affine, dtype=np.float64)
     lesion = load_annotation(entry["lesion"], ImageGrid.from_meta(tuple(image.shape[1:]), affine, image.meta))
-    return {"id": entry["id"], "maps": dict(maps), "image": image[0].numpy(), "lesion_array": lesion}
+    return {"id": entry["id"], "maps": dict(maps), "image": image[0].numpy(), "lesion_array": lesion, "affine": affine}
 
 
 def evaluate_manifest(

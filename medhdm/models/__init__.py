@@ -1,12 +1,14 @@
 """Classifiers: loading any model from a specification, the shipped lesion classifiers, and how they are trained.
 
 - :mod:`medhdm.models.loading`: :func:`load_model` (``default``, TorchScript, MONAI bundles, class paths).
+- :mod:`medhdm.models.bundle`: :func:`load_bundle`, a MONAI bundle's network, class names and preprocessing.
 - :mod:`medhdm.models.shipped`: the shipped 2D/3D DenseNets (:func:`load_default_classifier`), their
   recipes, and ``python -m medhdm.models`` to re-create them.
 - :mod:`medhdm.models.training`: the small MONAI DenseNet and its training loop.
 - :mod:`medhdm.models.identity`: the weights hash and a run's configuration fingerprint.
 """
 
+from .bundle import EXPLAIN_CONFIG, Bundle, bundle_digest, bundle_preprocessing, load_bundle, write_explain_config
 from .identity import configuration_hash, model_identity, run_configuration, weights_hash
 from .loading import load_model
 from .shipped import (
@@ -20,6 +22,12 @@ from .shipped import (
 from .training import accuracy_and_auc, lesion_classifier, train_classifier
 
 __all__ = [
+    "Bundle",
+    "bundle_digest",
+    "bundle_preprocessing",
+    "load_bundle",
+    "write_explain_config",
+    "EXPLAIN_CONFIG",
     "DEFAULT_2D",
     "DEFAULT_3D",
     "RECIPES",

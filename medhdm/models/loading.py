@@ -6,7 +6,8 @@ Model specifications:
   (:func:`medhdm.models.load_default_classifier`);
 - a TorchScript file (``torch.jit.save``), any suffix;
 - a MONAI bundle folder (``configs/inference.json`` or ``.yaml`` with ``network_def``,
-  weights in ``models/model.pt``);
+  weights in ``models/model.pt``; the network alone, :func:`medhdm.models.bundle.bundle_network`; with its
+  preprocessing and class names, ``--bundle`` and :func:`medhdm.models.load_bundle`);
 - a network class path ``package.module.Class`` (or ``package.module:Class``), built with
   ``model_args`` (keyword arguments) and loaded from ``weights`` (a state-dict file).
 """
@@ -66,23 +67,6 @@ def _load_state(model: nn.Module, weights: str | os.PathLike, device) -> None:
         raise ValueError(f"weights: {weights} does not fit {type(model).__name__} ({first})") from None
 
 
-def _load_bundle(folder: Path, device) -> nn.Module:
-    from monai.bundle import ConfigParser
-
-    configs = [folder / "configs" / f"inference.{ext}" for ext in ("json", "yaml", "yml")]
-    config = next((c for c in configs if c.is_file()), None)
-    if config is None:
-        raise ValueError(f"model: {folder} is a folder but not a MONAI bundle (no configs/inference.json or .yaml)")
-    parser = ConfigParser()
-    parser.read_config(str(config))
-    parser["bundle_root"] = str(folder)
-    if "network_def" not in parser.config:
-        raise ValueError(f"model: {config} defines no 'network_def'")
-    model = parser.get_parsed_content("network_def")
-    _load_state(model, folder / "models" / "model.pt", device)
-    return model
-
-
 def load_model(
     spec: str | os.PathLike = "default",
     weights: str | os.PathLike | None = None,
@@ -97,7 +81,9 @@ def load_model(
         return load_default_classifier(DEFAULT_3D if spec == "default3d" else DEFAULT_2D, device=device)
     path = Path(spec)
     if path.is_dir():
-        model = _load_bundle(path, device)
+        from .bundle import bundle_network
+
+        model = bundle_network(path, device)
     elif path.is_file():
         try:
             model = torch.jit.load(str(path), map_location=device)

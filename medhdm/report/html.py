@@ -8,7 +8,8 @@ log axis of the share of voxels, box plots per metric) and one self-contained ``
 Rendering only: the numbers come from :mod:`medhdm.evaluation`.
 
 ``report.html`` opens from disk, without a server or the network: every image is a data
-URI and the little JavaScript it has is inline. The case table links to one section per
+URI and its own JavaScript is inline; the multiplanar viewer of each case (:mod:`medhdm.report.niivue`)
+loads NiiVue from the file written beside it, its volumes embedded. The case table links to one section per
 case (``#case-<id>``): a viewer with the image, the map of the method chosen in a selector
 and the lesion outline, a slider over all slices of a volume, and the case's scores. The
 address fragment ``#case-<id>/slice=<k>/method=<name>`` opens a case at a slice and method
@@ -33,6 +34,8 @@ from ..evaluation import FAITHFULNESS_KEYS, compare_with_first, summarise
 from ..io.atomic import atomic_write
 from ..metrics.localisation import LOCALISATION_KEYS
 from .figures import boxplots_png, case_frames, curves_png, default_slice, overlay_grid_png
+from .niivue import _STYLE as _VIEWER_STYLE
+from .niivue import case_viewer, viewer_script, write_viewer_assets
 
 __all__ = ["write_report"]
 
@@ -103,6 +106,7 @@ def write_report(rows: Sequence[dict], figures: dict, out_dir: str | os.PathLike
         images["curves.png"] = curves
     for name, data in images.items():
         atomic_write(out / name, data)
+    write_viewer_assets(out)
 
     def embed(name: str, alt: str) -> str:
         if name not in images:
@@ -116,7 +120,8 @@ def write_report(rows: Sequence[dict], figures: dict, out_dir: str | os.PathLike
     case_table, case_sections = _cases(rows, figures, methods, metrics)
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
-<style>{_STYLE}</style></head><body>
+<style>{_STYLE}
+{_VIEWER_STYLE}</style></head><body>
 <h1>{html.escape(title)}</h1>
 <p>{n_cases} cases, {len(methods)} methods: {", ".join(html.escape(m) for m in methods)}.
 Files: <a href="per_case.csv">per_case.csv</a>, <a href="summary.csv">summary.csv</a>,
@@ -145,6 +150,7 @@ and the share 0..1.</p>
 volumes: every slice on the slider.</p>
 {case_sections}
 <script>{_SCRIPT}</script>
+{viewer_script()}
 </body></html>
 """
     path = out / "report.html"
@@ -288,6 +294,7 @@ def _cases(rows: Sequence[dict], figures: dict, methods: Sequence[str], metrics:
             f'alt="{html.escape(first)}">'
             f'<div class="controls"><label>method <select class="method">{options}</select></label>{slider}'
             f'{where}<p><a href="#summary">back to the summary</a></p></div>'
-            f'<script type="application/json" class="frames">{data}</script></div>{scores}</section>'
+            f'<script type="application/json" class="frames">{data}</script></div>{scores}'
+            f"{case_viewer(case_fig, shown, _anchor(case))}</section>"
         )
     return "".join(table), "\n".join(sections)
