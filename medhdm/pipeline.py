@@ -262,6 +262,10 @@ class ExplainedImage:
         """The map as ``(D, H, W)`` in the DICOM source's slice order (for :mod:`medhdm.export`)."""
         return monai_to_dicom_volume(self.saliency)
 
+    def region_in_dicom_order(self) -> np.ndarray | None:
+        """The target region as ``(D, H, W)`` in the DICOM source's slice order; None for a classifier."""
+        return None if self.region is None else monai_to_dicom_volume(self.region)
+
 
 def load_image(path: str | os.PathLike) -> MetaTensor:
     """``(1, *S)`` MetaTensor with affine and metadata, through :class:`~medhdm.transforms.LoadStudy`."""

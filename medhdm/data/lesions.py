@@ -208,14 +208,14 @@ def make_case(
 
 def make_cue_case(rng: np.random.Generator, spatial_size: tuple[int, ...], with_cue: bool) -> LesionCase:
     """One case of the cue task (see the module docstring): one lesion, at most one distractor, and
-    with ``with_cue`` a square marker (side ``max(3, max(S) / 16)``, +0.7) ``0.2`` to ``0.3 max(S)`` from the
+    with ``with_cue`` a square marker (side ``max(3, max(S) / 16)``, +0.7) ``0.15`` to ``0.25 max(S)`` from the
     lesion's centre, in a direction drawn at random; :attr:`LesionCase.target` is the mask to learn."""
     spatial_size = tuple(int(s) for s in spatial_size)
     big = max(spatial_size)
     case = make_case(rng, spatial_size, 1, n_distractors=int(rng.integers(0, 2)), radius_range=(big / 20, big / 12))
     cue = np.zeros((1, *spatial_size), dtype=bool)
     draw = rng.normal(size=(200, len(spatial_size)))  # drawn either way: the cases do not depend on with_cue
-    distance = rng.uniform(0.2 * big, 0.3 * big, size=200)
+    distance = rng.uniform(0.15 * big, 0.25 * big, size=200)
     if with_cue:
         side = max(3, big // 16)
         centre = np.argwhere(case.lesions[0] > 0).mean(0)

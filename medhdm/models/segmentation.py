@@ -4,7 +4,8 @@ The network is a MONAI ``UNet`` with tiny channels, ``(4, 8, 16, 32)`` and three
 stride-2 levels, one residual unit each, and one sigmoid logit per voxel ("lesion
 marked"); its receptive field spans most of a 64 x 64 image, so it can learn a
 decision that depends on context away from the lesion (:func:`medhdm.data.make_cue_case`).
-Training is Adam on MONAI's ``DiceCELoss`` with flips as augmentation, seeded.
+Training is Adam on MONAI's ``DiceLoss`` (over the batch, so cases without a target count) with flips as
+augmentation, seeded.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
-from monai.losses import DiceCELoss
+from monai.losses import DiceLoss
 from monai.networks.nets import UNet
 from torch import nn
 
@@ -46,7 +47,7 @@ def train_segmenter(
     cases: Sequence[LesionCase],
     epochs: int = 10,
     batch_size: int = 16,
-    lr: float = 5e-3,
+    lr: float = 1e-2,
     seed: int = 0,
     log: Callable[[str], None] | None = print,
 ) -> list[float]:
@@ -56,7 +57,7 @@ def train_segmenter(
     torch.manual_seed(seed)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * (-(-len(x) // batch_size)))
-    loss_fn = DiceCELoss(sigmoid=True, batch=True)
+    loss_fn = DiceLoss(sigmoid=True, batch=True)
     losses = []
     model.train()
     for epoch in range(epochs):

@@ -90,12 +90,19 @@ RECIPE_SEG_2D = {
     "train_cases": 600,
     "test_seed": 6000,
     "test_cases": 100,
-    "epochs": 8,
+    "epochs": 16,
     "batch_size": 16,
-    "lr": 0.005,
+    "lr": 0.01,
     "seed": 0,
 }
-RECIPE_SEG_3D = {**RECIPE_SEG_2D, "spatial_size": [16, 32, 32], "train_seed": 7000, "test_seed": 8000}
+RECIPE_SEG_3D = {
+    **RECIPE_SEG_2D,
+    "spatial_size": [16, 32, 32],
+    "train_seed": 7000,
+    "train_cases": 400,
+    "test_seed": 8000,
+    "epochs": 12,
+}
 
 RECIPES = {DEFAULT_2D: RECIPE_2D, DEFAULT_3D: RECIPE_3D, SEGMENTER_2D: RECIPE_SEG_2D, SEGMENTER_3D: RECIPE_SEG_3D}
 
