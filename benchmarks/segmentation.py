@@ -1,6 +1,6 @@
 """Explaining the shipped segmenters on the cue task: where each method's map lies, and the sanity check.
 
-    python benchmarks/segmentation.py [--cases 6] [--volumes 4] [--threads 1] [--sanity-cases 3]
+    python benchmarks/segmentation.py [--cases 6] [--volumes 4] [--threads 1] [--sanity-cases 3] [--dims 2d,3d]
 
 The shipped UNets (``lesion_unet2d``, ``lesion_unet3d``) mark a lesion only when a cue marker
 is present near it (:func:`medhdm.data.make_cue_case`). On held-out cue cases (seed 9090, the
@@ -17,12 +17,13 @@ cue present, the model marking the lesion) each method explains the model's pred
   weight-randomised model; near 0 passes, HDM must stay below 0.2) on the first
   ``--sanity-cases`` cases.
 
-Writes ``benchmarks/results/segmentation.json``.
+Writes ``benchmarks/results/segmentation.json`` (with ``--dims``, only those entries replaced).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import time
 import warnings
 
@@ -78,12 +79,17 @@ def main() -> None:
     parser.add_argument("--sanity-cases", type=int, default=3, help="cases (and volumes) of the sanity check")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--skip", default="", help="comma-separated method names to leave out")
+    parser.add_argument("--dims", default="2d,3d", help="which segmenters: 2d, 3d or both")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore", category=UserWarning)
     skip = {s for s in args.skip.split(",") if s}
-    out = {"threads": args.threads, "seed": CUE_SEED, "results": {}}
+    path = RESULTS / "segmentation.json"
+    out = json.loads(path.read_text()) if path.is_file() else {"results": {}}
+    out.update({"threads": args.threads, "seed": CUE_SEED})
     for label, name, n in (("2d", SEGMENTER_2D, args.cases), ("3d", SEGMENTER_3D, args.volumes)):
+        if label not in args.dims.split(","):
+            continue
         model = load_default_classifier(name)
         x, lesions, cues = cue_cases(model, n)
         rows = {"model": name, "cases": int(x.shape[0]), "cue_area": round(float(cues.float().mean()), 4)}
@@ -98,8 +104,8 @@ def main() -> None:
             rows[method] = row
             print(label, method, row, flush=True)
         out["results"][label] = rows
-    write_json(RESULTS / "segmentation.json", out)
-    print(f"wrote {RESULTS / 'segmentation.json'}")
+    write_json(path, out)
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

@@ -398,6 +398,7 @@ def explain_image(
     keep_dicom: bool = False,
     slices: SliceSelection | str | None = None,
     batch_size: int = 16,
+    region=None,
 ) -> ExplainedImage:
     """Explain one image with ``explainer`` and return the map on the source grid.
 
@@ -406,9 +407,11 @@ def explain_image(
     ``keep_dicom`` also returns the DICOM source datasets (for export; a second read of
     the files, so it needs the path). ``slices`` (a :class:`SliceSelection` or its text,
     ``"all"``, ``"top:K"``, ``"I,J,..."``) explains a 3D series with a 2D classifier slice by
-    slice (see the module docstring), ``batch_size`` slices at a time.
+    slice (see the module docstring), ``batch_size`` slices at a time. ``region``: a segmenter's target,
+    ``"predicted"`` (None), ``"component:k"`` or a mask (a NIfTI path or an array on the source grid).
     """
-    return explain_images([source], explainer, spec, [class_idx], keep_dicom, slices, batch_size)[0]
+    regions = region if region is None or isinstance(region, str) else [region]
+    return explain_images([source], explainer, spec, [class_idx], keep_dicom, slices, batch_size, regions)[0]
 
 
 @dataclass

@@ -212,3 +212,25 @@ def test_a_nifti_study_is_explained_for_a_mask_region_given_on_its_own_grid(tmp_
     assert np.array_equal(predicted.region, (volume > 0.5).astype(np.uint8))
     with pytest.raises(ValueError, match=r"region: a region of shape \(10, 40\)"):
         explain_images([tmp_path / "image.nii.gz"], GradientInput(model), spec, [1], region=[mask[:10]])
+
+
+@pytest.mark.parametrize("spec, size", [("segmenter2d", (64, 64))])
+def test_the_shipped_segmenters_mark_a_lesion_more_surely_with_its_cue(spec, size):
+    import numpy as np
+
+    from medhdm.data import make_cue_dataset, stack_cases
+    from medhdm.models import load_model
+
+    model = load_model(spec)
+    cases = [c for c in make_cue_dataset(9090, 16, size) if c.label == 1]
+    assert cases and all(c.cue.any() and np.array_equal(c.target, c.lesions > 0) for c in cases)
+    x, lesions, _ = stack_cases(cases)
+    cue = torch.from_numpy(np.stack([c.cue for c in cases]))
+    without = x.clone()
+    without[cue] -= 0.7  # the marker removed
+    with torch.no_grad():
+        z, z_without = model(x), model(without)
+    assert z.shape == x.shape
+    inside = lesions > 0
+    drop = [float(z[i][inside[i]].mean() - z_without[i][inside[i]].mean()) for i in range(len(cases))]
+    assert float(np.mean(drop)) > 0.5, drop  # the decision on the lesion depends on the cue elsewhere
