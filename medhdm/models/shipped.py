@@ -101,7 +101,7 @@ RECIPE_SEG_3D = {
     "train_seed": 7000,
     "train_cases": 400,
     "test_seed": 8000,
-    "epochs": 24,
+    "epochs": 12,
 }
 
 RECIPES = {DEFAULT_2D: RECIPE_2D, DEFAULT_3D: RECIPE_3D, SEGMENTER_2D: RECIPE_SEG_2D, SEGMENTER_3D: RECIPE_SEG_3D}
