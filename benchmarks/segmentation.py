@@ -92,7 +92,8 @@ def main() -> None:
             continue
         model = load_default_classifier(name)
         x, lesions, cues = cue_cases(model, n)
-        rows = {"model": name, "cases": int(x.shape[0]), "cue_area": round(float(cues.float().mean()), 4)}
+        rows = out["results"].get(label, {})  # with --skip, the methods measured before are kept
+        rows.update({"model": name, "cases": int(x.shape[0]), "cue_area": round(float(cues.float().mean()), 4)})
         rows["target_area"] = round(float(lesions.float().mean()), 4)
         for method in default_methods(model):
             if method in skip:
