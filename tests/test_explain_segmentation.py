@@ -235,3 +235,24 @@ def test_the_shipped_segmenters_mark_a_lesion_more_surely_with_its_cue(spec, siz
     inside = lesions > 0
     drop = [float(z[i][inside[i]].mean() - z_without[i][inside[i]].mean()) for i in range(len(cases))]
     assert float(np.mean(drop)) > 0.5, drop  # the decision on the lesion depends on the cue elsewhere
+
+
+def test_the_sanity_check_explains_both_models_for_the_trained_models_region():
+    from medhdm.metrics import sanity_check
+
+    torch.manual_seed(0)
+    model = UNet(2, 1, 1, channels=(4, 8, 16), strides=(2, 2), num_res_units=1).eval()
+    x = torch.rand(2, 1, 32, 32)
+    region = torch.zeros(32, 32, dtype=torch.bool)
+    region[8:16, 8:16] = True
+    seen = []
+
+    class Recording(GradientInput):
+        def explain(self, *args, **kwargs):
+            result = super().explain(*args, **kwargs)
+            seen.append(result.region)
+            return result
+
+    correlations = sanity_check(lambda m: Recording(m), model, x, class_idx=1, region=region)
+    assert len(correlations) == 2 and all(-1 <= c <= 1 for c in correlations)
+    assert len(seen) == 2 and all(bool((r[:, 0] == region).all()) for r in seen)
