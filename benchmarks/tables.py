@@ -553,6 +553,22 @@ def decode_syntaxes() -> str:
 
 
 #: every table a README may mark, by name
+def segmentation() -> str:
+    """``segmentation.json``: each method on the shipped segmenters' cue task, 2D and 3D."""
+    results = load("segmentation.json")["results"]
+    rows = []
+    for dims, entry in results.items():
+        methods = [k for k, v in entry.items() if isinstance(v, dict)]
+        area = f"cue {number(entry['cue_area'], 3)}, lesion {number(entry['target_area'], 3)}"
+        rows.append([f"**{dims.upper()}** ({entry['cases']} cases; area {area})", "", "", "", "", ""])
+        for name in methods:
+            row = entry[name]
+            cells = [number(row[k], 3) for k in ("cue_share", "target_share", "peak_on_cue", "sanity")]
+            rows.append([METHOD_NAMES.get(name, name), *cells, f"{row['images']:.0f}"])
+    header = ["method", "map on the cue", "map on the lesion", "peak on the cue", "sanity", "images"]
+    return markdown(header, rows)
+
+
 TABLES: dict[str, Callable[[], str]] = {
     "results": results,
     "quality_2d": quality_2d,
@@ -577,6 +593,7 @@ TABLES: dict[str, Callable[[], str]] = {
     "speed": speed,
     "cohort": cohort,
     "decode_syntaxes": decode_syntaxes,
+    "segmentation": segmentation,
 }
 
 

@@ -30,6 +30,12 @@ probability), the chosen slices (``all``, the ``top:K`` by the class probability
 explained in batches, and their maps stacked into a volume (unexplained slices 0) that
 ``Invertd`` takes back onto the series grid like any 3D map. The study-level decision is the
 maximum (default) or the mean over slices of each class's probability.
+
+A segmenter (output ``(B, K, *S')``) is explained for a target region (``region=``,
+:mod:`medhdm.explain.targets`): ``"predicted"`` or ``"component:k"`` on the model's own mask,
+or a mask on each source's grid (a NIfTI file or an array), taken onto the model's grid by the
+image's own layout and resize (nearest neighbour). The region explained comes back onto the
+source grid beside the map (``ExplainedImage.region``), for export.
 """
 
 from __future__ import annotations
@@ -74,6 +80,7 @@ __all__ = [
     "load_image",
     "input_record",
     "map_to_classifier_grid",
+    "region_on_model_grid",
     "slice_transforms",
 ]
 
@@ -244,6 +251,9 @@ class ExplainedImage:
             (:func:`classifier_spacing`; per slice ``(H', W')`` with ``slices``).
         spacing: the spacing the explainer read its sizes in mm from (HDM: ``model_spacing``);
             None for a method that works in voxels.
+        region: a segmenter's target region on the source grid (same order and shape as
+            ``saliency``, uint8 0/1); None for a classifier.
+        region_spec: what the region was asked as: ``"predicted"``, ``"component:k"`` or ``"mask"``.
     """
 
     saliency: np.ndarray
@@ -260,10 +270,16 @@ class ExplainedImage:
     slice_reduce: str | None = None
     model_spacing: tuple[float, ...] | None = None
     spacing: tuple[float, ...] | None = None
+    region: np.ndarray | None = None
+    region_spec: str | None = None
 
     def saliency_in_dicom_order(self) -> np.ndarray:
         """The map as ``(D, H, W)`` in the DICOM source's slice order (for :mod:`medhdm.export`)."""
         return monai_to_dicom_volume(self.saliency)
+
+    def region_in_dicom_order(self) -> np.ndarray | None:
+        """The target region as ``(D, H, W)`` in the DICOM source's slice order; None for a classifier."""
+        return None if self.region is None else monai_to_dicom_volume(self.region)
 
 
 def load_image(path: str | os.PathLike) -> MetaTensor:
@@ -398,12 +414,14 @@ def classifier_spacing(image: MetaTensor, spec: InputSpec, by_slice: bool = Fals
     return tuple(float(v) for v in spacing * shape / np.asarray(spec.spatial_size, dtype=np.float64))
 
 
-def explain_at(explainer: Explainer, x: torch.Tensor, class_idx, spacing):
+def explain_at(explainer: Explainer, x: torch.Tensor, class_idx, spacing, region=None):
     """``explainer.explain(x, class_idx)``, with ``spacing`` (mm per axis, or one row per image) for a method
-    that sizes in mm (:attr:`~medhdm.explain.base.Explainer.reads_spacing`); the others get the call as before."""
+    that sizes in mm (:attr:`~medhdm.explain.base.Explainer.reads_spacing`); the others get the call as before.
+    ``region`` (a segmenter's target) is passed on when given."""
+    target = {} if region is None else {"region": region}
     if getattr(explainer, "reads_spacing", False):
-        return explainer.explain(x, class_idx, spacing=spacing)
-    return explainer.explain(x, class_idx)
+        return explainer.explain(x, class_idx, spacing=spacing, **target)
+    return explainer.explain(x, class_idx, **target)
 
 
 def explain_image(
@@ -414,6 +432,7 @@ def explain_image(
     keep_dicom: bool = False,
     slices: SliceSelection | str | None = None,
     batch_size: int = 16,
+    region=None,
 ) -> ExplainedImage:
     """Explain one image with ``explainer`` and return the map on the source grid.
 
@@ -422,9 +441,11 @@ def explain_image(
     ``keep_dicom`` also returns the DICOM source datasets (for export; a second read of
     the files, so it needs the path). ``slices`` (a :class:`SliceSelection` or its text,
     ``"all"``, ``"top:K"``, ``"I,J,..."``) explains a 3D series with a 2D classifier slice by
-    slice (see the module docstring), ``batch_size`` slices at a time.
+    slice (see the module docstring), ``batch_size`` slices at a time. ``region``: a segmenter's target,
+    ``"predicted"`` (None), ``"component:k"`` or a mask (a NIfTI path or an array on the source grid).
     """
-    return explain_images([source], explainer, spec, [class_idx], keep_dicom, slices, batch_size)[0]
+    regions = region if region is None or isinstance(region, str) else [region]
+    return explain_images([source], explainer, spec, [class_idx], keep_dicom, slices, batch_size, regions)[0]
 
 
 @dataclass
@@ -437,6 +458,7 @@ class _Prepared:
     transforms: Compose
     class_idx: int | None
     spacing: tuple[float, ...]  # of the classifier input, mm
+    region: torch.Tensor | None = None  # a mask region on the model's grid (1, *S'), bool
 
 
 def _load(source: str | os.PathLike | MetaTensor, keep_dicom: bool) -> tuple[MetaTensor, str | os.PathLike | None]:
@@ -472,6 +494,40 @@ def _classifier_input(image: MetaTensor, path, spec: InputSpec, class_idx: int |
     return _Prepared(image, path, data, transforms, class_idx, classifier_spacing(image, spec))
 
 
+def region_on_model_grid(mask, image: MetaTensor, spec: InputSpec, name: str = "region") -> torch.Tensor:
+    """A region ``mask`` on ``image``'s source grid (a NIfTI path, or an array ``image.shape[1:]`` or
+    ``(1, *S)`` in MONAI order) on the model's grid ``(1, *S')`` (bool): the image's layout, then a
+    nearest-neighbour resize."""
+    if isinstance(mask, str | os.PathLike):
+        name = str(mask)
+        mask = load_image(mask)
+    values = np.asarray(mask)
+    given = values.shape
+    if values.shape == tuple(image.shape[1:]):
+        values = values[None]
+    if values.shape != tuple(image.shape):
+        raise ValueError(f"{name}: a region of shape {given} for an image of shape {tuple(image.shape[1:])}")
+    if not np.isin(values, (0, 1)).all():
+        raise ValueError(f"{name}: expected a binary mask (0/1 values)")
+    dims = image.ndim - 1
+    keys = "region"
+    layout = (
+        Transposed(keys, indices=reversed_spatial_indices(dims))
+        if spec.layout == "dicom"
+        else Orientationd(keys, axcodes=spec.axcodes[:dims])
+    )
+    region = MetaTensor(torch.from_numpy(values.astype(np.float32)), meta=copy.deepcopy(dict(image.meta)))
+    out = Compose([layout, Resized(keys, spatial_size=spec.spatial_size, mode="nearest")])({keys: region})[keys]
+    return out.as_tensor() > 0.5
+
+
+def _group_region(members: list[int], prepared: list[_Prepared], region):
+    """The ``region=`` of one batch: the string as given, or the members' masks ``(B, 1, *S')``."""
+    if region is None or isinstance(region, str):
+        return region
+    return torch.stack([prepared[i].region for i in members])
+
+
 def explain_images(
     sources: Sequence[str | os.PathLike | MetaTensor],
     explainer: Explainer,
@@ -480,6 +536,7 @@ def explain_images(
     keep_dicom: bool = False,
     slices: SliceSelection | str | None = None,
     batch_size: int = 16,
+    region: str | Sequence | None = None,
 ) -> list[ExplainedImage]:
     """:func:`explain_image` of several images, those of one classifier input shape explained in one batch.
 
@@ -490,11 +547,17 @@ def explain_images(
     inverted onto its own source grid. A batch equals its images one by one (the explainers'
     contract). With ``slices`` each series is explained alone (its slices are the batch).
     ``class_idx``: one per source (None: predicted). An error in any image raises.
+    ``region`` (segmenters): ``"predicted"`` (None), ``"component:k"``, or one mask per source on
+    its own grid (:func:`region_on_model_grid`).
     """
     classes = list(class_idx) if class_idx is not None else [None] * len(sources)
     if len(classes) != len(sources):
         raise ValueError(f"class_idx: expected one per image ({len(sources)}), got {len(classes)}")
+    if region is not None and not isinstance(region, str) and len(region) != len(sources):
+        raise ValueError(f"region: expected one mask per image ({len(sources)}), got {len(region)}")
     if slices is not None:
+        if region is not None:
+            raise ValueError("region: a segmenter is explained on whole images, not slice by slice (slices=)")
         if isinstance(slices, str):
             slices = SliceSelection.parse(slices)
         results = []
@@ -511,6 +574,9 @@ def explain_images(
             results.append(result)
         return results
     prepared = [_classifier_input(*_load(s, keep_dicom), spec, c) for s, c in zip(sources, classes)]
+    if region is not None and not isinstance(region, str):
+        for item, mask in zip(prepared, region):
+            item.region = region_on_model_grid(mask, item.image, spec)
     groups: dict[tuple, list[int]] = {}
     for i, item in enumerate(prepared):
         key = (tuple(item.data["image"].shape), item.class_idx is None, tuple(round(v, 9) for v in item.spacing))
@@ -521,22 +587,34 @@ def explain_images(
         x = torch.stack([prepared[i].data["image"].as_tensor().detach() for i in members])
         x = x.to(device=device, dtype=torch.float32)
         targets = None if prepared[members[0]].class_idx is None else [prepared[i].class_idx for i in members]
-        result = explain_at(explainer, x, targets, [prepared[i].spacing for i in members])
+        result = explain_at(
+            explainer, x, targets, [prepared[i].spacing for i in members], _group_region(members, prepared, region)
+        )
         for j, i in enumerate(members):
             explained[i] = (result, j, x[j : j + 1])
-    return [_finish(prepared[i], *explained[i], keep_dicom) for i in range(len(prepared))]
+    spec_text = None if region is None else region if isinstance(region, str) else "mask"
+    return [_finish(prepared[i], *explained[i], keep_dicom, spec_text) for i in range(len(prepared))]
 
 
-def _finish(item: _Prepared, result, j: int, model_input: torch.Tensor, keep_dicom: bool) -> ExplainedImage:
+def _to_source(item: _Prepared, values: torch.Tensor, nearest: bool) -> np.ndarray:
+    """``values`` ``(1, *S')`` on the model's grid inverted onto ``item``'s source grid ``(*S)``."""
+    data = dict(item.data)
+    data["saliency"] = MetaTensor(values.to(data["image"].device), meta=copy.deepcopy(dict(data["image"].meta)))
+    inverted = Invertd(keys="saliency", transform=item.transforms, orig_keys="image", nearest_interp=nearest)(data)
+    source = inverted["saliency"].numpy()[0]
+    shape = tuple(item.image.shape[1:])
+    if source.shape != shape and tuple(s for s in source.shape if s != 1) == tuple(s for s in shape if s != 1):
+        source = source.reshape(shape)  # a singleton axis dropped by a step (SqueezeDimd)
+    return source
+
+
+def _finish(
+    item: _Prepared, result, j: int, model_input: torch.Tensor, keep_dicom: bool, region_spec: str | None = None
+) -> ExplainedImage:
     """The ``j``-th map of ``result`` inverted onto ``item``'s source grid, as an :class:`ExplainedImage`."""
-    image, data = item.image, dict(item.data)
+    image = item.image
     saliency = result.saliency[j].detach()
-    data["saliency"] = MetaTensor(saliency.to(data["image"].device), meta=copy.deepcopy(dict(data["image"].meta)))
-    inverted = Invertd(keys="saliency", transform=item.transforms, orig_keys="image", nearest_interp=False)(data)
-    source_map = np.clip(inverted["saliency"].numpy()[0], 0.0, 1.0)
-    squeezed = tuple(s for s in image.shape[1:] if s != 1)
-    if source_map.shape != tuple(image.shape[1:]) and tuple(s for s in source_map.shape if s != 1) == squeezed:
-        source_map = source_map.reshape(image.shape[1:])  # a singleton axis dropped by a step (SqueezeDimd)
+    source_map = np.clip(_to_source(item, saliency, nearest=False), 0.0, 1.0)
     if source_map.shape != tuple(image.shape[1:]):
         raise RuntimeError(f"inversion gave shape {source_map.shape}, expected the source's {tuple(image.shape[1:])}")
     path = item.path
@@ -552,7 +630,14 @@ def _finish(item: _Prepared, result, j: int, model_input: torch.Tensor, keep_dic
         model_saliency=saliency[None],
         model_spacing=item.spacing,
         spacing=None if result.spacing is None else tuple(float(v) for v in result.spacing[j]),
+        region=None if result.region is None else _source_region(item, result.region[j]),
+        region_spec=None if result.region is None else (region_spec or "predicted"),
     )
+
+
+def _source_region(item: _Prepared, region: torch.Tensor) -> np.ndarray:
+    """A target region ``(1, *S')`` on the model's grid, on ``item``'s source grid (nearest neighbour), uint8."""
+    return (_to_source(item, region.detach().float(), nearest=True) > 0.5).astype(np.uint8)
 
 
 def _explain_by_slice(

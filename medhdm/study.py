@@ -7,9 +7,10 @@ failures and ``explanations.csv``) call :func:`explain_study` per case, or
 below (:func:`medhdm.pipeline.explain_images`, :mod:`medhdm.export`).
 
 Outputs per case in its own folder ``out_dir/<case>/``: ``<case>_saliency.nii.gz`` (the
-map on the source grid, with the source affine), and with ``export_formats`` the DICOM
-objects of :func:`medhdm.export.export` in ``<case>_dicom/``, the structured report (``sr``)
-among them: the explained class and its probability, the run configuration and, against a
+map on the source grid, with the source affine), for a segmenter ``<case>_region.nii.gz`` (the
+explained target region on the same grid; in the SEG as segment 2, named in the SR), and with
+``export_formats`` the DICOM objects of :func:`medhdm.export.export` in ``<case>_dicom/``, the
+structured report (``sr``) among them: the explained class and its probability, the run configuration and, against a
 lesion annotation (:class:`StudyReport`), the saved map's scores
 (:func:`medhdm.evaluation.score_saved_map`). A 2D classifier over a series
 (``slices``) also writes ``<case>_slices.csv`` (slice, class probability, explained or not);
@@ -75,11 +76,13 @@ def _inside(out: Path, case: str, suffix: str) -> Path:
 
 @dataclass(frozen=True)
 class StudyCase:
-    """One study to explain: its image (DICOM file, series folder or NIfTI), output name and class (None: predicted)."""
+    """One study to explain: its image (DICOM file, series folder or NIfTI), output name and class (None: predicted);
+    for a segmenter, optionally its target region as a mask file on the image's grid (NIfTI)."""
 
     image: Path
     case: str
     class_idx: int | None = None
+    region: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -121,6 +124,7 @@ def explain_study(
     uid_source: Callable[[str], str] | None = None,
     deidentify: Deidentification | None = None,
     report: StudyReport | None = None,
+    region: str | None = None,
 ) -> dict:
     """Explain one study, write its outputs into ``out_dir/<case>/``; return its ``explanations.csv`` row.
 
@@ -139,6 +143,8 @@ def explain_study(
         deidentify: de-identify the exported DICOM objects (:class:`medhdm.export.Deidentification`).
         report: what the SR (``"sr"``) says beyond the explanation (:class:`StudyReport`; default: no
             configuration, no scores). With it, the row also holds ``scores``: the SR's scores, or ``None``.
+        region: a segmenter's target region, ``"predicted"`` (None) or ``"component:k"``, unless the case
+            gives a mask (:attr:`StudyCase.region`); see :mod:`medhdm.explain.targets`.
     """
     return explain_study_batch(
         [case],
@@ -152,6 +158,7 @@ def explain_study(
         uid_sources=[uid_source],
         deidentify=deidentify,
         report=report,
+        region=region,
     )[0]
 
 
@@ -181,16 +188,22 @@ def explain_study_batch(
     uid_sources: Sequence[Callable[[str], str] | None] | None = None,
     deidentify: Deidentification | None = None,
     report: StudyReport | None = None,
+    region: str | None = None,
 ) -> list[dict]:
     """:func:`explain_study` of several studies, explained together (:func:`~medhdm.pipeline.explain_images`:
     one batch per classifier input shape), each written as :func:`explain_study` does. An error in any raises.
     ``uid_sources``: one ``uid_source`` of :func:`explain_study` per case (default: random UIDs for all);
-    ``deidentify`` and ``report`` as for :func:`explain_study`."""
+    ``deidentify`` and ``report`` as for :func:`explain_study`. ``region`` (segmenters): ``"predicted"`` (None)
+    or ``"component:k"`` for every case, unless the cases give their own masks (:attr:`StudyCase.region`:
+    all of them or none)."""
     uid_sources = list(uid_sources) if uid_sources is not None else [None] * len(cases)
     if len(uid_sources) != len(cases):
         raise ValueError(f"uid_sources: expected one per case ({len(cases)}), got {len(uid_sources)}")
     out = Path(out_dir)
     folders = [case_folder(out, c.case) for c in cases]  # every name checked before any work
+    masks = [c.region for c in cases if c.region is not None]
+    if masks and len(masks) != len(cases):
+        raise ValueError("region: give a mask for every case or for none")
     results = explain_images(
         [c.image for c in cases],
         explainer,
@@ -198,6 +211,7 @@ def explain_study_batch(
         [c.class_idx for c in cases],
         keep_dicom=bool(export_formats),
         slices=slices,
+        region=masks or region,
     )
     outputs = _Outputs(explainer, spec, tuple(export_formats), method, overwrite, slices, deidentify, report)
     return [
@@ -237,7 +251,9 @@ def _report_content(
             curve_steps=(None, report.curve_steps),
         )
     scores = report_scores(scores)
-    content = ReportContent(class_idx, float(result.score), _class_name(explainer, class_idx), report.config, scores)
+    content = ReportContent(
+        class_idx, float(result.score), _class_name(explainer, class_idx), report.config, scores, result.region_spec
+    )
     return content, scores
 
 
@@ -266,6 +282,7 @@ def _export_study(
         deidentify_salt=deidentify.salt if deidentify is not None else None,
         retain_dates=deidentify.retain_dates if deidentify is not None else False,
         report=content,
+        region=result.region_in_dicom_order(),
     )
     return str(export_dir), scores
 
@@ -282,6 +299,9 @@ def _write_study(
     map_path = _inside(folder, case.case, "_saliency.nii.gz")
     volume = result.saliency if result.saliency.ndim == 3 else result.saliency[..., None]
     write_nifti(map_path, volume.astype(np.float32), result.affine)
+    if result.region is not None:
+        region = result.region if result.region.ndim == 3 else result.region[..., None]
+        write_nifti(_inside(folder, case.case, "_region.nii.gz"), region.astype(np.uint8), result.affine)
     exported, scores = "", None
     if outputs.export_formats:
         exported, scores = _export_study(case, result, folder, map_path, outputs, uid_source)

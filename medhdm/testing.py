@@ -19,6 +19,8 @@ from torch import nn
 __all__ = [
     "BlobDetector",
     "ct_originals",
+    "CueSegmenter",
+    "ThresholdSegmenter",
     "ct_volume",
     "lesion_cases",
     "plant",
@@ -69,6 +71,51 @@ class BlobDetector(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         z = self.gain * (self.response(x) / self.v0 - 0.5)
         return z if self.single_logit else torch.cat([torch.zeros_like(z), z], dim=1)
+
+
+class ThresholdSegmenter(nn.Module):
+    """A fixed segmenter: one sigmoid logit per voxel, ``gain * (x - threshold)`` on the first channel."""
+
+    def __init__(self, threshold: float = 0.5, gain: float = 10.0) -> None:
+        super().__init__()
+        self.threshold, self.gain = threshold, gain
+        self.scale = nn.Parameter(torch.tensor(1.0))  # a parameter, so the model has a device and weights
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, *S) -> (B, 1, *S)
+        return self.scale * self.gain * (x[:, :1] - self.threshold)
+
+
+class CueSegmenter(nn.Module):
+    """A fixed segmenter whose decision depends on a planted cue elsewhere in the image.
+
+    One sigmoid logit per voxel, ``z(v) = gain * (l(v) / l0 + cue_weight * (s / s0 - 1) - 0.5)``:
+    ``l(v) = softplus(20 (x(v) - threshold)) / 20`` is the voxel's own brightness response,
+    ``s`` the mean of ``l`` over the fixed ``cue`` box and ``l0``, ``s0`` their values for a
+    voxel of intensity 1. A bright voxel is marked (``z > 0``) only when the cue box is
+    bright too: without the cue every voxel scores at most ``-gain * (cue_weight - 0.5)``. The
+    cue box itself is never marked (a marker, not a lesion: ``z = -gain`` there).
+    The mean logit over a marked lesion depends ``cue_weight`` times more, per voxel, on the
+    cue's voxels than on the lesion's own when the two boxes are of equal size: the right
+    explanation of the lesion's mask puts its maximum on the cue.
+    """
+
+    def __init__(self, cue: tuple[slice, ...], cue_weight: float = 3.0, threshold: float = 0.5, gain: float = 4.0):
+        super().__init__()
+        self.cue, self.cue_weight, self.threshold, self.gain = cue, cue_weight, threshold, gain
+        self.scale = nn.Parameter(torch.tensor(1.0))
+        self.register_buffer("l0", nn.functional.softplus(torch.tensor(20 * (1.0 - threshold))) / 20)
+
+    def _response(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.softplus(20 * (x[:, :1] - self.threshold)) / 20
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, *S) -> (B, 1, *S)
+        local = self._response(x) / self.l0
+        s = local[(slice(None), slice(None), *self.cue)].flatten(1).mean(1)
+        shape = (-1,) + (1,) * (x.ndim - 1)
+        z = local + self.cue_weight * (s.view(shape) - 1) - 0.5
+        marker = torch.zeros_like(z[:1], dtype=torch.bool)
+        marker[(slice(None), slice(None), *self.cue)] = True
+        return self.scale * self.gain * torch.where(marker, -torch.ones_like(z), z)
 
 
 def plant(

@@ -26,6 +26,13 @@ def add_command(sub) -> None:
         help="output folder: <case>/<case>_saliency.nii.gz and record.json per case, explanations.csv; "
         "a re-run resumes (skips the cases complete for the same configuration)",
     )
+    ex.add_argument(
+        "--region",
+        default=None,
+        help="segmentation models: the target region explained, 'predicted' (the model's own mask for the class, "
+        "the default), 'component:K' (its K-th largest connected component) or a mask file (NIfTI) on the image's "
+        "grid (one --image); written beside the map as <case>_region.nii.gz, SEG segment 2 with --export seg",
+    )
     ex.add_argument("--export", default=None, help="also export DICOM sources: comma-separated sc,pm,seg,nifti,png")
     options.add_deidentify_options(ex, "the exported DICOM objects")
     ex.add_argument(
@@ -80,11 +87,28 @@ def _export(args: argparse.Namespace, entries: list[dict]):
     return formats, deidentify
 
 
+def _region(args: argparse.Namespace, entries: list[dict]) -> str | None:
+    """``--region`` checked before any work: a named target, or a mask file for one image."""
+    region = args.region
+    if region is None or region == "predicted" or region.startswith("component:"):
+        if region is not None and region != "predicted":
+            k = region.partition(":")[2]
+            if not k.isdigit() or int(k) < 1:
+                raise ValueError(f"--region: expected 'predicted', 'component:K' (K >= 1) or a mask file, got {region}")
+        return region
+    if not Path(region).is_file():
+        raise FileNotFoundError(f"--region: {region}: no such file")
+    if len(entries) != 1:
+        raise ValueError(f"--region: a mask file is on one image's grid; give one --image, not {len(entries)}")
+    return str(Path(region).resolve())
+
+
 def run(args: argparse.Namespace) -> None:
     from ..cohort import ExplainRecipe, explain_cohort
     from ..io.outputs import check_output_folder
 
     entries = _entries(args)
+    region = _region(args, entries)
     formats, deidentify = _export(args, entries)
     check_output_folder(args.out, [e["image"] for e in entries])
     options.check_case_folders(args.out, [e["id"] for e in entries])
@@ -100,6 +124,7 @@ def run(args: argparse.Namespace) -> None:
         export=tuple(formats),
         slices=options.slices(args),
         deidentify=deidentify,
+        region=region,
     )
     result = explain_cohort(entries, explain, args.out, options=cohort_options, model=model)
     print(

@@ -114,7 +114,7 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model",
         default="default",
-        help="'default' (2D) or 'default3d', a TorchScript file, "
+        help="'default' (2D) or 'default3d', 'segmenter2d' or 'segmenter3d', a TorchScript file, "
         "a MONAI bundle folder, or a network class path such as monai.networks.nets.DenseNet121 "
         "(with --weights)",
     )

@@ -8,6 +8,7 @@ plus what else changes the outputs; its hash decides which cases are complete (:
 
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import KW_ONLY, dataclass, field
 from pathlib import Path
@@ -86,6 +87,7 @@ class ExplainRecipe:
     export: tuple[str, ...] = ()
     slices: SliceSelection | None = None
     deidentify: Deidentification | None = None  # de-identify the exports (the secret stays out of the records)
+    region: str | None = None  # a segmenter's target: "predicted", "component:k" or a mask file (NIfTI)
 
     def build(self, device: str | None = None, model=None) -> ExplainRunner:
         """The runner (``model``: the classifier already loaded by this recipe, to skip loading it again)."""
@@ -103,12 +105,15 @@ class ExplainRunner(CaseRunner):
         extra = {"task": "explain", "input": input_record(recipe.spec, recipe.slices), "export": list(recipe.export)}
         if recipe.deidentify is not None:
             extra["deidentify"] = recipe.deidentify.record()
+        if recipe.region is not None:
+            extra["region"] = _region_record(recipe.region)
         self.configuration = run_configuration(self.model, self.explainer, recipe.model.model, extra)
         self.key = configuration_hash(self.configuration)
 
     def run_cases(self, entries: list[dict], out: Path) -> list[dict]:
-        cases = [StudyCase(Path(e["image"]), e["id"], e.get("class_idx")) for e in entries]
         r = self.recipe
+        mask = None if r.region is None or _named_region(r.region) else Path(r.region)
+        cases = [StudyCase(Path(e["image"]), e["id"], e.get("class_idx"), mask) for e in entries]
         start = time.perf_counter()
         rows = explain_study_batch(
             cases,
@@ -121,6 +126,7 @@ class ExplainRunner(CaseRunner):
             slices=r.slices,
             deidentify=r.deidentify,
             report=StudyReport(config=self.configuration),
+            region=r.region if mask is None else None,
         )
         seconds = (time.perf_counter() - start) / len(entries)
         records = []
@@ -128,9 +134,23 @@ class ExplainRunner(CaseRunner):
             row.pop("scores", None)  # the SR's scores against annotations: explain has none
             folder = case_folder(out, entry["id"])
             files = [Path(row[k]).name for k in ("map", "export", "slice_scores") if row[k]]
+            region = folder / f"{entry['id']}_region.nii.gz"
+            files += [region.name] if region.is_file() else []
             records.append(self._record(entry, files, seconds, {"row": row}))
             write_record(folder, records[-1])
         return records
+
+
+def _named_region(region: str) -> bool:
+    """Whether ``region`` names a target on the model's mask (``"predicted"``, ``"component:k"``), not a file."""
+    return region == "predicted" or region.startswith("component:")
+
+
+def _region_record(region: str) -> dict:
+    """A target region for the run configuration: its text, and a mask file's SHA-256 (its content decides the maps)."""
+    if _named_region(region):
+        return {"region": region}
+    return {"mask": Path(region).name, "sha256": hashlib.sha256(Path(region).read_bytes()).hexdigest()}
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,13 @@ size and varied by flips, crops and intensity jitter. Into them go:
   calcification-like), at least as bright as the lesions, so that "brightest
   spot" is not the answer and a classifier has to learn shape.
 
+The **cue task** (:func:`make_cue_case`) is a segmentation task whose right
+explanation is known: one lesion per case, and in half of the cases a cue, a
+small bright square marker a short way from it; the segmentation target is the
+lesion when the cue is there and nothing otherwise. A segmenter that solves it
+marks the lesion because of the cue, so the explanation of its mask must show
+the cue as well as the lesion.
+
 Everything is drawn from a seeded ``numpy.random.Generator``: the same seed
 gives the same cases.
 """
@@ -29,7 +36,7 @@ from scipy import ndimage
 
 from ..io.axes import monai_to_dicom
 
-__all__ = ["LesionCase", "anatomy", "make_case", "make_dataset", "stack_cases"]
+__all__ = ["LesionCase", "anatomy", "make_case", "make_cue_case", "make_cue_dataset", "make_dataset", "stack_cases"]
 
 
 @dataclass
@@ -39,14 +46,24 @@ class LesionCase:
     Attributes:
         image: ``(1, *S)`` float32 in about ``[0, 1.5]``.
         lesions: ``(1, *S)`` int16 label map, 0 background, ``1..n`` one label per lesion.
-        label: 1 if any lesion, else 0.
+        label: 1 if any lesion, else 0 (the cue task: 1 if the cue is present).
         n_lesions: number of lesions.
+        cue: the cue task's marker ``(1, *S)`` bool (all False where there is none); None for
+            the other cases.
     """
 
     image: np.ndarray
     lesions: np.ndarray
     label: int
     n_lesions: int
+    cue: np.ndarray | None = None
+
+    @property
+    def target(self) -> np.ndarray:
+        """The segmentation target ``(1, *S)`` uint8: the lesions, but in a cue task case only with its cue."""
+        if self.cue is None:
+            return (self.lesions > 0).astype(np.uint8)
+        return ((self.lesions > 0) & bool(self.cue.any())).astype(np.uint8)
 
 
 def _window(a: np.ndarray, lo_q: float = 1.0, hi_q: float = 99.5) -> np.ndarray:
@@ -187,6 +204,36 @@ def make_case(
         label=int(n > 0),
         n_lesions=int(n),
     )
+
+
+def make_cue_case(rng: np.random.Generator, spatial_size: tuple[int, ...], with_cue: bool) -> LesionCase:
+    """One case of the cue task (see the module docstring): one lesion, at most one distractor, and
+    with ``with_cue`` a square marker (side ``max(3, max(S) / 16)``, +0.7) ``0.15`` to ``0.25 max(S)`` from the
+    lesion's centre, in a direction drawn at random; :attr:`LesionCase.target` is the mask to learn."""
+    spatial_size = tuple(int(s) for s in spatial_size)
+    big = max(spatial_size)
+    case = make_case(rng, spatial_size, 1, n_distractors=int(rng.integers(0, 2)), radius_range=(big / 20, big / 12))
+    cue = np.zeros((1, *spatial_size), dtype=bool)
+    draw = rng.normal(size=(200, len(spatial_size)))  # drawn either way: the cases do not depend on with_cue
+    distance = rng.uniform(0.15 * big, 0.25 * big, size=200)
+    if with_cue:
+        side = max(3, big // 16)
+        centre = np.argwhere(case.lesions[0] > 0).mean(0)
+        for d, r in zip(draw, distance):
+            corner = np.round(centre + r * d / np.linalg.norm(d) - side / 2).astype(int)
+            if all(1 <= c <= s - side - 1 for c, s in zip(corner, spatial_size)):
+                box = (0, *(slice(c, c + side) for c in corner))
+                if not case.lesions[box].any():
+                    cue[box] = True
+                    break
+        case.image[cue] += 0.7
+    return LesionCase(case.image, case.lesions, int(cue.any()), case.n_lesions, cue)
+
+
+def make_cue_dataset(seed: int, n_cases: int, spatial_size: tuple[int, ...] = (64, 64)) -> list[LesionCase]:
+    """``n_cases`` cue task cases (:func:`make_cue_case`), the cue in every second one."""
+    rng = np.random.default_rng(seed)
+    return [make_cue_case(rng, spatial_size, with_cue=i % 2 == 0) for i in range(n_cases)]
 
 
 def make_dataset(

@@ -27,6 +27,7 @@ from torch import nn
 from .checks import check_images, check_model, frozen_eval, resolve_class_idx
 from .reference import ReferenceSpec, make_reference
 from .scoring import ClassScorer
+from .targets import RegionSpec, resolve_targets
 from .units import check_spacing, input_spacing
 
 __all__ = ["Explainer", "Explanation", "StageRecord", "is_out_of_memory", "merge_explanations"]
@@ -105,7 +106,8 @@ class Explanation:
     Attributes:
         saliency: the map ``(B, 1, *S)``, float in ``[0, 1]``, on the input grid and device.
         class_idx: the explained class per image ``(B,)``.
-        score: ``s(x)``, the probability of that class on the input ``(B,)``.
+        score: ``s(x)``, the probability of that class on the input ``(B,)`` (for a segmenter, read
+            from the mean logits over the target region: :mod:`~medhdm.explain.scoring`).
         reference_score: ``s(r)``, on the reference image ``(B,)`` (NaN where a method uses none).
         method: the explainer's name.
         stages: HDM's per-stage records (empty for single-stage methods).
@@ -119,6 +121,8 @@ class Explanation:
         spacing: the voxel spacing in mm that the method read its physical sizes from, per image
             and spatial axis ``(B, d)`` (float64, CPU); None when it worked in voxels (no spacing
             known, or a method without physical units: every method but HDM).
+        region: a segmenter's target region per image ``(B, 1, *S)`` (bool), fixed for the whole
+            call (:mod:`~medhdm.explain.targets`); None for a classifier.
     """
 
     saliency: torch.Tensor
@@ -133,13 +137,16 @@ class Explanation:
     images_evaluated: int = 0
     max_batch: int | None = None
     spacing: torch.Tensor | None = None
+    region: torch.Tensor | None = None
 
 
 class Explainer:
     """Base class of every medhdm explainer.
 
     Args:
-        model: a classifier ``(B, C, *S) -> (B, K)`` logits (``K = 1``: a sigmoid model).
+        model: a classifier ``(B, C, *S) -> (B, K)`` logits (``K = 1``: a sigmoid model), or a
+            segmenter ``(B, C, *S) -> (B, K, *S)`` logit maps, explained for a class over a region
+            (:mod:`~medhdm.explain.targets`).
         reference: what "removed" means (see :func:`medhdm.explain.reference.make_reference`).
         seed: seed of the private RNG used for the call (only methods that draw random
             numbers use it; the caller's global RNG state is left as it was).
@@ -187,15 +194,27 @@ class Explainer:
     reads_spacing = False
 
     def __call__(
-        self, x: torch.Tensor, class_idx: int | Sequence[int] | torch.Tensor | None = None, spacing=None
+        self,
+        x: torch.Tensor,
+        class_idx: int | Sequence[int] | torch.Tensor | None = None,
+        spacing=None,
+        region: RegionSpec = None,
     ) -> torch.Tensor:
         """The saliency map ``(B, 1, *S)`` in ``[0, 1]`` for images ``x`` ``(B, C, *S)`` (see :meth:`explain`)."""
-        return self.explain(x, class_idx, spacing).saliency
+        return self.explain(x, class_idx, spacing, region=region).saliency
 
     def explain(
-        self, x: torch.Tensor, class_idx: int | Sequence[int] | torch.Tensor | None = None, spacing=None
+        self,
+        x: torch.Tensor,
+        class_idx: int | Sequence[int] | torch.Tensor | None = None,
+        spacing=None,
+        region: RegionSpec = None,
     ) -> Explanation:
         """Explain ``x`` ``(B, C, *S)`` for ``class_idx`` (None: the predicted class) and return the full record.
+
+        ``region`` (segmenters only): the target region, ``"predicted"`` (None: the model's own
+        mask for the class), ``"component:k"`` or a mask (:mod:`~medhdm.explain.targets`); the
+        explained score is the class's mean logit over it, the region fixed for the whole call.
 
         ``spacing``: the voxel size in mm per spatial axis, ``d`` values for the batch or ``(B, d)``
         one row per image; None reads it from a MONAI ``MetaTensor`` ``x`` (its affine), else it is
@@ -205,16 +224,18 @@ class Explainer:
         """
         spacing = input_spacing(x, spacing) if self.reads_spacing else spacing
         x = check_images(x)
+        if isinstance(region, np.ndarray):
+            region = torch.from_numpy(region)
         if spacing is not None:
             spacing = check_spacing(spacing, x.shape[0], x.ndim - 2)  # a bad spacing fails for every method
             if not self.reads_spacing:
                 spacing = None
             elif not (spacing == spacing[0]).all():
-                return self._explain_by_spacing(x, class_idx, spacing)
+                return self._explain_by_spacing(x, class_idx, spacing, region)
         max_batch = self.max_batch
         while True:
             try:
-                return self._explain_once(x, class_idx, max_batch, spacing)
+                return self._explain_once(x, class_idx, max_batch, spacing, region)
             except _OutOfMemory as err:
                 if err.largest_batch <= 1:
                     raise MemoryError(
@@ -225,7 +246,7 @@ class Explainer:
                 if x.device.type == "cuda":
                     torch.cuda.empty_cache()
 
-    def _explain_by_spacing(self, x: torch.Tensor, class_idx, spacing: np.ndarray) -> Explanation:
+    def _explain_by_spacing(self, x: torch.Tensor, class_idx, spacing: np.ndarray, region=None) -> Explanation:
         """:meth:`explain` of images of several spacings ``(B, d)``: one call per spacing, merged in input order."""
         b = x.shape[0]
         rows, group = np.unique(spacing, axis=0, return_inverse=True)
@@ -238,10 +259,13 @@ class Explainer:
         for g, row in enumerate(rows):
             idx = torch.from_numpy(np.flatnonzero(group.reshape(-1) == g))
             targets = class_idx if class_idx is None or isinstance(class_idx, int) else class_idx[idx]
-            parts.append((idx, self.explain(x[idx.to(x.device)], targets, row)))
+            regions = region[idx.to(region.device)] if _per_image_mask(region, b) else region
+            parts.append((idx, self.explain(x[idx.to(x.device)], targets, row, region=regions)))
         return merge_explanations(parts, b)
 
-    def _explain_once(self, x: torch.Tensor, class_idx, max_batch: int | None, spacing=None) -> Explanation:
+    def _explain_once(
+        self, x: torch.Tensor, class_idx, max_batch: int | None, spacing=None, region=None
+    ) -> Explanation:
         """:meth:`explain` with at most ``max_batch`` images per model call; an out-of-memory error is raised
         as :class:`_OutOfMemory` with the largest model call made."""
         devices = [x.device] if x.device.type == "cuda" else []
@@ -249,15 +273,20 @@ class Explainer:
             torch.manual_seed(self.seed)
             scorer = ClassScorer(self.model, amp=self.amp, max_batch=max_batch)
             try:
-                return self._run(x, class_idx, scorer, spacing)
+                return self._run(x, class_idx, scorer, spacing, region)
             except Exception as err:  # noqa: BLE001 - re-raised as it was unless it is an out-of-memory error
                 if is_out_of_memory(err):
                     raise _OutOfMemory(str(err), scorer.largest_batch) from err
                 raise
 
-    def _run(self, x: torch.Tensor, class_idx, scorer: ClassScorer, spacing: np.ndarray | None = None) -> Explanation:
+    def _run(
+        self, x: torch.Tensor, class_idx, scorer: ClassScorer, spacing: np.ndarray | None = None, region=None
+    ) -> Explanation:
         """Score ``x``, resolve the targets, build the reference, and run the method (with ``spacing``
-        ``(B, d)`` for a method that :attr:`reads_spacing`)."""
+        ``(B, d)`` for a method that :attr:`reads_spacing`).
+
+        The method sees one target per image: the class for a classifier, the image's index into
+        the scorer's (class, region) targets for a segmenter (:mod:`~medhdm.explain.scoring`)."""
         with torch.no_grad():
             try:
                 logits = scorer.logits(x)
@@ -272,7 +301,7 @@ class Explainer:
                     f"x: the model rejected input of shape {tuple(x.shape)} "
                     f"({x.shape[1]} channel(s), spatial size {tuple(x.shape[2:])}): {err}"
                 ) from err
-        targets = resolve_class_idx(class_idx, logits)
+        classes, targets = _targets(scorer, logits, class_idx, region)
         if spacing is None:
             reference = make_reference(x, self.reference) if self.uses_reference else None
             result = self._explain(x, targets, scorer, logits, reference)
@@ -280,6 +309,8 @@ class Explainer:
             reference = self._make_reference(x, spacing) if self.uses_reference else None
             result = self._explain(x, targets, scorer, logits, reference, spacing=spacing)
             result.spacing = torch.from_numpy(spacing)
+        result.class_idx = classes
+        result.region = scorer.regions
         result.forward_passes = scorer.passes
         result.images_evaluated = scorer.images
         result.max_batch = scorer.max_batch
@@ -326,6 +357,26 @@ class Explainer:
             return torch.full(class_idx.shape, float("nan"), device=class_idx.device)
         with torch.no_grad():
             return scorer.prob(scorer.logits(reference), class_idx)
+
+
+def _per_image_mask(region, batch: int) -> bool:
+    """Whether ``region`` is a mask with one row per image of a batch of ``batch`` (``batch > 1``)."""
+    return hasattr(region, "shape") and len(region.shape) > 2 and region.shape[0] == batch and batch > 1
+
+
+def _targets(scorer: ClassScorer, logits: torch.Tensor, class_idx, region) -> tuple[torch.Tensor, torch.Tensor]:
+    """The classes ``(B,)`` and the targets the method passes to the scores ``(B,)``: the classes of a
+    classifier; for a segmenter the image indices, its (class, region) targets set on ``scorer``."""
+    if not scorer.segmenter:
+        if region is not None:
+            raise ValueError(
+                f"region: the model is a classifier (output of shape {tuple(logits.shape)}); "
+                "a target region applies to segmentation models, output (B, K, *S)"
+            )
+        classes = resolve_class_idx(class_idx, logits)
+        return classes, classes
+    classes, regions = resolve_targets(logits, class_idx, region)
+    return classes, scorer.set_targets(classes, regions)
 
 
 def _scatter(parts: list[tuple[torch.Tensor, torch.Tensor | None]], batch: int, fill: float = 0.0):
@@ -396,4 +447,5 @@ def merge_explanations(parts: Sequence[tuple[torch.Tensor, Explanation]], batch:
         images_evaluated=sum(e.images_evaluated for _, e in parts),
         max_batch=min(limits) if limits else None,
         spacing=field_of(lambda e: e.spacing, float("nan")),
+        region=field_of(lambda e: e.region, False),
     )

@@ -1,4 +1,4 @@
-"""Class scores of a classifier, in probability and in log-odds.
+"""Target scores of a classifier or a segmenter, in probability and in log-odds.
 
 Every explainer in medhdm talks to the model through :class:`ClassScorer`. It
 turns the model's raw output into per-class log-probabilities, whatever the
@@ -8,6 +8,18 @@ model's head looks like:
 - a single-logit head ``(B, 1)`` (sigmoid classifier): the logit ``z`` is
   expanded to the two logits ``(-z/2, z/2)``, whose softmax is exactly
   ``(1 - sigmoid(z), sigmoid(z))``. Class 1 is "positive", class 0 "negative".
+- a segmenter ``(B, K, *S)`` (the input's spatial size ``S``; ``K = 1``: sigmoid,
+  expanded per voxel as above): each image's target is a class ``c`` and a fixed
+  region ``R`` (:meth:`ClassScorer.set_targets`); the scorer reduces the output to the
+  region's mean logits ``(B, K)``, ``z_k = mean_{v in R} z_k(v)``, and reads the class
+  scores from them as for a classifier. For a sigmoid segmenter the log-odds of class 1
+  are exactly the mean logit over the region.
+
+The explainers pass one *target* per image to the scores (:meth:`ClassScorer.log_prob`
+and the others): the class index for a classifier; for a segmenter the image's index into
+the targets set on the scorer, so a composite of image ``b`` is always read over ``b``'s
+region. They replicate targets along with images and never need to know which kind of
+model they explain; :meth:`ClassScorer.class_of` gives the class of a target.
 
 Log-odds ``log p_c - log(1 - p_c)`` are what HDM uses to measure evidence:
 softmax saturates (``p_c`` is 0.999 with two lesions and with three), log-odds
@@ -22,7 +34,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-__all__ = ["ClassScorer", "TwoClassFromLogit", "first_output"]
+__all__ = ["ClassScorer", "RegionLogits", "TwoClassFromLogit", "first_output", "region_mean"]
 
 
 def first_output(out):
@@ -58,11 +70,39 @@ class TwoClassFromLogit(nn.Module):
         return torch.cat([-0.5 * z, 0.5 * z], dim=1) if self.expand else z
 
 
+class RegionLogits(nn.Module):
+    """A segmenter seen as a classifier: the mean logits ``(N, K >= 2)`` over fixed regions.
+
+    ``regions`` ``(N, 1, *S)`` (or one row for every input) weighs each input's voxels;
+    a single-logit segmenter (``expand=True``) is expanded per voxel as by
+    :class:`TwoClassFromLogit`.
+    """
+
+    def __init__(self, model: nn.Module, regions: torch.Tensor, expand: bool = True) -> None:
+        super().__init__()
+        self.model = model
+        self.expand = expand
+        self.regions = regions
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (N, C, *S) -> (N, K)
+        z = first_output(self.model(x))
+        if self.expand:
+            z = torch.cat([-0.5 * z, 0.5 * z], dim=1)
+        return region_mean(z, self.regions)
+
+
+def region_mean(maps: torch.Tensor, regions: torch.Tensor) -> torch.Tensor:
+    """The mean of ``maps`` ``(N, K, *S)`` over ``regions`` ``(N or 1, 1, *S)`` (weights >= 0): ``(N, K)``."""
+    w = regions.to(maps.dtype)
+    return (maps * w).flatten(2).sum(-1) / w.flatten(2).sum(-1).clamp_min(1e-12)
+
+
 class ClassScorer:
-    """Runs a classifier and reads class scores from its output.
+    """Runs a classifier or a segmenter and reads target scores from its output.
 
     Args:
-        model: any ``torch.nn.Module`` mapping ``(N, C, *S)`` to ``(N, K)`` logits.
+        model: any ``torch.nn.Module`` mapping ``(N, C, *S)`` to ``(N, K)`` logits (a classifier)
+            or to ``(N, K, *S)`` logit maps on the input's grid (a segmenter).
         amp: run the forward pass under ``torch.autocast`` (CUDA only; ignored on CPU).
             Scores are always returned in float32.
         max_batch: the most images sent through the model at once (None: no limit). A
@@ -74,7 +114,10 @@ class ClassScorer:
 
     Attributes:
         num_classes: ``K`` as the explainer sees it (2 for a single-logit model).
-        single_logit: whether the model has a single sigmoid logit.
+        single_logit: whether the model has a single sigmoid logit (per voxel for a segmenter).
+        segmenter: whether the model returns logit maps ``(N, K, *S)``.
+        classes, regions: a segmenter's targets once set (:meth:`set_targets`): the class ``(B,)``
+            and the region ``(B, 1, *S)`` (bool) of each image; None before, and for a classifier.
         passes: number of forward passes run so far (a chunked batch counts once).
         images: number of images pushed through the model so far.
         largest_batch: the most images the model has been called on at once so far (after the chunking).
@@ -88,15 +131,39 @@ class ClassScorer:
         self.max_batch = max_batch
         self.num_classes: int | None = None
         self.single_logit = False
+        self.segmenter = False
+        self.classes: torch.Tensor | None = None
+        self.regions: torch.Tensor | None = None
         self.passes = 0
         self.images = 0
         self.largest_batch = 0
 
-    def as_logits_module(self) -> nn.Module:
-        """The model as a module returning ``(N, K >= 2)`` logits (for MONAI's own explainers)."""
+    def as_logits_module(self, targets: torch.Tensor | None = None) -> nn.Module:
+        """The model as a module returning ``(N, K >= 2)`` logits (for MONAI's own explainers).
+
+        For a segmenter, the mean logits over the regions of ``targets``: one target per input
+        row, or a single target for every row.
+        """
         if self.num_classes is None:
             raise RuntimeError("as_logits_module: run logits() once first")
-        return TwoClassFromLogit(self.model, expand=self.single_logit)
+        if not self.segmenter:
+            return TwoClassFromLogit(self.model, expand=self.single_logit)
+        if self.regions is None or targets is None:
+            raise RuntimeError("as_logits_module: a segmenter needs its targets (set_targets, targets=)")
+        return RegionLogits(self.model, self.regions[targets.to(self.regions.device)], expand=self.single_logit)
+
+    def set_targets(self, classes: torch.Tensor, regions: torch.Tensor) -> torch.Tensor:
+        """A segmenter's targets: class ``(B,)`` and region ``(B, 1, *S)`` per image; returns the
+        targets to pass to the scores, the image indices ``(B,)``."""
+        self.classes = classes
+        self.regions = regions.bool()
+        return torch.arange(classes.numel(), device=classes.device)
+
+    def class_of(self, targets: torch.Tensor) -> torch.Tensor:
+        """The class index of each target ``(N,)``: the target itself for a classifier."""
+        if self.classes is None:
+            return targets
+        return self.classes[targets.to(self.classes.device)]
 
     def _autocast(self, x: torch.Tensor):
         if self.amp and x.device.type == "cuda":
@@ -104,12 +171,13 @@ class ClassScorer:
         return nullcontext()
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
-        """Two-or-more-class logits ``(N, K)`` in float32 for the images ``x`` ``(N, C, *S)``."""
+        """Two-or-more-class logits ``(N, K)`` in float32 for the images ``x`` ``(N, C, *S)``;
+        for a segmenter the logit maps ``(N, K, *S)``, which the scores reduce over each target's region."""
         with self._autocast(x):
             out = self._forward(x)
         self.passes += 1
         self.images += int(x.shape[0])
-        out = self._check_output(first_output(out), x.shape[0])
+        out = self._check_output(first_output(out), x)
         if self.single_logit:
             out = torch.cat([-0.5 * out, 0.5 * out], dim=1)
         return out.float()
@@ -126,16 +194,24 @@ class ClassScorer:
             outs = [first_output(self.model(c)) for c in chunks]
         return torch.cat(outs)
 
-    def _check_output(self, out, batch: int) -> torch.Tensor:
+    def _check_output(self, out, x: torch.Tensor) -> torch.Tensor:
+        """``out`` checked: a classifier's ``(B, K)`` or a segmenter's ``(B, K, *S)`` on ``x``'s grid."""
+        batch, spatial = int(x.shape[0]), tuple(x.shape[2:])
         if not isinstance(out, torch.Tensor):
             raise TypeError(
                 f"model: expected the forward pass to return a tensor of logits of shape (B, num_classes), "
                 f"got {type(out).__name__}"
             )
-        if out.ndim != 2 or out.shape[0] != batch:
+        segmenter = out.ndim == x.ndim and tuple(out.shape[2:]) == spatial
+        if (
+            out.shape[0] != batch
+            or not (out.ndim == 2 or segmenter)
+            or (self.num_classes and segmenter != self.segmenter)
+        ):
             raise ValueError(
-                f"model: expected an output of shape (B, num_classes) = ({batch}, K), got {tuple(out.shape)}; "
-                "medhdm explains classifiers (segmentation networks are not supported)"
+                f"model: expected an output of shape (B, K) = ({batch}, K) (a classifier) or (B, K, *S) = "
+                f"({batch}, K, {', '.join(map(str, spatial))}) (a segmenter on the input's grid), "
+                f"got {tuple(out.shape)}"
             )
         if not torch.is_floating_point(out):
             raise TypeError(f"model: expected floating-point logits, got dtype {out.dtype}")
@@ -143,6 +219,7 @@ class ClassScorer:
         if self.num_classes is None:
             self.single_logit = k == 1
             self.num_classes = 2 if k == 1 else k
+            self.segmenter = segmenter
         return out
 
     def sensitivity(
@@ -182,23 +259,37 @@ class ClassScorer:
             (grad,) = torch.autograd.grad(value.sum(), xs)
         return grad, xs.detach()
 
-    @staticmethod
-    def log_prob(logits: torch.Tensor, class_idx: torch.Tensor) -> torch.Tensor:
-        """``log p_c``, shape ``(N,)``, for logits ``(N, K)`` and targets ``(N,)``."""
-        return torch.log_softmax(logits, dim=1).gather(1, class_idx[:, None])[:, 0]
+    def _reduce(self, logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Class logits ``(N, K)`` and classes ``(N,)`` of targets ``(N,)``: a segmenter's maps
+        ``(N, K, *S)`` averaged over each target's region; a classifier's logits as they are."""
+        if logits.ndim == 2:
+            return logits, targets
+        if self.regions is None:
+            raise RuntimeError("scores: a segmenter's output needs its targets (set_targets)")
+        return region_mean(logits, self.regions[targets]), self.class_of(targets)
 
-    @staticmethod
-    def log_not_prob(logits: torch.Tensor, class_idx: torch.Tensor) -> torch.Tensor:
+    def log_prob(self, logits: torch.Tensor, class_idx: torch.Tensor) -> torch.Tensor:
+        """``log p_c``, shape ``(N,)``, for logits ``(N, K)`` (or a segmenter's ``(N, K, *S)``) and targets ``(N,)``."""
+        return _log_prob(*self._reduce(logits, class_idx))
+
+    def log_not_prob(self, logits: torch.Tensor, class_idx: torch.Tensor) -> torch.Tensor:
         """``log(1 - p_c)``, shape ``(N,)``, computed stably from the other logits."""
-        others = logits.scatter(1, class_idx[:, None], float("-inf"))
-        return torch.logsumexp(others, dim=1) - torch.logsumexp(logits, dim=1)
+        return _log_not_prob(*self._reduce(logits, class_idx))
 
-    @classmethod
-    def log_odds(cls, logits: torch.Tensor, class_idx: torch.Tensor) -> torch.Tensor:
+    def log_odds(self, logits: torch.Tensor, class_idx: torch.Tensor) -> torch.Tensor:
         """``log p_c - log(1 - p_c)``, shape ``(N,)``."""
-        return cls.log_prob(logits, class_idx) - cls.log_not_prob(logits, class_idx)
+        z, c = self._reduce(logits, class_idx)
+        return _log_prob(z, c) - _log_not_prob(z, c)
 
-    @classmethod
-    def prob(cls, logits: torch.Tensor, class_idx: torch.Tensor) -> torch.Tensor:
+    def prob(self, logits: torch.Tensor, class_idx: torch.Tensor) -> torch.Tensor:
         """``p_c``, shape ``(N,)``."""
-        return cls.log_prob(logits, class_idx).exp()
+        return self.log_prob(logits, class_idx).exp()
+
+
+def _log_prob(logits: torch.Tensor, class_idx: torch.Tensor) -> torch.Tensor:
+    return torch.log_softmax(logits, dim=1).gather(1, class_idx[:, None])[:, 0]
+
+
+def _log_not_prob(logits: torch.Tensor, class_idx: torch.Tensor) -> torch.Tensor:
+    others = logits.scatter(1, class_idx[:, None], float("-inf"))
+    return torch.logsumexp(others, dim=1) - torch.logsumexp(logits, dim=1)

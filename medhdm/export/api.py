@@ -187,13 +187,16 @@ def _build(
     formats: Sequence[str],
     info: DerivationInfo,
     style: OverlayStyle,
-    lesion_mask: np.ndarray | None,
+    masks: tuple[np.ndarray | None, np.ndarray | None],
     window_preset: str | None,
     seg_threshold: float,
     deidentify_salt: str | None,
     retain_dates: bool = False,
     report: ReportContent | None = None,
 ) -> list[tuple[str, object]]:
+    """The export's files; ``masks``: the lesion annotation (outlined) and a segmenter's target region (SEG
+    segment 2) on the source grid, or None."""
+    lesion_mask, region = masks
     window = window_for(multiframe.display_dataset(source), source.pixels, preset=window_preset)
     overlays = []
     if "sc" in formats or "png" in formats:  # rendered once for both
@@ -205,7 +208,7 @@ def _build(
     if "pm" in formats:
         datasets += builders.build_parametric_map(source, saliency, info)
     if "seg" in formats:
-        datasets += builders.build_segmentation(source, saliency, seg_threshold, info)
+        datasets += builders.build_segmentation(source, saliency, seg_threshold, info, region)
     if "sr" in formats:
         datasets.append(("SR.dcm", _structured_report(source, info, report, dict(datasets).get("SEG.dcm"))))
     if deidentify_salt is not None:
@@ -266,6 +269,7 @@ def export(
     retain_dates: bool = False,
     uid_source: Callable[[str], str] | None = None,
     report: ReportContent | None = None,
+    region=None,
 ) -> dict[str, list[Path]]:
     """Write ``saliency`` in the given formats next to (not into) the source study.
 
@@ -293,6 +297,7 @@ def export(
         retain_dates: with ``deidentify_salt``, the profile's Retain Longitudinal Temporal
             Information (Full Dates) option: dates and times are kept.
         uid_source: derived Series/SOP Instance UIDs from keys (:class:`~medhdm.export.dicom.DerivationInfo`).
+        region: a segmenter's target region on the source grid (as ``saliency``, 0/1): the SEG's segment 2.
         report: what the SR says (:class:`~medhdm.export.sr.ReportContent`: the explained class, its
             probability, the run configuration, scores); needed with ``"sr"``, ignored without.
 
@@ -312,11 +317,12 @@ def export(
     src = _as_source(source)
     check_output_folder(out_dir, [src.series_folder] if src.series_folder else src.paths, allow_inside_source)
     sal = map_on_source_grid(saliency, src)
-    lesion = _lesion_on_grid(lesion_mask, src)
+    roi = None if region is None else map_on_source_grid(np.asarray(region, dtype=np.float32), src, "region") > 0.5
+    masks = (_lesion_on_grid(lesion_mask, src), roi)
     info = DerivationInfo(str(method), class_label, series_number, uid_source)
     with ExportFolder(out_dir, overwrite=overwrite) as folder:  # locked; an existing export refused here
         writers = _build(
-            src, sal, formats, info, style, lesion, window_preset, seg_threshold, deidentify_salt, retain_dates, report
+            src, sal, formats, info, style, masks, window_preset, seg_threshold, deidentify_salt, retain_dates, report
         )
         paths = folder.publish(
             writers,

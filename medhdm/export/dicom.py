@@ -302,9 +302,14 @@ def build_parametric_map(
 
 
 def build_segmentation(
-    source: DicomSource, saliency: np.ndarray, threshold: float = 0.5, info: DerivationInfo | None = None
+    source: DicomSource,
+    saliency: np.ndarray,
+    threshold: float = 0.5,
+    info: DerivationInfo | None = None,
+    region: np.ndarray | None = None,
 ) -> list[tuple[str, Dataset]]:
-    """A binary DICOM SEG of ``saliency >= threshold`` on the source grid (one segment)."""
+    """A binary DICOM SEG of ``saliency >= threshold`` on the source grid (segment 1) and, for a
+    segmenter, the explained target ``region`` (same grid, 0/1) as segment 2."""
     _check_geometry(source)
     if not 0.0 < threshold <= 1.0:
         raise ValueError(f"threshold: expected a value in (0, 1], got {threshold}")
@@ -321,11 +326,24 @@ def build_segmentation(
         algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
         algorithm_identification=algorithm,
     )
+    segments, pixels = [segment], np.asarray(saliency) >= threshold
+    if region is not None:
+        segments.append(
+            hd.seg.SegmentDescription(
+                segment_number=2,
+                segment_label="explained target region",
+                segmented_property_category=codes.SCT.MorphologicallyAbnormalStructure,
+                segmented_property_type=codes.SCT.Lesion,
+                algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+                algorithm_identification=algorithm,
+            )
+        )
+        pixels = np.stack([pixels, np.asarray(region).reshape(pixels.shape) > 0], axis=-1)
     seg = hd.seg.Segmentation(
         source_images=source.datasets,
-        pixel_array=np.asarray(saliency) >= threshold,
+        pixel_array=pixels,
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-        segment_descriptions=[segment],
+        segment_descriptions=segments,
         omit_empty_frames=False,
         **_equipment(first, info, offset=2, kind="seg"),
     )

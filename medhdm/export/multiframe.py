@@ -194,7 +194,13 @@ def build_parametric_map(
 
 
 def build_segmentation(
-    source: DicomSource, saliency: np.ndarray, threshold: float = 0.5, info: DerivationInfo | None = None
+    source: DicomSource,
+    saliency: np.ndarray,
+    threshold: float = 0.5,
+    info: DerivationInfo | None = None,
+    region: np.ndarray | None = None,
 ) -> list[tuple[str, Dataset]]:
-    """A binary SEG of ``saliency >= threshold`` on the frames of a multi-frame source (slice order in)."""
-    return series.build_segmentation(source, _in_frame_order(source, saliency), threshold, info)
+    """A binary SEG of ``saliency >= threshold`` (and a segmenter's target ``region`` as segment 2) on the
+    frames of a multi-frame source (slice order in)."""
+    frames = None if region is None else _in_frame_order(source, region)
+    return series.build_segmentation(source, _in_frame_order(source, saliency), threshold, info, frames)

@@ -15,6 +15,8 @@ Content tree (highdicom builds and validates it)::
               configuration its parameters: model name, model class, weights SHA-256, method settings
               (JSON), configuration SHA-256, classifier input (JSON)
           Explained class (qualitative evaluation, 99MEDHDM code "class<k>")
+          Explained target region (qualitative evaluation, 99MEDHDM code "region-predicted",
+              "region-component<k>" or "region-mask")                              [a segmenter's]
           Probability (DCM 122157) of the explained class, UCUM "1"                 [when known]
           Localisation and faithfulness (deletion/insertion AUC) scores (99MEDHDM)  [when given]
 
@@ -44,6 +46,7 @@ __all__ = ["SCORE_CODES", "ReportContent", "build_structured_report", "read_stru
 
 _SCHEME = "99MEDHDM"
 EXPLAINED_CLASS = Code("explained-class", _SCHEME, "Explained class")
+EXPLAINED_REGION = Code("explained-region", _SCHEME, "Explained target region")
 #: the scores an SR may carry, by their medhdm name (code values of at most 16 characters: a longer one is
 #: written as LongCodeValue, which highdicom's reader of the referenced segment does not accept)
 SCORE_CODES = {
@@ -82,6 +85,9 @@ class ReportContent:
             algorithm's parameters and the device's model name; ``None`` (not known): left out.
         scores: localisation / faithfulness scores by name (:data:`SCORE_CODES`); a value that is not
             finite is left out of the SR.
+        region: a segmenter's target region as it was asked: ``"predicted"`` (the model's own mask for
+            the class), ``"component:k"`` or ``"mask"`` (given); the explained score is the class's mean
+            logit over it. ``None``: a classifier (no region item).
 
     Raises:
         ValueError: a class index below 0, a probability outside [0, 1], an unknown score name.
@@ -93,8 +99,11 @@ class ReportContent:
     class_name: str | None = None
     config: dict | None = field(default=None, repr=False)
     scores: Mapping[str, float] | None = None
+    region: str | None = None
 
     def __post_init__(self) -> None:
+        if self.region is not None and _region_code(self.region) is None:
+            raise ValueError(f"region: expected 'predicted', 'component:k' or 'mask', got {self.region!r}")
         if isinstance(self.class_idx, bool) or not isinstance(self.class_idx, int) or self.class_idx < 0:
             raise ValueError(f"class_idx: expected a class index (an integer, 0 or more), got {self.class_idx!r}")
         if self.probability is not None and not 0.0 <= float(self.probability) <= 1.0:
@@ -105,6 +114,17 @@ class ReportContent:
         for name, value in (self.scores or {}).items():
             if isinstance(value, bool) or not isinstance(value, numbers.Real):
                 raise TypeError(f"scores: {name}: expected a number, got {value!r}")
+
+
+def _region_code(region: str) -> Code | None:
+    """The code of a target region (``"predicted"``, ``"component:k"``, ``"mask"``); None for anything else."""
+    head, _, k = region.partition(":")
+    if region in ("predicted", "mask"):
+        meaning = "the model's predicted mask" if region == "predicted" else "a given mask"
+        return Code(f"region-{region}", _SCHEME, meaning)
+    if head == "component" and k.isdigit() and int(k) >= 1:
+        return Code(f"region-component{int(k)}", _SCHEME, f"connected component {int(k)} of the predicted mask")
+    return None
 
 
 def _class_code(class_idx: int, name: str | None) -> Code:
@@ -178,7 +198,14 @@ def _group_items(content: ReportContent, method: str, uid: Callable[[str], str])
         "finding_type": codes.DCM.Saliency,
         "algorithm_id": algorithm,
         "measurements": measurements,
-        "qualitative_evaluations": [hd.sr.QualitativeEvaluation(name=EXPLAINED_CLASS, value=explained)],
+        "qualitative_evaluations": [
+            hd.sr.QualitativeEvaluation(name=EXPLAINED_CLASS, value=explained),
+            *(
+                [hd.sr.QualitativeEvaluation(name=EXPLAINED_REGION, value=_region_code(content.region))]
+                if content.region is not None
+                else []
+            ),
+        ],
     }
 
 
@@ -232,7 +259,7 @@ def read_structured_report(path: str | os.PathLike) -> dict:
     Returns:
         ``{"algorithm": name, "version", "parameters": {key: value}, "class_code", "class_meaning",
         "probability", "scores": {name: value}, "segment": SEG SOP Instance UID or None,
-        "sources": [SOP Instance UIDs]}``.
+        "sources": [SOP Instance UIDs], "region_code", "region_meaning" (None for a classifier's)}``.
     """
     sr = hd.sr.srread(path)
     groups = sr.content.get_volumetric_roi_measurement_groups() or sr.content.get_image_measurement_groups()
@@ -258,6 +285,8 @@ def read_structured_report(path: str | os.PathLike) -> dict:
         "scores": {},
         "segment": None,
         "sources": [],
+        "region_code": None,
+        "region_meaning": None,
     }
     for measurement in group.get_measurements():
         if measurement.name == codes.DCM.Probability:
@@ -266,6 +295,8 @@ def read_structured_report(path: str | os.PathLike) -> dict:
             out["scores"][names[measurement.name.value]] = float(measurement.value)
     for evaluation in group.get_qualitative_evaluations(name=EXPLAINED_CLASS):
         out["class_code"], out["class_meaning"] = evaluation.value.value, evaluation.value.meaning
+    for evaluation in group.get_qualitative_evaluations(name=EXPLAINED_REGION):
+        out["region_code"], out["region_meaning"] = evaluation.value.value, evaluation.value.meaning
     segment = getattr(group, "referenced_segment", None)
     if segment is not None:
         out["segment"] = str(segment.referenced_sop_instance_uid)

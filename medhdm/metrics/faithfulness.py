@@ -52,6 +52,7 @@ from torch import nn
 from ..explain.checks import frozen_eval, resolve_class_idx
 from ..explain.reference import ReferenceSpec, make_reference
 from ..explain.scoring import ClassScorer
+from ..explain.targets import RegionSpec, resolve_targets
 from .curves import (
     area_linear,
     area_log_share,
@@ -295,6 +296,17 @@ def _with_seed(explainer, seed: int):
     return explainer
 
 
+def _targets(model: nn.Module, x: torch.Tensor, class_idx, region) -> tuple[torch.Tensor, dict]:
+    """The classes ``(B,)`` to explain and, for a segmenter, ``{"region": masks (B, 1, *S)}`` (else ``{}``)."""
+    with frozen_eval(model), torch.no_grad():
+        scorer = ClassScorer(model)
+        logits = scorer.logits(x)
+        if not scorer.segmenter:
+            return resolve_class_idx(class_idx, logits), {}
+        classes, regions = resolve_targets(logits, class_idx, region)
+    return classes, {"region": regions}
+
+
 def sanity_check(
     make_explainer: Callable[[nn.Module], object],
     model: nn.Module,
@@ -302,6 +314,7 @@ def sanity_check(
     class_idx: int | Sequence[int] | None = None,
     seed: int = 0,
     explainer_seeds: tuple[int, int] | None = (0, 1),
+    region: RegionSpec = None,
 ) -> list[float]:
     """Spearman correlation between maps of ``model`` and of a weight-randomised copy, per image.
 
@@ -329,18 +342,20 @@ def sanity_check(
             kept for the random copy).
         seed: seed of the randomised weights.
         explainer_seeds: the explainers' seeds for the trained and the randomised model.
+        region: a segmenter's target region (:mod:`~medhdm.explain.targets`), resolved on the
+            trained model and given to both explainers as a mask (the random copy's own mask
+            would be another target).
     Returns:
         one correlation per image (NaN where either map is constant).
     """
-    with frozen_eval(model), torch.no_grad():
-        cls = resolve_class_idx(class_idx, ClassScorer(model).logits(x))
+    cls, target = _targets(model, x, class_idx, region)
     trained_explainer = make_explainer(model)
     random_explainer = make_explainer(_randomised(model, seed))
     if explainer_seeds is not None:
         _with_seed(trained_explainer, explainer_seeds[0])
         _with_seed(random_explainer, explainer_seeds[1])
-    trained = trained_explainer(x, cls)
-    random_maps = random_explainer(x, cls)
+    trained = trained_explainer(x, cls, **target)
+    random_maps = random_explainer(x, cls, **target)
     return [_spearman(a, b) for a, b in zip(trained.flatten(1).cpu().numpy(), random_maps.flatten(1).cpu().numpy())]
 
 
@@ -350,6 +365,7 @@ def seed_agreement(
     x: torch.Tensor,
     class_idx: int | Sequence[int] | None = None,
     seeds: tuple[int, int] = (0, 1),
+    region: RegionSpec = None,
 ) -> list[float]:
     """Spearman correlation between two maps of the same (trained) model drawn with two explainer seeds.
 
@@ -358,8 +374,7 @@ def seed_agreement(
     occlusion); a random method (RISE) reads below 1, and its sanity figure is only
     meaningful well below this agreement.
     """
-    with frozen_eval(model), torch.no_grad():
-        cls = resolve_class_idx(class_idx, ClassScorer(model).logits(x))
-    first = _with_seed(make_explainer(model), seeds[0])(x, cls)
-    second = _with_seed(make_explainer(model), seeds[1])(x, cls)
+    cls, target = _targets(model, x, class_idx, region)
+    first = _with_seed(make_explainer(model), seeds[0])(x, cls, **target)
+    second = _with_seed(make_explainer(model), seeds[1])(x, cls, **target)
     return [_spearman(a, b) for a, b in zip(first.flatten(1).cpu().numpy(), second.flatten(1).cpu().numpy())]

@@ -3,7 +3,8 @@
 Model specifications:
 
 - ``default`` (or ``default2d``), ``default3d``: the shipped 2D / 3D lesion classifiers
-  (:func:`medhdm.models.load_default_classifier`);
+  (:func:`medhdm.models.load_default_classifier`); ``segmenter2d``, ``segmenter3d``: the
+  shipped 2D / 3D lesion segmenters (UNets, the cue task);
 - a TorchScript file (``torch.jit.save``), any suffix;
 - a MONAI bundle folder (``configs/inference.json`` or ``.yaml`` with ``network_def``,
   weights in ``models/model.pt``; the network alone, :func:`medhdm.models.bundle.bundle_network`; with its
@@ -73,8 +74,12 @@ def load_model(
     model_args: dict | None = None,
     device: str | torch.device = "cpu",
 ) -> nn.Module:
-    """A classifier in eval mode from a specification (see the module docstring)."""
+    """A model (classifier or segmenter) in eval mode from a specification (see the module docstring)."""
     spec = str(spec)
+    if spec in ("segmenter2d", "segmenter3d"):
+        from .shipped import SEGMENTER_2D, SEGMENTER_3D, load_default_classifier
+
+        return load_default_classifier(SEGMENTER_3D if spec == "segmenter3d" else SEGMENTER_2D, device=device)
     if spec in ("default", "default2d", "default3d"):
         from .shipped import DEFAULT_2D, DEFAULT_3D, load_default_classifier
 
@@ -104,5 +109,7 @@ def load_model(
             raise ValueError(f"model arguments for {spec}: {err}") from None
         _load_state(model, weights, device)
     else:
-        raise FileNotFoundError(f"model: {spec} is neither 'default', a file, a bundle folder nor a class path")
+        raise FileNotFoundError(
+            f"model: {spec} is neither 'default', 'segmenter2d', a file, a bundle folder nor a class path"
+        )
     return model.to(device).eval()

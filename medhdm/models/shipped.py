@@ -1,4 +1,4 @@
-"""The default classifiers that ship with medhdm, and the script that made them.
+"""The default classifiers and segmenters that ship with medhdm, and the script that made them.
 
 ``lesion_densenet2d`` and ``lesion_densenet3d`` are the small MONAI DenseNet of
 :mod:`medhdm.models.training` trained to detect "lesion present" on synthetic cases
@@ -12,6 +12,14 @@ cards with the training settings and held-out accuracy/AUC. Re-create them with:
 
 (on two CPU cores; seeded, so the same weights up to floating-point non-determinism of
 the CPU kernels).
+
+``lesion_unet2d`` and ``lesion_unet3d`` are the tiny MONAI UNets of
+:mod:`medhdm.models.segmentation` trained on the cue task (:func:`medhdm.data.make_cue_case`):
+they mark a lesion only when a cue marker is present a short way from it, so the
+explanation of their mask is known to involve the cue. 64 x 64 images and 16 x 32 x 32
+volumes; weights of a few tens of kB; cards with held-out Dice and the share of cue-less
+cases where the lesion is marked anyway. Re-create them with ``--name lesion_unet2d`` /
+``--name lesion_unet3d`` (trained on one thread).
 """
 
 from __future__ import annotations
@@ -27,13 +35,25 @@ from torch import nn
 
 from ..data.lesions import make_dataset
 from ..io.atomic import atomic_write
+from .segmentation import lesion_segmenter, segmentation_scores, train_segmenter
 from .training import accuracy_and_auc, lesion_classifier, train_classifier
 
-__all__ = ["DEFAULT_2D", "DEFAULT_3D", "RECIPES", "WEIGHTS_DIR", "load_default_classifier", "train_default_classifier"]
+__all__ = [
+    "DEFAULT_2D",
+    "DEFAULT_3D",
+    "RECIPES",
+    "SEGMENTER_2D",
+    "SEGMENTER_3D",
+    "WEIGHTS_DIR",
+    "load_default_classifier",
+    "train_default_classifier",
+]
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 DEFAULT_2D = "lesion_densenet2d"
 DEFAULT_3D = "lesion_densenet3d"
+SEGMENTER_2D = "lesion_unet2d"
+SEGMENTER_3D = "lesion_unet3d"
 
 #: the recipe of the shipped 2D model
 RECIPE_2D = {
@@ -62,11 +82,34 @@ RECIPE_3D = {
     "seed": 0,
 }
 
-RECIPES = {DEFAULT_2D: RECIPE_2D, DEFAULT_3D: RECIPE_3D}
+#: the recipes of the shipped segmenters (the cue task)
+RECIPE_SEG_2D = {
+    "task": "cue",
+    "spatial_size": [64, 64],
+    "train_seed": 5000,
+    "train_cases": 600,
+    "test_seed": 6000,
+    "test_cases": 100,
+    "epochs": 16,
+    "batch_size": 16,
+    "lr": 0.01,
+    "seed": 0,
+}
+RECIPE_SEG_3D = {
+    **RECIPE_SEG_2D,
+    "spatial_size": [16, 32, 32],
+    "train_seed": 7000,
+    "train_cases": 400,
+    "test_seed": 8000,
+    "epochs": 12,
+}
+
+RECIPES = {DEFAULT_2D: RECIPE_2D, DEFAULT_3D: RECIPE_3D, SEGMENTER_2D: RECIPE_SEG_2D, SEGMENTER_3D: RECIPE_SEG_3D}
 
 
 def load_default_classifier(name: str = DEFAULT_2D, device: str | torch.device = "cpu") -> nn.Module:
-    """The shipped classifier ``name`` in eval mode, with its card as ``model.medhdm_card``."""
+    """The shipped model ``name`` (a classifier, or a segmenter: :data:`SEGMENTER_2D`, :data:`SEGMENTER_3D`)
+    in eval mode, with its card as ``model.medhdm_card``."""
     weights = WEIGHTS_DIR / f"{name}.pt"
     card = WEIGHTS_DIR / f"{name}.json"
     if not weights.is_file():
@@ -74,7 +117,8 @@ def load_default_classifier(name: str = DEFAULT_2D, device: str | torch.device =
             f"name: no shipped weights {weights}; re-create them with 'python -m medhdm.models --out {WEIGHTS_DIR}'"
         )
     meta = json.loads(card.read_text())
-    model = lesion_classifier(spatial_dims=len(meta["recipe"]["spatial_size"]))
+    dims = len(meta["recipe"]["spatial_size"])
+    model = lesion_segmenter(dims) if meta["recipe"].get("task") == "cue" else lesion_classifier(spatial_dims=dims)
     model.load_state_dict(torch.load(weights, map_location=device, weights_only=True))
     model.to(device).eval()
     model.medhdm_card = meta  # type: ignore[attr-defined]
@@ -86,6 +130,8 @@ def train_default_classifier(out_dir: Path = WEIGHTS_DIR, log=print, name: str =
     if name not in RECIPES:
         raise ValueError(f"name: expected one of {sorted(RECIPES)}, got {name!r}")
     r = RECIPES[name]
+    if r.get("task") == "cue":
+        return _train_segmenter(out_dir, log, name)
     torch.manual_seed(r["seed"])
     size = tuple(r["spatial_size"])
     dims = len(size)
@@ -108,20 +154,58 @@ def train_default_classifier(out_dir: Path = WEIGHTS_DIR, log=print, name: str =
         "train_seconds": round(time.perf_counter() - start, 1),
         "torch": torch.__version__,
     }
-    out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write(out_dir / f"{name}.pt", lambda p: torch.save(model.state_dict(), p))
-    atomic_write(out_dir / f"{name}.json", lambda p: Path(p).write_text(json.dumps(card, indent=2) + "\n"))
+    _write(out_dir, name, model, card)
     if log:
         log(f"held-out accuracy {acc:.3f}, AUC {auc:.3f}; wrote {out_dir / name}.pt/.json")
     return card
 
 
+def _write(out_dir: Path, name: str, model: nn.Module, card: dict) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write(out_dir / f"{name}.pt", lambda p: torch.save(model.state_dict(), p))
+    atomic_write(out_dir / f"{name}.json", lambda p: Path(p).write_text(json.dumps(card, indent=2) + "\n"))
+
+
+def _train_segmenter(out_dir: Path, log, name: str) -> dict:
+    """Train the shipped segmenter ``name`` on the cue task by its recipe; write weights and card."""
+    from ..data.lesions import make_cue_dataset
+
+    r = RECIPES[name]
+    torch.manual_seed(r["seed"])
+    size = tuple(r["spatial_size"])
+    start = time.perf_counter()
+    train = make_cue_dataset(r["train_seed"], r["train_cases"], size)
+    test = make_cue_dataset(r["test_seed"], r["test_cases"], size)
+    model = lesion_segmenter(len(size))
+    train_segmenter(model, train, epochs=r["epochs"], batch_size=r["batch_size"], lr=r["lr"], seed=r["seed"], log=log)
+    axes = "H, W" if len(size) == 2 else "D, H, W"
+    card = {
+        "name": name,
+        "network": f"monai.networks.nets.UNet(spatial_dims={len(size)}, in_channels=1, out_channels=1, "
+        "channels=(4, 8, 16, 32), strides=(2, 2, 2), num_res_units=1)",
+        "classes": ["not marked", "lesion marked (sigmoid logit per voxel)"],
+        "task": "cue: mark the lesion only when a square cue marker is present near it (medhdm.data.make_cue_case)",
+        "input": f"(B, 1, {', '.join(map(str, size))}) = (B, C, {axes}), intensities windowed to [0, 1] "
+        "(see medhdm.data.lesions); LesionBench files: --intensity-range=-1000,0",
+        "recipe": r,
+        "held_out": {**segmentation_scores(model, test), "cases": r["test_cases"]},
+        "train_seconds": round(time.perf_counter() - start, 1),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+    }
+    _write(out_dir, name, model, card)
+    if log:
+        log(f"held-out {card['held_out']}; wrote {out_dir / name}.pt/.json")
+    return card
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Train medhdm's default lesion classifiers.")
+    parser = argparse.ArgumentParser(description="Train medhdm's shipped lesion classifiers and segmenters.")
     parser.add_argument("--out", type=Path, default=WEIGHTS_DIR, help="output folder (default: the package's)")
     parser.add_argument("--name", default=DEFAULT_2D, choices=sorted(RECIPES), help="which model (default 2D)")
     args = parser.parse_args(argv)
-    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    cue = RECIPES[args.name].get("task") == "cue"  # the segmenters train on one thread
+    torch.set_num_threads(1 if cue else max(1, min(2, os.cpu_count() or 1)))
     train_default_classifier(args.out, name=args.name)
 
 

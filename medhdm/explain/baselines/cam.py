@@ -29,7 +29,7 @@ from torch import nn
 from ..base import Explainer, Explanation
 from ..checks import frozen_eval
 from ..maps import normalise
-from ..scoring import ClassScorer
+from ..scoring import ClassScorer, first_output
 
 __all__ = ["GradCAM", "GradCAMpp", "find_target_layer"]
 
@@ -49,8 +49,13 @@ def _is_feature_map(out_spatial, in_spatial, spatial_dims: int) -> bool:
 
 def find_target_layer(model: nn.Module, x: torch.Tensor) -> str:
     """Name of the module whose spatial feature map output, for input ``x`` ``(B, C, *S)``, is
-    completed last in the forward pass (a leaf or a whole block, called once; not a pooling layer)."""
+    completed last in the forward pass (a leaf or a whole block, called once; not a pooling layer).
+
+    For a segmenter (an output ``(B, K, *S)`` on the input's grid) the last map at the coarsest
+    resolution instead, the bottleneck, as Seg-Grad-CAM (Vinogradova et al., 2020) does: the
+    last full-resolution map would be the logits themselves."""
     order: list[tuple[str, int]] = []  # spatial-output modules and the positions they finished at
+    sizes: dict[str, int] = {}  # their outputs' number of voxels
     executed: list[str] = []  # every module (leaves and blocks), in the order their forward finished
     handles = []
 
@@ -61,6 +66,7 @@ def find_target_layer(model: nn.Module, x: torch.Tensor) -> str:
                 return
             if isinstance(output, torch.Tensor) and _is_feature_map(output.shape[2:], x.shape[2:], x.ndim - 2):
                 order.append((name, len(executed) - 1))
+                sizes[name] = output.shape[2:].numel()
 
         return hook
 
@@ -75,7 +81,7 @@ def find_target_layer(model: nn.Module, x: torch.Tensor) -> str:
             handles.append(module.register_forward_hook(record(name, isinstance(module, pooling))))
     try:
         with frozen_eval(model), torch.no_grad():
-            model(x[:1])
+            out = first_output(model(x[:1]))
     finally:
         for h in handles:
             h.remove()
@@ -86,6 +92,10 @@ def find_target_layer(model: nn.Module, x: torch.Tensor) -> str:
     # the shared one of its EfficientNet) cannot be hooked unambiguously: MONAI's hooks would
     # pair its last output with the gradient of its first call. Whole blocks are called once.
     order = [(name, pos) for name, pos in order if executed.count(name) == 1]
+    if order and isinstance(out, torch.Tensor) and out.ndim == x.ndim and out.shape[2:] == x.shape[2:]:
+        coarsest = min(sizes[name] for name, _ in order)
+        if coarsest < x.shape[2:].numel():
+            return [name for name, _ in order if sizes[name] == coarsest][-1]
     if not order or len(executed) - 1 - order[-1][1] > 5:
         raise ValueError(
             f"target_layer: found no late layer of {type(model).__name__} with a spatial feature map output "
@@ -147,19 +157,18 @@ class GradCAM(Explainer):
         self.target_layer = target_layer
 
     def _explain(self, x, class_idx, scorer: ClassScorer, logits, reference) -> Explanation:
-        layer = self.target_layer or find_target_layer(self.model, x)
-        net, layer = scorer.as_logits_module(), f"model.{layer}"
+        layer = f"model.{self.target_layer or find_target_layer(self.model, x)}"
         saliency = torch.zeros_like(x[:, :1], dtype=torch.float32)
         with _hooks_removed_after(self.model), torch.enable_grad():
-            cam = self._monai_cls(nn_module=net, target_layers=layer)
             if self._per_image:
-                groups = [(int(class_idx[i]), torch.tensor([i], device=x.device)) for i in range(x.shape[0])]
+                groups = [torch.tensor([i], device=x.device) for i in range(x.shape[0])]
             else:
-                groups = [(int(c), (class_idx == c).nonzero().flatten()) for c in class_idx.unique().tolist()]
-            for c, sel in groups:
+                groups = [(class_idx == c).nonzero().flatten() for c in class_idx.unique().tolist()]
+            for sel in groups:
+                cam = self._monai_cls(nn_module=scorer.as_logits_module(class_idx[sel]), target_layers=layer)
                 # the input needs a gradient path: the model's parameters are frozen
                 xs = x[sel].clone().requires_grad_(True)
-                raw = cam.compute_map(xs, class_idx=c)
+                raw = cam.compute_map(xs, class_idx=int(scorer.class_of(class_idx[sel][:1])))
                 scorer.passes += 1
                 scorer.images += int(sel.numel())
                 mode = "bilinear" if x.ndim == 4 else "trilinear"

@@ -66,19 +66,19 @@ class Occlusion(Explainer):
         size = self.mask_size
         if size is None:
             size = max(3, int(round(max(x.shape[2:]) / 10)) | 1)
-        net = scorer.as_logits_module()
-        occ = OcclusionSensitivity(
-            net, mask_size=size, n_batch=self.n_batch, verbose=False, mode=self.mode, overlap=self.overlap
-        )
         p = scorer.prob(logits, class_idx)
         maps = []
         with torch.no_grad(), warnings.catch_warnings():
             # MONAI's sliding-window indexing triggers PyTorch deprecation warnings
             warnings.filterwarnings("ignore", message="Using a non-tuple sequence", category=UserWarning)
             for i in range(x.shape[0]):
+                net = scorer.as_logits_module(class_idx[i : i + 1])
+                occ = OcclusionSensitivity(
+                    net, mask_size=size, n_batch=self.n_batch, verbose=False, mode=self.mode, overlap=self.overlap
+                )
                 sens, _ = occ(x[i : i + 1])
                 sens = torch.as_tensor(sens)
                 # MONAI: (1, K, *S) for per_channel=False
-                maps.append((p[i] - sens[:, int(class_idx[i])]).clamp_min(0)[:, None])
+                maps.append((p[i] - sens[:, int(scorer.class_of(class_idx[i : i + 1]))]).clamp_min(0)[:, None])
         saliency = normalise(torch.cat(maps).float())
         return self._result(saliency, class_idx, scorer, logits, None)
