@@ -24,12 +24,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from .findings import Finding, explanation_findings
 from .checks import check_images, check_model, frozen_eval, resolve_class_idx
 from .reference import ReferenceSpec, make_reference
 from .scoring import ClassScorer
 from .units import check_spacing, input_spacing
 
-__all__ = ["Explainer", "Explanation", "StageRecord", "is_out_of_memory", "merge_explanations"]
+__all__ = ["Explainer", "Explanation", "Finding", "StageRecord", "is_out_of_memory", "merge_explanations"]
 
 
 #: attributes that do not change a map (the model is identified apart; the memory guard only splits batches)
@@ -119,6 +120,10 @@ class Explanation:
         spacing: the voxel spacing in mm that the method read its physical sizes from, per image
             and spatial axis ``(B, d)`` (float64, CPU); None when it worked in voxels (no spacing
             known, or a method without physical units: every method but HDM).
+        findings: per image, its :class:`~medhdm.explain.findings.Finding` list, highest score first
+            (HDM's from its stages, ranked by evidence; every other method's from its map, ranked by
+            the map's peak; :mod:`~medhdm.explain.findings`). Measuring their evidence takes one more
+            batched model call, not counted in ``forward_passes``.
     """
 
     saliency: torch.Tensor
@@ -133,6 +138,7 @@ class Explanation:
     images_evaluated: int = 0
     max_batch: int | None = None
     spacing: torch.Tensor | None = None
+    findings: list[list[Finding]] = field(default_factory=list)
 
 
 class Explainer:
@@ -203,10 +209,12 @@ class Explainer:
         Gaussians in mm (:mod:`~medhdm.explain.units`); the others ignore it. Images of different
         spacing are explained in groups of equal spacing, each group as one batch.
         """
-        spacing = input_spacing(x, spacing) if self.reads_spacing else spacing
+        spacing = input_spacing(x, spacing)
         x = check_images(x)
+        sizes = None  # the findings' sizes and suppression radius read the spacing whatever the method
         if spacing is not None:
             spacing = check_spacing(spacing, x.shape[0], x.ndim - 2)  # a bad spacing fails for every method
+            sizes = spacing
             if not self.reads_spacing:
                 spacing = None
             elif not (spacing == spacing[0]).all():
@@ -214,7 +222,7 @@ class Explainer:
         max_batch = self.max_batch
         while True:
             try:
-                return self._explain_once(x, class_idx, max_batch, spacing)
+                return self._explain_once(x, class_idx, max_batch, spacing, sizes)
             except _OutOfMemory as err:
                 if err.largest_batch <= 1:
                     raise MemoryError(
@@ -241,15 +249,18 @@ class Explainer:
             parts.append((idx, self.explain(x[idx.to(x.device)], targets, row)))
         return merge_explanations(parts, b)
 
-    def _explain_once(self, x: torch.Tensor, class_idx, max_batch: int | None, spacing=None) -> Explanation:
-        """:meth:`explain` with at most ``max_batch`` images per model call; an out-of-memory error is raised
-        as :class:`_OutOfMemory` with the largest model call made."""
+    def _explain_once(self, x: torch.Tensor, class_idx, max_batch: int | None, spacing=None, sizes=None) -> Explanation:
+        """:meth:`explain` with at most ``max_batch`` images per model call (``sizes``: the ``(B, d)`` spacing
+        the findings read, or None); an out-of-memory error is raised as :class:`_OutOfMemory` with the
+        largest model call made."""
         devices = [x.device] if x.device.type == "cuda" else []
         with frozen_eval(self.model), torch.random.fork_rng(devices=devices):
             torch.manual_seed(self.seed)
             scorer = ClassScorer(self.model, amp=self.amp, max_batch=max_batch)
             try:
-                return self._run(x, class_idx, scorer, spacing)
+                result = self._run(x, class_idx, scorer, spacing)
+                result.findings = self._findings(result, x, scorer, sizes)
+                return result
             except Exception as err:  # noqa: BLE001 - re-raised as it was unless it is an out-of-memory error
                 if is_out_of_memory(err):
                     raise _OutOfMemory(str(err), scorer.largest_batch) from err
@@ -285,6 +296,18 @@ class Explainer:
         result.max_batch = scorer.max_batch
         result.saliency = result.saliency.to(device=x.device, dtype=torch.float32).clamp_(0, 1)
         return result
+
+    def _findings(self, result: Explanation, x: torch.Tensor, scorer: ClassScorer, sizes) -> list[list[Finding]]:
+        """The findings of ``result`` (:func:`~medhdm.explain.findings.explanation_findings`), their evidence
+        measured against the method's reference (a blur for a method without one)."""
+        spacing = None if result.spacing is None else result.spacing.numpy()
+        if self.uses_reference and spacing is not None:
+            reference = self._make_reference(x, spacing)
+        else:
+            reference = make_reference(x, self.reference if self.uses_reference else "blur")
+        with torch.no_grad():
+            logits = scorer.logits(x)
+        return explanation_findings(result, x, reference, scorer, logits, sizes)
 
     def _make_reference(self, x: torch.Tensor, spacing: np.ndarray) -> torch.Tensor:
         """The reference of images ``x`` ``(B, C, *S)`` of known ``spacing`` (methods with physical units)."""
@@ -396,4 +419,14 @@ def merge_explanations(parts: Sequence[tuple[torch.Tensor, Explanation]], batch:
         images_evaluated=sum(e.images_evaluated for _, e in parts),
         max_batch=min(limits) if limits else None,
         spacing=field_of(lambda e: e.spacing, float("nan")),
+        findings=_scatter_lists([(idx, e.findings) for idx, e in parts], batch),
     )
+
+
+def _scatter_lists(parts: list[tuple[torch.Tensor, list]], batch: int) -> list:
+    """Per-image lists of several groups put back at their images' places (empty lists where a group has none)."""
+    out: list = [[] for _ in range(batch)]
+    for idx, values in parts:
+        for i, value in zip(idx.tolist(), values):
+            out[i] = value
+    return out
