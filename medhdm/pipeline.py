@@ -37,7 +37,7 @@ from __future__ import annotations
 import copy
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -55,6 +55,7 @@ from torch import nn
 
 from .explain.base import Explainer
 from .explain.checks import frozen_eval, model_device
+from .explain.findings import Finding, finding_from_region
 from .explain.scoring import ClassScorer
 from .io.axes import monai_to_dicom_volume, reversed_spatial_indices
 from .io.dicom import DicomSource, read_dicom
@@ -71,6 +72,7 @@ __all__ = [
     "explain_at",
     "explain_image",
     "explain_images",
+    "finding_position_mm",
     "load_image",
     "input_record",
     "map_to_classifier_grid",
@@ -229,6 +231,11 @@ class ExplainedImage:
             (:func:`classifier_spacing`; per slice ``(H', W')`` with ``slices``).
         spacing: the spacing the explainer read its sizes in mm from (HDM: ``model_spacing``);
             None for a method that works in voxels.
+        findings: the explanation's :class:`~medhdm.explain.findings.Finding` list on the source grid
+            (highest score first): each region taken back like the map (linear, kept at 0.5), its
+            peak, map-weighted centroid (voxels, the source array's order, as ``saliency``) and size
+            (mm^2 / mm^3 from the source's spacing) measured there; evidence, share and score as
+            explained. :func:`finding_position_mm` gives a centroid in mm.
     """
 
     saliency: np.ndarray
@@ -245,6 +252,7 @@ class ExplainedImage:
     slice_reduce: str | None = None
     model_spacing: tuple[float, ...] | None = None
     spacing: tuple[float, ...] | None = None
+    findings: list[Finding] = field(default_factory=list)
 
     def saliency_in_dicom_order(self) -> np.ndarray:
         """The map as ``(D, H, W)`` in the DICOM source's slice order (for :mod:`medhdm.export`)."""
@@ -492,7 +500,12 @@ def _finish(item: _Prepared, result, j: int, model_input: torch.Tensor, keep_dic
     image, data = item.image, dict(item.data)
     saliency = result.saliency[j].detach()
     data["saliency"] = MetaTensor(saliency.to(data["image"].device), meta=copy.deepcopy(dict(data["image"].meta)))
-    inverted = Invertd(keys="saliency", transform=item.transforms, orig_keys="image", nearest_interp=False)(data)
+    findings = result.findings[j] if result.findings else []
+    if findings:
+        regions = torch.from_numpy(np.stack([f.region for f in findings]).astype(np.float32))
+        data["regions"] = MetaTensor(regions, meta=copy.deepcopy(dict(data["image"].meta)))
+    keys = ["saliency", "regions"] if findings else "saliency"
+    inverted = Invertd(keys=keys, transform=item.transforms, orig_keys="image", nearest_interp=False)(data)
     source_map = np.clip(inverted["saliency"].numpy()[0], 0.0, 1.0)
     if source_map.shape != tuple(image.shape[1:]):
         raise RuntimeError(f"inversion gave shape {source_map.shape}, expected the source's {tuple(image.shape[1:])}")
@@ -509,7 +522,31 @@ def _finish(item: _Prepared, result, j: int, model_input: torch.Tensor, keep_dic
         model_saliency=saliency[None],
         model_spacing=item.spacing,
         spacing=None if result.spacing is None else tuple(float(v) for v in result.spacing[j]),
+        findings=_source_findings(findings, inverted["regions"].numpy() if findings else None, source_map, image),
     )
+
+
+def _source_findings(findings: list[Finding], regions, source_map: np.ndarray, image: MetaTensor) -> list[Finding]:
+    """``findings`` on the source grid, from their regions taken back there ``(K, *S)`` (linear, kept at 0.5;
+    a region too small to reach 0.5 keeps the voxels of at least half its largest value)."""
+    spacing = tuple(float(v) for v in np.linalg.norm(np.asarray(image.affine)[:-1, :-1], axis=0))
+    out = []
+    for finding, values in zip(findings, regions if regions is not None else []):
+        top = float(values.max())
+        if top <= 0:
+            continue
+        region = values >= min(0.5, 0.5 * top)
+        moved = finding_from_region(region, source_map, spacing, finding.stage, (finding.drop, finding.alone))
+        moved.share, moved.score = finding.share, finding.score
+        out.append(moved)
+    return out
+
+
+def finding_position_mm(finding: Finding, affine: np.ndarray) -> tuple[float, ...]:
+    """A finding's centroid in world mm through ``affine`` ``(4, 4)`` (an :class:`ExplainedImage`'s: RAS)."""
+    affine = np.asarray(affine, dtype=np.float64)
+    point = affine[:-1, :-1] @ np.asarray(finding.centroid, dtype=np.float64) + affine[:-1, -1]
+    return tuple(float(v) for v in point)
 
 
 def _explain_by_slice(
