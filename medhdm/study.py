@@ -8,9 +8,10 @@ below (:func:`medhdm.pipeline.explain_images`, :mod:`medhdm.export`).
 
 Outputs per case in its own folder ``out_dir/<case>/``: ``<case>_saliency.nii.gz`` (the
 map on the source grid, with the source affine), ``<case>_findings.csv`` (the explanation's
-findings on the source grid, :data:`FINDINGS_COLUMNS`; not for a 2D classifier over a series), and with ``export_formats`` the DICOM
-objects of :func:`medhdm.export.export` in ``<case>_dicom/``, the structured report (``sr``)
-among them: the explained class and its probability, the run configuration and, against a
+findings on the source grid, :data:`FINDINGS_COLUMNS`; not for a 2D classifier over a series),
+and with ``export_formats`` the DICOM objects of :func:`medhdm.export.export` in
+``<case>_dicom/``, the structured report (``sr``) among them: the explained class and its
+probability, the run configuration and, against a
 lesion annotation (:class:`StudyReport`), the saved map's scores
 (:func:`medhdm.evaluation.score_saved_map`). A 2D classifier over a series
 (``slices``) also writes ``<case>_slices.csv`` (slice, class probability, explained or not);

@@ -24,8 +24,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .findings import Finding, explanation_findings
 from .checks import check_images, check_model, frozen_eval, resolve_class_idx
+from .findings import Finding, explanation_findings
 from .reference import ReferenceSpec, make_reference
 from .scoring import ClassScorer
 from .units import check_spacing, input_spacing
