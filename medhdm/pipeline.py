@@ -529,7 +529,7 @@ def _finish(item: _Prepared, result, j: int, model_input: torch.Tensor, keep_dic
 def _source_findings(findings: list[Finding], regions, source_map: np.ndarray, image: MetaTensor) -> list[Finding]:
     """``findings`` on the source grid, from their regions taken back there ``(K, *S)`` (linear, kept at 0.5;
     a region too small to reach 0.5 keeps the voxels of at least half its largest value)."""
-    spacing = tuple(float(v) for v in np.linalg.norm(np.asarray(image.affine)[:-1, :-1], axis=0))
+    spacing = tuple(float(v) for v in np.linalg.norm(np.asarray(image.affine)[:-1, :-1], axis=0))[: image.ndim - 1]
     out = []
     for finding, values in zip(findings, regions if regions is not None else []):
         top = float(values.max())
@@ -545,7 +545,9 @@ def _source_findings(findings: list[Finding], regions, source_map: np.ndarray, i
 def finding_position_mm(finding: Finding, affine: np.ndarray) -> tuple[float, ...]:
     """A finding's centroid in world mm through ``affine`` ``(4, 4)`` (an :class:`ExplainedImage`'s: RAS)."""
     affine = np.asarray(affine, dtype=np.float64)
-    point = affine[:-1, :-1] @ np.asarray(finding.centroid, dtype=np.float64) + affine[:-1, -1]
+    centroid = np.zeros(affine.shape[0] - 1)
+    centroid[: len(finding.centroid)] = finding.centroid  # a 2D image's third axis at 0
+    point = affine[:-1, :-1] @ centroid + affine[:-1, -1]
     return tuple(float(v) for v in point)
 
 

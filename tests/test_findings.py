@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import csv
+import json
+
+import nibabel as nib
 import numpy as np
 import pytest
 import torch
 
 from medhdm import HDM, GradientInput
+from medhdm.data.bench_files import LESIONBENCH_INTENSITY_RANGE, write_lesionbench
 from medhdm.explain.findings import Finding, map_regions
+from medhdm.metrics.froc import ImageHits, froc, froc_summary, image_hits
+from medhdm.models import DEFAULT_2D, load_default_classifier
+from medhdm.pipeline import InputSpec, explain_images
+from medhdm.study import FINDINGS_COLUMNS, StudyCase, explain_study
 from medhdm.testing import BlobDetector, plant
 
 # Two boxes off the diagonal (a swapped axis order puts their findings in the background);
@@ -84,3 +93,64 @@ def test_findings_kept_per_image_when_explained_by_spacing_groups():
     assert [int(labels[f.peak]) for f in first] == [1, 2]
     assert [int(labels.flip(-1)[f.peak]) for f in second] == [1, 2]
     assert first[0].size_unit == "mm^2" and second[0].size_mm == pytest.approx(second[0].region.sum() * 6.25)
+
+
+def test_image_hits_tolerance_in_mm_per_axis():
+    mask = np.zeros((20, 20), dtype=np.uint8)
+    mask[8:12, 8:12] = 1
+    hit = lambda peak, spacing: int(image_hits([peak], [1.0], mask, spacing, 5.0).lesion[0])  # noqa: E731
+    # 2 voxels beyond the lesion along axis 0: 2 mm at (1, 10) mm, a hit; along axis 1: 20 mm, a miss
+    assert hit((13, 10), (1.0, 10.0)) == 1
+    assert hit((10, 13), (1.0, 10.0)) == 0
+    assert hit((10, 13), (10.0, 1.0)) == 1
+    assert hit((10, 10), None) == 1 and hit((0, 0), None) == 0
+    two = np.zeros((20, 20), dtype=np.uint8)
+    two[2:4, 2:4] = two[15:18, 15:18] = 1
+    hits = image_hits([(16, 16), (3, 2), (10, 10)], [0.5, 0.9, 0.1], two)
+    assert hits.n_lesions == 2 and hits.lesion.tolist() == [2, 1, 0]
+
+
+def test_froc_and_cpm_equal_their_hand_computed_values():
+    # image A: two lesions; 0.9 hits lesion 1, 0.8 misses, 0.7 hits lesion 1 again (neither true nor
+    # false), 0.3 hits lesion 2; image B: no lesion, 0.85 and 0.2 are false findings.
+    a = ImageHits(np.array([0.9, 0.8, 0.7, 0.3]), np.array([1, 0, 1, 2]), 2)
+    b = ImageHits(np.array([0.85, 0.2]), np.array([0, 0]), 0)
+    result = froc([a, b])
+    # steps (false per image, sensitivity): (0, .5) (.5, .5) (1, .5) (1, 1) (1.5, 1)
+    assert result["sensitivity"] == pytest.approx([0.5, 0.5, 0.5, 1.0, 1.0, 1.0, 1.0])
+    assert result["cpm"] == pytest.approx(5.5 / 7)
+    assert result["n_lesions"] == 2 and result["n_images"] == 2
+    summary = {r["metric"]: r for r in froc_summary("m", [a, b], n_boot=200)}
+    assert summary["cpm"]["mean"] == pytest.approx(5.5 / 7) and summary["froc_sens@1"]["mean"] == 1.0
+    assert summary["cpm"]["ci_low"] <= summary["cpm"]["mean"] <= summary["cpm"]["ci_high"]
+    assert summary["cpm"]["n"] == 2
+
+
+def test_findings_csv_on_the_source_grid(tmp_path):
+    """A LesionBench 2D study (DICOM, two lesions) through explain_study: the CSV lists the findings on the
+    source grid, each peak inside its lesion (a swapped axis order puts them outside), mm through the affine."""
+    entries = json.loads(write_lesionbench(tmp_path / "lb", 1, 2, seed=78, lesion_weights=(0, 0, 1, 0)).read_text())
+    entry = entries["testing"][0]
+    lesion = nib.load(tmp_path / "lb" / entry["lesion"]).get_fdata()[..., 0]
+    model = load_default_classifier(DEFAULT_2D)
+    spec = InputSpec(tuple(model.medhdm_card["recipe"]["spatial_size"]), intensity_range=LESIONBENCH_INTENSITY_RANGE)
+    image = tmp_path / "lb" / entry["image"]
+    (result,) = explain_images([image], GradientInput(model), spec, [1])
+    found = result.findings
+    assert len(found) >= 2 and found[0].score >= found[1].score
+    assert {int(lesion[f.peak]) for f in found[:2]} == {1, 2}
+    assert not any(lesion[f.peak[::-1]] for f in found[:2]), "the case cannot tell a swapped axis order"
+    (tmp_path / "out").mkdir()
+    row = explain_study(StudyCase(image, "c0", 1), GradientInput(model), spec, tmp_path / "out")
+    with open(tmp_path / "out" / "c0" / "c0_findings.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert row["case"] == "c0" and len(rows) == len(found)
+    assert list(rows[0]) == list(FINDINGS_COLUMNS)
+    for k, (r, f) in enumerate(zip(rows, found), start=1):
+        assert int(r["rank"]) == k and r["stage"] == ""
+        voxel = np.array([float(v) for v in r["centroid_voxel"].split()])
+        assert np.allclose(voxel, f.centroid, atol=0.01)
+        ras = np.array([float(v) for v in r["centroid_ras_mm"].split()])
+        assert np.allclose(ras, (result.affine @ np.array([*f.centroid, 0.0, 1.0]))[:3], atol=0.01)
+        assert tuple(int(v) for v in r["peak_voxel"].split()) == f.peak
+        assert float(r["share"]) == pytest.approx(f.share, abs=1e-4) and r["size_unit"] == "mm^2"
