@@ -532,6 +532,32 @@ def cohort() -> str:
     return markdown([*header, "cases/min"], rows)
 
 
+def findings(metric: str) -> Callable[[], str]:
+    """``findings.json`` (``findings.py``): one FROC figure (``"cpm"`` or ``"froc_sens@1"``) per method and set,
+    with its bootstrap 95 % CI over images."""
+
+    def table() -> str:
+        sets = load("findings.json")["sets"]
+        label = {
+            "memory2d_seed4242": "2D, seed 4242",
+            "memory2d_seed9999": "2D, seed 9999",
+            "files2d": "2D files",
+            "memory3d_seed4242": "3D, seed 4242",
+            "memory3d_seed9999": "3D, seed 9999",
+            "files3d": "3D files",
+        }
+        summary = [
+            {**r, "method": METHOD_NAMES.get(r["method"], r["method"]), "metric": label.get(key, key)}
+            for key, result in sets.items()
+            for r in result["summary"]
+            if r["metric"] == metric
+        ]
+        columns = [label.get(key, key) for key in sets]
+        return format_table(summary, columns, ci=True, digits=2)
+
+    return table
+
+
 #: every table a README may mark, by name
 TABLES: dict[str, Callable[[], str]] = {
     "results": results,
@@ -556,6 +582,8 @@ TABLES: dict[str, Callable[[], str]] = {
     "realistic": realistic,
     "speed": speed,
     "cohort": cohort,
+    "findings_cpm": findings("cpm"),
+    "findings_sens1": findings("froc_sens@1"),
 }
 
 

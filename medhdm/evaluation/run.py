@@ -34,7 +34,7 @@ from ..explain.findings import Finding, finding_from_region, map_regions
 from ..io.annotations import ImageGrid, load_annotation
 from ..io.maps import load_case_map
 from ..metrics.curves import curve_fractions
-from ..metrics.froc import DEFAULT_TOLERANCE_MM, ImageHits, froc_summary, image_hits
+from ..metrics.froc import DEFAULT_TOLERANCE_MM, ImageHits, froc, froc_summary, image_hits
 from ..pipeline import InputSpec, SliceSelection, explain_images, load_image
 from .scoring import ModelView, faithfulness_means, model_view, score_row
 
@@ -45,6 +45,7 @@ __all__ = [
     "evaluate_cases",
     "evaluate_manifest",
     "findings_field",
+    "froc_curves",
     "froc_from_rows",
     "new_figures",
 ]
@@ -162,15 +163,26 @@ def _parse_findings(text: str) -> ImageHits:
     )
 
 
+def _images_by_method(rows: Sequence[dict]) -> dict[str, list[ImageHits]]:
+    by_method: dict[str, list[ImageHits]] = {}
+    for r in rows:
+        if r.get("findings"):
+            by_method.setdefault(r["method"], []).append(_parse_findings(r["findings"]))
+    return by_method
+
+
+def froc_curves(rows: Sequence[dict]) -> dict[str, dict]:
+    """Per method, its FROC (:func:`medhdm.metrics.froc.froc`) over the rows' ``findings`` fields."""
+    return {name: froc(images) for name, images in _images_by_method(rows).items()}
+
+
 def froc_from_rows(rows: Sequence[dict], n_boot: int = 1000, seed: int = 0) -> list[dict]:
     """Per method, the CPM and FROC sensitivities (:func:`medhdm.metrics.froc.froc_summary`, bootstrap CIs over
     cases) of the rows' ``findings`` fields (:func:`findings_field`), in the summary shape; methods whose rows
     carry none are left out."""
     out = []
-    for name in dict.fromkeys(r["method"] for r in rows):
-        images = [_parse_findings(r["findings"]) for r in rows if r["method"] == name and r.get("findings")]
-        if images:
-            out.extend(froc_summary(name, images, n_boot=n_boot, seed=seed))
+    for name, images in _images_by_method(rows).items():
+        out.extend(froc_summary(name, images, n_boot=n_boot, seed=seed))
     return out
 
 

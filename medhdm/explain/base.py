@@ -305,9 +305,9 @@ class Explainer:
             reference = self._make_reference(x, spacing)
         else:
             reference = make_reference(x, self.reference if self.uses_reference else "blur")
-        with torch.no_grad():
+        with frozen_eval(self.model), torch.no_grad():  # a method's hooks may have left the model in train mode
             logits = scorer.logits(x)
-        return explanation_findings(result, x, reference, scorer, logits, sizes)
+            return explanation_findings(result, x, reference, scorer, logits, sizes)
 
     def _make_reference(self, x: torch.Tensor, spacing: np.ndarray) -> torch.Tensor:
         """The reference of images ``x`` ``(B, C, *S)`` of known ``spacing`` (methods with physical units)."""
