@@ -532,12 +532,35 @@ def cohort() -> str:
     return markdown([*header, "cases/min"], rows)
 
 
+def findings_demo() -> str:
+    """``findings_demo.json`` (``findings_demo.py``): the demo case's findings, as ``<case>_findings.csv`` shows."""
+    data = load("findings_demo.json")
+    rows = [
+        [
+            str(f["rank"]),
+            "" if f["stage"] is None else str(f["stage"]),
+            ", ".join(f"{v:.1f}" for v in f["centroid_ras_mm"]),
+            f"{f['size']:,} {f['size_unit']}",
+            f"{f['evidence']:.2f}",
+            f"{f['share']:.2f}",
+            f"lesion {f['in_lesion']}" if f["in_lesion"] else "none",
+        ]
+        for f in data["findings"]
+    ]
+    header = ["finding", "HDM stage", "centroid (RAS mm)", "size", "evidence (log-odds)", "share", "peak in"]
+    return markdown(header, rows)
+
+
+#: the runs of ``findings.py`` the findings tables read (in-memory 2D sets; 2D files; 3D files and sets)
+FINDINGS_RESULTS = ("findings.json", "findings_files2d.json", "findings_3d.json")
+
+
 def findings(metric: str) -> Callable[[], str]:
-    """``findings.json`` (``findings.py``): one FROC figure (``"cpm"`` or ``"froc_sens@1"``) per method and set,
+    """:data:`FINDINGS_RESULTS` (``findings.py``): one FROC figure (``"cpm"`` or ``"froc_sens@1"``) per method and set,
     with its bootstrap 95 % CI over images."""
 
     def table() -> str:
-        sets = load("findings.json")["sets"]
+        sets = {k: v for name in FINDINGS_RESULTS for k, v in load(name)["sets"].items()}
         label = {
             "memory2d_seed4242": "2D, seed 4242",
             "memory2d_seed9999": "2D, seed 9999",
@@ -582,6 +605,7 @@ TABLES: dict[str, Callable[[], str]] = {
     "realistic": realistic,
     "speed": speed,
     "cohort": cohort,
+    "findings_demo": findings_demo,
     "findings_cpm": findings("cpm"),
     "findings_sens1": findings("froc_sens@1"),
 }

@@ -36,6 +36,7 @@ import numpy as np
 
 from .explain.base import Explainer
 from .io.atomic import atomic_write
+from .io.axes import monai_to_dicom_volume
 from .io.nifti import write_nifti
 from .pipeline import ExplainedImage, InputSpec, SliceSelection, explain_images, finding_position_mm
 
@@ -301,8 +302,16 @@ def _export_study(
         deidentify_salt=deidentify.salt if deidentify is not None else None,
         retain_dates=deidentify.retain_dates if deidentify is not None else False,
         report=content,
+        finding_regions=[monai_to_dicom_volume(f.region) for f in result.findings],
+        finding_descriptions=[_finding_description(f) for f in result.findings],
     )
     return str(export_dir), scores
+
+
+def _finding_description(finding) -> str:
+    """A finding's SEG Segment Description: its HDM stage and share of the evidence."""
+    stage = f"stage {finding.stage}, " if finding.stage is not None else ""
+    return f"{stage}evidence share {finding.share:.2f} ({finding.evidence:.2f} log-odds)"
 
 
 def _write_study(

@@ -191,6 +191,7 @@ def _build(
     deidentify_salt: str | None,
     retain_dates: bool = False,
     report: ReportContent | None = None,
+    findings: tuple[np.ndarray, list[str]] | None = None,
 ) -> list[tuple[str, object]]:
     window = window_for(multiframe.display_dataset(source), source.pixels, preset=window_preset)
     overlays = []
@@ -204,6 +205,8 @@ def _build(
         datasets += builders.build_parametric_map(source, saliency, info)
     if "seg" in formats:
         datasets += builders.build_segmentation(source, saliency, seg_threshold, info)
+    if "seg" in formats and findings is not None and len(findings[1]) and not source.multiframe:
+        datasets += dicom.build_findings_segmentation(source, findings[0], findings[1], info)
     if "sr" in formats:
         datasets.append(("SR.dcm", _structured_report(source, info, report, dict(datasets).get("SEG.dcm"))))
     if deidentify_salt is not None:
@@ -264,6 +267,8 @@ def export(
     retain_dates: bool = False,
     uid_source: Callable[[str], str] | None = None,
     report: ReportContent | None = None,
+    finding_regions=None,
+    finding_descriptions: Sequence[str] | None = None,
 ) -> dict[str, list[Path]]:
     """Write ``saliency`` in the given formats next to (not into) the source study.
 
@@ -293,6 +298,10 @@ def export(
         uid_source: derived Series/SOP Instance UIDs from keys (:class:`~medhdm.export.dicom.DerivationInfo`).
         report: what the SR says (:class:`~medhdm.export.sr.ReportContent`: the explained class, its
             probability, the run configuration, scores); needed with ``"sr"``, ignored without.
+        finding_regions, finding_descriptions: an explanation's findings, ``(K, *S)`` boolean regions on the
+            source grid (as ``saliency``) and one description each: with ``"seg"`` a single-frame source also
+            gets ``SEG_findings.dcm``, one segment per finding (``"finding k"``;
+            :func:`~medhdm.export.dicom.build_findings_segmentation`).
 
     The files are published all or nothing (:mod:`medhdm.export.staging`): the folder is
     locked while this runs (a second run fails with
@@ -312,9 +321,31 @@ def export(
     sal = map_on_source_grid(saliency, src)
     lesion = _lesion_on_grid(lesion_mask, src)
     info = DerivationInfo(str(method), class_label, series_number, uid_source)
+    findings = None
+    if finding_regions is not None and len(finding_regions):
+        descriptions = list(finding_descriptions or [f"finding {k + 1}" for k in range(len(finding_regions))])
+        if len(descriptions) != len(finding_regions):
+            raise ValueError(
+                f"finding_descriptions: expected one per region ({len(finding_regions)}), got {len(descriptions)}"
+            )
+        regions = np.stack(
+            [map_on_source_grid(np.asarray(r, dtype=np.float64), src, "finding_regions") for r in finding_regions]
+        )
+        findings = (regions > 0.5, descriptions)
     with ExportFolder(out_dir, overwrite=overwrite) as folder:  # locked; an existing export refused here
         writers = _build(
-            src, sal, formats, info, style, lesion, window_preset, seg_threshold, deidentify_salt, retain_dates, report
+            src,
+            sal,
+            formats,
+            info,
+            style,
+            lesion,
+            window_preset,
+            seg_threshold,
+            deidentify_salt,
+            retain_dates,
+            report,
+            findings,
         )
         paths = folder.publish(
             writers,
