@@ -248,6 +248,17 @@ def check_export_arguments(formats, out_dir, style, window_preset, seg_threshold
     return formats
 
 
+def _findings_on_grid(regions, descriptions, src: DicomSource) -> tuple[np.ndarray, list[str]] | None:
+    """The findings' regions ``(K, D, H, W)`` as booleans on the source grid and their descriptions; None without."""
+    if regions is None or not len(regions):
+        return None
+    texts = list(descriptions or [f"finding {k + 1}" for k in range(len(regions))])
+    if len(texts) != len(regions):
+        raise ValueError(f"finding_descriptions: expected one per region ({len(regions)}), got {len(texts)}")
+    grids = np.stack([map_on_source_grid(np.asarray(r, dtype=np.float64), src, "finding_regions") for r in regions])
+    return grids > 0.5, texts
+
+
 def export(
     source: str | os.PathLike | DicomSource | Dataset | Sequence[Dataset],
     saliency,
@@ -298,10 +309,8 @@ def export(
         uid_source: derived Series/SOP Instance UIDs from keys (:class:`~medhdm.export.dicom.DerivationInfo`).
         report: what the SR says (:class:`~medhdm.export.sr.ReportContent`: the explained class, its
             probability, the run configuration, scores); needed with ``"sr"``, ignored without.
-        finding_regions, finding_descriptions: an explanation's findings, ``(K, *S)`` boolean regions on the
-            source grid (as ``saliency``) and one description each: with ``"seg"`` a single-frame source also
-            gets ``SEG_findings.dcm``, one segment per finding (``"finding k"``;
-            :func:`~medhdm.export.dicom.build_findings_segmentation`).
+        finding_regions, finding_descriptions: findings' regions ``(K, *S)`` (as ``saliency``) and texts: with
+            ``"seg"``, ``SEG_findings.dcm`` (:func:`~medhdm.export.dicom.build_findings_segmentation`).
 
     The files are published all or nothing (:mod:`medhdm.export.staging`): the folder is
     locked while this runs (a second run fails with
@@ -318,35 +327,12 @@ def export(
     style = style or OverlayStyle()
     src = _as_source(source)
     check_output_folder(Path(out_dir), src.paths, allow_inside_source)
-    sal = map_on_source_grid(saliency, src)
-    lesion = _lesion_on_grid(lesion_mask, src)
+    sal, lesion = map_on_source_grid(saliency, src), _lesion_on_grid(lesion_mask, src)
     info = DerivationInfo(str(method), class_label, series_number, uid_source)
-    findings = None
-    if finding_regions is not None and len(finding_regions):
-        descriptions = list(finding_descriptions or [f"finding {k + 1}" for k in range(len(finding_regions))])
-        if len(descriptions) != len(finding_regions):
-            raise ValueError(
-                f"finding_descriptions: expected one per region ({len(finding_regions)}), got {len(descriptions)}"
-            )
-        regions = np.stack(
-            [map_on_source_grid(np.asarray(r, dtype=np.float64), src, "finding_regions") for r in finding_regions]
-        )
-        findings = (regions > 0.5, descriptions)
+    findings = _findings_on_grid(finding_regions, finding_descriptions, src)
     with ExportFolder(out_dir, overwrite=overwrite) as folder:  # locked; an existing export refused here
-        writers = _build(
-            src,
-            sal,
-            formats,
-            info,
-            style,
-            lesion,
-            window_preset,
-            seg_threshold,
-            deidentify_salt,
-            retain_dates,
-            report,
-            findings,
-        )
+        options = (window_preset, seg_threshold, deidentify_salt, retain_dates, report, findings)
+        writers = _build(src, sal, formats, info, style, lesion, *options)
         paths = folder.publish(
             writers,
             protected=src.paths,
