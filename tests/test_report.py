@@ -70,7 +70,8 @@ def test_evaluate_writes_a_readable_report(manifest, tmp_path, capsys):
     assert re.search("<h2[^>]*>Findings: FROC", page)
     cpm = {r["method"]: r for r in data["froc"] if r["metric"] == "cpm"}
     assert set(cpm) == {"gxi", "occlusion"} and all(0 <= r["mean"] <= 1 and r["n"] == 3 for r in cpm.values())
-    assert all(r["findings"].endswith(("/1", "/2", "/3")) for r in rows)  # each case's findings and lesion count
+    # each case's findings ("score:lesion" strongest first) and its lesion count
+    assert all(re.fullmatch(r"(?:\S+:\d+ )*/\d+", r["findings"]) for r in rows), [r["findings"] for r in rows]
     # the case table links to a section per case: a method selector, the case's scores, one frame per method
     for case in ("case000", "case001", "case002"):
         assert f'href="#case-{case}"' in page
