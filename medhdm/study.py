@@ -273,7 +273,9 @@ def _report_content(
             curve_steps=(None, report.curve_steps),
         )
     scores = report_scores(scores)
-    content = ReportContent(class_idx, float(result.score), _class_name(explainer, class_idx), report.config, scores)
+    findings = [f.record() for f in result.findings] if "seg" in outputs.export_formats else None
+    name = _class_name(explainer, class_idx)
+    content = ReportContent(class_idx, float(result.score), name, report.config, scores, findings)
     return content, scores
 
 

@@ -160,11 +160,13 @@ def test_findings_csv_on_the_source_grid(tmp_path):
         assert float(r["share"]) == pytest.approx(f.share, abs=1e-4) and r["size_unit"] == "mm^2"
 
 
-def test_findings_seg_one_segment_per_finding_covers_its_centroid(tmp_path):
+def test_findings_seg_and_sr_one_segment_and_group_per_finding(tmp_path):
     """``SEG_findings.dcm`` beside the thresholded map's SEG: one segment per finding, read back by highdicom,
-    each covering its finding's centroid and peak on the source grid; dciodvfy reports no error."""
+    each covering its finding's centroid and peak on the source grid; the SR one measurement group per finding
+    referencing its segment, with its size and evidence share; dciodvfy reports no error in either."""
     import highdicom as hd
 
+    from medhdm.export.sr import read_structured_report
     from medhdm.io.dicom import read_dicom
 
     entries = json.loads(write_lesionbench(tmp_path / "lb", 1, 2, seed=78, lesion_weights=(0, 0, 1, 0)).read_text())
@@ -173,7 +175,7 @@ def test_findings_seg_one_segment_per_finding_covers_its_centroid(tmp_path):
     spec = InputSpec(tuple(model.medhdm_card["recipe"]["spatial_size"]), intensity_range=LESIONBENCH_INTENSITY_RANGE)
     (result,) = explain_images([image], GradientInput(model), spec, [1])
     (tmp_path / "out").mkdir()
-    row = explain_study(StudyCase(image, "c0", 1), GradientInput(model), spec, tmp_path / "out", ("seg",))
+    row = explain_study(StudyCase(image, "c0", 1), GradientInput(model), spec, tmp_path / "out", ("seg", "sr"))
     path = Path(row["export"]) / "SEG_findings.dcm"
     assert (Path(row["export"]) / "SEG.dcm").is_file()
     seg = hd.seg.segread(path)
@@ -188,7 +190,16 @@ def test_findings_seg_one_segment_per_finding_covers_its_centroid(tmp_path):
         assert plane.sum() == f.region.sum()
         description = seg.get_segment_description(k + 1)
         assert description.segment_label == f"finding {k + 1}" and f"{f.share:.2f}" in description.SegmentDescription
+    report = read_structured_report(Path(row["export"]) / "SR.dcm")
+    assert report["segment"] != seg.SOPInstanceUID  # the map's group references the thresholded map's SEG
+    assert len(report["findings"]) == len(result.findings)
+    for k, (group, f) in enumerate(zip(report["findings"], result.findings), start=1):
+        assert group["tracking"] == f"finding {k}" and group["segment_number"] == k
+        assert group["segment"] == seg.SOPInstanceUID
+        assert group["size"] == pytest.approx(f.size_mm) and group["size_unit"] == "mm^2"
+        assert group["share"] == pytest.approx(f.share) and group["evidence"] == pytest.approx(f.evidence)
     _no_dciodvfy_errors(path)
+    _no_dciodvfy_errors(Path(row["export"]) / "SR.dcm")
 
 
 def _no_dciodvfy_errors(path) -> None:

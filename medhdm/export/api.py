@@ -208,7 +208,9 @@ def _build(
     if "seg" in formats and findings is not None and len(findings[1]) and not source.multiframe:
         datasets += dicom.build_findings_segmentation(source, findings[0], findings[1], info)
     if "sr" in formats:
-        datasets.append(("SR.dcm", _structured_report(source, info, report, dict(datasets).get("SEG.dcm"))))
+        made = dict(datasets)
+        sr = _structured_report(source, info, report, made.get("SEG.dcm"), made.get("SEG_findings.dcm"))
+        datasets.append(("SR.dcm", sr))
     if deidentify_salt is not None:
         datasets = [(name, _deidentify(ds, deidentify_salt, retain_dates=retain_dates)) for name, ds in datasets]
     for _, ds in datasets:
@@ -222,12 +224,18 @@ def _build(
 
 
 def _structured_report(
-    source: DicomSource, info: DerivationInfo, report: ReportContent, seg: Dataset | None
+    source: DicomSource, info: DerivationInfo, report: ReportContent, seg: Dataset | None, findings_seg=None
 ) -> Dataset:
     """The SR of the export (:mod:`medhdm.export.sr`), numbered after the SC, PM and SEG series."""
     series_number = info.base_series_number(source.first) + 3
     return build_structured_report(
-        source.datasets, report, method=info.method, uid=info.uid, series_number=series_number, seg=seg
+        source.datasets,
+        report,
+        method=info.method,
+        uid=info.uid,
+        series_number=series_number,
+        seg=seg,
+        findings_seg=findings_seg,
     )
 
 
