@@ -551,8 +551,8 @@ def findings_demo() -> str:
     return markdown(header, rows)
 
 
-#: the runs of ``findings.py`` the findings tables read (in-memory 2D sets; 2D files; 3D files and sets)
-FINDINGS_RESULTS = ("findings.json", "findings_files2d.json", "findings_3d.json")
+#: the runs of ``findings.py`` the findings tables read (in-memory 2D sets; 2D files in two runs; 3D files and sets)
+FINDINGS_RESULTS = ("findings.json", "findings_files2d.json", "findings_files2d_more.json", "findings_3d.json")
 
 
 def findings(metric: str) -> Callable[[], str]:
@@ -560,7 +560,12 @@ def findings(metric: str) -> Callable[[], str]:
     with its bootstrap 95 % CI over images."""
 
     def table() -> str:
-        sets = {k: v for name in FINDINGS_RESULTS for k, v in load(name)["sets"].items()}
+        sets: dict[str, dict] = {}
+        for name in FINDINGS_RESULTS:  # a set measured in two runs (methods split): their rows together
+            for key, result in load(name)["sets"].items():
+                rows = sets.setdefault(key, {"summary": []})["summary"]
+                seen = {(r["method"], r["metric"]) for r in rows}
+                rows += [r for r in result["summary"] if (r["method"], r["metric"]) not in seen]
         label = {
             "memory2d_seed4242": "2D, seed 4242",
             "memory2d_seed9999": "2D, seed 9999",
