@@ -552,6 +552,67 @@ def decode_syntaxes() -> str:
     return markdown([*header, "decode ms / slice"], rows)
 
 
+def findings_demo() -> str:
+    """``findings_demo.json`` (``findings_demo.py``): the demo case's findings, as ``<case>_findings.csv`` shows."""
+    data = load("findings_demo.json")
+    rows = [
+        [
+            str(f["rank"]),
+            "" if f["stage"] is None else str(f["stage"]),
+            ", ".join(f"{v:.1f}" for v in f["centroid_ras_mm"]),
+            f"{f['size']:,} {f['size_unit']}",
+            f"{f['evidence']:.2f}",
+            f"{f['share']:.2f}",
+            f"lesion {f['in_lesion']}" if f["in_lesion"] else "none",
+        ]
+        for f in data["findings"]
+    ]
+    header = ["finding", "HDM stage", "centroid (RAS mm)", "size", "evidence (log-odds)", "share", "peak in"]
+    return markdown(header, rows)
+
+
+#: the runs of ``findings.py`` the findings tables read (in-memory 2D sets; 2D files in two runs; 3D files; 3D sets)
+FINDINGS_RESULTS = (
+    "findings.json",
+    "findings_files2d.json",
+    "findings_files2d_more.json",
+    "findings_3d.json",
+    "findings_3d_4242.json",
+    "findings_3d_9999.json",
+)
+
+
+def findings(metric: str) -> Callable[[], str]:
+    """:data:`FINDINGS_RESULTS` (``findings.py``): one FROC figure (``"cpm"`` or ``"froc_sens@1"``) per method and set,
+    with its bootstrap 95 % CI over images."""
+
+    def table() -> str:
+        sets: dict[str, dict] = {}
+        for name in [n for n in FINDINGS_RESULTS if (RESULTS / n).is_file()]:  # runs not made: left out
+            for key, result in load(name)["sets"].items():  # a set measured in two runs: their rows together
+                rows = sets.setdefault(key, {"summary": []})["summary"]
+                seen = {(r["method"], r["metric"]) for r in rows}
+                rows += [r for r in result["summary"] if (r["method"], r["metric"]) not in seen]
+        label = {
+            "memory2d_seed4242": "2D, seed 4242",
+            "memory2d_seed9999": "2D, seed 9999",
+            "files2d": "2D files",
+            "memory3d_seed4242": "3D, seed 4242",
+            "memory3d_seed9999": "3D, seed 9999",
+            "files3d": "3D files",
+        }
+        summary = [
+            {**r, "method": METHOD_NAMES.get(r["method"], r["method"]), "metric": label.get(key, key)}
+            for key, result in sets.items()
+            for r in result["summary"]
+            if r["metric"] == metric
+        ]
+        columns = [label.get(key, key) for key in sets]
+        return format_table(summary, columns, ci=True, digits=2)
+
+    return table
+
+
 #: every table a README may mark, by name
 def segmentation() -> str:
     """``segmentation.json``: each method on the shipped segmenters' cue task, 2D and 3D."""
@@ -594,6 +655,9 @@ TABLES: dict[str, Callable[[], str]] = {
     "cohort": cohort,
     "decode_syntaxes": decode_syntaxes,
     "segmentation": segmentation,
+    "findings_demo": findings_demo,
+    "findings_cpm": findings("cpm"),
+    "findings_sens1": findings("froc_sens@1"),
 }
 
 

@@ -43,7 +43,7 @@ from __future__ import annotations
 import copy
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -61,6 +61,7 @@ from torch import nn
 
 from .explain.base import Explainer
 from .explain.checks import frozen_eval, model_device
+from .explain.findings import Finding, finding_from_region
 from .explain.scoring import ClassScorer
 from .io.axes import monai_to_dicom_volume, reversed_spatial_indices
 from .io.dicom import DicomSource, read_dicom
@@ -77,6 +78,7 @@ __all__ = [
     "explain_at",
     "explain_image",
     "explain_images",
+    "finding_position_mm",
     "load_image",
     "input_record",
     "map_to_classifier_grid",
@@ -254,6 +256,11 @@ class ExplainedImage:
         region: a segmenter's target region on the source grid (same order and shape as
             ``saliency``, uint8 0/1); None for a classifier.
         region_spec: what the region was asked as: ``"predicted"``, ``"component:k"`` or ``"mask"``.
+        findings: the explanation's :class:`~medhdm.explain.findings.Finding` list on the source grid
+            (highest score first): each region taken back like the map (linear, kept at 0.5), its
+            peak, map-weighted centroid (voxels, the source array's order, as ``saliency``) and size
+            (mm^2 / mm^3 from the source's spacing) measured there; evidence, share and score as
+            explained. :func:`finding_position_mm` gives a centroid in mm.
     """
 
     saliency: np.ndarray
@@ -272,6 +279,7 @@ class ExplainedImage:
     spacing: tuple[float, ...] | None = None
     region: np.ndarray | None = None
     region_spec: str | None = None
+    findings: list[Finding] = field(default_factory=list)
 
     def saliency_in_dicom_order(self) -> np.ndarray:
         """The map as ``(D, H, W)`` in the DICOM source's slice order (for :mod:`medhdm.export`)."""
@@ -597,14 +605,14 @@ def explain_images(
 
 
 def _to_source(item: _Prepared, values: torch.Tensor, nearest: bool) -> np.ndarray:
-    """``values`` ``(1, *S')`` on the model's grid inverted onto ``item``'s source grid ``(*S)``."""
+    """``values`` ``(C, *S')`` on the model's grid inverted onto ``item``'s source grid ``(C, *S)``."""
     data = dict(item.data)
     data["saliency"] = MetaTensor(values.to(data["image"].device), meta=copy.deepcopy(dict(data["image"].meta)))
     inverted = Invertd(keys="saliency", transform=item.transforms, orig_keys="image", nearest_interp=nearest)(data)
-    source = inverted["saliency"].numpy()[0]
+    source = inverted["saliency"].numpy()
     shape = tuple(item.image.shape[1:])
-    if source.shape != shape and tuple(s for s in source.shape if s != 1) == tuple(s for s in shape if s != 1):
-        source = source.reshape(shape)  # a singleton axis dropped by a step (SqueezeDimd)
+    if source.shape[1:] != shape and tuple(s for s in source.shape[1:] if s != 1) == tuple(s for s in shape if s != 1):
+        source = source.reshape((source.shape[0], *shape))  # a singleton axis dropped by a step (SqueezeDimd)
     return source
 
 
@@ -614,7 +622,12 @@ def _finish(
     """The ``j``-th map of ``result`` inverted onto ``item``'s source grid, as an :class:`ExplainedImage`."""
     image = item.image
     saliency = result.saliency[j].detach()
-    source_map = np.clip(_to_source(item, saliency, nearest=False), 0.0, 1.0)
+    findings = result.findings[j] if result.findings else []
+    source_map = np.clip(_to_source(item, saliency, nearest=False)[0], 0.0, 1.0)
+    source_regions = None
+    if findings:
+        regions = torch.from_numpy(np.stack([f.region for f in findings]).astype(np.float32))
+        source_regions = _to_source(item, regions, nearest=False)
     if source_map.shape != tuple(image.shape[1:]):
         raise RuntimeError(f"inversion gave shape {source_map.shape}, expected the source's {tuple(image.shape[1:])}")
     path = item.path
@@ -632,12 +645,38 @@ def _finish(
         spacing=None if result.spacing is None else tuple(float(v) for v in result.spacing[j]),
         region=None if result.region is None else _source_region(item, result.region[j]),
         region_spec=None if result.region is None else (region_spec or "predicted"),
+        findings=_source_findings(findings, source_regions, source_map, image),
     )
 
 
 def _source_region(item: _Prepared, region: torch.Tensor) -> np.ndarray:
     """A target region ``(1, *S')`` on the model's grid, on ``item``'s source grid (nearest neighbour), uint8."""
-    return (_to_source(item, region.detach().float(), nearest=True) > 0.5).astype(np.uint8)
+    return (_to_source(item, region.detach().float(), nearest=True)[0] > 0.5).astype(np.uint8)
+
+
+def _source_findings(findings: list[Finding], regions, source_map: np.ndarray, image: MetaTensor) -> list[Finding]:
+    """``findings`` on the source grid, from their regions taken back there ``(K, *S)`` (linear, kept at 0.5;
+    a region too small to reach 0.5 keeps the voxels of at least half its largest value)."""
+    spacing = tuple(float(v) for v in np.linalg.norm(np.asarray(image.affine)[:-1, :-1], axis=0))[: image.ndim - 1]
+    out = []
+    for finding, values in zip(findings, regions if regions is not None else []):
+        top = float(values.max())
+        if top <= 0:
+            continue
+        region = values >= min(0.5, 0.5 * top)
+        moved = finding_from_region(region, source_map, spacing, finding.stage, (finding.drop, finding.alone))
+        moved.share, moved.score = finding.share, finding.score
+        out.append(moved)
+    return out
+
+
+def finding_position_mm(finding: Finding, affine: np.ndarray) -> tuple[float, ...]:
+    """A finding's centroid in world mm through ``affine`` ``(4, 4)`` (an :class:`ExplainedImage`'s: RAS)."""
+    affine = np.asarray(affine, dtype=np.float64)
+    centroid = np.zeros(affine.shape[0] - 1)
+    centroid[: len(finding.centroid)] = finding.centroid  # a 2D image's third axis at 0
+    point = affine[:-1, :-1] @ centroid + affine[:-1, -1]
+    return tuple(float(v) for v in point)
 
 
 def _explain_by_slice(

@@ -7,10 +7,12 @@ failures and ``explanations.csv``) call :func:`explain_study` per case, or
 below (:func:`medhdm.pipeline.explain_images`, :mod:`medhdm.export`).
 
 Outputs per case in its own folder ``out_dir/<case>/``: ``<case>_saliency.nii.gz`` (the
-map on the source grid, with the source affine), for a segmenter ``<case>_region.nii.gz`` (the
-explained target region on the same grid; in the SEG as segment 2, named in the SR), and with
-``export_formats`` the DICOM objects of :func:`medhdm.export.export` in ``<case>_dicom/``, the
-structured report (``sr``) among them: the explained class and its probability, the run configuration and, against a
+map on the source grid, with the source affine), ``<case>_findings.csv`` (the explanation's
+findings on the source grid, :data:`FINDINGS_COLUMNS`; not for a 2D classifier over a series),
+for a segmenter ``<case>_region.nii.gz`` (the explained target region on the same grid; in the SEG
+as segment 2, named in the SR), and with ``export_formats`` the DICOM objects of
+:func:`medhdm.export.export` in ``<case>_dicom/``, the structured report (``sr``) among them: the
+explained class and its probability, the run configuration and, against a
 lesion annotation (:class:`StudyReport`), the saved map's scores
 (:func:`medhdm.evaluation.score_saved_map`). A 2D classifier over a series
 (``slices``) also writes ``<case>_slices.csv`` (slice, class probability, explained or not);
@@ -35,20 +37,23 @@ import numpy as np
 
 from .explain.base import Explainer
 from .io.atomic import atomic_write
+from .io.axes import monai_to_dicom_volume
 from .io.nifti import write_nifti
-from .pipeline import ExplainedImage, InputSpec, SliceSelection, explain_images
+from .pipeline import ExplainedImage, InputSpec, SliceSelection, explain_images, finding_position_mm
 
 if TYPE_CHECKING:  # highdicom and the exporters load only when a study is exported
     from .export import Deidentification, ReportContent
 
 __all__ = [
     "CSV_COLUMNS",
+    "FINDINGS_COLUMNS",
     "StudyCase",
     "StudyReport",
     "case_folder",
     "explain_study",
     "explain_study_batch",
     "write_explanations_csv",
+    "write_findings_csv",
 ]
 
 #: the columns of ``explanations.csv``, one row per explained case
@@ -63,6 +68,23 @@ CSV_COLUMNS = (
     "slices",
     "slice_scores",
     "spacing",
+)
+
+#: the columns of ``<case>_findings.csv``, one row per finding, strongest first: voxel coordinates in the
+#: saved map's axis order (the source array's, as ``<case>_saliency.nii.gz``), mm in its world (RAS) frame
+FINDINGS_COLUMNS = (
+    "rank",
+    "stage",
+    "centroid_voxel",
+    "centroid_ras_mm",
+    "peak_voxel",
+    "size",
+    "size_unit",
+    "evidence",
+    "drop",
+    "alone",
+    "share",
+    "score",
 )
 
 
@@ -251,8 +273,10 @@ def _report_content(
             curve_steps=(None, report.curve_steps),
         )
     scores = report_scores(scores)
+    findings = [f.record() for f in result.findings] if "seg" in outputs.export_formats else None
+    name = _class_name(explainer, class_idx)
     content = ReportContent(
-        class_idx, float(result.score), _class_name(explainer, class_idx), report.config, scores, result.region_spec
+        class_idx, float(result.score), name, report.config, scores, region=result.region_spec, findings=findings
     )
     return content, scores
 
@@ -283,8 +307,16 @@ def _export_study(
         retain_dates=deidentify.retain_dates if deidentify is not None else False,
         report=content,
         region=result.region_in_dicom_order(),
+        finding_regions=[monai_to_dicom_volume(f.region) for f in result.findings],
+        finding_descriptions=[_finding_description(f) for f in result.findings],
     )
     return str(export_dir), scores
+
+
+def _finding_description(finding) -> str:
+    """A finding's SEG Segment Description: its HDM stage and share of the evidence."""
+    stage = f"stage {finding.stage}, " if finding.stage is not None else ""
+    return f"{stage}evidence share {finding.share:.2f} ({finding.evidence:.2f} log-odds)"
 
 
 def _write_study(
@@ -322,7 +354,42 @@ def _write_study(
         row["scores"] = scores
     if result.slice_scores is not None:
         row.update(_write_slices(case, result, folder))
+    else:
+        write_findings_csv(_inside(folder, case.case, "_findings.csv"), result)
     return row
+
+
+def _numbers(values, digits: int = 2) -> str:
+    return " ".join(f"{float(v):.{digits}f}" for v in values)
+
+
+def write_findings_csv(path: str | os.PathLike, result: ExplainedImage) -> None:
+    """``<case>_findings.csv`` of an explained image's findings (:data:`FINDINGS_COLUMNS`), written atomically."""
+    rows = [
+        {
+            "rank": rank,
+            "stage": "" if f.stage is None else f.stage,
+            "centroid_voxel": _numbers(f.centroid),
+            "centroid_ras_mm": _numbers(finding_position_mm(f, result.affine)),
+            "peak_voxel": " ".join(str(int(v)) for v in f.peak),
+            "size": f"{f.size_mm:.1f}",
+            "size_unit": f.size_unit,
+            "evidence": f"{f.evidence:.4f}",
+            "drop": f"{f.drop:.4f}",
+            "alone": f"{f.alone:.4f}",
+            "share": f"{f.share:.4f}",
+            "score": f"{f.score:.4f}",
+        }
+        for rank, f in enumerate(result.findings, start=1)
+    ]
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(FINDINGS_COLUMNS))
+            writer.writeheader()
+            writer.writerows(rows)
+
+    atomic_write(Path(path), write)
 
 
 def _write_slices(case: StudyCase, result: ExplainedImage, folder: Path) -> dict:

@@ -78,7 +78,7 @@ def test_local_study_twice_gives_the_same_uids_and_another_method_new_ones(study
     first = explain_local_study(study2d["image"].parent, explainer, spec, tmp_path / "a", OPTIONS)
     again = explain_local_study(study2d["image"].parent, explainer, spec, tmp_path / "b", OPTIONS)
     assert first.status == again.status == "done" and first.study_uid == study2d["study_uid"]
-    assert sorted(_derived(first)) == ["PM.dcm", "SC_0001.dcm", "SEG.dcm", "SR.dcm"]
+    assert sorted(_derived(first)) == ["PM.dcm", "SC_0001.dcm", "SEG.dcm", "SEG_findings.dcm", "SR.dcm"]
     assert _derived(first) == _derived(again)
     other = make_explainer("gradcam", model2d)
     third = explain_local_study(study2d["image"].parent, other, spec, tmp_path / "c", OPTIONS)

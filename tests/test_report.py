@@ -65,7 +65,13 @@ def test_evaluate_writes_a_readable_report(manifest, tmp_path, capsys):
             assert f'id="{ref[1:]}"' in page, ref  # links inside the page lead somewhere
         else:
             assert (out / ref).is_file(), ref
-    assert len([r for r in references if r.startswith("data:")]) == 2 + 3  # curves, box plots; a frame per case
+    assert len([r for r in references if r.startswith("data:")]) == 3 + 3  # curves, box plots, FROC; a frame per case
+    # the findings' lesion-level scores: a FROC table and plot, and the CPM per method in summary.json
+    assert re.search("<h2[^>]*>Findings: FROC", page)
+    cpm = {r["method"]: r for r in data["froc"] if r["metric"] == "cpm"}
+    assert set(cpm) == {"gxi", "occlusion"} and all(0 <= r["mean"] <= 1 and r["n"] == 3 for r in cpm.values())
+    # each case's findings ("score:lesion" strongest first) and its lesion count
+    assert all(re.fullmatch(r"(?:\S+:\d+ )*/\d+", r["findings"]) for r in rows), [r["findings"] for r in rows]
     # the case table links to a section per case: a method selector, the case's scores, one frame per method
     for case in ("case000", "case001", "case002"):
         assert f'href="#case-{case}"' in page

@@ -93,7 +93,7 @@ def _methods_and_maps(args: argparse.Namespace) -> tuple[list[str], dict[str, st
 
 def run(args: argparse.Namespace) -> None:
     from ..cohort import EvaluateRecipe, evaluate_cohort
-    from ..evaluation import FAITHFULNESS_KEYS, format_table, summarise
+    from ..evaluation import FAITHFULNESS_KEYS, format_table, froc_from_rows, summarise
     from ..io.manifest import load_manifest
     from ..io.outputs import check_output_folder
 
@@ -123,4 +123,7 @@ def run(args: argparse.Namespace) -> None:
     faithful = [k for k in FAITHFULNESS_KEYS if rows and k in rows[0]]
     digits = {"deletion_half": 4, "insertion_half": 4}
     print(format_table(summarise(rows, ["pointing_game", "auroc", "lesion_hit_rate", *faithful]), digits=digits))
+    froc = froc_from_rows(rows)
+    if froc:
+        print(format_table(froc, ["cpm", "froc_sens@1"], ci=True))
     print(f"report: {Path(args.out) / 'report.html'}")

@@ -12,6 +12,8 @@ from .run import (
     compare_methods,
     evaluate_cases,
     evaluate_manifest,
+    froc_curves,
+    froc_from_rows,
     new_figures,
 )
 from .scoring import FAITHFULNESS_KEYS, ModelView, faithfulness_means, model_view, score_row, score_saved_map
@@ -30,6 +32,8 @@ __all__ = [
     "evaluate_manifest",
     "faithfulness_means",
     "format_table",
+    "froc_curves",
+    "froc_from_rows",
     "model_view",
     "new_figures",
     "paired_comparison",

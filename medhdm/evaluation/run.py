@@ -30,9 +30,11 @@ import torch
 from torch import nn
 
 from ..explain.base import Explainer
+from ..explain.findings import Finding, finding_from_region, map_regions
 from ..io.annotations import ImageGrid, load_annotation
 from ..io.maps import load_case_map
 from ..metrics.curves import curve_fractions
+from ..metrics.froc import DEFAULT_TOLERANCE_MM, ImageHits, froc, froc_summary, image_hits
 from ..pipeline import InputSpec, SliceSelection, explain_images, load_image
 from .scoring import ModelView, faithfulness_means, model_view, score_row
 
@@ -42,6 +44,9 @@ __all__ = [
     "compare_methods",
     "evaluate_cases",
     "evaluate_manifest",
+    "findings_field",
+    "froc_curves",
+    "froc_from_rows",
     "new_figures",
 ]
 
@@ -62,6 +67,7 @@ def _method_maps(explainer: Explainer, images: Sequence, spec: InputSpec, entrie
             r.score,
             r.explained_slices,
             ModelView(explainer.model, r.model_input, r.model_saliency, r.class_idx, reference),
+            r.findings,
         )
         for r in results
     ]
@@ -71,10 +77,12 @@ def _external_map(folder, image, spec: InputSpec, entry: dict, slices, model: nn
     """A map made elsewhere, read from ``folder``, as :func:`_method_maps` gives an explainer's (no model: no view)."""
     affine = np.asarray(image.affine, dtype=np.float64)
     saliency = load_case_map(folder, entry["id"], tuple(image.shape[1:]), affine)
+    spacing = _spacing(affine, saliency.ndim)
+    findings = [finding_from_region(r, saliency, spacing) for r in map_regions(saliency, spacing)]  # no evidence
     if model is None:
-        return saliency, entry.get("class_idx", ""), float("nan"), None, None
+        return saliency, entry.get("class_idx", ""), float("nan"), None, None, findings
     view, probability, chosen = model_view(model, image, saliency, spec, entry.get("class_idx"), slices)
-    return saliency, view.class_idx, probability, chosen, view
+    return saliency, view.class_idx, probability, chosen, view, findings
 
 
 def evaluate_cases(
@@ -111,14 +119,16 @@ def evaluate_cases(
         lesion = load_annotation(entry["lesion"], ImageGrid.from_meta(tuple(image.shape[1:]), affine, image.meta))
         case = {"id": entry["id"], "rows": [], "maps": {}, "curves": {}}
         for name, (made, seconds) in per_method.items():
-            saliency, cls, prob, chosen, view = made[k]
+            saliency, cls, prob, chosen, view, findings = made[k]
+            spacing = _spacing(affine, lesion.ndim)
             row = {
                 "case": entry["id"],
                 "method": name,
                 "label": entry.get("label", ""),
                 "class_idx": cls,
                 "score": round(prob, 4),
-                **score_row(saliency, lesion, spacing=_spacing(affine, lesion.ndim)),
+                **score_row(saliency, lesion, spacing=spacing),
+                "findings": findings_field(findings, lesion, spacing),
             }
             if slices is not None:
                 row["slices"] = " ".join(str(k) for k in chosen) if chosen is not None else ""
@@ -129,6 +139,50 @@ def evaluate_cases(
             case["rows"].append(row)
             case["maps"][name] = saliency
         out.append(case)
+    return out
+
+
+def findings_field(
+    findings: Sequence[Finding], lesion, spacing=None, tolerance_mm: float = DEFAULT_TOLERANCE_MM
+) -> str:
+    """A row's ``findings``: each finding's score and the lesion its peak hits (0: none; lesions are the
+    mask's connected components, :func:`medhdm.metrics.froc.image_hits`), ``"score:lesion"`` separated by
+    spaces, strongest first, then ``"/n"`` with the image's lesion count."""
+    hits = image_hits([f.peak for f in findings], [f.score for f in findings], lesion, spacing, tolerance_mm)
+    pairs = " ".join(f"{s:.6g}:{int(les)}" for s, les in zip(hits.scores, hits.lesion))
+    return f"{pairs} /{hits.n_lesions}".strip()
+
+
+def _parse_findings(text: str) -> ImageHits:
+    pairs, _, count = str(text).rpartition("/")
+    items = [p.split(":") for p in pairs.split()]
+    return ImageHits(
+        np.asarray([float(s) for s, _ in items], dtype=np.float64),
+        np.asarray([int(les) for _, les in items], dtype=np.int64),
+        int(count),
+    )
+
+
+def _images_by_method(rows: Sequence[dict]) -> dict[str, list[ImageHits]]:
+    by_method: dict[str, list[ImageHits]] = {}
+    for r in rows:
+        if r.get("findings"):
+            by_method.setdefault(r["method"], []).append(_parse_findings(r["findings"]))
+    return by_method
+
+
+def froc_curves(rows: Sequence[dict]) -> dict[str, dict]:
+    """Per method, its FROC (:func:`medhdm.metrics.froc.froc`) over the rows' ``findings`` fields."""
+    return {name: froc(images) for name, images in _images_by_method(rows).items()}
+
+
+def froc_from_rows(rows: Sequence[dict], n_boot: int = 1000, seed: int = 0) -> list[dict]:
+    """Per method, the CPM and FROC sensitivities (:func:`medhdm.metrics.froc.froc_summary`, bootstrap CIs over
+    cases) of the rows' ``findings`` fields (:func:`findings_field`), in the summary shape; methods whose rows
+    carry none are left out."""
+    out = []
+    for name, images in _images_by_method(rows).items():
+        out.extend(froc_summary(name, images, n_boot=n_boot, seed=seed))
     return out
 
 

@@ -1,6 +1,7 @@
 """Explaining a classifier's decision: the shared core, the mask methods and the baselines.
 
 - core: :mod:`~medhdm.explain.base` (the :class:`Explainer` interface and its records),
+  :mod:`~medhdm.explain.findings` (an explanation's lesion-level :class:`Finding` list),
   :mod:`~medhdm.explain.checks`, :mod:`~medhdm.explain.scoring`, :mod:`~medhdm.explain.reference`,
   :mod:`~medhdm.explain.maps`, :mod:`~medhdm.explain.masks` (learned mask vectors);
 - mask methods (:class:`MaskExplainer`): :class:`HDM`, :class:`MDM`, :class:`NeuroMask`;
@@ -8,7 +9,7 @@
 - :mod:`~medhdm.explain.registry`: every method by name.
 """
 
-from .base import Explainer, Explanation, StageRecord
+from .base import Explainer, Explanation, Finding, StageRecord
 from .baselines import RISE, GradCAM, GradCAMpp, GradientInput, Occlusion
 from .hdm import HDM
 from .maps import normalise
@@ -23,6 +24,7 @@ from .scoring import ClassScorer, TwoClassFromLogit
 __all__ = [
     "Explainer",
     "Explanation",
+    "Finding",
     "StageRecord",
     "MaskExplainer",
     "HDM",

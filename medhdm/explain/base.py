@@ -25,12 +25,13 @@ import torch
 from torch import nn
 
 from .checks import check_images, check_model, frozen_eval, resolve_class_idx
+from .findings import Finding, explanation_findings
 from .reference import ReferenceSpec, make_reference
 from .scoring import ClassScorer
 from .targets import RegionSpec, resolve_targets
 from .units import check_spacing, input_spacing
 
-__all__ = ["Explainer", "Explanation", "StageRecord", "is_out_of_memory", "merge_explanations"]
+__all__ = ["Explainer", "Explanation", "Finding", "StageRecord", "is_out_of_memory", "merge_explanations"]
 
 
 #: attributes that do not change a map (the model is identified apart; the memory guard only splits batches)
@@ -123,6 +124,10 @@ class Explanation:
             known, or a method without physical units: every method but HDM).
         region: a segmenter's target region per image ``(B, 1, *S)`` (bool), fixed for the whole
             call (:mod:`~medhdm.explain.targets`); None for a classifier.
+        findings: per image, its :class:`~medhdm.explain.findings.Finding` list, highest score first
+            (HDM's from its stages, ranked by evidence; every other method's from its map, ranked by
+            the map's peak; :mod:`~medhdm.explain.findings`). Measuring their evidence takes one more
+            batched model call, not counted in ``forward_passes``. A segmenter's explanation has none yet.
     """
 
     saliency: torch.Tensor
@@ -138,6 +143,7 @@ class Explanation:
     max_batch: int | None = None
     spacing: torch.Tensor | None = None
     region: torch.Tensor | None = None
+    findings: list[list[Finding]] = field(default_factory=list)
 
 
 class Explainer:
@@ -222,12 +228,14 @@ class Explainer:
         Gaussians in mm (:mod:`~medhdm.explain.units`); the others ignore it. Images of different
         spacing are explained in groups of equal spacing, each group as one batch.
         """
-        spacing = input_spacing(x, spacing) if self.reads_spacing else spacing
+        spacing = input_spacing(x, spacing)
         x = check_images(x)
         if isinstance(region, np.ndarray):
             region = torch.from_numpy(region)
+        sizes = None  # the findings' sizes and suppression radius read the spacing whatever the method
         if spacing is not None:
             spacing = check_spacing(spacing, x.shape[0], x.ndim - 2)  # a bad spacing fails for every method
+            sizes = spacing
             if not self.reads_spacing:
                 spacing = None
             elif not (spacing == spacing[0]).all():
@@ -235,7 +243,7 @@ class Explainer:
         max_batch = self.max_batch
         while True:
             try:
-                return self._explain_once(x, class_idx, max_batch, spacing, region)
+                return self._explain_once(x, class_idx, max_batch, spacing, region, sizes)
             except _OutOfMemory as err:
                 if err.largest_batch <= 1:
                     raise MemoryError(
@@ -264,16 +272,20 @@ class Explainer:
         return merge_explanations(parts, b)
 
     def _explain_once(
-        self, x: torch.Tensor, class_idx, max_batch: int | None, spacing=None, region=None
+        self, x: torch.Tensor, class_idx, max_batch: int | None, spacing=None, region=None, sizes=None
     ) -> Explanation:
-        """:meth:`explain` with at most ``max_batch`` images per model call; an out-of-memory error is raised
-        as :class:`_OutOfMemory` with the largest model call made."""
+        """:meth:`explain` with at most ``max_batch`` images per model call (``sizes``: the ``(B, d)`` spacing
+        the findings read, or None); an out-of-memory error is raised as :class:`_OutOfMemory` with the
+        largest model call made."""
         devices = [x.device] if x.device.type == "cuda" else []
         with frozen_eval(self.model), torch.random.fork_rng(devices=devices):
             torch.manual_seed(self.seed)
             scorer = ClassScorer(self.model, amp=self.amp, max_batch=max_batch)
             try:
-                return self._run(x, class_idx, scorer, spacing, region)
+                result = self._run(x, class_idx, scorer, spacing, region)
+                if result.region is None:  # a classifier: a segmenter's findings are not defined yet
+                    result.findings = self._findings(result, x, scorer, sizes)
+                return result
             except Exception as err:  # noqa: BLE001 - re-raised as it was unless it is an out-of-memory error
                 if is_out_of_memory(err):
                     raise _OutOfMemory(str(err), scorer.largest_batch) from err
@@ -316,6 +328,18 @@ class Explainer:
         result.max_batch = scorer.max_batch
         result.saliency = result.saliency.to(device=x.device, dtype=torch.float32).clamp_(0, 1)
         return result
+
+    def _findings(self, result: Explanation, x: torch.Tensor, scorer: ClassScorer, sizes) -> list[list[Finding]]:
+        """The findings of ``result`` (:func:`~medhdm.explain.findings.explanation_findings`), their evidence
+        measured against the method's reference (a blur for a method without one)."""
+        spacing = None if result.spacing is None else result.spacing.numpy()
+        if self.uses_reference and spacing is not None:
+            reference = self._make_reference(x, spacing)
+        else:
+            reference = make_reference(x, self.reference if self.uses_reference else "blur")
+        with frozen_eval(self.model), torch.no_grad():  # a method's hooks may have left the model in train mode
+            logits = scorer.logits(x)
+            return explanation_findings(result, x, reference, scorer, logits, sizes)
 
     def _make_reference(self, x: torch.Tensor, spacing: np.ndarray) -> torch.Tensor:
         """The reference of images ``x`` ``(B, C, *S)`` of known ``spacing`` (methods with physical units)."""
@@ -448,4 +472,14 @@ def merge_explanations(parts: Sequence[tuple[torch.Tensor, Explanation]], batch:
         max_batch=min(limits) if limits else None,
         spacing=field_of(lambda e: e.spacing, float("nan")),
         region=field_of(lambda e: e.region, False),
+        findings=_scatter_lists([(idx, e.findings) for idx, e in parts], batch),
     )
+
+
+def _scatter_lists(parts: list[tuple[torch.Tensor, list]], batch: int) -> list:
+    """Per-image lists of several groups put back at their images' places (empty lists where a group has none)."""
+    out: list = [[] for _ in range(batch)]
+    for idx, values in parts:
+        for i, value in zip(idx.tolist(), values):
+            out[i] = value
+    return out

@@ -193,6 +193,7 @@ def _build(
     deidentify_salt: str | None,
     retain_dates: bool = False,
     report: ReportContent | None = None,
+    findings: tuple[np.ndarray, list[str]] | None = None,
 ) -> list[tuple[str, object]]:
     """The export's files; ``masks``: the lesion annotation (outlined) and a segmenter's target region (SEG
     segment 2) on the source grid, or None."""
@@ -209,8 +210,12 @@ def _build(
         datasets += builders.build_parametric_map(source, saliency, info)
     if "seg" in formats:
         datasets += builders.build_segmentation(source, saliency, seg_threshold, info, region)
+    if "seg" in formats and findings is not None and len(findings[1]) and not source.multiframe:
+        datasets += dicom.build_findings_segmentation(source, findings[0], findings[1], info)
     if "sr" in formats:
-        datasets.append(("SR.dcm", _structured_report(source, info, report, dict(datasets).get("SEG.dcm"))))
+        made = dict(datasets)
+        sr = _structured_report(source, info, report, made.get("SEG.dcm"), made.get("SEG_findings.dcm"))
+        datasets.append(("SR.dcm", sr))
     if deidentify_salt is not None:
         datasets = [(name, _deidentify(ds, deidentify_salt, retain_dates=retain_dates)) for name, ds in datasets]
     for _, ds in datasets:
@@ -224,12 +229,18 @@ def _build(
 
 
 def _structured_report(
-    source: DicomSource, info: DerivationInfo, report: ReportContent, seg: Dataset | None
+    source: DicomSource, info: DerivationInfo, report: ReportContent, seg: Dataset | None, findings_seg=None
 ) -> Dataset:
     """The SR of the export (:mod:`medhdm.export.sr`), numbered after the SC, PM and SEG series."""
     series_number = info.base_series_number(source.first) + 3
     return build_structured_report(
-        source.datasets, report, method=info.method, uid=info.uid, series_number=series_number, seg=seg
+        source.datasets,
+        report,
+        method=info.method,
+        uid=info.uid,
+        series_number=series_number,
+        seg=seg,
+        findings_seg=findings_seg,
     )
 
 
@@ -248,6 +259,24 @@ def check_export_arguments(formats, out_dir, style, window_preset, seg_threshold
     if out.exists() and not out.is_dir():
         raise ValueError(f"out: {out} exists and is not a folder")
     return formats
+
+
+def _region_on_grid(region, src: DicomSource) -> np.ndarray | None:
+    """A segmenter's target region as booleans on the source grid; None without."""
+    if region is None:
+        return None
+    return map_on_source_grid(np.asarray(region, dtype=np.float32), src, "region") > 0.5
+
+
+def _findings_on_grid(regions, descriptions, src: DicomSource) -> tuple[np.ndarray, list[str]] | None:
+    """The findings' regions ``(K, D, H, W)`` as booleans on the source grid and their descriptions; None without."""
+    if regions is None or not len(regions):
+        return None
+    texts = list(descriptions or [f"finding {k + 1}" for k in range(len(regions))])
+    if len(texts) != len(regions):
+        raise ValueError(f"finding_descriptions: expected one per region ({len(regions)}), got {len(texts)}")
+    grids = np.stack([map_on_source_grid(np.asarray(r, dtype=np.float64), src, "finding_regions") for r in regions])
+    return grids > 0.5, texts
 
 
 def export(
@@ -270,6 +299,8 @@ def export(
     uid_source: Callable[[str], str] | None = None,
     report: ReportContent | None = None,
     region=None,
+    finding_regions=None,
+    finding_descriptions: Sequence[str] | None = None,
 ) -> dict[str, list[Path]]:
     """Write ``saliency`` in the given formats next to (not into) the source study.
 
@@ -278,12 +309,10 @@ def export(
         saliency: the map on the source grid (see the module docstring), values in [0, 1].
         out_dir: output folder; created if missing; not the source, and not inside a source series
             folder unless ``allow_inside_source`` (:mod:`medhdm.io.outputs`).
-        formats: any of ``"sc"`` (one RGB Secondary Capture per slice), ``"pm"`` (float
-            Parametric Map), ``"seg"`` (binary SEG of ``saliency >= seg_threshold``),
-            ``"sr"`` (``SR.dcm``, the structured report of ``report``, referencing the source images and the
-            SEG when there is one; not with de-identification), ``"nifti"`` (``saliency.nii.gz`` with the
-            source affine), ``"png"`` (one overlay per slice). From an enhanced multi-frame source, the SCs,
-            PM and SEG reference its frames (:mod:`medhdm.export.multiframe`).
+        formats: any of ``"sc"`` (one RGB Secondary Capture per slice), ``"pm"`` (float Parametric Map),
+            ``"seg"`` (binary SEG of ``saliency >= seg_threshold``), ``"sr"`` (``SR.dcm``, the structured report
+            of ``report``, referencing the source images and the SEG when there is one; not with
+            de-identification), ``"nifti"`` (``saliency.nii.gz``, source affine), ``"png"`` (one per slice).
         method, class_label: named in series descriptions, derivation text and legend.
         style: overlay colours, threshold and opacity (SC and PNG); default :class:`OverlayStyle`.
         lesion_mask: optional annotation on the source grid, outlined in SC and PNG.
@@ -300,11 +329,12 @@ def export(
         region: a segmenter's target region on the source grid (as ``saliency``, 0/1): the SEG's segment 2.
         report: what the SR says (:class:`~medhdm.export.sr.ReportContent`: the explained class, its
             probability, the run configuration, scores); needed with ``"sr"``, ignored without.
+        finding_regions, finding_descriptions: findings' regions ``(K, *S)`` (as ``saliency``) and texts: with
+            ``"seg"``, ``SEG_findings.dcm`` (:func:`~medhdm.export.dicom.build_findings_segmentation`).
 
-    The files are published all or nothing (:mod:`medhdm.export.staging`): the folder is
-    locked while this runs (a second run fails with
-    :class:`~medhdm.export.staging.OutputBusyError`), and an interrupted run leaves no
-    dangling link and never files of two sets: the complete old or new set, or (killed while
+    The files are published all or nothing (:mod:`medhdm.export.staging`): the folder is locked while this
+    runs (a second run fails with :class:`~medhdm.export.staging.OutputBusyError`), and an interrupted run
+    leaves no dangling link and never files of two sets: the complete old or new set, or (killed while
     names are added or removed) a part of one without the manifest, which the next run completes.
 
     Returns:
@@ -317,13 +347,12 @@ def export(
     src = _as_source(source)
     check_output_folder(out_dir, [src.series_folder] if src.series_folder else src.paths, allow_inside_source)
     sal = map_on_source_grid(saliency, src)
-    roi = None if region is None else map_on_source_grid(np.asarray(region, dtype=np.float32), src, "region") > 0.5
-    masks = (_lesion_on_grid(lesion_mask, src), roi)
+    masks = (_lesion_on_grid(lesion_mask, src), _region_on_grid(region, src))
     info = DerivationInfo(str(method), class_label, series_number, uid_source)
+    findings = _findings_on_grid(finding_regions, finding_descriptions, src)
     with ExportFolder(out_dir, overwrite=overwrite) as folder:  # locked; an existing export refused here
-        writers = _build(
-            src, sal, formats, info, style, masks, window_preset, seg_threshold, deidentify_salt, retain_dates, report
-        )
+        options = (window_preset, seg_threshold, deidentify_salt, retain_dates, report, findings)
+        writers = _build(src, sal, formats, info, style, masks, *options)
         paths = folder.publish(
             writers,
             protected=src.paths,

@@ -9,7 +9,7 @@ in a new series, and reference the exact source instances they were derived from
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import highdicom as hd
@@ -352,3 +352,58 @@ def build_segmentation(
     if "Laterality" in seg and not seg.Laterality:
         del seg.Laterality  # the SEG IOD's condition forbids an empty Laterality for an unpaired part
     return [("SEG.dcm", seg)]
+
+
+def build_findings_segmentation(
+    source: DicomSource,
+    regions: np.ndarray,
+    descriptions: Sequence[str],
+    info: DerivationInfo | None = None,
+) -> list[tuple[str, Dataset]]:
+    """A binary DICOM SEG of an explanation's findings, one segment per finding (``SEG_findings.dcm``).
+
+    Args:
+        source: the single-frame source images.
+        regions: the findings' regions on the source grid, ``(K, D, H, W)`` booleans in the source's slice
+            order (rank order: segment ``k`` is finding ``k``, labelled ``"finding k"``).
+        descriptions: one Segment Description per finding (its stage and share of the evidence).
+        info: method, class and UIDs; the series is numbered after the SR (+4), its UIDs keyed
+            ``"findings-seg/series"`` and ``"findings-seg/instance"``.
+    """
+    _check_geometry(source)
+    regions = np.asarray(regions, dtype=bool)
+    if regions.ndim != 4 or regions.shape[1:] != source.pixels.shape or len(regions) != len(descriptions):
+        raise ValueError(
+            f"regions: expected (K, D, H, W) = ({len(descriptions)}, *{source.pixels.shape}), got {regions.shape}"
+        )
+    info = info or DerivationInfo()
+    first = source.first
+    algorithm = hd.AlgorithmIdentificationSequence(
+        name=f"medhdm {info.method}"[:64], family=codes.cid7162.ArtificialIntelligence, version=__version__
+    )
+    segments = []
+    for k, text in enumerate(descriptions, start=1):
+        segment = hd.seg.SegmentDescription(
+            segment_number=k,
+            segment_label=f"finding {k}",
+            segmented_property_category=codes.SCT.SpatialAndRelationalConcept,
+            segmented_property_type=codes.DCM.Saliency,
+            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+            algorithm_identification=algorithm,
+        )
+        segment.SegmentDescription = str(text)[:64]
+        segments.append(segment)
+    labels = np.moveaxis(regions, 0, -1)  # (D, H, W, K): one binary plane per segment
+    seg = hd.seg.Segmentation(
+        source_images=source.datasets,
+        pixel_array=labels.astype(np.uint8),
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=segments,
+        omit_empty_frames=False,
+        **_equipment(first, info, offset=4, kind="findings-seg"),
+    )
+    seg.SeriesDescription = f"medhdm {info.describe()} findings"[:64]
+    _copy_series_context(seg, first)
+    if "Laterality" in seg and not seg.Laterality:
+        del seg.Laterality
+    return [("SEG_findings.dcm", seg)]

@@ -19,6 +19,11 @@ Content tree (highdicom builds and validates it)::
               "region-component<k>" or "region-mask")                              [a segmenter's]
           Probability (DCM 122157) of the explained class, UCUM "1"                 [when known]
           Localisation and faithfulness (deletion/insertion AUC) scores (99MEDHDM)  [when given]
+        Measurement Group per finding (TID 1411)                                  [with the findings' SEG]
+          Tracking Identifier "finding k" / UID
+          Referenced Segment: SEG_findings.dcm, segment k, with its source images
+          Finding: Saliency (DCM 130404)
+          Area (mm2) or Volume (mm3); evidence share and evidence in log-odds (99MEDHDM, UCUM "1")
 
 The evidence (Current Requested Procedure Evidence) lists the source images and the SEG.
 :func:`build_structured_report` makes the data set (:func:`medhdm.export.export` writes it as
@@ -62,6 +67,12 @@ SCORE_CODES = {
     "insertion_half": Code("insertion-half", _SCHEME, "Share inserted to restore half the evidence"),
 }
 _UNITLESS = Code("1", "UCUM", "no units")
+EVIDENCE_SHARE = Code("evidence-share", _SCHEME, "Share of the explanation's evidence")
+EVIDENCE = Code("evidence-logodds", _SCHEME, "Evidence in log-odds of the explained class")
+_SIZE = {
+    "mm^2": (codes.SCT.Area, Code("mm2", "UCUM", "square millimeter")),
+    "mm^3": (codes.SCT.Volume, Code("mm3", "UCUM", "cubic millimeter")),
+}
 _IMAGING = Code("363679005", "SCT", "Imaging")
 
 
@@ -88,6 +99,8 @@ class ReportContent:
         region: a segmenter's target region as it was asked: ``"predicted"`` (the model's own mask for
             the class), ``"component:k"`` or ``"mask"`` (given); the explained score is the class's mean
             logit over it. ``None``: a classifier (no region item).
+        findings: the explanation's findings in rank order, each ``{"size", "size_unit", "share", "evidence"}``
+            (:meth:`medhdm.explain.Finding.record`); one measurement group each when the findings' SEG is given.
 
     Raises:
         ValueError: a class index below 0, a probability outside [0, 1], an unknown score name.
@@ -100,6 +113,7 @@ class ReportContent:
     config: dict | None = field(default=None, repr=False)
     scores: Mapping[str, float] | None = None
     region: str | None = None
+    findings: Sequence[Mapping] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.region is not None and _region_code(self.region) is None:
@@ -167,6 +181,35 @@ def _measurement_group(sources: list[pydicom.Dataset], seg: pydicom.Dataset | No
     return group
 
 
+def _finding_groups(sources: list[pydicom.Dataset], seg: pydicom.Dataset, findings, uid) -> list:
+    """One TID 1411 group per finding: tracked as ``"finding k"``, segment ``k`` of the findings' SEG, its size
+    (Area or Volume, when in mm) and its evidence share and log-odds."""
+    groups = []
+    for k, finding in enumerate(findings, start=1):
+        segment = hd.sr.ReferencedSegment(
+            sop_class_uid=seg.SOPClassUID,
+            sop_instance_uid=seg.SOPInstanceUID,
+            segment_number=k,
+            source_images=[hd.sr.SourceImageForSegmentation.from_source_image(ds) for ds in sources],
+        )
+        measurements = [
+            hd.sr.Measurement(name=EVIDENCE_SHARE, value=float(finding["share"]), unit=_UNITLESS),
+            hd.sr.Measurement(name=EVIDENCE, value=float(finding["evidence"]), unit=_UNITLESS),
+        ]
+        if finding["size_unit"] in _SIZE:
+            name, unit = _SIZE[finding["size_unit"]]
+            measurements.insert(0, hd.sr.Measurement(name=name, value=float(finding["size"]), unit=unit))
+        groups.append(
+            hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+                tracking_identifier=hd.sr.TrackingIdentifier(uid=uid(f"sr/finding/{k}"), identifier=f"finding {k}"),
+                referenced_segment=segment,
+                finding_type=codes.DCM.Saliency,
+                measurements=measurements,
+            )
+        )
+    return groups
+
+
 def _observer(uid: Callable[[str], str], config: dict | None) -> hd.sr.ObserverContext:
     """The device observer: medhdm, with the model's name (when the configuration is known) as the device's model."""
     model = str(config["model"]["name"])[:64] if config is not None else None
@@ -217,6 +260,7 @@ def build_structured_report(
     uid: Callable[[str], str],
     series_number: int,
     seg: pydicom.Dataset | None = None,
+    findings_seg: pydicom.Dataset | None = None,
 ) -> hd.sr.Comprehensive3DSR:
     """The SR of one explained series (see the module docstring).
 
@@ -228,16 +272,21 @@ def build_structured_report(
             (:class:`~medhdm.export.dicom.DerivationInfo`: deterministic, or new random ones).
         series_number: the SR's Series Number.
         seg: the saliency SEG, referenced by the measurement group (``None``: none was made).
+        findings_seg: the findings' SEG (one segment per finding of ``content.findings``, in order): one
+            measurement group per finding, UIDs keyed ``"sr/finding/<k>"`` (``None``: no finding groups).
     """
     sources = sorted(sources, key=lambda ds: int(ds.get("InstanceNumber", 0) or 0))
-    group = _measurement_group(sources, seg, _group_items(content, method, uid))
+    groups = [_measurement_group(sources, seg, _group_items(content, method, uid))]
+    if findings_seg is not None and content.findings:
+        groups += _finding_groups(sources, findings_seg, content.findings, uid)
     report = hd.sr.MeasurementReport(
         observation_context=hd.sr.ObservationContext(observer_device_context=_observer(uid, content.config)),
         procedure_reported=_IMAGING,
-        imaging_measurements=[group],
+        imaging_measurements=groups,
     )
+    referenced = [ds for ds in (seg, findings_seg if len(groups) > 1 else None) if ds is not None]
     sr = hd.sr.Comprehensive3DSR(
-        evidence=[*sources, *([seg] if seg is not None else [])],
+        evidence=[*sources, *referenced],
         content=report,
         series_instance_uid=uid("sr/series"),
         series_number=series_number,
@@ -259,12 +308,16 @@ def read_structured_report(path: str | os.PathLike) -> dict:
     Returns:
         ``{"algorithm": name, "version", "parameters": {key: value}, "class_code", "class_meaning",
         "probability", "scores": {name: value}, "segment": SEG SOP Instance UID or None,
-        "sources": [SOP Instance UIDs], "region_code", "region_meaning" (None for a classifier's)}``.
+        "sources": [SOP Instance UIDs], "region_code", "region_meaning" (None for a classifier's),
+        "findings": per finding group {"tracking", "uid", "segment", "segment_number", "size", "size_unit",
+        "share", "evidence"}}``.
     """
     sr = hd.sr.srread(path)
     groups = sr.content.get_volumetric_roi_measurement_groups() or sr.content.get_image_measurement_groups()
+    finding_groups = [g for g in groups if str(g.tracking_identifier or "").startswith("finding ")]
+    groups = [g for g in groups if g not in finding_groups]
     if len(groups) != 1:
-        raise ValueError(f"{path}: expected one measurement group, found {len(groups)}")
+        raise ValueError(f"{path}: expected one measurement group of the map, found {len(groups)}")
     group = groups[0]
 
     def texts(code: Code) -> list[str]:  # the group's own content items (TID 4019 items hang off the container)
@@ -304,4 +357,27 @@ def read_structured_report(path: str | os.PathLike) -> dict:
     else:
         images = group.source_images
     out["sources"] = [str(image.referenced_sop_instance_uid) for image in images]
+    out["findings"] = [_read_finding(g) for g in finding_groups]
+    return out
+
+
+def _read_finding(group) -> dict:
+    """One finding group's values (see :func:`read_structured_report`)."""
+    segment = group.referenced_segment
+    out = {
+        "tracking": str(group.tracking_identifier),
+        "uid": str(group.tracking_uid),
+        "segment": str(segment.referenced_sop_instance_uid),
+        "segment_number": int(segment.referenced_segment_numbers[0]),
+        "size": None,
+        "size_unit": None,
+    }
+    units = {code.value: unit for unit, (code, _) in _SIZE.items()}
+    for measurement in group.get_measurements():
+        if measurement.name.value in units:
+            out["size"], out["size_unit"] = float(measurement.value), units[measurement.name.value]
+        elif measurement.name == EVIDENCE_SHARE:
+            out["share"] = float(measurement.value)
+        elif measurement.name == EVIDENCE:
+            out["evidence"] = float(measurement.value)
     return out

@@ -12,6 +12,7 @@ from .faithfulness import (
     sanity_check,
     seed_agreement,
 )
+from .froc import DEFAULT_TOLERANCE_MM, FROC_RATES, ImageHits, froc, froc_summary, image_hits
 from .localisation import (
     LOCALISATION_KEYS,
     auprc,
@@ -27,6 +28,12 @@ from .localisation import (
 )
 
 __all__ = [
+    "DEFAULT_TOLERANCE_MM",
+    "FROC_RATES",
+    "ImageHits",
+    "froc",
+    "froc_summary",
+    "image_hits",
     "LOCALISATION_KEYS",
     "area_linear",
     "area_log_share",

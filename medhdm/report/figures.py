@@ -11,7 +11,7 @@ import numpy as np
 
 from ..io.axes import monai_to_dicom
 
-__all__ = ["boxplots_png", "case_frames", "curves_png", "default_slice", "overlay_grid_png"]
+__all__ = ["boxplots_png", "case_frames", "curves_png", "default_slice", "froc_png", "overlay_grid_png"]
 
 #: the case viewer's frames are at most this many pixels on a side (larger images are subsampled)
 MAX_FRAME_SIDE = 256
@@ -98,6 +98,26 @@ def curves_png(figures: dict) -> bytes | None:
         ax.set_ylabel("class probability")
         ax.set_title(f"{mode} ({'lower' if mode == 'deletion' else 'higher'} is better)")
     axes[1].legend(fontsize=8)
+    return _png(fig)
+
+
+def froc_png(curves: dict[str, dict]) -> bytes | None:
+    """The FROC of each method (:func:`medhdm.evaluation.froc_curves`): lesions found against false findings
+    per image, log axis over the CPM's rates (1/8 to 8); None without findings."""
+    import matplotlib.pyplot as plt
+
+    if not curves:
+        return None
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for name, curve in curves.items():
+        fp = np.maximum(np.asarray(curve["curve_fp"], dtype=np.float64), 1 / 16)
+        ax.step(fp, curve["curve_sensitivity"], where="post", label=f"{name} (CPM {curve['cpm']:.2f})")
+    ax.set_xscale("log", base=2)
+    ax.set_xlim(1 / 16, 8)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("false findings per image")
+    ax.set_ylabel("share of lesions found")
+    ax.legend(fontsize=8)
     return _png(fig)
 
 

@@ -30,10 +30,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..evaluation import FAITHFULNESS_KEYS, compare_with_first, summarise
+from ..evaluation import FAITHFULNESS_KEYS, compare_with_first, froc_curves, froc_from_rows, summarise
 from ..io.atomic import atomic_write
 from ..metrics.localisation import LOCALISATION_KEYS
-from .figures import boxplots_png, case_frames, curves_png, default_slice, overlay_grid_png
+from .figures import boxplots_png, case_frames, curves_png, default_slice, froc_png, overlay_grid_png
 from .niivue import _STYLE as _VIEWER_STYLE
 from .niivue import case_viewer, viewer_script, write_viewer_assets
 
@@ -84,6 +84,26 @@ def _pairs_table(comparisons: Sequence[dict], first: str) -> str:
     return "".join([*pairs, "</table>"])
 
 
+def _froc_table(froc: Sequence[dict], methods: Sequence[str]) -> str:
+    """The FROC summary (:func:`medhdm.evaluation.froc_from_rows`) as an HTML table; a line when there is none."""
+    if not froc:
+        return "<p>No findings.</p>"
+    metrics = list(dict.fromkeys(r["metric"] for r in froc))
+    return _summary_table(froc, [m for m in methods if any(r["method"] == m for r in froc)], metrics)
+
+
+def _images(rows: Sequence[dict], figures: dict, methods: list[str], metrics: list[str]) -> dict[str, bytes]:
+    """The report's PNG figures by file name (curves and FROC only when there is something to draw)."""
+    images = {"overlays.png": overlay_grid_png(figures, methods), "boxplots.png": boxplots_png(rows, methods, metrics)}
+    curves = curves_png(figures)
+    if curves is not None:
+        images["curves.png"] = curves
+    froc_image = froc_png(froc_curves(rows))
+    if froc_image is not None:
+        images["froc.png"] = froc_image
+    return images
+
+
 def write_report(rows: Sequence[dict], figures: dict, out_dir: str | os.PathLike, title: str = "medhdm report") -> Path:
     """Write the CSVs, JSON, figures and ``report.html`` into ``out_dir``; return the HTML's path."""
     if not rows:
@@ -94,16 +114,14 @@ def write_report(rows: Sequence[dict], figures: dict, out_dir: str | os.PathLike
     metrics = [k for k in (*LOCALISATION_KEYS, *FAITHFULNESS_KEYS) if k in rows[0]]
     summary = summarise(rows, metrics)
     comparisons = compare_with_first(rows, metrics)
+    froc = froc_from_rows(rows)
     atomic_write(out / "per_case.csv", _csv_bytes(rows))
     atomic_write(out / "summary.csv", _csv_bytes(summary))
     atomic_write(
         out / "summary.json",
-        (json.dumps({"summary": summary, "paired_vs_first": comparisons}, indent=2) + "\n").encode(),
+        (json.dumps({"summary": summary, "paired_vs_first": comparisons, "froc": froc}, indent=2) + "\n").encode(),
     )
-    images = {"overlays.png": overlay_grid_png(figures, methods), "boxplots.png": boxplots_png(rows, methods, metrics)}
-    curves = curves_png(figures)
-    if curves is not None:
-        images["curves.png"] = curves
+    images = _images(rows, figures, methods, metrics)
     for name, data in images.items():
         atomic_write(out / name, data)
     write_viewer_assets(out)
@@ -137,6 +155,12 @@ restores half of the log-odds evidence (lower is better); deletion_auc_log (lowe
 scaled to [0, 1]; deletion_auc, insertion_auc (with <code>--curve-steps N</code>): the same over N equal shares
 and the share 0..1.</p>
 {table}
+<h2 id="froc">Findings: FROC (lesion level)</h2>
+<p>Each method's findings (HDM's from its stages, the others' from their maps' peaks); a finding hits a lesion when
+its peak lies within 5 mm of it. cpm: mean share of lesions found at 1/8, 1/4, 1/2, 1, 2, 4 and 8 false findings
+per image; froc_sens@r: at r false findings per image (pooled over cases; bootstrap 95% CI over cases).</p>
+{_froc_table(froc, methods)}
+{embed("froc.png", "FROC curves")}
 <h3>Cases (pointing game / AUROC per method; open a case)</h3>
 {case_table}
 <h2>Deletion and insertion curves (mean over cases, log share axis)</h2>
