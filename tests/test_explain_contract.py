@@ -254,10 +254,13 @@ def test_bad_input_is_named(x, class_idx, error, message):
 
 def test_bad_model_output_and_settings_are_named():
     x = torch.rand(1, 1, 16, 16)
+    # a map on another grid than the input's is neither a classifier's output nor a segmenter's
     with pytest.raises(
-        ValueError, match=r"model: expected an output of shape \(B, num_classes\) = \(1, K\), got \(1, 1, 16, 16\)"
+        ValueError,
+        match=r"model: expected an output of shape \(B, K\) = \(1, K\) \(a classifier\) or \(B, K, \*S\) = "
+        r"\(1, K, 16, 16\) \(a segmenter on the input's grid\), got \(1, 1, 8, 8\)",
     ):
-        HDM(nn.Conv2d(1, 1, 3, padding=1))(x)
+        HDM(nn.Conv2d(1, 1, 3, padding=1, stride=2))(x)
     with pytest.raises(TypeError, match="model: expected the forward pass to return a tensor"):
         GradientInput(_DictModel())(x)
     with pytest.raises(TypeError, match="model: expected a torch.nn.Module"):
