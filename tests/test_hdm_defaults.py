@@ -135,3 +135,13 @@ def test_the_contrast_keeps_the_ranking():
 def test_bad_focus_settings_name_the_argument(kwargs, message):
     with pytest.raises(ValueError, match=message):
         HDM(load_default_classifier(), **kwargs)
+
+
+def test_focus_settings_round_trip_through_json():
+    import json
+
+    model = load_default_classifier()
+    record = json.loads(json.dumps(HDM(model).settings()))  # as a provenance file holds them
+    assert record["focus"] == {"2": 0.5, "3": 1.0} and record["contrast"] == {"2": 1.5, "3": 2.0}
+    rebuilt = HDM(model, focus=record["focus"], contrast=record["contrast"])
+    assert rebuilt.focus == {2: 0.5, 3: 1.0} and rebuilt.contrast == {2: 1.5, 3: 2.0}

@@ -160,6 +160,7 @@ _CONTRAST = {2: 1.5, 3: 2.0}  # the focused map's exponent per spatial dimension
 def _per_dims(name: str, value, minimum: float) -> dict[int, float]:
     """``value`` (one number, or a dict ``{2: ..., 3: ...}``) as a dict per spatial dimension, each >= ``minimum``."""
     values = dict(value) if isinstance(value, dict) else {2: value, 3: value}
+    values = {int(k) if isinstance(k, str) and k in ("2", "3") else k: v for k, v in values.items()}  # as JSON holds it
     if set(values) != {2, 3}:
         raise ValueError(f"{name}: expected a number or a dict with the keys 2 and 3, got {value!r}")
     for v in values.values():
