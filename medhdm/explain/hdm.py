@@ -562,8 +562,8 @@ class HDM(MaskExplainer):
 
     def _refine(self, saliency: torch.Tensor, run: _Run) -> torch.Tensor:
         """``norm(S + w * max_l d_l)`` (``"positive_gradient"``) or ``norm((S + e) * max_l d_l)``, then
-        focused (:meth:`_focus`); the fused masks alone without refinement, or where the signal is flat
-        everywhere (raised to the contrast exponent)."""
+        focused (:meth:`_focus`) and raised to the contrast exponent; the fused masks alone without
+        refinement, or where the signal is flat everywhere."""
         if self.refine is None:
             return saliency
         run.masks["fused"] = saliency
@@ -576,7 +576,7 @@ class HDM(MaskExplainer):
         focused = self._focus(refined, run)
         flat = detail.flatten(1).amax(1) == 0
         contrast = self.contrast[saliency.ndim - 2]
-        return torch.where(flat.view(-1, *([1] * (saliency.ndim - 1))), saliency, focused) ** contrast
+        return torch.where(flat.view(-1, *([1] * (saliency.ndim - 1))), saliency, focused**contrast)
 
     def _focus(self, refined: torch.Tensor, run: _Run) -> torch.Tensor:
         """:func:`focus_map` of the refined map with this call's stages, at the input's ``focus`` weight."""
