@@ -37,14 +37,17 @@ MEAN_AREA_3D = MaskObjective(steps=5, lr=0.3, final_lr=0.03, lambda_area=1.0, la
 def settings(model) -> dict:
     """Display name -> explainer, each row one change from the row above (in 2D the 3D area budget
     changes nothing: the last two HDM rows are the same settings there)."""
+    before = {"focus": 0, "contrast": 1}  # the rows are the defaults of 2026-11-28, before the focus term (issue 24)
     rows = {
         "HDM, defaults of 2026-11-27 (20 steps)": hdm_until_2026_11_28(model),
         "+ 5 steps per phase": HDM(
-            model, threshold=0.3, signal_padding="replicate", volume_benchmark_objective=MEAN_AREA_3D
+            model, threshold=0.3, signal_padding="replicate", volume_benchmark_objective=MEAN_AREA_3D, **before
         ),
-        "+ signal smoothed with 0 outside": HDM(model, threshold=0.3, volume_benchmark_objective=MEAN_AREA_3D),
-        "+ soft stage regions": HDM(model, volume_benchmark_objective=MEAN_AREA_3D),
-        "HDM, defaults (+ 3D area budget 5 %)": HDM(model),
+        "+ signal smoothed with 0 outside": HDM(
+            model, threshold=0.3, volume_benchmark_objective=MEAN_AREA_3D, **before
+        ),
+        "+ soft stage regions": HDM(model, volume_benchmark_objective=MEAN_AREA_3D, **before),
+        "HDM, defaults (+ 3D area budget 5 %)": HDM(model, **before),
         "HDM, defaults, refine=None": HDM(model, refine=None),
         "GradientInput": GradientInput(model),
     }

@@ -1,7 +1,7 @@
 """Which one-case differences are knife edges: the settings re-run under imperceptible input noise.
 
     python benchmarks/input_noise.py [--seeds 9999] [--draws 4] [--sigma 1e-6] [--cases 24] [--threads 1]
-        [--settings defaults,until_2026_11_27,GradientInput]
+        [--settings defaults,until_2026_11_27,GradientInput] [--dims 2] [--out NAME]
 
 HDM is deterministic (its masks start from a constant; ``seed`` does not change them), but an
 image whose map peaks on the rim of a lesion, or between two regions of almost equal evidence,
@@ -13,7 +13,10 @@ from generator seed k (1e-6 of the [0, 1] intensity range: far below any image's
 prints, per setting, the pointing game and the lesions hit in 2-3-lesion cases at each draw and
 their mean, the cases that some draw misses (in how many draws, with the model's p(lesion)), and
 the paired difference of the per-case means over draws against the first setting (mean,
-bootstrap 95 % CI, Wilcoxon p). Writes ``benchmarks/results/input_noise_<seeds>.json``.
+bootstrap 95 % CI, Wilcoxon p). Settings: ``defaults``, ``before_focus`` (the defaults before the focus
+term of issue 24, ``HDM(focus=0, contrast=1)``), ``until_2026_11_27``, ``GradientInput``; ``--dims 3``
+runs the shipped 3D model on 24 x 48 x 48 volumes. Writes ``benchmarks/results/input_noise_<seeds>.json``
+(or ``<out>.json``).
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from quality_2d import hdm_until_2026_11_27
 from medhdm import HDM, GradientInput
 from medhdm.evaluation import paired_comparison
 from medhdm.evaluation.statistics import bootstrap_ci
-from medhdm.models import load_default_classifier
+from medhdm.models import DEFAULT_3D, load_default_classifier
 
 QUALITY = ("pointing_game", "lesion_hit_rate_multi")
 
@@ -40,6 +43,8 @@ def make(setting: str, model):
     """The explainer of ``setting``."""
     if setting == "defaults":
         return HDM(model)
+    if setting == "before_focus":
+        return HDM(model, focus=0, contrast=1)
     if setting == "until_2026_11_27":
         return hdm_until_2026_11_27(model)
     if setting == "GradientInput":
@@ -121,21 +126,25 @@ def main() -> None:
     parser.add_argument("--settings", default="defaults,until_2026_11_27,GradientInput")
     parser.add_argument("--cases", type=int, default=24)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--dims", type=int, default=2, choices=(2, 3))
+    parser.add_argument("--out", default=None, help="results file name (default input_noise_<seeds>)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")
-    model = load_default_classifier()
+    model = load_default_classifier() if args.dims == 2 else load_default_classifier(DEFAULT_3D)
+    size = tuple(model.medhdm_card["recipe"]["spatial_size"])
     settings = args.settings.split(",")
     results = {"cases": args.cases, "threads": args.threads, "draws": args.draws, "sigma": args.sigma, "seeds": {}}
     for data_seed in (int(s) for s in args.seeds.split(",")):
-        x, lesions, _ = held_out_cases(args.cases, seed=data_seed)
+        x, lesions, _ = held_out_cases(args.cases, size=size, seed=data_seed)
         with torch.no_grad():
             p_lesion = torch.softmax(model(x), dim=1)[:, 1].numpy()
         rows = run_seed(model, x, lesions, data_seed, settings, args.draws, args.sigma)
         print(f"held-out seed {data_seed}, {args.cases} cases, {args.threads} torch thread(s)")
         summary = report(rows, p_lesion, settings)
         results["seeds"][str(data_seed)] = {**summary, "p_lesion": p_lesion.tolist(), "rows": rows}
-    write_json(RESULTS / f"input_noise_{args.seeds.replace(',', '_')}.json", results)
+    results["dims"] = args.dims
+    write_json(RESULTS / f"{args.out or 'input_noise_' + args.seeds.replace(',', '_')}.json", results)
 
 
 if __name__ == "__main__":

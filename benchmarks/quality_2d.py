@@ -31,7 +31,7 @@ from medhdm.models import load_default_classifier
 
 def hdm_until_2026_11_27(model) -> HDM:
     """HDM's defaults before issue 16: 100 steps at lr 0.1 on three grids per phase, three stages,
-    the pixel refinement by |gradient x (x - r)| (which fails the model-randomisation check)."""
+    the pixel refinement by |gradient x (x - r)| (which fails the model-randomisation check), no focus term."""
     return HDM(
         model,
         benchmark_grids=(32, 16, 8),
@@ -43,17 +43,21 @@ def hdm_until_2026_11_27(model) -> HDM:
         refine=0.2,
         refine_by="gradient_input",
         threshold=0.3,
+        focus=0,
+        contrast=1,
     )
 
 
 def hdm_until_2026_11_28(model) -> HDM:
     """HDM's defaults of 2026-11-27: 20 steps per phase, binarised regions (threshold 0.3), the
-    3D benchmark masks' mean-area penalty, the refinement signal smoothed with the edge replicated."""
+    3D benchmark masks' mean-area penalty, the refinement signal smoothed with the edge replicated, no focus term."""
     return HDM(
         model,
         volume_benchmark_objective=MaskObjective(lr=0.3, final_lr=0.03, lambda_area=1.0, lambda_del=1.0),
         threshold=0.3,
         signal_padding="replicate",
+        focus=0,
+        contrast=1,
     ).set_steps(20)
 
 

@@ -4,6 +4,7 @@
     python benchmarks/quality_files.py --dims 3 --cases 8
     python benchmarks/quality_files.py --dims 3 --cases 24 --hdm-steps 5 \
         --methods "HDM,HDM steps=5,GradientInput,Occlusion"
+    python benchmarks/quality_files.py --dims 3 --cases 24 --methods "HDM,HDM focus=0,GradientInput"
 
 Writes lesion cases (1-3 lesions each, seeded) as DICOM studies with NIfTI masks, explains
 each with every method through MONAI loading, the invertible preprocessing and the map
@@ -48,6 +49,7 @@ def methods_for(model, dims: int, hdm_steps: tuple[int, ...] = ()) -> dict:
     methods = {
         "HDM": HDM(model),
         **{f"HDM steps={s}": HDM(model).set_steps(s) for s in hdm_steps},
+        "HDM focus=0": HDM(model, focus=0, contrast=1),  # the defaults before the focus term (issue 24)
         "GradientInput": GradientInput(model),
         "Occlusion": Occlusion(model),
         "RISE": RISE(model, n_masks=1000),

@@ -630,6 +630,78 @@ def segmentation() -> str:
     return markdown(header, rows)
 
 
+# --- issue 24: the focused map --------------------------------------------------------------------------------
+
+FOCUS_QUALITY = (("pointing_game", 2), ("energy_in_lesion", 2), ("auroc", 3), ("lesion_hit_rate_multi", 2))
+FOCUS_DEFAULTS = {2: "focus 0.5, contrast 1.5", 3: "focus 1, contrast 2"}
+
+
+def focus_ablation() -> str:
+    """``hdm_focus_31_77.json`` (tuning seeds): per focus weight and contrast exponent, pointing / energy in
+    lesion / pixel AUROC / lesions hit in 2-3-lesion cases on each set, then Gradient x Input."""
+    runs = load("hdm_focus_31_77.json")["runs"]
+    sets = list(runs)
+    summaries = {key: by_method(runs[key]["summary"]) for key in sets}
+    names = [n for n in summaries[sets[0]] if n.startswith("focus ")] + ["GradientInput"]
+    rows = []
+    for name in names:
+        label = METHOD_NAMES.get(name, name)
+        marks = [f"{d}D default" for d, v in FOCUS_DEFAULTS.items() if v == name]
+        label = f"**{label}** ({', '.join(marks)})" if marks else label
+        label = f"{label} (the map before)" if name == "focus 0, contrast 1" else label
+        cells = [" / ".join(number(summaries[k][name][m], d) for m, d in FOCUS_QUALITY) for k in sets]
+        rows.append([label, *cells])
+    header = ["setting", *(f"{k.split('/')[0].upper()} seed {k.split('/')[1]}" for k in sets)]
+    return markdown(header, rows)
+
+
+FOCUS_ROWS = (("HDM defaults", "**HDM defaults (focused)**"), ("HDM before (focus 0, contrast 1)", "HDM before"))
+
+
+def focus_held_out() -> str:
+    """``hdm_focus_4242_9999.json`` and the files' runs (``quality_files_<d>d_HDM_HDMfocus0_GradientInput.json``):
+    HDM's defaults, the map before the focus term and Gradient x Input, with CIs and images per explanation."""
+    columns = [(m, d, True) for m, d in FOCUS_QUALITY]
+    rows = []
+    runs = load("hdm_focus_4242_9999.json")["runs"]
+    for key, run in runs.items():
+        summary = by_method(run["summary"])
+        where = f"{key.split('/')[0].upper()} seed {key.split('/')[1]} ({load('hdm_focus_4242_9999.json')['cases']})"
+        for name, label in (*FOCUS_ROWS, ("GradientInput", "Gradient x Input")):
+            rows.append([where, label, *metric_cells(summary[name], columns), number(summary[name]["images"], 0)])
+    for dims in (2, 3):
+        if not (RESULTS / f"quality_files_{dims}d_HDM_HDMfocus0_GradientInput.json").is_file():
+            continue  # the 3D files' run did not finish by the deadline (benchmarks/README.md)
+        result = load(f"quality_files_{dims}d_HDM_HDMfocus0_GradientInput.json")
+        summary = by_method(result["summary"])
+        for name, label in (
+            ("HDM", FOCUS_ROWS[0][1]),
+            ("HDM focus=0", "HDM before"),
+            ("GradientInput", "Gradient x Input"),
+        ):
+            cells = [number(summary[name][m], d, True) for m, d, _ in columns[:3]]
+            cells.append(number(summary[name]["lesion_hit_rate"], 2, True) + " (all cases)")
+            rows.append([f"{dims}D LesionBench files ({result['cases']})", label, *cells, "-"])
+    header = ["set", "method", "pointing", "energy in lesion", "pixel AUROC", "lesions hit (2-3 lesions)", "images"]
+    return markdown(header, rows)
+
+
+def sanity_networks() -> str:
+    """``sanity_networks_*.json`` (by name): per network, its held-out accuracy and the model-randomisation
+    Spearman of HDM's defaults, the map before the focus term, the masks alone and Gradient x Input."""
+    networks = {}
+    for path in sorted(RESULTS.glob("sanity_networks_*.json")):
+        networks.update(load(path.name)["networks"])
+    rows = []
+    for name, entry in networks.items():
+        held = entry.get("held_out") or {}
+        methods = [k for k in entry if k not in ("dims", "held_out")]
+        cells = [number(entry[m]["mean"]) for m in methods]
+        rows.append([f"{entry['dims']}D", name, f"{number(held.get('accuracy', math.nan))}", *cells])
+    methods = [k for k in next(iter(networks.values())) if k not in ("dims", "held_out")]
+    return markdown(["dims", "network", "held-out accuracy", *(METHOD_NAMES.get(m, m) for m in methods)], rows)
+
+
 TABLES: dict[str, Callable[[], str]] = {
     "results": results,
     "quality_2d": quality_2d,
@@ -658,6 +730,9 @@ TABLES: dict[str, Callable[[], str]] = {
     "findings_demo": findings_demo,
     "findings_cpm": findings("cpm"),
     "findings_sens1": findings("froc_sens@1"),
+    "focus_ablation": focus_ablation,
+    "focus_held_out": focus_held_out,
+    "sanity_networks": sanity_networks,
 }
 
 

@@ -23,7 +23,9 @@ __all__ = [
     "ThresholdSegmenter",
     "ct_volume",
     "lesion_cases",
+    "load_network",
     "plant",
+    "sanity_network",
     "train_blob_densenet",
     "with_bits_stored",
 ]
@@ -219,3 +221,41 @@ def train_blob_densenet():
     )
     train_classifier(model, train, epochs=6, batch_size=32, lr=3e-3, seed=0, log=None)
     return model, test
+
+
+def sanity_network(architecture: str, spatial_dims: int) -> nn.Module:
+    """An untrained network of the extra sanity-check classifiers (``benchmarks/sanity_networks.py``):
+    ``"densenet"``, the shipped models' small MONAI DenseNet, or ``"resnet"``, a small MONAI ResNet
+    (basic blocks, one per layer, widths 8-32)."""
+    from monai.networks.nets import ResNet
+
+    from .models import lesion_classifier
+
+    if architecture == "densenet":
+        return lesion_classifier(spatial_dims)
+    if architecture != "resnet":
+        raise ValueError(f"architecture: expected 'densenet' or 'resnet', got {architecture!r}")
+    return ResNet(
+        block="basic",
+        layers=[1, 1, 1, 1],
+        block_inplanes=[8, 16, 32, 32],
+        spatial_dims=spatial_dims,
+        n_input_channels=1,
+        conv1_t_size=3,
+        num_classes=2,
+    )
+
+
+def load_network(weights) -> nn.Module:
+    """A network written by ``benchmarks/sanity_networks.py`` (``<name>.pt`` beside its card ``<name>.json``),
+    in eval mode, with the card as ``medhdm_card``."""
+    import json
+    from pathlib import Path
+
+    weights = Path(weights)
+    card = json.loads(weights.with_suffix(".json").read_text())
+    model = sanity_network(card["architecture"], len(card["recipe"]["spatial_size"]))
+    model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    model.eval()
+    model.medhdm_card = card  # type: ignore[attr-defined]
+    return model

@@ -188,7 +188,7 @@ def test_hdm_pixel_refinement_orders_voxels_by_each_stage_sensitivity(refine_by,
         expected = normalise(gaussian_blur(sensitivity.abs(), 32 / 32))
         fused = normalise((masks_only.saliency + 0.2) * detail)
     assert torch.allclose(refined.stages[0].sensitivity, expected, atol=1e-5)
-    assert torch.allclose(refined.saliency, fused, atol=1e-5)
+    assert torch.allclose(refined.masks["refined"], fused, atol=1e-5)  # the map then gets HDM's focus term
     assert refined.backward_passes == masks_only.backward_passes + len(refined.stages)
     # The evidence is the box's bright voxels: the refinement sharpens the masks' map onto them.
     assert pointing_game(refined.saliency[0], labels[0]) == 1.0

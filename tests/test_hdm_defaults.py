@@ -1,14 +1,17 @@
-"""HDM's defaults of 2026-11-28: the refinement's zero-padded smoothing and the soft removed regions."""
+"""HDM's defaults: the refinement's zero-padded smoothing, the soft removed regions and the focused map."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from monai.networks.layers import gaussian_1d
 
-from medhdm import HDM
+from medhdm import HDM, GradientInput
+from medhdm.explain.maps import normalise
 from medhdm.explain.reference import gaussian_blur
 from medhdm.explain.scoring import ClassScorer
+from medhdm.metrics import auroc, energy_in_lesion
 from medhdm.models import DEFAULT_3D, load_default_classifier
 from medhdm.testing import lesion_cases
 
@@ -59,3 +62,86 @@ def test_soft_regions_keep_the_3d_map_continuous_in_its_input():
     soft = largest_change(HDM(model))
     binarised = largest_change(HDM(model, threshold=0.3))
     assert soft < 0.05 and binarised > 2 * soft, (soft, binarised)
+
+
+# -- the focused map (issue 24) -----------------------------------------------------------------
+
+
+def _energy(maps, lesions) -> float:
+    return float(np.mean([energy_in_lesion(maps[i, 0].numpy(), lesions[i, 0].numpy() > 0) for i in range(len(maps))]))
+
+
+def _auroc(maps, lesions) -> float:
+    return float(np.mean([auroc(maps[i, 0].numpy(), lesions[i, 0].numpy() > 0) for i in range(len(maps))]))
+
+
+def test_the_default_map_is_the_focused_refined_map_by_hand():
+    # defaults: norm(f * max_l norm(C_l d_l) + T) ** gamma, with T the refined map (masks["refined"]),
+    # C_l = M_l (1 - R_{l-1}) the stage's new region, d_l its pixel signal; f 0.5, gamma 1.5 in 2D
+    model = load_default_classifier()
+    x = lesion_cases(3, (96, 96), seed=31)[0]
+    result = HDM(model).explain(x, 1)
+    stages = result.stages
+    previous = [torch.zeros_like(stages[0].removed)] + [s.removed for s in stages[:-1]]
+    per_stage = torch.stack([normalise(s.map * (1 - r) * s.sensitivity) for s, r in zip(stages, previous)]).amax(0)
+    expected = normalise(0.5 * per_stage + result.masks["refined"]) ** 1.5
+    assert torch.allclose(result.saliency, expected, atol=1e-6)
+    # focus 0 and contrast 1 give the refined map back, the map of the defaults before
+    before = HDM(model, focus=0, contrast=1).explain(x, 1)
+    assert torch.allclose(before.saliency, result.masks["refined"], atol=1e-6)
+    # the focus costs no pass through the model
+    assert before.images_evaluated == result.images_evaluated
+
+
+def test_the_focus_puts_more_of_the_map_in_the_lesions_without_losing_the_ranking():
+    # tuning cases (seed 31): the map before the focus term spreads over its stages' whole cells
+    model = load_default_classifier()
+    x, lesions, _ = lesion_cases(6, (96, 96), seed=31)
+    after = HDM(model).explain(x, 1).saliency
+    before = HDM(model, focus=0, contrast=1).explain(x, 1).saliency
+    assert _energy(after, lesions) > 1.8 * _energy(before, lesions), (_energy(after, lesions), _energy(before, lesions))
+    assert _auroc(after, lesions) >= _auroc(before, lesions) - 0.002
+
+
+def test_the_3d_focus_reaches_gradient_x_input_energy():
+    model = load_default_classifier(DEFAULT_3D)
+    x, lesions, _ = lesion_cases(3, tuple(model.medhdm_card["recipe"]["spatial_size"]), seed=31)
+    hdm = HDM(model).explain(x, 1)
+    gradient = GradientInput(model).explain(x, 1).saliency
+    assert _energy(hdm.saliency, lesions) >= _energy(gradient, lesions), (
+        _energy(hdm.saliency, lesions),
+        _energy(gradient, lesions),
+    )
+    assert _energy(hdm.saliency, lesions) > 3 * _energy(hdm.masks["refined"], lesions)
+
+
+def test_the_contrast_keeps_the_ranking():
+    model = load_default_classifier()
+    x = lesion_cases(2, (96, 96), seed=31)[0]
+    plain = HDM(model, contrast=1).explain(x, 1).saliency
+    sharp = HDM(model, contrast={2: 3, 3: 2}).explain(x, 1).saliency
+    assert torch.allclose(sharp, plain**3, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"focus": -0.1}, "focus: expected values >= 0"),
+        ({"contrast": 0.5}, "contrast: expected values >= 1"),
+        ({"contrast": {2: 2}}, "contrast: expected a number or a dict with the keys 2 and 3"),
+        ({"focus": True}, "focus: expected values >= 0"),
+    ],
+)
+def test_bad_focus_settings_name_the_argument(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        HDM(load_default_classifier(), **kwargs)
+
+
+def test_focus_settings_round_trip_through_json():
+    import json
+
+    model = load_default_classifier()
+    record = json.loads(json.dumps(HDM(model).settings()))  # as a provenance file holds them
+    assert record["focus"] == {"2": 0.5, "3": 1.0} and record["contrast"] == {"2": 1.5, "3": 2.0}
+    rebuilt = HDM(model, focus=record["focus"], contrast=record["contrast"])
+    assert rebuilt.focus == {2: 0.5, 3: 1.0} and rebuilt.contrast == {2: 1.5, 3: 2.0}

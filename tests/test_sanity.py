@@ -8,13 +8,19 @@ the map depends on the model, near 1 that it shows the image whatever the weight
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
+import pytest
 
 from medhdm import HDM, RISE, GradientInput
 from medhdm.metrics import sanity_check, seed_agreement
 from medhdm.models import DEFAULT_3D, load_default_classifier
-from medhdm.testing import lesion_cases
+from medhdm.testing import lesion_cases, load_network
+
+#: networks trained by benchmarks/sanity_networks.py besides the shipped ones (other training seeds), so
+#: that a pass is not one model's luck
+NETWORKS = Path(__file__).parent / "data" / "sanity_networks"
 
 
 def test_hdm_default_map_depends_on_the_2d_model():
@@ -28,6 +34,16 @@ def test_hdm_default_map_depends_on_the_2d_model():
 def test_hdm_default_map_depends_on_the_3d_model():
     model = load_default_classifier(DEFAULT_3D)
     x = lesion_cases(2, tuple(model.medhdm_card["recipe"]["spatial_size"]), seed=31)[0]
+    correlations = sanity_check(lambda m: HDM(m), model, x, class_idx=1)
+    assert not any(math.isnan(c) for c in correlations)
+    assert float(np.mean(correlations)) < 0.2, correlations
+
+
+@pytest.mark.parametrize("name", ["densenet2d_seed1", "densenet2d_seed2", "densenet3d_seed1"])
+def test_hdm_default_map_depends_on_other_networks(name):
+    model = load_network(NETWORKS / f"{name}.pt")
+    size = tuple(model.medhdm_card["recipe"]["spatial_size"])
+    x = lesion_cases(3 if len(size) == 2 else 2, size, seed=31)[0]
     correlations = sanity_check(lambda m: HDM(m), model, x, class_idx=1)
     assert not any(math.isnan(c) for c in correlations)
     assert float(np.mean(correlations)) < 0.2, correlations

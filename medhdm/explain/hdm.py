@@ -74,6 +74,27 @@ that edge pattern, whose sign alternates, and keeps a trained lesion detector's 
 positive response; the default reads about 0.1 in 2D and 3D, as the masks alone do
 (benchmarks/README.md).
 
+**Focus** (``focus``, ``contrast``; on by default with the refinement). The fused masks hold each
+stage's whole region, a coarse grid mask of 2 % (2D) or 5 % (3D) of the image, smoothed; the
+refinement's signal is smoothed at 1.5 times that width. The refined map ``T`` therefore spreads its
+mass over whole cells: on the tuning sets (seeds 31 and 77, 24 cases each) 0.17 of it lay inside the
+lesions in 2D and 0.04 in 3D, against 0.27-0.28 and 0.19-0.20 for Gradient x Input. The focus term
+keeps, per stage, the stage's new region *times its own pixel signal*, ``M_l (1 - R_{l-1}) d_l``,
+where the masks and the model's gradient on that stage's input agree, normalised per stage so that a
+lesion a later stage found peaks as high as the first stage's; the maximum over stages is added to
+``T`` and the sum raised to a contrast exponent:
+``norm(f * max_l norm(M_l (1 - R_{l-1}) d_l) + T) ** gamma``. Both factors of the term come from
+the model (its masks and its gradient), so the model-randomisation check stays where ``T`` had it
+(tuning sets: 0.01 / 0.04 in 2D, 0.07 / -0.10 in 3D); the exponent keeps the ranking of the voxels
+(pixel AUROC, pointing and the sanity check's Spearman are unchanged by it) and moves mass from the
+low background to the peaks. It costs no pass through the model. Defaults (``benchmarks/hdm_focus.py``,
+tuning seeds only): in 2D ``f = 0.5, gamma = 1.5`` puts 0.33 / 0.34 of the map in the lesions
+(pixel AUROC 0.985 / 0.988, lesions hit in 2-3-lesion cases 1.00 / 0.96; without focus 0.97 / 0.98);
+``f = 1, gamma = 2`` reaches 0.52 / 0.54 but hits 0.91 / 0.89 (a contrast exponent pushes second
+peaks below the lesion-hit count's floor of 0.2 of the maximum). In 3D the lesions are a smaller share
+of the volume and ``f = 0.5, gamma = 1.5`` keeps only 0.10 in them; ``f = 1, gamma = 2`` 0.23 (pixel AUROC
+0.975 / 0.980, lesions hit 0.73 / 0.85 against 0.73 / 0.88 without focus), hence the 3D setting.
+
 **Physical units** (``units``; :mod:`medhdm.explain.units`). The sizes above are written in
 voxels and shares of the image. When the input's spacing is known (``explain(x, spacing=...)``,
 a MONAI ``MetaTensor``'s affine, or the file pipeline, which passes the classifier input's),
@@ -109,7 +130,7 @@ from .reference import ReferenceSpec, blur_reference, composite, gaussian_blur, 
 from .scoring import ClassScorer
 from .units import PhysicalSettings, Units, check_units, resolve_units
 
-__all__ = ["HDM", "fusion_weights"]
+__all__ = ["HDM", "focus_map", "fusion_weights"]
 
 
 @dataclass
@@ -132,6 +153,20 @@ _FUSIONS = ("either", "sufficiency", "drop", "equal", "learned")
 _REFINE_BY = ("positive_gradient", "gradient", "gradient_input")
 _FAST = {"steps": 5, "lr": 0.3, "final_lr": 0.03}  # every mask phase
 _SIGNAL_SMOOTHING = 1.5  # the positive gradient is smoothed at 1.5 x the fused map's sigma
+_FOCUS = {2: 0.5, 3: 1.0}  # the focus term's weight per spatial dimension (module docstring)
+_CONTRAST = {2: 1.5, 3: 2.0}  # the focused map's exponent per spatial dimension
+
+
+def _per_dims(name: str, value, minimum: float) -> dict[int, float]:
+    """``value`` (one number, or a dict ``{2: ..., 3: ...}``) as a dict per spatial dimension, each >= ``minimum``."""
+    values = dict(value) if isinstance(value, dict) else {2: value, 3: value}
+    values = {int(k) if isinstance(k, str) and k in ("2", "3") else k: v for k, v in values.items()}  # as JSON holds it
+    if set(values) != {2, 3}:
+        raise ValueError(f"{name}: expected a number or a dict with the keys 2 and 3, got {value!r}")
+    for v in values.values():
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= minimum:
+            raise ValueError(f"{name}: expected values >= {minimum:g}, got {value!r}")
+    return {k: float(v) for k, v in values.items()}
 
 
 def fusion_weights(kind: str, sufficiency: torch.Tensor, drop: torch.Tensor, ran: torch.Tensor) -> torch.Tensor:
@@ -159,6 +194,26 @@ def fusion_weights(kind: str, sufficiency: torch.Tensor, drop: torch.Tensor, ran
     raw = raw.clamp_min(0) * ran
     raw = torch.where(raw.sum(1, keepdim=True) > 0, raw, ran)
     return raw / raw.sum(1, keepdim=True)
+
+
+def focus_map(
+    refined: torch.Tensor, contributions: Sequence[torch.Tensor], sensitivities: Sequence[torch.Tensor], weight: float
+) -> torch.Tensor:
+    """HDM's focus term added to its refined map: ``norm(weight * max_l norm(C_l d_l) + refined)``.
+
+    Args:
+        refined: the refined map ``T`` ``(B, 1, *S)``.
+        contributions: per stage, its new region ``C_l = M_l (1 - R_{l-1})`` ``(B, 1, *S)`` (0 where
+            the stage did not run).
+        sensitivities: per stage, its pixel signal ``d_l`` ``(B, 1, *S)``.
+        weight: ``f``; 0 returns ``refined`` unchanged.
+    Returns:
+        ``(B, 1, *S)`` in ``[0, 1]`` (before the contrast exponent).
+    """
+    if weight == 0:
+        return refined
+    per_stage = [normalise(c * d) for c, d in zip(contributions, sensitivities)]
+    return normalise(weight * torch.stack(per_stage, dim=0).amax(dim=0) + refined)
 
 
 class HDM(MaskExplainer):
@@ -214,6 +269,11 @@ class HDM(MaskExplainer):
             peak to the region's centre of mass and gives each region one peak. The pixel
             refinement's signals are smoothed with the same Gaussian (``"positive_gradient"``:
             1.5 times wider).
+        focus: the weight ``f`` of the focus term (see the module docstring; default 0.5 on 2D and 1
+            on 3D inputs); one number for both, or a dict ``{2: ..., 3: ...}``; 0 leaves it out.
+        contrast: the exponent ``gamma`` the focused map is raised to (default 1.5 on 2D and 2 on 3D
+            inputs; at least 1); one number or a dict like ``focus``. ``focus=0, contrast=1`` gives
+            the map of the defaults before the focus term.
         units: how a known spacing turns the sizes into mm (see the module docstring):
             ``"shipped"`` (default) reads ``benchmark_grids``, ``auxiliary_grids``, ``smooth``, the
             benchmark objective's ``area`` and the blur reference's ``max(S) / 20`` as meant on the
@@ -247,6 +307,8 @@ class HDM(MaskExplainer):
         refine_by: str = "positive_gradient",
         signal_padding: str = "zeros",
         smooth: float | None = 1 / 32,
+        focus: float | dict[int, float] | None = None,
+        contrast: float | dict[int, float] | None = None,
         reference: ReferenceSpec = "blur",
         seed: int = 0,
         amp: bool = False,
@@ -300,6 +362,8 @@ class HDM(MaskExplainer):
             raise ValueError(f"signal_padding: expected 'zeros' or 'replicate', got {signal_padding!r}")
         self.signal_padding = signal_padding
         self.smooth = smooth
+        self.focus = _per_dims("focus", _FOCUS if focus is None else focus, minimum=0.0)
+        self.contrast = _per_dims("contrast", _CONTRAST if contrast is None else contrast, minimum=1.0)
 
     # -- one DM module ---------------------------------------------------------------
     def dynamic_mask(
@@ -497,8 +561,9 @@ class HDM(MaskExplainer):
         return normalise(gaussian_blur(fused, sigma) if sigma else fused)
 
     def _refine(self, saliency: torch.Tensor, run: _Run) -> torch.Tensor:
-        """``norm(S + w * max_l d_l)`` (``"positive_gradient"``) or ``norm((S + e) * max_l d_l)``;
-        the fused masks alone without refinement, or where the signal is flat everywhere."""
+        """``norm(S + w * max_l d_l)`` (``"positive_gradient"``) or ``norm((S + e) * max_l d_l)``, then
+        focused (:meth:`_focus`) and raised to the contrast exponent; the fused masks alone without
+        refinement, or where the signal is flat everywhere."""
         if self.refine is None:
             return saliency
         run.masks["fused"] = saliency
@@ -507,8 +572,16 @@ class HDM(MaskExplainer):
             refined = normalise(saliency + self.refine * detail)
         else:
             refined = normalise((saliency + self.refine) * detail)
+        run.masks["refined"] = refined
+        focused = self._focus(refined, run)
         flat = detail.flatten(1).amax(1) == 0
-        return torch.where(flat.view(-1, *([1] * (saliency.ndim - 1))), saliency, refined)
+        contrast = self.contrast[saliency.ndim - 2]
+        return torch.where(flat.view(-1, *([1] * (saliency.ndim - 1))), saliency, focused**contrast)
+
+    def _focus(self, refined: torch.Tensor, run: _Run) -> torch.Tensor:
+        """:func:`focus_map` of the refined map with this call's stages, at the input's ``focus`` weight."""
+        sensitivities = [stage.sensitivity for stage in run.stages]
+        return focus_map(refined, run.contributions, sensitivities, self.focus[refined.ndim - 2])
 
     def _learned_fusion(
         self,
