@@ -119,6 +119,18 @@ def test_export_label_names_the_series_and_method_is_its_alias(case, tmp_path, c
         ("image: 3D; explain it with slices= ('all')", {"--slices"}, "image: 3D; explain it with --slices ('all')"),
         ("a: constant; check intensity_range=", {"--intensity-range"}, "a: constant; check --intensity-range"),
         ("log_file: cannot append to /x", {"--log-file"}, "--log-file: cannot append to /x"),
+        ("calling_aet: expected 1-16 characters", {"--aet", "--calling-aet"}, "--aet: expected 1-16 characters"),
+        ("calling_aet: expected 1-16 characters", {"--calling-aet"}, "--calling-aet: expected 1-16 characters"),
+        (
+            "url: credentials in the URL are refused",
+            {"--destination"},
+            "--destination: credentials in the URL are refused",
+        ),
+        (
+            "url: x; give token_file= or basic_auth_file=",
+            {"--dicomweb", "--token-file", "--basic-auth-file"},
+            "--dicomweb: x; give --token-file or --basic-auth-file",
+        ),
         (
             "a.dcm: no geometry; export a Secondary Capture (format 'sc')",
             {"--format"},
@@ -156,3 +168,31 @@ def test_a_message_below_the_cli_names_the_parameter_and_the_cli_the_flag(case, 
     err = capsys.readouterr().err
     assert f"medhdm export: error: --out: {tmp_path / 'x'} already holds a medhdm export" in err, err
     assert "pass --overwrite to replace it" in err and "overwrite=True" not in err, err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (
+            ["pacs", "serve", "--destination", "http://u:p@h/dicom-web", "--calling-aet", "A"],
+            "--destination: credentials",
+        ),
+        (
+            ["pacs", "serve", "--destination", "http://h/dicom-web", "--calling-aet", "A", "--port", "70000"],
+            "--port: expected 0 to 65535",
+        ),
+        (
+            ["pacs", "explain", "--dicomweb", "http:///dicom-web", "--study", "1.2"],
+            "--dicomweb: expected an http(s)://host/... URL",
+        ),
+        (["pacs", "explain", "--dicomweb", "http://h", "--study", "1..2"], "--study: '1..2' is not a DICOM UID"),
+        (["pacs", "explain", "--dicomweb", "http://h", "--query", "Foo"], "--query: expected KEY=VALUE"),
+    ],
+)
+def test_pacs_messages_name_the_commands_flags(argv, message, tmp_path, capsys):
+    """Messages of ``medhdm.pacs`` name parameters (``url``, ``port``, ``study_uids``); each command prints its flag."""
+    rc = main(
+        [*argv, "--work", str(tmp_path / "w")] if argv[1] == "explain" else [*argv, "--spool", str(tmp_path / "s")]
+    )
+    err = capsys.readouterr().err
+    assert rc == 2 and message in err and len(err.strip().splitlines()) == 1, err

@@ -24,7 +24,7 @@ from .options import check_device
 __all__ = ["PARAMETER_FLAGS", "build_parser", "main", "name_flags"]
 
 #: the parameters that messages below the CLI start with (``out_dir: ...``, ``address ray://h:1: ...``),
-#: and the flag of each
+#: and the flag of each (or the flags that set it in different commands, the first the command has wins)
 PARAMETER_FLAGS = {
     "out_dir": "--out",
     "out": "--out",
@@ -45,6 +45,18 @@ PARAMETER_FLAGS = {
     "move_port": "--move-port",
     "keep": "--keep",
     "bundle": "--bundle",
+    "url": ("--dicomweb", "--destination"),
+    "calling_aet": ("--aet", "--calling-aet"),
+    "calling_aets": "--calling-aet",
+    "port": "--port",
+    "stable_seconds": "--stable-seconds",
+    "max_attempts": "--max-attempts",
+    "query": "--query",
+    "study_uids": "--study",
+    "push_formats": "--push",
+    "token_file": "--token-file",
+    "basic_auth_file": "--basic-auth-file",
+    "spool": "--spool",
 }
 
 #: the keyword arguments that messages below the CLI suggest (``pass overwrite=True``), and what the CLI prints
@@ -56,6 +68,10 @@ KEYWORD_FLAGS = {
     "slices=": "--slices",
     "intensity_range=": "--intensity-range",
     "format 'sc'": "--format sc",
+    "token_file=": "--token-file",
+    "basic_auth_file=": "--basic-auth-file",
+    "tls_ca=": "--tls-ca",
+    "tls_cert=": "--tls-cert",
 }
 
 _PREFIX = re.compile(rf"(^|failed: )({'|'.join(sorted(PARAMETER_FLAGS, key=len, reverse=True))})(?=:| [^ ]+:)")
@@ -69,8 +85,9 @@ def name_flags(text: str, flags: frozenset[str] | set[str]) -> str:
     """
 
     def prefix(match: re.Match) -> str:
-        flag = PARAMETER_FLAGS[match[2]]
-        return match[1] + (flag if flag in flags else match[2])
+        candidates = PARAMETER_FLAGS[match[2]]  # a flag, or the flags that may set it, the command's own first
+        found = [f for f in ((candidates,) if isinstance(candidates, str) else candidates) if f in flags]
+        return match[1] + (found[0] if found else match[2])
 
     def keyword(match: re.Match) -> str:
         flag = KEYWORD_FLAGS[match[0]]

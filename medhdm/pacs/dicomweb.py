@@ -85,11 +85,12 @@ class DicomwebArchive(Archive):
     ) -> None:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"--dicomweb: expected an http(s)://host/... URL, got {url!r}")
+            raise ValueError(f"url: expected an http(s)://host/... URL, got {url!r}")
         if parts.username or parts.password:
             raise ValueError(
-                "--dicomweb: credentials in the URL are refused (they show in the process list); "
-                "set MEDHDM_PACS_TOKEN or MEDHDM_PACS_USER/MEDHDM_PACS_PASSWORD, or give --token-file/--basic-auth-file"
+                "url: credentials in the URL are refused (they show in the process list); "
+                "set MEDHDM_PACS_TOKEN or MEDHDM_PACS_USER/MEDHDM_PACS_PASSWORD, "
+                "or give token_file= or basic_auth_file="
             )
         self.url = url.rstrip("/")
         self.credentials = credentials
@@ -113,7 +114,7 @@ class DicomwebArchive(Archive):
             return call()
         except requests.exceptions.SSLError as err:  # a certificate that does not verify: not retried
             raise ArchiveError(
-                f"{self.url}: {what}: {describe_tls_failure(_ssl_cause(err))}; is --tls-ca the CA that signed "
+                f"{self.url}: {what}: {describe_tls_failure(_ssl_cause(err))}; is tls_ca= the CA that signed "
                 "the server's certificate?"
             ) from None
         except (requests.ConnectionError, requests.Timeout) as err:
@@ -130,7 +131,7 @@ class DicomwebArchive(Archive):
                 f"the server refused the credentials ({self.credentials.describe()})"
                 if self.credentials
                 else "the server needs credentials: set MEDHDM_PACS_TOKEN or MEDHDM_PACS_USER/MEDHDM_PACS_PASSWORD, "
-                "or give --token-file/--basic-auth-file"
+                "or give token_file= or basic_auth_file="
             )
             return ArchiveError(f"{self.url}: {what}: {reason}: {how}")
         if status in _TRANSIENT_STATUS:

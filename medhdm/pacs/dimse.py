@@ -135,7 +135,7 @@ class DimseArchive(Archive):
         tls: TlsFiles | None = None,
     ) -> None:
         if not calling_aet or len(calling_aet) > 16:
-            raise ValueError(f"--calling-aet: expected 1-16 characters, got {calling_aet!r}")
+            raise ValueError(f"calling_aet: expected 1-16 characters, got {calling_aet!r}")
         self.aet, self.host, self.port = aet, host, int(port)
         self.calling_aet = calling_aet
         self.retry = retry or RetryPolicy()
@@ -187,8 +187,8 @@ class DimseArchive(Archive):
                     tls.recv(1)
         except ssl.SSLError as err:
             raise ArchiveError(
-                f"{self.describe()}: {what}: {describe_tls_failure(err)}; is --tls-ca the CA that signed the "
-                "archive's certificate, and does the archive trust our --tls-cert?"
+                f"{self.describe()}: {what}: {describe_tls_failure(err)}; is tls_ca= the CA that signed the "
+                "archive's certificate, and does the archive trust our tls_cert=?"
             ) from None
         except OSError:
             return  # not a TLS failure (or none seen within a second): the caller's transient error

@@ -29,7 +29,7 @@ def parse_formats(text: str | Sequence[str], deidentified: bool = False) -> tupl
         ValueError: naming ``--push``: an unknown or repeated format, none, or ``sr`` with de-identification.
     """
     items = [f.strip() for f in text.split(",")] if isinstance(text, str) else [str(f).strip() for f in text]
-    return tuple(check_formats([f for f in items if f], DICOM_FORMATS, "--push", deidentified=deidentified))
+    return tuple(check_formats([f for f in items if f], DICOM_FORMATS, "push_formats", deidentified=deidentified))
 
 
 def parse_query(items: Sequence[str]) -> dict[str, str]:
@@ -40,13 +40,13 @@ def parse_query(items: Sequence[str]) -> dict[str, str]:
         key, sep, value = item.partition("=")
         key, value = key.strip(), value.strip()
         if not sep or not key or not value:
-            raise ValueError(f"--query: expected KEY=VALUE, got {item!r}")
+            raise ValueError(f"query: expected KEY=VALUE, got {item!r}")
         if key not in QUERY_KEYS:
-            raise ValueError(f"--query: unknown key {key!r}; expected one of {', '.join(QUERY_KEYS)}")
+            raise ValueError(f"query: unknown key {key!r}; expected one of {', '.join(QUERY_KEYS)}")
         query[QUERY_KEYS[key]] = value
     return query
 
 
 def parse_study_uids(items: Sequence[str]) -> list[str]:
     """``--study`` values checked as DICOM UIDs (each becomes a folder name), duplicates dropped."""
-    return list(dict.fromkeys(check_uid(item, "--study", quote=True) for item in items))
+    return list(dict.fromkeys(check_uid(item, "study_uids", quote=True) for item in items))

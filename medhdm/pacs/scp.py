@@ -106,12 +106,12 @@ class StorageSCP:
     ) -> None:
         titles = [t.strip() for t in calling_aets if t and t.strip()]
         if not titles:
-            raise ValueError("--calling-aet: give at least one calling AE title allowed to send studies")
+            raise ValueError("calling_aets: give at least one calling AE title allowed to send studies")
         for title in [aet, *titles]:
             if len(title) > 16 or not title.isascii() or "\\" in title:
                 raise ValueError(f"AE title {title!r}: expected at most 16 ASCII characters without a backslash")
         if not 0 <= port <= 65535:
-            raise ValueError(f"--port: expected 0 to 65535, got {port}")
+            raise ValueError(f"port: expected 0 to 65535, got {port}")
         self.spool = spool
         self.aet = aet
         self.calling_aets = titles
@@ -147,7 +147,7 @@ class StorageSCP:
                 (self.host, self.port), block=False, evt_handlers=handlers, ssl_context=self.ssl_context
             )
         except OSError as err:
-            raise ValueError(f"--port: cannot listen on {self.host}:{self.port} ({err.strerror or err})") from None
+            raise ValueError(f"port: cannot listen on {self.host}:{self.port} ({err.strerror or err})") from None
         self.port = self._server.server_address[1]
         logger.info(
             "storage SCP %s (the called AE title it answers to)%s listening on %s:%d; calling AE titles allowed: %s",

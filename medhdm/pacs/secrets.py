@@ -91,11 +91,11 @@ def credentials_from_env(
     """The credentials to use (see the module docstring), or ``None`` when none are configured."""
     env = os.environ if environ is None else environ
     if token_file and basic_auth_file:
-        raise SecretError("give one of --token-file and --basic-auth-file")
+        raise SecretError("give one of token_file= and basic_auth_file=")
     if token_file:
-        return Credentials("bearer", read_secret_file(token_file, "--token-file"), source=str(token_file))
+        return Credentials("bearer", read_secret_file(token_file, "token_file"), source=str(token_file))
     if basic_auth_file:
-        return _basic_from_file(basic_auth_file, "--basic-auth-file")
+        return _basic_from_file(basic_auth_file, "basic_auth_file")
     if env.get("MEDHDM_PACS_TOKEN_FILE"):
         path = env["MEDHDM_PACS_TOKEN_FILE"]
         return Credentials("bearer", read_secret_file(path, "MEDHDM_PACS_TOKEN_FILE"), source=path)

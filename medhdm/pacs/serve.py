@@ -114,11 +114,13 @@ class ServeSettings:
         if self.keep_seconds is not None and self.keep_seconds < 0:
             raise ValueError(f"keep: expected 0 or more seconds, got {self.keep_seconds}")
         if self.stable_seconds < 0:
-            raise ValueError(f"--stable-seconds: expected 0 or more, got {self.stable_seconds}")
+            raise ValueError(f"stable_seconds: expected 0 or more, got {self.stable_seconds}")
         if self.poll_seconds <= 0:
             raise ValueError(f"poll_seconds: expected more than 0, got {self.poll_seconds}")
         if self.max_attempts < 1:
-            raise ValueError(f"--max-attempts: expected at least 1, got {self.max_attempts}")
+            raise ValueError(f"max_attempts: expected at least 1, got {self.max_attempts}")
+        if not 0 <= self.port <= 65535:  # checked before the model loads (the listener checks it again)
+            raise ValueError(f"port: expected 0 to 65535, got {self.port}")
 
 
 def _is_transient(error: BaseException) -> bool:
@@ -328,7 +330,7 @@ def run_service(settings: ServeSettings, process: ProcessStudy, redactor: Redact
     Must be called from the main thread (it installs the signal handlers, restored on return).
     """
     spool = Spool(settings.spool)
-    with LockedFolder(spool.root, what="--spool"):
+    with LockedFolder(spool.root, what="spool"):
         removed = spool.remove_stale_temporaries()
         if removed:
             logger.info("removed %d partial file(s) left by an earlier run", removed)
