@@ -285,7 +285,7 @@ def test_bundle_whose_checkpoint_does_not_match_names_the_key(tmp_path, capsys, 
     inference = _inference(3)
     inference["network_def"]["growth_rate"] = 12  # another network than the checkpoint's
     bundle = make_bundle(tmp_path / "bundle", 3, inference)
-    with pytest.raises(ValueError, match=r"model\.pt does not match 'network_def'"):
+    with pytest.raises(ValueError, match=r"model\.pt does not fit 'network_def'"):
         load_bundle(bundle)
     code = main(["explain", "--image", str(images[3]), "--bundle", str(bundle), "--out", str(tmp_path / "out")])
     err = capsys.readouterr().err.strip().splitlines()

@@ -145,21 +145,12 @@ def _metadata(folder: Path) -> tuple[tuple[str, ...], tuple[int, ...]]:
 
 
 def _load_checkpoint(model: nn.Module, folder: Path, device) -> None:
+    from .loading import load_state
+
     weights = folder / "models" / "model.pt"
     if not weights.is_file():
         raise FileNotFoundError(f"bundle: {folder}: no checkpoint models/model.pt")
-    try:
-        state = torch.load(weights, map_location=device, weights_only=True)
-    except Exception as err:  # noqa: BLE001 (pickle, zip and torch errors alike mean: not a state dict)
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise ValueError(f"bundle: {weights} is not a PyTorch state-dict file ({first})") from None
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as err:
-        first = str(err).strip().splitlines()[0]
-        raise ValueError(f"bundle: {weights} does not match 'network_def' ({type(model).__name__}): {first}") from None
+    load_state(model, weights, device, what="bundle", target=f"'network_def' ({type(model).__name__})")
 
 
 def load_bundle(path: str | os.PathLike, device: str | torch.device = "cpu") -> Bundle:

@@ -50,22 +50,26 @@ def _import_class(path: str) -> type[nn.Module]:
     return obj
 
 
-def _load_state(model: nn.Module, weights: str | os.PathLike, device) -> None:
+def load_state(
+    model: nn.Module, weights: str | os.PathLike, device, what: str = "weights", target: str | None = None
+) -> None:
+    """Load a state-dict file (or a checkpoint holding one under ``state_dict``) into ``model``; errors start
+    ``what:``, name the file and what it must fit (``target``, default the model's class)."""
     weights = Path(weights)
     if not weights.is_file():
-        raise FileNotFoundError(f"weights: no such file {weights}")
+        raise FileNotFoundError(f"{what}: no such file {weights}")
     try:
         state = torch.load(weights, map_location=device, weights_only=True)
     except Exception as err:  # noqa: BLE001 (pickle, zip and torch errors alike mean: not a state dict)
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise ValueError(f"weights: {weights} is not a PyTorch state-dict file ({first})") from None
+        raise ValueError(f"{what}: {weights} is not a PyTorch state-dict file ({first})") from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     try:
         model.load_state_dict(state)
     except RuntimeError as err:
         first = str(err).strip().splitlines()[0]
-        raise ValueError(f"weights: {weights} does not fit {type(model).__name__} ({first})") from None
+        raise ValueError(f"{what}: {weights} does not fit {target or type(model).__name__} ({first})") from None
 
 
 def load_model(
@@ -107,7 +111,7 @@ def load_model(
             model = cls(**(model_args or {}))
         except TypeError as err:
             raise ValueError(f"model arguments for {spec}: {err}") from None
-        _load_state(model, weights, device)
+        load_state(model, weights, device)
     else:
         raise FileNotFoundError(
             f"model: {spec} is neither 'default', 'segmenter2d', a file, a bundle folder nor a class path"

@@ -10,7 +10,6 @@ augmentation, seeded.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -20,6 +19,7 @@ from monai.networks.nets import UNet
 from torch import nn
 
 from ..data.lesions import LesionCase
+from .training import fit
 
 __all__ = ["lesion_segmenter", "segmentation_scores", "train_segmenter"]
 
@@ -53,33 +53,7 @@ def train_segmenter(
 ) -> list[float]:
     """Train ``model`` in place on ``cases`` (their :attr:`~medhdm.data.LesionCase.target`); the mean loss per epoch."""
     x, y = _stack(cases)
-    gen = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * (-(-len(x) // batch_size)))
-    loss_fn = DiceLoss(sigmoid=True, batch=True)
-    losses = []
-    model.train()
-    for epoch in range(epochs):
-        start, total = time.perf_counter(), 0.0
-        order = torch.randperm(len(x), generator=gen)
-        for i in range(0, len(x), batch_size):
-            idx = order[i : i + batch_size]
-            xb, yb = x[idx], y[idx]
-            for axis in range(2, xb.ndim):  # the same random flips of images and targets
-                if torch.rand((), generator=gen) < 0.5:
-                    xb, yb = xb.flip(axis), yb.flip(axis)
-            loss = loss_fn(model(xb), yb)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-            total += loss.item() * len(idx)
-        losses.append(total / len(x))
-        if log:
-            log(f"epoch {epoch + 1}/{epochs}: loss {losses[-1]:.4f} ({time.perf_counter() - start:.1f} s)")
-    model.eval()
-    return losses
+    return fit(model, x, y, DiceLoss(sigmoid=True, batch=True), epochs, batch_size, lr, seed, log)
 
 
 @torch.no_grad()

@@ -44,11 +44,30 @@ def train_classifier(
 ) -> list[float]:
     """Train ``model`` in place on ``cases``; return the mean loss per epoch."""
     x, _, y = stack_cases(cases)
+    return fit(model, x, y, nn.CrossEntropyLoss(), epochs, batch_size, lr, seed, log)
+
+
+def fit(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    log: Callable[[str], None] | None,
+) -> list[float]:
+    """Adam with a one-cycle schedule over shuffled batches of ``x`` with random flips of every spatial
+    axis (the same flips of ``y`` when it is a map ``(N, C, *S)``); the model in place, back in eval mode.
+
+    Returns:
+        the mean loss per epoch.
+    """
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * (-(-len(x) // batch_size)))
-    loss_fn = nn.CrossEntropyLoss()
     losses = []
     model.train()
     for epoch in range(epochs):
@@ -56,11 +75,12 @@ def train_classifier(
         order = torch.randperm(len(x), generator=gen)
         for i in range(0, len(x), batch_size):
             idx = order[i : i + batch_size]
-            xb = x[idx]
+            xb, yb = x[idx], y[idx]
             for axis in range(2, xb.ndim):  # random flips per batch
                 if torch.rand((), generator=gen) < 0.5:
                     xb = xb.flip(axis)
-            loss = loss_fn(model(xb), y[idx])
+                    yb = yb.flip(axis) if yb.ndim == xb.ndim else yb
+            loss = loss_fn(model(xb), yb)
             opt.zero_grad()
             loss.backward()
             opt.step()
