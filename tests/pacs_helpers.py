@@ -60,7 +60,8 @@ def instance_file(orthanc: LocalOrthanc, instance_id: str) -> pydicom.Dataset:
 
 
 def derived_series(orthanc: LocalOrthanc, study_uid: str) -> dict[str, dict]:
-    """The study's medhdm series by kind (``sc``, ``pm``, ``seg``, ``sr``), each with its datasets."""
+    """The study's medhdm series by kind (``sc``, ``pm``, ``seg``, ``seg_findings``: the SEG of the findings,
+    ``sr``), each with its datasets."""
     kinds = {}
     for series in orthanc.series_of(study_uid):
         if not series["description"].startswith("medhdm"):
@@ -73,6 +74,7 @@ def derived_series(orthanc: LocalOrthanc, study_uid: str) -> dict[str, dict]:
             "1.2.840.10008.5.1.4.1.1.66.4": "seg",
             "1.2.840.10008.5.1.4.1.1.88.34": "sr",
         }[sop]
+        kind = "seg_findings" if kind == "seg" and series["description"].endswith(" findings") else kind
         assert kind not in kinds, f"two {kind} series in the study"
         kinds[kind] = {**series, "datasets": datasets}
     return kinds

@@ -150,14 +150,14 @@ def test_pacs_explain_and_the_service_push_deidentified_results_into_the_deident
         argv += ["--method", "gradientinput", "--intensity-range=-1000,0", "--push", "sc,pm,seg", "--deidentify"]
         assert main([*argv, "--work", str(tmp_path / "w1")]) == 0
         assert "1 done, 0 skipped, 0 failed" in capsys.readouterr().out
-        assert orthanc.instances_count() == before + len(study["files"]) + 2  # SCs, one PM, one SEG
+        assert orthanc.instances_count() == before + len(study["files"]) + 3  # SCs, one PM, the SEG and the findings SEG
         assert len(_study_files(orthanc, study["study_uid"])) == len(study["files"])  # nothing in the source study
         derived = _study_files(orthanc, anonymous_study)
-        assert sorted(str(ds.Modality) for ds in derived) == sorted(["OT"] * len(study["files"]) + ["OT", "SEG"])
+        assert sorted(str(ds.Modality) for ds in derived) == sorted(["OT"] * len(study["files"]) + ["OT", "SEG", "SEG"])
         _check_deidentified(derived, source)
         assert main([*argv, "--work", str(tmp_path / "w2")]) == 0
         assert "0 done, 1 skipped, 0 failed" in capsys.readouterr().out
-        assert orthanc.instances_count() == before + len(study["files"]) + 2
+        assert orthanc.instances_count() == before + len(study["files"]) + 3
 
         # pacs serve's step: a received study explained, de-identified and pushed (here: another salt)
         other = Deidentification("another-salt-55")
@@ -167,9 +167,9 @@ def test_pacs_explain_and_the_service_push_deidentified_results_into_the_deident
         options = PacsOptions("default", formats=("sc", "seg"), deidentify=other)
         process = explain_and_push(explainer, spec, options, DicomwebArchive(orthanc.dicomweb_url))
         outcome = process(study["study_uid"], study["image"].parent, tmp_path / "serve-work")
-        assert outcome.pushed == len(study["files"]) + 1
+        assert outcome.pushed == len(study["files"]) + 2  # the SCs, the SEG and the findings SEG
         pushed = _study_files(orthanc, other.uid(study["study_uid"]))
-        assert len(pushed) == len(study["files"]) + 1
+        assert len(pushed) == len(study["files"]) + 2
         assert all(ds.PatientID == pseudonym(str(source.PatientID), "another-salt-55") for ds in pushed)
     finally:
         orthanc.stop()

@@ -60,7 +60,7 @@ def _check_results(orthanc: LocalOrthanc, study: dict) -> None:
     """SC (one per source instance), PM, SEG and SR in the study."""
     kinds = derived_series(orthanc, study["study_uid"])
     counts = {kind: len(series["datasets"]) for kind, series in kinds.items()}
-    assert counts == {"sc": len(study["files"]), "pm": 1, "seg": 1, "sr": 1}, counts
+    assert counts == {"sc": len(study["files"]), "pm": 1, "seg": 1, "seg_findings": 1, "sr": 1}, counts
 
 
 # --- C-MOVE ---------------------------------------------------------------------------------------
@@ -254,7 +254,7 @@ def test_serve_over_tls_takes_trusted_senders_only_and_pushes_over_tls(secure, p
     finally:
         assert service.stop() == 0, service.log
     kinds = derived_series(secure, ds.StudyInstanceUID)
-    assert sorted(kinds) == ["pm", "sc", "seg", "sr"], service.log
+    assert sorted(kinds) == ["pm", "sc", "seg", "seg_findings", "sr"], service.log
 
 
 def test_c_move_keeps_the_transfer_syntax_the_archive_holds(mover, move_port, tmp_path):

@@ -60,7 +60,7 @@ def _explain(where: list[str], study: dict, dims: int, work, *extra: str) -> int
 def _check_derived(orthanc, study: dict) -> dict:
     sources = {str(pydicom_header(p).SOPInstanceUID) for p in study["files"]}
     kinds = derived_series(orthanc, study["study_uid"])
-    assert sorted(kinds) == ["pm", "sc", "seg", "sr"]
+    assert sorted(kinds) == ["pm", "sc", "seg", "seg_findings", "sr"]
     for kind, series in kinds.items():
         for ds in series["datasets"]:
             assert ds.StudyInstanceUID == study["study_uid"], kind
@@ -68,7 +68,7 @@ def _check_derived(orthanc, study: dict) -> dict:
     sc = kinds["sc"]["datasets"]
     assert len(sc) == len(sources)
     assert {str(ds.SourceImageSequence[0].ReferencedSOPInstanceUID) for ds in sc} == sources
-    for kind in ("pm", "seg"):
+    for kind in ("pm", "seg", "seg_findings"):
         (ds,) = kinds[kind]["datasets"]
         referenced = {
             str(item.ReferencedSOPInstanceUID)
@@ -83,7 +83,8 @@ def _check_derived(orthanc, study: dict) -> dict:
         for series in study_item.ReferencedSeriesSequence
         for item in series.ReferencedSOPSequence
     }
-    assert evidence == sources | {str(kinds["seg"]["datasets"][0].SOPInstanceUID)}
+    segs = {str(kinds[kind]["datasets"][0].SOPInstanceUID) for kind in ("seg", "seg_findings")}
+    assert evidence == sources | segs
     return kinds
 
 

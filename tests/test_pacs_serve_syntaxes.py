@@ -208,9 +208,10 @@ def test_serve_explains_jpeg_lossless_and_jpeg2000_studies_and_keeps_nothing_whe
                 "sc": 1,
                 "pm": 1,
                 "seg": 1,
+                "seg_findings": 1,
                 "sr": 1,
             }, service.log
-        assert pacs.instances_count() == 8  # the results of two studies, nothing else
+        assert pacs.instances_count() == 10  # the results of two studies, nothing else
     assert not list(spool.rglob("*.dcm")), list(spool.rglob("*.dcm"))
     events = [r["event"] for r in Spool(spool).journal.records()]
     assert events.count("done") == 2 and events.count("removed") == 2
