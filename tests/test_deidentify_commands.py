@@ -150,7 +150,7 @@ def test_pacs_explain_and_the_service_push_deidentified_results_into_the_deident
         argv += ["--method", "gradientinput", "--intensity-range=-1000,0", "--push", "sc,pm,seg", "--deidentify"]
         assert main([*argv, "--work", str(tmp_path / "w1")]) == 0
         assert "1 done, 0 skipped, 0 failed" in capsys.readouterr().out
-        assert orthanc.instances_count() == before + len(study["files"]) + 3  # SCs, one PM, the SEG and the findings SEG
+        assert orthanc.instances_count() == before + len(study["files"]) + 3  # SCs, PM, SEG, findings SEG
         assert len(_study_files(orthanc, study["study_uid"])) == len(study["files"])  # nothing in the source study
         derived = _study_files(orthanc, anonymous_study)
         assert sorted(str(ds.Modality) for ds in derived) == sorted(["OT"] * len(study["files"]) + ["OT", "SEG", "SEG"])
