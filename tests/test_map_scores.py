@@ -80,7 +80,7 @@ def test_evaluates_rows_stay_as_recorded(model2d, spec, tmp_path):
     for expected in PINNED["evaluate_rows"]:
         row = got[expected["case"], expected["method"]]
         assert {k: row[k] for k in expected} == _close(expected), expected["case"]
-        assert set(row) - set(expected) == {"label", "seconds"}
+        assert set(row) - set(expected) == {"label", "seconds", "findings"}  # findings: tests/test_findings.py
     rows, _ = evaluate_manifest(entries, {}, spec, curve_steps=16, log=None, maps={"ext": maps}, model=model2d)
     row = next(r for r in rows if r["case"] == "case000")
     assert {k: row[k] for k in PINNED["evaluate_external_16"]} == _close(PINNED["evaluate_external_16"])

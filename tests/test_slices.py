@@ -76,7 +76,7 @@ def test_slice_scores_are_the_classifier_on_each_slice_alone(series, model):
 
 def test_slice_options_that_cannot_work_are_refused(series, model):
     image = load_image(load_manifest(series)[0]["image"])
-    with pytest.raises(ValueError, match="--slices"):  # a 2D model on a series without slices points to the option
+    with pytest.raises(ValueError, match="slices="):  # a 2D model on a series without slices points to the option
         explain_image(image, GradientInput(model), SPEC)
     with pytest.raises(ValueError, match="outside the series' 24 slices"):
         explain_image(image, GradientInput(model), SPEC, slices="3,24")
