@@ -181,7 +181,8 @@ def test_multiframe_source_gives_one_sc_per_frame_and_reruns_add_nothing(orthanc
 
 
 def test_new_method_adds_new_series(orthanc, studies, tmp_path, capsys):
-    """Another method (another configuration) gives new derived UIDs: four new series beside the first four."""
+    """Another method (another configuration) gives new derived UIDs: five new series (SC, PM, SEG, the findings
+    SEG, SR) beside the first five."""
     study = studies[2]
     orthanc.upload(study["files"])
     where = ["--dicomweb", orthanc.dicomweb_url]
@@ -190,7 +191,7 @@ def test_new_method_adds_new_series(orthanc, studies, tmp_path, capsys):
     assert _explain(where, study, 2, tmp_path / "w2", "--method", "gradcam") == 0
     assert "1 done, 0 skipped, 0 failed" in capsys.readouterr().out
     after = orthanc.series_of(study["study_uid"])
-    assert len(after) == len(first) + 4
+    assert len(after) == len(first) + 5
     assert {s["series_uid"] for s in first} < {s["series_uid"] for s in after}
 
 
