@@ -301,6 +301,49 @@ def build_parametric_map(
     return [("PM.dcm", pm)]
 
 
+def _saliency_segment(number: int, label: str, info: DerivationInfo, prop=None) -> hd.seg.SegmentDescription:
+    """Segment ``number`` of a medhdm SEG found automatically by ``info``'s method; its segmented property
+    ``prop`` (category, type) is a saliency region unless given."""
+    category, kind = prop or (codes.SCT.SpatialAndRelationalConcept, codes.DCM.Saliency)
+    algorithm = hd.AlgorithmIdentificationSequence(
+        name=f"medhdm {info.method}"[:64], family=codes.cid7162.ArtificialIntelligence, version=__version__
+    )
+    return hd.seg.SegmentDescription(
+        segment_number=number,
+        segment_label=label[:64],
+        segmented_property_category=category,
+        segmented_property_type=kind,
+        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+        algorithm_identification=algorithm,
+    )
+
+
+def _binary_segmentation(
+    source: DicomSource,
+    pixels: np.ndarray,
+    segments: list,
+    info: DerivationInfo,
+    offset: int,
+    kind: str,
+    description: str,
+) -> Dataset:
+    """A binary SEG of ``pixels`` (``(D, H, W)`` or ``(D, H, W, K)``) on the single-frame source, in its study."""
+    first = source.first
+    seg = hd.seg.Segmentation(
+        source_images=source.datasets,
+        pixel_array=pixels,
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=segments,
+        omit_empty_frames=False,
+        **_equipment(first, info, offset=offset, kind=kind),
+    )
+    seg.SeriesDescription = description[:64]
+    _copy_series_context(seg, first)
+    if "Laterality" in seg and not seg.Laterality:
+        del seg.Laterality  # the SEG IOD's condition forbids an empty Laterality for an unpaired part
+    return seg
+
+
 def build_segmentation(
     source: DicomSource,
     saliency: np.ndarray,
@@ -314,43 +357,14 @@ def build_segmentation(
     if not 0.0 < threshold <= 1.0:
         raise ValueError(f"threshold: expected a value in (0, 1], got {threshold}")
     info = info or DerivationInfo()
-    first = source.first
-    algorithm = hd.AlgorithmIdentificationSequence(
-        name=f"medhdm {info.method}"[:64], family=codes.cid7162.ArtificialIntelligence, version=__version__
-    )
-    segment = hd.seg.SegmentDescription(
-        segment_number=1,
-        segment_label=f"{info.method} salient region"[:64],
-        segmented_property_category=codes.SCT.SpatialAndRelationalConcept,
-        segmented_property_type=codes.DCM.Saliency,
-        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
-        algorithm_identification=algorithm,
-    )
-    segments, pixels = [segment], np.asarray(saliency) >= threshold
+    segments = [_saliency_segment(1, f"{info.method} salient region", info)]
+    pixels = np.asarray(saliency) >= threshold
     if region is not None:
-        segments.append(
-            hd.seg.SegmentDescription(
-                segment_number=2,
-                segment_label="explained target region",
-                segmented_property_category=codes.SCT.MorphologicallyAbnormalStructure,
-                segmented_property_type=codes.SCT.Lesion,
-                algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
-                algorithm_identification=algorithm,
-            )
-        )
+        lesion = (codes.SCT.MorphologicallyAbnormalStructure, codes.SCT.Lesion)
+        segments.append(_saliency_segment(2, "explained target region", info, lesion))
         pixels = np.stack([pixels, np.asarray(region).reshape(pixels.shape) > 0], axis=-1)
-    seg = hd.seg.Segmentation(
-        source_images=source.datasets,
-        pixel_array=pixels,
-        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-        segment_descriptions=segments,
-        omit_empty_frames=False,
-        **_equipment(first, info, offset=2, kind="seg"),
-    )
-    seg.SeriesDescription = f"medhdm {info.describe()} >= {threshold:g}"[:64]
-    _copy_series_context(seg, first)
-    if "Laterality" in seg and not seg.Laterality:
-        del seg.Laterality  # the SEG IOD's condition forbids an empty Laterality for an unpaired part
+    description = f"medhdm {info.describe()} >= {threshold:g}"
+    seg = _binary_segmentation(source, pixels, segments, info, offset=2, kind="seg", description=description)
     return [("SEG.dcm", seg)]
 
 
@@ -377,33 +391,12 @@ def build_findings_segmentation(
             f"regions: expected (K, D, H, W) = ({len(descriptions)}, *{source.pixels.shape}), got {regions.shape}"
         )
     info = info or DerivationInfo()
-    first = source.first
-    algorithm = hd.AlgorithmIdentificationSequence(
-        name=f"medhdm {info.method}"[:64], family=codes.cid7162.ArtificialIntelligence, version=__version__
-    )
     segments = []
     for k, text in enumerate(descriptions, start=1):
-        segment = hd.seg.SegmentDescription(
-            segment_number=k,
-            segment_label=f"finding {k}",
-            segmented_property_category=codes.SCT.SpatialAndRelationalConcept,
-            segmented_property_type=codes.DCM.Saliency,
-            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
-            algorithm_identification=algorithm,
-        )
+        segment = _saliency_segment(k, f"finding {k}", info)
         segment.SegmentDescription = str(text)[:64]
         segments.append(segment)
-    labels = np.moveaxis(regions, 0, -1)  # (D, H, W, K): one binary plane per segment
-    seg = hd.seg.Segmentation(
-        source_images=source.datasets,
-        pixel_array=labels.astype(np.uint8),
-        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-        segment_descriptions=segments,
-        omit_empty_frames=False,
-        **_equipment(first, info, offset=4, kind="findings-seg"),
-    )
-    seg.SeriesDescription = f"medhdm {info.describe()} findings"[:64]
-    _copy_series_context(seg, first)
-    if "Laterality" in seg and not seg.Laterality:
-        del seg.Laterality
+    labels = np.moveaxis(regions, 0, -1).astype(np.uint8)  # (D, H, W, K): one binary plane per segment
+    description = f"medhdm {info.describe()} findings"
+    seg = _binary_segmentation(source, labels, segments, info, offset=4, kind="findings-seg", description=description)
     return [("SEG_findings.dcm", seg)]
