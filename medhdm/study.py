@@ -147,6 +147,7 @@ def explain_study(
     deidentify: Deidentification | None = None,
     report: StudyReport | None = None,
     region: str | None = None,
+    seg_threshold: float = 0.5,
 ) -> dict:
     """Explain one study, write its outputs into ``out_dir/<case>/``; return its ``explanations.csv`` row.
 
@@ -167,6 +168,7 @@ def explain_study(
             configuration, no scores). With it, the row also holds ``scores``: the SR's scores, or ``None``.
         region: a segmenter's target region, ``"predicted"`` (None) or ``"component:k"``, unless the case
             gives a mask (:attr:`StudyCase.region`); see :mod:`medhdm.explain.targets`.
+        seg_threshold: the thresholded map's SEG (``"seg"``) holds the map >= this, in (0, 1].
     """
     return explain_study_batch(
         [case],
@@ -181,6 +183,7 @@ def explain_study(
         deidentify=deidentify,
         report=report,
         region=region,
+        seg_threshold=seg_threshold,
     )[0]
 
 
@@ -196,6 +199,7 @@ class _Outputs:
     slices: SliceSelection | str | None
     deidentify: Deidentification | None
     report: StudyReport | None
+    seg_threshold: float
 
 
 def explain_study_batch(
@@ -211,13 +215,14 @@ def explain_study_batch(
     deidentify: Deidentification | None = None,
     report: StudyReport | None = None,
     region: str | None = None,
+    seg_threshold: float = 0.5,
 ) -> list[dict]:
     """:func:`explain_study` of several studies, explained together (:func:`~medhdm.pipeline.explain_images`:
     one batch per classifier input shape), each written as :func:`explain_study` does. An error in any raises.
     ``uid_sources``: one ``uid_source`` of :func:`explain_study` per case (default: random UIDs for all);
     ``deidentify`` and ``report`` as for :func:`explain_study`. ``region`` (segmenters): ``"predicted"`` (None)
     or ``"component:k"`` for every case, unless the cases give their own masks (:attr:`StudyCase.region`:
-    all of them or none)."""
+    all of them or none); ``seg_threshold`` as for :func:`explain_study`."""
     uid_sources = list(uid_sources) if uid_sources is not None else [None] * len(cases)
     if len(uid_sources) != len(cases):
         raise ValueError(f"uid_sources: expected one per case ({len(cases)}), got {len(uid_sources)}")
@@ -235,7 +240,9 @@ def explain_study_batch(
         slices=slices,
         region=masks or region,
     )
-    outputs = _Outputs(explainer, spec, tuple(export_formats), method, overwrite, slices, deidentify, report)
+    outputs = _Outputs(
+        explainer, spec, tuple(export_formats), method, overwrite, slices, deidentify, report, float(seg_threshold)
+    )
     return [
         _write_study(case, result, folder, outputs, uids)
         for case, result, folder, uids in zip(cases, results, folders, uid_sources)
@@ -305,6 +312,7 @@ def _export_study(
         uid_source=uid_source,
         deidentify_salt=deidentify.salt if deidentify is not None else None,
         retain_dates=deidentify.retain_dates if deidentify is not None else False,
+        seg_threshold=outputs.seg_threshold,
         report=content,
         region=result.region_in_dicom_order(),
         finding_regions=[monai_to_dicom_volume(f.region) for f in result.findings],

@@ -187,6 +187,14 @@ def test_a_message_below_the_cli_names_the_parameter_and_the_cli_the_flag(case, 
         ),
         (["pacs", "explain", "--dicomweb", "http://h", "--study", "1..2"], "--study: '1..2' is not a DICOM UID"),
         (["pacs", "explain", "--dicomweb", "http://h", "--query", "Foo"], "--query: expected KEY=VALUE"),
+        (
+            ["pacs", "explain", "--dicomweb", "http://h", "--study", "1.2", "--seg-threshold", "0"],
+            "--seg-threshold: expected a value in (0, 1], got 0",
+        ),
+        (
+            ["pacs", "serve", "--destination", "http://h/dicom-web", "--calling-aet", "A", "--seg-threshold", "1.5"],
+            "--seg-threshold: expected a value in (0, 1], got 1.5",
+        ),
     ],
 )
 def test_pacs_messages_name_the_commands_flags(argv, message, tmp_path, capsys):

@@ -649,7 +649,7 @@ def _error_cases(tmp_path: Path, study) -> list[tuple[list[str], dict, str]]:
         (
             ["--image", series, "--map", str(tmp_path / "missing.npy"), "--out", str(out), "--seg-threshold", "0"],
             {},
-            "seg threshold",
+            "--seg-threshold: expected a value in (0, 1]",
         ),
         (["--image", series, "--map", good, "--out", str(blocker)], {}, f"out: {blocker} exists and is not a folder"),
         (

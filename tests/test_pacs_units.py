@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -224,3 +225,47 @@ def test_without_an_annotation_the_report_has_no_scores(study2d, model2d, tmp_pa
     outcome = explain_local_study(alone, explainer, _spec(model2d), tmp_path / "w", OPTIONS)
     assert outcome.results[0]["scores"] is None
     assert read_structured_report(next(p for p in outcome.derived if p.name == "SR.dcm"))["scores"] == {}
+
+
+def _segment_pixels(path) -> int:
+    """Pixels of the thresholded map's segment (segment 1) of a SEG file (per-frame or shared segment numbers)."""
+    ds = pydicom.dcmread(path)
+    frames = ds.pixel_array.reshape(int(ds.NumberOfFrames), int(ds.Rows), int(ds.Columns))
+    shared = ds.SharedFunctionalGroupsSequence[0]
+
+    def number(item) -> int:
+        group = item if "SegmentIdentificationSequence" in item else shared
+        return int(group.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
+
+    numbers = [number(item) for item in ds.PerFrameFunctionalGroupsSequence]
+    return int(sum(frames[i].sum() for i, n in enumerate(numbers) if n == 1))
+
+
+def test_the_seg_threshold_of_the_options_is_the_segs_threshold(study2d, model2d, tmp_path):
+    # the PM holds the map on the source grid; the SEG must hold exactly its pixels >= seg_threshold
+    spec, explainer = _spec(model2d), make_explainer("gradientinput", model2d)
+    counts = {}
+    for threshold in (0.3, 0.8):
+        options = PacsOptions("default", ("pm", "seg"), seg_threshold=threshold)
+        outcome = explain_local_study(study2d["image"].parent, explainer, spec, tmp_path / str(threshold), options)
+        files = {p.name: p for p in outcome.derived}
+        pm = pydicom.dcmread(files["PM.dcm"]).pixel_array
+        counts[threshold] = _segment_pixels(files["SEG.dcm"])
+        assert counts[threshold] == int((pm >= threshold).sum()) > 0
+    assert counts[0.8] < counts[0.3]
+    with pytest.raises(ValueError, match=r"^seg_threshold: expected a value in \(0, 1\], got 0"):
+        PacsOptions("default", ("seg",), seg_threshold=0)
+
+
+def test_explain_seg_threshold_reaches_the_seg_and_the_run_record(study2d, tmp_path, capsys):
+    hashes = {}
+    for threshold in ("0.5", "0.8"):
+        out = tmp_path / threshold
+        argv = ["explain", "--image", str(study2d["image"]), "--method", "gxi", "--out", str(out)]
+        argv += ["--intensity-range=" + ",".join(str(v) for v in LESIONBENCH_INTENSITY_RANGE)]
+        assert main([*argv, "--export", "pm,seg", "--seg-threshold", threshold]) == 0, capsys.readouterr().err
+        (pm,) = out.glob("*/*_dicom/PM.dcm")
+        seg = pm.with_name("SEG.dcm")
+        assert _segment_pixels(seg) == int((pydicom.dcmread(pm).pixel_array >= float(threshold)).sum()) > 0
+        hashes[threshold] = json.loads(next(out.glob("*/record.json")).read_text())["configuration_hash"]
+    assert hashes["0.5"] != hashes["0.8"]

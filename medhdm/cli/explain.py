@@ -34,6 +34,7 @@ def add_command(sub) -> None:
         "grid (one --image); written beside the map as <case>_region.nii.gz, SEG segment 2 with --export seg",
     )
     ex.add_argument("--export", default=None, help="also export DICOM sources: comma-separated sc,pm,seg,nifti,png")
+    options.add_seg_threshold_option(ex)
     options.add_deidentify_options(ex, "the exported DICOM objects")
     ex.add_argument(
         "--overwrite", action="store_true", help="redo the cases a previous run completed with another configuration"
@@ -80,7 +81,9 @@ def _export(args: argparse.Namespace, entries: list[dict]):
         from ..export import OverlayStyle, check_export_arguments
         from ..io.reader import is_dicom_path
 
-        check_export_arguments(formats, args.out, OverlayStyle(), None, 0.5, deidentify and deidentify.salt)
+        check_export_arguments(
+            formats, args.out, OverlayStyle(), None, args.seg_threshold, deidentify and deidentify.salt
+        )
         not_dicom = [e for e in entries if not is_dicom_path(e["image"])]
         if not_dicom:
             raise ValueError(f"--export: {not_dicom[0]['image']} is not DICOM; DICOM export needs DICOM sources")
@@ -125,6 +128,7 @@ def run(args: argparse.Namespace) -> None:
         slices=options.slices(args),
         deidentify=deidentify,
         region=region,
+        seg_threshold=args.seg_threshold,
     )
     result = explain_cohort(entries, explain, args.out, options=cohort_options, model=model)
     print(

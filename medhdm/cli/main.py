@@ -57,6 +57,7 @@ PARAMETER_FLAGS = {
     "token_file": "--token-file",
     "basic_auth_file": "--basic-auth-file",
     "spool": "--spool",
+    "seg_threshold": "--seg-threshold",
 }
 
 #: the keyword arguments that messages below the CLI suggest (``pass overwrite=True``), and what the CLI prints

@@ -451,7 +451,12 @@ def add_export_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--alpha", type=float, default=0.5, help="overlay opacity (0.5)")
     parser.add_argument("--no-legend", action="store_true", help="do not burn in the colour bar and label")
     parser.add_argument("--window-preset", default=None, help="CT window preset: soft_tissue, lung, bone, brain")
-    parser.add_argument("--seg-threshold", type=float, default=0.5, help="SEG holds map >= this (0.5)")
+    add_seg_threshold_option(parser)
+
+
+def add_seg_threshold_option(parser: argparse.ArgumentParser) -> None:
+    """``--seg-threshold``: the thresholded map's SEG holds the map >= this (``export``, ``explain``, ``pacs``)."""
+    parser.add_argument("--seg-threshold", type=float, default=0.5, help="the SEG holds the map >= this (0.5)")
 
 
 def overlay_style(args: argparse.Namespace):

@@ -37,6 +37,7 @@ def _add_explain_command(pacs_sub) -> None:
     keys = "Modality, StudyDate (20240101-20241231), AccessionNumber, PatientID"
     ex.add_argument("--query", action="append", metavar="KEY=VALUE", help=f"select studies (repeatable): {keys}")
     ex.add_argument("--push", default="sc,pm,seg,sr", help="what to push back: some of sc,pm,seg,sr, or none")
+    options.add_seg_threshold_option(ex)
     options.add_deidentify_options(ex, "the derived objects (not the SR: with it, --push some of sc,pm,seg)")
     ex.add_argument("--work", default="medhdm-pacs", help="local folder: cache, maps, derived objects")
     options.add_credential_options(ex)
@@ -82,6 +83,7 @@ def _add_serve_command(pacs_sub) -> None:
     options.add_credential_options(serve)
     options.add_tls_options(serve, server=True)
     serve.add_argument("--push", default="sc,pm,seg,sr", help="results to push: subset of sc,pm,seg,sr (default all)")
+    options.add_seg_threshold_option(serve)
     options.add_deidentify_options(serve, "the results (not the SR: with it, --push some of sc,pm,seg)")
     serve.add_argument(
         "--stable-seconds",
@@ -151,7 +153,14 @@ def run_explain(args: argparse.Namespace) -> None:
     formats = args.push
     if args.push == "none":  # written, not pushed
         formats = ("sc", "pm", "seg") if deidentify is not None else ("sc", "pm", "seg", "sr")
-    study = PacsOptions(args.bundle or args.model, formats, options.slices(args), args.class_idx, deidentify=deidentify)
+    study = PacsOptions(
+        args.bundle or args.model,
+        formats,
+        options.slices(args),
+        args.class_idx,
+        seg_threshold=args.seg_threshold,
+        deidentify=deidentify,
+    )
     query = parse_query(args.query or [])
     study_uids = parse_study_uids(args.study or [])  # each becomes a folder name
     if not args.study and not query:
@@ -191,7 +200,14 @@ def run_serve(args: argparse.Namespace) -> None:
     # every argument checked before the model loads or the port opens
     deidentify = options.deidentification(args)
     model_name = args.bundle or args.model
-    study = PacsOptions(model_name, args.push, options.slices(args), args.class_idx, deidentify=deidentify)
+    study = PacsOptions(
+        model_name,
+        args.push,
+        options.slices(args),
+        args.class_idx,
+        seg_threshold=args.seg_threshold,
+        deidentify=deidentify,
+    )
     settings = ServeSettings(
         spool=Path(args.spool),
         aet=args.aet,

@@ -88,6 +88,7 @@ class ExplainRecipe:
     slices: SliceSelection | None = None
     deidentify: Deidentification | None = None  # de-identify the exports (the secret stays out of the records)
     region: str | None = None  # a segmenter's target: "predicted", "component:k" or a mask file (NIfTI)
+    seg_threshold: float = 0.5  # the thresholded map's SEG holds the map >= this (recorded when "seg" is exported)
 
     def build(self, device: str | None = None, model=None) -> ExplainRunner:
         """The runner (``model``: the classifier already loaded by this recipe, to skip loading it again)."""
@@ -107,6 +108,8 @@ class ExplainRunner(CaseRunner):
             extra["deidentify"] = recipe.deidentify.record()
         if recipe.region is not None:
             extra["region"] = _region_record(recipe.region)
+        if "seg" in recipe.export:
+            extra["seg_threshold"] = float(recipe.seg_threshold)
         self.configuration = run_configuration(self.model, self.explainer, recipe.model.model, extra)
         self.key = configuration_hash(self.configuration)
 
@@ -127,6 +130,7 @@ class ExplainRunner(CaseRunner):
             deidentify=r.deidentify,
             report=StudyReport(config=self.configuration),
             region=r.region if mask is None else None,
+            seg_threshold=r.seg_threshold,
         )
         seconds = (time.perf_counter() - start) / len(entries)
         records = []

@@ -252,7 +252,7 @@ def check_export_arguments(formats, out_dir, style, window_preset, seg_threshold
     if window_preset is not None and window_preset not in CT_PRESETS:
         raise ValueError(f"window preset: expected one of {sorted(CT_PRESETS)}, got {window_preset!r}")
     if "seg" in formats and not 0.0 < float(seg_threshold) <= 1.0:
-        raise ValueError(f"seg threshold: expected a value in (0, 1], got {seg_threshold}")
+        raise ValueError(f"seg_threshold: expected a value in (0, 1], got {seg_threshold}")
     if deidentify_salt is not None and (not isinstance(deidentify_salt, str) or not deidentify_salt.strip()):
         raise ValueError("deidentify salt: a non-empty secret is needed")
     out = Path(out_dir)

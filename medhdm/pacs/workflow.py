@@ -60,13 +60,13 @@ class PacsOptions:
         model_name: the model's name in the configuration and the SR.
         formats: what to make and push: some of ``sc``, ``pm``, ``seg``, ``sr`` (checked, as ``--push``).
         slices, class_idx: as for ``medhdm explain``.
-        seg_threshold: the SEG's threshold, recorded in the configuration.
+        seg_threshold: the thresholded map's SEG holds the map >= this (in (0, 1]); recorded in the configuration.
         deidentify: de-identify the derived objects (:class:`medhdm.export.Deidentification`; not with
             ``sr``); they then go to the de-identified study (its UIDs remapped by the secret).
 
     Raises:
         ValueError: naming ``--push``, for formats that are not some of ``sc,pm,seg,sr`` or ``sr`` with
-            de-identification.
+            de-identification; naming ``seg_threshold`` outside (0, 1].
     """
 
     model_name: str
@@ -78,6 +78,8 @@ class PacsOptions:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "formats", parse_formats(self.formats, deidentified=self.deidentify is not None))
+        if not 0.0 < float(self.seg_threshold) <= 1.0:
+            raise ValueError(f"seg_threshold: expected a value in (0, 1], got {self.seg_threshold}")
 
 
 @dataclass
@@ -173,6 +175,7 @@ def _explain_series(
         uid_source=uids,
         deidentify=options.deidentify,
         report=report,
+        seg_threshold=options.seg_threshold,
     )
     derived = sorted(Path(row["export"]).glob("*.dcm"))
     result = {"series_uid": series_uid, "class_idx": int(row["class_idx"]), "score": row["score"]}
