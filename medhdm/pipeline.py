@@ -59,7 +59,7 @@ from monai.transforms import (
 )
 from torch import nn
 
-from .explain.base import Explainer
+from .explain.base import Explainer, explain_at
 from .explain.checks import frozen_eval, model_device
 from .explain.findings import Finding, finding_from_region
 from .explain.scoring import ClassScorer
@@ -420,16 +420,6 @@ def classifier_spacing(image: MetaTensor, spec: InputSpec, by_slice: bool = Fals
     if by_slice:
         spacing, shape = spacing[1:], shape[1:]
     return tuple(float(v) for v in spacing * shape / np.asarray(spec.spatial_size, dtype=np.float64))
-
-
-def explain_at(explainer: Explainer, x: torch.Tensor, class_idx, spacing, region=None):
-    """``explainer.explain(x, class_idx)``, with ``spacing`` (mm per axis, or one row per image) for a method
-    that sizes in mm (:attr:`~medhdm.explain.base.Explainer.reads_spacing`); the others get the call as before.
-    ``region`` (a segmenter's target) is passed on when given."""
-    target = {} if region is None else {"region": region}
-    if getattr(explainer, "reads_spacing", False):
-        return explainer.explain(x, class_idx, spacing=spacing, **target)
-    return explainer.explain(x, class_idx, **target)
 
 
 def explain_image(

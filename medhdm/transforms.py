@@ -45,7 +45,7 @@ from monai.data import MetaTensor
 from monai.data.image_reader import NibabelReader
 from monai.transforms import EnsureChannelFirst, LoadImage, MapTransform, Transform
 
-from .explain.base import Explainer
+from .explain.base import Explainer, explain_at
 from .explain.checks import model_device
 from .explain.units import input_spacing
 from .io.reader import DicomSeriesReader, is_dicom_path
@@ -204,10 +204,7 @@ class Explaind(MapTransform):
             x = torch.as_tensor(image).detach()[None].to(device=model_device(self.explainer.model), dtype=torch.float32)
             if isinstance(x, MetaTensor):
                 x = x.as_tensor()  # the spacing is read above, from the image's own affine
-            if getattr(self.explainer, "reads_spacing", False):
-                result = self.explainer.explain(x, self._target(d), spacing=spacing)
-            else:
-                result = self.explainer.explain(x, self._target(d))
+            result = explain_at(self.explainer, x, self._target(d), spacing)
             saliency = result.saliency[0].detach().to(image.device)
             if isinstance(image, MetaTensor):
                 meta = copy.deepcopy(dict(image.meta))  # holds the affine

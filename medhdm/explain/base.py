@@ -31,7 +31,15 @@ from .scoring import ClassScorer
 from .targets import RegionSpec, resolve_targets
 from .units import check_spacing, input_spacing
 
-__all__ = ["Explainer", "Explanation", "Finding", "StageRecord", "is_out_of_memory", "merge_explanations"]
+__all__ = [
+    "Explainer",
+    "Explanation",
+    "Finding",
+    "StageRecord",
+    "explain_at",
+    "is_out_of_memory",
+    "merge_explanations",
+]
 
 
 #: attributes that do not change a map (the model is identified apart; the memory guard only splits batches)
@@ -483,3 +491,13 @@ def _scatter_lists(parts: list[tuple[torch.Tensor, list]], batch: int) -> list:
         for i, value in zip(idx.tolist(), values):
             out[i] = value
     return out
+
+
+def explain_at(explainer: Explainer, x: torch.Tensor, class_idx, spacing, region=None):
+    """``explainer.explain(x, class_idx)``, with ``spacing`` (mm per axis, or one row per image) for a method
+    that sizes in mm (:attr:`Explainer.reads_spacing`), without it for the others.
+    ``region`` (a segmenter's target) is passed on when given."""
+    target = {} if region is None else {"region": region}
+    if getattr(explainer, "reads_spacing", False):
+        return explainer.explain(x, class_idx, spacing=spacing, **target)
+    return explainer.explain(x, class_idx, **target)
