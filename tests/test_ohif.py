@@ -3,11 +3,15 @@ cached by ``.ci/run``) served on loopback in front of the private Orthanc as its
 and 3D study with medhdm's SC, PM and SEG pushed by ``medhdm pacs explain``, each object opened in headless
 Chromium (SwiftShader WebGL) the way a reader opens a series. From screenshots: the PM overlay is hot where the map
 is hot and transparent where it is cold, the SEG covers the thresholded region and nothing far outside it, the SC
-shows the burned-in map over the lesion; and the viewer logs no console error."""
+shows the burned-in map over the lesion; and the viewer logs no console error.
+
+``MEDHDM_OHIF_SHOTS=docs/ohif`` also saves each screenshot's viewport there (the README's pictures)."""
 
 from __future__ import annotations
 
 import io
+import os
+from pathlib import Path
 
 import numpy as np
 import pydicom
@@ -116,7 +120,14 @@ def _screen(browser: Browser, name: str, ohif) -> np.ndarray:
 
     browser.evaluate("new Promise(r => setTimeout(r, 300))")  # the last frame drawn
     data = browser.screenshot(ohif["shots"] / f"{name}.png")
-    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"), dtype=np.int16)
+    image = Image.open(io.BytesIO(data)).convert("RGB")
+    if os.environ.get("MEDHDM_OHIF_SHOTS"):  # the viewport, small, for the documentation (docs/ohif/)
+        rect = browser.evaluate("(() => { const r = medhdm.viewport().element.getBoundingClientRect();"
+                                " return [r.left, r.top, r.right, r.bottom].map(Math.round); })()")  # fmt: skip
+        crop = image.crop(rect)
+        crop = crop.resize((crop.width * 2 // 3, crop.height * 2 // 3), Image.LANCZOS).quantize(96)
+        crop.save(Path(os.environ["MEDHDM_OHIF_SHOTS"]) / f"ohif_{name}.png", optimize=True)
+    return np.asarray(image, dtype=np.int16)
 
 
 def _at(shot: np.ndarray, points) -> np.ndarray:
