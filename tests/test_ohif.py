@@ -125,7 +125,7 @@ def _screen(browser: Browser, name: str, ohif) -> np.ndarray:
         rect = browser.evaluate("(() => { const r = medhdm.viewport().element.getBoundingClientRect();"
                                 " return [r.left, r.top, r.right, r.bottom].map(Math.round); })()")  # fmt: skip
         crop = image.crop(rect)
-        crop = crop.resize((crop.width * 2 // 3, crop.height * 2 // 3), Image.LANCZOS).quantize(96)
+        crop = crop.resize((crop.width // 2, crop.height // 2), Image.LANCZOS)
         crop.save(Path(os.environ["MEDHDM_OHIF_SHOTS"]) / f"ohif_{name}.png", optimize=True)
     return np.asarray(image, dtype=np.int16)
 
