@@ -32,9 +32,9 @@ def ohif_tarball() -> Path:
     if not path.is_file() and shutil.which("npm"):
         OHIF_CACHE.mkdir(parents=True, exist_ok=True)
         subprocess.run(
-            ["npm", "pack", f"@ohif/app@{OHIF_VERSION}", "--pack-destination", str(OHIF_CACHE)],
+            ["npm", "pack", "--fetch-retries=1", f"@ohif/app@{OHIF_VERSION}", "--pack-destination", str(OHIF_CACHE)],
             capture_output=True,
-            timeout=600,
+            timeout=300,
             check=False,
         )
     if not path.is_file():
