@@ -376,3 +376,38 @@ def test_a_source_without_patient_geometry_exports_as_secondary_capture(tmp_path
     )
     err = capsys.readouterr().err
     assert rc == 2 and "ot.dcm" in err and "--format sc" in err, err
+
+
+def test_pm_frames_run_along_the_slice_normal_with_the_series_spacing(tmp_path):
+    """What OHIF needs of a PM and SEG of a series: frames in the order of the source volume (along the row x
+    column normal; OHIF lays PM frame k onto the volume's slice k) and Spacing Between Slices as the frames lie,
+    also when the source's header states another value."""
+    from medhdm.export.dicom import build_parametric_map, build_segmentation
+
+    template, volume = ct_volume(depth=5)
+    template.SpacingBetweenSlices = "7.5"  # disagrees with the 2.5 mm between the written positions
+    write_series(template, volume, tmp_path / "series", slice_spacing=2.5, file_order_seed=3)
+    src = read_dicom(tmp_path / "series")
+    saliency = _map_for(src).astype(np.float32)
+    ((_, pm),) = build_parametric_map(src, saliency)
+    orientation = np.array([float(v) for v in pm.SharedFunctionalGroupsSequence[0].PlaneOrientationSequence[0]
+                            .ImageOrientationPatient])  # fmt: skip
+    normal = np.cross(orientation[:3], orientation[3:])
+    groups = pm.PerFrameFunctionalGroupsSequence
+    along = [np.dot([float(v) for v in g.PlanePositionSequence[0].ImagePositionPatient], normal) for g in groups]
+    assert np.all(np.diff(along) > 0), along
+    assert [int(g.FrameContentSequence[0].DimensionIndexValues) for g in groups] == [1, 2, 3, 4, 5]
+    uids = [str(ds.SOPInstanceUID) for ds in src.datasets]
+    stored = pydicom.dcmread(_saved(pm, tmp_path / "pm.dcm")).pixel_array
+    for k, group in enumerate(groups):
+        source = str(group.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID)
+        np.testing.assert_array_equal(stored[k], saliency[uids.index(source)])
+    seg = build_segmentation(src, saliency)[0][1]
+    for ds in (pm, seg):
+        measures = ds.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0]
+        assert float(measures.SpacingBetweenSlices) == pytest.approx(2.5), ds.Modality
+
+
+def _saved(ds, path):
+    ds.save_as(path, enforce_file_format=True)
+    return path

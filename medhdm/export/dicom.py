@@ -298,7 +298,44 @@ def build_parametric_map(
     )
     pm.SeriesDescription = f"medhdm {info.describe()} map"[:64]
     _copy_series_context(pm, first)
+    _frame_spacing(pm, source)
+    _frames_along_normal(pm)
     return [("PM.dcm", pm)]
+
+
+def _frame_spacing(ds: Dataset, source: DicomSource) -> None:
+    """Spacing Between Slices of a multi-frame result as its frames lie (the source's slice spacing from the
+    positions), not as the source's header states it: highdicom copies the source's attribute, and viewers that
+    stack the frames by it (OHIF's Parametric Map volume) misplace every frame when it disagrees."""
+    measures = ds.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0]
+    if len(source.datasets) > 1 or source.multiframe:
+        measures.SpacingBetweenSlices = f"{float(source.spacing[0]):.6g}"
+    elif "SpacingBetweenSlices" in measures:
+        del measures.SpacingBetweenSlices  # one frame: no neighbour to be spaced from
+
+
+def _frames_along_normal(pm: Dataset) -> None:
+    """The Parametric Map's frames reordered to run along the row x column normal, as the source slices do
+    (frame 1 first along it; Dimension Index Values renumbered). highdicom stores them the other way for an axial
+    series; OHIF's Parametric Map loader lays frame k onto the k-th slice of the source volume, which cornerstone
+    sorts along that normal, so the other order draws every frame on the mirrored slice."""
+    groups = pm.PerFrameFunctionalGroupsSequence
+    if len(groups) < 2:
+        return
+    orientation = [
+        float(v) for v in pm.SharedFunctionalGroupsSequence[0].PlaneOrientationSequence[0].ImageOrientationPatient
+    ]
+    normal = np.cross(orientation[:3], orientation[3:])
+    along = [float(np.dot([float(v) for v in g.PlanePositionSequence[0].ImagePositionPatient], normal)) for g in groups]
+    order = np.argsort(along, kind="stable")
+    if np.array_equal(order, np.arange(len(order))):
+        return
+    keyword = next(k for k in ("FloatPixelData", "DoubleFloatPixelData", "PixelData") if k in pm)
+    frames = np.frombuffer(pm[keyword].value, dtype=np.uint8).reshape(len(groups), -1)
+    pm[keyword].value = np.ascontiguousarray(frames[order]).tobytes()
+    pm.PerFrameFunctionalGroupsSequence = DicomSequence([groups[i] for i in order])
+    for number, group in enumerate(pm.PerFrameFunctionalGroupsSequence, 1):
+        group.FrameContentSequence[0].DimensionIndexValues = number
 
 
 def _saliency_segment(number: int, label: str, info: DerivationInfo, prop=None) -> hd.seg.SegmentDescription:
@@ -339,6 +376,7 @@ def _binary_segmentation(
     )
     seg.SeriesDescription = description[:64]
     _copy_series_context(seg, first)
+    _frame_spacing(seg, source)
     if "Laterality" in seg and not seg.Laterality:
         del seg.Laterality  # the SEG IOD's condition forbids an empty Laterality for an unpaired part
     return seg
