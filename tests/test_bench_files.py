@@ -40,7 +40,12 @@ def test_committed_manifests_are_what_the_generator_writes(bench2d, tmp_path):
     assert json.loads(small3d.read_text()) == committed3d
     assert validate_manifest(small3d) == []
     first = load_manifest(small3d)[0]
-    assert read_dicom(first["image"]).pixels.shape == (24, 48, 48)
+    source = read_dicom(first["image"])
+    assert source.pixels.shape == (24, 48, 48)
+    # every slice's Spacing Between Slices (the template has one) is the distance its positions say
+    positions = [np.asarray(ds.ImagePositionPatient, dtype=float) for ds in source.datasets]
+    gap = np.linalg.norm(positions[1] - positions[0])
+    assert {float(ds.SpacingBetweenSlices) for ds in source.datasets} == {gap} and gap == float(source.spacing[0])
 
 
 def test_files_are_reproducible_and_annotations_agree(bench2d, tmp_path):

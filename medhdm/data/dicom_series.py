@@ -98,6 +98,8 @@ def write_series(
         ds.ImagePositionPatient = [f"{v:.4f}" for v in origin + k * slice_spacing * normal]
         ds.SliceLocation = f"{float((origin + k * slice_spacing * normal) @ normal):.4f}"
         ds.SliceThickness = f"{slice_spacing:g}"
+        if "SpacingBetweenSlices" in ds:  # the template's value would disagree with the positions written above
+            ds.SpacingBetweenSlices = f"{slice_spacing:g}"
         if pixel_spacing is not None:
             ds.PixelSpacing = [f"{float(v):.6g}" for v in pixel_spacing]
         ds.Rows, ds.Columns = int(volume.shape[1]), int(volume.shape[2])
