@@ -19,7 +19,7 @@ from medhdm.models import DEFAULT_3D, load_default_classifier
 from medhdm.testing import lesion_cases, load_network
 
 #: networks trained by benchmarks/sanity_networks.py besides the shipped ones (other training seeds), so
-#: that a pass is not one model's luck
+#: that a pass is not one model's luck (in 3D a small ResNet too: resnet3d_seed0)
 NETWORKS = Path(__file__).parent / "data" / "sanity_networks"
 
 
