@@ -54,10 +54,11 @@ def variants(explanation) -> dict[str, torch.Tensor]:
     previous = [torch.zeros_like(stages[0].removed)] + [s.removed for s in stages[:-1]]
     contributions = [s.map * (1 - r) for s, r in zip(stages, previous)]
     sensitivities = [s.sensitivity for s in stages]
+    alphas = [s.alpha for s in stages]
     refined = explanation.masks["refined"]
     maps = {}
     for f, g in GRID:
-        maps[f"focus {f:g}, contrast {g:g}"] = focus_map(refined, contributions, sensitivities, f) ** g
+        maps[f"focus {f:g}, contrast {g:g}"] = focus_map(refined, contributions, sensitivities, f, alphas) ** g
     return maps
 
 

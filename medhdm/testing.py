@@ -226,7 +226,7 @@ def train_blob_densenet():
 def sanity_network(architecture: str, spatial_dims: int) -> nn.Module:
     """An untrained network of the extra sanity-check classifiers (``benchmarks/sanity_networks.py``):
     ``"densenet"``, the shipped models' small MONAI DenseNet, or ``"resnet"``, a small MONAI ResNet
-    (basic blocks, one per layer, widths 8-32)."""
+    (basic blocks, one per layer, widths 8-32, its first convolution at stride 2)."""
     from monai.networks.nets import ResNet
 
     from .models import lesion_classifier
@@ -242,6 +242,7 @@ def sanity_network(architecture: str, spatial_dims: int) -> nn.Module:
         spatial_dims=spatial_dims,
         n_input_channels=1,
         conv1_t_size=3,
+        conv1_t_stride=2,
         num_classes=2,
     )
 
