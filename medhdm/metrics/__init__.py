@@ -3,6 +3,7 @@
 from .curves import area_linear, area_log_share, curve_fractions, half_point, log_fractions
 from .faithfulness import (
     average_drop,
+    banded_spearman,
     deletion_auc,
     deletion_curve,
     faithfulness_scores,
@@ -36,6 +37,7 @@ __all__ = [
     "image_hits",
     "LOCALISATION_KEYS",
     "area_linear",
+    "banded_spearman",
     "area_log_share",
     "auprc",
     "auroc",

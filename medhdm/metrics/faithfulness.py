@@ -37,6 +37,9 @@ the papers.
   methods are not correlated through shared draws. A method whose maps do not depend on
   the weights scores near 1; a faithful one scores low. :func:`seed_agreement` gives the
   noise floor of random methods: the correlation of two seeds on the trained model.
+  For a segmenter the target region is held fixed (the trained model's) and the maps are
+  compared within bands of equal distance from it (:func:`banded_spearman`; see
+  :func:`sanity_check`).
 """
 
 from __future__ import annotations
@@ -46,7 +49,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
-from scipy import stats
+from scipy import ndimage, stats
 from torch import nn
 
 from ..explain.checks import frozen_eval, resolve_class_idx
@@ -315,6 +318,7 @@ def sanity_check(
     seed: int = 0,
     explainer_seeds: tuple[int, int] | None = (0, 1),
     region: RegionSpec = None,
+    bands: float | None = 2.0,
 ) -> list[float]:
     """Spearman correlation between maps of ``model`` and of a weight-randomised copy, per image.
 
@@ -345,9 +349,23 @@ def sanity_check(
         region: a segmenter's target region (:mod:`~medhdm.explain.targets`), resolved on the
             trained model and given to both explainers as a mask (the random copy's own mask
             would be another target).
+        bands: a segmenter's maps are compared within bands of this width (voxels) of equal
+            distance from the target region (:func:`banded_spearman`); None compares them over
+            the whole image, as for a classifier. Why: the region is the question, the same for
+            both models, and a convolutional segmenter's mean logit over it depends on the
+            region's own voxels and their neighbourhood whatever its weights (the randomised
+            UNet's score, too, rises from the reference to the image there). A faithful map of
+            either model then ranks voxels by their proximity to the region, and over the whole
+            image two faithful maps correlate through it (on the shipped 2D UNet, HDM's maps of
+            the trained and of the randomised model each correlated 0.6-0.75 with proximity to
+            the region). Within a band the region's footprint is the same for every voxel, and
+            what is left to rank them is the model. A map that shows the image (Gradient x
+            Input's ``x - r``) still correlates there (0.55 in 2D, 0.7 in 3D). Classifiers ignore it.
     Returns:
         one correlation per image (NaN where either map is constant).
     """
+    if bands is not None and not (isinstance(bands, (int, float)) and not isinstance(bands, bool) and bands > 0):
+        raise ValueError(f"bands: expected None or a band width > 0 (voxels), got {bands!r}")
     cls, target = _targets(model, x, class_idx, region)
     trained_explainer = make_explainer(model)
     random_explainer = make_explainer(_randomised(model, seed))
@@ -356,7 +374,35 @@ def sanity_check(
         _with_seed(random_explainer, explainer_seeds[1])
     trained = trained_explainer(x, cls, **target)
     random_maps = random_explainer(x, cls, **target)
+    if target and bands is not None:
+        pairs = zip(trained[:, 0].cpu().numpy(), random_maps[:, 0].cpu().numpy(), target["region"][:, 0].cpu().numpy())
+        return [banded_spearman(a, b, r, float(bands)) for a, b, r in pairs]
     return [_spearman(a, b) for a, b in zip(trained.flatten(1).cpu().numpy(), random_maps.flatten(1).cpu().numpy())]
+
+
+def banded_spearman(a: np.ndarray, b: np.ndarray, region: np.ndarray, width: float = 2.0) -> float:
+    """Spearman correlation of maps ``a`` and ``b`` (``*S``) within bands of equal distance from ``region``.
+
+    The voxels are grouped by their signed Euclidean distance (in voxels) to the region's
+    boundary, ``floor(d / width)`` (negative inside the region); the result is the mean of
+    each band's Spearman correlation weighted by its voxel count (bands of fewer than 3
+    voxels, or where either map is constant, left out). NaN when no band is left.
+    """
+    region = np.asarray(region, dtype=bool)
+    if not region.any() or region.all():
+        return _spearman(a.ravel(), b.ravel())
+    distance = ndimage.distance_transform_edt(~region) - ndimage.distance_transform_edt(region)
+    band = np.floor(distance / width).astype(np.int64).ravel()
+    a, b = a.ravel(), b.ravel()
+    total, weight = 0.0, 0
+    for k in np.unique(band):
+        sel = band == k
+        n = int(sel.sum())
+        if n < 3 or np.ptp(a[sel]) == 0 or np.ptp(b[sel]) == 0:
+            continue
+        total += n * float(stats.spearmanr(a[sel], b[sel]).statistic)
+        weight += n
+    return total / weight if weight else float("nan")
 
 
 def seed_agreement(
