@@ -10,7 +10,9 @@ from .faithfulness import (
     half_evidence_fraction,
     increase_in_confidence,
     insertion_auc,
+    map_correlations,
     sanity_check,
+    sanity_maps,
     seed_agreement,
 )
 from .froc import DEFAULT_TOLERANCE_MM, FROC_RATES, ImageHits, froc, froc_summary, image_hits
@@ -57,7 +59,9 @@ __all__ = [
     "log_fractions",
     "pointing_game",
     "rank_accuracy",
+    "map_correlations",
     "sanity_check",
+    "sanity_maps",
     "score",
     "score_batch",
     "seed_agreement",

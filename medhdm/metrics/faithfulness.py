@@ -107,15 +107,23 @@ def _scores(scorer: ClassScorer, images: torch.Tensor, cls: int, batch_size: int
     return {"prob": torch.cat(prob), "log_odds": torch.cat(log_odds)}
 
 
-def _curves(model, x, saliency, class_idx, mode: str, fractions, reference, batch_size) -> dict[str, np.ndarray]:
+def _curves(
+    model, x, saliency, class_idx, mode: str, fractions, reference, batch_size, region: RegionSpec = None
+) -> dict[str, np.ndarray]:
     """The class probability and log-odds after changing each fraction of the top voxels: ``{"prob",
-    "log_odds"}``, each ``(B, F)`` for ``x`` ``(B, C, *S)`` and ``F`` fractions (one model pass per image)."""
+    "log_odds"}``, each ``(B, F)`` for ``x`` ``(B, C, *S)`` and ``F`` fractions (one model pass per image).
+    A segmenter's score is read over each image's target region (:mod:`~medhdm.explain.targets`, resolved
+    on ``x`` and held fixed while voxels change)."""
     if mode not in ("deletion", "insertion"):
         raise ValueError(f"mode: expected 'deletion' or 'insertion', got {mode!r}")
     maps = _maps(saliency, x)
     with frozen_eval(model), torch.no_grad():
         scorer = ClassScorer(model)
-        cls = resolve_class_idx(class_idx, scorer.logits(x))
+        logits = scorer.logits(x)
+        if scorer.segmenter:
+            cls = scorer.set_targets(*resolve_targets(logits, class_idx, region))  # the targets: image indices
+        else:
+            cls = resolve_class_idx(class_idx, logits)
         ref = make_reference(x, reference)
         n_vox = int(np.prod(x.shape[2:]))
         cuts = torch.round(torch.as_tensor(np.asarray(fractions, dtype=np.float64) * n_vox)).long().to(x.device)
@@ -142,17 +150,20 @@ def deletion_curve(
     reference: ReferenceSpec = "blur",
     batch_size: int = 33,
     fractions: Sequence[float] | None = None,
+    region: RegionSpec = None,
 ) -> np.ndarray:
     """The class probability after removing (``"deletion"``) or inserting (``"insertion"``)
     each share of the most salient voxels: ``(B, n_steps + 1)``, column 0 before any change.
 
     ``fractions`` (e.g. :func:`log_fractions`) samples the curve at those shares of the voxels
-    instead of ``n_steps`` equal ones; the result is then ``(B, len(fractions))``."""
+    instead of ``n_steps`` equal ones; the result is then ``(B, len(fractions))``. For a segmenter
+    the score is the class's over the target ``region`` (as ``explain``'s ``region=``; default its
+    predicted mask on ``x``), held fixed along the curve."""
     if fractions is None:
         if n_steps < 1:
             raise ValueError(f"n_steps: expected at least 1, got {n_steps}")
         fractions = np.linspace(0.0, 1.0, n_steps + 1)
-    return _curves(model, x, saliency, class_idx, mode, fractions, reference, batch_size)["prob"]
+    return _curves(model, x, saliency, class_idx, mode, fractions, reference, batch_size, region)["prob"]
 
 
 def half_evidence_fraction(
@@ -164,6 +175,7 @@ def half_evidence_fraction(
     reference: ReferenceSpec = "blur",
     fractions: Sequence[float] | None = None,
     batch_size: int = 32,
+    region: RegionSpec = None,
 ) -> list[float]:
     """The share of voxels, taken in order of decreasing saliency, that must be removed
     (``"deletion"``) to take away half of the evidence, or inserted into the reference
@@ -176,10 +188,11 @@ def half_evidence_fraction(
     ``fractions`` (default :func:`~medhdm.metrics.curves.log_fractions`, 0 and 0.01 % to 100 %;
     linearly in fraction on the first segment, from 0), see
     :func:`~medhdm.metrics.curves.half_point`. NaN where the image carries no evidence above
-    its reference (``o(x) <= o(r)``). ``x`` ``(B, C, *S)``, ``saliency`` ``(B, 1, *S)``.
+    its reference (``o(x) <= o(r)``). ``x`` ``(B, C, *S)``, ``saliency`` ``(B, 1, *S)``; ``region``: a
+    segmenter's target, as for :func:`deletion_curve`.
     """
     grid = check_fractions(log_fractions() if fractions is None else fractions)
-    curves = _curves(model, x, saliency, class_idx, mode, grid, reference, batch_size)["log_odds"]
+    curves = _curves(model, x, saliency, class_idx, mode, grid, reference, batch_size, region)["log_odds"]
     return [float(v) for v in half_point(curves, grid, mode)]
 
 
@@ -191,6 +204,7 @@ def faithfulness_scores(
     steps: int | None = None,
     reference: ReferenceSpec = "blur",
     batch_size: int = 33,
+    region: RegionSpec = None,
 ) -> tuple[dict[str, list[float]], dict[str, np.ndarray]]:
     """Deletion and insertion read four ways from one set of curves: what ``medhdm evaluate`` reports.
 
@@ -206,6 +220,8 @@ def faithfulness_scores(
         model, x, saliency, class_idx, reference, batch_size: as :func:`deletion_curve`;
             ``x`` ``(B, C, *S)``, ``saliency`` ``(B, 1, *S)`` or ``(B, *S)``.
         steps: ``None`` (log-spaced shares) or the number of equal shares.
+        region: a segmenter's target region (as ``explain``'s ``region=``; default the predicted
+            mask on ``x``), held fixed along the curves.
     Returns:
         the scores, ``{column: one value per image}`` (the four columns above), and the
         probability curves ``{"deletion", "insertion"}``, each ``(B, F)``, sampled at
@@ -216,7 +232,7 @@ def faithfulness_scores(
     scores: dict[str, list[float]] = {}
     curves: dict[str, np.ndarray] = {}
     for mode in ("deletion", "insertion"):
-        read = _curves(model, x, saliency, class_idx, mode, grid, reference, batch_size)
+        read = _curves(model, x, saliency, class_idx, mode, grid, reference, batch_size, region)
         curves[mode] = read["prob"]
         scores[f"{mode}_half"] = [float(v) for v in half_point(read["log_odds"], grid, mode)]
         scores[auc_key(mode, steps)] = [float(v) for v in area(read["prob"], grid)]
@@ -366,16 +382,38 @@ def sanity_check(
     """
     if bands is not None and not (isinstance(bands, (int, float)) and not isinstance(bands, bool) and bands > 0):
         raise ValueError(f"bands: expected None or a band width > 0 (voxels), got {bands!r}")
+    trained, random_maps, regions = sanity_maps(make_explainer, model, x, class_idx, seed, explainer_seeds, region)
+    return map_correlations(trained, random_maps, regions, bands)
+
+
+def sanity_maps(
+    make_explainer: Callable[[nn.Module], object],
+    model: nn.Module,
+    x: torch.Tensor,
+    class_idx: int | Sequence[int] | None = None,
+    seed: int = 0,
+    explainer_seeds: tuple[int, int] | None = (0, 1),
+    region: RegionSpec = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """The maps :func:`sanity_check` compares: the trained model's, the randomised copy's (both
+    ``(B, 1, *S)``) and a segmenter's fixed target regions ``(B, 1, *S)`` (None for a classifier);
+    the arguments as for :func:`sanity_check`."""
     cls, target = _targets(model, x, class_idx, region)
     trained_explainer = make_explainer(model)
     random_explainer = make_explainer(_randomised(model, seed))
     if explainer_seeds is not None:
         _with_seed(trained_explainer, explainer_seeds[0])
         _with_seed(random_explainer, explainer_seeds[1])
-    trained = trained_explainer(x, cls, **target)
-    random_maps = random_explainer(x, cls, **target)
-    if target and bands is not None:
-        pairs = zip(trained[:, 0].cpu().numpy(), random_maps[:, 0].cpu().numpy(), target["region"][:, 0].cpu().numpy())
+    return trained_explainer(x, cls, **target), random_explainer(x, cls, **target), target.get("region")
+
+
+def map_correlations(
+    trained: torch.Tensor, random_maps: torch.Tensor, regions: torch.Tensor | None = None, bands: float | None = 2.0
+) -> list[float]:
+    """Per image, the Spearman correlation of two maps ``(B, 1, *S)``: within bands of width ``bands``
+    around ``regions`` (:func:`banded_spearman`) when both are given, else over the whole image."""
+    if regions is not None and bands is not None:
+        pairs = zip(trained[:, 0].cpu().numpy(), random_maps[:, 0].cpu().numpy(), regions[:, 0].cpu().numpy())
         return [banded_spearman(a, b, r, float(bands)) for a, b, r in pairs]
     return [_spearman(a, b) for a, b in zip(trained.flatten(1).cpu().numpy(), random_maps.flatten(1).cpu().numpy())]
 
