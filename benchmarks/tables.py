@@ -37,7 +37,12 @@ OPEN = re.compile(r"<!-- table: (.*?) -->")
 CLOSE = "<!-- /table -->"
 
 #: display names of the methods where a table shows the method alone
-METHOD_NAMES = {"GradientInput": "Gradient x Input", "GradCAM": "Grad-CAM", "GradCAM++": "Grad-CAM++"}
+METHOD_NAMES = {
+    "GradientInput": "Gradient x Input",
+    "GradCAM": "Grad-CAM",
+    "GradCAM++": "Grad-CAM++",
+    "HDM_fine": "HDM, finer grids (S/8, S/4; S/2, S)",
+}
 
 
 # --- reading the results ----------------------------------------------------------------------------------------
@@ -621,12 +626,14 @@ def segmentation() -> str:
     for dims, entry in results.items():
         methods = [k for k, v in entry.items() if isinstance(v, dict)]
         area = f"cue {number(entry['cue_area'], 3)}, lesion {number(entry['target_area'], 3)}"
-        rows.append([f"**{dims.upper()}** ({entry['cases']} cases; area {area})", "", "", "", "", ""])
+        rows.append([f"**{dims.upper()}** ({entry['cases']} cases; area {area})", "", "", "", "", "", ""])
         for name in methods:
             row = entry[name]
-            cells = [number(row[k], 3) for k in ("cue_share", "target_share", "peak_on_cue", "sanity")]
+            keys = ("cue_share", "target_share", "peak_on_cue", "sanity", "sanity_whole_image")
+            cells = [number(row[k], 3) if k in row else "" for k in keys]
             rows.append([METHOD_NAMES.get(name, name), *cells, f"{row['images']:.0f}"])
-    header = ["method", "map on the cue", "map on the lesion", "peak on the cue", "sanity", "images"]
+    header = ["method", "map on the cue", "map on the lesion", "peak on the cue", "sanity (bands)", "sanity (image)"]
+    header.append("images")
     return markdown(header, rows)
 
 

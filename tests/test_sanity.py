@@ -12,9 +12,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from scipy import ndimage, stats
 
 from medhdm import HDM, RISE, GradientInput
-from medhdm.metrics import sanity_check, seed_agreement
+from medhdm.metrics import banded_spearman, sanity_check, seed_agreement
 from medhdm.models import DEFAULT_3D, load_default_classifier
 from medhdm.testing import lesion_cases, load_network
 
@@ -71,3 +72,62 @@ def test_random_methods_are_not_correlated_through_their_shared_draws():
     # the noise floor: two seeds on the trained model agree, a deterministic method fully
     assert float(np.mean(seed_agreement(make, model, x, class_idx=1))) > float(np.mean(fair)) + 0.2
     assert seed_agreement(lambda m: GradientInput(m), model, x, class_idx=1) == [1.0, 1.0]
+
+
+def _marked_cue_cases(model, n: int, seed: int = 31):
+    """``n`` cue task cases with the cue whose lesion ``model`` marks (the segmenters' target exists)."""
+    import torch
+
+    from medhdm.data import make_cue_dataset, stack_cases
+
+    size = tuple(model.medhdm_card["recipe"]["spatial_size"])
+    cases = [c for c in make_cue_dataset(seed, 6 * n, size) if c.label == 1]
+    x, lesions, _ = stack_cases(cases)
+    with torch.no_grad():
+        marked = ((model(x) > 0) & (lesions > 0)).flatten(1).any(1)
+    return x[marked.nonzero().flatten()[:n]]
+
+
+def test_hdm_default_map_depends_on_the_2d_segmenter():
+    # the region is held fixed (the trained model's predicted mask) and the maps are compared
+    # within bands of equal distance from it (banded_spearman): over the whole image any
+    # faithful map of a convolutional segmenter ranks voxels by proximity to the region
+    model = load_default_classifier("lesion_unet2d")
+    x = _marked_cue_cases(model, 3)
+    correlations = sanity_check(lambda m: HDM(m), model, x, class_idx=1, region="predicted")
+    assert not any(math.isnan(c) for c in correlations)
+    assert float(np.mean(correlations)) < 0.2, correlations
+
+
+def test_hdm_on_finer_grids_depends_on_the_3d_segmenter():
+    # On the 16 x 32 x 32 volumes the default S/16 benchmark grid has 1 x 2 x 2 cells, an eighth of
+    # the volume each: its upsampled masks are the same ramp for any model that keeps the target's
+    # cell, and the defaults read about 0.22 here (benchmarks/segmentation.py). Grids twice as fine pass.
+    model = load_default_classifier("lesion_unet3d")
+    x = _marked_cue_cases(model, 2)
+
+    def make(m):
+        return HDM(m, benchmark_grids=(8, 4), auxiliary_grids=(2, 1))
+
+    correlations = sanity_check(make, model, x, class_idx=1, region="predicted")
+    assert not any(math.isnan(c) for c in correlations)
+    assert float(np.mean(correlations)) < 0.2, correlations
+
+
+def test_the_segmenter_check_still_catches_a_map_of_the_image():
+    model = load_default_classifier("lesion_unet2d")
+    x = _marked_cue_cases(model, 3)
+    assert float(np.mean(sanity_check(lambda m: GradientInput(m), model, x, class_idx=1))) > 0.3
+
+
+def test_banded_spearman_leaves_out_the_distance_to_the_region_only():
+    rng = np.random.default_rng(0)
+    region = np.zeros((40, 40), dtype=bool)
+    region[18:22, 18:22] = True
+    distance = ndimage.distance_transform_edt(~region)
+    footprint = -np.floor(distance / 2)  # the same proximity ranking in both maps, constant within a band
+    a, b = footprint + 0.5 * rng.random((40, 40)), footprint + 0.5 * rng.random((40, 40))
+    assert stats.spearmanr(a.ravel(), b.ravel()).statistic > 0.9  # over the image: the footprint
+    assert abs(banded_spearman(a, b, region)) < 0.1  # within bands: independent maps
+    shared = rng.random((40, 40))  # what the maps share beyond the footprint still counts
+    assert banded_spearman(footprint + shared, footprint + shared + 0.1 * rng.random((40, 40)), region) > 0.9

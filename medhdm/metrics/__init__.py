@@ -3,13 +3,16 @@
 from .curves import area_linear, area_log_share, curve_fractions, half_point, log_fractions
 from .faithfulness import (
     average_drop,
+    banded_spearman,
     deletion_auc,
     deletion_curve,
     faithfulness_scores,
     half_evidence_fraction,
     increase_in_confidence,
     insertion_auc,
+    map_correlations,
     sanity_check,
+    sanity_maps,
     seed_agreement,
 )
 from .froc import DEFAULT_TOLERANCE_MM, FROC_RATES, ImageHits, froc, froc_summary, image_hits
@@ -36,6 +39,7 @@ __all__ = [
     "image_hits",
     "LOCALISATION_KEYS",
     "area_linear",
+    "banded_spearman",
     "area_log_share",
     "auprc",
     "auroc",
@@ -55,7 +59,9 @@ __all__ = [
     "log_fractions",
     "pointing_game",
     "rank_accuracy",
+    "map_correlations",
     "sanity_check",
+    "sanity_maps",
     "score",
     "score_batch",
     "seed_agreement",
