@@ -255,7 +255,7 @@ def test_multiframe_source_gives_one_sc_per_frame_and_reruns_add_nothing(orthanc
     assert _explain(where, study, 3, tmp_path / "w1") == 0
     assert "1 done, 0 skipped, 0 failed" in capsys.readouterr().out
     kinds = derived_series(orthanc, study["study_uid"])
-    assert sorted(kinds) == ["pm", "sc", "seg", "sr"] and kinds["sc"]["instances"] == study["frames"]
+    assert sorted(kinds) == ["pm", "sc", "seg", "seg_findings", "sr"] and kinds["sc"]["instances"] == study["frames"]
     frames = sorted(int(ds.SourceImageSequence[0].ReferencedFrameNumber) for ds in kinds["sc"]["datasets"])
     assert frames == list(range(1, study["frames"] + 1))
     before = orthanc.instances_count()

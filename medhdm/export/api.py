@@ -210,8 +210,8 @@ def _build(
         datasets += builders.build_parametric_map(source, saliency, info)
     if "seg" in formats:
         datasets += builders.build_segmentation(source, saliency, seg_threshold, info, region)
-    if "seg" in formats and findings is not None and len(findings[1]) and not source.multiframe:
-        datasets += dicom.build_findings_segmentation(source, findings[0], findings[1], info)
+    if "seg" in formats and findings is not None and len(findings[1]):
+        datasets += builders.build_findings_segmentation(source, findings[0], findings[1], info)
     if "sr" in formats:
         made = dict(datasets)
         sr = _structured_report(source, info, report, made.get("SEG.dcm"), made.get("SEG_findings.dcm"))
