@@ -8,11 +8,11 @@ one thing added here is the correspondence between the volume's slices and the f
 frames (:func:`source_frame_numbers`), found from each frame's Image Position (Patient)
 and checked against the volume's affine.
 
-- **Parametric Map and SEGs** (the thresholded map's and the findings'): highdicom's constructors take the multi-frame source
-  itself and pair ``pixel_array[i]`` with the source's frame ``i + 1``, copying its plane
-  position, orientation, pixel measures and Frame of Reference and writing a Derivation
-  Image Sequence per frame that names the source SOP Instance and its Referenced Frame
-  Number. The map is handed to them in the file's frame order.
+- **Parametric Map and SEGs** (the thresholded map's and the findings'): highdicom's
+  constructors take the multi-frame source itself and pair ``pixel_array[i]`` with the
+  source's frame ``i + 1``, copying its plane position, orientation, pixel measures and
+  Frame of Reference and writing a Derivation Image Sequence per frame that names the
+  source SOP Instance and its Referenced Frame Number. The map is handed to them in the file's frame order.
 - **Secondary Capture**: one single-frame RGB SC per frame (``SC_0001.dcm`` ... in slice
   order, as for a series), whose Source and Referenced Image Sequences name the source
   instance and the frame. Single-frame SCs rather than one Multi-frame True Color SC:
