@@ -164,6 +164,9 @@ def test_findings_listed_outlined_numbered_and_a_row_jumps_to_its_slice(report, 
         assert frame.any() and not green(pixels(frames["image"][int(k)])).any()
         rs, cs = np.nonzero(frame)
         assert rs.min() - 2 <= row <= rs.max() + 2 and cs.min() - 2 <= column <= cs.max() + 2, "outline off its finding"
+        # the 3D viewer's button for the finding sits on the same slice (its peak)
+        vox = re.search(rf'class="nv-jump" data-vox="([\d,]+)">{method} finding 1</button>', section)
+        assert vox and int(vox[1].split(",")[2]) == int(k)
         link = re.search(r'<a class="finding-link" href="([^"]+)">', cells)[1]
         assert link == f"#case-case000/slice={k}/method={method}"
         dom, console = _open(tmp_path, report.as_uri() + link)
