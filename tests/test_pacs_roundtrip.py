@@ -242,6 +242,7 @@ def test_dimse_round_trip_and_rerun(orthanc, studies, tmp_path, capsys):
     assert "1 done, 0 skipped, 0 failed" in capsys.readouterr().out
     kinds = _check_derived(orthanc, study)
     _hottest_over_lesion(orthanc, study, kinds)
+    _findings_agree(kinds, study, tmp_path / "w1", tmp_path)
     before = orthanc.instances_count()
     assert _explain(where, study, 3, tmp_path / "w2") == 0
     assert "0 done, 1 skipped, 0 failed" in capsys.readouterr().out
