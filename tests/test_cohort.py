@@ -196,8 +196,11 @@ def test_records_keep_their_layout_and_configuration_hash(manifest, tmp_path):
     recipe = EvaluateRecipe(ModelRecipe(), SPEC, ("gxi",), curve_steps=4)
     evaluate_cohort([entry], recipe, tmp_path / "evaluate", progress=False)
     record = json.loads((tmp_path / "evaluate" / entry["id"] / "record.json").read_text())
-    assert list(record) == RECORD_KEYS and list(record["result"]) == ["rows", "curves"]
+    # the findings' records (for the report) came after "rows" and "curves"; a record without them still reports
+    assert list(record) == RECORD_KEYS and list(record["result"]) == ["rows", "curves", "findings"]
     assert record["files"] == ["maps.npz"] and list(record["result"]["curves"]) == ["gxi"]
+    found = record["result"]["findings"]["gxi"]
+    assert len(found) == len(record["result"]["rows"][0]["findings"].split("/")[0].split())
     assert _pinned_hash(record) == PINNED_EVALUATE_HASH
 
 

@@ -258,3 +258,59 @@ def test_cli_export_and_explain_with_an_enhanced_source(enhanced, tmp_path, caps
     for frame, group in zip(pm.pixel_array, pm.PerFrameFunctionalGroupsSequence):
         f = int(group.DerivationImageSequence[0].SourceImageSequence[0].ReferencedFrameNumber)
         np.testing.assert_allclose(frame, volume[enhanced["slice_of_frame"][f]], atol=1e-6)
+
+
+def test_findings_seg_and_sr_points_on_the_source_frames(enhanced, tmp_path):
+    """Two findings (the lesion, a box elsewhere) exported into the shuffled enhanced source: ``SEG_findings.dcm``
+    holds each finding's region on the right frames (read back by highdicom per source frame) and covers its
+    centroid; the SR's group per finding carries the centroid as an SCOORD3D point equal to the series' own
+    geometry's; dciodvfy reports no error in either."""
+    from medhdm.export import ReportContent, read_structured_report
+
+    ds, series, lesion = enhanced["ds"], enhanced["series"], enhanced["lesion"]
+    box = np.zeros_like(lesion)
+    box[1:4, 5:12, 6:10] = True  # (slice, row, column), away from the lesion
+    assert not (box & lesion).any()
+    regions = np.stack([lesion, box])
+    findings = []
+    for region, share in zip(regions, (0.7, 0.3)):
+        centroid = np.argwhere(region).mean(axis=0)  # (slice, row, column)
+        findings.append(
+            {"centroid": centroid[::-1].tolist(), "size": float(region.sum()), "size_unit": "voxels"}
+            | {"share": share, "evidence": 2 * share}
+        )
+    written = export(
+        enhanced["path"],
+        enhanced["saliency"],
+        tmp_path / "out",
+        ["seg", "sr"],
+        report=ReportContent(1, 0.9, findings=findings),
+        finding_regions=regions,
+        finding_descriptions=["evidence share 0.70", "evidence share 0.30"],
+    )
+    path = tmp_path / "out" / "SEG_findings.dcm"
+    assert path in written["seg"]
+    seg = hd.seg.segread(path)
+    assert seg.number_of_segments == 2
+    frames = sorted(enhanced["slice_of_frame"])
+    masks = seg.get_pixels_by_source_frame(
+        source_sop_instance_uid=ds.SOPInstanceUID, source_frame_numbers=frames, segment_numbers=[1, 2]
+    )
+    for f, mask in zip(frames, masks):
+        np.testing.assert_array_equal(mask > 0, regions[:, enhanced["slice_of_frame"][f]].transpose(1, 2, 0))
+    groups = read_structured_report(tmp_path / "out" / "SR.dcm")["findings"]
+    assert [g["segment_number"] for g in groups] == [1, 2]
+    for k, (finding, group, region) in enumerate(zip(findings, groups, regions), start=1):
+        column, row, slice_ = finding["centroid"]
+        assert region[round(slice_), round(row), round(column)], f"finding {k}'s region misses its centroid"
+        # the expected point from the series the enhanced image was made from: its slices' own headers
+        below, above = series.datasets[int(np.floor(slice_))], series.datasets[int(np.ceil(slice_))]
+        t = slice_ - np.floor(slice_)
+        origin = (1 - t) * _floats(below.ImagePositionPatient) + t * _floats(above.ImagePositionPatient)
+        iop = _floats(below.ImageOrientationPatient).reshape(2, 3)
+        row_spacing, column_spacing = _floats(below.PixelSpacing)
+        expected = origin + column * column_spacing * iop[0] + row * row_spacing * iop[1]
+        np.testing.assert_allclose(group["centroid_lps"], expected, atol=1e-3)
+    for name in ("SEG_findings.dcm", "SR.dcm"):
+        errors, report = dciodvfy_errors(tmp_path / "out" / name)
+        assert errors == [], f"{name}:\n{report}"

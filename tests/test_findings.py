@@ -163,7 +163,8 @@ def test_findings_csv_on_the_source_grid(tmp_path):
 def test_findings_seg_and_sr_one_segment_and_group_per_finding(tmp_path):
     """``SEG_findings.dcm`` beside the thresholded map's SEG: one segment per finding, read back by highdicom,
     each covering its finding's centroid and peak on the source grid; the SR one measurement group per finding
-    referencing its segment, with its size and evidence share; dciodvfy reports no error in either."""
+    referencing its segment, with its size, evidence share and centroid (an SCOORD point on the image); dciodvfy
+    reports no error in either."""
     import highdicom as hd
 
     from medhdm.export.sr import read_structured_report
@@ -198,6 +199,9 @@ def test_findings_seg_and_sr_one_segment_and_group_per_finding(tmp_path):
         assert group["segment"] == seg.SOPInstanceUID
         assert group["size"] == pytest.approx(f.size_mm) and group["size_unit"] == "mm^2"
         assert group["share"] == pytest.approx(f.share) and group["evidence"] == pytest.approx(f.evidence)
+        # the centroid as an Image Region POINT on the source image: (column, row), pixel centres at .5
+        assert group["centroid_lps"] is None and group["centroid_image"] == source_uid
+        assert group["centroid_pixel"] == pytest.approx((f.centroid[0] + 0.5, f.centroid[1] + 0.5), abs=1e-3)
     _no_dciodvfy_errors(path)
     _no_dciodvfy_errors(Path(row["export"]) / "SR.dcm")
 

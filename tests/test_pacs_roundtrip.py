@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from pacs_helpers import CLIENT_AET, bench_study, derived_series, enhanced_study, png_pixels, start_orthanc
+from validators import dciodvfy_errors
 
 from medhdm.cli import main
 from medhdm.export import read_structured_report
@@ -94,6 +95,88 @@ def pydicom_header(path):
     return pydicom.dcmread(path, stop_before_pixels=True)
 
 
+def _voxel_of(datasets):
+    """``(slice, row, column)`` -> patient mm (LPS) of a single-frame series, from its slices' own headers."""
+    ipp = np.array([[float(v) for v in ds.ImagePositionPatient] for ds in datasets])
+    iop = np.array([float(v) for v in datasets[0].ImageOrientationPatient]).reshape(2, 3)
+    row_spacing, column_spacing = (float(v) for v in datasets[0].PixelSpacing)
+    step = ipp[1] - ipp[0] if len(ipp) > 1 else np.cross(iop[0], iop[1])
+    matrix = np.stack([step, iop[1] * row_spacing, iop[0] * column_spacing], axis=1)  # (3, 3): columns k, r, c
+    return matrix, ipp[0]
+
+
+def _findings_agree(kinds: dict, study: dict, work, tmp_path) -> None:
+    """``<series>_findings.csv``, the findings SEG and the SR's finding groups, read back from Orthanc with
+    highdicom, name the same findings: same count and, per finding, centroids within one voxel of each other (the
+    SR's Image Region point; the SEG segment's centroid weighted by the pushed Parametric Map and unweighted), and
+    the segment covers the CSV's peak (a map-derived region need not be convex: its centroid may lie outside)."""
+    import csv
+
+    import highdicom as hd
+    import pydicom
+
+    sources = sorted(
+        (pydicom.dcmread(p) for p in study["files"]), key=lambda ds: float(np.dot(ds.ImagePositionPatient, [0, 0, 1]))
+    )
+    series_uid = str(sources[0].SeriesInstanceUID)
+    with open(work / study["study_uid"] / series_uid / f"{series_uid}_findings.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) >= 1
+    matrix, origin = _voxel_of(sources)
+    three_d = len(sources) > 1
+
+    def csv_voxel(row) -> np.ndarray:  # (slice, row, column) on the source grid, from the CSV's (column, row[, slice])
+        voxel = [float(v) for v in row["centroid_voxel"].split()][::-1]
+        return np.array(voxel if three_d else [0.0, *voxel])
+
+    for row in rows:  # the CSV's mm (RAS) are its voxels through the source geometry
+        ras = np.array([float(v) for v in row["centroid_ras_mm"].split()])
+        assert np.allclose(ras * [-1, -1, 1], origin + matrix @ csv_voxel(row), atol=0.05)
+    seg_ds = kinds["seg_findings"]["datasets"][0]
+    seg_ds.save_as(tmp_path / "findings_seg.dcm")
+    seg = hd.seg.segread(tmp_path / "findings_seg.dcm")
+    assert seg.number_of_segments == len(rows)
+    uids = [str(ds.SOPInstanceUID) for ds in sources]
+    masks = seg.get_pixels_by_source_instance(uids, segment_numbers=list(range(1, len(rows) + 1)))  # (D, H, W, K)
+    pm = kinds["pm"]["datasets"][0]
+    positions = [
+        tuple(round(float(v), 3) for v in item.PlanePositionSequence[0].ImagePositionPatient)
+        for item in pm.PerFrameFunctionalGroupsSequence
+    ]
+    order = [positions.index(tuple(round(float(v), 3) for v in ds.ImagePositionPatient)) for ds in sources]
+    saliency = pm.pixel_array.reshape(len(positions), *masks.shape[1:3])[order]  # (D, H, W) in the sources' order
+    sr_ds = kinds["sr"]["datasets"][0]
+    sr_ds.save_as(tmp_path / "findings_sr.dcm")
+    groups = read_structured_report(tmp_path / "findings_sr.dcm")["findings"]
+    for name in ("findings_seg.dcm", "findings_sr.dcm"):
+        errors, text = dciodvfy_errors(tmp_path / name)
+        assert errors == [], text
+    assert len(groups) == len(rows)
+    for k, (row, group) in enumerate(zip(rows, groups), start=1):
+        expected = csv_voxel(row)
+        mask = masks[..., k - 1] > 0
+        assert seg.get_segment_description(k).segment_label == f"finding {k}"
+        peak = [int(v) for v in row["peak_voxel"].split()][::-1]
+        assert mask[tuple(peak if three_d else [0, *peak])], f"segment {k} misses its finding's peak"
+        grid = np.indices(mask.shape).reshape(3, -1)
+        weights = (saliency * mask).reshape(-1)
+        weighted = grid @ weights / weights.sum()
+        plain = grid[:, mask.reshape(-1)].mean(axis=1)
+        assert np.abs(weighted - expected).max() <= 1.0, (k, weighted, expected)
+        assert np.abs(plain - expected).max() <= 1.0, (k, plain, expected)
+        assert group["tracking"] == f"finding {k}" and group["segment_number"] == k
+        assert group["segment"] == str(seg_ds.SOPInstanceUID)
+        assert group["share"] == pytest.approx(float(row["share"]), abs=1e-4)
+        if three_d:
+            assert group["centroid_lps"] is not None, f"finding {k}'s group has no SCOORD3D centroid"
+            point = np.linalg.solve(matrix, np.asarray(group["centroid_lps"]) - origin)
+        else:
+            assert group["centroid_image"] == uids[0]
+            column, row_ = group["centroid_pixel"]
+            point = np.array([0.0, row_ - 0.5, column - 0.5])
+        assert np.abs(point - expected).max() <= 1.0, (k, point, expected)
+
+
 def _hottest_over_lesion(orthanc, study: dict, kinds: dict) -> None:
     """Orthanc's PNG preview of the SC over the slice with most lesion: its hottest pixels lie on the lesion."""
     source = read_dicom(study["image"])
@@ -135,6 +218,7 @@ def test_dicomweb_round_trip_and_rerun(orthanc, studies, dims, tmp_path, capsys)
     assert "1 done, 0 skipped, 0 failed" in out, out
     kinds = _check_derived(orthanc, study)
     _hottest_over_lesion(orthanc, study, kinds)
+    _findings_agree(kinds, study, tmp_path / "w1", tmp_path)
     kinds["sr"]["datasets"][0].save_as(tmp_path / "sr.dcm")
     report = read_structured_report(tmp_path / "sr.dcm")
     assert report["class_code"] == "class1" and report["probability"] > 0.5  # a lesion case
@@ -158,6 +242,7 @@ def test_dimse_round_trip_and_rerun(orthanc, studies, tmp_path, capsys):
     assert "1 done, 0 skipped, 0 failed" in capsys.readouterr().out
     kinds = _check_derived(orthanc, study)
     _hottest_over_lesion(orthanc, study, kinds)
+    _findings_agree(kinds, study, tmp_path / "w1", tmp_path)
     before = orthanc.instances_count()
     assert _explain(where, study, 3, tmp_path / "w2") == 0
     assert "0 done, 1 skipped, 0 failed" in capsys.readouterr().out
@@ -171,7 +256,7 @@ def test_multiframe_source_gives_one_sc_per_frame_and_reruns_add_nothing(orthanc
     assert _explain(where, study, 3, tmp_path / "w1") == 0
     assert "1 done, 0 skipped, 0 failed" in capsys.readouterr().out
     kinds = derived_series(orthanc, study["study_uid"])
-    assert sorted(kinds) == ["pm", "sc", "seg", "sr"] and kinds["sc"]["instances"] == study["frames"]
+    assert sorted(kinds) == ["pm", "sc", "seg", "seg_findings", "sr"] and kinds["sc"]["instances"] == study["frames"]
     frames = sorted(int(ds.SourceImageSequence[0].ReferencedFrameNumber) for ds in kinds["sc"]["datasets"])
     assert frames == list(range(1, study["frames"] + 1))
     before = orthanc.instances_count()

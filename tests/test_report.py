@@ -61,8 +61,8 @@ def test_evaluate_writes_a_readable_report(manifest, tmp_path, capsys):
     for ref in references:
         if ref.startswith("data:image/png;base64,"):
             assert base64.b64decode(ref.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
-        elif ref.startswith("#"):
-            assert f'id="{ref[1:]}"' in page, ref  # links inside the page lead somewhere
+        elif ref.startswith("#"):  # links inside the page lead somewhere (a finding's: a case, then slice and method)
+            assert f'id="{ref[1:].split("/")[0]}"' in page, ref
         else:
             assert (out / ref).is_file(), ref
     assert len([r for r in references if r.startswith("data:")]) == 3 + 3  # curves, box plots, FROC; a frame per case
@@ -81,6 +81,8 @@ def test_evaluate_writes_a_readable_report(manifest, tmp_path, capsys):
         frames = json.loads(re.search(r'class="frames">(.*?)</script>', section, re.S).group(1))
         assert set(frames) == {"image", "gxi", "occlusion"} and all(len(v) == 1 for v in frames.values())
         assert frames["gxi"][0] != frames["occlusion"][0] != frames["image"][0]
+        # each method's findings listed, a row linking to the case's one slice with that method
+        assert f'<a class="finding-link" href="#case-{case}/slice=0/method=gxi">show</a>' in section
 
 
 def test_evaluate_curve_steps_gives_the_equal_step_auc(manifest, tmp_path, capsys):

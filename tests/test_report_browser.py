@@ -3,6 +3,7 @@ and the page logs nothing to the console (no errors)."""
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import os
@@ -130,3 +131,45 @@ def test_report_is_self_contained(report):
     assert set(data) == {"image", "gxi", "occlusion"} and all(len(v) == 24 for v in data.values())
     assert len(set(data["gxi"])) > 12  # the slices differ
     assert report.stat().st_size < 2_000_000
+
+
+def test_findings_listed_outlined_numbered_and_a_row_jumps_to_its_slice(report, tmp_path):
+    """Each case lists each method's findings (as many as the per-case CSV scored), its frames outline them in
+    green around their centroid, and a finding's row opens the viewer at its slice with its method."""
+    import csv
+
+    from PIL import Image
+
+    page = report.read_text()
+    section = re.search(r'<section class="case" id="case-case000">.*?</section>', page, re.S).group(0)
+    with open(report.parent / "per_case.csv") as f:
+        scored = {r["method"]: r["findings"] for r in csv.DictReader(f) if r["case"] == "case000"}
+    frames = json.loads(re.search(r'<script type="application/json" class="frames">(.*?)</script>', section, re.S)[1])
+
+    def pixels(uri: str) -> np.ndarray:
+        return np.asarray(Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1]))).convert("RGB"), np.int16)
+
+    def green(rgb: np.ndarray) -> np.ndarray:
+        return (rgb[..., 1] > 200) & (rgb[..., 0] < 90) & (rgb[..., 2] < 90)
+
+    for method in ("gxi", "occlusion"):
+        table = re.search(rf'<table class="findings" data-method="{method}">(.*?)</table>', section, re.S)
+        assert table, f"no findings table for {method}"
+        rows = re.findall(r'<tr class="finding" data-rank="(\d+)" data-slice="(\d+)">(.*?)</tr>', table[1], re.S)
+        assert len(rows) == len(scored[method].split("/")[0].split()) >= 1  # the findings the FROC scored
+        assert [int(r[0]) for r in rows] == list(range(1, len(rows) + 1))
+        rank, k, cells = rows[0]
+        column, row = (float(v) for v in re.search(r"<td>\(([^)]*)\)</td>", cells)[1].split(", ")[:2])
+        frame = green(pixels(frames[method][int(k)]))
+        assert frame.any() and not green(pixels(frames["image"][int(k)])).any()
+        rs, cs = np.nonzero(frame)
+        assert rs.min() - 2 <= row <= rs.max() + 2 and cs.min() - 2 <= column <= cs.max() + 2, "outline off its finding"
+        # the 3D viewer's button for the finding sits on the same slice (its peak)
+        vox = re.search(rf'class="nv-jump" data-vox="([\d,]+)">{method} finding 1</button>', section)
+        assert vox and int(vox[1].split(",")[2]) == int(k)
+        link = re.search(r'<a class="finding-link" href="([^"]+)">', cells)[1]
+        assert link == f"#case-case000/slice={k}/method={method}"
+        dom, console = _open(tmp_path, report.as_uri() + link)
+        assert console == [], console
+        shown = re.search(r'<section class="case current" id="case-case000">.*?</section>', dom, re.S)
+        assert shown and re.search(rf'<img class="frame"[^>]*data-slice="{k}" data-method="{method}"', shown[0])

@@ -122,7 +122,7 @@ def evaluate_cohort(
             record = records[entry["id"]]["result"]
             with np.load(case_folder(out, entry["id"]) / "maps.npz") as saved:
                 maps = {name: saved[name] for name in names}
-            add_case(rows, figures, record, case_figure(entry, maps))
+            add_case(rows, figures, record, case_figure(entry, maps, record.get("findings")))
         write_report(rows, figures, out, title=title)
 
     engine = make_engine(recipe, options, model=model)

@@ -178,7 +178,8 @@ class EvaluateRecipe:
 
 
 class EvaluateRunner(CaseRunner):
-    """Evaluates cases with :func:`medhdm.evaluation.evaluate_cases`; each case keeps its rows, curves and maps."""
+    """Evaluates cases with :func:`medhdm.evaluation.evaluate_cases`; each case keeps its rows, curves, maps and
+    findings (their records, without the regions)."""
 
     def __init__(self, recipe: EvaluateRecipe, device: str | None = None, model=None) -> None:
         from ..explain.registry import is_mask_method, make_explainer
@@ -233,7 +234,9 @@ class EvaluateRunner(CaseRunner):
 
             atomic_write(folder / "maps.npz", write_maps)
             curves = {n: {m: np.asarray(c).tolist() for m, c in by.items()} for n, by in case["curves"].items()}
-            records.append(self._record(entry, ["maps.npz"], seconds, {"rows": case["rows"], "curves": curves}))
+            findings = {n: [f.record() for f in listed] for n, listed in case.get("findings", {}).items()}
+            result = {"rows": case["rows"], "curves": curves, "findings": findings}
+            records.append(self._record(entry, ["maps.npz"], seconds, result))
             write_record(folder, records[-1])
         return records
 

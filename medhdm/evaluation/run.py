@@ -98,10 +98,11 @@ def evaluate_cases(
     """Explain and score a batch of cases with every method (each method's maps of the batch in one call).
 
     The arguments are :func:`evaluate_manifest`'s (``model`` already resolved, ``faithfulness``
-    only with a model). Returns per case ``{"id", "rows", "maps", "curves"}``: its rows (one per
+    only with a model). Returns per case ``{"id", "rows", "maps", "curves", "findings"}``: its rows (one per
     method, in ``methods`` then ``maps`` order; ``seconds`` is the method's time for the batch
-    divided by its size), its maps on the source grid and its deletion/insertion curves per method
-    (sampled at ``curve_fractions(curve_steps)``). An error in any case raises.
+    divided by its size), its maps on the source grid, its deletion/insertion curves per method
+    (sampled at ``curve_fractions(curve_steps)``) and its findings per method (on the source grid).
+    An error in any case raises.
     """
     maps = dict(maps or {})
     images = [load_image(e["image"]) for e in entries]  # read once, explained by every method
@@ -117,7 +118,7 @@ def evaluate_cases(
     for k, (entry, image) in enumerate(zip(entries, images)):
         affine = np.asarray(image.affine, dtype=np.float64)
         lesion = load_annotation(entry["lesion"], ImageGrid.from_meta(tuple(image.shape[1:]), affine, image.meta))
-        case = {"id": entry["id"], "rows": [], "maps": {}, "curves": {}}
+        case = {"id": entry["id"], "rows": [], "maps": {}, "curves": {}, "findings": {}}
         for name, (made, seconds) in per_method.items():
             saliency, cls, prob, chosen, view, findings = made[k]
             spacing = _spacing(affine, lesion.ndim)
@@ -138,6 +139,7 @@ def evaluate_cases(
             row["seconds"] = round(seconds, 3)
             case["rows"].append(row)
             case["maps"][name] = saliency
+            case["findings"][name] = findings
         out.append(case)
     return out
 
@@ -186,13 +188,25 @@ def froc_from_rows(rows: Sequence[dict], n_boot: int = 1000, seed: int = 0) -> l
     return out
 
 
-def case_figure(entry: dict, maps: Mapping[str, np.ndarray]) -> dict:
-    """The report's material of one case: its image, affine and lesion (read again from the manifest entry) and
-    ``maps``."""
+def case_figure(entry: dict, maps: Mapping[str, np.ndarray], findings: Mapping[str, Sequence] | None = None) -> dict:
+    """The report's material of one case: its image, affine and lesion (read again from the manifest entry),
+    ``maps`` and per method its ``findings`` (:class:`~medhdm.explain.findings.Finding` objects or their
+    :meth:`~medhdm.explain.findings.Finding.record`), as records with ``"region"`` (None when not known)."""
     image = load_image(entry["image"])
     affine = np.asarray(image.affine, dtype=np.float64)
     lesion = load_annotation(entry["lesion"], ImageGrid.from_meta(tuple(image.shape[1:]), affine, image.meta))
-    return {"id": entry["id"], "maps": dict(maps), "image": image[0].numpy(), "lesion_array": lesion, "affine": affine}
+    records = {
+        name: [{**f.record(), "region": f.region} if isinstance(f, Finding) else {**f, "region": None} for f in listed]
+        for name, listed in (findings or {}).items()
+    }
+    return {
+        "id": entry["id"],
+        "maps": dict(maps),
+        "image": image[0].numpy(),
+        "lesion_array": lesion,
+        "affine": affine,
+        "findings": records,
+    }
 
 
 def evaluate_manifest(
@@ -247,7 +261,7 @@ def evaluate_manifest(
     total = len(entries) * len(names)
     for entry in entries:
         (case,) = evaluate_cases([entry], methods, spec, faithfulness, curve_steps, slices, maps, model)
-        add_case(rows, figures, case, case_figure(entry, case["maps"]))
+        add_case(rows, figures, case, case_figure(entry, case["maps"], case["findings"]))
         if log:
             for k, row in enumerate(case["rows"], start=len(rows) - len(case["rows"]) + 1):
                 log(

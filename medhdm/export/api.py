@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -210,8 +210,8 @@ def _build(
         datasets += builders.build_parametric_map(source, saliency, info)
     if "seg" in formats:
         datasets += builders.build_segmentation(source, saliency, seg_threshold, info, region)
-    if "seg" in formats and findings is not None and len(findings[1]) and not source.multiframe:
-        datasets += dicom.build_findings_segmentation(source, findings[0], findings[1], info)
+    if "seg" in formats and findings is not None and len(findings[1]):
+        datasets += builders.build_findings_segmentation(source, findings[0], findings[1], info)
     if "sr" in formats:
         made = dict(datasets)
         sr = _structured_report(source, info, report, made.get("SEG.dcm"), made.get("SEG_findings.dcm"))
@@ -233,6 +233,8 @@ def _structured_report(
 ) -> Dataset:
     """The SR of the export (:mod:`medhdm.export.sr`), numbered after the SC, PM and SEG series."""
     series_number = info.base_series_number(source.first) + 3
+    if report.findings:
+        report = replace(report, findings=[_with_centroid(f, source) for f in report.findings])
     return build_structured_report(
         source.datasets,
         report,
@@ -242,6 +244,19 @@ def _structured_report(
         seg=seg,
         findings_seg=findings_seg,
     )
+
+
+def _with_centroid(finding: dict, source: DicomSource) -> dict:
+    """A finding record (:meth:`medhdm.explain.Finding.record`, centroid in voxels ``(column, row[, slice])`` on the
+    source grid) with its centroid for the SR: ``"centroid_pixel"`` (column, row; pixel centres at .5) on one
+    single-frame image, else ``"centroid_lps"`` (patient mm, through the source's affine)."""
+    if finding.get("centroid") is None:
+        return finding
+    column, row, *rest = (float(v) for v in finding["centroid"])
+    if len(source.datasets) == 1 and not source.multiframe:
+        return {**finding, "centroid_pixel": (column + 0.5, row + 0.5)}
+    ras = np.asarray(source.affine_ras, dtype=np.float64) @ np.array([column, row, rest[0] if rest else 0.0, 1.0])
+    return {**finding, "centroid_lps": (-float(ras[0]), -float(ras[1]), float(ras[2]))}
 
 
 def check_export_arguments(formats, out_dir, style, window_preset, seg_threshold, deidentify_salt) -> list[str]:

@@ -364,7 +364,8 @@ def _binary_segmentation(
     kind: str,
     description: str,
 ) -> Dataset:
-    """A binary SEG of ``pixels`` (``(D, H, W)`` or ``(D, H, W, K)``) on the single-frame source, in its study."""
+    """A binary SEG of ``pixels`` (``(D, H, W)`` or ``(D, H, W, K)``) on the source (a multi-frame one: in its
+    frame order), in its study."""
     first = source.first
     seg = hd.seg.Segmentation(
         source_images=source.datasets,
@@ -415,9 +416,11 @@ def build_findings_segmentation(
     """A binary DICOM SEG of an explanation's findings, one segment per finding (``SEG_findings.dcm``).
 
     Args:
-        source: the single-frame source images.
+        source: the source images (a multi-frame one through
+            :func:`medhdm.export.multiframe.build_findings_segmentation`).
         regions: the findings' regions on the source grid, ``(K, D, H, W)`` booleans in the source's slice
-            order (rank order: segment ``k`` is finding ``k``, labelled ``"finding k"``).
+            order (a multi-frame source's frame order; rank order: segment ``k`` is finding ``k``, labelled
+            ``"finding k"``).
         descriptions: one Segment Description per finding (its stage and share of the evidence).
         info: method, class and UIDs; the series is numbered after the SR (+4), its UIDs keyed
             ``"findings-seg/series"`` and ``"findings-seg/instance"``.

@@ -8,11 +8,11 @@ one thing added here is the correspondence between the volume's slices and the f
 frames (:func:`source_frame_numbers`), found from each frame's Image Position (Patient)
 and checked against the volume's affine.
 
-- **Parametric Map and SEG**: highdicom's constructors take the multi-frame source
-  itself and pair ``pixel_array[i]`` with the source's frame ``i + 1``, copying its plane
-  position, orientation, pixel measures and Frame of Reference and writing a Derivation
-  Image Sequence per frame that names the source SOP Instance and its Referenced Frame
-  Number. The map is handed to them in the file's frame order.
+- **Parametric Map and SEGs** (the thresholded map's and the findings'): highdicom's
+  constructors take the multi-frame source itself and pair ``pixel_array[i]`` with the
+  source's frame ``i + 1``, copying its plane position, orientation, pixel measures and
+  Frame of Reference and writing a Derivation Image Sequence per frame that names the
+  source SOP Instance and its Referenced Frame Number. The map is handed to them in the file's frame order.
 - **Secondary Capture**: one single-frame RGB SC per frame (``SC_0001.dcm`` ... in slice
   order, as for a series), whose Source and Referenced Image Sequences name the source
   instance and the frame. Single-frame SCs rather than one Multi-frame True Color SC:
@@ -34,6 +34,7 @@ from .dicom import DerivationInfo
 from .overlay import OverlayStyle, Window
 
 __all__ = [
+    "build_findings_segmentation",
     "build_parametric_map",
     "build_secondary_captures",
     "build_segmentation",
@@ -204,3 +205,15 @@ def build_segmentation(
     frames of a multi-frame source (slice order in)."""
     frames = None if region is None else _in_frame_order(source, region)
     return series.build_segmentation(source, _in_frame_order(source, saliency), threshold, info, frames)
+
+
+def build_findings_segmentation(
+    source: DicomSource, regions: np.ndarray, descriptions, info: DerivationInfo | None = None
+) -> list[tuple[str, Dataset]]:
+    """``SEG_findings.dcm``, one segment per finding (:func:`medhdm.export.dicom.build_findings_segmentation`) on
+    the frames of a multi-frame source: ``regions`` ``(K, D, H, W)`` in slice order."""
+    regions = np.asarray(regions, dtype=bool)
+    if regions.ndim != 4 or regions.shape[1:] != source.pixels.shape:
+        return series.build_findings_segmentation(source, regions, descriptions, info)  # its error names the shapes
+    ordered = np.stack([_in_frame_order(source, region) for region in regions])
+    return series.build_findings_segmentation(source, ordered, descriptions, info)

@@ -24,6 +24,8 @@ Content tree (highdicom builds and validates it)::
           Referenced Segment: SEG_findings.dcm, segment k, with its source images
           Finding: Saliency (DCM 130404)
           Area (mm2) or Volume (mm3); evidence share and evidence in log-odds (99MEDHDM, UCUM "1")
+          Image Region (DCM 111030): the finding's centroid, a POINT: SCOORD3D in the source's frame of
+              reference (a volume), or SCOORD on the one source image (column, row; pixel centres at .5)
 
 The evidence (Current Requested Procedure Evidence) lists the source images and the SEG.
 :func:`build_structured_report` makes the data set (:func:`medhdm.export.export` writes it as
@@ -41,6 +43,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import highdicom as hd
+import numpy as np
 import pydicom
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
@@ -100,7 +103,9 @@ class ReportContent:
             the class), ``"component:k"`` or ``"mask"`` (given); the explained score is the class's mean
             logit over it. ``None``: a classifier (no region item).
         findings: the explanation's findings in rank order, each ``{"size", "size_unit", "share", "evidence"}``
-            (:meth:`medhdm.explain.Finding.record`); one measurement group each when the findings' SEG is given.
+            (:meth:`medhdm.explain.Finding.record`) and its centroid as ``"centroid_lps"`` (patient mm, x y z) or
+            ``"centroid_pixel"`` (column, row on the first source image; :func:`medhdm.export.export` adds them);
+            one measurement group each when the findings' SEG is given.
 
     Raises:
         ValueError: a class index below 0, a probability outside [0, 1], an unknown score name.
@@ -181,9 +186,22 @@ def _measurement_group(sources: list[pydicom.Dataset], seg: pydicom.Dataset | No
     return group
 
 
+def _centroid_region(finding: Mapping, sources: list[pydicom.Dataset]):
+    """A finding's centroid as an Image Region POINT: SCOORD3D in the frame of reference, or SCOORD on the
+    first source image; None when the record has neither."""
+    if finding.get("centroid_lps") is not None:
+        point = np.asarray([finding["centroid_lps"]], dtype=np.float64)
+        return hd.sr.ImageRegion3D(hd.sr.GraphicTypeValues3D.POINT, point, str(sources[0].FrameOfReferenceUID))
+    if finding.get("centroid_pixel") is not None:
+        point = np.asarray([finding["centroid_pixel"]], dtype=np.float64)
+        image = hd.sr.SourceImageForRegion.from_source_image(sources[0])
+        return hd.sr.ImageRegion(hd.sr.GraphicTypeValues.POINT, point, image)
+    return None
+
+
 def _finding_groups(sources: list[pydicom.Dataset], seg: pydicom.Dataset, findings, uid) -> list:
     """One TID 1411 group per finding: tracked as ``"finding k"``, segment ``k`` of the findings' SEG, its size
-    (Area or Volume, when in mm) and its evidence share and log-odds."""
+    (Area or Volume, when in mm), its evidence share and log-odds, and its centroid (an Image Region POINT)."""
     groups = []
     for k, finding in enumerate(findings, start=1):
         segment = hd.sr.ReferencedSegment(
@@ -199,14 +217,16 @@ def _finding_groups(sources: list[pydicom.Dataset], seg: pydicom.Dataset, findin
         if finding["size_unit"] in _SIZE:
             name, unit = _SIZE[finding["size_unit"]]
             measurements.insert(0, hd.sr.Measurement(name=name, value=float(finding["size"]), unit=unit))
-        groups.append(
-            hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
-                tracking_identifier=hd.sr.TrackingIdentifier(uid=uid(f"sr/finding/{k}"), identifier=f"finding {k}"),
-                referenced_segment=segment,
-                finding_type=codes.DCM.Saliency,
-                measurements=measurements,
-            )
+        group = hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+            tracking_identifier=hd.sr.TrackingIdentifier(uid=uid(f"sr/finding/{k}"), identifier=f"finding {k}"),
+            referenced_segment=segment,
+            finding_type=codes.DCM.Saliency,
+            measurements=measurements,
         )
+        region = _centroid_region(finding, sources)
+        if region is not None:
+            group[0].ContentSequence.append(region)
+        groups.append(group)
     return groups
 
 
@@ -310,7 +330,8 @@ def read_structured_report(path: str | os.PathLike) -> dict:
         "probability", "scores": {name: value}, "segment": SEG SOP Instance UID or None,
         "sources": [SOP Instance UIDs], "region_code", "region_meaning" (None for a classifier's),
         "findings": per finding group {"tracking", "uid", "segment", "segment_number", "size", "size_unit",
-        "share", "evidence"}}``.
+        "share", "evidence", "centroid_lps" (x y z, patient mm) or "centroid_pixel" (column, row) with
+        "centroid_image" (its SOP Instance UID), None when absent}}``.
     """
     sr = hd.sr.srread(path)
     groups = sr.content.get_volumetric_roi_measurement_groups() or sr.content.get_image_measurement_groups()
@@ -371,7 +392,17 @@ def _read_finding(group) -> dict:
         "segment_number": int(segment.referenced_segment_numbers[0]),
         "size": None,
         "size_unit": None,
+        "centroid_lps": None,
+        "centroid_pixel": None,
+        "centroid_image": None,
     }
+    for item in group[0].ContentSequence.find(codes.DCM.ImageRegion):
+        if item.ValueType == "SCOORD3D":
+            out["centroid_lps"] = tuple(float(v) for v in hd.sr.Scoord3DContentItem.from_dataset(item).value[0])
+        elif item.ValueType == "SCOORD":
+            scoord = hd.sr.ScoordContentItem.from_dataset(item)
+            out["centroid_pixel"] = tuple(float(v) for v in scoord.value[0])
+            out["centroid_image"] = str(item.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID)
     units = {code.value: unit for unit, (code, _) in _SIZE.items()}
     for measurement in group.get_measurements():
         if measurement.name.value in units:

@@ -11,13 +11,24 @@ import numpy as np
 
 from ..io.axes import monai_to_dicom
 
-__all__ = ["boxplots_png", "case_frames", "curves_png", "default_slice", "froc_png", "overlay_grid_png"]
+__all__ = [
+    "FINDING_RGB",
+    "boxplots_png",
+    "case_frames",
+    "curves_png",
+    "default_slice",
+    "finding_slice",
+    "froc_png",
+    "overlay_grid_png",
+]
 
 #: the case viewer's frames are at most this many pixels on a side (larger images are subsampled)
 MAX_FRAME_SIDE = 256
 #: the map is drawn where it reaches this value, at this opacity, as in the overlay grid
 MAP_THRESHOLD, MAP_ALPHA = 0.2, 0.6
 _LESION_RGB = (0, 255, 255)
+#: the findings' outlines and numbers on the case viewer's frames
+FINDING_RGB = (0, 255, 0)
 
 
 def _png(fig) -> bytes:
@@ -158,14 +169,56 @@ def _encode(rgb: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def case_frames(image: np.ndarray, lesion: np.ndarray, maps: dict, methods: Sequence[str]) -> dict[str, list[bytes]]:
+def finding_slice(finding: dict) -> int:
+    """The slice (0-based, a volume's third axis in MONAI order) a finding is shown on: its peak's (0 in 2D)."""
+    peak = finding["peak"]
+    return int(peak[2]) if len(peak) > 2 else 0
+
+
+def _draw_findings(rgb: np.ndarray, findings: Sequence[dict], step: int) -> None:
+    """Outline each finding's region (in-plane, ``FINDING_RGB``) on the frames ``rgb`` ``(D, rows, columns, 3)``
+    and write its number (rank, from 1) beside it on each slice it reaches; a finding without its region: a
+    cross at its centroid on its slice."""
+    from PIL import Image, ImageDraw
+    from scipy import ndimage
+
+    plane = np.array([[[0, 1, 0], [1, 1, 1], [0, 1, 0]]], bool)
+    labels: dict[int, list] = {}
+    for number, finding in enumerate(findings, start=1):
+        region = finding.get("region")
+        mask = None
+        if region is not None:
+            mask = np.transpose(region if region.ndim == 3 else region[..., None], (2, 1, 0))[:, ::step, ::step] > 0
+        if mask is None or mask.shape != rgb.shape[:3]:  # not known (or not on this grid): a cross
+            column, row = (int(round(v / step)) for v in finding["centroid"][:2])
+            k = finding_slice(finding)
+            rgb[k, max(row - 2, 0) : row + 3, column] = FINDING_RGB
+            rgb[k, row, max(column - 2, 0) : column + 3] = FINDING_RGB
+            labels.setdefault(k, []).append((number, row, column + 3))
+            continue
+        rgb[mask & ~ndimage.binary_erosion(mask, structure=plane)] = FINDING_RGB
+        for k in np.flatnonzero(mask.any(axis=(1, 2))):
+            rows, columns = np.nonzero(mask[k])
+            labels.setdefault(int(k), []).append((number, int(rows.min()), int(columns.max()) + 2))
+    for k, texts in labels.items():
+        picture = Image.fromarray(rgb[k])
+        draw = ImageDraw.Draw(picture)
+        for number, row, column in texts:
+            draw.text((min(column, rgb.shape[2] - 7), max(row - 4, 0)), str(number), fill=FINDING_RGB)
+        rgb[k] = np.asarray(picture)
+
+
+def case_frames(
+    image: np.ndarray, lesion: np.ndarray, maps: dict, methods: Sequence[str], findings: dict | None = None
+) -> dict[str, list[bytes]]:
     """PNG frames of one case for the report's viewer: ``{"image" or method: [one PNG per slice]}``.
 
     ``image``, ``lesion`` and the ``maps`` are on the source grid in MONAI order (``(W, H)`` or
     ``(W, H, D)``); each frame shows slice ``k`` as rows x columns, the image windowed at its
     1st-99.5th percentiles (over the whole volume), the method's map in ``inferno`` where it
-    reaches ``MAP_THRESHOLD`` and the lesion outline in cyan. Batched over slices (no loop over
-    pixels); frames larger than ``MAX_FRAME_SIDE`` are subsampled.
+    reaches ``MAP_THRESHOLD``, the lesion outline in cyan and the method's ``findings`` (records with
+    ``"region"``, :func:`medhdm.evaluation.case_figure`) outlined in green and numbered by rank. Batched over
+    slices (no loop over pixels); frames larger than ``MAX_FRAME_SIDE`` are subsampled.
     """
     import matplotlib
     from scipy import ndimage
@@ -192,5 +245,7 @@ def case_frames(image: np.ndarray, lesion: np.ndarray, maps: dict, methods: Sequ
             rgb = np.where(shown, (1 - MAP_ALPHA) * rgb + MAP_ALPHA * coloured, rgb)
         rgb = (rgb * 255).round().astype(np.uint8)
         rgb[outline] = _LESION_RGB
+        if name != "image" and (findings or {}).get(name):
+            _draw_findings(rgb, findings[name], step)
         frames[name] = [_encode(rgb[k]) for k in range(rgb.shape[0])]
     return frames

@@ -13,7 +13,9 @@ loads NiiVue from the file written beside it, its volumes embedded. The case tab
 case (``#case-<id>``): a viewer with the image, the map of the method chosen in a selector
 and the lesion outline, a slider over all slices of a volume, and the case's scores. The
 address fragment ``#case-<id>/slice=<k>/method=<name>`` opens a case at a slice and method
-(``k`` 0-based, the series' slice order).
+(``k`` 0-based, the series' slice order). Below the viewer, each method's findings of the case (rank, HDM stage,
+centroid, size, evidence share and log-odds), outlined and numbered in green on that method's frames; a
+finding's row links to the viewer at its slice (its peak's) with its method.
 """
 
 from __future__ import annotations
@@ -33,7 +35,15 @@ import numpy as np
 from ..evaluation import FAITHFULNESS_KEYS, compare_with_first, froc_curves, froc_from_rows, summarise
 from ..io.atomic import atomic_write
 from ..metrics.localisation import LOCALISATION_KEYS
-from .figures import boxplots_png, case_frames, curves_png, default_slice, froc_png, overlay_grid_png
+from .figures import (
+    boxplots_png,
+    case_frames,
+    curves_png,
+    default_slice,
+    finding_slice,
+    froc_png,
+    overlay_grid_png,
+)
 from .niivue import _STYLE as _VIEWER_STYLE
 from .niivue import case_viewer, viewer_script, write_viewer_assets
 
@@ -253,6 +263,36 @@ def _data_uri(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode()
 
 
+def _findings_tables(findings: dict, methods: Sequence[str], anchor: str, n_slices: int) -> str:
+    """Each method's findings of a case as a table (rank, stage, centroid, size, evidence share); each row links to
+    the viewer at the finding's slice (its peak's) with that method; empty without findings."""
+    blocks = []
+    for method in methods:
+        listed = findings.get(method) or []
+        if not listed:
+            continue
+        rows = []
+        for rank, f in enumerate(listed, start=1):
+            k = finding_slice(f)
+            where = f"slice {k + 1} / {n_slices}" if n_slices > 1 else "show"
+            link = html.escape(f"#{anchor}/slice={k}/method={method}", quote=True)
+            centroid = ", ".join(f"{float(v):.1f}" for v in f["centroid"])
+            rows.append(
+                f'<tr class="finding" data-rank="{rank}" data-slice="{k}"><th>{rank}</th>'
+                f"<td>{'' if f.get('stage') is None else int(f['stage'])}</td><td>({centroid})</td>"
+                f"<td>{float(f['size']):.1f} {html.escape(str(f['size_unit']))}</td>"
+                f"<td>{float(f['share']):.2f}</td><td>{float(f['evidence']):.2f}</td>"
+                f'<td><a class="finding-link" href="{link}">{where}</a></td></tr>'
+            )
+        blocks.append(
+            f'<table class="findings" data-method="{html.escape(method)}"><caption>{html.escape(method)}: '
+            f"findings, most evidence first (outlined and numbered in green on its frames)</caption>"
+            "<tr><th>#</th><th>stage</th><th>centroid (voxel)</th><th>size</th><th>evidence share</th>"
+            f"<th>evidence (log-odds)</th><th>view</th></tr>{''.join(rows)}</table>"
+        )
+    return f'<div class="wide">{"".join(blocks)}</div>' if blocks else ""
+
+
 def _cases(rows: Sequence[dict], figures: dict, methods: Sequence[str], metrics: Sequence[str]) -> tuple[str, str]:
     """The case table (linking to the sections) and one section per case: viewer, selector, slider, scores."""
     by_case: dict = {}
@@ -275,7 +315,8 @@ def _cases(rows: Sequence[dict], figures: dict, methods: Sequence[str], metrics:
     for case_fig in figures.get("cases", []):
         case = case_fig["id"]
         shown = [m for m in methods if m in case_fig["maps"]]
-        frames = case_frames(case_fig["image"], case_fig["lesion_array"], case_fig["maps"], shown)
+        findings = case_fig.get("findings") or {}
+        frames = case_frames(case_fig["image"], case_fig["lesion_array"], case_fig["maps"], shown, findings)
         n_slices = len(frames["image"])
         start = default_slice(case_fig["lesion_array"], case_fig["maps"])
         first = shown[0] if shown else "image"
@@ -319,6 +360,7 @@ def _cases(rows: Sequence[dict], figures: dict, methods: Sequence[str], metrics:
             f'<div class="controls"><label>method <select class="method">{options}</select></label>{slider}'
             f'{where}<p><a href="#summary">back to the summary</a></p></div>'
             f'<script type="application/json" class="frames">{data}</script></div>{scores}'
+            f"{_findings_tables(findings, shown, _anchor(case), n_slices)}"
             f"{case_viewer(case_fig, shown, _anchor(case))}</section>"
         )
     return "".join(table), "\n".join(sections)

@@ -5,7 +5,8 @@ side: the image in three planes and a 3D render (a 2D image: its one plane), the
 as an overlay, the lesion annotation as a second overlay, and a crosshair that moves in all of
 them together (NiiVue's ``broadcastTo``). Shared controls set the map's colour map, opacity and
 threshold, the lesion's opacity, the image's window and level, and the view; a button per lesion
-(its centre voxel) and per method (its map's maximum) moves the crosshair there.
+(its centre voxel), per method (its map's maximum) and per finding of a method (its peak, the
+strongest three) moves the crosshair there.
 
 The volumes travel inside ``report.html`` as gzip-compressed NIfTI in base64 (the image as
 16-bit integers with a scale and offset, maps as 8-bit with scale 1/255, the lesion as 8-bit
@@ -87,8 +88,13 @@ def _to_ras(shape: tuple[int, ...], affine: np.ndarray) -> np.ndarray:
     return np.linalg.inv(nib.orientations.inv_ornt_aff(ornt, shape3))
 
 
-def _jump_points(lesion: np.ndarray, maps: dict, methods: Sequence[str]) -> list[dict]:
-    """A button per lesion (the voxel nearest its centre of mass) and per method (its map's maximum)."""
+#: the viewer has a button for at most this many of each method's findings (the strongest)
+FINDING_BUTTONS = 3
+
+
+def _jump_points(lesion: np.ndarray, maps: dict, methods: Sequence[str], findings: dict | None = None) -> list[dict]:
+    """A button per lesion (the voxel nearest its centre of mass), per method (its map's maximum) and per finding
+    of a method (its peak; the first :data:`FINDING_BUTTONS`)."""
     from scipy import ndimage
 
     points = []
@@ -100,12 +106,14 @@ def _jump_points(lesion: np.ndarray, maps: dict, methods: Sequence[str]) -> list
     for method in methods:
         peak = np.unravel_index(int(np.argmax(maps[method])), maps[method].shape)
         points.append({"label": f"{method} maximum", "vox": [int(v) for v in peak]})
+        for k, finding in enumerate((findings or {}).get(method, [])[:FINDING_BUTTONS], start=1):
+            points.append({"label": f"{method} finding {k}", "vox": [int(v) for v in finding["peak"]]})
     return points
 
 
 def case_viewer(case_fig: dict, methods: Sequence[str], anchor: str) -> str:
     """The NiiVue block of one case (``case_fig``: ``image``, ``lesion_array``, ``maps`` on the source grid in
-    MONAI order, and ``affine``); empty without methods."""
+    MONAI order, ``affine``, and optionally ``findings`` per method); empty without methods."""
     shown = [m for m in methods if m in case_fig["maps"]]
     if not shown:
         return ""
@@ -124,7 +132,7 @@ def case_viewer(case_fig: dict, methods: Sequence[str], anchor: str) -> str:
         "threshold": MAP_THRESHOLD,
         "opacity": MAP_OPACITY,
         "lesionOpacity": LESION_OPACITY,
-        "points": _jump_points(lesion, maps, shown),
+        "points": _jump_points(lesion, maps, shown, case_fig.get("findings")),
         "toRas": to_ras.tolist(),
     }
     volumes = {"image": _nifti_base64(image, affine, "image"), "lesion": _nifti_base64(lesion, affine, "label")}
