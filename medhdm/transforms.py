@@ -204,10 +204,7 @@ class Explaind(MapTransform):
             x = torch.as_tensor(image).detach()[None].to(device=model_device(self.explainer.model), dtype=torch.float32)
             if isinstance(x, MetaTensor):
                 x = x.as_tensor()  # the spacing is read above, from the image's own affine
-            if getattr(self.explainer, "reads_spacing", False):
-                result = self.explainer.explain(x, self._target(d), spacing=spacing)
-            else:
-                result = self.explainer.explain(x, self._target(d))
+            result = self.explainer.explain(x, self._target(d), spacing=spacing)  # every method's findings read it
             saliency = result.saliency[0].detach().to(image.device)
             if isinstance(image, MetaTensor):
                 meta = copy.deepcopy(dict(image.meta))  # holds the affine
