@@ -576,9 +576,11 @@ def findings_demo() -> str:
     return markdown(header, rows)
 
 
-#: the runs of ``findings.py`` the findings tables read (in-memory 2D sets; 2D files in two runs; 3D files; 3D sets)
+#: the runs of ``findings.py`` the findings tables read (in-memory 2D sets, one run or one per seed; 2D files in
+#: two runs; 3D files; 3D sets)
 FINDINGS_RESULTS = (
     "findings.json",
+    "findings_2d_9999.json",
     "findings_files2d.json",
     "findings_files2d_more.json",
     "findings_3d.json",

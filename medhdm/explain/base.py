@@ -494,10 +494,9 @@ def _scatter_lists(parts: list[tuple[torch.Tensor, list]], batch: int) -> list:
 
 
 def explain_at(explainer: Explainer, x: torch.Tensor, class_idx, spacing, region=None):
-    """``explainer.explain(x, class_idx)``, with ``spacing`` (mm per axis, or one row per image) for a method
-    that sizes in mm (:attr:`Explainer.reads_spacing`), without it for the others.
-    ``region`` (a segmenter's target) is passed on when given."""
+    """``explainer.explain(x, class_idx, spacing=spacing)``, ``spacing`` in mm per axis (or one row per image),
+    for every method: one that sizes in mm (:attr:`Explainer.reads_spacing`) sizes its map by it, and every
+    method's findings read their sizes and suppression radius in mm from it (as a map read from a file with
+    the same affine). ``region`` (a segmenter's target) is passed on when given."""
     target = {} if region is None else {"region": region}
-    if getattr(explainer, "reads_spacing", False):
-        return explainer.explain(x, class_idx, spacing=spacing, **target)
-    return explainer.explain(x, class_idx, **target)
+    return explainer.explain(x, class_idx, spacing=spacing, **target)

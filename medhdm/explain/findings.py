@@ -4,13 +4,15 @@ A :class:`Finding` is one region of an image that an explanation points at. Ever
 :attr:`Explanation.findings <medhdm.explain.base.Explanation.findings>` (per image a list, highest
 ``score`` first):
 
-- **HDM** (:func:`stage_regions`): its stages. Stage ``l`` found the region it added,
-  ``M_l (1 - R_{l-1})`` (from the :class:`~medhdm.explain.base.StageRecord` maps and removed regions);
-  the connected components of that contribution at half its maximum (:data:`REGION_LEVEL`), outside
-  the earlier stages' regions, each cut to its core around the explanation's map peak in it (the voxels
-  of at least half the peak's value connected to it, :func:`region_core`), are the candidate regions;
-  those that carry evidence (:data:`EVIDENCE_FLOOR`) become findings, ranked by their evidence, and a
-  finding whose peak lies within ``NMS_RADIUS_MM`` of a stronger one's is dropped (one finding per place).
+- **HDM** (:func:`hdm_regions`): its map's places, each found by a stage. The local maxima of HDM's
+  fused (refined) map of at least :data:`HDM_MIN_PEAK` of its maximum, thinned within ``NMS_RADIUS_MM``
+  and grown to their basins as for the other methods (:func:`map_regions`), are the candidate regions;
+  each is credited to the stage that found it (:func:`peak_stages`: the first whose removed region
+  ``R_l`` covers its peak, else the one whose contribution ``M_l (1 - R_{l-1})`` is largest there).
+  The model decides which become findings: those that carry evidence (:data:`EVIDENCE_FLOOR`),
+  ranked by their evidence; a finding whose peak lies within ``NMS_RADIUS_MM`` of a stronger one's is
+  dropped (one finding per place). A stage's region often spans several lesions (its coarse mask),
+  so the places come from the fused map and the stages only name who found them.
 - **Every other method** (:func:`map_regions`): its map. Local maxima of at least :data:`MIN_PEAK`
   of the map's maximum, thinned by non-maximum suppression within ``radius_mm``
   (:data:`NMS_RADIUS_MM`; a voxel counts as 1 mm when the spacing is unknown), each grown to its
@@ -54,16 +56,19 @@ __all__ = [
     "REGION_LEVEL",
     "finding_from_region",
     "map_regions",
-    "region_core",
+    "HDM_MIN_PEAK",
+    "hdm_regions",
+    "peak_stages",
     "region_evidence",
-    "stage_regions",
 ]
 
 #: the non-maximum suppression radius of map-derived findings, mm (voxels when the spacing is unknown)
 NMS_RADIUS_MM = 15.0
 #: a map's local maximum becomes a candidate when it reaches this share of the map's maximum
 MIN_PEAK = 0.2
-#: regions: voxels of at least this share of their peak (maps) or of the stage's maximum (HDM)
+#: HDM's local maxima become candidates at this share of its map's maximum (their evidence decides)
+HDM_MIN_PEAK = 0.1
+#: regions: the voxels of a peak's basin of at least this share of the peak's value
 REGION_LEVEL = 0.5
 #: at most this many findings per image (every method)
 MAX_FINDINGS = 10
@@ -213,45 +218,60 @@ def map_regions(
     return regions
 
 
-def region_core(region: np.ndarray, saliency: np.ndarray, level: float = REGION_LEVEL) -> np.ndarray:
-    """The part of ``region`` around the map's peak in it: its voxels of at least ``level`` times the
-    peak's value, connected to the peak (full connectivity); both arrays of shape ``S``."""
-    values = np.where(region, saliency, -np.inf)
-    peak = np.unravel_index(int(np.argmax(values)), region.shape)
-    labels, _ = ndimage.label(region & (saliency >= level * saliency[peak]), structure=np.ones((3,) * region.ndim))
-    return labels == labels[peak] if labels[peak] else region
-
-
-def stage_regions(
-    maps: torch.Tensor, removed: torch.Tensor, active: torch.Tensor, level: float = REGION_LEVEL
-) -> list[list[tuple[int, np.ndarray]]]:
-    """HDM's candidate regions per image: the connected components of each stage's contribution
-    ``M_l (1 - R_{l-1})`` outside the earlier stages' regions (``R_{l-1} < 0.5``).
+def peak_stages(
+    peaks: Sequence[tuple[int, ...]], maps: np.ndarray, removed: np.ndarray, active: np.ndarray
+) -> list[int]:
+    """The HDM stage (from 1) that found each of one image's ``peaks``: the first stage whose removed region
+    ``R_l`` covers the peak (at least 0.5), else the stage whose contribution ``M_l (1 - R_{l-1})`` is
+    largest there.
 
     Args:
+        peaks: voxel indices in the map's spatial shape ``S``.
+        maps, removed: the stages' maps ``M_l`` and removed regions ``R_l``, ``(L, *S)``.
+        active: whether each stage ran, ``(L,)``.
+    """
+    ran = np.flatnonzero(np.asarray(active, dtype=bool))
+    if ran.size == 0:
+        return [1] * len(peaks)
+    before = np.concatenate([np.zeros_like(removed[:1]), removed[:-1]])
+    contribution = maps * (1 - before)
+    stages = []
+    for peak in peaks:
+        covering = [int(level) for level in ran if removed[(level, *peak)] >= 0.5]
+        if covering:
+            stages.append(covering[0] + 1)
+        else:
+            stages.append(int(ran[np.argmax(contribution[(ran, *peak)])]) + 1)
+    return stages
+
+
+def hdm_regions(
+    saliency: np.ndarray,
+    maps: torch.Tensor,
+    removed: torch.Tensor,
+    active: torch.Tensor,
+    spacing: Sequence[Sequence[float] | None],
+) -> list[list[tuple[int, np.ndarray]]]:
+    """HDM's candidate regions per image (see the module docstring): the regions of its map
+    (:func:`map_regions` at :data:`HDM_MIN_PEAK`), each with the stage that found it (:func:`peak_stages`).
+
+    Args:
+        saliency: HDM's maps ``(B, *S)``.
         maps: the stages' maps ``M_l``, ``(L, B, 1, *S)``.
         removed: the regions removed after each stage ``R_l``, ``(L, B, 1, *S)``.
         active: whether each stage ran for each image, ``(L, B)``.
-        level: a component's voxels reach this share of the contribution's maximum.
+        spacing: per image, mm per axis or None (the suppression radius in voxels).
     Returns:
-        per image, ``(stage, region)`` pairs (stage from 1, region boolean ``S``), by stage, larger first.
+        per image, ``(stage, region)`` pairs (stage from 1, region boolean ``S``), highest peak first.
     """
     maps = maps.detach().float().cpu().numpy()[:, :, 0]
     removed = removed.detach().float().cpu().numpy()[:, :, 0]
     ran = active.detach().cpu().numpy().astype(bool)
-    out: list[list[tuple[int, np.ndarray]]] = [[] for _ in range(maps.shape[1])]
-    for b in range(maps.shape[1]):
-        before = np.zeros(maps.shape[2:])
-        for level_index in range(maps.shape[0]):
-            contribution = maps[level_index, b] * (1 - before) * (before < 0.5)  # outside earlier regions
-            before = removed[level_index, b]
-            top = float(contribution.max())
-            if not ran[level_index, b] or not np.isfinite(top) or top <= 0:
-                continue
-            labels, n = ndimage.label(contribution >= level * top, structure=np.ones((3,) * contribution.ndim))
-            sizes = ndimage.sum_labels(np.ones_like(labels), labels, index=np.arange(1, n + 1))
-            for k in np.argsort(-sizes, kind="stable")[:MAX_FINDINGS]:
-                out[b].append((level_index + 1, labels == k + 1))
+    out = []
+    for b, (s, row) in enumerate(zip(saliency, spacing)):
+        regions = map_regions(s, row, min_peak=HDM_MIN_PEAK)
+        peaks = [np.unravel_index(int(np.argmax(np.where(r, s, -np.inf))), r.shape) for r in regions]
+        out.append(list(zip(peak_stages(peaks, maps[:, b], removed[:, b], ran[:, b]), regions)))
     return out
 
 
@@ -338,12 +358,14 @@ def explanation_findings(
     saliency = result.saliency.detach().float().cpu().numpy()[:, 0]
     rows = [None] * len(saliency) if spacing is None else [tuple(float(v) for v in row) for row in spacing]
     if result.stages:
-        candidates = stage_regions(
+        candidates = hdm_regions(
+            saliency,
             torch.stack([s.map for s in result.stages]),
             torch.stack([s.removed for s in result.stages]),
             torch.stack([s.active for s in result.stages]),
+            rows,
         )
-        regions = [[region_core(r, s) for _, r in c] for c, s in zip(candidates, saliency)]
+        regions = [[r for _, r in c] for c in candidates]
         stages = [[s for s, _ in c] for c in candidates]
     else:
         regions = [map_regions(s, row) for s, row in zip(saliency, rows)]
