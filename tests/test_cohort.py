@@ -81,11 +81,11 @@ def test_a_batch_out_of_memory_is_split_and_completes(manifest, tmp_path):
     explain = runner.explainer.explain
     sizes = []
 
-    def limited(x, class_idx=None):
+    def limited(x, class_idx=None, **keywords):  # Explainer.explain's keywords (spacing, region)
         sizes.append(x.shape[0])
         if x.shape[0] > 1:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated for a batch of more than 1)")
-        return explain(x, class_idx)
+        return explain(x, class_idx, **keywords)
 
     runner.explainer.explain = limited
     entries = _entries(manifest)[:4]
