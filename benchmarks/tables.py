@@ -103,14 +103,15 @@ QUALITY = (("pointing_game", 2, True), ("auroc", 3, True), ("lesion_hit_rate_mul
 
 
 def results() -> str:
-    """README.md, "Results" (seed 4242): HDM's defaults from ``cost_curve.json`` (5 steps), its masks alone and the
-    defaults of 2026-11-27 from ``hdm_settings.json``, the rest from ``quality_2d.json``."""
-    cost = by_method(load("cost_curve.json")["seeds"]["4242"]["summary"])
+    """README.md, "Results" (seed 4242): HDM's defaults (the focused map) from ``hdm_focus_4242_9999.json``, its
+    masks alone and the defaults of 2026-11-27 from ``hdm_settings.json``, the rest from ``quality_2d.json``."""
+    focus = load("hdm_focus_4242_9999.json")["runs"]["2d/4242"]
+    defaults = by_method([*focus["summary"], *summarise(focus["rows"], ["seconds"])])["HDM defaults"]
     settings = load("hdm_settings.json")["runs"]["2d/4242"]
     hdm = by_method([*settings["summary"], *summarise(settings["rows"], ["seconds"])])
     rows = []
     for metrics, label in (
-        (cost["HDM steps=5"], "HDM (defaults; {images} images through the model per explanation)"),
+        (defaults, "HDM (defaults; {images} images through the model per explanation, findings' evidence included)"),
         (hdm["HDM, defaults, refine=None"], "HDM masks only (`refine=None`)"),
         (hdm["HDM, defaults of 2026-11-27 (20 steps)"], "HDM, defaults of 2026-11-27 ({images} images)"),
     ):
