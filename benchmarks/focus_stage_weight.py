@@ -17,7 +17,7 @@ import warnings
 import numpy as np
 import torch
 from common import RESULTS, held_out_cases, write_json
-from hdm_focus import counted_explain, rows_of
+from hdm_focus import counted_explain, rows_of, stage_terms
 
 from medhdm import HDM, GradientInput
 from medhdm.explain.hdm import focus_map
@@ -36,12 +36,7 @@ def main() -> None:
     t = time.time()
     hdm, images = counted_explain(HDM(model), x)
     gi, _ = counted_explain(GradientInput(model), x)
-    st = hdm.stages
-    prev = [torch.zeros_like(st[0].removed)] + [s.removed for s in st[:-1]]
-    C = [s.map * (1 - r) for s, r in zip(st, prev)]
-    D = [s.sensitivity for s in st]
-    A = [s.alpha for s in st]
-    T = hdm.masks["refined"]
+    T, C, D, A = stage_terms(hdm)
     f, g = {2: (0.5, 1.5), 3: (1.0, 2.0)}[dims]
     maps = {"new": hdm.saliency, "old": focus_map(T, C, D, f) ** g, "before": T, "GI": gi.saliency}
     for ff in (0.5, 1.0, 1.5):

@@ -48,14 +48,18 @@ def counted_explain(explainer, x):
     return result, sum(counted) / x.shape[0]
 
 
-def variants(explanation) -> dict[str, torch.Tensor]:
-    """The ablation's maps, by name, from one HDM explanation (see the module docstring)."""
+def stage_terms(explanation) -> tuple[torch.Tensor, list, list, list]:
+    """What :func:`~medhdm.explain.hdm.focus_map` reads from one HDM explanation: the map before the focus
+    term, each stage's new region (its map outside what earlier stages removed), signal and fusion weight."""
     stages = explanation.stages
     previous = [torch.zeros_like(stages[0].removed)] + [s.removed for s in stages[:-1]]
     contributions = [s.map * (1 - r) for s, r in zip(stages, previous)]
-    sensitivities = [s.sensitivity for s in stages]
-    alphas = [s.alpha for s in stages]
-    refined = explanation.masks["refined"]
+    return explanation.masks["refined"], contributions, [s.sensitivity for s in stages], [s.alpha for s in stages]
+
+
+def variants(explanation) -> dict[str, torch.Tensor]:
+    """The ablation's maps, by name, from one HDM explanation (see the module docstring)."""
+    refined, contributions, sensitivities, alphas = stage_terms(explanation)
     maps = {}
     for f, g in GRID:
         maps[f"focus {f:g}, contrast {g:g}"] = focus_map(refined, contributions, sensitivities, f, alphas) ** g

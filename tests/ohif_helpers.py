@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import requests
+from test_report_browser import HEADLESS_FLAGS
 
 #: the pinned viewer; ``.ci/run`` runs ``npm pack @ohif/app@OHIF_VERSION --pack-destination OHIF_CACHE``
 OHIF_VERSION = "3.13.2"
@@ -207,14 +208,7 @@ class Browser:
         self._process = subprocess.Popen(
             [
                 chromium,
-                "--headless",
-                "--no-sandbox",
-                "--use-angle=swiftshader",
-                "--enable-unsafe-swiftshader",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--no-first-run",
+                *HEADLESS_FLAGS,
                 "--remote-debugging-pipe",
                 f"--user-data-dir={profile}",
                 f"--window-size={size[0]},{size[1]}",

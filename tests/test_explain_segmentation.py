@@ -185,19 +185,13 @@ def test_a_classifier_keeps_its_targets_as_classes():
 
 
 def test_a_nifti_study_is_explained_for_a_mask_region_given_on_its_own_grid(tmp_path):
-    import nibabel as nib
     import numpy as np
+    from test_explain_segmentation_files import _nifti_case
 
     from medhdm.pipeline import InputSpec, explain_images
 
-    # a 2D NIfTI of 48 x 40 voxels with two bright boxes; the model sees it at 24 x 20
-    volume = np.full((48, 40), 0.1, dtype=np.float32)
-    volume[4:12, 4:12], volume[30:42, 24:36] = 1.0, 1.0
-    affine = np.diag([0.7, 0.9, 1.0, 1.0])
-    nib.save(nib.Nifti1Image(volume, affine), tmp_path / "image.nii.gz")
-    mask = np.zeros((48, 40), dtype=np.uint8)
-    mask[30:42, 24:36] = 1
-    nib.save(nib.Nifti1Image(mask, affine), tmp_path / "region.nii.gz")
+    # a 2D NIfTI of 48 x 40 voxels with two bright boxes, the second one the region; the model sees it at 24 x 20
+    volume, mask = _nifti_case(tmp_path)
     spec = InputSpec(spatial_size=(20, 24), intensity_range=(0.0, 1.0))
     model = ThresholdSegmenter()
     (given,) = explain_images(

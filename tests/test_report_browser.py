@@ -18,7 +18,8 @@ from medhdm.cli import main
 from medhdm.data.bench_files import write_lesionbench
 from medhdm.report.niivue import NIIVUE_FILE
 
-FLAGS = [
+#: headless Chromium with software WebGL, offline (the report, NiiVue and OHIF tests)
+HEADLESS_FLAGS = [
     "--headless",
     "--no-sandbox",
     # software WebGL, asked for explicitly (SwiftShader): a case's NiiVue viewer starts when the case is opened,
@@ -29,6 +30,10 @@ FLAGS = [
     "--disable-component-update",
     "--disable-sync",
     "--no-first-run",
+]
+
+FLAGS = [
+    *HEADLESS_FLAGS,
     "--enable-logging=stderr",
     "--v=0",
     "--window-size=900,700",

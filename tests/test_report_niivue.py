@@ -12,21 +12,14 @@ import subprocess
 import nibabel as nib
 import numpy as np
 import pytest
-from test_report_browser import _chromium
+from test_report_browser import HEADLESS_FLAGS, _chromium
 
 from medhdm.cli import main
 from medhdm.data.bench_files import write_lesionbench
 from medhdm.report.niivue import NIIVUE_FILE, NIIVUE_VERSION
 
 FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--use-angle=swiftshader",
-    "--enable-unsafe-swiftshader",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
+    *HEADLESS_FLAGS,
     "--enable-logging=stderr",
     "--v=0",
     "--window-size=1300,1500",
