@@ -319,3 +319,53 @@ def test_every_model_command_takes_bundle(command, tmp_path):
     _, model, spec = model_and_spec(args)
     assert spec.bundle == str(bundle) and spec.bundle_sha256 == bundle_digest(bundle)
     assert model.medhdm_card["classes"] == ["no lesion (bundle)", "lesion (bundle)"]
+
+
+def test_monai_bundle_run_writes_the_dicom_objects_of_a_dicom_series(images, tmp_path):
+    """The component on a DICOM series (the 3D image's own study), asked for DICOM objects: the PM holds the NIfTI map
+    the run wrote, on the source grid, the SEG and SR beside it pass dciodvfy, the SR reports the predicted class."""
+    import csv
+
+    import pydicom
+    from scipy import ndimage
+    from validators import dciodvfy_errors
+
+    from medhdm.export import read_structured_report
+    from medhdm.io.axes import monai_to_dicom
+    from medhdm.io.dicom import read_dicom
+    from medhdm.models import write_explain_config
+
+    series = images[3].parents[1] / "lb3" / "case000" / "image"  # the DICOM study of images[3]
+    bundle = make_bundle(tmp_path / "bundle", 3)
+    explain_json = write_explain_config(bundle)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "monai.bundle", "run", "--config_file",
+               f"['{bundle}/configs/inference.json','{explain_json}']", "--bundle_root", str(bundle),
+               "--datalist", f"['{series}']", "--explain_dicom_formats", "['pm','seg','sr']"]  # fmt: skip
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    with open(bundle / "eval" / "predictions.csv") as fh:
+        predicted = int(float(next(csv.reader(fh))[1]))
+    saliency = np.asarray(nib.load(bundle / "eval" / "image_saliency.nii.gz").dataobj, dtype=np.float32)
+    expected = monai_to_dicom(saliency)  # (D, H, W) in the source's slice order
+    source = read_dicom(series)
+    lesion = monai_to_dicom(np.asarray(nib.load(series.parent / "lesion.nii.gz").dataobj)) > 0
+    near = ndimage.binary_dilation(lesion, iterations=2)  # within 2 voxels (6 mm across slices, 10 in plane)
+    assert near.reshape(-1)[expected.argmax()]  # the map's peak lies at the planted lesion
+    folder = bundle / "eval" / "image_dicom"
+    paths = {p.name[:2]: p for p in folder.glob("*.dcm")}
+    assert sorted(paths) == ["PM", "SE", "SR"]
+    for path in paths.values():
+        errors, report = dciodvfy_errors(path)
+        assert errors == [], f"{path.name}:\n{report}"
+    pm = pydicom.dcmread(paths["PM"])
+    positions = np.array([[float(v) for v in ds.ImagePositionPatient] for ds in source.datasets])
+    frames = pm.pixel_array.reshape((-1,) + source.pixels.shape[1:])
+    assert len(frames) == len(source.datasets)
+    for frame, group in zip(frames, pm.PerFrameFunctionalGroupsSequence):
+        position = np.array([float(v) for v in group.PlanePositionSequence[0].ImagePositionPatient])
+        k = int(np.abs(positions - position).sum(axis=1).argmin())
+        np.testing.assert_allclose(frame, expected[k], atol=1e-6)
+    sr = read_structured_report(paths["SR"])
+    assert sr["class_code"] == f"class{predicted}" and 0.5 <= sr["probability"] <= 1.0
+    assert sr["segment"] == pydicom.dcmread(paths["SE"]).SOPInstanceUID

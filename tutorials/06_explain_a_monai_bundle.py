@@ -163,6 +163,13 @@ subprocess.run(command, check=True, env={**os.environ, "MEDHDM_THREADS": "1"})
 print(sorted(p.name for p in (bundle / "eval").iterdir()))
 
 # %% [markdown]
+# For DICOM inputs (a datalist of series folders or files, loaded by the bundle's own `LoadImaged`), the
+# component also writes each map into its source study when asked:
+# `--explain_dicom_formats "['pm','seg','sr']"` (any of `sc`, `pm`, `seg`, `sr`) puts a Parametric Map, a SEG of the
+# map at `explain_dicom_seg_threshold` (default 0.5) and the structured report (the explained class and its
+# probability) in `<name>_dicom/` beside `<name>_saliency.nii.gz`. The map must come back on the source grid
+# (it does through `Invertd`); anything else is an error naming the file.
+#
 # The two ways give the same map (up to the floating-point effect of torch's thread count).
 
 # %%

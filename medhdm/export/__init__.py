@@ -1,7 +1,9 @@
 """Export saliency maps into the source study: DICOM SC / Parametric Map / SEG / SR, NIfTI, PNG.
 
 One module per DICOM object (:mod:`.dicom` and :mod:`.multiframe`: SC, PM, SEG; :mod:`.sr`: the
-structured report); :func:`export` writes any of them as one all-or-nothing set (:mod:`.staging`).
+structured report); :func:`export` writes any of them as one all-or-nothing set (:mod:`.staging`);
+:class:`ExportDicomd` does it as a MONAI transform, for a map that ``Invertd`` took back to its source
+(:mod:`.transforms`).
 """
 
 from .api import (
@@ -22,11 +24,14 @@ from .deidentify import deidentify
 from .overlay import OverlayStyle, Window, apply_window, render_overlay, window_for
 from .sr import ReportContent, read_structured_report
 from .staging import OutputBusyError, OutputExistsError
+from .transforms import ExportDicom, ExportDicomd
 
 __all__ = [
     "DICOM_FORMATS",
     "FORMATS",
     "Deidentification",
+    "ExportDicom",
+    "ExportDicomd",
     "OutputBusyError",
     "OutputExistsError",
     "OverlayStyle",

@@ -37,7 +37,7 @@ from .annotations import check_label_values
 from .axes import monai_to_dicom
 from .dicom import DicomSource
 
-__all__ = ["find_case_map", "load_case_map", "load_lesion", "load_map"]
+__all__ = ["find_case_map", "load_case_map", "load_lesion", "load_map", "map_in_source_order"]
 
 #: the file names :func:`find_case_map` tries, in this order (``{id}`` the case id)
 CASE_MAP_NAMES = (
@@ -122,6 +122,50 @@ def _nifti_data(image, where: str) -> np.ndarray:
         raise ValueError(f"{where}: unreadable NIfTI file ({err})") from None
 
 
+def _source_grid_shape(shape: tuple[int, ...], affine, source: DicomSource, where: str) -> tuple[int, int, int]:
+    """``shape`` (MONAI/NIfTI order, trailing singleton axes aside) as the source grid's ``(W, H, D)``, checked with
+    the map's RAS ``affine`` against ``source``'s.
+
+    Raises:
+        ValueError: naming ``where``: another shape or an affine more than 0.01 mm away from the source's.
+    """
+    shape = tuple(int(s) for s in shape)
+    while len(shape) > 3 and shape[-1] == 1:
+        shape = shape[:-1]
+    if len(shape) == 2:
+        shape = (*shape, 1)
+    expected = source.pixels.shape[::-1]
+    if shape != expected:
+        raise ValueError(
+            f"{where}: map shape {shape} is not the source grid (columns, rows, slices) "
+            f"{expected}; resample the map onto the source first"
+        )
+    difference = np.abs(np.asarray(affine, dtype=np.float64) - source.affine_ras).max()
+    if difference > _AFFINE_TOL_MM:
+        raise ValueError(
+            f"{where}: the map's affine differs from the source's by up to {difference:.3g} mm; resample the map "
+            "onto the source grid first"
+        )
+    return shape
+
+
+def map_in_source_order(data, affine, source: DicomSource, where: str = "saliency") -> np.ndarray:
+    """A map in MONAI/NIfTI order (``(W, H)`` or ``(W, H, D)``, a channel-first ``(1, ...)`` taken as such) with its
+    ``(4, 4)`` RAS ``affine``, checked against ``source``'s grid, in ``source`` order (not yet range-checked).
+
+    This is how a map that MONAI took back to the source grid (``Invertd``) meets the source study.
+
+    Raises:
+        ValueError: naming ``where``: a map that is not on the source grid (shape or affine).
+    """
+    array = np.asarray(data, dtype=np.float64)
+    if array.ndim in (3, 4) and array.shape[0] == 1:
+        array = array[0]
+    if np.shape(affine) != (4, 4):
+        raise ValueError(f"{where}: expected a (4, 4) RAS affine, got shape {np.shape(affine)}")
+    return monai_to_dicom(array.reshape(_source_grid_shape(array.shape, affine, source, where)))
+
+
 def load_map(path: str | os.PathLike, source: DicomSource) -> np.ndarray:
     """Load the map in ``path`` as an array in ``source`` order (not yet range-checked)."""
     path = Path(path)
@@ -133,25 +177,8 @@ def load_map(path: str | os.PathLike, source: DicomSource) -> np.ndarray:
         return _load_npy(path, str(path), lambda shape: _sizes(shape) == _sizes(source.pixels.shape), grid)
     if name.endswith((".nii", ".nii.gz")):
         image = _nifti_header(path, str(path))
-        shape = tuple(image.shape)
-        while len(shape) > 3 and shape[-1] == 1:
-            shape = shape[:-1]
-        if len(shape) == 2:
-            shape = (*shape, 1)
-        expected = source.pixels.shape[::-1]
-        if shape != expected:
-            raise ValueError(
-                f"{path}: NIfTI shape {shape} is not the source grid (columns, rows, slices) "
-                f"{expected}; resample the map onto the source first"
-            )
-        data = _nifti_data(image, str(path)).reshape(shape)
-        if np.abs(image.affine - source.affine_ras).max() > _AFFINE_TOL_MM:
-            raise ValueError(
-                f"{path}: NIfTI affine differs from the source's by up to "
-                f"{np.abs(image.affine - source.affine_ras).max():.3g} mm; resample the map onto the "
-                "source grid first"
-            )
-        return monai_to_dicom(data)
+        shape = _source_grid_shape(image.shape, image.affine, source, str(path))  # header checked before the data
+        return monai_to_dicom(_nifti_data(image, str(path)).reshape(shape))
     raise ValueError(f"{path}: unknown map format; expected .npy, .nii or .nii.gz")
 
 

@@ -21,7 +21,10 @@ It adds medhdm's :class:`~medhdm.transforms.Explaind` (method ``explain_method``
 ``preprocessing`` and ``SaveImaged`` to the evaluator's ``postprocessing`` (after the
 bundle's own), so each map is written on its source grid beside the predictions
 (``explain_output_dir``, default the bundle's ``output_dir``; with ``explain_data_root_dir``, in the
-image's folder relative to it, for datasets whose files share a name). It expects the Model Zoo's
+image's folder relative to it, for datasets whose files share a name). With ``explain_dicom_formats`` (some
+of ``sc``, ``pm``, ``seg``, ``sr``; default none) a DICOM source's map also goes into its study as those
+objects, in ``<name>_dicom/`` beside the map (:class:`~medhdm.export.ExportDicomd`; ``explain_dicom_seg_threshold``,
+``explain_dicom_overwrite``). It expects the Model Zoo's
 names: ``network``, ``preprocessing``, ``postprocessing``, ``evaluator``, ``output_dir``; its
 ``+imports`` adds to the bundle's ``imports`` instead of replacing them.
 """
