@@ -35,7 +35,13 @@ A segmenter (output ``(B, K, *S')``) is explained for a target region (``region=
 :mod:`medhdm.explain.targets`): ``"predicted"`` or ``"component:k"`` on the model's own mask,
 or a mask on each source's grid (a NIfTI file or an array), taken onto the model's grid by the
 image's own layout and resize (nearest neighbour). The region explained comes back onto the
-source grid beside the map (``ExplainedImage.region``), for export.
+source grid beside the map (``ExplainedImage.region``), for export. A 2D segmenter on a 3D series
+(``slices=``) is explained slice by slice for each slice's part of the region (the model's
+predicted mask per slice, the series' ``k``-th connected component across slices, or the given
+mask resized slice by slice): a slice's score is the class probability of its region's mean
+logits, slices whose region is empty are not explained (NaN scores; ``top:K`` and ``all`` pass
+them over, a listed one is refused), and the study-level score is the maximum or mean over the
+others.
 """
 
 from __future__ import annotations
