@@ -143,6 +143,10 @@ def test_a_2d_segmenter_explains_a_series_slice_by_slice_for_the_region_in_each_
     assert set(predicted.explained_slices) <= {0, 1, 3} and np.isnan(predicted.slice_scores[2])
     chosen = list(predicted.explained_slices)
     assert np.array_equal(predicted.region[..., chosen], volume[..., chosen] > 0.5)
+    # components connect across slices: box A (slices 0 and 1) is one, smaller than box B on slice 1 or 3
+    (third,) = explain_images([tmp_path / "image.nii.gz"], explainer, spec, [1], slices="all", region="component:3")
+    assert third.explained_slices == (0, 1) and third.region_spec == "component:3"
+    assert third.region[4:12, 4:12, :2].all() and third.region.sum() == 2 * 64
     with pytest.raises(ValueError, match=r"slices: the target region is empty in slice\(s\) \[2\]"):
         explain_images([tmp_path / "image.nii.gz"], explainer, spec, [1], slices="1,2", region=[mask])
 
