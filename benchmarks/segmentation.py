@@ -10,7 +10,10 @@ cue present, the model marking the lesion) each method explains the model's pred
 - ``cue_share``: the share of the map's total on the cue marker (the evidence the decision
   depends on, known by construction), beside ``cue_area``, the marker's share of the image;
 - ``target_share``: the share of the map on the lesion (its annotation);
-- ``HDM_fine``: HDM on finer grids (:func:`segmentation_methods`) beside its defaults;
+- ``HDM_fine``: HDM on finer grids (:func:`segmentation_methods`) beside its defaults; on the
+  16 x 32 x 32 volumes the defaults take these grids too (the ladder moved an octave finer, see
+  :meth:`medhdm.HDM.grid_shapes`), and ``HDM_clipped`` (3D only) gives the grids the defaults had
+  before (2 x 2 x 2 and 2 x 4 x 4, then 4 x 8 x 8 and 8 x 16 x 16);
 - ``images``: the images the model saw per explanation (counted by a hook on the model, so
   MONAI's internal batches count too);
 - ``sanity``: :func:`medhdm.metrics.sanity_check` with the region fixed to the trained model's
@@ -78,9 +81,13 @@ def measure(name: str, explainer, x, lesions, cues) -> dict:
 
 
 def segmentation_methods(model) -> dict:
-    """The default methods and HDM on finer grids (``S/8, S/4`` then ``S/2, S``): on the 16 x 32 x 32
-    segmenter volumes the default ``S/16`` grid has 1 x 2 x 2 cells, each an eighth of the volume."""
-    return {**default_methods(model), "HDM_fine": HDM(model, benchmark_grids=(8, 4), auxiliary_grids=(2, 1))}
+    """The default methods and HDM on finer grids (``S/8, S/4`` then ``S/2, S``); for a 3D model also HDM on
+    the grids its defaults had on the 16 x 32 x 32 volumes before the ladder moved (``S/16`` clipped to
+    2 cells in depth: 2 x 2 x 2 cells, each an eighth of the volume)."""
+    methods = {**default_methods(model), "HDM_fine": HDM(model, benchmark_grids=(8, 4), auxiliary_grids=(2, 1))}
+    if len(model.medhdm_card["recipe"]["spatial_size"]) == 3:
+        methods["HDM_clipped"] = HDM(model, benchmark_grids=((8, 16, 16), 8), auxiliary_grids=(4, 2))
+    return methods
 
 
 def sanity_figures(make, model, x) -> tuple[float, float]:
@@ -124,7 +131,8 @@ def main() -> None:
             row["sanity"], row["sanity_whole_image"] = banded, whole
             rows[method] = row
             print(label, method, row, flush=True)
-        out["results"][label] = rows
+        order = [*("model", "cases", "cue_area", "target_area"), *segmentation_methods(model)]
+        out["results"][label] = {k: rows[k] for k in sorted(rows, key=lambda k: order.index(k) if k in order else 99)}
     write_json(path, out)
     print(f"wrote {path}")
 

@@ -42,6 +42,7 @@ METHOD_NAMES = {
     "GradCAM": "Grad-CAM",
     "GradCAM++": "Grad-CAM++",
     "HDM_fine": "HDM, finer grids (S/8, S/4; S/2, S)",
+    "HDM_clipped": "HDM, the defaults' grids before the ladder moved (2 x 2 x 2 first)",
 }
 
 

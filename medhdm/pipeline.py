@@ -35,7 +35,13 @@ A segmenter (output ``(B, K, *S')``) is explained for a target region (``region=
 :mod:`medhdm.explain.targets`): ``"predicted"`` or ``"component:k"`` on the model's own mask,
 or a mask on each source's grid (a NIfTI file or an array), taken onto the model's grid by the
 image's own layout and resize (nearest neighbour). The region explained comes back onto the
-source grid beside the map (``ExplainedImage.region``), for export.
+source grid beside the map (``ExplainedImage.region``), for export. A 2D segmenter on a 3D series
+(``slices=``) is explained slice by slice for each slice's part of the region (the model's
+predicted mask per slice, the series' ``k``-th connected component across slices, or the given
+mask resized slice by slice): a slice's score is the class probability of its region's mean
+logits, slices whose region is empty are not explained (NaN scores; ``top:K`` and ``all`` pass
+them over, a listed one is refused), and the study-level score is the maximum or mean over the
+others.
 """
 
 from __future__ import annotations
@@ -63,6 +69,7 @@ from .explain.base import Explainer, explain_at
 from .explain.checks import frozen_eval, model_device
 from .explain.findings import Finding, finding_from_region
 from .explain.scoring import ClassScorer
+from .explain.targets import component_index, component_mask
 from .io.axes import monai_to_dicom_volume, reversed_spatial_indices
 from .io.dicom import DicomSource, read_dicom
 from .io.reader import is_dicom_path
@@ -554,12 +561,10 @@ def explain_images(
     if region is not None and not isinstance(region, str) and len(region) != len(sources):
         raise ValueError(f"region: expected one mask per image ({len(sources)}), got {len(region)}")
     if slices is not None:
-        if region is not None:
-            raise ValueError("region: a segmenter is explained on whole images, not slice by slice (slices=)")
         if isinstance(slices, str):
             slices = SliceSelection.parse(slices)
         results = []
-        for source, cls in zip(sources, classes):
+        for i, (source, cls) in enumerate(zip(sources, classes)):
             image, path = _load(source, keep_dicom)
             name = str(path if path is not None else image.meta.get("filename_or_obj", "image"))
             if image.ndim != 4 or len(spec.spatial_size) != 2:
@@ -567,7 +572,8 @@ def explain_images(
                     f"{name}: slices: for a 2D classifier on a 3D series; got a {image.ndim - 1}D image and "
                     f"a classifier of input size {spec.spatial_size}"
                 )
-            result = _explain_by_slice(image, explainer, spec, cls, slices, batch_size)
+            target = region if region is None or isinstance(region, str) else region[i]
+            result = _explain_by_slice(image, explainer, spec, cls, slices, batch_size, target)
             result.dicom = read_dicom(path) if keep_dicom and is_dicom_path(path) else None
             results.append(result)
         return results
@@ -676,28 +682,37 @@ def _explain_by_slice(
     class_idx: int | None,
     selection: SliceSelection,
     batch_size: int,
+    region=None,
 ) -> ExplainedImage:
-    """A 3D series ``(1, W, H, D)`` explained by a 2D classifier slice by slice (see :func:`explain_image`)."""
+    """A 3D series ``(1, W, H, D)`` explained by a 2D classifier or segmenter slice by slice (see
+    :func:`explain_image`); ``region``: a segmenter's target (:func:`_segmenter_slices`)."""
     if batch_size < 1:
         raise ValueError(f"batch_size: expected at least 1, got {batch_size}")
     transforms = slice_transforms(spec)
     data = transforms({"image": image.clone()})
     x = data["image"].as_tensor()[0][:, None].to(device=model_device(explainer.model), dtype=torch.float32)
-    probs, cls, study_score = _study_decision(explainer.model, x, class_idx, selection.reduce, batch_size)
-    chosen = selection.choose(probs[:, cls])
+    logits, segmenter = _slice_logits(explainer.model, x, batch_size)
+    regions = None
+    if segmenter:
+        given = None if region is None or isinstance(region, str) else _region_on_slices(region, image, spec)
+        probs, cls, study_score, regions = _segmenter_slices(logits, class_idx, region, given, selection.reduce)
+        chosen = _chosen_with_region(selection, probs, regions, image)
+    else:
+        if region is not None:
+            raise ValueError("region: for a segmentation model; this model is a classifier (output (B, K))")
+        probs, cls, study_score = _class_decision(logits, class_idx, selection.reduce)
+        chosen = selection.choose(probs)
     index = torch.tensor(chosen, dtype=torch.long, device=x.device)
     spacing = classifier_spacing(image, spec, by_slice=True)
     results = [
-        explain_at(explainer, x[index[lo : lo + batch_size]], cls, spacing) for lo in range(0, len(chosen), batch_size)
+        explain_at(explainer, x[part], cls, spacing, None if regions is None else regions[part])
+        for part in (index[lo : lo + batch_size] for lo in range(0, len(chosen), batch_size))
     ]
     maps = torch.cat([r.saliency.detach() for r in results])  # (k, 1, H', W')
-    volume = torch.zeros_like(x[:, 0])
-    volume[index] = maps[:, 0].to(volume.dtype)
-    data["saliency"] = MetaTensor(volume[None].cpu(), meta=copy.deepcopy(dict(data["image"].meta)))
-    inverted = Invertd(keys="saliency", transform=transforms, orig_keys="image", nearest_interp=False)(data)
-    saliency = np.clip(inverted["saliency"].numpy()[0], 0.0, 1.0)
-    if saliency.shape != tuple(image.shape[1:]):
-        raise RuntimeError(f"inversion gave shape {saliency.shape}, expected the source's {tuple(image.shape[1:])}")
+    saliency = np.clip(_slices_to_source(data, transforms, index, maps, image, nearest=False), 0.0, 1.0)
+    source_region = None
+    if regions is not None:
+        source_region = _slices_to_source(data, transforms, index, regions[index].float(), image, True) > 0.5
     return ExplainedImage(
         saliency=saliency,
         affine=np.asarray(image.affine, dtype=np.float64),
@@ -708,31 +723,125 @@ def _explain_by_slice(
         image=image[0].numpy(),
         model_input=x[index],
         model_saliency=maps,
-        slice_scores=probs[:, cls].astype(np.float64),
+        slice_scores=probs.astype(np.float64),
         explained_slices=chosen,
         slice_reduce=selection.reduce,
         model_spacing=spacing,
         spacing=None if results[0].spacing is None else spacing,
+        region=None if source_region is None else source_region.astype(np.uint8),
+        region_spec=None
+        if regions is None
+        else "mask"
+        if region is not None and not isinstance(region, str)
+        else (region or "predicted"),
     )
 
 
-def _study_decision(
-    model: nn.Module, x: torch.Tensor, class_idx: int | None, reduce: str, batch_size: int = 16
-) -> tuple[np.ndarray, int, float]:
-    """Slice probabilities ``(D, K)`` of ``x`` ``(D, C, H, W)``, the study's class and its study-level probability."""
+def _slices_to_source(data: dict, transforms: Compose, index, values: torch.Tensor, image: MetaTensor, nearest: bool):
+    """Per-slice values ``(k, 1, H', W')`` of the slices ``index`` (0 on the others) on ``image``'s source grid."""
+    volume = torch.zeros(data["image"].shape[1:], dtype=torch.float32)
+    volume[index.cpu()] = values[:, 0].detach().float().cpu()
+    data = dict(data)
+    data["saliency"] = MetaTensor(volume[None], meta=copy.deepcopy(dict(data["image"].meta)))
+    inverted = Invertd(keys="saliency", transform=transforms, orig_keys="image", nearest_interp=nearest)(data)
+    out = inverted["saliency"].numpy()[0]
+    if out.shape != tuple(image.shape[1:]):
+        raise RuntimeError(f"inversion gave shape {out.shape}, expected the source's {tuple(image.shape[1:])}")
+    return out
+
+
+def _slice_logits(model: nn.Module, x: torch.Tensor, batch_size: int) -> tuple[torch.Tensor, bool]:
+    """The model's output on the slices ``x`` ``(D, C, H, W)``, ``batch_size`` at a time: a classifier's logits
+    ``(D, K >= 2)`` or a segmenter's logit maps ``(D, K >= 2, H, W)`` (one sigmoid logit expanded to two
+    classes, :class:`~medhdm.explain.scoring.ClassScorer`), and whether it is a segmenter."""
     with frozen_eval(model), torch.no_grad():
         scorer = ClassScorer(model)
-        probs = (
-            torch.cat(
-                [
-                    torch.softmax(scorer.logits(x[lo : lo + batch_size]), dim=1)
-                    for lo in range(0, x.shape[0], batch_size)
-                ]
-            )
-            .cpu()
-            .numpy()
-            .astype(np.float64)
+        logits = torch.cat([scorer.logits(x[lo : lo + batch_size]) for lo in range(0, x.shape[0], batch_size)])
+    return logits, scorer.segmenter
+
+
+def _region_on_slices(mask, image: MetaTensor, spec: InputSpec) -> torch.Tensor:
+    """A region ``mask`` on a series' source grid (a NIfTI path or an array, as :func:`region_on_model_grid`) on
+    the slices' grid ``(D, 1, H', W')`` (bool): the series' layout, then each slice resized (nearest)."""
+    name = "region"
+    if isinstance(mask, str | os.PathLike):
+        name, mask = str(mask), load_image(mask)
+    values = np.asarray(mask)
+    given = values.shape
+    if values.shape == tuple(image.shape[1:]):
+        values = values[None]
+    if values.shape != tuple(image.shape):
+        raise ValueError(f"{name}: a region of shape {given} for an image of shape {tuple(image.shape[1:])}")
+    if not np.isin(values, (0, 1)).all():
+        raise ValueError(f"{name}: expected a binary mask (0/1 values)")
+    region = MetaTensor(torch.from_numpy(values.astype(np.float32)), meta=copy.deepcopy(dict(image.meta)))
+    steps = Compose(
+        [
+            Transposed("region", indices=reversed_spatial_indices(3)),
+            Resized("region", spatial_size=(-1, *spec.spatial_size), mode="nearest"),
+        ]
+    )
+    return steps({"region": region})["region"].as_tensor()[0][:, None] > 0.5
+
+
+def _segmenter_slices(
+    maps: torch.Tensor, class_idx: int | None, region, given: torch.Tensor | None, reduce: str
+) -> tuple[np.ndarray, int, float, torch.Tensor]:
+    """A segmenter's decision over a series' slices from its logit maps ``(D, K >= 2, H, W)``.
+
+    The class: ``class_idx``, or the foreground class with the most predicted voxels over the series
+    (class 1 where none is predicted). Each slice's region: its part of the mask ``given`` ``(D, 1, H, W)``,
+    of the model's predicted mask for the class (``region`` None or ``"predicted"``), or of the series'
+    ``k``-th largest connected component of that mask (``"component:k"``, connected across slices). A slice's
+    score is the class probability of its region's mean logits (NaN where its region is empty); the study's,
+    their maximum or mean (``reduce``). Returns the scores ``(D,)``, the class, the study's score and the
+    regions ``(D, 1, H, W)``.
+    """
+    k = int(maps.shape[1])
+    labels = maps.argmax(dim=1, keepdim=True)
+    if class_idx is None:
+        counts = torch.bincount(labels.flatten(), minlength=k)[1:]
+        cls = int(counts.argmax()) + 1 if bool((counts > 0).any()) else 1
+    elif not 0 <= int(class_idx) < k:
+        raise ValueError(f"class_idx: expected 0..{k - 1}, got {class_idx}")
+    else:
+        cls = int(class_idx)
+    if given is not None:
+        regions = given.to(maps.device)
+    elif region is None or region == "predicted":
+        regions = labels == cls
+    else:
+        series = (labels == cls)[:, 0][None, None]  # (1, 1, D, H, W): components across slices
+        regions = component_mask(series, component_index(region))[0, 0][:, None]
+    voxels = regions.flatten(1).sum(1)
+    mean_logits = (maps * regions).flatten(2).sum(2) / voxels.clamp_min(1)[:, None]
+    scores = torch.softmax(mean_logits, dim=1)[:, cls].cpu().numpy().astype(np.float64)
+    scores[(voxels == 0).cpu().numpy()] = np.nan
+    if np.isnan(scores).all():
+        what = "the mask given" if given is not None else f"region {region or 'predicted'!r}"
+        raise ValueError(
+            f"region: {what} for class {cls} is empty in every slice; "
+            "pass class_idx= for a class the model predicts, or a mask as region="
         )
+    study = np.nanmax(scores) if reduce == "max" else np.nanmean(scores)
+    return scores, cls, float(study), regions
+
+
+def _chosen_with_region(selection: SliceSelection, scores: np.ndarray, regions: torch.Tensor, image) -> tuple:
+    """A segmenter's slices to explain: ``selection`` among the slices whose region holds a voxel (NaN scores
+    rank last); listed slices with an empty region are refused."""
+    held = ~np.isnan(scores)
+    chosen = selection.choose(np.where(held, scores, -np.inf))
+    empty = [i for i in chosen if not held[i]]
+    if selection.mode == "list" and empty:
+        name = image.meta.get("filename_or_obj", "image")
+        raise ValueError(f"slices: the target region is empty in slice(s) {empty} of {name}; nothing to explain there")
+    return tuple(i for i in chosen if held[i])
+
+
+def _class_decision(logits: torch.Tensor, class_idx: int | None, reduce: str) -> tuple[np.ndarray, int, float]:
+    """A classifier's slice probabilities ``(D,)`` of the study's class, the class and its study-level probability."""
+    probs = torch.softmax(logits, dim=1).cpu().numpy().astype(np.float64)
     study = probs.max(axis=0) if reduce == "max" else probs.mean(axis=0)
     if class_idx is None:
         cls = int(study.argmax())
@@ -740,7 +849,21 @@ def _study_decision(
         raise ValueError(f"class_idx: expected 0..{probs.shape[1] - 1}, got {class_idx}")
     else:
         cls = int(class_idx)
-    return probs, cls, float(study[cls])
+    return probs[:, cls], cls, float(study[cls])
+
+
+def _study_decision(
+    model: nn.Module, x: torch.Tensor, class_idx: int | None, reduce: str, batch_size: int = 16
+) -> tuple[np.ndarray, int, float]:
+    """A classifier's slice probabilities ``(D,)`` of the study's class for ``x`` ``(D, C, H, W)``, the class and
+    its study-level probability."""
+    logits, segmenter = _slice_logits(model, x, batch_size)
+    if segmenter:
+        raise ValueError(
+            "model: a segmentation model has no decision per image without a target region; "
+            "explain it (region=) rather than scoring maps made elsewhere"
+        )
+    return _class_decision(logits, class_idx, reduce)
 
 
 def classify_image(
@@ -767,5 +890,5 @@ def classify_image(
     data = slice_transforms(spec)({"image": image.clone()})
     x = data["image"].as_tensor()[0][:, None].to(device=device, dtype=torch.float32)
     probs, cls, score = _study_decision(model, x, class_idx, slices.reduce)
-    chosen = slices.choose(probs[:, cls])
+    chosen = slices.choose(probs)
     return x[list(chosen)], cls, score, chosen

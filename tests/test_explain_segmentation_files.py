@@ -105,3 +105,60 @@ def test_a_dicom_series_export_holds_the_region_as_seg_segment_2_and_the_sr_name
     assert report["region_code"] == "region-component1"
     assert "connected component 1" in report["region_meaning"]
     assert row["class_idx"] == 1
+
+
+def _series_case(folder):
+    """A 48 x 40 x 4 NIfTI series: box A on slices 0 and 1, box B on slices 1 and 3, slice 2 empty; the
+    region file holds box B."""
+    volume = np.full((48, 40, 4), 0.1, dtype=np.float32)
+    volume[4:12, 4:12, :2] = 1.0
+    volume[30:42, 24:36, 1], volume[30:42, 24:36, 3] = 1.0, 1.0
+    affine = np.diag([0.7, 0.9, 2.5, 1.0])
+    nib.save(nib.Nifti1Image(volume, affine), folder / "image.nii.gz")
+    mask = np.zeros(volume.shape, dtype=np.uint8)
+    mask[30:42, 24:36, 1], mask[30:42, 24:36, 3] = 1, 1
+    nib.save(nib.Nifti1Image(mask, affine), folder / "region.nii.gz")
+    torch.save(ThresholdSegmenter().state_dict(), folder / "segmenter.pt")
+    return volume, mask
+
+
+def test_a_2d_segmenter_explains_a_series_slice_by_slice_for_the_region_in_each_slice(tmp_path):
+    from medhdm.explain import GradientInput
+    from medhdm.pipeline import explain_images
+
+    volume, mask = _series_case(tmp_path)
+    spec = InputSpec(spatial_size=(20, 24), intensity_range=(0.0, 1.0))
+    explainer = GradientInput(ThresholdSegmenter())
+    (given,) = explain_images(
+        [tmp_path / "image.nii.gz"], explainer, spec, [1], slices="all", region=[tmp_path / "region.nii.gz"]
+    )
+    assert given.explained_slices == (1, 3), "only the slices the region holds voxels of"
+    assert np.isnan(given.slice_scores[[0, 2]]).all() and given.slice_scores[[1, 3]].min() > 0.9
+    assert given.region_spec == "mask" and np.array_equal(given.region, mask)
+    assert given.saliency[..., [0, 2]].max() == 0
+    # slice 1 holds both boxes: its map explains the region's, box B
+    assert given.saliency[30:42, 24:36, 1].sum() > 2 * given.saliency[4:12, 4:12, 1].sum()
+    (predicted,) = explain_images([tmp_path / "image.nii.gz"], explainer, spec, [1], slices="top:2")
+    assert predicted.region_spec == "predicted" and len(predicted.explained_slices) == 2
+    assert set(predicted.explained_slices) <= {0, 1, 3} and np.isnan(predicted.slice_scores[2])
+    chosen = list(predicted.explained_slices)
+    assert np.array_equal(predicted.region[..., chosen], volume[..., chosen] > 0.5)
+    # components connect across slices: box A (slices 0 and 1) is one, smaller than box B on slice 1 or 3
+    (third,) = explain_images([tmp_path / "image.nii.gz"], explainer, spec, [1], slices="all", region="component:3")
+    assert third.explained_slices == (0, 1) and third.region_spec == "component:3"
+    assert third.region[4:12, 4:12, :2].all() and third.region.sum() == 2 * 64
+    with pytest.raises(ValueError, match=r"slices: the target region is empty in slice\(s\) \[2\]"):
+        explain_images([tmp_path / "image.nii.gz"], explainer, spec, [1], slices="1,2", region=[mask])
+
+
+def test_the_cli_explains_a_series_slice_by_slice_for_a_mask_region(tmp_path):
+    volume, mask = _series_case(tmp_path)
+    out = tmp_path / "out"
+    assert _cli(tmp_path, "--region", str(tmp_path / "region.nii.gz"), "--slices", "all", "--out", str(out)) in (
+        0,
+        None,
+    )
+    region = nib.load(out / "image" / "image_region.nii.gz")
+    assert np.array_equal(np.asarray(region.dataobj), mask)
+    rows = (out / "image" / "image_slices.csv").read_text().splitlines()
+    assert len(rows) == 5 and [r.split(",")[-1] for r in rows[1:]] == ["0", "1", "0", "1"], rows

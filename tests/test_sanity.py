@@ -99,17 +99,14 @@ def test_hdm_default_map_depends_on_the_2d_segmenter():
     assert float(np.mean(correlations)) < 0.2, correlations
 
 
-def test_hdm_on_finer_grids_depends_on_the_3d_segmenter():
-    # On the 16 x 32 x 32 volumes the default S/16 benchmark grid has 1 x 2 x 2 cells, an eighth of
-    # the volume each: its upsampled masks are the same ramp for any model that keeps the target's
-    # cell, and the defaults read about 0.22 here (benchmarks/segmentation.py). Grids twice as fine pass.
+def test_hdm_default_map_depends_on_the_3d_segmenter():
+    # The benchmark's held-out cue volumes (seed 9090, benchmarks/segmentation.py). On these 16 x 32 x 32
+    # volumes S/16 has 1 cell in depth; clipped to 2 it gave a 2 x 2 x 2 benchmark grid, an eighth of the
+    # volume per cell, whose upsampled masks are the same ramp for any model that keeps the target's
+    # cell: 0.23 here (0.42 and 0.04). The ladder now moves an octave finer (2 x 4 x 4 first).
     model = load_default_classifier("lesion_unet3d")
-    x = _marked_cue_cases(model, 2)
-
-    def make(m):
-        return HDM(m, benchmark_grids=(8, 4), auxiliary_grids=(2, 1))
-
-    correlations = sanity_check(make, model, x, class_idx=1, region="predicted")
+    x = _marked_cue_cases(model, 2, seed=9090)
+    correlations = sanity_check(lambda m: HDM(m), model, x, class_idx=1, region="predicted")
     assert not any(math.isnan(c) for c in correlations)
     assert float(np.mean(correlations)) < 0.2, correlations
 

@@ -93,6 +93,24 @@ def test_grids_and_gaussians_follow_the_spacing():
     assert units.sigma(native) == (3.0, 3.0) and units.area_share((192, 192), native) == pytest.approx(0.005)
 
 
+def test_the_grid_ladder_moves_finer_where_a_benchmark_grid_would_not_fit():
+    hdm = HDM(BlobDetector(3))
+    # S/16 on 16 voxels is 1 cell: the whole ladder an octave finer, not that axis clipped to 2 (2 x 2 x 2)
+    assert hdm.grid_shapes((16, 32, 32)) == ([(2, 4, 4), (4, 8, 8)], [(8, 16, 16), (16, 32, 32)])
+    x, model = _case((16, 32, 32), [(slice(6, 10), slice(10, 16), slice(18, 24))])
+    masks = _hdm(model).explain(x, 1).masks
+    assert "stage1/benchmark/2x4x4" in masks and "stage1/benchmark/2x2x2" not in masks
+    # in mm: 16 slices of 3 mm hold one 48 mm cell
+    assert hdm.grid_shapes((16, 32, 32), (3.0, 250 / 48, 250 / 48))[0] == [(2, 4, 4), (4, 8, 8)]
+    # the shipped models' inputs fit as asked (24 slices: 1.5 cells, rounded to 2): their grids do not move
+    assert hdm.grid_shapes((24, 48, 48)) == ([(2, 3, 3), (3, 6, 6)], [(6, 12, 12), (12, 24, 24)])
+    assert hdm.grid_shapes((24, 48, 48), SHIPPED_GRIDS[3].spacing) == hdm.grid_shapes((24, 48, 48))
+    assert hdm.grid_shapes((96, 96)) == ([(6, 6), (12, 12)], [(24, 24), (48, 48)])
+    assert hdm.grid_shapes((96, 96), SHIPPED_GRIDS[2].spacing) == hdm.grid_shapes((96, 96))
+    assert hdm.grid_shapes((64, 64)) == ([(4, 4), (8, 8)], [(16, 16), (32, 32)])  # the 2D segmenter's
+    assert hdm.grid_shapes((1, 32, 32))[0] == [(1, 2, 2), (1, 4, 4)]  # an axis of 1 voxel holds 1 cell
+
+
 def test_anisotropic_spacing_gives_anisotropic_grids_and_gaussians():
     x, model = _case()
     hdm = _hdm(model, units=NativeGrid(spacing=(1.0, 1.0), size=(32, 32)), benchmark_grids=(16,), auxiliary_grids=(4,))

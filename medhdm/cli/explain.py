@@ -31,7 +31,8 @@ def add_command(sub) -> None:
         default=None,
         help="segmentation models: the target region explained, 'predicted' (the model's own mask for the class, "
         "the default), 'component:K' (its K-th largest connected component) or a mask file (NIfTI) on the image's "
-        "grid (one --image); written beside the map as <case>_region.nii.gz, SEG segment 2 with --export seg",
+        "grid (one --image); written beside the map as <case>_region.nii.gz, SEG segment 2 with --export seg; "
+        "with --slices (a 2D segmenter on a series) each slice is explained for its part of the region",
     )
     ex.add_argument("--export", default=None, help="also export DICOM sources: comma-separated sc,pm,seg,nifti,png")
     options.add_seg_threshold_option(ex)

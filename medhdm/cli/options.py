@@ -147,8 +147,9 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--slices",
         default=None,
-        help="a 2D classifier on 3D series: explain slice by slice, "
-        "'all', 'top:K' (the K slices with the highest class probability) or indices like 3,4,5 "
+        help="a 2D classifier or segmenter on 3D series: explain slice by slice, "
+        "'all', 'top:K' (the K slices with the highest class probability; a segmenter's: of the target "
+        "region's mean logits in the slice, slices without region left out) or indices like 3,4,5 "
         "(0-based, series order); the map is 0 on the other slices",
     )
     parser.add_argument(

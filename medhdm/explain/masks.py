@@ -13,7 +13,7 @@ same masks as explaining its images one at a time.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -27,7 +27,9 @@ __all__ = [
     "area_penalty",
     "grid_key",
     "grid_shapes",
+    "ladder_shapes",
     "optimise_masks",
+    "relative_cells",
     "total_variation",
     "upsample_masks",
 ]
@@ -137,6 +139,42 @@ def grid_shapes(spatial: Sequence[int], grids: Sequence[GridSpec], *, relative: 
     if not shapes:
         raise ValueError("grids: expected at least one grid size")
     return shapes
+
+
+def ladder_shapes(
+    spatial: Sequence[int], cells_at: Callable[[int], tuple[list, list]]
+) -> tuple[list[tuple[int, ...]], list[tuple[int, ...]], int]:
+    """HDM's grid ladder (benchmark, then auxiliary grids) fitted to an image of size ``spatial``.
+
+    ``cells_at(f)`` gives the benchmark and auxiliary grids' cells per axis, before any clip, with
+    every cell size divided by ``f`` (``f = 1``: as asked). Where a benchmark grid would have fewer than
+    2 cells on an axis of at least 2 voxels (a divisor or cell size larger than about two thirds of the
+    axis: ``S/16`` on an axis of under 24 voxels), the whole ladder moves one octave finer (``f``
+    doubled) until every benchmark grid fits, instead of clipping that axis alone: the clip left the
+    16 x 32 x 32 segmenter volumes a benchmark grid of 2 x 2 x 2 cells, an eighth of the volume each,
+    whose upsampled masks are the same ramp for any model that keeps the target's cell. Returns the
+    benchmark and auxiliary shapes (clipped to ``[2, S_i]`` and deduplicated, :func:`grid_shapes`) and
+    ``f``.
+    """
+    factor = 1
+    while True:
+        bench, aux = cells_at(factor)
+        short = any(v < 2 <= n for shape in bench for v, n in zip(shape, spatial))
+        if not short or factor >= max(spatial):
+            return grid_shapes(spatial, bench, relative=False), grid_shapes(spatial, aux, relative=False), factor
+        factor *= 2
+
+
+def relative_cells(spatial: Sequence[int], grids: Sequence[GridSpec], finer: int = 1) -> list[tuple[int, ...]]:
+    """Cells per axis of the grids ``S / d`` (``d`` in ``grids``: one for every axis, or one per axis) with
+    the cell sizes divided by ``finer``, at least 1, before the clip (see :func:`grid_shapes`)."""
+    cells = []
+    for g in grids:
+        per_axis = (g,) * len(spatial) if isinstance(g, (int, float)) else tuple(g)
+        if len(per_axis) != len(spatial) or any(v <= 0 for v in per_axis):
+            raise ValueError(f"grids: expected positive sizes for {len(spatial)} spatial axes, got {g!r}")
+        cells.append(tuple(max(1, int(round(n * finer / d))) for n, d in zip(spatial, per_axis)))
+    return cells
 
 
 def grid_key(shape: Sequence[int]) -> str:

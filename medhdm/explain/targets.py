@@ -30,7 +30,7 @@ from scipy import ndimage
 
 from .checks import resolve_class_idx
 
-__all__ = ["RegionSpec", "resolve_targets", "predicted_classes"]
+__all__ = ["RegionSpec", "component_index", "component_mask", "resolve_targets", "predicted_classes"]
 
 #: what ``region=`` accepts (see the module docstring)
 RegionSpec = str | torch.Tensor | np.ndarray | None
@@ -54,7 +54,7 @@ def resolve_targets(maps: torch.Tensor, class_idx, region: RegionSpec) -> tuple[
         regions = labels == classes.view(-1, *([1] * (maps.ndim - 1)))
         what = "the model's predicted mask"
     elif isinstance(region, str):
-        regions = _component(labels == classes.view(-1, *([1] * (maps.ndim - 1))), _component_index(region))
+        regions = component_mask(labels == classes.view(-1, *([1] * (maps.ndim - 1))), component_index(region))
         what = f"region {region!r}"
     else:
         regions = _mask(region, b, spatial).to(maps.device)
@@ -68,14 +68,15 @@ def resolve_targets(maps: torch.Tensor, class_idx, region: RegionSpec) -> tuple[
     return classes, regions
 
 
-def _component_index(region: str) -> int:
+def component_index(region: str) -> int:
+    """``k`` of ``"component:k"`` (k >= 1); ``ValueError`` for any other text."""
     head, _, tail = region.partition(":")
     if head != "component" or not tail.strip().isdigit() or int(tail) < 1:
         raise ValueError(f"region: expected 'predicted', 'component:k' (k >= 1) or a mask, got {region!r}")
     return int(tail)
 
 
-def _component(masks: torch.Tensor, k: int) -> torch.Tensor:
+def component_mask(masks: torch.Tensor, k: int) -> torch.Tensor:
     """The ``k``-th largest connected component (1-based) of each mask ``(B, 1, *S)``; empty where it has fewer."""
     out = torch.zeros_like(masks)
     structure = np.ones((3,) * (masks.ndim - 2), dtype=bool)

@@ -150,13 +150,18 @@ class PhysicalSettings:
             blur_mm=tuple(_snap(blur * extent * s) for s in spacing) if blur else None,
         )
 
-    def grid_shapes(self, kind: str, spatial: Sequence[int], spacing: Sequence[float]) -> list[tuple[int, ...]]:
-        """The ``"benchmark"`` or ``"auxiliary"`` grid shapes on an image of ``spatial`` voxels of ``spacing`` mm
-        (at least 1 cell per axis; :func:`~medhdm.explain.masks.grid_shapes` then clips them to ``[2, S_i]``)."""
+    def grid_shapes(
+        self, kind: str, spatial: Sequence[int], spacing: Sequence[float], finer: int = 1
+    ) -> list[tuple[int, ...]]:
+        """The ``"benchmark"`` or ``"auxiliary"`` grid shapes on an image of ``spatial`` voxels of ``spacing`` mm,
+        with the cell sizes divided by ``finer`` (at least 1 cell per axis;
+        :func:`~medhdm.explain.masks.grid_shapes` then clips them to ``[2, S_i]``)."""
         shapes = []
         for cell in getattr(self, f"{kind}_cells_mm"):
             sizes = _per_axis(cell, len(spatial), f"{kind}_cells_mm")
-            shapes.append(tuple(max(1, int(round(n / _snap(c / s)))) for n, c, s in zip(spatial, sizes, spacing)))
+            shapes.append(
+                tuple(max(1, int(round(n * finer / _snap(c / s)))) for n, c, s in zip(spatial, sizes, spacing))
+            )
         return shapes
 
     def sigma(self, spacing: Sequence[float], factor: float = 1.0) -> tuple[float, ...] | float:
