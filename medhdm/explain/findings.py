@@ -67,7 +67,7 @@ NMS_RADIUS_MM = 15.0
 #: a map's local maximum becomes a candidate when it reaches this share of the map's maximum
 MIN_PEAK = 0.2
 #: HDM's local maxima become candidates at this share of its map's maximum (their evidence decides)
-HDM_MIN_PEAK = 0.1
+HDM_MIN_PEAK = 0.05
 #: regions: the voxels of a peak's basin of at least this share of the peak's value
 REGION_LEVEL = 0.5
 #: at most this many findings per image (every method)
