@@ -14,9 +14,11 @@ peak within 5 mm of a lesion; the CPM is the mean sensitivity at 1/8 to 8 false 
 - ``files2d`` / ``files3d``: LesionBench studies on disk (seed 5150, 1-3 lesions each, as
   ``quality_files.py``) through ``medhdm evaluate``'s pipeline, findings on the source grid.
 
-Methods at their defaults: in 2D HDM, MDM, NeuroMask, Gradient x Input, occlusion, RISE, Grad-CAM and
-Grad-CAM++; in 3D HDM, Gradient x Input and occlusion (Grad-CAM finds no layer of the 3D model; MDM,
-NeuroMask and RISE left out for time). Writes ``benchmarks/results/findings.json``.
+Methods at their defaults, in 2D and 3D: HDM, MDM, NeuroMask, Gradient x Input, occlusion, RISE,
+Grad-CAM and Grad-CAM++ (``--methods`` picks some). ``--first`` scores only the first cases of a set
+(the in-memory cases are drawn for ``--cases`` and the first ``--first`` kept; LesionBench studies are
+written for ``--cases`` and the first ``--first`` explained), so a subset of a long method is the
+subset of the same set. Writes ``benchmarks/results/findings.json`` (``--out``).
 """
 
 from __future__ import annotations
@@ -43,25 +45,29 @@ from medhdm.pipeline import InputSpec
 FILES_SEED = 5150
 
 
-def methods_for(model, dims: int) -> dict:
-    methods = {"HDM": HDM(model), "GradientInput": GradientInput(model), "Occlusion": Occlusion(model)}
-    if dims == 2:
-        methods.update(
-            {
-                "MDM": MDM(model),
-                "NeuroMask": NeuroMask(model),
-                "RISE": RISE(model),
-                "GradCAM": GradCAM(model),
-                "GradCAM++": GradCAMpp(model),
-            }
-        )
-    return methods
+def methods_for(model) -> dict:
+    """Every method at its defaults, in 2D and 3D alike."""
+    return {
+        "HDM": HDM(model),
+        "GradientInput": GradientInput(model),
+        "Occlusion": Occlusion(model),
+        "MDM": MDM(model),
+        "NeuroMask": NeuroMask(model),
+        "RISE": RISE(model),
+        "GradCAM": GradCAM(model),
+        "GradCAM++": GradCAMpp(model),
+    }
 
 
-def memory_set(model, dims: int, cases: int, seed: int, methods: dict, batch: int = 8) -> list[dict]:
-    """The FROC summary of every method on ``cases`` held-out in-memory cases of ``seed``."""
+def memory_set(
+    model, dims: int, cases: int, seed: int, methods: dict, first: int | None = None, batch: int = 8
+) -> list[dict]:
+    """The FROC summary of every method on ``cases`` held-out in-memory cases of ``seed`` (the first
+    ``first`` of them when given)."""
     grid = SHIPPED_GRIDS[dims]
     x, lesions, _ = held_out_cases(cases, size=grid.size, seed=seed)
+    x, lesions = x[:first], lesions[:first]
+    cases = len(x)
     summary = []
     for name, explainer in methods.items():
         start, images = time.perf_counter(), []
@@ -75,14 +81,15 @@ def memory_set(model, dims: int, cases: int, seed: int, methods: dict, batch: in
     return summary
 
 
-def files_set(model, dims: int, cases: int, methods: dict) -> list[dict]:
-    """The FROC summary of every method on ``cases`` LesionBench studies through the file pipeline."""
+def files_set(model, dims: int, cases: int, methods: dict, first: int | None = None) -> list[dict]:
+    """The FROC summary of every method on ``cases`` LesionBench studies through the file pipeline
+    (the first ``first`` of them when given)."""
     spec = InputSpec(tuple(model.medhdm_card["recipe"]["spatial_size"]), intensity_range=LESIONBENCH_INTENSITY_RANGE)
     with tempfile.TemporaryDirectory() as tmp:
         manifest = write_lesionbench(
             Path(tmp) / "cases", cases, dims, seed=FILES_SEED, lesion_weights=(0.0, 1.0, 1.0, 1.0)
         )
-        entries = load_manifest(manifest)
+        entries = load_manifest(manifest)[:first]
         for entry in entries:
             entry["class_idx"] = 1
         rows, _ = evaluate_manifest(entries, methods, spec, faithfulness=False, log=None)
@@ -96,26 +103,29 @@ def main() -> None:
     parser.add_argument("--seeds", default="4242,9999", help="held-out seeds of the in-memory sets")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--methods", default=None, help="comma-separated subset (default: all of each set)")
+    parser.add_argument("--first", type=int, default=None, help="score only the first N cases of each set")
     parser.add_argument("--out", default="findings.json", help="file name under benchmarks/results/")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")
     results = {"cases": args.cases, "threads": args.threads, "sets": {}}
+    if args.first:
+        results["first"] = args.first
     for name in args.sets.split(","):
         dims = int(name[-2])
         model = load_default_classifier(DEFAULT_2D if dims == 2 else DEFAULT_3D)
-        methods = methods_for(model, dims)
+        methods = methods_for(model)
         if args.methods:
             methods = {k: v for k, v in methods.items() if k in args.methods.split(",")}
         seeds = args.seeds.split(",")
         runs = [(f"{name}_seed{s}", int(s)) for s in seeds] if name.startswith("memory") else [(name, 0)]
         for key, seed in runs:
             start = time.perf_counter()
-            print(f"{key}: {args.cases} cases", flush=True)
+            print(f"{key}: {args.first or args.cases} of {args.cases} cases", flush=True)
             if name.startswith("memory"):
-                summary = memory_set(model, dims, args.cases, seed, methods)
+                summary = memory_set(model, dims, args.cases, seed, methods, args.first)
             else:
-                summary = files_set(model, dims, args.cases, methods)
+                summary = files_set(model, dims, args.cases, methods, args.first)
             results["sets"][key] = {"seed": seed or FILES_SEED, "summary": summary}
             print(format_table(summary, ["cpm", "froc_sens@1"], ci=["cpm", "froc_sens@1"]))
             print(f"  {time.perf_counter() - start:.0f} s, {args.threads} torch thread(s)", flush=True)

@@ -578,9 +578,11 @@ def findings_demo() -> str:
     return markdown(header, rows)
 
 
-#: the runs of ``findings.py`` the findings tables read (in-memory 2D sets, one run or one per seed; 2D files in
-#: two runs; 3D files; 3D sets)
+#: the runs of ``findings.py`` the findings tables read. A method and set measured in two runs: the first listed
+#: wins, so HDM's rows come from ``findings_hdm.json`` (its findings rule now: candidates at 0.05 of its map's
+#: maximum); the later files' HDM rows are the rule before (0.1), kept for the comparison in benchmarks/README.md
 FINDINGS_RESULTS = (
+    "findings_hdm.json",
     "findings.json",
     "findings_2d_9999.json",
     "findings_files2d.json",
@@ -588,36 +590,40 @@ FINDINGS_RESULTS = (
     "findings_3d.json",
     "findings_3d_4242.json",
     "findings_3d_9999.json",
+    "findings_3d_more.json",
+    "findings_3d_slow.json",
 )
+
+FINDINGS_SETS = {
+    "memory2d_seed4242": "2D, seed 4242",
+    "memory2d_seed9999": "2D, seed 9999",
+    "files2d": "2D files",
+    "files3d": "3D files",
+    "memory3d_seed4242": "3D, seed 4242",
+    "memory3d_seed9999": "3D, seed 9999",
+}
 
 
 def findings(metric: str) -> Callable[[], str]:
     """:data:`FINDINGS_RESULTS` (``findings.py``): one FROC figure (``"cpm"`` or ``"froc_sens@1"``) per method and set,
-    with its bootstrap 95 % CI over images."""
+    with its bootstrap 95 % CI over images; a figure over fewer images than the set has (``--first``) says how many."""
 
     def table() -> str:
-        sets: dict[str, dict] = {}
+        cells: dict[str, dict[str, str]] = {}
+        columns: dict[str, None] = {}
         for name in [n for n in FINDINGS_RESULTS if (RESULTS / n).is_file()]:  # runs not made: left out
-            for key, result in load(name)["sets"].items():  # a set measured in two runs: their rows together
-                rows = sets.setdefault(key, {"summary": []})["summary"]
-                seen = {(r["method"], r["metric"]) for r in rows}
-                rows += [r for r in result["summary"] if (r["method"], r["metric"]) not in seen]
-        label = {
-            "memory2d_seed4242": "2D, seed 4242",
-            "memory2d_seed9999": "2D, seed 9999",
-            "files2d": "2D files",
-            "memory3d_seed4242": "3D, seed 4242",
-            "memory3d_seed9999": "3D, seed 9999",
-            "files3d": "3D files",
-        }
-        summary = [
-            {**r, "method": METHOD_NAMES.get(r["method"], r["method"]), "metric": label.get(key, key)}
-            for key, result in sets.items()
-            for r in result["summary"]
-            if r["metric"] == metric
-        ]
-        columns = [label.get(key, key) for key in sets]
-        return format_table(summary, columns, ci=True, digits=2)
+            run = load(name)
+            for key, result in run["sets"].items():
+                columns.setdefault(key)
+                for r in result["summary"]:
+                    row = cells.setdefault(METHOD_NAMES.get(r["method"], r["method"]), {})
+                    if r["metric"] != metric or key in row:
+                        continue
+                    part = f" (first {r['n']} of {run['cases']})" if r["n"] < run["cases"] else ""
+                    row[key] = number(r, 2, ci=True) + part
+        order = [k for k in FINDINGS_SETS if k in columns] + [k for k in columns if k not in FINDINGS_SETS]
+        rows = [[method, *(row.get(k, "") for k in order)] for method, row in cells.items()]
+        return markdown(["method", *(FINDINGS_SETS.get(k, k) for k in order)], rows)
 
     return table
 

@@ -75,6 +75,10 @@ def test_target_layer_found_for_monai_networks():
     # EfficientNet calls one activation module in many places: not hookable, the BatchNorm before it is
     effnet = nets.EfficientNetBN("efficientnet-b0", spatial_dims=2, in_channels=1, num_classes=2, pretrained=False)
     assert find_target_layer(effnet, x) == "_bn1"
+    # an anisotropic volume whose short axis is pooled to 1 (24 x 48 x 48 -> 1 x 3 x 3, as the shipped
+    # 3D model): the factor is read on the long axes, the last activation is still found
+    densenet3d = nets.DenseNet(3, 1, 2, init_features=8, growth_rate=8, block_config=(2, 2, 2))
+    assert find_target_layer(densenet3d, torch.rand(1, 1, 24, 48, 48)) == "class_layers.relu"
 
 
 def test_gradcam_explicit_layer_and_rise_3d():

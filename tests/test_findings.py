@@ -16,7 +16,7 @@ import torch
 
 from medhdm import HDM, GradientInput
 from medhdm.data.bench_files import LESIONBENCH_INTENSITY_RANGE, write_lesionbench
-from medhdm.explain.findings import Finding, map_regions
+from medhdm.explain.findings import Finding, finding_from_region, map_regions
 from medhdm.metrics.froc import ImageHits, froc, froc_summary, image_hits
 from medhdm.models import DEFAULT_2D, load_default_classifier
 from medhdm.pipeline import InputSpec, explain_images
@@ -215,3 +215,43 @@ def _no_dciodvfy_errors(path) -> None:
     report = subprocess.run([tool, str(path)], capture_output=True, text=True, check=False)
     errors = [line for line in (report.stdout + report.stderr).splitlines() if line.startswith("Error")]
     assert errors == [], report.stdout + report.stderr
+
+
+def test_a_c_shaped_findings_point_lies_in_its_seg_segment(tmp_path):
+    """A C-shaped region's centre of mass lies in its opening: the finding's centroid is the region's voxel
+    nearest to it, so the point the SR reports on the source image lies in the finding's SEG segment."""
+    from medhdm.export import ReportContent, export, read_structured_report
+    from medhdm.io.axes import monai_to_dicom_volume
+    from medhdm.pipeline import load_image
+
+    entries = json.loads(write_lesionbench(tmp_path / "lb", 1, 2, seed=78, lesion_weights=(0, 0, 1, 0)).read_text())
+    image = tmp_path / "lb" / entries["testing"][0]["image"]
+    shape = tuple(load_image(image).shape[1:])  # (columns, rows): MONAI order
+    column, row = np.meshgrid(np.arange(shape[0]), np.arange(shape[1]), indexing="ij")
+    radius = np.hypot(column - 40.0, row - 50.0)
+    region = (radius >= 8) & (radius <= 14) & ~((column > 40) & (np.abs(row - 50) < 6))  # open to the right
+    saliency = region * 0.8
+    finding = finding_from_region(region, saliency, (1.0, 1.0))
+    mass = np.array([(column * region).sum(), (row * region).sum()]) / region.sum()
+    assert not region[tuple(np.round(mass).astype(int))] and abs(mass[1] - 50) < 0.5  # in the C's hole
+    assert region[tuple(int(v) for v in finding.centroid)], f"centroid {finding.centroid} outside the C"
+    assert abs(finding.centroid[1] - 50.0) <= 1 and finding.centroid[0] < 40  # on the C's back, by the centre
+    convex = (np.abs(column - 20) <= 3) & (np.abs(row - 20) <= 3)
+    assert finding_from_region(convex, convex * 1.0, None).centroid == (20.0, 20.0)  # a centre inside: kept
+    written = export(
+        image,
+        monai_to_dicom_volume(saliency),
+        tmp_path / "out",
+        ["seg", "sr"],
+        report=ReportContent(1, 0.9, findings=[finding.record()]),
+        finding_regions=[monai_to_dicom_volume(finding.region)],
+        finding_descriptions=["finding on a C"],
+    )
+    import highdicom as hd
+
+    seg = hd.seg.segread(tmp_path / "out" / "SEG_findings.dcm")
+    plane = seg.get_pixels_by_source_instance([seg.SourceImageSequence[0].ReferencedSOPInstanceUID], [1])[0, :, :, 0]
+    (group,) = read_structured_report(written["sr"][0])["findings"]
+    point_column, point_row = group["centroid_pixel"]  # pixel centres at .5
+    assert plane[int(point_row), int(point_column)], f"the SR's point {group['centroid_pixel']} is outside the segment"
+    assert plane.sum() == region.sum()

@@ -48,6 +48,7 @@ def test_derived_uids_are_valid_deterministic_and_follow_their_inputs():
     expected = uids.expected(["sc", "seg", "sr"])
     assert expected["sc"] == [uids("sc/instance/1.2.3.4.5"), uids("sc/instance/1.2.3.4.6")]
     assert expected["seg"] == [uids("seg/instance")] and expected["sr"] == [uids("sr/instance")]
+    assert expected["seg_findings"] == [uids("findings-seg/instance")]
 
 
 @pytest.fixture(scope="module")
@@ -81,6 +82,14 @@ def test_local_study_twice_gives_the_same_uids_and_another_method_new_ones(study
     assert first.status == again.status == "done" and first.study_uid == study2d["study_uid"]
     assert sorted(_derived(first)) == ["PM.dcm", "SC_0001.dcm", "SEG.dcm", "SEG_findings.dcm", "SR.dcm"]
     assert _derived(first) == _derived(again)
+    # what the archive is asked for before explaining (to skip a study it holds) is every derived instance
+    (series_uid,) = {_uids(p)[0] for p in study2d["files"]}
+    sources = [_uids(p)[1] for p in study2d["files"]]
+    uids = DerivedUIDs(
+        configuration_hash(pacs_configuration(explainer, spec, OPTIONS)), first.study_uid, series_uid, sources
+    )
+    expected = {uid for group in uids.expected(OPTIONS.formats).values() for uid in group}
+    assert expected == {sop for _, sop in _derived(first).values()}
     other = make_explainer("gradcam", model2d)
     third = explain_local_study(study2d["image"].parent, other, spec, tmp_path / "c", OPTIONS)
     assert not {u for pair in _derived(third).values() for u in pair} & {

@@ -29,7 +29,8 @@ classifier each suffice alone, lesions whose evidence adds up each take some whe
 (two composites per candidate region).
 
 A finding's ``peak`` is the voxel where the explanation's map is largest inside the region, its
-``centroid`` the map-weighted centre of the region (voxel coordinates, floats, in the input
+``centroid`` the map-weighted centre of the region, or the region's voxel nearest to that centre when
+the centre falls outside a non-convex region (voxel coordinates, floats, in the input
 tensor's spatial axis order), its ``size_mm`` the region's area (mm^2) or volume (mm^3) when the
 spacing is known, else its voxel count (``size_unit`` says which).
 """
@@ -67,7 +68,7 @@ NMS_RADIUS_MM = 15.0
 #: a map's local maximum becomes a candidate when it reaches this share of the map's maximum
 MIN_PEAK = 0.2
 #: HDM's local maxima become candidates at this share of its map's maximum (their evidence decides)
-HDM_MIN_PEAK = 0.1
+HDM_MIN_PEAK = 0.05
 #: regions: the voxels of a peak's basin of at least this share of the peak's value
 REGION_LEVEL = 0.5
 #: at most this many findings per image (every method)
@@ -84,7 +85,11 @@ class Finding:
         stage: the HDM stage that found it (1, 2, ...); None for a map-derived finding.
         centroid: the map-weighted centre of the region, voxel coordinates (floats) in the
             input's spatial axis order (on the source grid for :attr:`ExplainedImage.findings
-            <medhdm.pipeline.ExplainedImage.findings>`).
+            <medhdm.pipeline.ExplainedImage.findings>`). When that centre falls outside the region
+            (a non-convex region, such as a C or a ring: the voxel nearest the centre is not in it),
+            the centroid is the region's voxel nearest to the centre (in mm when the spacing is known)
+            instead, so the point that ``<case>_findings.csv`` and the SR report always lies in the
+            region and the finding's SEG segment covers it.
         peak: the voxel index where the map is largest inside the region.
         size_mm: the region's area in mm^2 (2D) or volume in mm^3 (3D), or its voxel count.
         size_unit: ``"mm^2"``, ``"mm^3"`` or ``"voxels"``.
@@ -151,7 +156,7 @@ def finding_from_region(
     weights = np.where(region, np.clip(saliency, 0, None), 0.0)
     if weights.sum() <= 0:
         weights = region.astype(np.float64)
-    centroid = tuple(float(v) for v in ndimage.center_of_mass(weights))
+    centroid = _inside(np.asarray(ndimage.center_of_mass(weights)), region, spacing)
     voxel, unit = _unit(spacing, region.ndim)
     drop, alone = (float(v) for v in evidence)
     strength = max(0.0, drop, alone)
@@ -168,6 +173,18 @@ def finding_from_region(
         score=float(saliency[peak]) if score is None else float(score),
         region=region,
     )
+
+
+def _inside(centre: np.ndarray, region: np.ndarray, spacing: Sequence[float] | None) -> tuple[float, ...]:
+    """``centre`` when its nearest voxel lies in ``region``, else the region's voxel nearest to it (in mm when
+    the spacing is known): the point of a non-convex region (a C, a ring) whose centre of mass falls outside."""
+    nearest = tuple(int(v) for v in np.clip(np.round(centre), 0, np.asarray(region.shape) - 1))
+    if region[nearest]:
+        return tuple(float(v) for v in centre)
+    step = np.ones(region.ndim) if spacing is None else np.asarray(spacing, dtype=np.float64)
+    voxels = np.argwhere(region)
+    closest = voxels[int(np.argmin((((voxels - centre) * step) ** 2).sum(axis=1)))]
+    return tuple(float(v) for v in closest)
 
 
 def _nms(peaks: list[tuple[float, tuple[int, ...]]], spacing: np.ndarray, radius_mm: float) -> list:

@@ -90,7 +90,12 @@ class DerivedUIDs:
         return derived_uid(self._base, key)
 
     def expected(self, formats: Sequence[str]) -> dict[str, list[str]]:
-        """The SOP Instance UIDs each format will have (``sc``: one per source image or frame; others: one)."""
+        """The SOP Instance UIDs each format will have (``sc``: one per source image or frame; others: one).
+
+        ``seg`` also brings ``seg_findings``, the findings' SEG (``SEG_findings.dcm``). It is written only when
+        the explanation has findings, so a series explained without any is never found complete and is
+        explained again on the next run (under the same UIDs), rather than skipped with a SEG missing.
+        """
         out: dict[str, list[str]] = {}
         for fmt in formats:
             if fmt == "sc":
@@ -105,6 +110,8 @@ class DerivedUIDs:
                 ]
             else:
                 out[fmt] = [self(f"{fmt}/instance")]
+            if fmt == "seg":
+                out["seg_findings"] = [self("findings-seg/instance")]
         return out
 
     def __repr__(self) -> str:

@@ -38,12 +38,15 @@ def _is_feature_map(out_spatial, in_spatial, spatial_dims: int) -> bool:
     """Whether ``out_spatial`` is ``in_spatial`` downsampled by one integer factor.
 
     Unpadded convolutions may shave a few voxels off (``ceil(n / f) - 4 <= o <= ceil(n / f)``);
-    nothing may be larger. This rules out same-rank tensors that are not image grids,
+    nothing may be larger. The factor ``f`` is read on the input's longest axis, where rounding
+    errs least (a 24 x 48 x 48 volume downsampled 16 times is 1 x 3 x 3: its first axis alone
+    would say 24). This rules out same-rank tensors that are not image grids,
     such as a transformer's attention weights ``(B, heads, L, L)`` with ``L`` tokens.
     """
-    if len(out_spatial) != spatial_dims or out_spatial[0] < 1:
+    if len(out_spatial) != spatial_dims or min(out_spatial) < 1:
         return False
-    factor = max(1, round(in_spatial[0] / out_spatial[0]))
+    longest = max(range(spatial_dims), key=lambda axis: in_spatial[axis])
+    factor = max(1, round(in_spatial[longest] / out_spatial[longest]))
     return all(-(-n // factor) - 4 <= o <= -(-n // factor) for o, n in zip(out_spatial, in_spatial))
 
 
