@@ -423,8 +423,7 @@ def faithfulness(dims: int) -> str:
     rows = []
     for name, metrics in by_method(result["summary"]).items():
         digits = [4 if key.endswith("_half") else 3 for key, _ in FAITHFULNESS]
-        label = f"HDM, {BEFORE_FOCUS}" if name == "HDM" else name
-        rows.append([label, *(number(metrics[key], d, ci=True) for (key, _), d in zip(FAITHFULNESS, digits))])
+        rows.append([name, *(number(metrics[key], d, ci=True) for (key, _), d in zip(FAITHFULNESS, digits))])
     spread = result["spread"]
     rows.append(
         ["separation", *(number(spread[key]["range"] / spread[key]["mean_ci_width"]) for key, _ in FAITHFULNESS)]
