@@ -239,16 +239,21 @@ def hdm_settings(dims: int) -> str:
     return markdown(["row", *(f"seed {s}" for s in seeds), "images"], rows)
 
 
-INPUT_NOISE = {
-    "defaults": f"HDM {BEFORE_FOCUS}",
-    "until_2026_11_27": "HDM until 2026-11-27",
-    "GradientInput": "Gradient x Input",
-}
+INPUT_NOISE_FOCUS = "input_noise_focus_9999_4242.json"  # input_noise.py --settings defaults,before_focus,GradientInput
+#: the rows of :func:`input_noise`: the results file (``{seed}`` filled in), the setting, its label
+INPUT_NOISE = (
+    (INPUT_NOISE_FOCUS, "defaults", "HDM defaults (focused)"),
+    (INPUT_NOISE_FOCUS, "before_focus", f"HDM {BEFORE_FOCUS}"),
+    ("input_noise_{seed}.json", "until_2026_11_27", "HDM until 2026-11-27 (run of 2026-11-27)"),
+    (INPUT_NOISE_FOCUS, "GradientInput", "Gradient x Input"),
+)
 
 
 def input_noise() -> str:
-    """``input_noise_9999.json`` and ``input_noise_4242.json``: per setting, the pointing game and lesions hit at
-    each draw, and the cases some draw misses (with p(lesion) where the model calls the case negative)."""
+    """:data:`INPUT_NOISE` (the focused defaults, the map before the focus term and Gradient x Input from the run
+    of 2026-12-04, the defaults until 2026-11-27 from ``input_noise_<seed>.json``): per setting, the pointing game
+    and lesions hit at each draw, and the cases some draw misses (with p(lesion) where the model calls the case
+    negative)."""
 
     def per_draw(values: list[float]) -> str:
         cells = [number(v) for v in values]
@@ -256,8 +261,8 @@ def input_noise() -> str:
 
     rows = []
     for seed in ("9999", "4242"):
-        result = load(f"input_noise_{seed}.json")["seeds"][seed]
-        for name, label in INPUT_NOISE.items():
+        for file, name, label in INPUT_NOISE:
+            result = load(file.format(seed=seed))["seeds"][seed]
             setting = result["settings"][name]
             missed: list[list[str]] = []  # [cases, how often missed] with consecutive equal counts joined
             for case, draws in setting["missed"].items():
