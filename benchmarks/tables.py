@@ -593,8 +593,7 @@ def decode_syntaxes() -> str:
         ]
         for r in data["rows"]
     ]
-    header = ["transfer syntax", "made by", "decoder", "ratio", "max pixel diff (HU)"]
-    header.append(f"max map diff Grad-CAM, HDM ({BEFORE_FOCUS})")
+    header = ["transfer syntax", "made by", "decoder", "ratio", "max pixel diff (HU)", "max map diff Grad-CAM, HDM"]
     return markdown([*header, "decode ms / slice"], rows)
 
 
