@@ -454,7 +454,7 @@ def cost_curve(seed: str) -> Callable[[], str]:
     def table() -> str:
         summary = by_method(load("cost_curve.json")["seeds"][seed]["summary"])
         defaults = {
-            "HDM steps=5": " (the default of 2026-11-28, before the focus term)",
+            "HDM steps=5": " (default)",
             "RISE masks=1000": " (default)",
         }
         rows = [[name + defaults.get(name, ""), *metric_cells(metrics, COST)] for name, metrics in summary.items()]
