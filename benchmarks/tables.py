@@ -527,7 +527,7 @@ def resolution() -> str:
 def realistic() -> str:
     """``realistic_cpu_2d_3d.json``: DenseNet121 2D and 3D at HDM's defaults and Gradient x Input."""
     networks = {"2d": "DenseNet121 2D 224 x 224", "3d": "DenseNet121 3D 96^3"}
-    methods = {"hdm": f"HDM, {BEFORE_FOCUS}", "gradientinput": "Gradient x Input"}
+    methods = {"hdm": "**HDM (defaults)**", "gradientinput": "Gradient x Input"}
     stages = {("3d", "hdm"): ": the random network's evidence is gone after it"}
     rows = []
     for r in load("realistic_cpu_2d_3d.json")["table"]:
