@@ -46,6 +46,11 @@ METHOD_NAMES = {
 }
 
 
+#: how a row measured at HDM's defaults of 2026-11-28 reads: the map before the focus term of issue 24, which
+#: the default has added since 2026-12-04 (``HDM(focus=0, contrast=1)`` gives that map)
+BEFORE_FOCUS = "defaults of 2026-11-28 (before the focus term)"
+
+
 # --- reading the results ----------------------------------------------------------------------------------------
 
 
@@ -105,7 +110,8 @@ QUALITY = (("pointing_game", 2, True), ("auroc", 3, True), ("lesion_hit_rate_mul
 
 def results() -> str:
     """README.md, "Results" (seed 4242): HDM's defaults (the focused map) from ``hdm_focus_4242_9999.json``, its
-    masks alone and the defaults of 2026-11-27 from ``hdm_settings.json``, the rest from ``quality_2d.json``."""
+    masks alone and the defaults of 2026-11-27 from ``hdm_settings.json``, the rest from ``quality_2d.json`` (the
+    torch threads of each row's seconds from its entry)."""
     focus = load("hdm_focus_4242_9999.json")["runs"]["2d/4242"]
     defaults = by_method([*focus["summary"], *summarise(focus["rows"], ["seconds"])])["HDM defaults"]
     settings = load("hdm_settings.json")["runs"]["2d/4242"]
@@ -119,10 +125,9 @@ def results() -> str:
         label = label.format(images=number(metrics["images"], 0))
         rows.append([label, *metric_cells(metrics, QUALITY), number(metrics["seconds"], 3) + " (1 thread)"])
     quality = load("quality_2d.json")["methods"]
-    old = load("speed_cpu.json")["methods"]["HDM"]  # the same defaults, a batch of 8 of these cases
-    old_images = rounded_to_hundreds(old["images_evaluated"] / load("speed_cpu.json")["batch"])
+    old_images = rounded_to_hundreds(quality[UNTIL_2026_11_27]["images_per_explanation"])
     labels = {
-        "HDM (defaults until 2026-11-27, measured 2026-11-26)": (
+        UNTIL_2026_11_27: (
             f"HDM, defaults until 2026-11-27 (about {old_images} images per explanation; fails the sanity check)"
         ),
         **{name: METHOD_NAMES.get(name, name) for name in ("MDM", "NeuroMask", "GradientInput", "Occlusion", "RISE")},
@@ -130,8 +135,10 @@ def results() -> str:
     }
     for name, label in labels.items():
         entry = {key: as_record(value) for key, value in quality[name].items()}
-        rows.append([label, *metric_cells(entry, QUALITY), number(entry["seconds_per_image"], 3)])
-    header = ["method", "pointing game", "pixel AUROC", "lesions hit, 2-3-lesion cases", "s / image (2 CPU cores)"]
+        threads = quality[name]["threads"]
+        seconds = number(entry["seconds_per_image"], 3) + f" ({threads} thread{'' if threads == 1 else 's'})"
+        rows.append([label, *metric_cells(entry, QUALITY), seconds])
+    header = ["method", "pointing game", "pixel AUROC", "lesions hit, 2-3-lesion cases", "s / image"]
     return markdown(header, rows)
 
 
@@ -154,13 +161,24 @@ QUALITY_2D_HEADER = [
 BASELINES = ("MDM", "NeuroMask", "GradientInput", "Occlusion", "RISE", "GradCAM", "GradCAM++")
 
 
+#: the key of ``quality_2d.json`` for HDM's defaults until 2026-11-27 (``quality_2d.hdm_until_2026_11_27``)
+UNTIL_2026_11_27 = "HDM (defaults until 2026-11-27)"
+
+
 def quality_2d() -> str:
-    """``quality_2d.json`` (seed 4242): HDM's defaults of 2026-11-27 and until 2026-11-27, and the baselines."""
+    """``quality_2d.json`` (seed 4242): HDM's defaults, its masks alone, the defaults of 2026-11-27 (an earlier run
+    kept in the file) and until 2026-11-27, and the baselines."""
     quality = load("quality_2d.json")["methods"]
     labels = {
-        "HDM": "HDM, defaults of 2026-11-27 (20 steps and two grids per phase, 4 stages, positive-gradient refinement)",
-        "HDM masks only (refine None)": "HDM masks only (`refine=None`), defaults of 2026-11-27",
-        "HDM (defaults until 2026-11-27, measured 2026-11-26)": (
+        "HDM": "**HDM (defaults: 5 steps, soft stage regions, focus term)**",
+        "HDM masks only (refine None)": "HDM masks only (`refine=None`: the defaults' masks, no refinement, no focus)",
+        "HDM (defaults of 2026-11-27, measured 2026-11-27)": (
+            "HDM, defaults of 2026-11-27 (20 steps and two grids per phase, 4 stages, positive-gradient refinement)"
+        ),
+        "HDM masks only (refine None), defaults of 2026-11-27, measured 2026-11-27": (
+            "HDM masks only (`refine=None`), defaults of 2026-11-27"
+        ),
+        UNTIL_2026_11_27: (
             "HDM (defaults 2026-11-26 to 2026-11-27: pixel refinement by abs(gradient x (x - r)), "
             "fails the sanity check)"
         ),
@@ -174,7 +192,7 @@ def quality_2d() -> str:
     for name, label in labels.items():
         entry = quality[name]
         passes = str(entry["forward_passes_per_call"])
-        if "images_per_explanation" in entry:
+        if "images_per_explanation" in entry and name != "Occlusion":  # MONAI batches its occlusions inside one call
             passes += f" ({number(entry['images_per_explanation'], 0)} images per explanation)"
         cells = metric_cells({k: as_record(v) for k, v in entry.items()}, QUALITY_2D)
         rows.append([label, *cells, passes + notes.get(name, "")])
@@ -200,6 +218,11 @@ def quality_2d_seed9999() -> str:
 
 #: the row of :func:`hdm_settings` that is HDM's defaults
 HDM_SETTINGS_DEFAULTS = "HDM, defaults (+ 3D area budget 5 %)"
+#: the rows of :func:`hdm_settings` that were HDM's defaults when it ran, as they read now
+HDM_SETTINGS_LABELS = {
+    HDM_SETTINGS_DEFAULTS: "**HDM, defaults of 2026-11-28** (+ 3D area budget 5 %; before the focus term)",
+    "HDM, defaults, refine=None": "HDM masks only, refine=None (today's defaults' masks: no focus without refinement)",
+}
 
 
 def hdm_settings(dims: int) -> str:
@@ -210,23 +233,28 @@ def hdm_settings(dims: int) -> str:
     summaries = {seed: by_method(runs[f"{dims}d/{seed}"]["summary"]) for seed in seeds}
     rows = []
     for name in summaries[seeds[0]]:
-        label = f"**{name}**" if name == HDM_SETTINGS_DEFAULTS else name
+        label = HDM_SETTINGS_LABELS.get(name, name)
         cells = [" / ".join(number(summaries[s][name][m], d) for m, d, _ in QUALITY) for s in seeds]
         images = sorted(summaries[s][name]["images"]["mean"] for s in seeds)
         rows.append([label, *cells, f"{number(images[0], 0)}-{number(images[-1], 0)}"])
     return markdown(["row", *(f"seed {s}" for s in seeds), "images"], rows)
 
 
-INPUT_NOISE = {
-    "defaults": "HDM defaults",
-    "until_2026_11_27": "HDM until 2026-11-27",
-    "GradientInput": "Gradient x Input",
-}
+INPUT_NOISE_FOCUS = "input_noise_focus_9999_4242.json"  # input_noise.py --settings defaults,before_focus,GradientInput
+#: the rows of :func:`input_noise`: the results file (``{seed}`` filled in), the setting, its label
+INPUT_NOISE = (
+    (INPUT_NOISE_FOCUS, "defaults", "HDM defaults (focused)"),
+    (INPUT_NOISE_FOCUS, "before_focus", f"HDM {BEFORE_FOCUS}"),
+    ("input_noise_{seed}.json", "until_2026_11_27", "HDM until 2026-11-27 (run of 2026-11-27)"),
+    (INPUT_NOISE_FOCUS, "GradientInput", "Gradient x Input"),
+)
 
 
 def input_noise() -> str:
-    """``input_noise_9999.json`` and ``input_noise_4242.json``: per setting, the pointing game and lesions hit at
-    each draw, and the cases some draw misses (with p(lesion) where the model calls the case negative)."""
+    """:data:`INPUT_NOISE` (the focused defaults, the map before the focus term and Gradient x Input from the run
+    of 2026-12-04, the defaults until 2026-11-27 from ``input_noise_<seed>.json``): per setting, the pointing game
+    and lesions hit at each draw, and the cases some draw misses (with p(lesion) where the model calls the case
+    negative)."""
 
     def per_draw(values: list[float]) -> str:
         cells = [number(v) for v in values]
@@ -234,8 +262,8 @@ def input_noise() -> str:
 
     rows = []
     for seed in ("9999", "4242"):
-        result = load(f"input_noise_{seed}.json")["seeds"][seed]
-        for name, label in INPUT_NOISE.items():
+        for file, name, label in INPUT_NOISE:
+            result = load(file.format(seed=seed))["seeds"][seed]
             setting = result["settings"][name]
             missed: list[list[str]] = []  # [cases, how often missed] with consecutive equal counts joined
             for case, draws in setting["missed"].items():
@@ -302,14 +330,18 @@ FILES_2D = "quality_files_2d_HDM_GradientInput_Occlusion_RISE.json"
 FILES_3D = "quality_files_3d_HDM_GradientInput_Occlusion.json"
 FILES_2D_20_STEPS = "quality_files_2d_HDM_HDMsteps5_GradientInput_Occlusion_RISE.json"
 FILES_3D_20_STEPS = "quality_files_3d_HDM_HDMsteps5_GradientInput_Occlusion.json"
+FILES_2D_FOCUS = "quality_files_2d_HDM_HDMfocus0_GradientInput.json"  # the run of the focused defaults (issue 24)
+FILES_3D_FOCUS = "quality_files_3d_HDM_HDMfocus0_GradientInput.json"
 #: the rows of :func:`files_defaults`: file, method (None: every method of the file in one row), label
 FILES_DEFAULTS = (
-    (FILES_2D, "HDM", "**HDM (defaults)**"),
+    (FILES_2D_FOCUS, "HDM", "**HDM (defaults, focused)**"),
+    (FILES_2D, "HDM", f"HDM, {BEFORE_FOCUS}"),
     (FILES_2D_20_STEPS, "HDM", "HDM, defaults of 2026-11-27"),
     (FILES_2D, "GradientInput", "Gradient x Input"),
     (FILES_2D, "Occlusion", "Occlusion"),
     (FILES_2D, "RISE", "RISE"),
-    (FILES_3D, "HDM", "**HDM (defaults)**"),
+    (FILES_3D_FOCUS, "HDM", "**HDM (defaults, focused)**"),
+    (FILES_3D, "HDM", f"HDM, {BEFORE_FOCUS}"),
     ("quality_files_3d_HDMsteps3_HDMsteps10_HDMsteps20.json", None, "HDM, 3 / 10 / 20 steps"),
     (FILES_3D_20_STEPS, "HDM", "HDM, defaults of 2026-11-27"),
     (FILES_3D, "GradientInput", "Gradient x Input"),
@@ -422,7 +454,10 @@ def cost_curve(seed: str) -> Callable[[], str]:
 
     def table() -> str:
         summary = by_method(load("cost_curve.json")["seeds"][seed]["summary"])
-        defaults = {"HDM steps=5": " (default)", "RISE masks=1000": " (default)"}
+        defaults = {
+            "HDM steps=5": " (default)",
+            "RISE masks=1000": " (default)",
+        }
         rows = [[name + defaults.get(name, ""), *metric_cells(metrics, COST)] for name, metrics in summary.items()]
         header = [
             "method",
@@ -509,7 +544,8 @@ def realistic() -> str:
 
 def speed() -> str:
     """``speed_cpu.json``: seconds per image, forward passes and images through the model per call of a batch."""
-    labels = {"HDM": "HDM (defaults until 2026-11-27)"}
+    data = load("speed_cpu.json")
+    labels = {"HDM": "HDM (defaults)"}
     rows = [
         [
             labels.get(name, name),
@@ -517,14 +553,17 @@ def speed() -> str:
             str(e["forward_passes"]),
             str(e["images_evaluated"]),
         ]
-        for name, e in load("speed_cpu.json")["methods"].items()
+        for name, e in data["methods"].items()
     ]
-    return markdown(["method", "s / image", "forward passes / call", "images through the model / call"], rows)
+    threads = f"{data['threads']} thread" + ("" if data["threads"] == 1 else "s")
+    return markdown(
+        [f"method ({threads})", "s / image", "forward passes / call", "images through the model / call"], rows
+    )
 
 
 def cohort() -> str:
     """``cohort_cpu.json``: cases per minute of each engine, as ``cohort.py`` prints them."""
-    methods = {"hdm": "HDM", "gxi": "Gradient x Input"}
+    methods = {"hdm": "HDM (defaults of 2026-11-27, 20 steps)", "gxi": "Gradient x Input"}
     rows = [
         [
             f"{r['dims']}D",
