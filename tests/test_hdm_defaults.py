@@ -8,10 +8,10 @@ import torch
 from monai.networks.layers import gaussian_1d
 
 from medhdm import HDM, GradientInput
+from medhdm.explain.hdm import contrast_map
 from medhdm.explain.maps import normalise
 from medhdm.explain.reference import gaussian_blur
 from medhdm.explain.scoring import ClassScorer
-from medhdm.explain.hdm import contrast_map
 from medhdm.metrics import auroc, energy_in_lesion, lesion_hit_rate
 from medhdm.models import DEFAULT_3D, load_default_classifier
 from medhdm.testing import lesion_cases

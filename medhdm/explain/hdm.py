@@ -256,7 +256,9 @@ def focus_map(
     return normalise(weight * per_stage.amax(dim=0) + refined)
 
 
-def contrast_map(focused: torch.Tensor, contrast: float, background_contrast: float, floor: float = PEAK_FLOOR) -> torch.Tensor:
+def contrast_map(
+    focused: torch.Tensor, contrast: float, background_contrast: float, floor: float = PEAK_FLOOR
+) -> torch.Tensor:
     """HDM's contrast: ``X ** gamma * min(1, X / floor) ** (beta - gamma)`` of a map ``X`` in ``[0, 1]``.
 
     Above ``floor`` (a share of the maximum 1) the map is ``X ** gamma`` (``contrast``); below it
@@ -421,6 +423,10 @@ class HDM(MaskExplainer):
             raise ValueError(f"signal_padding: expected 'zeros' or 'replicate', got {signal_padding!r}")
         self.signal_padding = signal_padding
         self.smooth = smooth
+        self._set_focus(focus, contrast, background_contrast, stage_power)
+
+    def _set_focus(self, focus, contrast, background_contrast, stage_power) -> None:
+        """The focus term's and the contrast's settings per spatial dimension (defaults where ``None``)."""
         self.focus = _per_dims("focus", _FOCUS if focus is None else focus, minimum=0.0)
         self.contrast = _per_dims("contrast", _CONTRAST if contrast is None else contrast, minimum=1.0)
         if background_contrast is None:  # one exponent over the whole map when only ``contrast`` is given
