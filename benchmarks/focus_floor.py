@@ -6,7 +6,7 @@ Per set (in-memory lesion cases of ``seed``, the shipped DenseNet of ``dims``, c
 (its stage terms, :func:`hdm_focus.stage_terms`; with ``--cache`` read from / written to
 ``DIR/<dims>d_<seed>.pt``, the format ``hdm_focus.py --dump`` writes) and Gradient x Input. Every map is
 fused from that one call: the refined map ``T`` (the map before the focus term), the focused map with
-one exponent (the defaults until the peak floor: ``f 0.5, gamma 1.5`` in 2D, ``f 1, gamma 2`` in 3D),
+one exponent (the defaults: ``f 0.5, gamma 1.5`` in 2D, ``f 1, gamma 2`` in 3D),
 and the focused map at each focus weight ``f`` and stage-weight power ``q`` through
 :func:`medhdm.explain.hdm.contrast_map` with ``gamma = 1`` and each ``beta``, which is what
 ``HDM(focus=f, stage_power=q, contrast=1, background_contrast=beta)`` returns. Prints pointing / energy in

@@ -33,7 +33,7 @@ from medhdm.models import DEFAULT_3D, load_default_classifier
 QUALITY = ("pointing_game", "energy_in_lesion", "auroc", "lesion_hit_rate_multi")
 BEFORE = "HDM before (focus 0, contrast 1)"
 DEFAULTS = "HDM defaults"
-#: the defaults focused as until the contrast with a peak floor: focus weight, exponent per dimension
+#: the focused map with one exponent (the defaults; the peak floor of benchmarks/README.md is an option)
 PREVIOUS = "HDM focused, one exponent (f 0.5, gamma 1.5 in 2D; f 1, gamma 2 in 3D)"
 PREVIOUS_SETTINGS = {2: (0.5, 1.5), 3: (1.0, 2.0)}
 #: (focus weight, contrast exponent) of the ablation

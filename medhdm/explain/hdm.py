@@ -74,8 +74,8 @@ that edge pattern, whose sign alternates, and keeps a trained lesion detector's 
 positive response; the default reads about 0.1 in 2D and 3D, as the masks alone do
 (benchmarks/README.md).
 
-**Focus** (``focus``, ``stage_power``, ``contrast``, ``background_contrast``; on by default with the
-refinement). The fused masks hold each stage's whole region, a coarse grid mask of 2 % (2D) or 5 % (3D)
+**Focus** (``focus``, ``contrast``; on by default with the refinement; options ``stage_power``,
+``background_contrast``). The fused masks hold each stage's whole region, a coarse grid mask of 2 % (2D) or 5 % (3D)
 of the image, smoothed; the refinement's signal is smoothed at 1.5 times that width. The refined map
 ``T`` therefore spreads its mass over whole cells: on the tuning sets (seeds 31 and 77, 24 cases each)
 0.17 of it lay inside the lesions in 2D and 0.04 in 3D, against 0.27-0.28 and 0.19-0.20 for Gradient x
@@ -90,32 +90,20 @@ by 0.4 (its optimisation has little to follow); normalised to peak 1 without the
 the model (its masks and its gradient), so the model-randomisation check stays where ``T`` had it
 (tuning sets: 0.01 / 0.04 in 2D, 0.07 / -0.10 in 3D). It costs no pass through the model.
 
-*Contrast* (:func:`contrast_map`). ``X`` still holds much of its mass in the low background (in 3D,
-0.8 of it lies where ``X`` is under 0.2 of its maximum, in 98 % of the voxels). The map is
-``X ** gamma`` at and above the peak floor ``tau = 0.2`` of the maximum (:data:`PEAK_FLOOR`: the share
-from which a local maximum counts as a candidate finding, ``findings.MIN_PEAK``, and a lesion as hit by
-the evaluation's hit count) and ``tau ** gamma * (X / tau) ** beta`` below it. Defaults ``gamma = 1``,
-``beta = 8``: every peak of ``X`` keeps its height relative to the maximum, and the background is
-squashed. Both are strictly increasing: the voxels keep their order (pixel AUROC, pointing and the
-sanity check's Spearman do not move with them). One exponent over the whole map (``gamma = beta``,
-what ``contrast`` alone gives) moves mass too, but also pushes a second lesion's peak (found by the
-first stage beside a stronger one, or by a later stage) under the floor: at ``gamma = 2`` every peak
-under 0.45 of the maximum.
+The sum is raised to a contrast exponent, ``X ** gamma`` (defaults: 2D ``f = 0.5, gamma = 1.5``,
+3D ``f = 1, gamma = 2``, tuning seeds, ``benchmarks/README.md``); strictly increasing, it keeps the voxels'
+order (pixel AUROC, pointing and the sanity check's Spearman do not move with it) and moves mass from the
+low background to the peaks, but also pushes a second lesion's peak under the floor of 0.2 of the
+maximum at which the evaluation counts a lesion as hit (at ``gamma = 2`` every peak under 0.45 of the
+maximum of ``X``).
 
-Defaults, chosen on the tuning seeds (``benchmarks/focus_floor.py``, every map from one HDM call per set;
-pointing / energy in lesion / pixel AUROC / lesions hit in 2-3-lesion cases):
-
-- 2D ``f = 0.5, q = 1``: 1.00 / 0.39 / 0.984 / 1.00 (seed 31) and 0.92 / 0.40 / 0.989 / 0.98 (seed 77),
-  against 1.00 / 0.33 / 0.984 / 0.98 and 0.92 / 0.34 / 0.989 / 0.98 with one exponent of 1.5 and
-  0.96 / 0.17 / 0.984 / 0.97 and 0.92 / 0.17 / 0.989 / 0.98 for ``T`` (Gradient x Input's energy
-  0.27 / 0.28). ``f = 1`` loses a lesion on seed 77 at any exponent (the focus term itself reorders the
-  peaks); ``q = 0.5`` too.
-- 3D ``f = 1, q = 0.5`` (24 volumes per seed): 0.96 / 0.23 / 0.975 / 0.75 and 0.92 / 0.25 / 0.980 /
-  0.88, against 0.92 / 0.22 / 0.974 / 0.69 and 0.92 / 0.23 / 0.979 / 0.72 with one exponent of 2
-  (``f = 1, q = 1``), and 0.96 / 0.04 / 0.973 / 0.73 and 0.92 / 0.04 / 0.977 / 0.88 for ``T`` (Gradient x
-  Input 0.19 / 0.20). With ``q = 1`` a lesion found by a later stage with little weight (``w_l`` about
-  0.3) peaks under a distractor in the first stage's region (seed 77: 0.82 hit); ``q = 0.5`` lifts it
-  and moves the continuity case below (2 volumes of seed 555, noise 1e-6) by 2e-4.
+*Peak floor* (:func:`contrast_map`; options, off by default). ``background_contrast = beta`` keeps
+``X ** gamma`` at and above the floor ``tau = 0.2`` of the maximum (:data:`PEAK_FLOOR`) and uses
+``tau ** gamma * (X / tau) ** beta`` below it; ``stage_power = q`` raises the stage weight to ``q``. On the
+tuning seeds ``gamma = 1, beta = 8`` (2D ``q = 1``, 3D ``q = 0.5``) hit more lesions and put more of the map
+in them than the defaults, but the map's slope at the floor is ``beta``: under input noise of 1e-6 (the
+continuity case of ``tests/test_hdm_defaults.py``, 2 threads) it moved the 3D map by 0.07 (``q = 1``) and
+0.11 (``q = 0.5``) where the defaults move it by 0.011, so it is not the default (``benchmarks/README.md``).
 
 **Physical units** (``units``; :mod:`medhdm.explain.units`). The sizes above are written in
 voxels and shares of the image. When the input's spacing is known (``explain(x, spacing=...)``,
@@ -176,9 +164,8 @@ _REFINE_BY = ("positive_gradient", "gradient", "gradient_input")
 _FAST = {"steps": 5, "lr": 0.3, "final_lr": 0.03}  # every mask phase
 _SIGNAL_SMOOTHING = 1.5  # the positive gradient is smoothed at 1.5 x the fused map's sigma
 _FOCUS = {2: 0.5, 3: 1.0}  # the focus term's weight per spatial dimension (module docstring)
-_CONTRAST = {2: 1.0, 3: 1.0}  # the focused map's exponent per spatial dimension
-_BACKGROUND_CONTRAST = {2: 8.0, 3: 8.0}  # its exponent below the peak floor, per spatial dimension
-_STAGE_POWER = {2: 1.0, 3: 0.5}  # the exponent of the focus term's stage weight, per spatial dimension
+_CONTRAST = {2: 1.5, 3: 2.0}  # the focused map's exponent per spatial dimension
+_STAGE_POWER = {2: 1.0, 3: 1.0}  # the exponent of the focus term's stage weight, per spatial dimension
 #: the share of the map's maximum below which the focused map is background (a local maximum counts as a
 #: candidate finding from this share on: ``findings.MIN_PEAK``, the lesion-hit count's floor)
 PEAK_FLOOR = 0.2
@@ -324,15 +311,14 @@ class HDM(MaskExplainer):
             1.5 times wider).
         focus: the weight ``f`` of the focus term (see the module docstring; default 0.5 on 2D and 1
             on 3D inputs); one number for both, or a dict ``{2: ..., 3: ...}``; 0 leaves it out.
-        contrast: the exponent ``gamma`` of the focused map at and above the peak floor (0.2 of its
-            maximum, :data:`PEAK_FLOOR`; default 1, the map as focused; at least 1); one number or a
-            dict like ``focus``. ``focus=0, contrast=1`` gives the map of the defaults before the focus
-            term.
-        background_contrast: the exponent ``beta`` below the peak floor (:func:`contrast_map`; default 8
-            on 2D and 3D inputs; at least 1); one number or a dict like ``focus``. ``None`` with a
-            ``contrast`` given: the same as ``contrast``, one exponent over the whole map.
+        contrast: the exponent ``gamma`` the focused map is raised to (default 1.5 on 2D and 2 on 3D
+            inputs; at least 1); one number or a dict like ``focus``. ``focus=0, contrast=1`` gives
+            the map of the defaults before the focus term.
+        background_contrast: the exponent ``beta`` below the peak floor, 0.2 of the maximum
+            (:func:`contrast_map`; at least 1); one number or a dict like ``focus``. ``None`` (default):
+            ``contrast``, one exponent over the whole map.
         stage_power: the exponent ``q`` of the focus term's stage weight ``(alpha_l / max_k alpha_k) ** q``
-            (default 1 on 2D and 0.5 on 3D inputs; at least 0); one number or a dict like ``focus``.
+            (default 1; at least 0); one number or a dict like ``focus``.
         units: how a known spacing turns the sizes into mm (see the module docstring):
             ``"shipped"`` (default) reads ``benchmark_grids``, ``auxiliary_grids``, ``smooth``, the
             benchmark objective's ``area`` and the blur reference's ``max(S) / 20`` as meant on the
@@ -429,8 +415,8 @@ class HDM(MaskExplainer):
         """The focus term's and the contrast's settings per spatial dimension (defaults where ``None``)."""
         self.focus = _per_dims("focus", _FOCUS if focus is None else focus, minimum=0.0)
         self.contrast = _per_dims("contrast", _CONTRAST if contrast is None else contrast, minimum=1.0)
-        if background_contrast is None:  # one exponent over the whole map when only ``contrast`` is given
-            background_contrast = _BACKGROUND_CONTRAST if contrast is None else self.contrast
+        if background_contrast is None:  # one exponent over the whole map
+            background_contrast = self.contrast
         self.background_contrast = _per_dims("background_contrast", background_contrast, 1.0)
         self.stage_power = _per_dims("stage_power", _STAGE_POWER if stage_power is None else stage_power, 0.0)
 
