@@ -33,6 +33,9 @@ from medhdm.models import DEFAULT_3D, load_default_classifier
 QUALITY = ("pointing_game", "energy_in_lesion", "auroc", "lesion_hit_rate_multi")
 BEFORE = "HDM before (focus 0, contrast 1)"
 DEFAULTS = "HDM defaults"
+#: the focused map with one exponent (the defaults; the peak floor of benchmarks/README.md is an option)
+PREVIOUS = "HDM focused, one exponent (f 0.5, gamma 1.5 in 2D; f 1, gamma 2 in 3D)"
+PREVIOUS_SETTINGS = {2: (0.5, 1.5), 3: (1.0, 2.0)}
 #: (focus weight, contrast exponent) of the ablation
 GRID = [(f, g) for f in (0.0, 0.5, 1.0) for g in (1.0, 1.5, 2.0, 2.5)]
 
@@ -60,7 +63,8 @@ def stage_terms(explanation) -> tuple[torch.Tensor, list, list, list]:
 def variants(explanation) -> dict[str, torch.Tensor]:
     """The ablation's maps, by name, from one HDM explanation (see the module docstring)."""
     refined, contributions, sensitivities, alphas = stage_terms(explanation)
-    maps = {}
+    f0, g0 = PREVIOUS_SETTINGS[refined.ndim - 2]
+    maps = {PREVIOUS: focus_map(refined, contributions, sensitivities, f0, alphas) ** g0}
     for f, g in GRID:
         maps[f"focus {f:g}, contrast {g:g}"] = focus_map(refined, contributions, sensitivities, f, alphas) ** g
     return maps
@@ -75,7 +79,7 @@ def rows_of(name: str, maps: torch.Tensor, lesions: torch.Tensor, **extra) -> li
     return out
 
 
-def run(model, dims: int, seed: int, cases: int) -> dict:
+def run(model, dims: int, seed: int, cases: int, dump: str | None = None) -> dict:
     """Rows of every map on one set, the paired comparison of the defaults against the map before."""
     size = tuple(model.medhdm_card["recipe"]["spatial_size"])
     x, lesions, _ = held_out_cases(cases, size=size, seed=seed)
@@ -83,6 +87,8 @@ def run(model, dims: int, seed: int, cases: int) -> dict:
     hdm, images = counted_explain(HDM(model), x)
     seconds = (time.perf_counter() - start) / cases
     gi, gi_images = counted_explain(GradientInput(model), x)
+    if dump:  # the stage terms, to fuse again offline
+        torch.save({"terms": stage_terms(hdm), "lesions": lesions, "gi": gi.saliency}, f"{dump}/{dims}d_{seed}.pt")
     rows = rows_of(DEFAULTS, hdm.saliency, lesions, images=images, seconds=seconds)
     rows += rows_of(BEFORE, hdm.masks["refined"], lesions, images=images)
     rows += rows_of("GradientInput", gi.saliency, lesions, images=gi_images)
@@ -99,6 +105,7 @@ def main() -> None:
     parser.add_argument("--cases", type=int, default=24)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default=None)
+    parser.add_argument("--dump", default=None, help="a folder to store each set's stage terms in (torch.save)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")
@@ -107,7 +114,7 @@ def main() -> None:
     for dims in (int(d) for d in args.dims.split(",")):
         model = load_default_classifier() if dims == 2 else load_default_classifier(DEFAULT_3D)
         for seed in (int(s) for s in args.seeds.split(",")):
-            result = run(model, dims, seed, args.cases)
+            result = run(model, dims, seed, args.cases, args.dump)
             out["runs"][f"{dims}d/{seed}"] = result
             print(f"\n{dims}D, seed {seed}, {args.cases} cases ({time.perf_counter() - start:.0f} s)\n", flush=True)
             digits = {"pointing_game": 2, "energy_in_lesion": 3, "auroc": 4, "lesion_hit_rate_multi": 2, "images": 0}
