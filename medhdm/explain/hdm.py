@@ -304,7 +304,7 @@ class HDM(MaskExplainer):
         threshold: ``None`` (default) removes a stage's soft map, ``R_l = max(R_{l-1}, M_l)``;
             a value binarises the map at it (for example 0.3). A binarised region jumps when
             a voxel crosses the threshold: under input noise of 1e-6 the 3D map's largest change
-            per volume had a median of 0.025 binarised and 0.0008 soft (``stability.py``).
+            per volume had a median of 0.013 binarised and 0.00005 soft (``stability.py``).
         fusion: ``"either"`` (default), ``"sufficiency"``, ``"drop"``, ``"equal"`` or ``"learned"``
             (see the module docstring).
         fusion_steps: Adam steps of the learned fusion.
