@@ -16,7 +16,7 @@ import torch
 
 from medhdm import HDM, GradientInput
 from medhdm.data.bench_files import LESIONBENCH_INTENSITY_RANGE, write_lesionbench
-from medhdm.explain.findings import Finding, finding_from_region, map_regions
+from medhdm.explain.findings import Finding, _ball_maxima, finding_from_region, map_regions
 from medhdm.metrics.froc import ImageHits, froc, froc_summary, image_hits
 from medhdm.models import DEFAULT_2D, load_default_classifier
 from medhdm.pipeline import InputSpec, explain_images
@@ -255,3 +255,26 @@ def test_a_c_shaped_findings_point_lies_in_its_seg_segment(tmp_path):
     point_column, point_row = group["centroid_pixel"]  # pixel centres at .5
     assert plane[int(point_row), int(point_column)], f"the SR's point {group['centroid_pixel']} is outside the segment"
     assert plane.sum() == region.sum()
+
+
+@pytest.mark.parametrize("trial", range(12))
+def test_the_peaks_are_the_maxima_of_their_ball_as_a_full_maximum_filter_finds_them(trial):
+    """The candidate peaks (checked against the whole ball only where they top their neighbourhood) are exactly
+    the voxels equal to SciPy's maximum filter over the ball in mm, on smooth maps, plateaus and anisotropic
+    spacings, 2D and 3D."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(trial)
+    dims = 2 + trial % 2
+    s = ndimage.gaussian_filter(rng.random(tuple(rng.integers(6, 28, dims))), rng.uniform(0, 2))
+    if trial % 3 == 0:
+        s = np.round(s, 2)  # plateaus: ties with the centre do not remove it
+    step, radius = rng.uniform(0.5, 4, dims), rng.uniform(1, 15)
+    half = np.maximum(1, np.floor(radius / step)).astype(int)
+    grids = np.ogrid[tuple(slice(-h, h + 1) for h in half)]
+    ball = sum((g * d) ** 2 for g, d in zip(grids, step)) <= radius**2
+    where = s >= 0.3 * s.max()
+    expected = (s == ndimage.maximum_filter(s, footprint=ball, mode="nearest")) & where
+    found = _ball_maxima(s, step, half, radius, where)
+    assert expected.any()
+    np.testing.assert_array_equal(found, expected)

@@ -25,8 +25,8 @@ input with the explanation's reference ``r``, HDM's blur in mm when its spacing 
 ``alone = o(phi(x, region)) - o(r)`` (what the region keeps on its own); a finding's ``evidence``
 is ``max(0, drop, alone)`` (HDM's ``"either"`` reading: redundant lesions under a max-pooling
 classifier each suffice alone, lesions whose evidence adds up each take some when removed), its
-``share`` that evidence over the image's findings' total. One batched model call per explanation
-(two composites per candidate region).
+``share`` that evidence over the image's findings' total. Two composites per candidate region through the
+model, at most twice the explained batch per call.
 
 A finding's ``peak`` is the voxel where the explanation's map is largest inside the region, its
 ``centroid`` the map-weighted centre of the region, or the region's voxel nearest to that centre when
@@ -197,6 +197,28 @@ def _nms(peaks: list[tuple[float, tuple[int, ...]]], spacing: np.ndarray, radius
     return kept
 
 
+def _ball_maxima(s: np.ndarray, step: np.ndarray, half: np.ndarray, radius_mm: float, where: np.ndarray) -> np.ndarray:
+    """The voxels of ``where`` whose value is the maximum of ``s`` over the ball of ``radius_mm`` around them
+    (``half`` voxels per axis at most), as ``s == maximum_filter(s, footprint=ball)`` gives them.
+
+    Only the voxels that are maxima of their own neighbourhood within the ball (its part of the 3^d cube) are
+    checked against the whole ball, so the cost follows the number of local maxima, not the ball's size
+    times the image's.
+    """
+    grids = np.ogrid[tuple(slice(-h, h + 1) for h in half)]
+    ball = sum((g * d) ** 2 for g, d in zip(grids, step)) <= radius_mm**2
+    near = ball[tuple(slice(h - 1, h + 2) for h in half)]
+    local = where & (s == ndimage.maximum_filter(s, footprint=near, mode="nearest"))
+    for index in np.argwhere(local):
+        lo = np.maximum(index - half, 0)
+        hi = np.minimum(index + half + 1, s.shape)
+        window = s[tuple(slice(a, b) for a, b in zip(lo, hi))]
+        inside = ball[tuple(slice(a - i + h, b - i + h) for a, b, i, h in zip(lo, hi, index, half))]
+        if window[inside].max() > s[tuple(index)]:
+            local[tuple(index)] = False
+    return local
+
+
 def map_regions(
     saliency: np.ndarray,
     spacing: Sequence[float] | None = None,
@@ -215,9 +237,7 @@ def map_regions(
         return []
     step = np.ones(s.ndim) if spacing is None else np.asarray(spacing, dtype=np.float64)
     half = np.maximum(1, np.floor(radius_mm / step)).astype(int)
-    grids = np.ogrid[tuple(slice(-h, h + 1) for h in half)]
-    footprint = sum((g * d) ** 2 for g, d in zip(grids, step)) <= radius_mm**2
-    local = (s == ndimage.maximum_filter(s, footprint=footprint, mode="nearest")) & (s >= min_peak * top)
+    local = _ball_maxima(s, step, half, radius_mm, s >= min_peak * top)
     labels, n = ndimage.label(local)
     if n == 0:
         return []
@@ -310,20 +330,28 @@ def region_evidence(
         regions: per image, boolean regions ``S``.
         o_x, o_r: the class's log-odds on ``x`` and on ``reference`` ``(B,)``.
     Returns:
-        per image, per region, ``(drop, alone)``; one model call of ``2 N`` composites for ``N`` regions.
+        per image, per region, ``(drop, alone)``. The ``2 N`` composites of ``N`` regions go through the model
+        ``2 B`` at a time (without gradients), so the call never holds more images than twice the batch
+        explained, whatever the number of candidates.
     """
     owner = [b for b, rs in enumerate(regions) for _ in rs]
     if not owner:
         return [[] for _ in regions]
-    idx = torch.as_tensor(owner, device=x.device)
-    masks = torch.from_numpy(np.stack([r for rs in regions for r in rs]).astype(np.float32))
-    masks = masks[:, None].to(device=x.device, dtype=x.dtype)
+    flat = [r for rs in regions for r in rs]
+    chunk = max(1, int(x.shape[0]))
+    o_kept, o_alone = [], []
     with torch.no_grad():
-        batch = torch.cat([composite(x[idx], 1 - masks, reference[idx]), composite(x[idx], masks, reference[idx])])
-        o = scorer.log_odds(scorer.logits(batch), class_idx[idx].repeat(2)).float().cpu()
-    n = len(owner)
-    drop = (o_x.float().cpu()[idx.cpu()] - o[:n]).tolist()
-    alone = (o[n:] - o_r.float().cpu()[idx.cpu()]).tolist()
+        for lo in range(0, len(owner), chunk):
+            idx = torch.as_tensor(owner[lo : lo + chunk], device=x.device)
+            masks = torch.from_numpy(np.stack(flat[lo : lo + chunk]).astype(np.float32))
+            masks = masks[:, None].to(device=x.device, dtype=x.dtype)
+            batch = torch.cat([composite(x[idx], 1 - masks, reference[idx]), composite(x[idx], masks, reference[idx])])
+            o = scorer.log_odds(scorer.logits(batch), class_idx[idx].repeat(2)).float().cpu()
+            o_kept.append(o[: len(idx)])
+            o_alone.append(o[len(idx) :])
+    index = torch.as_tensor(owner)
+    drop = (o_x.float().cpu()[index] - torch.cat(o_kept)).tolist()
+    alone = (torch.cat(o_alone) - o_r.float().cpu()[index]).tolist()
     out: list[list[tuple[float, float]]] = [[] for _ in regions]
     for b, d, a in zip(owner, drop, alone):
         out[b].append((d, a))
