@@ -499,10 +499,9 @@ def _classifier_input(image: MetaTensor, path, spec: InputSpec, class_idx: int |
     return _Prepared(image, path, data, transforms, class_idx, classifier_spacing(image, spec))
 
 
-def region_on_model_grid(mask, image: MetaTensor, spec: InputSpec, name: str = "region") -> torch.Tensor:
-    """A region ``mask`` on ``image``'s source grid (a NIfTI path, or an array ``image.shape[1:]`` or
-    ``(1, *S)`` in MONAI order) on the model's grid ``(1, *S')`` (bool): the image's layout, then a
-    nearest-neighbour resize."""
+def _region_mask(mask, image: MetaTensor, name: str = "region") -> MetaTensor:
+    """A region ``mask`` on ``image``'s source grid (a NIfTI path, or an array ``image.shape[1:]`` or ``(1, *S)`` in
+    MONAI order), checked (shape, 0/1 values), as a float ``MetaTensor`` ``(1, *S)`` with the image's metadata."""
     if isinstance(mask, str | os.PathLike):
         name = str(mask)
         mask = load_image(mask)
@@ -514,6 +513,19 @@ def region_on_model_grid(mask, image: MetaTensor, spec: InputSpec, name: str = "
         raise ValueError(f"{name}: a region of shape {given} for an image of shape {tuple(image.shape[1:])}")
     if not np.isin(values, (0, 1)).all():
         raise ValueError(f"{name}: expected a binary mask (0/1 values)")
+    return MetaTensor(torch.from_numpy(values.astype(np.float32)), meta=copy.deepcopy(dict(image.meta)))
+
+
+def _region_spec(region) -> str:
+    """How the SR names a segmenter's target ``region=``: ``"mask"`` (given), else ``"predicted"``/``"component:k"``."""
+    return "mask" if region is not None and not isinstance(region, str) else (region or "predicted")
+
+
+def region_on_model_grid(mask, image: MetaTensor, spec: InputSpec, name: str = "region") -> torch.Tensor:
+    """A region ``mask`` on ``image``'s source grid (a NIfTI path, or an array ``image.shape[1:]`` or
+    ``(1, *S)`` in MONAI order) on the model's grid ``(1, *S')`` (bool): the image's layout, then a
+    nearest-neighbour resize."""
+    region = _region_mask(mask, image, name)
     dims = image.ndim - 1
     keys = "region"
     layout = (
@@ -521,7 +533,6 @@ def region_on_model_grid(mask, image: MetaTensor, spec: InputSpec, name: str = "
         if spec.layout == "dicom"
         else Orientationd(keys, axcodes=spec.axcodes[:dims])
     )
-    region = MetaTensor(torch.from_numpy(values.astype(np.float32)), meta=copy.deepcopy(dict(image.meta)))
     out = Compose([layout, Resized(keys, spatial_size=spec.spatial_size, mode="nearest")])({keys: region})[keys]
     return out.as_tensor() > 0.5
 
@@ -596,8 +607,7 @@ def explain_images(
         )
         for j, i in enumerate(members):
             explained[i] = (result, j, x[j : j + 1])
-    spec_text = None if region is None else region if isinstance(region, str) else "mask"
-    return [_finish(prepared[i], *explained[i], keep_dicom, spec_text) for i in range(len(prepared))]
+    return [_finish(prepared[i], *explained[i], keep_dicom, _region_spec(region)) for i in range(len(prepared))]
 
 
 def _to_source(item: _Prepared, values: torch.Tensor, nearest: bool) -> np.ndarray:
@@ -613,7 +623,7 @@ def _to_source(item: _Prepared, values: torch.Tensor, nearest: bool) -> np.ndarr
 
 
 def _finish(
-    item: _Prepared, result, j: int, model_input: torch.Tensor, keep_dicom: bool, region_spec: str | None = None
+    item: _Prepared, result, j: int, model_input: torch.Tensor, keep_dicom: bool, region_spec: str = "predicted"
 ) -> ExplainedImage:
     """The ``j``-th map of ``result`` inverted onto ``item``'s source grid, as an :class:`ExplainedImage`."""
     image = item.image
@@ -640,7 +650,7 @@ def _finish(
         model_spacing=item.spacing,
         spacing=None if result.spacing is None else tuple(float(v) for v in result.spacing[j]),
         region=None if result.region is None else _source_region(item, result.region[j]),
-        region_spec=None if result.region is None else (region_spec or "predicted"),
+        region_spec=None if result.region is None else region_spec,
         findings=_source_findings(findings, source_regions, source_map, image),
     )
 
@@ -729,11 +739,7 @@ def _explain_by_slice(
         model_spacing=spacing,
         spacing=None if results[0].spacing is None else spacing,
         region=None if source_region is None else source_region.astype(np.uint8),
-        region_spec=None
-        if regions is None
-        else "mask"
-        if region is not None and not isinstance(region, str)
-        else (region or "predicted"),
+        region_spec=None if regions is None else _region_spec(region),
     )
 
 
@@ -763,18 +769,7 @@ def _slice_logits(model: nn.Module, x: torch.Tensor, batch_size: int) -> tuple[t
 def _region_on_slices(mask, image: MetaTensor, spec: InputSpec) -> torch.Tensor:
     """A region ``mask`` on a series' source grid (a NIfTI path or an array, as :func:`region_on_model_grid`) on
     the slices' grid ``(D, 1, H', W')`` (bool): the series' layout, then each slice resized (nearest)."""
-    name = "region"
-    if isinstance(mask, str | os.PathLike):
-        name, mask = str(mask), load_image(mask)
-    values = np.asarray(mask)
-    given = values.shape
-    if values.shape == tuple(image.shape[1:]):
-        values = values[None]
-    if values.shape != tuple(image.shape):
-        raise ValueError(f"{name}: a region of shape {given} for an image of shape {tuple(image.shape[1:])}")
-    if not np.isin(values, (0, 1)).all():
-        raise ValueError(f"{name}: expected a binary mask (0/1 values)")
-    region = MetaTensor(torch.from_numpy(values.astype(np.float32)), meta=copy.deepcopy(dict(image.meta)))
+    region = _region_mask(mask, image)
     steps = Compose(
         [
             Transposed("region", indices=reversed_spatial_indices(3)),
