@@ -30,9 +30,8 @@ import warnings
 from pathlib import Path
 
 import torch
-from common import RESULTS, held_out_cases, write_json
+from common import RESULTS, default_methods, held_out_cases, write_json
 
-from medhdm import HDM, MDM, RISE, GradCAM, GradCAMpp, GradientInput, NeuroMask, Occlusion
 from medhdm.data.bench_files import LESIONBENCH_INTENSITY_RANGE, write_lesionbench
 from medhdm.evaluation import evaluate_manifest, format_table
 from medhdm.evaluation.run import froc_from_rows
@@ -43,20 +42,6 @@ from medhdm.models import DEFAULT_2D, DEFAULT_3D, load_default_classifier
 from medhdm.pipeline import InputSpec
 
 FILES_SEED = 5150
-
-
-def methods_for(model) -> dict:
-    """Every method at its defaults, in 2D and 3D alike."""
-    return {
-        "HDM": HDM(model),
-        "GradientInput": GradientInput(model),
-        "Occlusion": Occlusion(model),
-        "MDM": MDM(model),
-        "NeuroMask": NeuroMask(model),
-        "RISE": RISE(model),
-        "GradCAM": GradCAM(model),
-        "GradCAM++": GradCAMpp(model),
-    }
 
 
 def memory_set(
@@ -114,7 +99,7 @@ def main() -> None:
     for name in args.sets.split(","):
         dims = int(name[-2])
         model = load_default_classifier(DEFAULT_2D if dims == 2 else DEFAULT_3D)
-        methods = methods_for(model)
+        methods = default_methods(model)
         if args.methods:
             methods = {k: v for k, v in methods.items() if k in args.methods.split(",")}
         seeds = args.seeds.split(",")
