@@ -630,6 +630,8 @@ FINDINGS_RESULTS = (
     "findings_3d_4242.json",
     "findings_3d_9999.json",
     "findings_3d_more.json",
+    "findings_3d_slow_files.json",
+    "findings_3d_slow_memory.json",
     "findings_3d_slow.json",
 )
 
