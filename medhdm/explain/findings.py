@@ -14,12 +14,12 @@ A :class:`Finding` is one region of an image that an explanation points at. Ever
   candidates are removed; those of at least :data:`EVIDENCE_FLOOR` become findings, highest score
   first, and a finding whose peak lies within ``NMS_RADIUS_MM`` of a stronger one's is dropped (one
   finding per place). A stage's region often spans several lesions (its coarse mask), so the places
-  come from the fused map and the stages only name who found them. ``rest`` counts a lesion twice
-  whose evidence shows in the image (removing it takes about as much with or without the others), a
-  lesion once that another one masks (a redundant lesion: ``drop`` near 0, ``rest`` not), and next to
-  nothing of a region whose evidence shows only out of context (a broad region at a low peak that
-  keeps log-odds alone over the reference while removing it takes nothing, with or without the
-  others), so such regions rank below the lesions.
+  come from the fused map and the stages only name who found them. A lesion whose evidence shows in
+  the image scores about twice it (removing it takes about as much with the others removed); one that
+  another lesion masks (``drop`` near 0) still has its ``rest``; a region whose evidence shows only
+  out of context (one that keeps log-odds alone over the reference while removing it takes next to
+  nothing, with or without the others, such as a broad region at a low peak) scores little more than
+  that evidence, so it ranks below the lesions.
 - **Every other method** (:func:`map_regions`): its map. Local maxima of at least :data:`MIN_PEAK`
   of the map's maximum, thinned by non-maximum suppression within ``radius_mm``
   (:data:`NMS_RADIUS_MM`; a voxel counts as 1 mm when the spacing is unknown), each grown to its
