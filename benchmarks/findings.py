@@ -11,8 +11,8 @@ peak within 5 mm of a lesion; the CPM is the mean sensitivity at 1/8 to 8 false 
 - ``memory2d`` / ``memory3d``: the held-out in-memory cases (1-3 lesions each) of each ``--seeds``
   seed, at the shipped models' grids (96 x 96 and 24 x 48 x 48), explained at the shipped spacing
   (2.604 mm; 3 x 5.208 x 5.208 mm), target class "lesion";
-- ``files2d`` / ``files3d``: LesionBench studies on disk (seed 5150, 1-3 lesions each, as
-  ``quality_files.py``) through ``medhdm evaluate``'s pipeline, findings on the source grid.
+- ``files2d`` / ``files3d``: LesionBench studies on disk (``--files-seed``, default 5150, 1-3 lesions each,
+  as ``quality_files.py``) through ``medhdm evaluate``'s pipeline, findings on the source grid.
 
 Methods at their defaults, in 2D and 3D: HDM, MDM, NeuroMask, Gradient x Input, occlusion, RISE,
 Grad-CAM and Grad-CAM++ (``--methods`` picks some). ``--first`` scores only the first cases of a set
@@ -66,14 +66,14 @@ def memory_set(
     return summary
 
 
-def files_set(model, dims: int, cases: int, methods: dict, first: int | None = None) -> list[dict]:
-    """The FROC summary of every method on ``cases`` LesionBench studies through the file pipeline
+def files_set(
+    model, dims: int, cases: int, methods: dict, first: int | None = None, seed: int = FILES_SEED
+) -> list[dict]:
+    """The FROC summary of every method on ``cases`` LesionBench studies of ``seed`` through the file pipeline
     (the first ``first`` of them when given)."""
     spec = InputSpec(tuple(model.medhdm_card["recipe"]["spatial_size"]), intensity_range=LESIONBENCH_INTENSITY_RANGE)
     with tempfile.TemporaryDirectory() as tmp:
-        manifest = write_lesionbench(
-            Path(tmp) / "cases", cases, dims, seed=FILES_SEED, lesion_weights=(0.0, 1.0, 1.0, 1.0)
-        )
+        manifest = write_lesionbench(Path(tmp) / "cases", cases, dims, seed=seed, lesion_weights=(0.0, 1.0, 1.0, 1.0))
         entries = load_manifest(manifest)[:first]
         for entry in entries:
             entry["class_idx"] = 1
@@ -86,6 +86,7 @@ def main() -> None:
     parser.add_argument("--sets", default="memory2d,memory3d,files2d,files3d")
     parser.add_argument("--cases", type=int, default=24)
     parser.add_argument("--seeds", default="4242,9999", help="held-out seeds of the in-memory sets")
+    parser.add_argument("--files-seed", type=int, default=FILES_SEED, help="seed of the LesionBench studies")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--methods", default=None, help="comma-separated subset (default: all of each set)")
     parser.add_argument("--first", type=int, default=None, help="score only the first N cases of each set")
@@ -110,8 +111,8 @@ def main() -> None:
             if name.startswith("memory"):
                 summary = memory_set(model, dims, args.cases, seed, methods, args.first)
             else:
-                summary = files_set(model, dims, args.cases, methods, args.first)
-            results["sets"][key] = {"seed": seed or FILES_SEED, "summary": summary}
+                summary = files_set(model, dims, args.cases, methods, args.first, args.files_seed)
+            results["sets"][key] = {"seed": seed or args.files_seed, "summary": summary}
             print(format_table(summary, ["cpm", "froc_sens@1"], ci=["cpm", "froc_sens@1"]))
             print(f"  {time.perf_counter() - start:.0f} s, {args.threads} torch thread(s)", flush=True)
             write_json(RESULTS / args.out, results)

@@ -619,7 +619,8 @@ def findings_demo() -> str:
 
 #: the runs of ``findings.py`` the findings tables read. A method and set measured in two runs: the first listed
 #: wins, so HDM's rows come from ``findings_hdm.json`` (its findings rule now: candidates at 0.05 of its map's
-#: maximum); the later files' HDM rows are the rule before (0.1), kept for the comparison in benchmarks/README.md
+#: maximum, ranked by evidence plus ``rest``); the later files' HDM rows are an earlier rule (0.1, by evidence),
+#: kept for the comparison in benchmarks/README.md
 FINDINGS_RESULTS = (
     "findings_hdm.json",
     "findings.json",

@@ -670,7 +670,8 @@ def _source_findings(findings: list[Finding], regions, source_map: np.ndarray, i
         if top <= 0:
             continue
         region = values >= min(0.5, 0.5 * top)
-        moved = finding_from_region(region, source_map, spacing, finding.stage, (finding.drop, finding.alone))
+        evidence = (finding.drop, finding.alone, finding.rest)
+        moved = finding_from_region(region, source_map, spacing, finding.stage, evidence)
         moved.share, moved.score = finding.share, finding.score
         out.append(moved)
     return out

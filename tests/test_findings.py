@@ -278,3 +278,86 @@ def test_the_peaks_are_the_maxima_of_their_ball_as_a_full_maximum_filter_finds_t
     found = _ball_maxima(s, step, half, radius, where)
     assert expected.any()
     np.testing.assert_array_equal(found, expected)
+
+
+def test_rest_is_what_a_region_carries_once_the_other_candidates_are_removed():
+    """Two equal boxes under a max-pooling detector: removing either alone takes next to nothing (the other
+    suffices), with the other removed it takes the decision (``rest``); a background region carries none."""
+    from medhdm.explain.findings import region_evidence
+    from medhdm.explain.reference import make_reference
+    from medhdm.explain.scoring import ClassScorer
+
+    x, labels = plant((32, 32), [(slice(4, 9), slice(4, 9)), (slice(20, 25), slice(20, 25))])
+    model = BlobDetector(2, pool="max").calibrate(x).eval()
+    scorer, reference, cls = ClassScorer(model), make_reference(x, "blur"), torch.tensor([1])
+    boxes = [(labels[0, 0] == k).numpy() for k in (1, 2)]
+    background = np.zeros((32, 32), dtype=bool)
+    background[26:31, 2:7] = True
+    with torch.no_grad():
+        o_x, o_r = scorer.log_odds(scorer.logits(x), cls), scorer.log_odds(scorer.logits(reference), cls)
+    ((first, second, empty),) = region_evidence(scorer, x, reference, cls, [boxes + [background]], o_x, o_r, True)
+    for drop, alone, rest in (first, second):
+        assert abs(drop) < 0.05 and rest > 2.0 and alone > 2.0, (drop, alone, rest)
+    assert abs(empty[0]) < 0.05 and abs(empty[2]) < 0.05
+    (plain,) = region_evidence(scorer, x, reference, cls, [boxes], o_x, o_r)  # without context: rest not measured
+    assert all(np.isnan(rest) for _, _, rest in plain) and plain[0][:2] == pytest.approx(first[:2])
+
+
+def test_hdm_ranks_a_lesion_above_a_region_that_carries_evidence_only_out_of_context():
+    """HDM's score is the evidence plus ``rest``: a broad low region that keeps 2.46 log-odds alone over the
+    reference but carries next to nothing in the image (drop and rest near 0) ranks below a lesion whose removal
+    takes 1.34, 1.73 with the other candidates removed (figures of the development studies; by the evidence
+    alone, the broad region came first); a candidate whose evidence only shows with the others removed is kept."""
+    from medhdm.explain.findings import _ranked
+
+    saliency = np.full((40, 40), 0.02)
+    lesion = np.zeros((40, 40), dtype=bool)
+    lesion[5:10, 5:10] = True
+    broad = np.zeros((40, 40), dtype=bool)
+    broad[15:40, 0:40] = True
+    hidden = np.zeros((40, 40), dtype=bool)
+    hidden[5:10, 30:35] = True
+    saliency[lesion], saliency[broad], saliency[hidden] = 1.0, 0.08, 0.5
+    saliency[7, 7] = saliency[25, 20] = saliency[7, 32] = 1.1
+    found = _ranked(
+        saliency,
+        [broad, lesion, hidden],
+        [1, 1, 2],
+        [(-0.01, 2.46, 0.04), (1.34, 0.0, 1.73), (0.0, 0.0, 0.4)],
+        (1.0, 1.0),
+    )
+    assert [f.peak for f in found] == [(7, 7), (25, 20), (7, 32)]
+    assert found[0].score == pytest.approx(1.34 + 1.73) and found[1].score == pytest.approx(2.46 + 0.04)
+    assert found[0].evidence == pytest.approx(1.34) and found[2].evidence == 0 and found[2].rest == 0.4
+
+
+@pytest.mark.parametrize("method", [HDM, GradientInput], ids=["HDM", "GradientInput"])
+def test_explain_without_findings_makes_no_model_call_for_them(method):
+    """``explain(..., findings=False)`` and ``explainer(x)`` leave the findings empty and send the model only the
+    images the method itself counts; with the findings, their evidence call sends more."""
+    x, _, model = planted("2d")
+    x = torch.cat([x, x.flip(-1)])
+    explainer = method(model)
+    seen: list[int] = []
+    hook = model.register_forward_pre_hook(lambda _m, args: seen.append(args[0].shape[0]))
+    try:
+        counts = []
+        for call in (
+            lambda: explainer.explain(x, spacing=(2.0, 2.0), findings=False),
+            lambda: explainer.explain(x, spacing=[(2.0, 2.0), (2.5, 2.5)], findings=False),  # by spacing groups
+            lambda: explainer.explain(x, spacing=(2.0, 2.0)),
+        ):
+            seen.clear()
+            result = call()
+            counts.append((sum(seen), result.images_evaluated, result.findings))
+        seen.clear()
+        saliency = explainer(x, spacing=(2.0, 2.0))
+    finally:
+        hook.remove()
+    (plain, plain_counted, none), (grouped, grouped_counted, none_grouped), (full, full_counted, found) = counts
+    assert none == [] and none_grouped == []
+    assert plain == plain_counted and grouped == grouped_counted and sum(seen) == plain
+    assert full_counted == plain_counted and full > plain and len(found) == 2 and all(found)
+    torch.testing.assert_close(saliency, explainer.explain(x, spacing=(2.0, 2.0), findings=False).saliency)
+    with pytest.raises(TypeError, match="findings"):
+        explainer.explain(x, findings="no")

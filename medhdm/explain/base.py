@@ -135,7 +135,8 @@ class Explanation:
         findings: per image, its :class:`~medhdm.explain.findings.Finding` list, highest score first
             (HDM's from its stages, ranked by evidence; every other method's from its map, ranked by
             the map's peak; :mod:`~medhdm.explain.findings`). Measuring their evidence takes one more
-            batched model call, not counted in ``forward_passes``. A segmenter's explanation has none yet.
+            batched model call, not counted in ``forward_passes``. Empty for a segmenter's explanation (none
+            yet) and when :meth:`Explainer.explain` ran with ``findings=False`` (as ``explainer(x)`` does).
     """
 
     saliency: torch.Tensor
@@ -214,8 +215,9 @@ class Explainer:
         spacing=None,
         region: RegionSpec = None,
     ) -> torch.Tensor:
-        """The saliency map ``(B, 1, *S)`` in ``[0, 1]`` for images ``x`` ``(B, C, *S)`` (see :meth:`explain`)."""
-        return self.explain(x, class_idx, spacing, region=region).saliency
+        """The saliency map ``(B, 1, *S)`` in ``[0, 1]`` for images ``x`` ``(B, C, *S)`` (see :meth:`explain`); the
+        findings are not measured (``findings=False``: no evidence pass)."""
+        return self.explain(x, class_idx, spacing, region=region, findings=False).saliency
 
     def explain(
         self,
@@ -223,6 +225,7 @@ class Explainer:
         class_idx: int | Sequence[int] | torch.Tensor | None = None,
         spacing=None,
         region: RegionSpec = None,
+        findings: bool = True,
     ) -> Explanation:
         """Explain ``x`` ``(B, C, *S)`` for ``class_idx`` (None: the predicted class) and return the full record.
 
@@ -235,7 +238,12 @@ class Explainer:
         unknown. Methods with physical units (:attr:`reads_spacing`: HDM) then size their grids and
         Gaussians in mm (:mod:`~medhdm.explain.units`); the others ignore it. Images of different
         spacing are explained in groups of equal spacing, each group as one batch.
+
+        ``findings``: measure the findings (:attr:`Explanation.findings`, one more batched model call for
+        their evidence); False leaves ``findings`` empty and makes no model call for them.
         """
+        if not isinstance(findings, bool):
+            raise TypeError(f"findings: expected True or False, got {type(findings).__name__}")
         spacing = input_spacing(x, spacing)
         x = check_images(x)
         if isinstance(region, np.ndarray):
@@ -247,11 +255,11 @@ class Explainer:
             if not self.reads_spacing:
                 spacing = None
             elif not (spacing == spacing[0]).all():
-                return self._explain_by_spacing(x, class_idx, spacing, region)
+                return self._explain_by_spacing(x, class_idx, spacing, region, findings)
         max_batch = self.max_batch
         while True:
             try:
-                return self._explain_once(x, class_idx, max_batch, spacing, region, sizes)
+                return self._explain_once(x, class_idx, max_batch, spacing, region, sizes if findings else False)
             except _OutOfMemory as err:
                 if err.largest_batch <= 1:
                     raise MemoryError(
@@ -262,7 +270,9 @@ class Explainer:
                 if x.device.type == "cuda":
                     torch.cuda.empty_cache()
 
-    def _explain_by_spacing(self, x: torch.Tensor, class_idx, spacing: np.ndarray, region=None) -> Explanation:
+    def _explain_by_spacing(
+        self, x: torch.Tensor, class_idx, spacing: np.ndarray, region=None, findings: bool = True
+    ) -> Explanation:
         """:meth:`explain` of images of several spacings ``(B, d)``: one call per spacing, merged in input order."""
         b = x.shape[0]
         rows, group = np.unique(spacing, axis=0, return_inverse=True)
@@ -276,22 +286,22 @@ class Explainer:
             idx = torch.from_numpy(np.flatnonzero(group.reshape(-1) == g))
             targets = class_idx if class_idx is None or isinstance(class_idx, int) else class_idx[idx]
             regions = region[idx.to(region.device)] if _per_image_mask(region, b) else region
-            parts.append((idx, self.explain(x[idx.to(x.device)], targets, row, region=regions)))
+            parts.append((idx, self.explain(x[idx.to(x.device)], targets, row, region=regions, findings=findings)))
         return merge_explanations(parts, b)
 
     def _explain_once(
         self, x: torch.Tensor, class_idx, max_batch: int | None, spacing=None, region=None, sizes=None
     ) -> Explanation:
         """:meth:`explain` with at most ``max_batch`` images per model call (``sizes``: the ``(B, d)`` spacing
-        the findings read, or None); an out-of-memory error is raised as :class:`_OutOfMemory` with the
-        largest model call made."""
+        the findings read, None, or False for no findings); an out-of-memory error is raised as
+        :class:`_OutOfMemory` with the largest model call made."""
         devices = [x.device] if x.device.type == "cuda" else []
         with frozen_eval(self.model), torch.random.fork_rng(devices=devices):
             torch.manual_seed(self.seed)
             scorer = ClassScorer(self.model, amp=self.amp, max_batch=max_batch)
             try:
                 result = self._run(x, class_idx, scorer, spacing, region)
-                if result.region is None:  # a classifier: a segmenter's findings are not defined yet
+                if result.region is None and sizes is not False:  # a classifier (a segmenter's: not defined yet)
                     result.findings = self._findings(result, x, scorer, sizes)
                 return result
             except Exception as err:  # noqa: BLE001 - re-raised as it was unless it is an out-of-memory error
@@ -466,6 +476,7 @@ def merge_explanations(parts: Sequence[tuple[torch.Tensor, Explanation]], batch:
         stages.append(StageRecord(**values))
     keys = list(dict.fromkeys(k for _, e in parts for k in e.masks))
     limits = [e.max_batch for _, e in parts if e.max_batch is not None]
+    any_findings = any(e.findings for _, e in parts)  # none when explained without (findings=False)
     return Explanation(
         saliency=field_of(lambda e: e.saliency),
         class_idx=field_of(lambda e: e.class_idx),
@@ -480,7 +491,7 @@ def merge_explanations(parts: Sequence[tuple[torch.Tensor, Explanation]], batch:
         max_batch=min(limits) if limits else None,
         spacing=field_of(lambda e: e.spacing, float("nan")),
         region=field_of(lambda e: e.region, False),
-        findings=_scatter_lists([(idx, e.findings) for idx, e in parts], batch),
+        findings=_scatter_lists([(idx, e.findings) for idx, e in parts], batch) if any_findings else [],
     )
 
 

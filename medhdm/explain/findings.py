@@ -9,10 +9,17 @@ A :class:`Finding` is one region of an image that an explanation points at. Ever
   and grown to their basins as for the other methods (:func:`map_regions`), are the candidate regions;
   each is credited to the stage that found it (:func:`peak_stages`: the first whose removed region
   ``R_l`` covers its peak, else the one whose contribution ``M_l (1 - R_{l-1})`` is largest there).
-  The model decides which become findings: those that carry evidence (:data:`EVIDENCE_FLOOR`),
-  ranked by their evidence; a finding whose peak lies within ``NMS_RADIUS_MM`` of a stronger one's is
-  dropped (one finding per place). A stage's region often spans several lesions (its coarse mask),
-  so the places come from the fused map and the stages only name who found them.
+  The model decides which become findings and in which order: a candidate's ``score`` is
+  :func:`hdm_score`, its ``evidence`` plus ``max(0, rest)``, what it carries once the image's other
+  candidates are removed; those of at least :data:`EVIDENCE_FLOOR` become findings, highest score
+  first, and a finding whose peak lies within ``NMS_RADIUS_MM`` of a stronger one's is dropped (one
+  finding per place). A stage's region often spans several lesions (its coarse mask), so the places
+  come from the fused map and the stages only name who found them. A lesion whose evidence shows in
+  the image scores about twice it (removing it takes about as much with the others removed); one that
+  another lesion masks (``drop`` near 0) still has its ``rest``; a region whose evidence shows only
+  out of context (one that keeps log-odds alone over the reference while removing it takes next to
+  nothing, with or without the others, such as a broad region at a low peak) scores little more than
+  that evidence, so it ranks below the lesions.
 - **Every other method** (:func:`map_regions`): its map. Local maxima of at least :data:`MIN_PEAK`
   of the map's maximum, thinned by non-maximum suppression within ``radius_mm``
   (:data:`NMS_RADIUS_MM`; a voxel counts as 1 mm when the spacing is unknown), each grown to its
@@ -25,8 +32,12 @@ input with the explanation's reference ``r``, HDM's blur in mm when its spacing 
 ``alone = o(phi(x, region)) - o(r)`` (what the region keeps on its own); a finding's ``evidence``
 is ``max(0, drop, alone)`` (HDM's ``"either"`` reading: redundant lesions under a max-pooling
 classifier each suffice alone, lesions whose evidence adds up each take some when removed), its
-``share`` that evidence over the image's findings' total. Two composites per candidate region through the
-model, at most twice the explained batch per call.
+``share`` that evidence over the image's findings' total. For HDM also
+``rest = o(phi(x, 1 - U_k)) - o(phi(x, 1 - U))``, with ``U`` the union of the image's candidate
+regions and ``U_k`` that union without the region: what removing the region takes once the others
+are removed (NaN for the other methods, whose findings do not need it). Two composites per candidate
+region through the model, for HDM three and one per image, at most twice the explained batch per call.
+``explain(..., findings=False)`` (and ``explainer(x)``, which returns only the map) measures none.
 
 A finding's ``peak`` is the voxel where the explanation's map is largest inside the region, its
 ``centroid`` the map-weighted centre of the region, or the region's voxel nearest to that centre when
@@ -61,6 +72,7 @@ __all__ = [
     "hdm_regions",
     "peak_stages",
     "region_evidence",
+    "hdm_score",
 ]
 
 #: the non-maximum suppression radius of map-derived findings, mm (voxels when the spacing is unknown)
@@ -73,7 +85,7 @@ HDM_MIN_PEAK = 0.05
 REGION_LEVEL = 0.5
 #: at most this many findings per image (every method)
 MAX_FINDINGS = 10
-#: HDM's candidate regions become findings when they carry at least this evidence, log-odds
+#: HDM's candidate regions become findings when their score (:func:`hdm_score`) reaches this, log-odds
 EVIDENCE_FLOOR = 0.01
 
 
@@ -97,8 +109,11 @@ class Finding:
         drop: the log-odds removing the region takes, ``o(x) - o(phi(x, 1 - region))``.
         alone: the log-odds the region keeps alone above the reference, ``o(phi(x, region)) - o(r)``.
         share: ``evidence`` over the image's findings' total (0 when none carries any).
-        score: what the findings are ranked by: HDM's ``evidence``, the map's value at ``peak`` for the others.
+        score: what the findings are ranked by: HDM's :func:`hdm_score` (``evidence + max(0, rest)``), the
+            map's value at ``peak`` for the others.
         region: the region, a boolean array of the map's spatial shape (not compared, not shown).
+        rest: HDM's: the log-odds removing the region takes once the image's other candidate regions are
+            removed (see the module docstring); NaN when not measured (the other methods).
     """
 
     stage: int | None
@@ -112,6 +127,7 @@ class Finding:
     share: float
     score: float
     region: np.ndarray | None = field(default=None, repr=False, compare=False)
+    rest: float = float("nan")
 
     def record(self) -> dict:
         """The finding as plain JSON values (the region left out)."""
@@ -124,6 +140,7 @@ class Finding:
             "evidence": float(self.evidence),
             "drop": float(self.drop),
             "alone": float(self.alone),
+            "rest": float(self.rest) if np.isfinite(self.rest) else None,
             "share": float(self.share),
             "score": float(self.score),
         }
@@ -141,12 +158,13 @@ def finding_from_region(
     saliency: np.ndarray,
     spacing: Sequence[float] | None,
     stage: int | None = None,
-    evidence: tuple[float, float] = (0.0, 0.0),
+    evidence: tuple[float, ...] = (0.0, 0.0),
     score: float | None = None,
 ) -> Finding:
     """A :class:`Finding` of a boolean ``region`` ``S`` of the map ``saliency`` ``S`` (``share`` left 0).
 
-    ``evidence``: ``(drop, alone)`` in log-odds; ``score`` None: the map's value at the peak.
+    ``evidence``: ``(drop, alone)`` or ``(drop, alone, rest)`` in log-odds; ``score`` None: the map's value at
+    the peak.
     """
     region = np.asarray(region, dtype=bool)
     if not region.any():
@@ -158,7 +176,7 @@ def finding_from_region(
         weights = region.astype(np.float64)
     centroid = _inside(np.asarray(ndimage.center_of_mass(weights)), region, spacing)
     voxel, unit = _unit(spacing, region.ndim)
-    drop, alone = (float(v) for v in evidence)
+    drop, alone, rest = (*(float(v) for v in evidence), float("nan"))[:3]
     strength = max(0.0, drop, alone)
     return Finding(
         stage=stage,
@@ -172,6 +190,7 @@ def finding_from_region(
         share=0.0,
         score=float(saliency[peak]) if score is None else float(score),
         region=region,
+        rest=rest,
     )
 
 
@@ -320,8 +339,9 @@ def region_evidence(
     regions: Sequence[Sequence[np.ndarray]],
     o_x: torch.Tensor,
     o_r: torch.Tensor,
-) -> list[list[tuple[float, float]]]:
-    """``(drop, alone)`` in log-odds of every region of every image (see the module docstring).
+    context: bool = False,
+) -> list[list[tuple[float, float, float]]]:
+    """``(drop, alone, rest)`` in log-odds of every region of every image (see the module docstring).
 
     Args:
         scorer: a :class:`~medhdm.explain.scoring.ClassScorer` of the explained model.
@@ -329,50 +349,82 @@ def region_evidence(
         class_idx: the explained class per image ``(B,)``.
         regions: per image, boolean regions ``S``.
         o_x, o_r: the class's log-odds on ``x`` and on ``reference`` ``(B,)``.
+        context: also measure ``rest``, what removing a region takes once its image's other regions are
+            removed (NaN when False).
     Returns:
-        per image, per region, ``(drop, alone)``. The ``2 N`` composites of ``N`` regions go through the model
-        ``2 B`` at a time (without gradients), so the call never holds more images than twice the batch
-        explained, whatever the number of candidates.
+        per image, per region, ``(drop, alone, rest)``. The composites (two per region, three and one per
+        image with ``context``) go through the model ``2 B`` at a time (without gradients), so the call never
+        holds more images than twice the batch explained, whatever the number of candidates.
     """
-    owner = [b for b, rs in enumerate(regions) for _ in rs]
-    if not owner:
-        return [[] for _ in regions]
-    flat = [r for rs in regions for r in rs]
-    chunk = max(1, int(x.shape[0]))
-    o_kept, o_alone = [], []
-    with torch.no_grad():
-        for lo in range(0, len(owner), chunk):
-            idx = torch.as_tensor(owner[lo : lo + chunk], device=x.device)
-            masks = torch.from_numpy(np.stack(flat[lo : lo + chunk]).astype(np.float32))
-            masks = masks[:, None].to(device=x.device, dtype=x.dtype)
-            batch = torch.cat([composite(x[idx], 1 - masks, reference[idx]), composite(x[idx], masks, reference[idx])])
-            o = scorer.log_odds(scorer.logits(batch), class_idx[idx].repeat(2)).float().cpu()
-            o_kept.append(o[: len(idx)])
-            o_alone.append(o[len(idx) :])
-    index = torch.as_tensor(owner)
-    drop = (o_x.float().cpu()[index] - torch.cat(o_kept)).tolist()
-    alone = (torch.cat(o_alone) - o_r.float().cpu()[index]).tolist()
-    out: list[list[tuple[float, float]]] = [[] for _ in regions]
-    for b, d, a in zip(owner, drop, alone):
-        out[b].append((d, a))
+    jobs: list[tuple[int, np.ndarray]] = []  # (image, kept mask) per composite
+    for b, rs in enumerate(regions):
+        for k, r in enumerate(rs):
+            jobs += [(b, ~r), (b, r)]
+            if context:
+                jobs.append((b, ~_union(rs, skip=k)))
+        if context and rs:
+            jobs.append((b, ~_union(rs)))
+    o = _composite_log_odds(scorer, x, reference, class_idx, jobs)
+    out: list[list[tuple[float, float, float]]] = [[] for _ in regions]
+    at = 0
+    for b, rs in enumerate(regions):
+        per = 3 if context else 2
+        bare = o[at + per * len(rs)] if context and rs else float("nan")
+        for k in range(len(rs)):
+            kept, alone = o[at + per * k], o[at + per * k + 1]
+            rest = o[at + per * k + 2] - bare if context else float("nan")
+            out[b].append((float(o_x[b]) - kept, alone - float(o_r[b]), rest))
+        at += per * len(rs) + (1 if context and rs else 0)
     return out
+
+
+def _union(regions: Sequence[np.ndarray], skip: int | None = None) -> np.ndarray:
+    """The union of ``regions`` (all of the same shape), the ``skip``-th left out."""
+    out = np.zeros(regions[0].shape, dtype=bool)
+    for k, r in enumerate(regions):
+        if k != skip:
+            out |= r
+    return out
+
+
+def _composite_log_odds(scorer, x, reference, class_idx, jobs: Sequence[tuple[int, np.ndarray]]) -> list[float]:
+    """The class's log-odds of ``phi(x_b, m)`` for every ``(b, m)`` of ``jobs``, ``2 B`` composites per model call."""
+    out: list[float] = []
+    chunk = 2 * max(1, int(x.shape[0]))
+    with torch.no_grad():
+        for lo in range(0, len(jobs), chunk):
+            part = jobs[lo : lo + chunk]
+            idx = torch.as_tensor([b for b, _ in part], device=x.device)
+            masks = torch.from_numpy(np.stack([m for _, m in part]).astype(np.float32))
+            masks = masks[:, None].to(device=x.device, dtype=x.dtype)
+            o = scorer.log_odds(scorer.logits(composite(x[idx], masks, reference[idx])), class_idx[idx])
+            out += o.float().cpu().tolist()
+    return out
+
+
+def hdm_score(finding: Finding) -> float:
+    """HDM's ranking score of a finding: its ``evidence`` plus what it carries once the image's other candidate
+    regions are removed, ``max(0, rest)`` (0 when ``rest`` was not measured)."""
+    rest = finding.rest if np.isfinite(finding.rest) else 0.0
+    return finding.evidence + max(0.0, rest)
 
 
 def _ranked(
     saliency: np.ndarray,
     regions: Sequence[np.ndarray],
     stages: Sequence[int] | None,
-    evidence: Sequence[tuple[float, float]],
+    evidence: Sequence[tuple[float, ...]],
     spacing: Sequence[float] | None,
 ) -> list[Finding]:
-    """One image's findings: HDM's (``stages`` given) those that carry evidence, by evidence; else by peak."""
+    """One image's findings: HDM's (``stages`` given) those of :func:`hdm_score` at least :data:`EVIDENCE_FLOOR`,
+    by that score; else by peak."""
     found = []
     for k, region in enumerate(regions):
         finding = finding_from_region(region, saliency, spacing, None if stages is None else stages[k], evidence[k])
         if stages is not None:
-            if finding.evidence < EVIDENCE_FLOOR:
+            finding.score = hdm_score(finding)
+            if finding.score < EVIDENCE_FLOOR:
                 continue
-            finding.score = finding.evidence
         found.append(finding)
     found.sort(key=lambda f: -f.score)
     if stages is not None:  # one finding per place: a weaker one peaking near a stronger one is the same place
@@ -419,5 +471,5 @@ def explanation_findings(
     with torch.no_grad():
         o_x = scorer.log_odds(logits, class_idx)
         o_r = scorer.log_odds(scorer.logits(reference), class_idx)
-    evidence = region_evidence(scorer, x, reference, class_idx, regions, o_x, o_r)
+    evidence = region_evidence(scorer, x, reference, class_idx, regions, o_x, o_r, context=bool(result.stages))
     return [_ranked(saliency[b], regions[b], stages[b], evidence[b], rows[b]) for b in range(len(saliency))]
