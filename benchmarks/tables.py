@@ -47,7 +47,7 @@ METHOD_NAMES = {
 
 
 #: how a row measured at HDM's defaults of 2026-11-28 reads: the map before the focus term of issue 24, which
-#: the default has added since 2026-12-04 (``HDM(focus=0, contrast=1)`` gives that map)
+#: the default has added since 2026-12-04 (``HDM(focus=0, contrast=1, knee=0)`` gives that map)
 BEFORE_FOCUS = "defaults of 2026-11-28 (before the focus term)"
 
 

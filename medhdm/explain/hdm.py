@@ -155,7 +155,7 @@ from .reference import ReferenceSpec, blur_reference, composite, gaussian_blur, 
 from .scoring import ClassScorer
 from .units import PhysicalSettings, Units, check_units, resolve_units
 
-__all__ = ["HDM", "contrast_map", "focus_map", "fusion_weights"]
+__all__ = ["HDM", "contrast_map", "focus_map", "fusion_weights", "knee_map"]
 
 
 @dataclass
@@ -179,7 +179,11 @@ _REFINE_BY = ("positive_gradient", "gradient", "gradient_input")
 _FAST = {"steps": 5, "lr": 0.3, "final_lr": 0.03}  # every mask phase
 _SIGNAL_SMOOTHING = 1.5  # the positive gradient is smoothed at 1.5 x the fused map's sigma
 _FOCUS = {2: 0.5, 3: 1.0}  # the focus term's weight per spatial dimension (module docstring)
-_CONTRAST = {2: 1.5, 3: 2.0}  # the focused map's exponent per spatial dimension
+_CONTRAST = {2: 1.0, 3: 1.0}  # the focused map's exponent per spatial dimension (above the knee)
+_KNEE = {2: 0.3, 3: 0.3}  # the share of the maximum under which the focused map falls off (module docstring)
+_KNEE_SLOPE = {2: 2.0, 3: 2.0}  # the slope of that fall, per spatial dimension
+#: the slope of the map under the knee's fall (>0: the voxels keep their order there too)
+KNEE_TAIL = 1e-3
 _STAGE_POWER = {2: 1.0, 3: 1.0}  # the exponent of the focus term's stage weight, per spatial dimension
 #: the share of the map's maximum below which the focused map is background (a local maximum counts as a
 #: candidate finding from this share on: ``findings.MIN_PEAK``, the lesion-hit count's floor)
@@ -269,6 +273,20 @@ def contrast_map(
     """
     below = floor**contrast * (focused / floor) ** background_contrast
     return torch.where(focused < floor, below, focused**contrast)
+
+
+def knee_map(focused: torch.Tensor, contrast: float, knee: float, slope: float) -> torch.Tensor:
+    """HDM's default contrast of a map ``X`` in ``[0, 1]``: ``max(e X, K(X))`` with ``K = X ** gamma`` at and above
+    the knee ``t`` and ``t ** gamma - k (t - X)`` (clipped at 0) below it, ``e`` = :data:`KNEE_TAIL`.
+
+    Above the knee the map is ``X ** gamma`` (``contrast``; 1: the focused map itself); below it, it falls
+    in a straight line of slope ``k`` (``slope``) to 0 at ``X = t - t ** gamma / k``, and under that it is
+    ``e X``. Its slope is at most ``max(k, gamma)``: a change ``dX`` of the focused map moves it by at most that
+    times ``dX`` (continuity). Strictly increasing: the voxels keep their order.
+    """
+    fall = (knee**contrast - slope * (knee - focused)).clamp_min(0)
+    shaped = torch.where(focused >= knee, focused**contrast, fall)
+    return torch.maximum(KNEE_TAIL * focused, shaped)
 
 
 class HDM(MaskExplainer):
@@ -373,6 +391,8 @@ class HDM(MaskExplainer):
         contrast: float | dict[int, float] | None = None,
         background_contrast: float | dict[int, float] | None = None,
         stage_power: float | dict[int, float] | None = None,
+        knee: float | dict[int, float] | None = None,
+        knee_slope: float | dict[int, float] | None = None,
         reference: ReferenceSpec = "blur",
         seed: int = 0,
         amp: bool = False,
@@ -427,6 +447,10 @@ class HDM(MaskExplainer):
         self.signal_padding = signal_padding
         self.smooth = smooth
         self._set_focus(focus, contrast, background_contrast, stage_power)
+        self.knee = _per_dims("knee", _KNEE if knee is None else knee, minimum=0.0)
+        self.knee_slope = _per_dims("knee_slope", _KNEE_SLOPE if knee_slope is None else knee_slope, minimum=1.0)
+        if any(not v < 1 for v in self.knee.values()):
+            raise ValueError(f"knee: expected values in [0, 1), got {knee!r}")
 
     def _set_focus(self, focus, contrast, background_contrast, stage_power) -> None:
         """The focus term's and the contrast's settings per spatial dimension (defaults where ``None``)."""
@@ -668,7 +692,10 @@ class HDM(MaskExplainer):
         focused = self._focus(refined, run)
         flat = detail.flatten(1).amax(1) == 0
         dims = saliency.ndim - 2
-        contrasted = contrast_map(focused, self.contrast[dims], self.background_contrast[dims])
+        if self.knee[dims] > 0:
+            contrasted = knee_map(focused, self.contrast[dims], self.knee[dims], self.knee_slope[dims])
+        else:
+            contrasted = contrast_map(focused, self.contrast[dims], self.background_contrast[dims])
         return torch.where(flat.view(-1, *([1] * (saliency.ndim - 1))), saliency, contrasted)
 
     def _focus(self, refined: torch.Tensor, run: _Run) -> torch.Tensor:
