@@ -8,11 +8,14 @@ explanation counted by a hook on the model (as ``cost_curve.py`` does), and Grad
 rows of the ablation are computed from that one call's stages: the refined map ``T`` (``masks["refined"]``,
 the map of the defaults before the focus term, ``HDM(focus=0, contrast=1, knee=0)``) focused by
 :func:`medhdm.explain.hdm.focus_map` at each weight ``f`` and raised to each exponent ``gamma``, which
-is what ``HDM(focus=f, contrast=gamma)`` returns (the stages do not depend on either). Quality:
-pointing game, energy in lesion, pixel AUROC, lesions hit in 2-3-lesion cases (mean and 95 %
-bootstrap CI over cases), and the paired difference of the defaults against the map before the focus
-term. Seeds 31 and 77 chose the defaults; 4242 and 9999 are the held-out sets, run once after the
-choice. Writes ``benchmarks/results/<out>.json`` (default ``hdm_focus_<seeds>.json``).
+is what ``HDM(focus=f, contrast=gamma, knee=0)`` returns (the stages do not depend on either), and at the
+dimension's ``f`` through :func:`medhdm.explain.hdm.knee_map` at each knee, slope and exponent above the knee
+(``HDM(knee=t, knee_slope=k, contrast=gamma)``). Quality: pointing game, energy in lesion, pixel AUROC,
+lesions hit in 2-3-lesion cases (mean and 95 % bootstrap CI over cases; also with the hit count's floor at
+0.1 and 0.3 of the maximum instead of 0.2), and the paired differences of the defaults against the map
+before the focus term and against the one-exponent map. Seeds 31 and 77 chose the defaults; 4242 and 9999
+are the held-out sets, run once after the choice. Writes ``benchmarks/results/<out>.json`` (default
+``hdm_focus_<seeds>.json``).
 """
 
 from __future__ import annotations
