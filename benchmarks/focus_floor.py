@@ -9,7 +9,7 @@ fused from that one call: the refined map ``T`` (the map before the focus term),
 one exponent (the defaults: ``f 0.5, gamma 1.5`` in 2D, ``f 1, gamma 2`` in 3D),
 and the focused map at each focus weight ``f`` and stage-weight power ``q`` through
 :func:`medhdm.explain.hdm.contrast_map` with ``gamma = 1`` and each ``beta``, which is what
-``HDM(focus=f, stage_power=q, contrast=1, background_contrast=beta)`` returns. Prints pointing / energy in
+``HDM(focus=f, stage_power=q, contrast=1, background_contrast=beta, knee=0)`` returns. Prints pointing / energy in
 lesion / pixel AUROC / lesions hit in 2-3-lesion cases per map; writes
 ``benchmarks/results/focus_floor_<dims>d_<seeds>.json``.
 """

@@ -4,7 +4,7 @@
 
 One held-out case per dimension (seed 4242, case 1: two lesions), the shipped 2D and 3D DenseNets,
 class "lesion". Panels: the image with the lesions' outline, Gradient x Input, HDM's map before the
-focus term (``focus=0, contrast=1``, the refined map ``masks["refined"]``) and HDM's defaults, each
+focus term (``focus=0, contrast=1, knee=0``, the refined map ``masks["refined"]``) and HDM's defaults, each
 map on the same colour scale [0, 1]; in 3D the axial slice (D) and the coronal slice (H) through the
 largest lesion's centre. Writes ``benchmarks/results/focus_overlay_2d.png``,
 ``focus_overlay_3d_axial.png`` and ``focus_overlay_3d_coronal.png``.

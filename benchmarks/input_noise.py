@@ -14,7 +14,7 @@ prints, per setting, the pointing game and the lesions hit in 2-3-lesion cases a
 their mean, the cases that some draw misses (in how many draws, with the model's p(lesion)), and
 the paired difference of the per-case means over draws against the first setting (mean,
 bootstrap 95 % CI, Wilcoxon p). Settings: ``defaults``, ``before_focus`` (the defaults before the focus
-term of issue 24, ``HDM(focus=0, contrast=1)``), ``until_2026_11_27``, ``GradientInput``; ``--dims 3``
+term of issue 24, ``HDM(focus=0, contrast=1, knee=0)``), ``until_2026_11_27``, ``GradientInput``; ``--dims 3``
 runs the shipped 3D model on 24 x 48 x 48 volumes. Writes ``benchmarks/results/input_noise_<seeds>.json``
 (or ``<out>.json``).
 """
@@ -44,7 +44,7 @@ def make(setting: str, model):
     if setting == "defaults":
         return HDM(model)
     if setting == "before_focus":
-        return HDM(model, focus=0, contrast=1)
+        return HDM(model, focus=0, contrast=1, knee=0)
     if setting == "until_2026_11_27":
         return hdm_until_2026_11_27(model)
     if setting == "GradientInput":

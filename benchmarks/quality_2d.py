@@ -45,6 +45,7 @@ def hdm_until_2026_11_27(model) -> HDM:
         threshold=0.3,
         focus=0,
         contrast=1,
+        knee=0,
     )
 
 
@@ -58,6 +59,7 @@ def hdm_until_2026_11_28(model) -> HDM:
         signal_padding="replicate",
         focus=0,
         contrast=1,
+        knee=0,
     ).set_steps(20)
 
 

@@ -49,7 +49,7 @@ def methods_for(model, dims: int, hdm_steps: tuple[int, ...] = ()) -> dict:
     methods = {
         "HDM": HDM(model),
         **{f"HDM steps={s}": HDM(model).set_steps(s) for s in hdm_steps},
-        "HDM focus=0": HDM(model, focus=0, contrast=1),  # the defaults before the focus term (issue 24)
+        "HDM focus=0": HDM(model, focus=0, contrast=1, knee=0),  # the defaults before the focus term (issue 24)
         "GradientInput": GradientInput(model),
         "Occlusion": Occlusion(model),
         "RISE": RISE(model, n_masks=1000),

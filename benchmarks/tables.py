@@ -47,7 +47,7 @@ METHOD_NAMES = {
 
 
 #: how a row measured at HDM's defaults of 2026-11-28 reads: the map before the focus term of issue 24, which
-#: the default has added since 2026-12-04 (``HDM(focus=0, contrast=1)`` gives that map)
+#: the default has added since 2026-12-04 (``HDM(focus=0, contrast=1, knee=0)`` gives that map)
 BEFORE_FOCUS = "defaults of 2026-11-28 (before the focus term)"
 
 
@@ -109,9 +109,10 @@ QUALITY = (("pointing_game", 2, True), ("auroc", 3, True), ("lesion_hit_rate_mul
 
 
 def results() -> str:
-    """README.md, "Results" (seed 4242): HDM's defaults (the focused map) from ``hdm_focus_4242_9999.json``, its
-    masks alone and the defaults of 2026-11-27 from ``hdm_settings.json``, the rest from ``quality_2d.json`` (the
-    torch threads of each row's seconds from its entry)."""
+    """README.md, "Results" (seed 4242): HDM's defaults (the focused map; the run of one exponent, whose pointing,
+    pixel AUROC and lesions hit the knee's equal on this set, ``hdm_focus_knee_4242_9999.json``) from
+    ``hdm_focus_4242_9999.json``, its masks alone and the defaults of 2026-11-27 from ``hdm_settings.json``, the
+    rest from ``quality_2d.json`` (the torch threads of each row's seconds from its entry)."""
     focus = load("hdm_focus_4242_9999.json")["runs"]["2d/4242"]
     defaults = by_method([*focus["summary"], *summarise(focus["rows"], ["seconds"])])["HDM defaults"]
     settings = load("hdm_settings.json")["runs"]["2d/4242"]
@@ -762,6 +763,64 @@ def focus_held_out() -> str:
     return markdown(header, rows)
 
 
+#: the knee's tables (issue 24, follow-up): hits at the hit count's floor of 0.2, 0.1 and 0.3 of the maximum
+KNEE_QUALITY = (
+    ("pointing_game", 2),
+    ("energy_in_lesion", 2),
+    ("auroc", 3),
+    ("lesion_hit_rate_multi", 2),
+    ("lesion_hit_rate_multi_01", 2),
+    ("lesion_hit_rate_multi_03", 2),
+)
+KNEE_ROWS = (
+    ("HDM defaults", "**HDM defaults (knee 0.3, slope 2)**"),
+    ("HDM focused, one exponent (f 0.5, gamma 1.5 in 2D; f 1, gamma 2 in 3D)", "one exponent (the defaults before)"),
+    ("HDM before (focus 0, contrast 1)", "before the focus term"),
+    ("GradientInput", "Gradient x Input"),
+)
+
+
+def focus_knee() -> str:
+    """``hdm_focus_knee_31_77.json`` (tuning seeds): the knee at each knee / slope / exponent above it, one exponent,
+    the map before the focus term and Gradient x Input; pointing / energy / AUROC / lesions hit at 0.2, 0.1, 0.3."""
+    runs = load("hdm_focus_knee_31_77.json")["runs"]
+    rows = []
+    for key, run in runs.items():
+        summary = by_method(run["summary"])
+        names = [*(n for n, _ in KNEE_ROWS[1:]), *(n for n in summary if ", knee " in n)]
+        labels = dict(KNEE_ROWS)
+        for name in names:
+            cells = " / ".join(number(summary[name][m], d) for m, d in KNEE_QUALITY)
+            label = labels.get(name, name)
+            label = f"**{label}** (default)" if name.endswith("knee 0.3, slope 2, contrast 1") else label
+            rows.append([f"{key.split('/')[0].upper()} seed {key.split('/')[1]}", label, cells])
+    return markdown(["set", "map", "pointing / energy / AUROC / hit at 0.2 / at 0.1 / at 0.3"], rows)
+
+
+def focus_knee_held_out() -> str:
+    """``hdm_focus_knee_4242_9999.json`` and the files' runs (``quality_files_<d>d_knee.json``): HDM's defaults
+    (the knee), the one-exponent map, the map before the focus term and Gradient x Input."""
+    columns = [(m, d, True) for m, d in KNEE_QUALITY[:4]] + [(m, d, False) for m, d in KNEE_QUALITY[4:]]
+    rows = []
+    result = load("hdm_focus_knee_4242_9999.json")
+    for key, run in result["runs"].items():
+        summary = by_method(run["summary"])
+        where = f"{key.split('/')[0].upper()} seed {key.split('/')[1]} ({result['cases']})"
+        for name, label in KNEE_ROWS:
+            rows.append([where, label, *metric_cells(summary[name], columns), number(summary[name]["images"], 0)])
+    for dims in (2, 3):
+        if not (RESULTS / f"quality_files_{dims}d_knee.json").is_file():
+            continue
+        files = load(f"quality_files_{dims}d_knee.json")
+        summary = by_method(files["summary"])
+        for name, label in (("HDM", KNEE_ROWS[0][1]), ("HDM focus=0", "before the focus term"), *KNEE_ROWS[3:]):
+            cells = [number(summary[name][m], d, True) for m, d, _ in columns[:3]]
+            cells += [number(summary[name]["lesion_hit_rate"], 2, True) + " (all cases)", "-", "-", "-"]
+            rows.append([f"{dims}D LesionBench files ({files['cases']})", label, *cells])
+    header = ["set", "map", "pointing", "energy in lesion", "pixel AUROC", "lesions hit (2-3 lesions)"]
+    return markdown([*header, "hit at 0.1", "hit at 0.3", "images"], rows)
+
+
 def sanity_networks() -> str:
     """``sanity_networks_*.json`` (by name): per network, its held-out accuracy and the model-randomisation
     Spearman of HDM's defaults, the map before the focus term, the masks alone and Gradient x Input."""
@@ -809,6 +868,8 @@ TABLES: dict[str, Callable[[], str]] = {
     "focus_ablation": focus_ablation,
     "focus_held_out": focus_held_out,
     "focus_floor": focus_floor,
+    "focus_knee": focus_knee,
+    "focus_knee_held_out": focus_knee_held_out,
     "sanity_networks": sanity_networks,
 }
 

@@ -8,7 +8,7 @@ import torch
 from monai.networks.layers import gaussian_1d
 
 from medhdm import HDM, GradientInput
-from medhdm.explain.hdm import contrast_map
+from medhdm.explain.hdm import KNEE_TAIL, contrast_map, knee_map
 from medhdm.explain.maps import normalise
 from medhdm.explain.reference import gaussian_blur
 from medhdm.explain.scoring import ClassScorer
@@ -55,7 +55,7 @@ def test_soft_regions_keep_the_3d_map_continuous_in_its_input():
     # is read: a late stage that carried little evidence (fusion weight 0.08 on the second volume)
     # has masks that move by 0.4 under this noise; normalised to peak 1 in the focus term, as
     # high as the first stage's, it moved the map by 0.17; weighted by its share of the evidence,
-    # by about 0.01.
+    # by about 0.01 (one exponent of 2 over the map), 0.03 with the knee (slope 2 below 0.3 of the maximum).
     model = load_default_classifier(DEFAULT_3D)
     x = lesion_cases(2, tuple(model.medhdm_card["recipe"]["spatial_size"]), seed=555)[0]
     torch.manual_seed(0)
@@ -86,7 +86,8 @@ def _auroc(maps, lesions) -> float:
 def test_the_default_map_is_the_focused_refined_map_by_hand():
     # defaults: X = norm(f * max_l (alpha_l / max_k alpha_k)^q norm(C_l d_l) + T), with T the refined map
     # (masks["refined"]), C_l = M_l (1 - R_{l-1}) the stage's new region, d_l its pixel signal, alpha_l its
-    # fusion weight; then X ** 1.5; f 0.5, q 1 in 2D
+    # fusion weight; then the knee: X at and above 0.3 of the maximum, 0.3 - 2 (0.3 - X) below it (0 from
+    # X = 0.15 on), and never under 1e-3 X; f 0.5, q 1 in 2D
     model = load_default_classifier()
     x = lesion_cases(3, (96, 96), seed=31)[0]
     result = HDM(model).explain(x, 1)
@@ -97,10 +98,11 @@ def test_the_default_map_is_the_focused_refined_map_by_hand():
     per_stage = torch.stack([normalise(s.map * (1 - r) * s.sensitivity) for s, r in zip(stages, previous)])
     per_stage = (share * per_stage).amax(0)
     focused = normalise(0.5 * per_stage + result.masks["refined"])
-    expected = focused**1.5
+    expected = torch.where(focused >= 0.3, focused, (0.3 - 2 * (0.3 - focused)).clamp_min(0))
+    expected = torch.maximum(expected, 1e-3 * focused)
     assert torch.allclose(result.saliency, expected, atol=1e-6)
-    # focus 0 and contrast 1 give the refined map back, the map of the defaults before
-    before = HDM(model, focus=0, contrast=1).explain(x, 1)
+    # focus 0, contrast 1 and no knee give the refined map back, the map of the defaults before
+    before = HDM(model, focus=0, contrast=1, knee=0).explain(x, 1)
     assert torch.allclose(before.saliency, result.masks["refined"], atol=1e-6)
     # the focus costs no pass through the model
     assert before.images_evaluated == result.images_evaluated
@@ -114,21 +116,37 @@ def test_contrast_map_by_hand():
     assert bool((contrast_map(x, 1.0, 8.0).diff() > 0).all())  # the voxels keep their order
 
 
-def test_the_peak_floor_keeps_a_third_lesion_of_the_first_stage():
+def test_knee_map_by_hand():
+    x = torch.tensor([0.0, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0])
+    # knee 0.3, slope 2, exponent 1: 0.3 - 2 (0.3 - x) below the knee, 0 from x = 0.15 down, x above
+    expected = torch.tensor([0.0, KNEE_TAIL * 0.1, KNEE_TAIL * 0.15, 0.1, 0.3, 0.5, 1.0])
+    assert torch.allclose(knee_map(x, 1.0, 0.3, 2.0), expected)
+    # with an exponent above the knee the fall starts from knee ** gamma
+    assert torch.allclose(knee_map(torch.tensor([0.28, 0.5]), 2.0, 0.3, 2.0), torch.tensor([0.09 - 2 * 0.02, 0.25]))
+    dense = torch.linspace(0, 1, 10001)
+    shaped = knee_map(dense, 1.0, 0.3, 2.0)
+    assert bool((shaped.diff() > 0).all())  # strictly increasing: the voxels keep their order
+    assert float((shaped.diff() / dense.diff()).max()) <= 2.0 + 1e-3  # its slope is at most the knee's
+
+
+def test_the_knee_keeps_a_third_lesion_of_the_first_stage():
     # A tuning case (seed 31, case 20: three lesions, two stages). The focused map peaks on each lesion,
     # the weakest at 0.34 of its maximum. One exponent over the whole map (1.5, the 2D default before the
-    # default) puts that peak at 0.198, under the floor of 0.2 of the maximum at which a local maximum
-    # counts as a finding and a lesion as hit; the peak floor keeps the map as it is above that floor and
-    # squashes what lies below it (the option background_contrast; not the default, see test below).
+    # knee) puts that peak at 0.198, under the floor of 0.2 of the maximum at which a local maximum
+    # counts as a finding and a lesion as hit; the knee (the default) keeps the map as it is above 0.3 of
+    # the maximum and lets it fall to 0 below, at a slope of 2.
     model = load_default_classifier()
     x, lesions, _ = lesion_cases(21, (96, 96), seed=31)
     x, mask = x[[20]], lesions[20, 0].numpy() > 0
     assert len(np.unique(lesions[20, 0].numpy())) == 4  # three lesions
-    now = HDM(model, contrast=1, background_contrast=8).explain(x, 1).saliency[0, 0].numpy()
-    one_exponent = HDM(model).explain(x, 1).saliency[0, 0].numpy()
+    now = HDM(model).explain(x, 1).saliency[0, 0].numpy()
+    one_exponent = HDM(model, contrast={2: 1.5, 3: 2}, knee=0).explain(x, 1).saliency[0, 0].numpy()
     assert lesion_hit_rate(now, mask) == 1.0
     assert lesion_hit_rate(one_exponent, mask) < 1.0
     assert energy_in_lesion(now, mask) > energy_in_lesion(one_exponent, mask)
+    # the peak floor (the option background_contrast, with no knee) keeps it as well
+    floor = HDM(model, contrast=1, background_contrast=8, knee=0).explain(x, 1).saliency[0, 0].numpy()
+    assert lesion_hit_rate(floor, mask) == 1.0
 
 
 def test_the_focus_puts_more_of_the_map_in_the_lesions_without_losing_the_ranking():
@@ -136,7 +154,7 @@ def test_the_focus_puts_more_of_the_map_in_the_lesions_without_losing_the_rankin
     model = load_default_classifier()
     x, lesions, _ = lesion_cases(6, (96, 96), seed=31)
     after = HDM(model).explain(x, 1).saliency
-    before = HDM(model, focus=0, contrast=1).explain(x, 1).saliency
+    before = HDM(model, focus=0, contrast=1, knee=0).explain(x, 1).saliency
     assert _energy(after, lesions) > 1.8 * _energy(before, lesions), (_energy(after, lesions), _energy(before, lesions))
     assert _auroc(after, lesions) >= _auroc(before, lesions) - 0.002
 
@@ -156,9 +174,14 @@ def test_the_3d_focus_reaches_gradient_x_input_energy():
 def test_the_contrast_keeps_the_ranking():
     model = load_default_classifier()
     x = lesion_cases(2, (96, 96), seed=31)[0]
-    plain = HDM(model, contrast=1, background_contrast=1).explain(x, 1).saliency
-    sharp = HDM(model, contrast={2: 3, 3: 2}, background_contrast={2: 3, 3: 2}).explain(x, 1).saliency
-    assert torch.allclose(sharp, plain**3, atol=1e-6)
+    plain = HDM(model, contrast=1, background_contrast=1, knee=0).explain(x, 1)
+    sharp = HDM(model, contrast={2: 3, 3: 2}, background_contrast={2: 3, 3: 2}, knee=0).explain(x, 1).saliency
+    assert torch.allclose(sharp, plain.saliency**3, atol=1e-6)
+    kneed = HDM(model).explain(x, 1)  # the default knee: the same order of the voxels
+    assert torch.allclose(kneed.saliency, knee_map(plain.saliency, 1.0, 0.3, 2.0), atol=1e-6)
+    for i in range(2):
+        order = torch.argsort(plain.saliency[i].flatten())
+        assert bool((kneed.saliency[i].flatten()[order].diff() >= 0).all())
 
 
 @pytest.mark.parametrize(
@@ -170,6 +193,8 @@ def test_the_contrast_keeps_the_ranking():
         ({"focus": True}, "focus: expected values >= 0"),
         ({"background_contrast": 0.5}, "background_contrast: expected values >= 1"),
         ({"stage_power": -1}, "stage_power: expected values >= 0"),
+        ({"knee": 1.0}, r"knee: expected values in \[0, 1\)"),
+        ({"knee_slope": 0.5}, "knee_slope: expected values >= 1"),
     ],
 )
 def test_bad_focus_settings_name_the_argument(kwargs, message):
@@ -182,8 +207,9 @@ def test_focus_settings_round_trip_through_json():
 
     model = load_default_classifier()
     record = json.loads(json.dumps(HDM(model).settings()))  # as a provenance file holds them
-    assert record["focus"] == {"2": 0.5, "3": 1.0} and record["contrast"] == {"2": 1.5, "3": 2.0}
-    assert record["background_contrast"] == {"2": 1.5, "3": 2.0} and record["stage_power"] == {"2": 1.0, "3": 1.0}
-    keys = ("focus", "contrast", "background_contrast", "stage_power")
+    assert record["focus"] == {"2": 0.5, "3": 1.0} and record["contrast"] == {"2": 1.0, "3": 1.0}
+    assert record["background_contrast"] == {"2": 1.0, "3": 1.0} and record["stage_power"] == {"2": 1.0, "3": 1.0}
+    assert record["knee"] == {"2": 0.3, "3": 0.3} and record["knee_slope"] == {"2": 2.0, "3": 2.0}
+    keys = ("focus", "contrast", "background_contrast", "stage_power", "knee", "knee_slope")
     rebuilt = HDM(model, **{key: record[key] for key in keys})
     assert all(getattr(rebuilt, key) == getattr(HDM(model), key) for key in keys)
