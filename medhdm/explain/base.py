@@ -259,7 +259,7 @@ class Explainer:
         max_batch = self.max_batch
         while True:
             try:
-                return self._explain_once(x, class_idx, max_batch, spacing, region, sizes if findings else False)
+                return self._explain_once(x, class_idx, max_batch, spacing, region, sizes, findings)
             except _OutOfMemory as err:
                 if err.largest_batch <= 1:
                     raise MemoryError(
@@ -290,10 +290,17 @@ class Explainer:
         return merge_explanations(parts, b)
 
     def _explain_once(
-        self, x: torch.Tensor, class_idx, max_batch: int | None, spacing=None, region=None, sizes=None
+        self,
+        x: torch.Tensor,
+        class_idx,
+        max_batch: int | None,
+        spacing=None,
+        region=None,
+        sizes=None,
+        findings: bool = True,
     ) -> Explanation:
         """:meth:`explain` with at most ``max_batch`` images per model call (``sizes``: the ``(B, d)`` spacing
-        the findings read, None, or False for no findings); an out-of-memory error is raised as
+        the findings read, or None; ``findings``: whether to measure them); an out-of-memory error is raised as
         :class:`_OutOfMemory` with the largest model call made."""
         devices = [x.device] if x.device.type == "cuda" else []
         with frozen_eval(self.model), torch.random.fork_rng(devices=devices):
@@ -301,7 +308,7 @@ class Explainer:
             scorer = ClassScorer(self.model, amp=self.amp, max_batch=max_batch)
             try:
                 result = self._run(x, class_idx, scorer, spacing, region)
-                if result.region is None and sizes is not False:  # a classifier (a segmenter's: not defined yet)
+                if findings and result.region is None:  # a classifier (a segmenter's: not defined yet)
                     result.findings = self._findings(result, x, scorer, sizes)
                 return result
             except Exception as err:  # noqa: BLE001 - re-raised as it was unless it is an out-of-memory error
