@@ -109,11 +109,11 @@ QUALITY = (("pointing_game", 2, True), ("auroc", 3, True), ("lesion_hit_rate_mul
 
 
 def results() -> str:
-    """README.md, "Results" (seed 4242): HDM's defaults (the focused map; the run of one exponent, whose pointing,
-    pixel AUROC and lesions hit the knee's equal on this set, ``hdm_focus_knee_4242_9999.json``) from
-    ``hdm_focus_4242_9999.json``, its masks alone and the defaults of 2026-11-27 from ``hdm_settings.json``, the
-    rest from ``quality_2d.json`` (the torch threads of each row's seconds from its entry)."""
-    focus = load("hdm_focus_4242_9999.json")["runs"]["2d/4242"]
+    """README.md, "Results" (seed 4242): HDM's defaults (the focused map with its knee, and the findings ranked
+    with ``rest``) from ``hdm_focus_2d_4242.json``, its masks alone and the defaults of 2026-11-27 from
+    ``hdm_settings.json``, the rest from ``quality_2d.json`` (the torch threads of each row's seconds from its
+    entry)."""
+    focus = load("hdm_focus_2d_4242.json")["runs"]["2d/4242"]
     defaults = by_method([*focus["summary"], *summarise(focus["rows"], ["seconds"])])["HDM defaults"]
     settings = load("hdm_settings.json")["runs"]["2d/4242"]
     hdm = by_method([*settings["summary"], *summarise(settings["rows"], ["seconds"])])
