@@ -36,7 +36,7 @@ def test_every_marked_table_is_what_the_results_files_give(tables, capsys):
 
 
 def test_the_results_table_shows_the_figures_of_the_focused_defaults():
-    run = json.loads((ROOT / "benchmarks" / "results" / "hdm_focus_4242_9999.json").read_text())["runs"]["2d/4242"]
+    run = json.loads((ROOT / "benchmarks" / "results" / "hdm_focus_2d_4242.json").read_text())["runs"]["2d/4242"]
     cell = {r["metric"]: r for r in run["summary"] if r["method"] == "HDM defaults"}
     seconds = [r["seconds"] for r in run["rows"] if r["method"] == "HDM defaults"]
     readme = (ROOT / "README.md").read_text()
