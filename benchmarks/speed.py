@@ -4,12 +4,15 @@
 
 For each method: seconds per image when explaining a batch of held-out 96x96 cases
 with the shipped DenseNet. For HDM also the *floor*: a bare loop that replays HDM's
-model calls (the same sequence of batch sizes, recorded with a forward pre-hook) as
-forward+backward passes on a random input that requires grad, with the model's
-parameters frozen as HDM freezes them, timed in the same run. The ratio HDM / floor
+model calls (the same sequence of batch sizes, recorded with a forward pre-hook) on random
+inputs, as forward+backward passes where gradients flowed and forward passes where they did
+not (the findings' evidence call), with the model's parameters frozen as HDM freezes them,
+timed in the same run. The ratio HDM / floor
 is the overhead of everything that is not the model (mask upsampling, compositing,
 Adam, bookkeeping).
-Writes ``benchmarks/results/speed_<device>.json``.
+The model calls and the images through the model are counted by a forward pre-hook on the model for
+every method, so they include the calls a method leaves to MONAI (occlusion's batches) and the findings'
+evidence call that every explanation makes. Writes ``benchmarks/results/speed_<device>.json``.
 """
 
 from __future__ import annotations
@@ -29,10 +32,14 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def record_batches(model, run) -> list[tuple[int, ...]]:
-    """The input shapes of every model call made by ``run()``."""
-    shapes: list[tuple[int, ...]] = []
-    handle = model.register_forward_pre_hook(lambda _m, args: shapes.append(tuple(args[0].shape)))
+def record_batches(model, run) -> list[tuple[tuple[int, ...], bool]]:
+    """The input shape of every model call made by ``run()``, and whether gradients flowed through it."""
+    shapes: list[tuple[tuple[int, ...], bool]] = []
+
+    def record(_m, args):
+        shapes.append((tuple(args[0].shape), torch.is_grad_enabled() and args[0].requires_grad))
+
+    handle = model.register_forward_pre_hook(record)
     try:
         run()
     finally:
@@ -41,14 +48,16 @@ def record_batches(model, run) -> list[tuple[int, ...]]:
 
 
 def bare_loop(model, shapes, device, amp: bool = False) -> float:
-    """Seconds for one forward+backward pass per recorded input shape, parameters frozen."""
-    inputs = [torch.rand(s, device=device, requires_grad=True) for s in shapes]
+    """Seconds for one pass per recorded call, parameters frozen: forward+backward where gradients flowed
+    (the masks' steps, the refinement), forward only where they did not (the findings' evidence)."""
+    inputs = [(torch.rand(s, device=device, requires_grad=grad), grad) for s, grad in shapes]
     _sync(device)
     start = time.perf_counter()
-    for x in inputs:
-        with torch.autocast(device.type, enabled=amp and device.type == "cuda"):
+    for x, grad in inputs:
+        with torch.set_grad_enabled(grad), torch.autocast(device.type, enabled=amp and device.type == "cuda"):
             out = model(x)
-        out.float().sum().backward()
+        if grad:
+            out.float().sum().backward()
     _sync(device)
     return time.perf_counter() - start
 
@@ -79,11 +88,8 @@ def main() -> None:
     if device.type == "cuda":
         results["gpu"] = torch.cuda.get_device_name(device)
     print(f"device {device}, amp {args.amp}, {args.threads} threads, batch {args.batch} x {tuple(x.shape[1:])}\n")
-    print(
-        "| method | s / image | forward passes / call | backward passes / call | images through the model / call "
-        "| images / explanation |"
-    )
-    print("| --- | --- | --- | --- | --- | --- |")
+    print("| method | s / image | model calls / call | images through the model / call | images / explanation |")
+    print("| --- | --- | --- | --- | --- |")
     for name, explainer in default_methods(model).items():
         explainer.amp = args.amp
         explainer.explain(x[:1], 1)  # warm-up
@@ -94,34 +100,38 @@ def main() -> None:
             result = explainer.explain(x, 1)
             _sync(device)
             best = min(best, time.perf_counter() - start)
+        shapes = record_batches(model, lambda explainer=explainer: explainer.explain(x, 1))
         entry = {
             "seconds_per_image": best / args.batch,
             "forward_passes": result.forward_passes,
             "backward_passes": result.backward_passes,
             "images_evaluated": result.images_evaluated,
-            "images_per_explanation": result.images_evaluated / args.batch,
+            "model_calls": len(shapes),
+            "images_through_model": sum(s[0] for s, _ in shapes),
+            "images_per_explanation": sum(s[0] for s, _ in shapes) / args.batch,
         }
         if name == "HDM":
-            shapes = record_batches(model, lambda explainer=explainer: explainer.explain(x, 1))
             floor = min(bare_loop(model, shapes, device, args.amp) for _ in range(args.repeats))
             entry.update(
                 {
                     "floor_seconds": floor,
                     "floor_passes": len(shapes),
-                    "floor_mean_batch": sum(s[0] for s in shapes) / len(shapes),
+                    "floor_mean_batch": sum(s[0] for s, _ in shapes) / len(shapes),
+                    "floor_backward_passes": sum(grad for _, grad in shapes),
                     "ratio_to_floor": best / floor,
                 }
             )
         results["methods"][name] = entry
         print(
-            f"| {name} | {entry['seconds_per_image']:.3f} | {result.forward_passes} | {result.backward_passes} "
-            f"| {result.images_evaluated} | {entry['images_per_explanation']:.0f} |",
+            f"| {name} | {entry['seconds_per_image']:.3f} | {entry['model_calls']} "
+            f"| {entry['images_through_model']} | {entry['images_per_explanation']:.0f} |",
             flush=True,
         )
     hdm = results["methods"]["HDM"]
     print(
         f"\nHDM: {hdm['seconds_per_image'] * args.batch:.2f} s for the batch; the bare loop of the same "
-        f"{hdm['floor_passes']} forward+backward passes (mean batch {hdm['floor_mean_batch']:.1f}): "
+        f"{hdm['floor_passes']} passes ({hdm['floor_backward_passes']} with backward; mean batch "
+        f"{hdm['floor_mean_batch']:.1f}): "
         f"{hdm['floor_seconds']:.2f} s; ratio {hdm['ratio_to_floor']:.2f}"
     )
     name = f"speed_{device.type}{'_amp' if args.amp else ''}.json"

@@ -544,22 +544,23 @@ def realistic() -> str:
 
 
 def speed() -> str:
-    """``speed_cpu.json``: seconds per image, forward passes and images through the model per call of a batch."""
+    """``speed_cpu.json``: seconds per image, and the model calls and images through the model (a hook on the model,
+    findings' evidence call included) per call of a batch and per image."""
     data = load("speed_cpu.json")
     labels = {"HDM": "HDM (defaults)"}
     rows = [
         [
             labels.get(name, name),
             number(e["seconds_per_image"], 3),
-            str(e["forward_passes"]),
-            str(e["images_evaluated"]),
+            str(e["model_calls"]),
+            str(e["images_through_model"]),
+            number(e["images_per_explanation"], 0),
         ]
         for name, e in data["methods"].items()
     ]
     threads = f"{data['threads']} thread" + ("" if data["threads"] == 1 else "s")
-    return markdown(
-        [f"method ({threads})", "s / image", "forward passes / call", "images through the model / call"], rows
-    )
+    header = [f"method ({threads})", "s / image", "model calls / call", "images through the model / call"]
+    return markdown([*header, "images / explanation"], rows)
 
 
 def cohort() -> str:
