@@ -280,7 +280,7 @@ def focus_map(
             ``None`` weighs every stage 1.
         power: ``q``, the exponent of the stage weight (default 1).
     Returns:
-        ``(B, 1, *S)`` in ``[0, 1]`` (before the contrast exponent).
+        ``(B, 1, *S)`` in ``[0, 1]`` (before the contrast: the knee or the exponent).
     """
     if weight == 0:
         return refined
@@ -717,7 +717,7 @@ class HDM(MaskExplainer):
 
     def _refine(self, saliency: torch.Tensor, run: _Run) -> torch.Tensor:
         """``norm(S + w * max_l d_l)`` (``"positive_gradient"``) or ``norm((S + e) * max_l d_l)``, then
-        focused (:meth:`_focus`) and raised to the contrast exponent; the fused masks alone without
+        focused (:meth:`_focus`) and shaped by the contrast (the knee, or an exponent); the fused masks alone without
         refinement, or where the signal is flat everywhere."""
         if self.refine is None:
             return saliency
