@@ -72,12 +72,13 @@ def variants(explanation) -> dict[str, torch.Tensor]:
     """The ablation's maps, by name, from one HDM explanation (see the module docstring)."""
     refined, contributions, sensitivities, alphas = stage_terms(explanation)
     f0, g0 = PREVIOUS_SETTINGS[refined.ndim - 2]
-    maps = {PREVIOUS: focus_map(refined, contributions, sensitivities, f0, alphas) ** g0}
+    weights = {f0, *(f for f, _ in GRID)}
+    focused = {f: focus_map(refined, contributions, sensitivities, f, alphas) for f in weights}  # once per weight
+    maps = {PREVIOUS: focused[f0] ** g0}
     for f, g in GRID:
-        maps[f"focus {f:g}, contrast {g:g}"] = focus_map(refined, contributions, sensitivities, f, alphas) ** g
-    focused = focus_map(refined, contributions, sensitivities, f0, alphas)
+        maps[f"focus {f:g}, contrast {g:g}"] = focused[f] ** g
     for t, k, g in KNEES:
-        maps[f"focus {f0:g}, knee {t:g}, slope {k:g}, contrast {g:g}"] = knee_map(focused, g, t, k)
+        maps[f"focus {f0:g}, knee {t:g}, slope {k:g}, contrast {g:g}"] = knee_map(focused[f0], g, t, k)
     return maps
 
 
