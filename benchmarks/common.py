@@ -15,6 +15,12 @@ from medhdm.io.atomic import atomic_write  # noqa: E402
 from medhdm.testing import lesion_cases  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
+#: ``HDM(model, **BEFORE_FOCUS)``: HDM's defaults of 2026-11-28, before issue 24's focus term, knee and gradient
+#: magnitude (the map the issue's "lose nothing" criterion compares with)
+BEFORE_FOCUS = {"focus": 0, "contrast": 1, "knee": 0, "magnitude": 0}
+#: ``HDM(model, **KNEE_DEFAULTS)``: HDM's defaults of 2026-12-05 (the focus term and the knee at 0.3, no gradient
+#: magnitude)
+KNEE_DEFAULTS = {"knee": 0.3, "magnitude": 0}
 BENCH_SEED = 4242  # disjoint from the training (1000) and held-out (2000) seeds of the shipped model
 
 

@@ -4,7 +4,7 @@
 
 One held-out case per dimension (seed 4242, case 1: two lesions), the shipped 2D and 3D DenseNets,
 class "lesion". Panels: the image with the lesions' outline, Gradient x Input, HDM's map before the
-focus term (``focus=0, contrast=1, knee=0``, the refined map ``masks["refined"]``) and HDM's defaults, each
+focus term (``common.BEFORE_FOCUS``, :func:`hdm_focus.before_focus_map` of the same call) and HDM's defaults, each
 map on the same colour scale [0, 1]; in 3D the axial slice (D) and the coronal slice (H) through the
 largest lesion's centre. Writes ``benchmarks/results/focus_overlay_2d.png``,
 ``focus_overlay_3d_axial.png`` and ``focus_overlay_3d_coronal.png``.
@@ -22,6 +22,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from common import RESULTS, held_out_cases  # noqa: E402
+from hdm_focus import before_focus_map  # noqa: E402
 from scipy import ndimage  # noqa: E402
 
 from medhdm import HDM, GradientInput  # noqa: E402
@@ -34,7 +35,7 @@ def maps_of(model, x):
     hdm = HDM(model).explain(x, 1)
     return {
         "Gradient x Input": GradientInput(model).explain(x, 1).saliency[0, 0].numpy(),
-        "HDM before (focus 0, contrast 1)": hdm.masks["refined"][0, 0].numpy(),
+        "HDM before (focus 0, contrast 1)": before_focus_map(hdm)[0, 0].numpy(),
         "HDM defaults (focused)": hdm.saliency[0, 0].numpy(),
     }
 

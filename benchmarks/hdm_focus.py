@@ -5,17 +5,22 @@
 Per set (in-memory lesion cases of ``seed``, 1-3 lesions, the shipped 2D DenseNet at 96 x 96 and 3D
 DenseNet at 24 x 48 x 48, class "lesion"): HDM at its defaults once, its images through the model per
 explanation counted by a hook on the model (as ``cost_curve.py`` does), and Gradient x Input. The
-rows of the ablation are computed from that one call's stages: the refined map ``T`` (``masks["refined"]``,
-the map of the defaults before the focus term, ``HDM(focus=0, contrast=1, knee=0)``) focused by
+rows of the ablation are computed from that one call's stages: the refined map without the gradient
+magnitude, ``T0 = norm(S + max_l d_l)`` (the fused masks ``masks["fused"]`` and the stages' pixel signals;
+the map of the defaults before the focus term, ``HDM(**common.BEFORE_FOCUS)``) focused by
 :func:`medhdm.explain.hdm.focus_map` at each weight ``f`` and raised to each exponent ``gamma``, which
 is what ``HDM(focus=f, contrast=gamma, knee=0)`` returns (the stages do not depend on either), and at the
 dimension's ``f`` through :func:`medhdm.explain.hdm.knee_map` at each knee, slope and exponent above the knee
-(``HDM(knee=t, knee_slope=k, contrast=gamma)``). Quality: pointing game, energy in lesion, pixel AUROC,
+(``HDM(knee=t, knee_slope=k, contrast=gamma, magnitude=0)``), and with the stages' gradient magnitudes added
+at each weight ``m`` of :data:`MAGNITUDES`, ``norm(S + max_l d_l + m max_l a_l)``, focused at the dimension's
+``f`` and through the default knee (``HDM(magnitude=m)``), and at the default ``m`` through each knee of
+:data:`MAGNITUDE_KNEES` (``HDM(knee=t)``).
+Quality: pointing game, energy in lesion, pixel AUROC,
 lesions hit in 2-3-lesion cases (mean and 95 % bootstrap CI over cases; also with the hit count's floor at
 0.1 and 0.3 of the maximum instead of 0.2), and the paired differences of the defaults against the map
-before the focus term and against the one-exponent map. Seeds 31 and 77 chose the defaults; 4242 and 9999
-are the held-out sets, run once after the choice. Writes ``benchmarks/results/<out>.json`` (default
-``hdm_focus_<seeds>.json``).
+before the focus term, the one-exponent map and the knee without the magnitude. Seeds 31 and 77 chose the
+defaults; 4242 and 9999 are the held-out sets, run once after the choice. Writes
+``benchmarks/results/<out>.json`` (default ``hdm_focus_<seeds>.json``).
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from medhdm import HDM, GradientInput
 from medhdm.evaluation import format_table, paired_comparison, summarise
 from medhdm.evaluation.scoring import score_row
 from medhdm.explain.hdm import focus_map, knee_map
+from medhdm.explain.maps import normalise
 from medhdm.metrics.localisation import lesion_hit_rate
 from medhdm.models import DEFAULT_3D, load_default_classifier
 
@@ -46,6 +52,13 @@ PREVIOUS_SETTINGS = {2: (0.5, 1.5), 3: (1.0, 2.0)}
 GRID = [(f, g) for f in (0.0, 0.5, 1.0) for g in (1.0, 1.5, 2.0, 2.5)]
 #: (knee, slope, exponent above the knee) of the knee's ablation, at the dimension's focus weight
 KNEES = [(t, k, g) for t in (0.2, 0.3) for k in (2.0, 3.0, 4.0) for g in (1.0, 1.25)]
+#: weights ``m`` of the stages' gradient magnitude in the refined map, at the default focus weight and knee
+MAGNITUDES = (0.0, 0.1, 0.2, 0.3, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0)
+#: knees (slope 2) at the default focus weight and gradient magnitude
+MAGNITUDE_KNEES = (0.15, 0.2, 0.25, 0.3)
+DEFAULT_SETTINGS = HDM(torch.nn.Identity())  # (reads the default focus weight and knee per dimension)
+#: the defaults of 2026-12-05: the focus term and the knee on the refined map without the gradient magnitude
+KNEE = "HDM knee, no magnitude (the defaults of 2026-12-05)"
 
 
 def counted_explain(explainer, x):
@@ -59,13 +72,25 @@ def counted_explain(explainer, x):
     return result, sum(counted) / x.shape[0]
 
 
+def before_focus_map(explanation, magnitude: float = 0.0) -> torch.Tensor:
+    """The refined map of one HDM explanation (at ``refine = 1``) with the stages' gradient magnitude at weight
+    ``magnitude``: ``norm(S + max_l d_l + m max_l a_l)``; ``magnitude = 0`` is the map before the focus term."""
+    stages = explanation.stages
+    signal = torch.stack([s.sensitivity for s in stages], dim=0).amax(dim=0)
+    refined = explanation.masks["fused"] + signal
+    if magnitude:
+        refined = refined + magnitude * torch.stack([s.magnitude for s in stages], dim=0).amax(dim=0)
+    return normalise(refined)
+
+
 def stage_terms(explanation) -> tuple[torch.Tensor, list, list, list]:
     """What :func:`~medhdm.explain.hdm.focus_map` reads from one HDM explanation: the map before the focus
-    term, each stage's new region (its map outside what earlier stages removed), signal and fusion weight."""
+    term (:func:`before_focus_map`), each stage's new region (its map outside what earlier stages removed),
+    signal and fusion weight."""
     stages = explanation.stages
     previous = [torch.zeros_like(stages[0].removed)] + [s.removed for s in stages[:-1]]
     contributions = [s.map * (1 - r) for s, r in zip(stages, previous)]
-    return explanation.masks["refined"], contributions, [s.sensitivity for s in stages], [s.alpha for s in stages]
+    return before_focus_map(explanation), contributions, [s.sensitivity for s in stages], [s.alpha for s in stages]
 
 
 def variants(explanation) -> dict[str, torch.Tensor]:
@@ -79,6 +104,15 @@ def variants(explanation) -> dict[str, torch.Tensor]:
         maps[f"focus {f:g}, contrast {g:g}"] = focused[f] ** g
     for t, k, g in KNEES:
         maps[f"focus {f0:g}, knee {t:g}, slope {k:g}, contrast {g:g}"] = knee_map(focused[f0], g, t, k)
+    maps[KNEE] = maps[f"focus {f0:g}, knee 0.3, slope 2, contrast 1"]
+    dims = refined.ndim - 2
+    f, t, k, m0 = (getattr(DEFAULT_SETTINGS, key)[dims] for key in ("focus", "knee", "knee_slope", "magnitude"))
+    for m in MAGNITUDES:
+        focused_m = focus_map(before_focus_map(explanation, m), contributions, sensitivities, f, alphas)
+        maps[f"magnitude {m:g}"] = knee_map(focused_m, 1.0, t, k)
+        if m == m0:
+            for knee in MAGNITUDE_KNEES:
+                maps[f"magnitude {m:g}, knee {knee:g}"] = knee_map(focused_m, 1.0, knee, k)
     return maps
 
 
@@ -103,20 +137,27 @@ def run(model, dims: int, seed: int, cases: int, dump: str | None = None) -> dic
     seconds = (time.perf_counter() - start) / cases
     gi, gi_images = counted_explain(GradientInput(model), x)
     if dump:  # the stage terms, to fuse again offline
-        torch.save({"terms": stage_terms(hdm), "lesions": lesions, "gi": gi.saliency}, f"{dump}/{dims}d_{seed}.pt")
+        terms = {
+            "terms": stage_terms(hdm),
+            "magnitudes": [s.magnitude for s in hdm.stages],
+            "fused": hdm.masks["fused"],
+        }
+        torch.save({**terms, "lesions": lesions, "gi": gi.saliency}, f"{dump}/{dims}d_{seed}.pt")
     rows = rows_of(DEFAULTS, hdm.saliency, lesions, images=images, seconds=seconds)
-    rows += rows_of(BEFORE, hdm.masks["refined"], lesions, images=images)
+    rows += rows_of(BEFORE, before_focus_map(hdm), lesions, images=images)
     rows += rows_of("GradientInput", gi.saliency, lesions, images=gi_images)
     for name, maps in variants(hdm).items():
         rows += rows_of(name, maps, lesions, images=images)
     paired = {metric: paired_comparison(rows, DEFAULTS, BEFORE, metric) for metric in (*QUALITY, *FLOORS)}
     previous = {metric: paired_comparison(rows, DEFAULTS, PREVIOUS, metric) for metric in (*QUALITY, *FLOORS)}
+    knee = {metric: paired_comparison(rows, DEFAULTS, KNEE, metric) for metric in (*QUALITY, *FLOORS)}
     summary = summarise(rows, [*QUALITY, *FLOORS, "images"])
     return {
         "rows": rows,
         "summary": summary,
         "paired_defaults_minus_before": paired,
         "paired_defaults_minus_one_exponent": previous,
+        "paired_defaults_minus_knee": knee,
     }
 
 
@@ -147,6 +188,8 @@ def main() -> None:
                 print(f"  defaults - before, {metric}: {p}")
             for metric, p in result["paired_defaults_minus_one_exponent"].items():
                 print(f"  defaults - one exponent, {metric}: {p}")
+            for metric, p in result["paired_defaults_minus_knee"].items():
+                print(f"  defaults - knee without magnitude, {metric}: {p}")
     name = args.out or f"hdm_focus_{args.seeds.replace(',', '_')}"
     write_json(RESULTS / f"{name}.json", out)
 

@@ -23,7 +23,7 @@ import time
 import warnings
 
 import torch
-from common import RESULTS, compare_counting_images, held_out_cases, write_json
+from common import BEFORE_FOCUS, RESULTS, compare_counting_images, held_out_cases, write_json
 from quality_2d import hdm_until_2026_11_28
 
 from medhdm import HDM, GradientInput, MaskObjective
@@ -37,7 +37,7 @@ MEAN_AREA_3D = MaskObjective(steps=5, lr=0.3, final_lr=0.03, lambda_area=1.0, la
 def settings(model) -> dict:
     """Display name -> explainer, each row one change from the row above (in 2D the 3D area budget
     changes nothing: the last two HDM rows are the same settings there)."""
-    before = {"focus": 0, "contrast": 1}  # the rows are the defaults of 2026-11-28, before the focus term (issue 24)
+    before = BEFORE_FOCUS  # the rows are the defaults of 2026-11-28, before the focus term (issue 24)
     rows = {
         "HDM, defaults of 2026-11-27 (20 steps)": hdm_until_2026_11_28(model),
         "+ 5 steps per phase": HDM(

@@ -20,7 +20,7 @@ import time
 import warnings
 
 import torch
-from common import BENCH_SEED, RESULTS, default_methods, held_out_cases, write_json
+from common import BEFORE_FOCUS, BENCH_SEED, RESULTS, default_methods, held_out_cases, write_json
 
 from medhdm import HDM, MaskObjective
 from medhdm import HDM as _HDM
@@ -43,9 +43,7 @@ def hdm_until_2026_11_27(model) -> HDM:
         refine=0.2,
         refine_by="gradient_input",
         threshold=0.3,
-        focus=0,
-        contrast=1,
-        knee=0,
+        **BEFORE_FOCUS,
     )
 
 
@@ -57,9 +55,7 @@ def hdm_until_2026_11_28(model) -> HDM:
         volume_benchmark_objective=MaskObjective(lr=0.3, final_lr=0.03, lambda_area=1.0, lambda_del=1.0),
         threshold=0.3,
         signal_padding="replicate",
-        focus=0,
-        contrast=1,
-        knee=0,
+        **BEFORE_FOCUS,
     ).set_steps(20)
 
 
@@ -85,7 +81,7 @@ def hdm_variants(model) -> dict:
     before = {"fusion": "sufficiency", "smooth": None, "refine": None}
 
     def HDM(model, **kw):  # (the variants below as written when they were run)
-        return _HDM(model, **{**old, **kw})
+        return _HDM(model, **{**old, **BEFORE_FOCUS, **kw})
 
     def h(la=2.0, ld=0.0, tv=1.0, **kw):
         return HDM(

@@ -20,7 +20,7 @@ AUC) to ``tests/data/sanity_networks/``:
 Without ``--train`` it runs the check (:func:`medhdm.metrics.sanity_check`, mean Spearman between
 the maps of the trained and of a weight-randomised copy; near 0 passes, HDM must stay below 0.2) on
 the shipped model and these networks, 2D and 3D, on ``sanity.py``'s held-out cases (seed 77): HDM's
-defaults, the map before the focus term (``focus=0, contrast=1, knee=0``), the masks alone and Gradient x
+defaults, the map before the focus term (``common.BEFORE_FOCUS``), the masks alone and Gradient x
 Input. Writes ``benchmarks/results/<out>.json`` (default ``sanity_networks``).
 """
 
@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import RESULTS, write_json
+from common import BEFORE_FOCUS, RESULTS, write_json
 
 from medhdm import HDM, GradientInput
 from medhdm.data.lesions import make_dataset
@@ -96,7 +96,7 @@ def train(name: str) -> dict:
 #: method name -> explainer builder, for the check
 CHECKED = {
     "HDM (defaults)": lambda m: HDM(m),
-    "HDM before the focus term (focus 0, contrast 1)": lambda m: HDM(m, focus=0, contrast=1, knee=0),
+    "HDM before the focus term (focus 0, contrast 1)": lambda m: HDM(m, **BEFORE_FOCUS),
     "HDM masks only (refine None)": lambda m: HDM(m, refine=None),
     "GradientInput": lambda m: GradientInput(m),
 }

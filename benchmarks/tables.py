@@ -822,6 +822,125 @@ def focus_knee_held_out() -> str:
     return markdown([*header, "hit at 0.1", "hit at 0.3", "images"], rows)
 
 
+#: the gradient magnitude's tables (issue 24, second follow-up)
+MAGNITUDE_ROWS = (
+    ("HDM defaults", "**HDM defaults (gradient magnitude 0.2, knee 0.2 in 2D and 0.3 in 3D)**"),
+    ("HDM knee, no magnitude (the defaults of 2026-12-05)", "knee, no magnitude (the defaults before)"),
+    ("HDM before (focus 0, contrast 1)", "before the focus term (the defaults of 2026-11-28)"),
+    ("GradientInput", "Gradient x Input"),
+)
+#: the defaults' rows of the tuning runs: the default gradient magnitude at the default knee
+DEFAULT_MAGNITUDE_ROWS = {2: "magnitude 0.2, knee 0.2", 3: "magnitude 0.2, knee 0.3"}
+
+
+MAGNITUDE_TUNING = ("hdm_focus_magnitude_tuning_a.json", "hdm_focus_magnitude_tuning_b.json")
+
+
+def _tuning_runs() -> dict:
+    """The tuning seeds' runs of ``hdm_focus.py`` with the gradient magnitude, by set (``"2d/31"``)."""
+    runs = {}
+    for name in MAGNITUDE_TUNING:
+        runs.update(load(name)["runs"])
+    return runs
+
+
+def focus_magnitude() -> str:
+    """``hdm_focus_magnitude_tuning_{a,b}.json`` (six tuning seeds): per setting, the mean over the seeds of
+    pointing / energy / AUROC / lesions hit at 0.2, 0.1, 0.3 in 2D and in 3D: the knee with the gradient magnitude
+    at each weight, the default weight at each knee, the defaults before, the map before the focus term and
+    Gradient x Input."""
+    runs = _tuning_runs()
+    by_dims: dict[int, list] = {2: [], 3: []}
+    for key, run in runs.items():
+        by_dims[int(key[0])].append(by_method(run["summary"]))
+    magnitudes = [n for dims in (2, 3) for n in by_dims[dims][0] if n.startswith("magnitude ")]
+    names = [*dict.fromkeys(magnitudes), *(n for n, _ in MAGNITUDE_ROWS[1:])]
+    rows = []
+    for name in names:
+        label = dict(MAGNITUDE_ROWS).get(name, name)
+        cells = []
+        for dims in (2, 3):
+            summaries = [s for s in by_dims[dims] if name in s]
+            means = [math.fsum(s[name][m]["mean"] for s in summaries) / max(1, len(summaries)) for m, _ in KNEE_QUALITY]
+            cells.append(" / ".join(number(v, d) for v, (_, d) in zip(means, KNEE_QUALITY)) if summaries else "-")
+        marks = [f"{d}D" for d in (2, 3) if name == DEFAULT_MAGNITUDE_ROWS[d]]
+        label = f"**{label}** (default {', '.join(marks)})" if marks else label
+        rows.append([label, *cells])
+    seeds = ", ".join(sorted({k.split("/")[1] for k in runs}, key=int))
+    return markdown(["map", f"2D (mean of seeds {seeds})", f"3D (mean of seeds {seeds})"], rows)
+
+
+def focus_magnitude_sets() -> str:
+    """``hdm_focus_magnitude_tuning_{a,b}.json``: per tuning set, energy in lesion / pixel AUROC / lesions hit in
+    2-3-lesion cases of HDM's defaults, the defaults before, the map before the focus term and Gradient x Input."""
+    rows = []
+    for key, run in sorted(_tuning_runs().items(), key=lambda kv: (kv[0][0], int(kv[0].split("/")[1]))):
+        summary = by_method(run["summary"])
+        cells = [
+            " / ".join(number(summary[n][m], d) for m, d in (("energy_in_lesion", 2), ("auroc", 3), *KNEE_QUALITY[3:4]))
+            for n, _ in MAGNITUDE_ROWS
+        ]
+        rows.append([f"{key.split('/')[0].upper()} seed {key.split('/')[1]}", *cells])
+    return markdown(["set", *(label.strip("*") for _, label in MAGNITUDE_ROWS)], rows)
+
+
+def focus_magnitude_choice() -> str:
+    """``hdm_focus_magnitude_31_77.json`` (tuning seeds 31 and 77, the knee at 0.3 then): per weight of the gradient
+    magnitude, energy in lesion / pixel AUROC / lesions hit in 2-3-lesion cases on each set, and Gradient x Input."""
+    runs = load("hdm_focus_magnitude_31_77.json")["runs"]
+    summaries = {key: by_method(run["summary"]) for key, run in runs.items()}
+    names = [n for n in next(iter(summaries.values())) if n.startswith("magnitude ") and ", knee" not in n]
+    quality = (("energy_in_lesion", 2), ("auroc", 3), ("lesion_hit_rate_multi", 2))
+    rows = []
+    for name in [*names, "GradientInput"]:
+        cells = [" / ".join(number(summary[name][m], d) for m, d in quality) for summary in summaries.values()]
+        rows.append([METHOD_NAMES.get(name, name), *cells])
+    header = [f"{k.split('/')[0].upper()} seed {k.split('/')[1]}" for k in summaries]
+    return markdown(["map (knee 0.3)", *header], rows)
+
+
+def magnitude_sanity() -> str:
+    """``magnitude_sanity.json``: per network, the model-randomisation Spearman of HDM at each weight of the gradient
+    magnitude."""
+    result = load("magnitude_sanity.json")
+    magnitudes = [f"{m:g}" for m in result["magnitudes"]]
+    rows = []
+    for name, entry in result["networks"].items():
+        rows.append([f"{entry['dims']}D", name, *(number(entry[m]["mean"]) for m in magnitudes)])
+    return markdown(["dims", "network", *(f"magnitude {m}" for m in magnitudes)], rows)
+
+
+def auroc_signals() -> str:
+    """``auroc_signals.json``: per set, the pixel AUROC of single signals with the trained and a randomised model."""
+    sets = load("auroc_signals.json")["sets"]
+    names = list(next(iter(sets.values())))
+    rows = [[name, *(number(sets[key][name], 3) for key in sets)] for name in names]
+    return markdown(["signal", *(f"{k.split('/')[0].upper()} seed {k.split('/')[1]}" for k in sets)], rows)
+
+
+def focus_magnitude_held_out() -> str:
+    """``hdm_focus_magnitude_4242_9999.json`` and the files' runs (``quality_files_<d>d_magnitude.json``): HDM's
+    defaults, the knee without the magnitude, the map before the focus term and Gradient x Input."""
+    columns = [(m, d, True) for m, d in KNEE_QUALITY[:4]] + [(m, d, False) for m, d in KNEE_QUALITY[4:]]
+    rows = []
+    result = load("hdm_focus_magnitude_4242_9999.json")
+    for key, run in result["runs"].items():
+        summary = by_method(run["summary"])
+        where = f"{key.split('/')[0].upper()} seed {key.split('/')[1]} ({result['cases']})"
+        for name, label in MAGNITUDE_ROWS:
+            rows.append([where, label, *metric_cells(summary[name], columns), number(summary[name]["images"], 0)])
+    files_rows = (("HDM", 0), ("HDM knee=0.3 magnitude=0", 1), ("HDM focus=0", 2), ("GradientInput", 3))
+    for dims in (2, 3):
+        files = load(f"quality_files_{dims}d_magnitude.json")
+        summary = by_method(files["summary"])
+        for name, row in files_rows:
+            cells = [number(summary[name][m], d, True) for m, d, _ in columns[:3]]
+            cells += [number(summary[name]["lesion_hit_rate"], 2, True) + " (all cases)", "-", "-", "-"]
+            rows.append([f"{dims}D LesionBench files ({files['cases']})", MAGNITUDE_ROWS[row][1], *cells])
+    header = ["set", "map", "pointing", "energy in lesion", "pixel AUROC", "lesions hit (2-3 lesions)"]
+    return markdown([*header, "hit at 0.1", "hit at 0.3", "images"], rows)
+
+
 def sanity_networks() -> str:
     """``sanity_networks_*.json`` (by name): per network, its held-out accuracy and the model-randomisation
     Spearman of HDM's defaults, the map before the focus term, the masks alone and Gradient x Input."""
@@ -871,6 +990,12 @@ TABLES: dict[str, Callable[[], str]] = {
     "focus_floor": focus_floor,
     "focus_knee": focus_knee,
     "focus_knee_held_out": focus_knee_held_out,
+    "focus_magnitude_choice": focus_magnitude_choice,
+    "magnitude_sanity": magnitude_sanity,
+    "auroc_signals": auroc_signals,
+    "focus_magnitude": focus_magnitude,
+    "focus_magnitude_sets": focus_magnitude_sets,
+    "focus_magnitude_held_out": focus_magnitude_held_out,
     "sanity_networks": sanity_networks,
 }
 

@@ -6,11 +6,12 @@ import numpy as np
 import pytest
 import torch
 from monai.networks.layers import gaussian_1d
+from scipy import ndimage
 
 from medhdm import HDM, GradientInput
 from medhdm.explain.hdm import KNEE_TAIL, contrast_map, knee_map
 from medhdm.explain.maps import normalise
-from medhdm.explain.reference import gaussian_blur
+from medhdm.explain.reference import composite, gaussian_blur, make_reference
 from medhdm.explain.scoring import ClassScorer
 from medhdm.metrics import auroc, energy_in_lesion, lesion_hit_rate
 from medhdm.models import DEFAULT_3D, load_default_classifier
@@ -55,7 +56,7 @@ def test_soft_regions_keep_the_3d_map_continuous_in_its_input():
     # is read: a late stage that carried little evidence (fusion weight 0.08 on the second volume)
     # has masks that move by 0.4 under this noise; normalised to peak 1 in the focus term, as
     # high as the first stage's, it moved the map by 0.17; weighted by its share of the evidence,
-    # by about 0.01 (one exponent of 2 over the map), 0.03 with the knee (slope 2 below 0.3 of the maximum).
+    # by about 0.01 (one exponent of 2 over the map), 0.03 with the knee (slope 2 below 0.3 of the maximum in 3D).
     model = load_default_classifier(DEFAULT_3D)
     x = lesion_cases(2, tuple(model.medhdm_card["recipe"]["spatial_size"]), seed=555)[0]
     torch.manual_seed(0)
@@ -86,24 +87,35 @@ def _auroc(maps, lesions) -> float:
 def test_the_default_map_is_the_focused_refined_map_by_hand():
     # defaults: X = norm(f * max_l (alpha_l / max_k alpha_k)^q norm(C_l d_l) + T), with T the refined map
     # (masks["refined"]), C_l = M_l (1 - R_{l-1}) the stage's new region, d_l its pixel signal, alpha_l its
-    # fusion weight; then the knee: X at and above 0.3 of the maximum, 0.3 - 2 (0.3 - X) below it (0 from
-    # X = 0.15 on), and never under 1e-3 X; f 0.5, q 1 in 2D
+    # fusion weight; then the knee: X at and above 0.2 of the maximum, 0.2 - 2 (0.2 - X) below it (0 from
+    # X = 0.1 on), and never under 1e-3 X; f 0.5, q 1, knee 0.2 in 2D. T = norm(S + max_l d_l + m max_l a_l), with S the
+    # fused masks, a_l = norm(G_sigma * |g_l|) the stage input's smoothed gradient magnitude, m 0.2 in 2D
     model = load_default_classifier()
     x = lesion_cases(3, (96, 96), seed=31)[0]
     result = HDM(model).explain(x, 1)
     stages = result.stages
+    x_in = composite(x, torch.ones_like(x), make_reference(x, "blur"))  # stage 1's input, as HDM rounds it
+    gradient = ClassScorer(model).gradient(x_in, torch.ones(3, dtype=torch.long), measure="log_odds", signed=True)
+    assert torch.allclose(stages[0].magnitude, normalise(gaussian_blur(gradient.abs(), 96 / 32)), atol=1e-6)
+    signal = torch.stack([s.sensitivity for s in stages]).amax(0)
+    magnitude = torch.stack([s.magnitude for s in stages]).amax(0)
+    refined = normalise(result.masks["fused"] + signal + 0.2 * magnitude)
+    assert torch.allclose(result.masks["refined"], refined, atol=1e-6)
     previous = [torch.zeros_like(stages[0].removed)] + [s.removed for s in stages[:-1]]
     alphas = torch.stack([s.alpha for s in stages])  # (L, B); each stage's term scaled by alpha_l / max_k alpha_k
     share = (alphas / alphas.amax(0)).view(len(stages), -1, 1, 1, 1)
     per_stage = torch.stack([normalise(s.map * (1 - r) * s.sensitivity) for s, r in zip(stages, previous)])
     per_stage = (share * per_stage).amax(0)
     focused = normalise(0.5 * per_stage + result.masks["refined"])
-    expected = torch.where(focused >= 0.3, focused, (0.3 - 2 * (0.3 - focused)).clamp_min(0))
+    expected = torch.where(focused >= 0.2, focused, (0.2 - 2 * (0.2 - focused)).clamp_min(0))
     expected = torch.maximum(expected, 1e-3 * focused)
     assert torch.allclose(result.saliency, expected, atol=1e-6)
     # focus 0, contrast 1 and no knee give the refined map back, the map of the defaults before
     before = HDM(model, focus=0, contrast=1, knee=0).explain(x, 1)
     assert torch.allclose(before.saliency, result.masks["refined"], atol=1e-6)
+    # and without the magnitude, the map of the defaults of 2026-11-28
+    plain = HDM(model, focus=0, contrast=1, knee=0, magnitude=0).explain(x, 1)
+    assert torch.allclose(plain.saliency, normalise(result.masks["fused"] + signal), atol=1e-6)
     # the focus costs no pass through the model
     assert before.images_evaluated == result.images_evaluated
 
@@ -133,7 +145,7 @@ def test_the_knee_keeps_a_third_lesion_of_the_first_stage():
     # A tuning case (seed 31, case 20: three lesions, two stages). The focused map peaks on each lesion,
     # the weakest at 0.34 of its maximum. One exponent over the whole map (1.5, the 2D default before the
     # knee) puts that peak at 0.198, under the floor of 0.2 of the maximum at which a local maximum
-    # counts as a finding and a lesion as hit; the knee (the default) keeps the map as it is above 0.3 of
+    # counts as a finding and a lesion as hit; the knee (the default) keeps the map as it is above 0.2 of
     # the maximum and lets it fall to 0 below, at a slope of 2.
     model = load_default_classifier()
     x, lesions, _ = lesion_cases(21, (96, 96), seed=31)
@@ -154,7 +166,7 @@ def test_the_focus_puts_more_of_the_map_in_the_lesions_without_losing_the_rankin
     model = load_default_classifier()
     x, lesions, _ = lesion_cases(6, (96, 96), seed=31)
     after = HDM(model).explain(x, 1).saliency
-    before = HDM(model, focus=0, contrast=1, knee=0).explain(x, 1).saliency
+    before = HDM(model, focus=0, contrast=1, knee=0, magnitude=0).explain(x, 1).saliency
     assert _energy(after, lesions) > 1.8 * _energy(before, lesions), (_energy(after, lesions), _energy(before, lesions))
     assert _auroc(after, lesions) >= _auroc(before, lesions) - 0.002
 
@@ -168,7 +180,33 @@ def test_the_3d_focus_reaches_gradient_x_input_energy():
         _energy(hdm.saliency, lesions),
         _energy(gradient, lesions),
     )
-    assert _energy(hdm.saliency, lesions) > 3 * _energy(hdm.masks["refined"], lesions)
+    before = normalise(hdm.masks["fused"] + torch.stack([s.sensitivity for s in hdm.stages]).amax(0))
+    assert _energy(hdm.saliency, lesions) > 3 * _energy(before, lesions)
+
+
+def test_the_gradient_magnitude_ranks_a_lesion_that_the_positive_gradient_leaves_in_the_tail():
+    # A 3D tuning volume (seed 31, case 14: three lesions). Without the magnitude (magnitude=0, the defaults of
+    # 2026-12-05) one lesion lies under the knee, in the tail where the voxels are ordered by the fused masks'
+    # rims and the positive part of the smoothed signed gradient (0 over about half the volume): it ranks with
+    # the background. The magnitude of the same gradient (no extra pass, weight 0.2) ranks it above most of it.
+    model = load_default_classifier(DEFAULT_3D)
+    x, lesions, _ = lesion_cases(15, tuple(model.medhdm_card["recipe"]["spatial_size"]), seed=31)
+    x, mask = x[[14]], lesions[14, 0].numpy() > 0
+    now = HDM(model).explain(x, 1)
+    before = HDM(model, magnitude=0).explain(x, 1)
+    assert now.images_evaluated == before.images_evaluated  # no pass added
+    now, before = now.saliency[0, 0].numpy(), before.saliency[0, 0].numpy()
+    labels, n = ndimage.label(mask, structure=np.ones((3, 3, 3)))
+    assert n == 3
+
+    def against_background(saliency, component):  # AUROC of one lesion against the voxels of no lesion
+        return auroc(np.where(component | ~mask, saliency, saliency.min() - 1), component)
+
+    tail = [k for k in range(1, n + 1) if np.median(before[labels == k]) < 1e-3 * before.max()]
+    assert len(tail) == 1, tail
+    lesion = labels == tail[0]
+    assert against_background(before, lesion) < 0.8 and against_background(now, lesion) > 0.9  # 0.77 -> 0.91
+    assert auroc(before, mask) < 0.91 and auroc(now, mask) > 0.95  # 0.90 -> 0.96
 
 
 def test_the_contrast_keeps_the_ranking():
@@ -178,7 +216,7 @@ def test_the_contrast_keeps_the_ranking():
     sharp = HDM(model, contrast={2: 3, 3: 2}, background_contrast={2: 3, 3: 2}, knee=0).explain(x, 1).saliency
     assert torch.allclose(sharp, plain.saliency**3, atol=1e-6)
     kneed = HDM(model).explain(x, 1)  # the default knee: the same order of the voxels
-    assert torch.allclose(kneed.saliency, knee_map(plain.saliency, 1.0, 0.3, 2.0), atol=1e-6)
+    assert torch.allclose(kneed.saliency, knee_map(plain.saliency, 1.0, 0.2, 2.0), atol=1e-6)
     for i in range(2):
         order = torch.argsort(plain.saliency[i].flatten())
         assert bool((kneed.saliency[i].flatten()[order].diff() >= 0).all())
@@ -195,6 +233,8 @@ def test_the_contrast_keeps_the_ranking():
         ({"stage_power": -1}, "stage_power: expected values >= 0"),
         ({"knee": 1.0}, r"knee: expected values in \[0, 1\)"),
         ({"knee_slope": 0.5}, "knee_slope: expected values >= 1"),
+        ({"magnitude": -1}, "magnitude: expected values >= 0"),
+        ({"magnitude": {2: 0.2}}, "magnitude: expected a number or a dict with the keys 2 and 3"),
     ],
 )
 def test_bad_focus_settings_name_the_argument(kwargs, message):
@@ -209,7 +249,8 @@ def test_focus_settings_round_trip_through_json():
     record = json.loads(json.dumps(HDM(model).settings()))  # as a provenance file holds them
     assert record["focus"] == {"2": 0.5, "3": 1.0} and record["contrast"] == {"2": 1.0, "3": 1.0}
     assert record["background_contrast"] == {"2": 1.0, "3": 1.0} and record["stage_power"] == {"2": 1.0, "3": 1.0}
-    assert record["knee"] == {"2": 0.3, "3": 0.3} and record["knee_slope"] == {"2": 2.0, "3": 2.0}
-    keys = ("focus", "contrast", "background_contrast", "stage_power", "knee", "knee_slope")
+    assert record["knee"] == {"2": 0.2, "3": 0.3} and record["knee_slope"] == {"2": 2.0, "3": 2.0}
+    assert record["magnitude"] == {"2": 0.2, "3": 0.2}
+    keys = ("focus", "contrast", "background_contrast", "stage_power", "knee", "knee_slope", "magnitude")
     rebuilt = HDM(model, **{key: record[key] for key in keys})
     assert all(getattr(rebuilt, key) == getattr(HDM(model), key) for key in keys)

@@ -95,6 +95,9 @@ class StageRecord:
         sensitivity: HDM's pixel refinement: the stage input's first-order sensitivity
             ``|d o / d m|`` at a full-resolution mask ``m = 1``, smoothed and normalised,
             ``(B, 1, *S)``; ``None`` when HDM runs without refinement.
+        magnitude: HDM's pixel refinement: the magnitude of the same gradient, smoothed and normalised,
+            ``a_l`` ``(B, 1, *S)``; ``None`` without refinement or with ``refine_by`` other than
+            ``"positive_gradient"``.
     """
 
     map: torch.Tensor
@@ -106,6 +109,7 @@ class StageRecord:
     alpha: torch.Tensor
     active: torch.Tensor
     sensitivity: torch.Tensor | None = None
+    magnitude: torch.Tensor | None = None
 
 
 @dataclass
@@ -453,6 +457,7 @@ def _stage_filler(last: StageRecord) -> StageRecord:
         alpha=torch.zeros_like(last.alpha),
         active=torch.zeros_like(last.active),
         sensitivity=None if last.sensitivity is None else torch.zeros_like(last.sensitivity),
+        magnitude=None if last.magnitude is None else torch.zeros_like(last.magnitude),
     )
 
 

@@ -75,6 +75,7 @@ __all__ = [
     "increase_in_confidence",
     "insertion_auc",
     "log_fractions",
+    "randomised_copy",
     "sanity_check",
     "seed_agreement",
 ]
@@ -289,7 +290,9 @@ def increase_in_confidence(model, x, saliency, class_idx=None, reference: Refere
     return [float(v) for v in (p_masked > p).float().cpu()]
 
 
-def _randomised(model: nn.Module, seed: int) -> nn.Module:
+def randomised_copy(model: nn.Module, seed: int) -> nn.Module:
+    """A copy of ``model`` with every weight redrawn from N(0, std of that tensor) (0.05 for a constant tensor) and
+    every bias 0, from generator ``seed``: the randomised model of :func:`sanity_check`."""
     clone = copy.deepcopy(model)
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -400,7 +403,7 @@ def sanity_maps(
     the arguments as for :func:`sanity_check`."""
     cls, target = _targets(model, x, class_idx, region)
     trained_explainer = make_explainer(model)
-    random_explainer = make_explainer(_randomised(model, seed))
+    random_explainer = make_explainer(randomised_copy(model, seed))
     if explainer_seeds is not None:
         _with_seed(trained_explainer, explainer_seeds[0])
         _with_seed(random_explainer, explainer_seeds[1])
