@@ -495,8 +495,7 @@ class HDM(MaskExplainer):
         self.signal_padding = signal_padding
         self.smooth = smooth
         self._set_focus(focus, contrast, background_contrast, stage_power)
-        self._set_knee(knee, knee_slope)
-        self.magnitude = _per_dims("magnitude", _MAGNITUDE if magnitude is None else magnitude, minimum=0.0)
+        self._set_knee(knee, knee_slope, magnitude)
 
     def _set_focus(self, focus, contrast, background_contrast, stage_power) -> None:
         """The focus term's and the contrast's settings per spatial dimension (defaults where ``None``)."""
@@ -507,8 +506,9 @@ class HDM(MaskExplainer):
         self.background_contrast = _per_dims("background_contrast", background_contrast, 1.0)
         self.stage_power = _per_dims("stage_power", _STAGE_POWER if stage_power is None else stage_power, 0.0)
 
-    def _set_knee(self, knee, knee_slope) -> None:
-        """The knee's settings per spatial dimension (defaults where ``None``)."""
+    def _set_knee(self, knee, knee_slope, magnitude) -> None:
+        """The knee's settings and the gradient magnitude's weight per spatial dimension (defaults where ``None``)."""
+        self.magnitude = _per_dims("magnitude", _MAGNITUDE if magnitude is None else magnitude, minimum=0.0)
         self.knee = _per_dims("knee", _KNEE if knee is None else knee, minimum=0.0)
         self.knee_slope = _per_dims("knee_slope", _KNEE_SLOPE if knee_slope is None else knee_slope, minimum=1.0)
         if any(not v < 1 for v in self.knee.values()):
