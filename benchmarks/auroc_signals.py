@@ -35,12 +35,12 @@ def signals(model, randomised, x) -> dict[str, torch.Tensor]:
     """The signals of the module docstring, by name, each ``(B, 1, *S)``."""
     sigma = max(x.shape[2:]) / 32
     detail = (x - make_reference(x, "blur")).abs().sum(1, keepdim=True)
-    out = {"image detail G * |x - r| (no model)": normalise(gaussian_blur(detail, sigma))}
+    out = {"image detail G * abs(x - r) (no model)": normalise(gaussian_blur(detail, sigma))}
     targets = torch.ones(x.shape[0], dtype=torch.long)
     for label, net in (("trained", model), ("randomised", randomised)):
         out[f"Gradient x Input, {label}"] = GradientInput(net).explain(x, 1).saliency
         gradient = ClassScorer(net).gradient(x, targets, measure="log_odds", signed=True)
-        out[f"gradient magnitude G * |g|, {label}"] = gaussian_blur(gradient.abs(), sigma)
+        out[f"gradient magnitude G * abs(g), {label}"] = gaussian_blur(gradient.abs(), sigma)
         out[f"positive gradient max(0, G * g), {label}"] = gaussian_blur(
             gradient, 1.5 * sigma, padding="zeros"
         ).clamp_min(0)

@@ -251,34 +251,61 @@ INPUT_NOISE = (
 )
 
 
-def input_noise() -> str:
-    """:data:`INPUT_NOISE` (the focused defaults, the map before the focus term and Gradient x Input from the run
-    of 2026-12-04, the defaults until 2026-11-27 from ``input_noise_<seed>.json``): per setting, the pointing game
-    and lesions hit at each draw, and the cases some draw misses (with p(lesion) where the model calls the case
-    negative)."""
+def _noise_rows(entries) -> list[list[str]]:
+    """Per ``(results file, seed, setting, label)``: the pointing game and lesions hit at each draw, and the cases some
+    draw misses (with p(lesion) where the model calls the case negative)."""
 
     def per_draw(values: list[float]) -> str:
         cells = [number(v) for v in values]
         return f"{cells[0]} (all)" if len(set(cells)) == 1 else " ".join(cells)
 
     rows = []
-    for seed in ("9999", "4242"):
-        for file, name, label in INPUT_NOISE:
-            result = load(file.format(seed=seed))["seeds"][seed]
-            setting = result["settings"][name]
-            missed: list[list[str]] = []  # [cases, how often missed] with consecutive equal counts joined
-            for case, draws in setting["missed"].items():
-                p = result["p_lesion"][int(case)]
-                how = f"{draws}/{len(setting['runs'])}" + (f", p {number(p)}" if p < 0.5 else "")
-                if missed and missed[-1][1] == how:
-                    missed[-1][0] += f", {case}"
-                else:
-                    missed.append([case, how])
-            missed_text = ", ".join(f"{cases} ({how})" for cases, how in missed) or "none"
-            by_run = setting["by_run"]
-            row = [seed, label, per_draw(by_run["pointing_game"]), per_draw(by_run["lesion_hit_rate_multi"])]
-            rows.append([*row, missed_text])
+    for file, seed, name, label in entries:
+        result = load(file)["seeds"][seed]
+        setting = result["settings"][name]
+        missed: list[list[str]] = []  # [cases, how often missed] with consecutive equal counts joined
+        for case, draws in setting["missed"].items():
+            p = result["p_lesion"][int(case)]
+            how = f"{draws}/{len(setting['runs'])}" + (f", p {number(p)}" if p < 0.5 else "")
+            if missed and missed[-1][1] == how:
+                missed[-1][0] += f", {case}"
+            else:
+                missed.append([case, how])
+        missed_text = ", ".join(f"{cases} ({how})" for cases, how in missed) or "none"
+        by_run = setting["by_run"]
+        rows.append([label, per_draw(by_run["pointing_game"]), per_draw(by_run["lesion_hit_rate_multi"]), missed_text])
+    return rows
+
+
+def input_noise() -> str:
+    """:data:`INPUT_NOISE` (the focused defaults, the map before the focus term and Gradient x Input from the run
+    of 2026-12-04, the defaults until 2026-11-27 from ``input_noise_<seed>.json``): per setting, the pointing game
+    and lesions hit at each draw, and the cases some draw misses (with p(lesion) where the model calls the case
+    negative)."""
+    entries = [(f.format(seed=seed), seed, n, label) for seed in ("9999", "4242") for f, n, label in INPUT_NOISE]
+    rows = [[seed, *row] for (_, seed, _, _), row in zip(entries, _noise_rows(entries))]
     header = ["seed", "setting", "pointing per draw", "lesions hit (2-3-lesion cases) per draw", "cases missed (draws)"]
+    return markdown(header, rows)
+
+
+#: the settings of ``input_noise_magnitude_<d>d.json`` (issue 24, second follow-up) and their labels
+NOISE_MAGNITUDE = (
+    ("defaults", "**HDM defaults (gradient magnitude, lower knee)**"),
+    ("knee", "the defaults of 2026-12-05 (knee 0.3, no magnitude)"),
+    ("before_focus", "before the focus term (the defaults of 2026-11-28)"),
+)
+
+
+def input_noise_magnitude() -> str:
+    """``input_noise_magnitude_<d>d.json``: the input-noise draws of HDM's defaults, the defaults of 2026-12-05 and the
+    map before the focus term on the held-out sets, 2D and 3D."""
+    rows = []
+    for dims in (2, 3):
+        file = f"input_noise_magnitude_{dims}d.json"
+        for seed in load(file)["seeds"]:
+            entries = [(file, seed, name, label) for name, label in NOISE_MAGNITUDE]
+            rows += [[f"{dims}D seed {seed}", *row] for row in _noise_rows(entries)]
+    header = ["set", "setting", "pointing per draw", "lesions hit (2-3-lesion cases) per draw", "cases missed (draws)"]
     return markdown(header, rows)
 
 
@@ -996,6 +1023,7 @@ TABLES: dict[str, Callable[[], str]] = {
     "focus_magnitude": focus_magnitude,
     "focus_magnitude_sets": focus_magnitude_sets,
     "focus_magnitude_held_out": focus_magnitude_held_out,
+    "input_noise_magnitude": input_noise_magnitude,
     "sanity_networks": sanity_networks,
 }
 
