@@ -110,7 +110,7 @@ def test_the_default_map_is_the_focused_refined_map_by_hand():
     expected = torch.where(focused >= 0.2, focused, (0.2 - 2 * (0.2 - focused)).clamp_min(0))
     expected = torch.maximum(expected, 1e-3 * focused)
     assert torch.allclose(result.saliency, expected, atol=1e-6)
-    # focus 0, contrast 1 and no knee give the refined map back, the map of the defaults before
+    # focus 0, contrast 1 and no knee give the refined map T back
     before = HDM(model, focus=0, contrast=1, knee=0).explain(x, 1)
     assert torch.allclose(before.saliency, result.masks["refined"], atol=1e-6)
     # and without the magnitude, the map of the defaults of 2026-11-28
