@@ -181,7 +181,11 @@ def test_hdm_pixel_refinement_orders_voxels_by_each_stage_sensitivity(refine_by,
         # sigma with 0 outside the image.
         grad = scorer.gradient(x, target, measure="log_odds", signed=True)
         expected = normalise(gaussian_blur(grad, 1.5 * 32 / 32, padding="zeros").clamp_min(0))
-        fused = normalise(masks_only.saliency + detail)
+        # and its magnitude, smoothed like the map (sigma 1 px), added at the weight 0.2
+        magnitude = normalise(gaussian_blur(grad.abs(), 32 / 32))
+        assert torch.allclose(refined.stages[0].magnitude, magnitude, atol=1e-5)
+        magnitudes = torch.stack([s.magnitude for s in refined.stages]).amax(0)
+        fused = normalise(masks_only.saliency + detail + 0.2 * magnitudes)
     else:
         # |d o / dx * (x - r)| of the input, smoothed like the map (sigma 1 px).
         sensitivity = scorer.sensitivity(x, torch.full_like(x, 0.1), target, measure="log_odds")
