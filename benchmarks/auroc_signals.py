@@ -26,8 +26,7 @@ from medhdm import GradientInput
 from medhdm.explain.maps import normalise
 from medhdm.explain.reference import gaussian_blur, make_reference
 from medhdm.explain.scoring import ClassScorer
-from medhdm.metrics import auroc
-from medhdm.metrics.faithfulness import randomised_copy
+from medhdm.metrics import auroc, randomised_copy
 from medhdm.models import DEFAULT_3D, load_default_classifier
 
 
