@@ -21,13 +21,12 @@ import warnings
 import numpy as np
 import torch
 from common import RESULTS, write_json
-from sanity_networks import SANITY_SEED, SHIPPED, load
+from sanity_networks import network_and_cases
 
 from medhdm import HDM
-from medhdm.data import make_cue_dataset, stack_cases
 from medhdm.metrics import sanity_check
 from medhdm.models import load_default_classifier
-from medhdm.testing import lesion_cases
+from medhdm.testing import marked_cue_cases
 
 CLASSIFIERS = (
     "lesion_densenet2d (shipped)",
@@ -39,16 +38,6 @@ CLASSIFIERS = (
 )
 #: segmenter -> (cue case seed, cases), as ``tests/test_sanity.py`` checks them
 SEGMENTERS = {"lesion_unet2d": (31, 3), "lesion_unet3d": (9090, 2)}
-
-
-def marked_cue_cases(model, n: int, seed: int) -> torch.Tensor:
-    """``n`` cue cases whose lesion the segmenter marks (the first of ``6 n`` drawn with a lesion)."""
-    size = tuple(model.medhdm_card["recipe"]["spatial_size"])
-    cases = [c for c in make_cue_dataset(seed, 6 * n, size) if c.label == 1]
-    x, lesions, _ = stack_cases(cases)
-    with torch.no_grad():
-        marked = ((model(x) > 0) & (lesions > 0)).flatten(1).any(1)
-    return x[marked.nonzero().flatten()[:n]]
 
 
 def main() -> None:
@@ -67,9 +56,7 @@ def main() -> None:
             model = load_default_classifier(name)
             x, extra = marked_cue_cases(model, SEGMENTERS[name][1], SEGMENTERS[name][0]), {"region": "predicted"}
         else:
-            model = load_default_classifier(SHIPPED[name]) if name in SHIPPED else load(name)
-            size = tuple(model.medhdm_card["recipe"]["spatial_size"])
-            x, extra = lesion_cases(args.cases if len(size) == 2 else args.volumes, size, SANITY_SEED)[0], {}
+            (model, x), extra = network_and_cases(name, args.cases, args.volumes), {}
         entry = out["networks"].setdefault(name, {"dims": x.ndim - 2, "images": x.shape[0]})
         for m in magnitudes:
             start = time.perf_counter()

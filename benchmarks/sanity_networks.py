@@ -105,6 +105,14 @@ CHECKED = {
 SHIPPED = {"lesion_densenet2d (shipped)": DEFAULT_2D, "lesion_densenet3d (shipped)": DEFAULT_3D}
 
 
+def network_and_cases(name: str, cases: int, volumes: int) -> tuple[torch.nn.Module, torch.Tensor]:
+    """The shipped or trained classifier ``name`` and the check's held-out images for it: ``cases`` 2D cases or
+    ``volumes`` 3D volumes of :data:`SANITY_SEED` at its recipe's size."""
+    model = load_default_classifier(SHIPPED[name]) if name in SHIPPED else load(name)
+    size = tuple(model.medhdm_card["recipe"]["spatial_size"])
+    return model, lesion_cases(cases if len(size) == 2 else volumes, size, SANITY_SEED)[0]
+
+
 def check(cases: int, volumes: int, names) -> dict:
     """Per network of ``names`` and method: the mean Spearman and the per-case values."""
     out: dict[str, dict] = {}
@@ -112,10 +120,8 @@ def check(cases: int, volumes: int, names) -> dict:
         if name not in SHIPPED and not (OUT / f"{name}.pt").is_file():
             print(f"  {name}: no weights in {OUT} (train them with --train); left out", flush=True)
             continue
-        model = load_default_classifier(SHIPPED[name]) if name in SHIPPED else load(name)
-        size = tuple(model.medhdm_card["recipe"]["spatial_size"])
-        x = lesion_cases(cases if len(size) == 2 else volumes, size, SANITY_SEED)[0]
-        entry = out.setdefault(name, {"dims": len(size), "held_out": model.medhdm_card.get("held_out")})
+        model, x = network_and_cases(name, cases, volumes)
+        entry = out.setdefault(name, {"dims": x.ndim - 2, "held_out": model.medhdm_card.get("held_out")})
         for method, make in CHECKED.items():
             start = time.perf_counter()
             corr = sanity_check(make, model, x, class_idx=1)

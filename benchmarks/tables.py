@@ -808,6 +808,19 @@ KNEE_ROWS = (
 )
 
 
+def held_out_rows(file: str, maps, columns) -> list[list[str]]:
+    """Per set of ``hdm_focus.py``'s results ``file`` and per ``(name, label)`` of ``maps``: the set, the label, the
+    ``columns``' cells and the images per explanation."""
+    rows = []
+    result = load(file)
+    for key, run in result["runs"].items():
+        summary = by_method(run["summary"])
+        where = f"{key.split('/')[0].upper()} seed {key.split('/')[1]} ({result['cases']})"
+        for name, label in maps:
+            rows.append([where, label, *metric_cells(summary[name], columns), number(summary[name]["images"], 0)])
+    return rows
+
+
 def focus_knee() -> str:
     """``hdm_focus_knee_31_77.json`` (tuning seeds): the knee at each knee / slope / exponent above it, one exponent,
     the map before the focus term and Gradient x Input; pointing / energy / AUROC / lesions hit at 0.2, 0.1, 0.3."""
@@ -829,13 +842,7 @@ def focus_knee_held_out() -> str:
     """``hdm_focus_knee_4242_9999.json`` and the files' runs (``quality_files_<d>d_knee.json``): HDM's defaults
     (the knee), the one-exponent map, the map before the focus term and Gradient x Input."""
     columns = [(m, d, True) for m, d in KNEE_QUALITY[:4]] + [(m, d, False) for m, d in KNEE_QUALITY[4:]]
-    rows = []
-    result = load("hdm_focus_knee_4242_9999.json")
-    for key, run in result["runs"].items():
-        summary = by_method(run["summary"])
-        where = f"{key.split('/')[0].upper()} seed {key.split('/')[1]} ({result['cases']})"
-        for name, label in KNEE_ROWS:
-            rows.append([where, label, *metric_cells(summary[name], columns), number(summary[name]["images"], 0)])
+    rows = held_out_rows("hdm_focus_knee_4242_9999.json", KNEE_ROWS, columns)
     for dims in (2, 3):
         if not (RESULTS / f"quality_files_{dims}d_knee.json").is_file():
             continue
@@ -949,13 +956,7 @@ def focus_magnitude_held_out() -> str:
     """``hdm_focus_magnitude_4242_9999.json`` and the files' runs (``quality_files_<d>d_magnitude.json``): HDM's
     defaults, the knee without the magnitude, the map before the focus term and Gradient x Input."""
     columns = [(m, d, True) for m, d in KNEE_QUALITY[:4]] + [(m, d, False) for m, d in KNEE_QUALITY[4:]]
-    rows = []
-    result = load("hdm_focus_magnitude_4242_9999.json")
-    for key, run in result["runs"].items():
-        summary = by_method(run["summary"])
-        where = f"{key.split('/')[0].upper()} seed {key.split('/')[1]} ({result['cases']})"
-        for name, label in MAGNITUDE_ROWS:
-            rows.append([where, label, *metric_cells(summary[name], columns), number(summary[name]["images"], 0)])
+    rows = held_out_rows("hdm_focus_magnitude_4242_9999.json", MAGNITUDE_ROWS, columns)
     files_rows = (("HDM", 0), ("HDM knee=0.3 magnitude=0", 1), ("HDM focus=0", 2), ("GradientInput", 3))
     for dims in (2, 3):
         files = load(f"quality_files_{dims}d_magnitude.json")

@@ -24,6 +24,7 @@ __all__ = [
     "ct_volume",
     "lesion_cases",
     "load_network",
+    "marked_cue_cases",
     "plant",
     "sanity_network",
     "train_blob_densenet",
@@ -143,6 +144,20 @@ def lesion_cases(
 
     rng = np.random.default_rng(seed)
     return stack_cases([make_case(rng, size, 1 + i % 3) for i in range(n)])
+
+
+def marked_cue_cases(model: nn.Module, n: int, seed: int = 31) -> torch.Tensor:
+    """``n`` cue task cases of ``seed`` (:func:`medhdm.data.make_cue_dataset`, at the segmenter's recipe size)
+    with the cue whose lesion the segmenter ``model`` marks, so its predicted region exists: the first ``n`` of
+    the cases with a lesion among ``6 n`` drawn, images ``(n, 1, *S)``."""
+    from .data import make_cue_dataset, stack_cases
+
+    size = tuple(model.medhdm_card["recipe"]["spatial_size"])
+    cases = [c for c in make_cue_dataset(seed, 6 * n, size) if c.label == 1]
+    x, lesions, _ = stack_cases(cases)
+    with torch.no_grad():
+        marked = ((model(x) > 0) & (lesions > 0)).flatten(1).any(1)
+    return x[marked.nonzero().flatten()[:n]]
 
 
 def ct_volume(depth: int = 5) -> tuple[pydicom.Dataset, np.ndarray]:

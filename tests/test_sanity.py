@@ -17,7 +17,7 @@ from scipy import ndimage, stats
 from medhdm import HDM, RISE, GradientInput
 from medhdm.metrics import banded_spearman, sanity_check, seed_agreement
 from medhdm.models import DEFAULT_3D, load_default_classifier
-from medhdm.testing import lesion_cases, load_network
+from medhdm.testing import lesion_cases, load_network, marked_cue_cases
 
 #: networks trained by benchmarks/sanity_networks.py besides the shipped ones (other training seeds), so
 #: that a pass is not one model's luck (in 3D a small ResNet too: resnet3d_seed0)
@@ -74,26 +74,12 @@ def test_random_methods_are_not_correlated_through_their_shared_draws():
     assert seed_agreement(lambda m: GradientInput(m), model, x, class_idx=1) == [1.0, 1.0]
 
 
-def _marked_cue_cases(model, n: int, seed: int = 31):
-    """``n`` cue task cases with the cue whose lesion ``model`` marks (the segmenters' target exists)."""
-    import torch
-
-    from medhdm.data import make_cue_dataset, stack_cases
-
-    size = tuple(model.medhdm_card["recipe"]["spatial_size"])
-    cases = [c for c in make_cue_dataset(seed, 6 * n, size) if c.label == 1]
-    x, lesions, _ = stack_cases(cases)
-    with torch.no_grad():
-        marked = ((model(x) > 0) & (lesions > 0)).flatten(1).any(1)
-    return x[marked.nonzero().flatten()[:n]]
-
-
 def test_hdm_default_map_depends_on_the_2d_segmenter():
     # the region is held fixed (the trained model's predicted mask) and the maps are compared
     # within bands of equal distance from it (banded_spearman): over the whole image any
     # faithful map of a convolutional segmenter ranks voxels by proximity to the region
     model = load_default_classifier("lesion_unet2d")
-    x = _marked_cue_cases(model, 3)
+    x = marked_cue_cases(model, 3)
     correlations = sanity_check(lambda m: HDM(m), model, x, class_idx=1, region="predicted")
     assert not any(math.isnan(c) for c in correlations)
     assert float(np.mean(correlations)) < 0.2, correlations
@@ -105,7 +91,7 @@ def test_hdm_default_map_depends_on_the_3d_segmenter():
     # volume per cell, whose upsampled masks are the same ramp for any model that keeps the target's
     # cell: 0.23 here (0.42 and 0.04). The ladder now moves an octave finer (2 x 4 x 4 first).
     model = load_default_classifier("lesion_unet3d")
-    x = _marked_cue_cases(model, 2, seed=9090)
+    x = marked_cue_cases(model, 2, seed=9090)
     correlations = sanity_check(lambda m: HDM(m), model, x, class_idx=1, region="predicted")
     assert not any(math.isnan(c) for c in correlations)
     assert float(np.mean(correlations)) < 0.2, correlations
@@ -113,7 +99,7 @@ def test_hdm_default_map_depends_on_the_3d_segmenter():
 
 def test_the_segmenter_check_still_catches_a_map_of_the_image():
     model = load_default_classifier("lesion_unet2d")
-    x = _marked_cue_cases(model, 3)
+    x = marked_cue_cases(model, 3)
     assert float(np.mean(sanity_check(lambda m: GradientInput(m), model, x, class_idx=1))) > 0.3
 
 
