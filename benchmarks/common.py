@@ -21,6 +21,9 @@ BEFORE_FOCUS = {"focus": 0, "contrast": 1, "knee": 0, "magnitude": 0}
 #: ``HDM(model, **KNEE_DEFAULTS)``: HDM's defaults of 2026-12-05 (the focus term and the knee at 0.3, no gradient
 #: magnitude)
 KNEE_DEFAULTS = {"knee": 0.3, "magnitude": 0}
+#: ``HDM(model, **MAGNITUDE_DEFAULTS)``: HDM's second defaults of 2026-12-05 (the gradient magnitude in the refined map,
+#: the knee at 0.2 in 2D, the focus term on the positive gradient alone, at the weight 1 in 3D)
+MAGNITUDE_DEFAULTS = {"focus_signal": "positive_gradient", "focus": {2: 0.5, 3: 1.0}}
 BENCH_SEED = 4242  # disjoint from the training (1000) and held-out (2000) seeds of the shipped model
 
 

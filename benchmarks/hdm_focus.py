@@ -14,11 +14,14 @@ dimension's ``f`` through :func:`medhdm.explain.hdm.knee_map` at each knee, slop
 (``HDM(knee=t, knee_slope=k, contrast=gamma, magnitude=0)``), and with the stages' gradient magnitudes added
 at each weight ``m`` of :data:`MAGNITUDES`, ``norm(S + max_l d_l + m max_l a_l)``, focused at the dimension's
 ``f`` and through the default knee (``HDM(magnitude=m)``), and at the default ``m`` through each knee of
-:data:`MAGNITUDE_KNEES` (``HDM(knee=t)``).
+:data:`MAGNITUDE_KNEES` (``HDM(knee=t)``); at the default magnitude and knee each focus weight of :data:`FOCUS_WEIGHTS`
+with the focus term on the stages' refinement signals ``norm(d_l + m a_l)`` (``HDM(focus=f)``) and on ``d_l`` alone
+(``HDM(focus=f, focus_signal="positive_gradient")``).
 Quality: pointing game, energy in lesion, pixel AUROC,
 lesions hit in 2-3-lesion cases (mean and 95 % bootstrap CI over cases; also with the hit count's floor at
 0.1 and 0.3 of the maximum instead of 0.2), and the paired differences of the defaults against the map
-before the focus term, the one-exponent map and the knee without the magnitude. Seeds 31 and 77 chose the
+before the focus term, the one-exponent map, the knee without the magnitude and the focus term on ``d_l``
+(``common.MAGNITUDE_DEFAULTS``). Seeds 31 and 77 chose the
 defaults; 4242 and 9999 are the held-out sets, run once after the choice. Writes
 ``benchmarks/results/<out>.json`` (default ``hdm_focus_<seeds>.json``).
 """
@@ -56,9 +59,15 @@ KNEES = [(t, k, g) for t in (0.2, 0.3) for k in (2.0, 3.0, 4.0) for g in (1.0, 1
 MAGNITUDES = (0.0, 0.1, 0.2, 0.3, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0)
 #: knees (slope 2) at the default focus weight and gradient magnitude
 MAGNITUDE_KNEES = (0.15, 0.2, 0.25, 0.3)
+#: focus weights ``f`` at the default knee, gradient magnitude and focus signal, each with the focus term on the stages'
+#: refinement signals and on the positive gradient alone
+FOCUS_WEIGHTS = (0.25, 0.5, 0.75, 1.0)
 DEFAULT_SETTINGS = HDM(torch.nn.Identity())  # (reads the default focus weight and knee per dimension)
 #: the defaults of 2026-12-05: the focus term and the knee on the refined map without the gradient magnitude
 KNEE = "HDM knee, no magnitude (the defaults of 2026-12-05)"
+#: the defaults of 2026-12-05 with the gradient magnitude in the refined map only, the focus term on ``d_l`` at the
+#: weight of :data:`PREVIOUS_SETTINGS` (``common.MAGNITUDE_DEFAULTS``)
+FOCUS_ON_GRADIENT = "HDM magnitude, focus on the positive gradient (the defaults of 2026-12-05, second)"
 
 
 def counted_explain(explainer, x):
@@ -81,6 +90,14 @@ def before_focus_map(explanation, magnitude: float = 0.0) -> torch.Tensor:
     if magnitude:
         refined = refined + magnitude * torch.stack([s.magnitude for s in stages], dim=0).amax(dim=0)
     return normalise(refined)
+
+
+def focus_signals(explanation, magnitude: float) -> list[torch.Tensor]:
+    """Each stage's signal in the focus term at the gradient magnitude's weight ``magnitude`` (``refine = 1``):
+    ``norm(d_l + m a_l)``, ``d_l`` at ``m = 0`` (``HDM(magnitude=m)``, ``focus_signal="refinement"``)."""
+    if not magnitude:
+        return [s.sensitivity for s in explanation.stages]
+    return [normalise(s.sensitivity + magnitude * s.magnitude) for s in explanation.stages]
 
 
 def stage_terms(explanation) -> tuple[torch.Tensor, list, list, list]:
@@ -107,8 +124,15 @@ def variants(explanation) -> dict[str, torch.Tensor]:
     maps[KNEE] = maps[f"focus {f0:g}, knee 0.3, slope 2, contrast 1"]
     dims = refined.ndim - 2
     f, t, k, m0 = (getattr(DEFAULT_SETTINGS, key)[dims] for key in ("focus", "knee", "knee_slope", "magnitude"))
+    refined_m0, signals_m0 = before_focus_map(explanation, m0), focus_signals(explanation, m0)
+    for weight in FOCUS_WEIGHTS:
+        for label, signals in (("refinement", signals_m0), ("positive gradient", sensitivities)):
+            focused_f = focus_map(refined_m0, contributions, signals, weight, alphas)
+            maps[f"focus {weight:g} on the {label}, knee {t:g}"] = knee_map(focused_f, 1.0, t, k)
+    maps[FOCUS_ON_GRADIENT] = knee_map(focus_map(refined_m0, contributions, sensitivities, f0, alphas), 1.0, t, k)
     for m in MAGNITUDES:
-        focused_m = focus_map(before_focus_map(explanation, m), contributions, sensitivities, f, alphas)
+        signals = focus_signals(explanation, m)
+        focused_m = focus_map(before_focus_map(explanation, m), contributions, signals, f, alphas)
         maps[f"magnitude {m:g}"] = knee_map(focused_m, 1.0, t, k)
         if m == m0:
             for knee in MAGNITUDE_KNEES:
@@ -151,6 +175,9 @@ def run(model, dims: int, seed: int, cases: int, dump: str | None = None) -> dic
     paired = {metric: paired_comparison(rows, DEFAULTS, BEFORE, metric) for metric in (*QUALITY, *FLOORS)}
     previous = {metric: paired_comparison(rows, DEFAULTS, PREVIOUS, metric) for metric in (*QUALITY, *FLOORS)}
     knee = {metric: paired_comparison(rows, DEFAULTS, KNEE, metric) for metric in (*QUALITY, *FLOORS)}
+    on_gradient = {
+        metric: paired_comparison(rows, DEFAULTS, FOCUS_ON_GRADIENT, metric) for metric in (*QUALITY, *FLOORS)
+    }
     summary = summarise(rows, [*QUALITY, *FLOORS, "images"])
     return {
         "rows": rows,
@@ -158,6 +185,7 @@ def run(model, dims: int, seed: int, cases: int, dump: str | None = None) -> dic
         "paired_defaults_minus_before": paired,
         "paired_defaults_minus_one_exponent": previous,
         "paired_defaults_minus_knee": knee,
+        "paired_defaults_minus_focus_on_gradient": on_gradient,
     }
 
 
@@ -190,6 +218,8 @@ def main() -> None:
                 print(f"  defaults - one exponent, {metric}: {p}")
             for metric, p in result["paired_defaults_minus_knee"].items():
                 print(f"  defaults - knee without magnitude, {metric}: {p}")
+            for metric, p in result["paired_defaults_minus_focus_on_gradient"].items():
+                print(f"  defaults - focus on the positive gradient, {metric}: {p}")
     name = args.out or f"hdm_focus_{args.seeds.replace(',', '_')}"
     write_json(RESULTS / f"{name}.json", out)
 

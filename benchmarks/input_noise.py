@@ -15,6 +15,7 @@ their mean, the cases that some draw misses (in how many draws, with the model's
 the paired difference of the per-case means over draws against the first setting (mean,
 bootstrap 95 % CI, Wilcoxon p). Settings: ``defaults``, ``before_focus`` (the defaults before the focus
 term of issue 24, ``common.BEFORE_FOCUS``), ``knee`` (the defaults of 2026-12-05, ``common.KNEE_DEFAULTS``),
+``magnitude`` (the second defaults of 2026-12-05, ``common.MAGNITUDE_DEFAULTS``),
 ``until_2026_11_27``, ``GradientInput``; ``--dims 3``
 runs the shipped 3D model on 24 x 48 x 48 volumes. Writes ``benchmarks/results/input_noise_<seeds>.json``
 (or ``<out>.json``).
@@ -29,7 +30,15 @@ from collections import defaultdict
 
 import numpy as np
 import torch
-from common import BEFORE_FOCUS, KNEE_DEFAULTS, RESULTS, compare_counting_images, held_out_cases, write_json
+from common import (
+    BEFORE_FOCUS,
+    KNEE_DEFAULTS,
+    MAGNITUDE_DEFAULTS,
+    RESULTS,
+    compare_counting_images,
+    held_out_cases,
+    write_json,
+)
 from quality_2d import hdm_until_2026_11_27
 
 from medhdm import HDM, GradientInput
@@ -48,6 +57,8 @@ def make(setting: str, model):
         return HDM(model, **BEFORE_FOCUS)
     if setting == "knee":
         return HDM(model, **KNEE_DEFAULTS)
+    if setting == "magnitude":
+        return HDM(model, **MAGNITUDE_DEFAULTS)
     if setting == "until_2026_11_27":
         return hdm_until_2026_11_27(model)
     if setting == "GradientInput":

@@ -6,6 +6,8 @@
         --methods "HDM,HDM steps=5,GradientInput,Occlusion"
     python benchmarks/quality_files.py --dims 3 --cases 24 \
         --methods "HDM,HDM knee=0.3 magnitude=0,HDM focus=0,GradientInput"
+    python benchmarks/quality_files.py --dims 3 --cases 24 \
+        --methods "HDM,HDM focus_signal=positive_gradient,HDM focus=0,GradientInput"
 
 Writes lesion cases (1-3 lesions each, seeded) as DICOM studies with NIfTI masks, explains
 each with every method through MONAI loading, the invertible preprocessing and the map
@@ -25,7 +27,7 @@ import warnings
 from pathlib import Path
 
 import torch
-from common import BEFORE_FOCUS, KNEE_DEFAULTS, RESULTS, write_json
+from common import BEFORE_FOCUS, KNEE_DEFAULTS, MAGNITUDE_DEFAULTS, RESULTS, write_json
 
 from medhdm import HDM, MDM, RISE, GradCAM, GradientInput, NeuroMask, Occlusion
 from medhdm.data.bench_files import LESIONBENCH_INTENSITY_RANGE, write_lesionbench
@@ -52,6 +54,7 @@ def methods_for(model, dims: int, hdm_steps: tuple[int, ...] = ()) -> dict:
         **{f"HDM steps={s}": HDM(model).set_steps(s) for s in hdm_steps},
         "HDM focus=0": HDM(model, **BEFORE_FOCUS),  # the defaults before the focus term (issue 24)
         "HDM knee=0.3 magnitude=0": HDM(model, **KNEE_DEFAULTS),  # the defaults of 2026-12-05
+        "HDM focus_signal=positive_gradient": HDM(model, **MAGNITUDE_DEFAULTS),  # the second defaults of 2026-12-05
         "GradientInput": GradientInput(model),
         "Occlusion": Occlusion(model),
         "RISE": RISE(model, n_masks=1000),

@@ -296,17 +296,29 @@ NOISE_MAGNITUDE = (
 )
 
 
-def input_noise_magnitude() -> str:
-    """``input_noise_magnitude_<d>d.json``: the input-noise draws of HDM's defaults, the defaults of 2026-12-05 and the
-    map before the focus term on the held-out sets, 2D and 3D."""
-    rows = []
-    for dims in (2, 3):
-        file = f"input_noise_magnitude_{dims}d.json"
-        for seed in load(file)["seeds"]:
-            entries = [(file, seed, name, label) for name, label in NOISE_MAGNITUDE]
-            rows += [[f"{dims}D seed {seed}", *row] for row in _noise_rows(entries)]
-    header = ["set", "setting", "pointing per draw", "lesions hit (2-3-lesion cases) per draw", "cases missed (draws)"]
-    return markdown(header, rows)
+#: the settings of ``input_noise_signal_<d>d.json`` (issue 24, third follow-up) and their labels
+NOISE_SIGNAL = (
+    ("defaults", "**HDM defaults (the focus term on the stages' refinement signals)**"),
+    ("magnitude", "the second defaults of 2026-12-05 (the focus term on the positive gradient)"),
+    ("before_focus", "before the focus term (the defaults of 2026-11-28)"),
+)
+
+
+def input_noise_sets(prefix: str, settings) -> Callable[[], str]:
+    """A table of ``<prefix>_<d>d.json``: the input-noise draws of each ``(name, label)`` of ``settings`` on the
+    held-out sets, 2D and 3D."""
+
+    def table() -> str:
+        rows = []
+        for dims in (2, 3):
+            file = f"{prefix}_{dims}d.json"
+            for seed in load(file)["seeds"]:
+                entries = [(file, seed, name, label) for name, label in settings]
+                rows += [[f"{dims}D seed {seed}", *row] for row in _noise_rows(entries)]
+        hits = "lesions hit (2-3-lesion cases) per draw"
+        return markdown(["set", "setting", "pointing per draw", hits, "cases missed (draws)"], rows)
+
+    return table
 
 
 def sanity() -> str:
@@ -969,6 +981,83 @@ def focus_magnitude_held_out() -> str:
     return markdown([*header, "hit at 0.1", "hit at 0.3", "images"], rows)
 
 
+#: the focus signal's tables (issue 24, third follow-up)
+SIGNAL_ROWS = (
+    ("HDM defaults", "**HDM defaults (the focus term on the stages' refinement signals)**"),
+    (
+        "HDM magnitude, focus on the positive gradient (the defaults of 2026-12-05, second)",
+        "the focus term on the positive gradient (the defaults before)",
+    ),
+    ("HDM before (focus 0, contrast 1)", "before the focus term (the defaults of 2026-11-28)"),
+    ("GradientInput", "Gradient x Input"),
+)
+
+
+def focus_signal_sets() -> str:
+    """``hdm_focus_signal_tuning.json`` (six tuning seeds): per set and the mean over the seeds per dimension,
+    energy in lesion / pixel AUROC / lesions hit in 2-3-lesion cases of each map of :data:`SIGNAL_ROWS`."""
+    runs = load("hdm_focus_signal_tuning.json")["runs"]
+    quality = (("energy_in_lesion", 3), ("auroc", 4), ("lesion_hit_rate_multi", 3))
+    rows = []
+    for dims in (2, 3):
+        summaries = {k: by_method(r["summary"]) for k, r in runs.items() if k.startswith(f"{dims}d/")}
+        for key, summary in summaries.items():
+            cells = [" / ".join(number(summary[n][m], d) for m, d in quality) for n, _ in SIGNAL_ROWS]
+            rows.append([f"{dims}D seed {key.split('/')[1]}", *cells])
+        means = [
+            " / ".join(
+                number(math.fsum(s[n][m]["mean"] for s in summaries.values()) / len(summaries), d) for m, d in quality
+            )
+            for n, _ in SIGNAL_ROWS
+        ]
+        rows.append([f"**{dims}D mean of {len(summaries)} seeds**", *means])
+    return markdown(["set", *(label.strip("*") for _, label in SIGNAL_ROWS)], rows)
+
+
+def focus_weights() -> str:
+    """``hdm_focus_signal_tuning.json`` and ``hdm_focus_signal_4242_9999.json``: per focus weight and focus signal
+    (at the default knee and gradient magnitude), energy in lesion / pixel AUROC / lesions hit in 2-3-lesion cases,
+    the mean over the tuning seeds per dimension and each held-out set."""
+    quality = (("energy_in_lesion", 3), ("auroc", 4), ("lesion_hit_rate_multi", 3))
+    columns: dict[str, list[dict]] = {}
+    for file, kind in (("hdm_focus_signal_tuning.json", "tuning"), ("hdm_focus_signal_4242_9999.json", "held out")):
+        for key, run in load(file)["runs"].items():
+            dims, seed = key.split("/")
+            name = f"{dims.upper()} {'tuning mean' if kind == 'tuning' else 'seed ' + seed}"
+            columns.setdefault(name, []).append(by_method(run["summary"]))
+    names = [n for n in columns["2D tuning mean"][0] if n.startswith("focus ") and " on the " in n]
+    rows = []
+    for name in names:
+        label = name.split(", knee")[0]
+        cells = []
+        for summaries in columns.values():
+            full = next((n for n in summaries[0] if n.split(", knee")[0] == label), None)
+            means = [math.fsum(s[full][m]["mean"] for s in summaries) / len(summaries) for m, _ in quality]
+            cells.append(" / ".join(number(v, d) for v, (_, d) in zip(means, quality)))
+        rows.append([label, *cells])
+    return markdown(["focus weight and signal", *columns], rows)
+
+
+def focus_signal_held_out() -> str:
+    """``hdm_focus_signal_4242_9999.json`` and the files' runs (``quality_files_<d>d_signal.json``): HDM's defaults,
+    the focus term on the positive gradient, the map before the focus term and Gradient x Input."""
+    columns = [(m, d, True) for m, d in KNEE_QUALITY[:4]] + [(m, d, False) for m, d in KNEE_QUALITY[4:]]
+    rows = held_out_rows("hdm_focus_signal_4242_9999.json", SIGNAL_ROWS, columns)
+    files_rows = (("HDM", 0), ("HDM focus_signal=positive_gradient", 1), ("HDM focus=0", 2), ("GradientInput", 3))
+    for dims in (2, 3):
+        files = load(f"quality_files_{dims}d_signal.json")
+        summary = by_method(files["summary"])
+        for name, row in files_rows:
+            multi = [r["lesion_hit_rate"] for r in files["rows"] if r["method"] == name and r["n_lesions"] >= 2]
+            cells = [number(summary[name][m], d, True) for m, d, _ in columns[:3]]
+            hits = f"{number(math.fsum(multi) / len(multi))} (all cases {number(summary[name]['lesion_hit_rate'])})"
+            rows.append(
+                [f"{dims}D LesionBench files ({files['cases']})", SIGNAL_ROWS[row][1], *cells, hits, "-", "-", "-"]
+            )
+    header = ["set", "map", "pointing", "energy in lesion", "pixel AUROC", "lesions hit (2-3 lesions)"]
+    return markdown([*header, "hit at 0.1", "hit at 0.3", "images"], rows)
+
+
 def sanity_networks() -> str:
     """``sanity_networks_*.json`` (by name): per network, its held-out accuracy and the model-randomisation
     Spearman of HDM's defaults, the map before the focus term, the masks alone and Gradient x Input."""
@@ -1024,7 +1113,11 @@ TABLES: dict[str, Callable[[], str]] = {
     "focus_magnitude": focus_magnitude,
     "focus_magnitude_sets": focus_magnitude_sets,
     "focus_magnitude_held_out": focus_magnitude_held_out,
-    "input_noise_magnitude": input_noise_magnitude,
+    "input_noise_magnitude": input_noise_sets("input_noise_magnitude", NOISE_MAGNITUDE),
+    "focus_signal_sets": focus_signal_sets,
+    "focus_signal_held_out": focus_signal_held_out,
+    "focus_weights": focus_weights,
+    "input_noise_signal": input_noise_sets("input_noise_signal", NOISE_SIGNAL),
     "sanity_networks": sanity_networks,
 }
 

@@ -85,11 +85,12 @@ def _auroc(maps, lesions) -> float:
 
 
 def test_the_default_map_is_the_focused_refined_map_by_hand():
-    # defaults: X = norm(f * max_l (alpha_l / max_k alpha_k)^q norm(C_l d_l) + T), with T the refined map
-    # (masks["refined"]), C_l = M_l (1 - R_{l-1}) the stage's new region, d_l its pixel signal, alpha_l its
-    # fusion weight; then the knee: X at and above 0.2 of the maximum, 0.2 - 2 (0.2 - X) below it (0 from
-    # X = 0.1 on), and never under 1e-3 X; f 0.5, q 1, knee 0.2 in 2D. T = norm(S + max_l d_l + m max_l a_l), with S the
-    # fused masks, a_l = norm(G_sigma * |g_l|) the stage input's smoothed gradient magnitude, m 0.2 in 2D
+    # defaults: X = norm(f * max_l (alpha_l / max_k alpha_k)^q norm(C_l r_l) + T), with T the refined map
+    # (masks["refined"]), C_l = M_l (1 - R_{l-1}) the stage's new region, r_l = norm(d_l + m a_l) its part of
+    # the refinement (d_l its positive smoothed gradient), alpha_l its fusion weight; then the knee: X at and
+    # above 0.2 of the maximum, 0.2 - 2 (0.2 - X) below it (0 from X = 0.1 on), and never under 1e-3 X; f 0.5,
+    # q 1, knee 0.2 in 2D. T = norm(S + max_l d_l + m max_l a_l), with S the fused masks,
+    # a_l = norm(G_sigma * |g_l|) the stage input's smoothed gradient magnitude, m 0.2 in 2D
     model = load_default_classifier()
     x = lesion_cases(3, (96, 96), seed=31)[0]
     result = HDM(model).explain(x, 1)
@@ -104,12 +105,21 @@ def test_the_default_map_is_the_focused_refined_map_by_hand():
     previous = [torch.zeros_like(stages[0].removed)] + [s.removed for s in stages[:-1]]
     alphas = torch.stack([s.alpha for s in stages])  # (L, B); each stage's term scaled by alpha_l / max_k alpha_k
     share = (alphas / alphas.amax(0)).view(len(stages), -1, 1, 1, 1)
-    per_stage = torch.stack([normalise(s.map * (1 - r) * s.sensitivity) for s, r in zip(stages, previous)])
-    per_stage = (share * per_stage).amax(0)
-    focused = normalise(0.5 * per_stage + result.masks["refined"])
-    expected = torch.where(focused >= 0.2, focused, (0.2 - 2 * (0.2 - focused)).clamp_min(0))
-    expected = torch.maximum(expected, 1e-3 * focused)
-    assert torch.allclose(result.saliency, expected, atol=1e-6)
+
+    def knee(focused):
+        expected = torch.where(focused >= 0.2, focused, (0.2 - 2 * (0.2 - focused)).clamp_min(0))
+        return torch.maximum(expected, 1e-3 * focused)
+
+    def focused_on(signals):
+        per_stage = torch.stack([normalise(s.map * (1 - r) * d) for s, r, d in zip(stages, previous, signals)])
+        return normalise(0.5 * (share * per_stage).amax(0) + result.masks["refined"])
+
+    refinement = [normalise(s.sensitivity + 0.2 * s.magnitude) for s in stages]
+    assert torch.allclose(result.saliency, knee(focused_on(refinement)), atol=1e-6)
+    # focus_signal="positive_gradient" (the second defaults of 2026-12-05): the focus term on d_l alone
+    on_gradient = HDM(model, focus_signal="positive_gradient").explain(x, 1).saliency
+    assert torch.allclose(on_gradient, knee(focused_on([s.sensitivity for s in stages])), atol=1e-6)
+    assert not torch.allclose(on_gradient, result.saliency, atol=1e-3)
     # focus 0, contrast 1 and no knee give the refined map T back
     before = HDM(model, focus=0, contrast=1, knee=0).explain(x, 1)
     assert torch.allclose(before.saliency, result.masks["refined"], atol=1e-6)
@@ -235,6 +245,7 @@ def test_the_contrast_keeps_the_ranking():
         ({"knee_slope": 0.5}, "knee_slope: expected values >= 1"),
         ({"magnitude": -1}, "magnitude: expected values >= 0"),
         ({"magnitude": {2: 0.2}}, "magnitude: expected a number or a dict with the keys 2 and 3"),
+        ({"focus_signal": "gradient"}, "focus_signal: expected one of"),
     ],
 )
 def test_bad_focus_settings_name_the_argument(kwargs, message):
@@ -250,7 +261,17 @@ def test_focus_settings_round_trip_through_json():
     assert record["focus"] == {"2": 0.5, "3": 1.0} and record["contrast"] == {"2": 1.0, "3": 1.0}
     assert record["background_contrast"] == {"2": 1.0, "3": 1.0} and record["stage_power"] == {"2": 1.0, "3": 1.0}
     assert record["knee"] == {"2": 0.2, "3": 0.3} and record["knee_slope"] == {"2": 2.0, "3": 2.0}
-    assert record["magnitude"] == {"2": 0.2, "3": 0.2}
-    keys = ("focus", "contrast", "background_contrast", "stage_power", "knee", "knee_slope", "magnitude")
+    assert record["magnitude"] == {"2": 0.2, "3": 0.2} and record["focus_signal"] == "refinement"
+    keys = (
+        "focus",
+        "contrast",
+        "background_contrast",
+        "stage_power",
+        "knee",
+        "knee_slope",
+        "magnitude",
+        "focus_signal",
+    )
+    assert HDM(model, focus_signal="positive_gradient").settings()["focus_signal"] == "positive_gradient"
     rebuilt = HDM(model, **{key: record[key] for key in keys})
     assert all(getattr(rebuilt, key) == getattr(HDM(model), key) for key in keys)
