@@ -419,8 +419,8 @@ class HDM(MaskExplainer):
         stage_power: the exponent ``q`` of the focus term's stage weight ``(alpha_l / max_k alpha_k) ** q``
             (default 1; at least 0); one number or a dict like ``focus``.
         focus_signal: each stage's pixel signal in the focus term: ``"refinement"`` (default; the stage's part of
-            the refined map, ``norm(w d_l + m a_l)``) or ``"positive_gradient"`` (``d_l`` alone); see the module
-            docstring, *Focus signal*.
+            the refined map, ``norm(w d_l + m a_l)``) or ``"positive_gradient"`` (``d_l`` alone); the same with
+            ``magnitude=0`` or another ``refine_by``. See the module docstring, *Focus signal*.
         units: how a known spacing turns the sizes into mm (see the module docstring):
             ``"shipped"`` (default) reads ``benchmark_grids``, ``auxiliary_grids``, ``smooth``, the
             benchmark objective's ``area`` and the blur reference's ``max(S) / 20`` as meant on the
