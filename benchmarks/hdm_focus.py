@@ -38,7 +38,7 @@ from common import RESULTS, held_out_cases, write_json
 from medhdm import HDM, GradientInput
 from medhdm.evaluation import format_table, paired_comparison, summarise
 from medhdm.evaluation.scoring import score_row
-from medhdm.explain.hdm import focus_map, knee_map
+from medhdm.explain.hdm import focus_map, focus_signals, knee_map
 from medhdm.explain.maps import normalise
 from medhdm.metrics.localisation import lesion_hit_rate
 from medhdm.models import DEFAULT_3D, load_default_classifier
@@ -92,14 +92,6 @@ def before_focus_map(explanation, magnitude: float = 0.0) -> torch.Tensor:
     return normalise(refined)
 
 
-def focus_signals(explanation, magnitude: float) -> list[torch.Tensor]:
-    """Each stage's signal in the focus term at the gradient magnitude's weight ``magnitude`` (``refine = 1``):
-    ``norm(d_l + m a_l)``, ``d_l`` at ``m = 0`` (``HDM(magnitude=m)``, ``focus_signal="refinement"``)."""
-    if not magnitude:
-        return [s.sensitivity for s in explanation.stages]
-    return [normalise(s.sensitivity + magnitude * s.magnitude) for s in explanation.stages]
-
-
 def stage_terms(explanation) -> tuple[torch.Tensor, list, list, list]:
     """What :func:`~medhdm.explain.hdm.focus_map` reads from one HDM explanation: the map before the focus
     term (:func:`before_focus_map`), each stage's new region (its map outside what earlier stages removed),
@@ -124,14 +116,14 @@ def variants(explanation) -> dict[str, torch.Tensor]:
     maps[KNEE] = maps[f"focus {f0:g}, knee 0.3, slope 2, contrast 1"]
     dims = refined.ndim - 2
     f, t, k, m0 = (getattr(DEFAULT_SETTINGS, key)[dims] for key in ("focus", "knee", "knee_slope", "magnitude"))
-    refined_m0, signals_m0 = before_focus_map(explanation, m0), focus_signals(explanation, m0)
+    refined_m0, signals_m0 = before_focus_map(explanation, m0), focus_signals(explanation.stages, 1.0, m0)
     for weight in FOCUS_WEIGHTS:
         for label, signals in (("refinement", signals_m0), ("positive gradient", sensitivities)):
             focused_f = focus_map(refined_m0, contributions, signals, weight, alphas)
             maps[f"focus {weight:g} on the {label}, knee {t:g}"] = knee_map(focused_f, 1.0, t, k)
     maps[FOCUS_ON_GRADIENT] = knee_map(focus_map(refined_m0, contributions, sensitivities, f0, alphas), 1.0, t, k)
     for m in MAGNITUDES:
-        signals = focus_signals(explanation, m)
+        signals = focus_signals(explanation.stages, 1.0, m)
         focused_m = focus_map(before_focus_map(explanation, m), contributions, signals, f, alphas)
         maps[f"magnitude {m:g}"] = knee_map(focused_m, 1.0, t, k)
         if m == m0:

@@ -833,6 +833,28 @@ def held_out_rows(file: str, maps, columns) -> list[list[str]]:
     return rows
 
 
+def files_held_out_rows(suffix: str, methods, columns, hits: Callable[[dict, dict, str], str]) -> list[list[str]]:
+    """Per dimension and per ``(name, label)`` of ``methods``, a row of the LesionBench files' run
+    ``quality_files_<d>d_<suffix>.json`` (when written): the set, the label, the first three ``columns``' cells, the
+    cell ``hits(files, summary, name)`` and three empty cells."""
+    rows = []
+    for dims in (2, 3):
+        if not (RESULTS / f"quality_files_{dims}d_{suffix}.json").is_file():
+            continue
+        files = load(f"quality_files_{dims}d_{suffix}.json")
+        summary = by_method(files["summary"])
+        for name, label in methods:
+            cells = [number(summary[name][m], d, True) for m, d, _ in columns[:3]]
+            where = f"{dims}D LesionBench files ({files['cases']})"
+            rows.append([where, label, *cells, hits(files, summary, name), "-", "-", "-"])
+    return rows
+
+
+def _hits_all_cases(files: dict, summary: dict, name: str) -> str:
+    """The files' lesions hit over all cases, with their CI."""
+    return number(summary[name]["lesion_hit_rate"], 2, True) + " (all cases)"
+
+
 def focus_knee() -> str:
     """``hdm_focus_knee_31_77.json`` (tuning seeds): the knee at each knee / slope / exponent above it, one exponent,
     the map before the focus term and Gradient x Input; pointing / energy / AUROC / lesions hit at 0.2, 0.1, 0.3."""
@@ -855,15 +877,8 @@ def focus_knee_held_out() -> str:
     (the knee), the one-exponent map, the map before the focus term and Gradient x Input."""
     columns = [(m, d, True) for m, d in KNEE_QUALITY[:4]] + [(m, d, False) for m, d in KNEE_QUALITY[4:]]
     rows = held_out_rows("hdm_focus_knee_4242_9999.json", KNEE_ROWS, columns)
-    for dims in (2, 3):
-        if not (RESULTS / f"quality_files_{dims}d_knee.json").is_file():
-            continue
-        files = load(f"quality_files_{dims}d_knee.json")
-        summary = by_method(files["summary"])
-        for name, label in (("HDM", KNEE_ROWS[0][1]), ("HDM focus=0", "before the focus term"), *KNEE_ROWS[3:]):
-            cells = [number(summary[name][m], d, True) for m, d, _ in columns[:3]]
-            cells += [number(summary[name]["lesion_hit_rate"], 2, True) + " (all cases)", "-", "-", "-"]
-            rows.append([f"{dims}D LesionBench files ({files['cases']})", label, *cells])
+    methods = (("HDM", KNEE_ROWS[0][1]), ("HDM focus=0", "before the focus term"), *KNEE_ROWS[3:])
+    rows += files_held_out_rows("knee", methods, columns, _hits_all_cases)
     header = ["set", "map", "pointing", "energy in lesion", "pixel AUROC", "lesions hit (2-3 lesions)"]
     return markdown([*header, "hit at 0.1", "hit at 0.3", "images"], rows)
 
@@ -969,14 +984,9 @@ def focus_magnitude_held_out() -> str:
     defaults, the knee without the magnitude, the map before the focus term and Gradient x Input."""
     columns = [(m, d, True) for m, d in KNEE_QUALITY[:4]] + [(m, d, False) for m, d in KNEE_QUALITY[4:]]
     rows = held_out_rows("hdm_focus_magnitude_4242_9999.json", MAGNITUDE_ROWS, columns)
-    files_rows = (("HDM", 0), ("HDM knee=0.3 magnitude=0", 1), ("HDM focus=0", 2), ("GradientInput", 3))
-    for dims in (2, 3):
-        files = load(f"quality_files_{dims}d_magnitude.json")
-        summary = by_method(files["summary"])
-        for name, row in files_rows:
-            cells = [number(summary[name][m], d, True) for m, d, _ in columns[:3]]
-            cells += [number(summary[name]["lesion_hit_rate"], 2, True) + " (all cases)", "-", "-", "-"]
-            rows.append([f"{dims}D LesionBench files ({files['cases']})", MAGNITUDE_ROWS[row][1], *cells])
+    names = ("HDM", "HDM knee=0.3 magnitude=0", "HDM focus=0", "GradientInput")
+    methods = [(name, label) for name, (_, label) in zip(names, MAGNITUDE_ROWS)]
+    rows += files_held_out_rows("magnitude", methods, columns, _hits_all_cases)
     header = ["set", "map", "pointing", "energy in lesion", "pixel AUROC", "lesions hit (2-3 lesions)"]
     return markdown([*header, "hit at 0.1", "hit at 0.3", "images"], rows)
 
@@ -1043,17 +1053,14 @@ def focus_signal_held_out() -> str:
     the focus term on the positive gradient, the map before the focus term and Gradient x Input."""
     columns = [(m, d, True) for m, d in KNEE_QUALITY[:4]] + [(m, d, False) for m, d in KNEE_QUALITY[4:]]
     rows = held_out_rows("hdm_focus_signal_4242_9999.json", SIGNAL_ROWS, columns)
-    files_rows = (("HDM", 0), ("HDM focus_signal=positive_gradient", 1), ("HDM focus=0", 2), ("GradientInput", 3))
-    for dims in (2, 3):
-        files = load(f"quality_files_{dims}d_signal.json")
-        summary = by_method(files["summary"])
-        for name, row in files_rows:
-            multi = [r["lesion_hit_rate"] for r in files["rows"] if r["method"] == name and r["n_lesions"] >= 2]
-            cells = [number(summary[name][m], d, True) for m, d, _ in columns[:3]]
-            hits = f"{number(math.fsum(multi) / len(multi))} (all cases {number(summary[name]['lesion_hit_rate'])})"
-            rows.append(
-                [f"{dims}D LesionBench files ({files['cases']})", SIGNAL_ROWS[row][1], *cells, hits, "-", "-", "-"]
-            )
+
+    def hits(files: dict, summary: dict, name: str) -> str:  # 2-3-lesion cases, then all cases
+        multi = [r["lesion_hit_rate"] for r in files["rows"] if r["method"] == name and r["n_lesions"] >= 2]
+        return f"{number(math.fsum(multi) / len(multi))} (all cases {number(summary[name]['lesion_hit_rate'])})"
+
+    names = ("HDM", "HDM focus_signal=positive_gradient", "HDM focus=0", "GradientInput")
+    methods = [(name, label) for name, (_, label) in zip(names, SIGNAL_ROWS)]
+    rows += files_held_out_rows("signal", methods, columns, hits)
     header = ["set", "map", "pointing", "energy in lesion", "pixel AUROC", "lesions hit (2-3 lesions)"]
     return markdown([*header, "hit at 0.1", "hit at 0.3", "images"], rows)
 

@@ -208,7 +208,7 @@ from .reference import ReferenceSpec, blur_reference, composite, gaussian_blur, 
 from .scoring import ClassScorer
 from .units import PhysicalSettings, Units, check_units, resolve_units
 
-__all__ = ["HDM", "contrast_map", "focus_map", "fusion_weights", "knee_map"]
+__all__ = ["HDM", "contrast_map", "focus_map", "focus_signals", "fusion_weights", "knee_map"]
 
 
 @dataclass
@@ -316,6 +316,14 @@ def focus_map(
         a = (a / a.amax(dim=0, keepdim=True).clamp_min(1e-12)) ** power
         per_stage = per_stage * a.view(*a.shape, *([1] * (refined.ndim - 1)))
     return normalise(weight * per_stage.amax(dim=0) + refined)
+
+
+def focus_signals(stages: Sequence[StageRecord], refine: float, magnitude: float) -> list[torch.Tensor]:
+    """Each stage's signal in HDM's focus term (``focus_signal="refinement"``): its part of the refined map,
+    ``r_l = norm(w d_l + m a_l)`` (``refine = w``, ``magnitude = m``); its pixel signal ``d_l`` at ``m = 0``."""
+    if not magnitude:
+        return [stage.sensitivity for stage in stages]
+    return [normalise(refine * stage.sensitivity + magnitude * stage.magnitude) for stage in stages]
 
 
 def contrast_map(
@@ -790,9 +798,8 @@ class HDM(MaskExplainer):
         with ``refine_by="positive_gradient"``), or its pixel signal ``d_l``."""
         dims = refined.ndim - 2
         sensitivities = [stage.sensitivity for stage in run.stages]
-        if self.focus_signal == "refinement" and self.refine_by == "positive_gradient" and self.magnitude[dims]:
-            m = self.magnitude[dims]
-            sensitivities = [normalise(self.refine * s.sensitivity + m * s.magnitude) for s in run.stages]
+        if self.focus_signal == "refinement" and self.refine_by == "positive_gradient":
+            sensitivities = focus_signals(run.stages, self.refine, self.magnitude[dims])
         alphas = [stage.alpha for stage in run.stages]
         return focus_map(refined, run.contributions, sensitivities, self.focus[dims], alphas, self.stage_power[dims])
 
