@@ -1081,6 +1081,67 @@ def sanity_networks() -> str:
     return markdown(["dims", "network", "held-out accuracy", *(METHOD_NAMES.get(m, m) for m in methods)], rows)
 
 
+#: the pixel AUROC margin under Gradient x Input that issue 24 allows, per dimension
+AUROC_MARGIN = {2: 0.005, 3: 0.01}
+#: the grid points of ``focus_frontier.py`` that are HDM's defaults, per dimension
+FRONTIER_DEFAULTS = {2: "magnitude 0.2, focus 0.5, knee 0.2", 3: "magnitude 0.2, focus 1, knee 0.3"}
+
+
+def focus_frontier(*files: str) -> Callable[[], str]:
+    """``focus_frontier.py``'s runs in ``files``: per map and dimension, over the sets, the mean energy in lesion (and
+    the sets where it is under Gradient x Input's), pixel AUROC (sets more than :data:`AUROC_MARGIN` under it),
+    pointing (sets under the map before the focus term) and lesions hit in 2-3-lesion cases, with the lesions gained
+    and lost against the map before, counted per case, and the sets that lost one."""
+
+    def cells(figures: list[dict], gi: list[dict], before: list[dict], dims: int) -> list[str]:
+        def mean(key: str) -> float:
+            return math.fsum(f[key] for f in figures) / len(figures)
+
+        under = sum(f["energy_in_lesion"] < g["energy_in_lesion"] for f, g in zip(figures, gi))
+        short = sum(f["auroc"] < g["auroc"] - AUROC_MARGIN[dims] for f, g in zip(figures, gi))
+        pointing = sum(f["pointing_game"] < b["pointing_game"] - 1e-9 for f, b in zip(figures, before))
+        hits = number(mean("lesion_hit_rate_multi"), 3)
+        if "lesions_lost" in figures[0]:
+            losing = sum(f["lesions_lost"] > 0 for f in figures)
+            gained, lost = (sum(f[k] for f in figures) for k in ("lesions_gained", "lesions_lost"))
+            hits += f", +{gained} / -{lost} ({losing})"
+        return [
+            f"{number(mean('energy_in_lesion'), 3)} ({under})",
+            f"{number(mean('auroc'), 4)} ({short})",
+            f"{number(mean('pointing_game'), 3)} ({pointing})",
+            hits,
+        ]
+
+    def table() -> str:
+        runs: dict[str, dict] = {}
+        for file in files:
+            runs |= load(file)["runs"]
+        per_dims = {d: [r for k, r in runs.items() if k.startswith(f"{d}d/")] for d in (2, 3)}
+        per_dims = {d: r for d, r in per_dims.items() if r}
+        names = [n for n in next(iter(per_dims.values()))[0] if n != "images"]
+        rows = []
+        for name in names:
+            label = {"GradientInput": "Gradient x Input"}.get(name, name)
+            label += "".join(f" **(default {d}D)**" for d, n in FRONTIER_DEFAULTS.items() if n == name)
+            row = [label]
+            for dims, sets in per_dims.items():
+                before, gi = [r["before the focus term"] for r in sets], [r["GradientInput"] for r in sets]
+                row += cells([r[name] for r in sets], gi, before, dims)
+            rows.append(row)
+        header = ["map"]
+        for dims, sets in per_dims.items():
+            n = len(sets)
+            header += [
+                f"{dims}D energy (sets < GxI, of {n})",
+                f"{dims}D pixel AUROC (sets short)",
+                f"{dims}D pointing (sets < before)",
+                f"{dims}D lesions hit, 2-3 lesions, +gained / -lost (sets losing)",
+            ]
+        return markdown(header, rows)
+
+    return table
+
+
 TABLES: dict[str, Callable[[], str]] = {
     "results": results,
     "quality_2d": quality_2d,
@@ -1126,6 +1187,8 @@ TABLES: dict[str, Callable[[], str]] = {
     "focus_weights": focus_weights,
     "input_noise_signal": input_noise_sets("input_noise_signal", NOISE_SIGNAL),
     "sanity_networks": sanity_networks,
+    "focus_frontier_tuning": focus_frontier("focus_frontier_tuning_2d.json", "focus_frontier_tuning_3d.json"),
+    "focus_frontier_held_out": focus_frontier("focus_frontier_4242_9999.json"),
 }
 
 
