@@ -1,6 +1,7 @@
 """The model-randomisation check of HDM at each weight of the gradient magnitude (issue 24).
 
     python benchmarks/magnitude_sanity.py [--magnitudes 0,0.2,0.5,1,2] [--cases 6] [--volumes 4] [--threads 1]
+        [--out NAME]
 
 HDM's refined map adds the stages' smoothed gradient magnitude at the weight ``m``
 (``HDM(magnitude=m)``); a randomly initialised network's gradient magnitude follows the image a
@@ -9,7 +10,7 @@ weight-randomised copy) rises with ``m``. Per network, the mean Spearman at each
 passes; HDM's defaults must stay below 0.2): the shipped 2D and 3D classifiers and the networks of
 ``sanity_networks.py`` on ``sanity.py``'s held-out cases (seed 77), and the shipped 2D and 3D
 segmenters on the cue cases of ``tests/test_sanity.py`` (seeds 31 and 9090, the predicted region
-held fixed). Writes ``benchmarks/results/magnitude_sanity.json``.
+held fixed). Writes ``benchmarks/results/<out>.json`` (default ``magnitude_sanity.json``).
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ def main() -> None:
     parser.add_argument("--cases", type=int, default=6, help="2D classifier cases")
     parser.add_argument("--volumes", type=int, default=4, help="3D classifier volumes")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", default="magnitude_sanity")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore", category=UserWarning)
@@ -63,7 +65,7 @@ def main() -> None:
             corr = sanity_check(lambda net, m=m: HDM(net, magnitude=m), model, x, class_idx=1, **extra)
             entry[f"{m:g}"] = {"mean": float(np.nanmean(corr)), "per_case": corr}
             print(f"  {name} magnitude {m:g}: {entry[f'{m:g}']['mean']:.2f} ({time.perf_counter() - start:.0f} s)")
-    write_json(RESULTS / "magnitude_sanity.json", out)
+    write_json(RESULTS / f"{args.out}.json", out)
 
 
 if __name__ == "__main__":

@@ -960,10 +960,10 @@ def focus_magnitude_choice() -> str:
     return markdown(["map (knee 0.3)", *header], rows)
 
 
-def magnitude_sanity() -> str:
-    """``magnitude_sanity.json``: per network, the model-randomisation Spearman of HDM at each weight of the gradient
-    magnitude."""
-    result = load("magnitude_sanity.json")
+def magnitude_sanity(file: str = "magnitude_sanity.json") -> str:
+    """``file`` (``magnitude_sanity.py``'s results): per network, the model-randomisation Spearman of HDM at each weight
+    of the gradient magnitude."""
+    result = load(file)
     magnitudes = [f"{m:g}" for m in result["magnitudes"]]
     rows = []
     for name, entry in result["networks"].items():
@@ -1189,6 +1189,7 @@ TABLES: dict[str, Callable[[], str]] = {
     "sanity_networks": sanity_networks,
     "focus_frontier_tuning": focus_frontier("focus_frontier_tuning_2d.json", "focus_frontier_tuning_3d.json"),
     "focus_frontier_held_out": focus_frontier("focus_frontier_4242_9999.json"),
+    "magnitude_sanity_signal": functools.partial(magnitude_sanity, "magnitude_sanity_signal.json"),
 }
 
 
