@@ -11,6 +11,7 @@ import torch
 from medhdm.metrics import (
     auroc,
     energy_in_lesion,
+    hit_peaks,
     lesion_hit_rate,
     pointing_game,
     rank_accuracy,
@@ -72,6 +73,22 @@ def test_lesion_hit_rate_counts_components_and_spends_peaks():
     assert lesion_hit_rate(sal, mask, radius=1, n_peaks=3) == 1.0
     sal[9, 9] = 0.1  # below min_peak (0.2 of the maximum)
     assert lesion_hit_rate(sal, mask, radius=1, n_peaks=3) == 0.5
+
+
+def test_hit_peaks_are_the_local_maxima_over_the_floor_highest_first():
+    sal = np.zeros((12, 12))
+    sal[1, 1] = 1.0
+    sal[1, 3] = 0.9  # within radius 2 of (1, 1): not a local maximum there, one at radius 1
+    sal[9, 9] = 0.5
+    sal[9, 10] = 0.5  # a plateau of two voxels: one peak, on one of them
+    sal[5, 9] = 0.15  # under the floor of 0.2 of the maximum
+    peaks = hit_peaks(sal, radius=1)
+    assert peaks[:2] == [(1.0, (1, 1)), (0.9, (1, 3))]
+    assert len(peaks) == 3 and peaks[2][0] == 0.5 and peaks[2][1] in ((9, 9), (9, 10))
+    assert hit_peaks(sal, radius=2) == [(1.0, (1, 1)), peaks[2]]
+    assert hit_peaks(sal, radius=1, min_peak=0.1) == [*peaks, (0.15, (5, 9))]
+    assert hit_peaks(torch.tensor(sal)[None], radius=1) == hit_peaks(sal, radius=1)  # channel axis dropped
+    assert len(hit_peaks(np.zeros((12, 12)), radius=1)) == 1  # a constant map: one plateau, one peak
 
 
 def test_3d_torch_input_with_channel_axis():

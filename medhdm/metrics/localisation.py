@@ -19,6 +19,7 @@ __all__ = [
     "auroc",
     "dice_top",
     "energy_in_lesion",
+    "hit_peaks",
     "iou_top",
     "lesion_hit_rate",
     "pointing_game",
@@ -178,8 +179,16 @@ def iou_top(saliency, lesion_mask) -> float:
     return float((top & m).sum() / (top | m).sum())
 
 
-def _peaks(s: np.ndarray, radius: int, min_peak: float) -> list[tuple[float, tuple[int, ...]]]:
-    """Local maxima of ``s`` (one voxel per plateau), value >= ``min_peak * max``, highest first."""
+def hit_peaks(saliency, radius: int | None = None, min_peak: float = 0.2) -> list[tuple[float, tuple[int, ...]]]:
+    """The peaks :func:`lesion_hit_rate` chooses from: ``(value, position)``, highest first.
+
+    Local maxima of the map over a cube of half-width ``radius`` voxels (default ``max(1, max(S) // 32)``), one
+    voxel per plateau, with value at least ``min_peak`` times the map's maximum.
+    """
+    s = np.asarray(saliency.detach().cpu() if hasattr(saliency, "detach") else saliency, dtype=np.float64)
+    if s.ndim in (3, 4) and s.shape[0] == 1:
+        s = s[0]
+    radius = max(1, max(s.shape) // 32) if radius is None else int(radius)
     footprint = np.ones((2 * radius + 1,) * s.ndim, dtype=bool)
     local = (s == ndimage.maximum_filter(s, footprint=footprint, mode="nearest")) & (s >= min_peak * s.max())
     labels, n = ndimage.label(local)
@@ -207,9 +216,8 @@ def lesion_hit_rate(
     if _undefined(s, m):
         return float("nan")
     labels, n_lesions = ndimage.label(m, structure=np.ones((3,) * s.ndim))
-    radius = max(1, max(s.shape) // 32) if radius is None else int(radius)
     keep = n_lesions if n_peaks is None else int(n_peaks)
-    hit = {labels[p] for _, p in _peaks(s, radius, min_peak)[:keep]} - {0}
+    hit = {labels[p] for _, p in hit_peaks(s, radius, min_peak)[:keep]} - {0}
     return len(hit) / n_lesions
 
 
