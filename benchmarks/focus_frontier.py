@@ -53,7 +53,7 @@ def grid_maps(explanation) -> dict[str, torch.Tensor]:
     return maps
 
 
-def set_figures(maps: torch.Tensor, lesions: torch.Tensor, before_hits: list[float] | None) -> dict:
+def set_figures(maps: torch.Tensor, lesions: torch.Tensor, before_hits: list[int | None] | None) -> dict:
     """The means over cases of :data:`METRICS`, lesions hit in 2-3-lesion cases, and the lesions hit and missed per
     case against ``before_hits`` (per case, lesions hit; ``None``: this is the map before)."""
     s, m = maps.detach().cpu().numpy()[:, 0], lesions.cpu().numpy()[:, 0] > 0

@@ -40,21 +40,27 @@ LOCALISATION_KEYS = (
 )
 
 
-def _as_arrays(saliency, lesion_mask) -> tuple[np.ndarray, np.ndarray]:
+def _as_map(saliency) -> np.ndarray:
+    """``saliency`` as a float64 2D or 3D array (a leading channel of 1 dropped), finite."""
     s = np.asarray(saliency.detach().cpu() if hasattr(saliency, "detach") else saliency, dtype=np.float64)
-    m = np.asarray(lesion_mask.detach().cpu() if hasattr(lesion_mask, "detach") else lesion_mask)
     if s.ndim in (3, 4) and s.shape[0] == 1:
         s = s[0]
-    if m.ndim in (3, 4) and m.shape[0] == 1 and m.ndim == s.ndim + 1:
-        m = m[0]
     if s.ndim not in (2, 3):
         raise ValueError(
             f"saliency: expected a 2D or 3D map (optionally with a leading channel of 1), got shape {s.shape}"
         )
-    if s.shape != m.shape:
-        raise ValueError(f"lesion_mask: expected the saliency map's shape {s.shape}, got {m.shape}")
     if not np.isfinite(s).all():
         raise ValueError("saliency: the map has NaN or infinite values")
+    return s
+
+
+def _as_arrays(saliency, lesion_mask) -> tuple[np.ndarray, np.ndarray]:
+    s = _as_map(saliency)
+    m = np.asarray(lesion_mask.detach().cpu() if hasattr(lesion_mask, "detach") else lesion_mask)
+    if m.ndim in (3, 4) and m.shape[0] == 1 and m.ndim == s.ndim + 1:
+        m = m[0]
+    if s.shape != m.shape:
+        raise ValueError(f"lesion_mask: expected the saliency map's shape {s.shape}, got {m.shape}")
     return s, m > 0
 
 
@@ -185,9 +191,10 @@ def hit_peaks(saliency, radius: int | None = None, min_peak: float = 0.2) -> lis
     Local maxima of the map over a cube of half-width ``radius`` voxels (default ``max(1, max(S) // 32)``), one
     voxel per plateau, with value at least ``min_peak`` times the map's maximum.
     """
-    s = np.asarray(saliency.detach().cpu() if hasattr(saliency, "detach") else saliency, dtype=np.float64)
-    if s.ndim in (3, 4) and s.shape[0] == 1:
-        s = s[0]
+    return _peaks(_as_map(saliency), radius, min_peak)
+
+
+def _peaks(s: np.ndarray, radius: int | None, min_peak: float) -> list[tuple[float, tuple[int, ...]]]:
     radius = max(1, max(s.shape) // 32) if radius is None else int(radius)
     footprint = np.ones((2 * radius + 1,) * s.ndim, dtype=bool)
     local = (s == ndimage.maximum_filter(s, footprint=footprint, mode="nearest")) & (s >= min_peak * s.max())
@@ -217,7 +224,7 @@ def lesion_hit_rate(
         return float("nan")
     labels, n_lesions = ndimage.label(m, structure=np.ones((3,) * s.ndim))
     keep = n_lesions if n_peaks is None else int(n_peaks)
-    hit = {labels[p] for _, p in hit_peaks(s, radius, min_peak)[:keep]} - {0}
+    hit = {labels[p] for _, p in _peaks(s, radius, min_peak)[:keep]} - {0}
     return len(hit) / n_lesions
 
 
