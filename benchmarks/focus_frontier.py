@@ -12,7 +12,8 @@ Per set and map: the means over cases of energy in lesion, pixel AUROC and point
 cases (a constant map, as Gradient x Input's where the gradient is 0, is left out of the means, as ``summarise``
 leaves out its NaN), and the lesions it hits and misses against the map before the focus term
 (``HDM(**common.BEFORE_FOCUS)``), counted per case. Writes ``benchmarks/results/<out>.json`` (default
-``focus_frontier_<seeds>.json``), the per-set figures only (no per-case rows).
+``focus_frontier_<seeds>.json``): per set and map these figures and the lesions hit per case (the map before also
+the lesions per case).
 """
 
 from __future__ import annotations
@@ -54,8 +55,9 @@ def grid_maps(explanation) -> dict[str, torch.Tensor]:
 
 
 def set_figures(maps: torch.Tensor, lesions: torch.Tensor, before_hits: list[int | None] | None) -> dict:
-    """The means over cases of :data:`METRICS`, lesions hit in 2-3-lesion cases, and the lesions hit and missed per
-    case against ``before_hits`` (per case, lesions hit; ``None``: this is the map before)."""
+    """The means over cases of :data:`METRICS`, lesions hit in 2-3-lesion cases, the lesions hit per case, and the
+    lesions gained and lost against ``before_hits`` (per case, lesions hit; ``None``: this is the map before, whose
+    figures hold the lesions per case instead)."""
     s, m = maps.detach().cpu().numpy()[:, 0], lesions.cpu().numpy()[:, 0] > 0
     out = {key: float(np.nanmean([fn(s[i], m[i]) for i in range(len(s))])) for key, fn in METRICS.items()}
     hits: list[int | None] = []  # None: a constant map (no peak; left out, as ``summarise`` leaves out its NaN)
@@ -69,7 +71,9 @@ def set_figures(maps: torch.Tensor, lesions: torch.Tensor, before_hits: list[int
     out["lesion_hit_rate_multi"] = math.fsum(hits[i] / counts[i] for i in multi) / len(multi)
     out["constant_maps"] = sum(h is None for h in hits)
     out["hits"] = hits
-    if before_hits is not None:
+    if before_hits is None:
+        out["lesions"] = counts  # per case, its lesion components (the hits' denominators)
+    else:
         paired = [i for i in multi if before_hits[i] is not None]
         out["lesions_gained"] = sum(max(0, hits[i] - before_hits[i]) for i in paired)
         out["lesions_lost"] = sum(max(0, before_hits[i] - hits[i]) for i in paired)

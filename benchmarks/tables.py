@@ -27,7 +27,7 @@ from pathlib import Path
 
 from common import RESULTS
 
-from medhdm.evaluation import format_table, summarise
+from medhdm.evaluation import bootstrap_ci, format_table, summarise
 from medhdm.io.atomic import atomic_write
 
 ROOT = RESULTS.parents[1]
@@ -1142,6 +1142,45 @@ def focus_frontier(*files: str) -> Callable[[], str]:
     return table
 
 
+def _frontier_differences(file: str) -> dict[int, list[float]]:
+    """Per dimension, the defaults' lesions hit minus the map before the focus term's in each 2-3-lesion case of
+    ``focus_frontier.py``'s runs in ``file``."""
+    out: dict[int, list[float]] = {2: [], 3: []}
+    for key, run in load(file)["runs"].items():
+        dims = int(key[0])
+        before, defaults = run["before the focus term"], run[FRONTIER_DEFAULTS[dims]]
+        for n, a, b in zip(before["lesions"], defaults["hits"], before["hits"]):
+            if n >= 2 and a is not None and b is not None:
+                out[dims].append((a - b) / n)
+    return out
+
+
+def focus_frontier_pooled() -> str:
+    """HDM's defaults minus the map before the focus term, lesions hit per 2-3-lesion case, pooled over sets: the
+    tuning runs and the held-out runs of ``focus_frontier.py`` and the LesionBench files' runs
+    (``quality_files_<d>d_signal.json``); mean and bootstrap 95 % CI."""
+    tuning = {d: _frontier_differences(f"focus_frontier_tuning_{d}d.json")[d] for d in (2, 3)}
+    held = _frontier_differences("focus_frontier_4242_9999.json")
+    files = []
+    for dims in (2, 3):
+        rows = load(f"quality_files_{dims}d_signal.json")["rows"]
+        before = {r["case"]: r["lesion_hit_rate"] for r in rows if r["method"] == "HDM focus=0"}
+        multi = [r for r in rows if r["method"] == "HDM" and r["n_lesions"] >= 2]
+        files += [r["lesion_hit_rate"] - before[r["case"]] for r in multi]
+    groups = {
+        "2D tuning sets (10 seeds)": tuning[2],
+        "3D tuning sets (10 seeds)": tuning[3],
+        "held out: in-memory sets, 2D and 3D (seeds 4242, 9999)": held[2] + held[3],
+        "held out: LesionBench files, 2D and 3D": files,
+        "**held out, all six sets**": held[2] + held[3] + files,
+    }
+    rows = []
+    for name, diffs in groups.items():
+        mean, low, high = bootstrap_ci(diffs, 2000, 0)
+        rows.append([name, str(len(diffs)), f"{mean:+.3f} [{low:+.3f}, {high:+.3f}]"])
+    return markdown(["sets", "2-3-lesion cases", "defaults minus before, lesions hit per case (95 % CI)"], rows)
+
+
 TABLES: dict[str, Callable[[], str]] = {
     "results": results,
     "quality_2d": quality_2d,
@@ -1189,6 +1228,7 @@ TABLES: dict[str, Callable[[], str]] = {
     "sanity_networks": sanity_networks,
     "focus_frontier_tuning": focus_frontier("focus_frontier_tuning_2d.json", "focus_frontier_tuning_3d.json"),
     "focus_frontier_held_out": focus_frontier("focus_frontier_4242_9999.json"),
+    "focus_frontier_pooled": focus_frontier_pooled,
     "magnitude_sanity_signal": functools.partial(magnitude_sanity, "magnitude_sanity_signal.json"),
 }
 
