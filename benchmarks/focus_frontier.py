@@ -11,9 +11,9 @@ term (the knee keeps every value at or above the hit count's floor of 0.2 of the
 Per set and map: the means over cases of energy in lesion, pixel AUROC and pointing, lesions hit in 2-3-lesion
 cases (a constant map, as Gradient x Input's where the gradient is 0, is left out of the means, as ``summarise``
 leaves out its NaN), and the lesions it hits and misses against the map before the focus term
-(``HDM(**common.BEFORE_FOCUS)``), counted per case. Writes ``benchmarks/results/<out>.json`` (default
-``focus_frontier_<seeds>.json``): per set and map these figures and the lesions hit per case (the map before also
-the lesions per case).
+(``HDM(**common.BEFORE_FOCUS)``), counted per case; per set, the name of the grid point that is HDM's defaults.
+Writes ``benchmarks/results/<out>.json`` (default ``focus_frontier_<seeds>.json``): per set and map these figures
+and the lesions hit per case (the map before also the lesions per case).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import warnings
 import numpy as np
 import torch
 from common import RESULTS, held_out_cases, write_json
-from hdm_focus import before_focus_map, counted_explain, stage_terms
+from hdm_focus import DEFAULT_SETTINGS, before_focus_map, counted_explain, stage_terms
 from scipy import ndimage
 
 from medhdm import HDM, GradientInput
@@ -34,11 +34,16 @@ from medhdm.explain.hdm import focus_map, focus_signals, knee_map
 from medhdm.metrics.localisation import auroc, energy_in_lesion, lesion_hit_rate, pointing_game
 from medhdm.models import DEFAULT_3D, load_default_classifier
 
-#: (gradient magnitude ``m``, focus weight ``f``, knee ``t``) of the grid; the defaults are (0.2, 0.5, 0.2) in 2D and
-#: (0.2, 1, 0.3) in 3D
+#: (gradient magnitude ``m``, focus weight ``f``, knee ``t``) of the grid; HDM's defaults are among its points (each
+#: set's figures name them under ``defaults``)
 GRID = [(m, f, t) for m in (0.0, 0.2) for f in (0.0, 0.25, 0.5, 1.0) for t in (0.2, 0.3, 0.5)]
 BEFORE = "before the focus term"
 METRICS = {"energy_in_lesion": energy_in_lesion, "auroc": auroc, "pointing_game": pointing_game}
+
+
+def point_name(m: float, f: float, t: float) -> str:
+    """The name of the grid point ``(m, f, t)`` in the results."""
+    return f"magnitude {m:g}, focus {f:g}, knee {t:g}"
 
 
 def grid_maps(explanation) -> dict[str, torch.Tensor]:
@@ -50,7 +55,7 @@ def grid_maps(explanation) -> dict[str, torch.Tensor]:
         for f in dict.fromkeys(f for m2, f, _ in GRID if m2 == m):
             focused = focus_map(refined, contributions, signals, f, alphas)
             for t in (t for m2, f2, t in GRID if (m2, f2) == (m, f)):
-                maps[f"magnitude {m:g}, focus {f:g}, knee {t:g}"] = knee_map(focused, 1.0, t, 2.0)
+                maps[point_name(m, f, t)] = knee_map(focused, 1.0, t, 2.0)
     return maps
 
 
@@ -90,6 +95,7 @@ def run(model, dims: int, seed: int, cases: int) -> dict:
     out = {BEFORE: before, "GradientInput": set_figures(gi.saliency, lesions, before["hits"])}
     out |= {name: set_figures(s, lesions, before["hits"]) for name, s in maps.items()}
     out["images"] = images
+    out["defaults"] = point_name(*(getattr(DEFAULT_SETTINGS, k)[dims] for k in ("magnitude", "focus", "knee")))
     return out
 
 
@@ -112,7 +118,7 @@ def main() -> None:
             out["runs"][f"{dims}d/{seed}"] = result
             print(f"\n{dims}D, seed {seed} ({time.perf_counter() - start:.0f} s)", flush=True)
             for name, fig in result.items():
-                if name == "images":
+                if not isinstance(fig, dict):  # the images per explanation, the defaults' name
                     continue
                 print(
                     f"  {name:40s} energy {fig['energy_in_lesion']:.3f} AUROC {fig['auroc']:.4f} "

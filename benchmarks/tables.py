@@ -1083,8 +1083,6 @@ def sanity_networks() -> str:
 
 #: the pixel AUROC margin under Gradient x Input that issue 24 allows, per dimension
 AUROC_MARGIN = {2: 0.005, 3: 0.01}
-#: the grid points of ``focus_frontier.py`` that are HDM's defaults, per dimension
-FRONTIER_DEFAULTS = {2: "magnitude 0.2, focus 0.5, knee 0.2", 3: "magnitude 0.2, focus 1, knee 0.3"}
 
 
 def focus_frontier(*files: str) -> Callable[[], str]:
@@ -1118,11 +1116,12 @@ def focus_frontier(*files: str) -> Callable[[], str]:
             runs |= load(file)["runs"]
         per_dims = {d: [r for k, r in runs.items() if k.startswith(f"{d}d/")] for d in (2, 3)}
         per_dims = {d: r for d, r in per_dims.items() if r}
-        names = [n for n in next(iter(per_dims.values()))[0] if n != "images"]
+        names = [n for n, v in next(iter(per_dims.values()))[0].items() if isinstance(v, dict)]  # the maps
+        defaults = {d: sets[0]["defaults"] for d, sets in per_dims.items()}
         rows = []
         for name in names:
             label = {"GradientInput": "Gradient x Input"}.get(name, name)
-            label += "".join(f" **(default {d}D)**" for d, n in FRONTIER_DEFAULTS.items() if n == name)
+            label += "".join(f" **(default {d}D)**" for d, n in defaults.items() if n == name)
             row = [label]
             for dims, sets in per_dims.items():
                 before, gi = [r["before the focus term"] for r in sets], [r["GradientInput"] for r in sets]
@@ -1148,7 +1147,7 @@ def _frontier_differences(file: str) -> dict[int, list[float]]:
     out: dict[int, list[float]] = {2: [], 3: []}
     for key, run in load(file)["runs"].items():
         dims = int(key[0])
-        before, defaults = run["before the focus term"], run[FRONTIER_DEFAULTS[dims]]
+        before, defaults = run["before the focus term"], run[run["defaults"]]
         for n, a, b in zip(before["lesions"], defaults["hits"], before["hits"]):
             if n >= 2 and a is not None and b is not None:
                 out[dims].append((a - b) / n)

@@ -212,12 +212,11 @@ def lesion_hit_rate(
     """Share of connected lesion components that hold one of the map's top peaks.
 
     Definition: lesion components are the connected components of the mask (full
-    connectivity). Peaks are the map's local maxima over a cube of half-width
-    ``radius`` voxels (default ``max(1, max(S) // 32)``), one per plateau, with value at
-    least ``min_peak`` times the map's maximum. The ``n_peaks`` highest peaks are kept
-    (default: the number of lesion components, so a peak spent on a distractor costs a
-    lesion). A component is hit if a kept peak lies inside it. NaN for an empty mask or
-    a constant map.
+    connectivity). Peaks are those of :func:`hit_peaks` (the map's local maxima over a cube
+    of half-width ``radius`` voxels, at least ``min_peak`` times its maximum). The ``n_peaks``
+    highest peaks are kept (default: the number of lesion components, so a peak spent on a
+    distractor costs a lesion). A component is hit if a kept peak lies inside it. NaN for an
+    empty mask or a constant map.
     """
     s, m = _as_arrays(saliency, lesion_mask)
     if _undefined(s, m):
